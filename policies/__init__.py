@@ -1,0 +1,1 @@
+"""policies: Kubernetes NetworkPolicy compiled into a backend-neutral rule set."""

@@ -1,0 +1,1 @@
+"""The node dataplane: the model, reconcile, and the backends that program it."""

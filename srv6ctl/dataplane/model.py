@@ -1,0 +1,371 @@
+"""The node's dataplane as plain data: what render produces and what backends dump.
+
+Every object is a frozen dataclass with normalised addresses (`ipaddress`), so equality,
+hashing and diffing come for free, and `"FCBB::1"` and `"fcbb:0::1"` are one key. Each object
+has a `key` that names *which* object it is (a SID, a BSID, a prefix); reconcile compares
+the objects that share a key and replaces those whose values differ.
+
+Nothing here knows about the kernel or VPP: the backends translate (a `SrPolicy` becomes
+nexthops and a resilient group in the kernel, an `sr_policy_add` in VPP).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, Protocol, TypeAlias
+
+IPv6Address = ipaddress.IPv6Address
+IPv4Address = ipaddress.IPv4Address
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAIN_TABLE = 254
+
+
+def v6(value: str | int | IPv6Address) -> IPv6Address:
+    """Normalise anything address-like into an `IPv6Address` (rejects IPv4)."""
+    return value if isinstance(value, IPv6Address) else IPv6Address(value)
+
+
+def ip(value: str | int | IPAddress) -> IPAddress:
+    if isinstance(value, IPv4Address | IPv6Address):
+        return value
+    return ipaddress.ip_address(value)
+
+
+def net(value: str | IPNetwork) -> IPNetwork:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    return ipaddress.ip_network(value)
+
+
+class Flavour(StrEnum):
+    """RFC 8986 §4.16 flavours (the kernel has PSP since 6.x; USP/USD are VPP-only)."""
+
+    PSP = "psp"
+    USP = "usp"
+    USD = "usd"
+
+
+class EncapMode(StrEnum):
+    """H.Encaps, H.Encaps.Red (no SRH for a single SID) or H.Insert."""
+
+    ENCAP = "encap"
+    ENCAP_RED = "encap.red"
+    INSERT = "insert"
+
+
+class RouteKind(StrEnum):
+    UNICAST = "unicast"
+    UNREACHABLE = "unreachable"  # ICMPv6 no route
+    PROHIBIT = "prohibit"  # ICMPv6 administratively prohibited: a service with no endpoint
+    BLACKHOLE = "blackhole"
+
+
+# --- local SIDs -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalSid:
+    """A SID this node instantiates; subclasses are the RFC 8986 behaviours."""
+
+    behaviour: ClassVar[str] = ""
+    sid: IPv6Address
+    flavours: frozenset[Flavour] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sid", v6(self.sid))
+        object.__setattr__(self, "flavours", frozenset(Flavour(f) for f in self.flavours))
+
+    @property
+    def key(self) -> tuple[str, IPv6Address]:
+        return ("localsid", self.sid)
+
+
+@dataclass(frozen=True)
+class End(LocalSid):
+    behaviour: ClassVar[str] = "End"
+
+
+@dataclass(frozen=True)
+class EndX(LocalSid):
+    """End with cross-connect to an IPv6 neighbour."""
+
+    behaviour: ClassVar[str] = "End.X"
+    nexthop: IPv6Address = IPv6Address("::")
+    interface: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "nexthop", v6(self.nexthop))
+
+
+@dataclass(frozen=True)
+class EndT(LocalSid):
+    behaviour: ClassVar[str] = "End.T"
+    table: int = MAIN_TABLE
+
+
+@dataclass(frozen=True)
+class EndDX6(LocalSid):
+    """Decapsulate and cross-connect the inner IPv6 packet to a neighbour (a pod)."""
+
+    behaviour: ClassVar[str] = "End.DX6"
+    nexthop: IPv6Address = IPv6Address("::")
+    interface: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "nexthop", v6(self.nexthop))
+
+
+@dataclass(frozen=True)
+class EndDX4(LocalSid):
+    behaviour: ClassVar[str] = "End.DX4"
+    nexthop: IPv4Address = IPv4Address("0.0.0.0")
+    interface: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.nexthop, IPv4Address):
+            object.__setattr__(self, "nexthop", IPv4Address(self.nexthop))
+
+
+@dataclass(frozen=True)
+class EndDT6(LocalSid):
+    behaviour: ClassVar[str] = "End.DT6"
+    table: int = MAIN_TABLE
+
+
+@dataclass(frozen=True)
+class EndDT4(LocalSid):
+    behaviour: ClassVar[str] = "End.DT4"
+    table: int = MAIN_TABLE
+
+
+@dataclass(frozen=True)
+class EndDT46(LocalSid):
+    behaviour: ClassVar[str] = "End.DT46"
+    table: int = MAIN_TABLE
+
+
+BEHAVIOURS: Mapping[str, type[LocalSid]] = {
+    cls.behaviour: cls for cls in (End, EndX, EndT, EndDX6, EndDX4, EndDT6, EndDT4, EndDT46)
+}
+
+
+# --- SR policies and steering ---------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class SegmentList:
+    segments: tuple[IPv6Address, ...]
+    weight: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", tuple(v6(s) for s in self.segments))
+        if not self.segments:
+            raise ValueError("a segment list needs at least one segment")
+        if self.weight < 1:
+            raise ValueError(f"segment list weight {self.weight} must be >= 1")
+
+
+@dataclass(frozen=True)
+class SrPolicy:
+    """Headend policy: traffic steered to `bsid` is encapsulated along one of the lists.
+
+    `segment_lists` is kept sorted so that two policies with the same lists compare equal
+    whatever order render produced them in. An empty policy is not representable: VPP
+    cannot hold one, and a service without endpoints gets a reject `Route` instead.
+    """
+
+    bsid: IPv6Address
+    segment_lists: tuple[SegmentList, ...]
+    encap_source: IPv6Address | None = None
+    mode: EncapMode = EncapMode.ENCAP
+    owner: str = ""  # e.g. "svc/default/web/v6": labels for telemetry, not identity
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bsid", v6(self.bsid))
+        if self.encap_source is not None:
+            object.__setattr__(self, "encap_source", v6(self.encap_source))
+        object.__setattr__(self, "mode", EncapMode(self.mode))
+        if not self.segment_lists:
+            raise ValueError(f"policy {self.bsid} has no segment list")
+        object.__setattr__(self, "segment_lists", tuple(sorted(self.segment_lists)))
+
+    @property
+    def key(self) -> tuple[str, IPv6Address]:
+        return ("policy", self.bsid)
+
+
+@dataclass(frozen=True)
+class Steering:
+    """Traffic to `prefix` (IPv6, or IPv4 for IPv4-in-SRv6) in `table` goes to policy `bsid`."""
+
+    prefix: IPNetwork
+    bsid: IPv6Address
+    table: int = MAIN_TABLE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", net(self.prefix))
+        object.__setattr__(self, "bsid", v6(self.bsid))
+
+    @property
+    def key(self) -> tuple[str, int, IPNetwork]:
+        return ("steering", self.table, self.prefix)
+
+
+# --- routes and pods ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """A plain route: via a neighbour, onto an interface, or a reject/unreachable."""
+
+    prefix: IPNetwork
+    via: IPAddress | None = None
+    interface: str | None = None
+    kind: RouteKind = RouteKind.UNICAST
+    table: int = MAIN_TABLE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", net(self.prefix))
+        if self.via is not None:
+            object.__setattr__(self, "via", ip(self.via))
+        object.__setattr__(self, "kind", RouteKind(self.kind))
+
+    @property
+    def key(self) -> tuple[str, int, IPNetwork]:
+        return ("route", self.table, self.prefix)
+
+
+@dataclass(frozen=True)
+class PodAttachment:
+    """A pod's interface as the node sees it: the node-side end and the pod's addresses.
+
+    `service_addresses` are ClusterIPs added to the pod's loopback while it is an endpoint;
+    `port_maps` are stateless (protocol, service port, target port) rewrites in the pod.
+    """
+
+    interface: str  # node-side interface name (veth peer / VPP interface tag)
+    pod: str  # "namespace/name"
+    netns: str  # the pod's network namespace path
+    container_interface: str = "eth0"
+    addresses: frozenset[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = frozenset()
+    service_addresses: frozenset[IPAddress] = frozenset()
+    port_maps: frozenset[tuple[str, int, int]] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "addresses", frozenset(ipaddress.ip_interface(a) for a in self.addresses)
+        )
+        object.__setattr__(
+            self, "service_addresses", frozenset(ip(a) for a in self.service_addresses)
+        )
+        object.__setattr__(self, "port_maps", frozenset(tuple(p) for p in self.port_maps))
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return ("pod", self.interface)
+
+
+DataplaneObject: TypeAlias = LocalSid | SrPolicy | Steering | Route | PodAttachment
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """A node's complete dataplane state (desired, from render; actual, from `dump`)."""
+
+    encap_source: IPv6Address | None = None
+    pods: frozenset[PodAttachment] = frozenset()
+    local_sids: frozenset[LocalSid] = frozenset()
+    policies: frozenset[SrPolicy] = frozenset()
+    steerings: frozenset[Steering] = frozenset()
+    routes: frozenset[Route] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.encap_source is not None:
+            object.__setattr__(self, "encap_source", v6(self.encap_source))
+        for name in ("pods", "local_sids", "policies", "steerings", "routes"):
+            object.__setattr__(self, name, frozenset(getattr(self, name)))
+
+    def objects(self) -> Iterable[DataplaneObject]:
+        yield from self.pods
+        yield from self.local_sids
+        yield from self.policies
+        yield from self.steerings
+        yield from self.routes
+
+    def by_key(self) -> dict[Any, DataplaneObject]:
+        return {obj.key: obj for obj in self.objects()}
+
+
+# --- changes and the backend protocol -------------------------------------------------
+
+
+class Op(StrEnum):
+    ADD = "add"
+    DELETE = "delete"
+    REPLACE = "replace"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One step of a plan: `old` is None for ADD, `new` is None for DELETE."""
+
+    op: Op
+    old: DataplaneObject | None = None
+    new: DataplaneObject | None = None
+
+    @property
+    def obj(self) -> DataplaneObject:
+        target = self.new if self.new is not None else self.old
+        assert target is not None
+        return target
+
+    @property
+    def kind(self) -> str:
+        return type(self.obj).__name__
+
+
+@dataclass(frozen=True)
+class Counters:
+    packets: int = 0
+    bytes: int = 0
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can program, probed once at start so render can choose."""
+
+    behaviours: frozenset[str] = frozenset()
+    flavours: frozenset[Flavour] = frozenset()
+    encap_modes: frozenset[EncapMode] = frozenset()
+    resilient_groups: bool = False
+    sid_counters: bool = False
+    notes: tuple[str, ...] = field(default=())  # why something is missing, for humans
+
+
+class Backend(Protocol):
+    """A dataplane backend: the kernel (netlink) or VPP (vpp-papi)."""
+
+    capabilities: Capabilities
+
+    def dump(self) -> NodeConfig:
+        """What the dataplane holds of ours (owned objects only)."""
+        ...
+
+    def apply(self, changes: Iterable[Change]) -> None:
+        """Apply an ordered plan; raises after applying the prefix it could."""
+        ...
+
+    def counters(self) -> Mapping[Any, Counters]:
+        """Packet/byte counters keyed by object key (SIDs, policies, pods)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""telemetry: Prometheus collectors, metric names and health endpoints."""

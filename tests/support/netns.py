@@ -1,0 +1,1 @@
+"""Fixtures: throw-away network namespaces with unique names, always cleaned up."""
