@@ -1,3 +1,10 @@
 """Shared pytest set-up: fixtures live in tests/support/, one module per real thing."""
 
+from hypothesis import HealthCheck, settings
+
 pytest_plugins = ["tests.support.etcd", "tests.support.netns"]
+
+# The machine runs network namespaces and etcd beside hypothesis: wall-clock deadlines
+# would make property tests flaky without making them any stronger.
+settings.register_profile("srv6ctl", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("srv6ctl")

@@ -1,0 +1,385 @@
+"""Allocation of node IDs, pod indexes and service indexes, by compare-and-swap in the store.
+
+Each claim is one transaction that writes two keys together — `by-index/<i>` (who holds
+index i) and `by-owner/<owner>` (which index an owner holds) — guarded by "both absent".
+So two allocators can never take the same index (the loser's guard fails and it picks
+again), an owner can never hold two indexes, and a process killed at any point leaves
+either both keys or neither. Everything else (addresses, SIDs) is derived from the index
+by `ipam6.plan`, so it never needs to be stored.
+
+Keys (under a configurable prefix, `/srv6ctl/ipam/` by default):
+
+    nodes/by-name/<node>                 -> {"id": N}
+    nodes/by-id/<N>                      -> {"owner": <node>}
+    pods/<node>/by-owner/<cid>/<ifname>  -> {"index": k, "pod": "ns/name", "uid": ...}
+    pods/<node>/by-index/<k>             -> {"owner": "<cid>/<ifname>"}
+    services/by-owner/<uid>              -> {"index": j, "service": "ns/name"}
+    services/by-index/<j>                -> {"owner": <uid>}
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipam6.plan import AddressPlan, PodAddresses, PoolExhausted
+from ipam6.store.base import Compare, Delete, Put, Store
+
+DEFAULT_PREFIX = "/srv6ctl/ipam/"
+RANDOM_PROBES = 3  # random picks before falling back to listing the pool
+CLAIM_ATTEMPTS = 1000  # a pool with free room converges long before this
+
+
+class AllocationError(RuntimeError):
+    """The store kept refusing a claim (only under pathological contention)."""
+
+
+@dataclass(frozen=True)
+class PodAllocation:
+    node: str
+    container_id: str
+    interface: str
+    pod: str  # "namespace/name", informational
+    uid: str
+    addresses: PodAddresses
+
+    @property
+    def owner(self) -> str:
+        return f"{self.container_id}/{self.interface}"
+
+
+@dataclass(frozen=True)
+class ServiceAllocation:
+    uid: str
+    service: str
+    index: int
+    bsid_v6: Any  # IPv6Address
+    bsid_v4: Any  # IPv6Address | None (dual-stack only)
+
+
+@dataclass(frozen=True)
+class GcReport:
+    nodes: list[str] = field(default_factory=list)
+    pods: list[tuple[str, str]] = field(default_factory=list)  # (node, owner)
+    services: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """One index pool in the store: a name for errors, its key prefix and its range."""
+
+    name: str
+    prefix: str
+    indexes: range
+    lowest_first: bool  # node IDs read better small and dense; pods/services race less at random
+
+    def index_key(self, index: int) -> str:
+        return f"{self.prefix}by-index/{index}"
+
+    def owner_key(self, owner: str) -> str:
+        return f"{self.prefix}by-owner/{owner}"
+
+
+def _encode(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _check_name(what: str, value: str) -> None:
+    # Names become key path segments: a '/' would let one owner shadow another's subtree.
+    if not value or "/" in value or len(value) > 253:
+        raise ValueError(f"{what} {value!r} must be non-empty, at most 253 chars, without '/'")
+
+
+class Allocator:
+    """Keyed, idempotent allocation on top of any `Store`."""
+
+    def __init__(
+        self,
+        store: Store,
+        plan: AddressPlan,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        rng: random.Random | None = None,
+        on_store_op: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.plan = plan
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self._rng = rng or random.Random()
+        self._on_store_op = on_store_op or (lambda op: None)
+
+    # --- pools -----------------------------------------------------------------------
+
+    def _node_pool(self) -> _Pool:
+        return _Pool("node IDs", f"{self.prefix}nodes/", self.plan.node_ids, lowest_first=True)
+
+    def _pod_pool(self, node: str) -> _Pool:
+        return _Pool(
+            f"pod addresses of node {node}",
+            f"{self.prefix}pods/{node}/",
+            self.plan.pod_indexes,
+            lowest_first=False,
+        )
+
+    def _service_pool(self) -> _Pool:
+        return _Pool("service BSIDs", f"{self.prefix}services/", self.plan.service_indexes, False)
+
+    def _lookup(self, pool: _Pool, owner: str) -> dict[str, Any] | None:
+        self._on_store_op("get")
+        kv = self.store.get(pool.owner_key(owner))
+        return None if kv is None else dict(json.loads(kv.value))
+
+    def _used(self, pool: _Pool) -> set[int]:
+        self._on_store_op("list")
+        listing = self.store.list(f"{pool.prefix}by-index/", keys_only=True)
+        return {int(kv.key.rsplit("/", 1)[1]) for kv in listing.items}
+
+    def _claim(
+        self, pool: _Pool, owner: str, details: Mapping[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """Take a free index for `owner`, or return the one it already holds (and the
+        details recorded when it was taken: an idempotent re-claim changes nothing)."""
+        used: set[int] | None = None
+        for attempt in range(CLAIM_ATTEMPTS):
+            held = self._lookup(pool, owner)
+            if held is not None:
+                return int(held["index"]), held
+            if pool.lowest_first or attempt >= RANDOM_PROBES:
+                if used is None or attempt > RANDOM_PROBES:
+                    used = self._used(pool)
+                index = self._pick_free(pool, used)
+            else:
+                # A sparse pool almost never collides: no need to list it at all.
+                index = self._rng.choice(pool.indexes)
+            self._on_store_op("txn")
+            result = self.store.txn(
+                [Compare.absent(pool.index_key(index)), Compare.absent(pool.owner_key(owner))],
+                [
+                    Put(pool.index_key(index), _encode({"owner": owner})),
+                    Put(pool.owner_key(owner), _encode({**details, "index": index})),
+                ],
+            )
+            if result.succeeded:
+                return index, {**details, "index": index}
+            if used is not None:
+                used.add(index)
+        raise AllocationError(f"{pool.name}: no claim succeeded after {CLAIM_ATTEMPTS} attempts")
+
+    def _pick_free(self, pool: _Pool, used: set[int]) -> int:
+        if len(used) >= len(pool.indexes):
+            raise PoolExhausted(
+                f"pool {pool.name} is exhausted: all {len(pool.indexes)} entries are in use"
+            )
+        if pool.lowest_first:
+            return next(i for i in pool.indexes if i not in used)
+        # Random among the lowest free ones: dense enough to read, spread enough that
+        # concurrent allocators rarely pick the same index.
+        window: list[int] = []
+        for i in pool.indexes:
+            if i not in used:
+                window.append(i)
+                if len(window) == 32:
+                    break
+        return self._rng.choice(window)
+
+    def _release(self, pool: _Pool, owner: str) -> bool:
+        held = self._lookup(pool, owner)
+        if held is None:
+            return False
+        index = int(held["index"])
+        self._on_store_op("txn")
+        # Guard on the index key still naming this owner: never free someone else's index.
+        result = self.store.txn(
+            [Compare.value(pool.index_key(index), _encode({"owner": owner}))],
+            [Delete(pool.index_key(index)), Delete(pool.owner_key(owner))],
+            [Delete(pool.owner_key(owner))],
+        )
+        return result.succeeded
+
+    def _owners(self, pool: _Pool) -> dict[str, tuple[dict[str, Any], int]]:
+        """owner -> (its record, create revision)."""
+        self._on_store_op("list")
+        prefix = f"{pool.prefix}by-owner/"
+        listing = self.store.list(prefix)
+        return {
+            kv.key[len(prefix) :]: (dict(json.loads(kv.value)), kv.create_revision)
+            for kv in listing.items
+        }
+
+    # --- nodes -------------------------------------------------------------------------
+
+    def claim_node(self, node: str) -> int:
+        """The node's ID: the one it had (restarts), or the lowest free one."""
+        _check_name("node name", node)
+        return self._claim(self._node_pool(), node, {"node": node})[0]
+
+    def node_id(self, node: str) -> int | None:
+        held = self._lookup(self._node_pool(), node)
+        return None if held is None else int(held["index"])
+
+    def nodes(self) -> dict[str, int]:
+        return {
+            name: int(rec["index"]) for name, (rec, _) in self._owners(self._node_pool()).items()
+        }
+
+    def release_node(self, node: str) -> bool:
+        """Free the node's ID and every pod allocation it held."""
+        for allocation in self.pods(node):
+            self.release_pod(node, allocation.container_id, allocation.interface)
+        return self._release(self._node_pool(), node)
+
+    # --- pods --------------------------------------------------------------------------
+
+    def allocate_pod(
+        self,
+        node: str,
+        container_id: str,
+        interface: str = "eth0",
+        *,
+        pod: str = "",
+        uid: str = "",
+    ) -> PodAllocation:
+        """Addresses and SIDs for one pod interface; the same key gets the same answer."""
+        _check_name("container ID", container_id)
+        _check_name("interface", interface)
+        node_id = self.node_id(node)
+        if node_id is None:
+            raise LookupError(f"node {node} has no node ID: claim_node({node!r}) first")
+        owner = f"{container_id}/{interface}"
+        index, held = self._claim(self._pod_pool(node), owner, {"pod": pod, "uid": uid})
+        return self._pod_allocation(
+            node, node_id, owner, index, str(held.get("pod", "")), str(held.get("uid", ""))
+        )
+
+    def _pod_allocation(
+        self, node: str, node_id: int, owner: str, index: int, pod: str, uid: str
+    ) -> PodAllocation:
+        container_id, interface = owner.rsplit("/", 1)
+        return PodAllocation(
+            node=node,
+            container_id=container_id,
+            interface=interface,
+            pod=pod,
+            uid=uid,
+            addresses=self.plan.pod(node_id, index),
+        )
+
+    def pod(self, node: str, container_id: str, interface: str = "eth0") -> PodAllocation | None:
+        node_id = self.node_id(node)
+        held = self._lookup(self._pod_pool(node), f"{container_id}/{interface}")
+        if node_id is None or held is None:
+            return None
+        return self._pod_allocation(
+            node,
+            node_id,
+            f"{container_id}/{interface}",
+            int(held["index"]),
+            str(held.get("pod", "")),
+            str(held.get("uid", "")),
+        )
+
+    def pods(self, node: str) -> list[PodAllocation]:
+        node_id = self.node_id(node)
+        if node_id is None:
+            return []
+        return [
+            self._pod_allocation(
+                node,
+                node_id,
+                owner,
+                int(rec["index"]),
+                str(rec.get("pod", "")),
+                str(rec.get("uid", "")),
+            )
+            for owner, (rec, _) in sorted(self._owners(self._pod_pool(node)).items())
+        ]
+
+    def release_pod(self, node: str, container_id: str, interface: str = "eth0") -> bool:
+        """Free a pod interface's addresses; False when it held none (not an error)."""
+        return self._release(self._pod_pool(node), f"{container_id}/{interface}")
+
+    # --- services ----------------------------------------------------------------------
+
+    def allocate_service(self, uid: str, service: str = "") -> ServiceAllocation:
+        """The service's binding SIDs, stable for its UID across restarts."""
+        _check_name("service UID", uid)
+        index, held = self._claim(self._service_pool(), uid, {"service": service})
+        return self._service_allocation(uid, str(held.get("service", "")), index)
+
+    def _service_allocation(self, uid: str, service: str, index: int) -> ServiceAllocation:
+        return ServiceAllocation(
+            uid=uid,
+            service=service,
+            index=index,
+            bsid_v6=self.plan.service_bsid_v6(index),
+            bsid_v4=self.plan.service_bsid_v4(index) if self.plan.dual_stack else None,
+        )
+
+    def services(self) -> list[ServiceAllocation]:
+        return [
+            self._service_allocation(uid, str(rec.get("service", "")), int(rec["index"]))
+            for uid, (rec, _) in sorted(self._owners(self._service_pool()).items())
+        ]
+
+    def release_service(self, uid: str) -> bool:
+        return self._release(self._service_pool(), uid)
+
+    # --- garbage collection ----------------------------------------------------------
+
+    def gc(
+        self,
+        *,
+        live_nodes: Collection[str] | None = None,
+        live_pods: Mapping[str, Collection[tuple[str, str]]] | None = None,
+        live_services: Collection[str] | None = None,
+        created_before: int | None = None,
+    ) -> GcReport:
+        """Free every allocation whose owner is not live (the crash-leak case).
+
+        `None` for a kind means "don't collect that kind". `live_pods` maps a node to its
+        live (container ID, interface) pairs; nodes missing from it are left alone unless
+        `live_nodes` says they are gone. `created_before` is a store revision taken *before*
+        the live sets were gathered: anything allocated after it may belong to a pod being
+        set up right now and is never collected.
+        """
+        report = GcReport()
+
+        def old_enough(create_revision: int) -> bool:
+            return created_before is None or create_revision < created_before
+
+        if live_nodes is not None:
+            live = set(live_nodes)
+            for node, (_, rev) in self._owners(self._node_pool()).items():
+                if node not in live and old_enough(rev):
+                    self.release_node(node)
+                    report.nodes.append(node)
+        if live_pods is not None:
+            for node, live_owners in live_pods.items():
+                wanted = {f"{cid}/{ifname}" for cid, ifname in live_owners}
+                pool = self._pod_pool(node)
+                for owner, (_, rev) in self._owners(pool).items():
+                    if owner not in wanted and old_enough(rev) and self._release(pool, owner):
+                        report.pods.append((node, owner))
+                self._collect_orphan_indexes(pool)
+        if live_services is not None:
+            live = set(live_services)
+            pool = self._service_pool()
+            for uid, (_, rev) in self._owners(pool).items():
+                if uid not in live and old_enough(rev) and self._release(pool, uid):
+                    report.services.append(uid)
+        return report
+
+    def _collect_orphan_indexes(self, pool: _Pool) -> None:
+        # Claims write both keys in one transaction, so an orphan index can only come from
+        # a hand edit or an older writer; free it so the pool does not shrink for ever.
+        owners = self._owners(pool)
+        self._on_store_op("list")
+        listing = self.store.list(f"{pool.prefix}by-index/")
+        for kv in listing.items:
+            owner = str(json.loads(kv.value).get("owner", ""))
+            index = int(kv.key.rsplit("/", 1)[1])
+            if owner not in owners or int(owners[owner][0]["index"]) != index:
+                self.store.txn([Compare.mod_revision(kv.key, kv.mod_revision)], [Delete(kv.key)])

@@ -1,0 +1,85 @@
+"""The `srv6ctl` command line: one entry point, subcommands in small functions.
+
+Heavy imports (rich, the stores) happen inside the subcommand that needs them, so
+`srv6ctl --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from srv6ctl import __version__
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from srv6ctl.config import InvalidConfig, load_config
+
+    try:
+        config, plan = load_config(args.file)
+    except (InvalidConfig, OSError) as err:
+        print(f"invalid config: {err}", file=sys.stderr)
+        return 1
+    summary = plan.describe()
+    summary["store"] = (
+        f"embedded SQLite at {config.store.path}"
+        if config.store.type == "embedded"
+        else f"etcd at {', '.join(config.store.etcd.endpoints)}"
+    )
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.file}: valid", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in summary.items():
+        table.add_row(key, value)
+    Console().print(table)
+    return 0
+
+
+def _lab_demo(args: argparse.Namespace) -> int:
+    from srv6ctl.demo import run_ipam_demo
+
+    return run_ipam_demo(nodes=args.nodes, pods_per_node=args.pods_per_node)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="srv6ctl",
+        description="IPv6/SRv6-first Kubernetes networking: services without NAT over SRv6.",
+    )
+    parser.add_argument("--version", action="version", version=f"srv6ctl {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = commands.add_parser("config", help="validate and explain a config file")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", help="validate FILE and print the resolved plan")
+    check.add_argument("file")
+    check.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    check.set_defaults(func=_config_check)
+
+    lab = commands.add_parser("lab", help="the local multi-node lab")
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True)
+    demo = lab_commands.add_parser(
+        "demo", help="allocate a small cluster's addresses and SIDs in a throw-away store"
+    )
+    demo.add_argument("--nodes", type=int, default=3)
+    demo.add_argument("--pods-per-node", type=int, default=2)
+    demo.set_defaults(func=_lab_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
