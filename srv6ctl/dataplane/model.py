@@ -186,7 +186,10 @@ class SrPolicy:
     segment_lists: tuple[SegmentList, ...]
     encap_source: IPv6Address | None = None
     mode: EncapMode = EncapMode.ENCAP
-    owner: str = ""  # e.g. "svc/default/web/v6": labels for telemetry, not identity
+    # e.g. "svc/default/web/v6": a label for telemetry, neither identity nor value, so it is
+    # left out of equality: a backend cannot dump it back, and a restarted agent must not
+    # replace every policy because its dump says owner="".
+    owner: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bsid", v6(self.bsid))
@@ -273,7 +276,26 @@ class PodAttachment:
         return ("pod", self.interface)
 
 
-DataplaneObject: TypeAlias = LocalSid | SrPolicy | Steering | Route | PodAttachment
+@dataclass(frozen=True)
+class EncapSource:
+    """The node's default SRv6 encapsulation source, for policies that set none.
+
+    Kernel `ip sr tunsrc`, VPP `sr_set_encap_source`. It lives in `NodeConfig.encap_source`;
+    reconcile turns it into this object so that a plan can set, change or clear it like any
+    other object.
+    """
+
+    address: IPv6Address
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", v6(self.address))
+
+    @property
+    def key(self) -> tuple[str]:
+        return ("encap_source",)
+
+
+DataplaneObject: TypeAlias = LocalSid | SrPolicy | Steering | Route | PodAttachment | EncapSource
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,533 @@
+"""Benchmark: program N services x B backends into a fresh kernel netns, ours vs references.
+
+Three runs of the same services, each into its own throw-away network namespace:
+
+- `ip_batch`: the kernel state DESIGN.md "Services without NAT" describes, loaded with
+  `ip -batch` — one IPv6 seg6 nexthop per backend SID (shared by every service using that
+  pod), one resilient nexthop group per service, one route `S/128 nhid G` per service;
+- `iptables_restore`: kube-proxy's iptables mode for the same services and endpoints
+  (KUBE-SERVICES → KUBE-SVC-* → KUBE-SEP-* with DNAT), as one `ip6tables-restore` input;
+- `ours`: `KernelBackend.apply(plan(desired, NodeConfig()))` from `srv6ctl.dataplane.kernel`,
+  when that module exists.
+
+Needs root, iproute2 and ip6tables-restore (Debian package `iptables`). Only creates and
+deletes its own namespaces. Progress goes to stderr; the last stdout line is one JSON object.
+No timing is asserted: comparing is for the reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as bench/<file>.py
+
+UPLINK = "up0"  # the namespace's stand-in for a node uplink (one end of a veth pair)
+UPLINK_ADDRESS = "2001:db8:ffff::1/64"
+UPLINK_PEER = "2001:db8:ffff::2"
+SID_BLOCK = "fcbb:bb00::/32"
+POD_CIDR = "fd00:10::/48"
+SERVICE_BASE = int(ipaddress.IPv6Address("fd00:96::"))
+BSID_BASE = int(ipaddress.IPv6Address("fcbb:bb00:0::"))
+GROUP_ID_BASE = 10_000_000  # nexthop ids: 1.. for backends, GROUP_ID_BASE.. for groups
+SYSCTLS = (
+    "net.ipv6.conf.all.seg6_enabled=1",
+    "net.ipv6.conf.default.seg6_enabled=1",
+    "net.ipv6.conf.all.forwarding=1",
+    "net.ipv6.fib_multipath_hash_policy=1",
+)
+
+
+def log(message: str) -> None:
+    print(f"[kernel_programming] {message}", file=sys.stderr, flush=True)
+
+
+# --- the services ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pod:
+    index: int
+    node: int  # node id, 1.. (0 is the reserved BSID locator)
+    k: int  # the pod's number on its node
+
+    @property
+    def sid(self) -> str:
+        return f"fcbb:bb00:{self.node:x}::1:{self.k:x}"  # End.DX6 L::1:<k>
+
+    @property
+    def address(self) -> str:
+        return f"fd00:10:{self.node:x}::{self.k:x}"
+
+    @property
+    def nexthop_id(self) -> int:
+        return self.index + 1
+
+
+@dataclass(frozen=True)
+class Service:
+    index: int
+    backends: tuple[Pod, ...]
+    port: int = 80
+    target_port: int = 8080
+
+    @property
+    def name(self) -> str:
+        return f"bench/svc-{self.index}"
+
+    @property
+    def cluster_ip(self) -> str:
+        return str(ipaddress.IPv6Address(SERVICE_BASE + 1 + self.index))
+
+    @property
+    def bsid(self) -> str:
+        return str(ipaddress.IPv6Address(BSID_BASE + 1 + self.index))
+
+    @property
+    def group_id(self) -> int:
+        return GROUP_ID_BASE + self.index
+
+
+def make_services(count: int, backends: int, pods: int, nodes: int, seed: int) -> list[Service]:
+    """`count` services, each with `backends` distinct pods drawn from a shared pool."""
+    pool = [Pod(index=i, node=1 + i % nodes, k=1 + i // nodes) for i in range(pods)]
+    rng = random.Random(seed)
+    return [
+        Service(i, tuple(sorted(rng.sample(pool, backends), key=lambda p: p.index)))
+        for i in range(count)
+    ]
+
+
+def used_pods(services: Sequence[Service]) -> list[Pod]:
+    return sorted({p for s in services for p in s.backends}, key=lambda p: p.index)
+
+
+def buckets_for(backends: int) -> int:
+    # A resilient group needs at least one bucket per nexthop; 64 keeps remapping coarse
+    # enough to be cheap and fine enough for ~10 backends.
+    return max(64, 1 << (backends * 4 - 1).bit_length())
+
+
+# --- reference 1: ip -batch -----------------------------------------------------------
+
+
+def ip_batch_files(services: Sequence[Service], directory: Path) -> tuple[Path, Path, int]:
+    """Two batch files and the number of kernel objects they create.
+
+    Two, because `ip -batch` lines take no options: seg6 nexthops must be AF_INET6 (an IPv6
+    route refuses an AF_INET nexthop) so they load with `ip -6`, while groups must be
+    AF_UNSPEC ("Invalid family for group" under -6), and routes infer their family anyway.
+    """
+    nexthops = directory / "nexthops.batch"
+    groups = directory / "groups_routes.batch"
+    pods = used_pods(services)
+    with nexthops.open("w") as out:
+        for pod in pods:
+            out.write(
+                f"nexthop add id {pod.nexthop_id} encap seg6 mode encap segs {pod.sid}"
+                f" dev {UPLINK}\n"
+            )
+    with groups.open("w") as out:
+        out.write(f"sr tunsrc set {UPLINK_ADDRESS.split('/')[0]}\n")
+        out.write(f"route add {SID_BLOCK} via {UPLINK_PEER} dev {UPLINK}\n")
+        for svc in services:
+            members = "/".join(str(p.nexthop_id) for p in svc.backends)
+            out.write(
+                f"nexthop add id {svc.group_id} group {members} type resilient"
+                f" buckets {buckets_for(len(svc.backends))}\n"
+            )
+            out.write(f"route add {svc.cluster_ip}/128 nhid {svc.group_id}\n")
+    return nexthops, groups, len(pods) + 2 * len(services) + 2
+
+
+# --- reference 2: kube-proxy iptables mode --------------------------------------------
+
+
+def kube_hash(prefix: str, *parts: str) -> str:
+    # kube-proxy: prefix + base32(sha256(servicePortName + protocol [+ endpoint]))[:16]
+    digest = hashlib.sha256("".join(parts).encode()).digest()
+    return prefix + base64.b32encode(digest).decode()[:16]
+
+
+def iptables_restore_input(services: Sequence[Service]) -> tuple[str, int]:
+    """kube-proxy's nat table for `services` (ip6tables-restore syntax) and its rule count."""
+    chains = ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"]
+    rules = [
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+        "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
+        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+        "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT"'
+        " -j MASQUERADE --random-fully",
+    ]
+    for svc in services:
+        port_name = f"{svc.name}:http"
+        svc_chain = kube_hash("KUBE-SVC-", port_name, "tcp")
+        chains.append(svc_chain)
+        rules.append(
+            f"-A KUBE-SERVICES -d {svc.cluster_ip}/128 -p tcp -m comment"
+            f' --comment "{port_name} cluster IP" -m tcp --dport {svc.port} -j {svc_chain}'
+        )
+        rules.append(
+            f"-A {svc_chain} ! -s {POD_CIDR} -d {svc.cluster_ip}/128 -p tcp -m comment"
+            f' --comment "{port_name} cluster IP" -m tcp --dport {svc.port} -j KUBE-MARK-MASQ'
+        )
+        count = len(svc.backends)
+        for i, pod in enumerate(svc.backends):
+            endpoint = f"[{pod.address}]:{svc.target_port}"
+            sep_chain = kube_hash("KUBE-SEP-", port_name, "tcp", endpoint)
+            chains.append(sep_chain)
+            pick = (
+                f" -m statistic --mode random --probability {1 / (count - i):.10f}"
+                if i < count - 1
+                else ""
+            )
+            rules.append(
+                f'-A {svc_chain} -m comment --comment "{port_name} -> {endpoint}"{pick}'
+                f" -j {sep_chain}"
+            )
+            rules.append(
+                f'-A {sep_chain} -s {pod.address}/128 -m comment --comment "{port_name}"'
+                " -j KUBE-MARK-MASQ"
+            )
+            rules.append(
+                f'-A {sep_chain} -p tcp -m comment --comment "{port_name}" -m tcp'
+                f" -j DNAT --to-destination {endpoint}"
+            )
+    rules.append(
+        '-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must'
+        ' be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS'
+    )
+    lines = ["*nat"]
+    lines += [f":{c} ACCEPT [0:0]" for c in ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")]
+    lines += [f":{c} - [0:0]" for c in chains]
+    lines += rules
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n", len(rules)
+
+
+# --- ours -----------------------------------------------------------------------------
+
+
+def desired_config(services: Sequence[Service]) -> Any:
+    from srv6ctl.dataplane.model import NodeConfig, Route, SegmentList, SrPolicy, Steering
+
+    return NodeConfig(
+        encap_source=ipaddress.IPv6Address(UPLINK_ADDRESS.split("/")[0]),
+        policies=frozenset(
+            SrPolicy(
+                bsid=ipaddress.IPv6Address(svc.bsid),
+                segment_lists=tuple(
+                    SegmentList((ipaddress.IPv6Address(p.sid),)) for p in svc.backends
+                ),
+                owner=f"svc/{svc.name}/v6",
+            )
+            for svc in services
+        ),
+        steerings=frozenset(
+            Steering(
+                prefix=ipaddress.IPv6Network(f"{svc.cluster_ip}/128"),
+                bsid=ipaddress.IPv6Address(svc.bsid),
+            )
+            for svc in services
+        ),
+        routes=frozenset(
+            {
+                Route(
+                    prefix=ipaddress.IPv6Network(SID_BLOCK),
+                    via=ipaddress.IPv6Address(UPLINK_PEER),
+                    interface=UPLINK,
+                )
+            }
+        ),
+    )
+
+
+def kernel_backend_class() -> tuple[Any, str | None]:
+    try:
+        from srv6ctl.dataplane import kernel
+    except Exception as error:  # any import failure means "not measurable yet"
+        return None, f"srv6ctl.dataplane.kernel is not importable: {error!r}"
+    backend = getattr(kernel, "KernelBackend", None)
+    if backend is None:
+        return None, "srv6ctl.dataplane.kernel has no KernelBackend"
+    return backend, None
+
+
+def open_backend(backend_class: Any, netns: str) -> Any:
+    return backend_class(netns)
+
+
+# --- namespaces and commands ----------------------------------------------------------
+
+
+def run(*command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
+
+
+def must(*command: str) -> str:
+    done = run(*command)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+@contextmanager
+def namespace(name: str) -> Iterator[str]:
+    """A fresh netns with lo and a veth uplink up and SRv6 enabled; always deleted."""
+    must("ip", "netns", "add", name)
+    try:
+        must("ip", "-n", name, "link", "set", "lo", "up")
+        must("ip", "-n", name, "link", "add", UPLINK, "type", "veth", "peer", "name", "up1")
+        must("ip", "-n", name, "link", "set", UPLINK, "up")
+        must("ip", "-n", name, "link", "set", "up1", "up")
+        must("ip", "-n", name, "addr", "add", UPLINK_ADDRESS, "dev", UPLINK, "nodad")
+        must("ip", "netns", "exec", name, "sysctl", "-qw", *SYSCTLS)
+        yield name
+    finally:
+        done = run("ip", "netns", "del", name)
+        if done.returncode != 0:
+            log(f"could not delete netns {name}: {done.stderr.strip()}")
+
+
+def timed(
+    *command: str, stdin: str | None = None
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    start = time.perf_counter()
+    done = run(*command, stdin=stdin)
+    return time.perf_counter() - start, done
+
+
+def kernel_counts(netns: str) -> dict[str, int]:
+    """Routes and nexthops in `netns` (counted untimed, to check that a run loaded it all)."""
+    routes = must("ip", "-n", netns, "-6", "route", "show", "proto", "all")
+    nexthops = must("ip", "-n", netns, "nexthop", "show")
+    return {
+        # Connected and link-local routes ("proto kernel") follow from devices, not from us.
+        "routes": sum(
+            1
+            for line in routes.splitlines()
+            if line and not line[0].isspace() and " proto kernel " not in line
+        ),
+        "nexthops": sum(1 for line in nexthops.splitlines() if line.startswith("id ")),
+    }
+
+
+def first_error(stderr: str) -> str | None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return " | ".join(lines[:3]) if lines else None
+
+
+# --- the runs -------------------------------------------------------------------------
+
+
+ENOMEM_TEXT = "Cannot allocate memory"
+RETRY_ROUNDS = 50
+
+
+def load_batch(netns: str, batch: Path, *options: str) -> dict[str, Any]:
+    """`ip [options] -n netns -force -batch`, then the lines that failed with ENOMEM again.
+
+    Every seg6 encap state (a route's or a nexthop's) allocates two per-CPU dst caches with
+    GFP_ATOMIC (net/ipv6/seg6_iptunnel.c, seg6_build_state), which may only use per-CPU pages
+    already populated; adds faster than the allocator's asynchronous refill get ENOMEM in
+    bursts of a few hundred messages ("percpu: allocation failed ... atomic=1" in dmesg). A
+    real backend must retry those, so the reference does too, inside the timing.
+    """
+    lines = batch.read_text().splitlines()
+    pending = batch
+    seconds, enomem, rounds, pause = 0.0, 0, 0, 0.001
+    while True:
+        elapsed, done = timed("ip", *options, "-n", netns, "-force", "-batch", str(pending))
+        seconds += elapsed
+        failed: list[int] = []
+        other: list[str] = []
+        reason = ""
+        for line in done.stderr.splitlines():
+            if line.startswith("Command failed "):
+                number = int(line.rsplit(":", 1)[1])
+                if reason == ENOMEM_TEXT:
+                    failed.append(number)
+                else:
+                    other.append(f"{reason} ({lines[number - 1]})")
+            elif line.strip():
+                reason = line.split(": ", 1)[-1].strip()
+        if other or not failed or rounds == RETRY_ROUNDS:
+            break
+        enomem += len(failed)
+        rounds += 1
+        lines = [lines[n - 1] for n in failed]
+        pending = batch.with_suffix(f".retry{rounds}")
+        pending.write_text("\n".join(lines) + "\n")
+        time.sleep(pause)
+        seconds += pause
+        pause = min(pause * 2, 0.1)
+    error = "; ".join(other[:3]) or (f"{len(failed)} lines still ENOMEM" if failed else None)
+    return {"seconds": seconds, "enomem_retried": enomem, "retry_rounds": rounds, "error": error}
+
+
+def bench_ip_batch(services: Sequence[Service], netns: str, work: Path) -> dict[str, Any]:
+    nexthops, groups, objects = ip_batch_files(services, work)
+    first = load_batch(netns, nexthops, "-6")
+    second = load_batch(netns, groups)
+    errors = [e for e in (first["error"], second["error"]) if e]
+    return {
+        "seconds": first["seconds"] + second["seconds"],
+        "objects": objects,
+        "enomem_retried": first["enomem_retried"] + second["enomem_retried"],
+        "error": "; ".join(errors) or None,
+        "loaded": kernel_counts(netns),
+    }
+
+
+def bench_iptables(services: Sequence[Service], netns: str) -> dict[str, Any]:
+    if shutil.which("ip6tables-restore") is None:
+        return {"seconds": None, "error": "ip6tables-restore missing: install Debian `iptables`"}
+    text, rule_count = iptables_restore_input(services)
+    seconds, done = timed("ip", "netns", "exec", netns, "ip6tables-restore", stdin=text)
+    if done.returncode:
+        return {"seconds": None, "rules": rule_count, "error": first_error(done.stderr)}
+    saved = must("ip", "netns", "exec", netns, "ip6tables-save", "-t", "nat")
+    loaded = sum(1 for line in saved.splitlines() if line.startswith("-A "))
+    return {"seconds": seconds, "rules": rule_count, "loaded_rules": loaded, "error": None}
+
+
+def bench_ours(services: Sequence[Service], netns: str) -> dict[str, Any]:
+    backend_class, reason = kernel_backend_class()
+    if backend_class is None:
+        return {"seconds": None, "reason": reason}
+    from srv6ctl.dataplane.model import NodeConfig
+    from srv6ctl.dataplane.reconcile import plan
+
+    desired = desired_config(services)
+    backend = None
+    try:
+        backend = open_backend(backend_class, netns)
+        start = time.perf_counter()
+        changes = plan(desired, NodeConfig())
+        planned = time.perf_counter()
+        backend.apply(changes)
+        end = time.perf_counter()
+    except Exception as error:
+        return {"seconds": None, "reason": f"KernelBackend failed: {error!r}"}
+    finally:
+        if backend is not None and hasattr(backend, "close"):
+            backend.close()
+    return {
+        "seconds": end - start,
+        "plan_seconds": planned - start,
+        "changes": len(changes),
+        "loaded": kernel_counts(netns),
+        "reason": None,
+    }
+
+
+def peak_rss() -> float:
+    """This process's peak resident set so far, in MiB (ru_maxrss is KiB on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--backends", type=int, default=10)
+    parser.add_argument(
+        "--pods",
+        type=int,
+        help="pod pool the backends are drawn from (default services*backends/4)",
+    )
+    parser.add_argument("--nodes", type=int, default=100, help="nodes the pods are spread over")
+    parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument("--quick", action="store_true", help="200 services x 4 backends")
+    parser.add_argument("--skip-ours", action="store_true", help="references only")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.services, args.backends = 200, 4
+    pods = args.pods or max(args.backends, args.services * args.backends // 4)
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces)")
+
+    # SIGTERM must still run the finally blocks that delete our namespaces.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    services = make_services(args.services, args.backends, pods, args.nodes, args.seed)
+    prefix = f"srv6bench-{os.getpid()}"
+    log(f"{args.services} services x {args.backends} backends, {len(used_pods(services))} pods")
+
+    # Ours first, so that the peak RSS taken right after it is ours, not the references'.
+    if args.skip_ours:
+        ours: dict[str, Any] = {"seconds": None, "reason": "--skip-ours"}
+    else:
+        with namespace(f"{prefix}-ours") as netns:
+            ours = bench_ours(services, netns)
+    peak_rss_mb = peak_rss()
+    log(f"ours: {ours}")
+    with tempfile.TemporaryDirectory(prefix="srv6bench-") as tmp:
+        with namespace(f"{prefix}-ipbatch") as netns:
+            ip_batch = bench_ip_batch(services, netns, Path(tmp))
+        log(f"ip -batch: {ip_batch}")
+    with namespace(f"{prefix}-iptables") as netns:
+        iptables = bench_iptables(services, netns)
+    log(f"ip6tables-restore: {iptables}")
+
+    ours_s = ours["seconds"]
+    objects = ip_batch["objects"]
+    result = {
+        "bench": "kernel_programming",
+        "services": args.services,
+        "backends": args.backends,
+        "ip_batch_s": rounded(ip_batch["seconds"]),
+        "iptables_restore_s": rounded(iptables["seconds"]),
+        "ours_s": rounded(ours_s),
+        "ratio": ratio(ours_s, ip_batch["seconds"]),
+        "ratio_vs_iptables": ratio(ours_s, iptables["seconds"]),
+        "objects_per_s": round(objects / ours_s) if ours_s else None,
+        "peak_rss_mb": peak_rss_mb,
+        "peak_rss_total_mb": peak_rss(),
+        "objects": objects,
+        "pods": len(used_pods(services)),
+        "ip_batch_objects_per_s": round(objects / ip_batch["seconds"]),
+        "ip_batch_enomem_retried": ip_batch["enomem_retried"],
+        "ip_batch_error": ip_batch["error"],
+        "ip_batch_loaded": ip_batch["loaded"],
+        "iptables_rules": iptables.get("rules"),
+        "iptables_error": iptables.get("error"),
+        "ours_reason": ours.get("reason"),
+        "ours_loaded": ours.get("loaded"),
+        # Same route and nexthop counts as the reference: ours really programmed it all.
+        "ours_matches_ip_batch": (ours["loaded"] == ip_batch["loaded"]) if ours_s else None,
+    }
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Reconcile: the smallest ordered plan that turns the actual dataplane into the desired one.
+
+Pure: data in, data out. Objects are compared by `key` (which object) and by value (what it
+says); unchanged objects never appear in a plan. A backend applies the plan in list order.
+
+Order (`plan`), derived from what refers to what (a local SID or route names a pod
+interface, a steering names a policy's BSID):
+
+1. the node's encap source, when set or changed (policies encapsulate with it);
+2. adds and replaces, dependencies first: pods → local SIDs → policies → steerings → routes,
+   each kind sorted by key. A replace is "make the new value true" and may point at things
+   added earlier (a steering moving to a new policy, a SID moving to a new pod interface);
+3. deletes, dependants first: routes → steerings → policies → local SIDs → pods, each kind
+   sorted by key, so nothing is deleted while a survivor still names it;
+4. the encap source, when cleared.
+
+Adds go before deletes so that, at every prefix of the plan, no steering points at a missing
+policy and no SID or route names a missing pod interface, and a replaced value is live
+before the old one goes (make before break).
+
+One exception, the *address rule*: routes, steerings and local SIDs all occupy a route slot
+`(table, prefix)` in the kernel (a local SID is a seg6local route for `sid/128` in the main
+table). When an add takes a slot that a deleted object of another kind holds — typically a
+service losing its last endpoint (steering `S/128` → reject route `S/128`) or regaining one —
+the delete is pulled forward to just before that add, otherwise the kernel answers EEXIST
+and, worse, deleting the old object afterwards by prefix could remove the new one. Pulling
+these deletes forward is always safe: nothing in the model refers to a route, a steering or
+a local SID. A backend that can replace atomically (netlink NLM_F_REPLACE) may fuse a DELETE
+immediately followed by an ADD of the same slot into one replace, closing the short gap.
+
+Policies and BSIDs are not slots: in the kernel a policy is nexthops and a group, and BSIDs
+come from the reserved locator 0, so they cannot collide with a node's SIDs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+from srv6ctl.dataplane.model import (
+    MAIN_TABLE,
+    Change,
+    DataplaneObject,
+    EncapSource,
+    IPNetwork,
+    IPv6Address,
+    LocalSid,
+    NodeConfig,
+    Op,
+    PodAttachment,
+    Route,
+    SegmentList,
+    SrPolicy,
+    Steering,
+)
+
+__all__ = [
+    "KIND_ORDER",
+    "Drift",
+    "ListEdit",
+    "ListOp",
+    "PlanError",
+    "apply_list_edits",
+    "apply_plan",
+    "drift",
+    "plan",
+    "route_slot",
+    "segment_list_edits",
+]
+
+Key: TypeAlias = Hashable
+Slot: TypeAlias = tuple[int, IPNetwork]
+
+# Dependency order: a kind may refer only to kinds before it.
+KIND_ORDER: tuple[type, ...] = (EncapSource, PodAttachment, LocalSid, SrPolicy, Steering, Route)
+
+
+class PlanError(ValueError):
+    """A config that cannot be keyed, or a plan that does not fit the config it is applied to."""
+
+
+# --- keys, kinds and slots ------------------------------------------------------------
+
+
+def _rank(obj: DataplaneObject) -> int:
+    for rank, kind in enumerate(KIND_ORDER):
+        if isinstance(obj, kind):
+            return rank
+    raise TypeError(f"not a dataplane object: {obj!r}")
+
+
+def _sortable(part: Any) -> Any:
+    """A total order over key parts: IPv4 and IPv6 values do not compare with each other."""
+    if isinstance(part, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return (part.version, int(part), 128)
+    if isinstance(part, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return (part.version, int(part.network_address), part.prefixlen)
+    if isinstance(part, tuple):
+        return tuple(_sortable(p) for p in part)
+    return part
+
+
+def _order(change: Change) -> Any:
+    return (_rank(change.obj), _sortable(change.obj.key))
+
+
+def route_slot(obj: DataplaneObject) -> Slot | None:
+    """The kernel route `(table, prefix)` an object occupies, if any (see the address rule)."""
+    if isinstance(obj, Route | Steering):
+        return (obj.table, obj.prefix)
+    if isinstance(obj, LocalSid):
+        return (MAIN_TABLE, ipaddress.IPv6Network(obj.sid))
+    return None
+
+
+def _keyed(config: NodeConfig, name: str) -> dict[Key, DataplaneObject]:
+    objects: list[DataplaneObject] = list(config.objects())
+    if config.encap_source is not None:
+        objects.append(EncapSource(config.encap_source))
+    keyed: dict[Key, DataplaneObject] = {}
+    for obj in objects:
+        other = keyed.setdefault(obj.key, obj)
+        if other is not obj:
+            raise PlanError(
+                f"{name} config holds two objects with key {obj.key}: {other} and {obj}"
+            )
+    return keyed
+
+
+# --- plan -----------------------------------------------------------------------------
+
+
+def plan(desired: NodeConfig, actual: NodeConfig) -> list[Change]:
+    """The ordered changes that turn `actual` into `desired` (see the module docstring)."""
+    want = _keyed(desired, "desired")
+    have = _keyed(actual, "actual")
+
+    upserts: list[Change] = []
+    for key, new in want.items():
+        old = have.get(key)
+        if old is None:
+            upserts.append(Change(Op.ADD, new=new))
+        elif old != new:
+            upserts.append(Change(Op.REPLACE, old=old, new=new))
+    deletes = [Change(Op.DELETE, old=old) for key, old in have.items() if key not in want]
+
+    upserts.sort(key=_order)
+    deletes.sort(key=_order)
+
+    # The address rule: a delete that frees a slot an add needs goes just before that add.
+    freeing: dict[Slot, list[Change]] = defaultdict(list)
+    for change in deletes:
+        slot = route_slot(change.obj)
+        if slot is not None:
+            freeing[slot].append(change)
+
+    ordered: list[Change] = []
+    for change in upserts:
+        slot = route_slot(change.obj)
+        if change.op is Op.ADD and slot is not None:
+            ordered.extend(freeing.pop(slot, ()))
+        ordered.append(change)
+    pulled = set(ordered)
+    ordered.extend(c for c in reversed(deletes) if c not in pulled)
+    return ordered
+
+
+def apply_plan(actual: NodeConfig, changes: Iterable[Change]) -> NodeConfig:
+    """The config a backend holds after applying `changes` to `actual` (for tests, dry runs).
+
+    Strict: an ADD of a key already present, or a DELETE/REPLACE whose `old` is not what the
+    config holds, raises `PlanError` — the plan was made for another state.
+    """
+    state = _keyed(actual, "actual")
+    for change in changes:
+        if change.old is not None:
+            if state.get(change.old.key) != change.old:
+                raise PlanError(f"cannot {change.op} {change.old}: not what the config holds")
+            del state[change.old.key]
+        if change.new is not None:
+            if change.new.key in state:
+                raise PlanError(f"cannot {change.op} {change.new}: its key is taken")
+            state[change.new.key] = change.new
+    return _config(state.values())
+
+
+def _config(objects: Iterable[DataplaneObject]) -> NodeConfig:
+    encap_source = None
+    pods: list[PodAttachment] = []
+    local_sids: list[LocalSid] = []
+    policies: list[SrPolicy] = []
+    steerings: list[Steering] = []
+    routes: list[Route] = []
+    for obj in objects:
+        if isinstance(obj, EncapSource):
+            encap_source = obj.address
+        elif isinstance(obj, PodAttachment):
+            pods.append(obj)
+        elif isinstance(obj, LocalSid):
+            local_sids.append(obj)
+        elif isinstance(obj, SrPolicy):
+            policies.append(obj)
+        elif isinstance(obj, Steering):
+            steerings.append(obj)
+        else:
+            routes.append(obj)
+    return NodeConfig(
+        encap_source=encap_source,
+        pods=frozenset(pods),
+        local_sids=frozenset(local_sids),
+        policies=frozenset(policies),
+        steerings=frozenset(steerings),
+        routes=frozenset(routes),
+    )
+
+
+# --- drift ----------------------------------------------------------------------------
+
+Drift: TypeAlias = dict[str, dict[str, int]]
+
+
+def drift(desired: NodeConfig, actual: NodeConfig) -> Drift:
+    """How far the dataplane is from the desired state: {kind: {op: count}}, only non-zero.
+
+    E.g. `{"SrPolicy": {"replace": 2}, "Route": {"delete": 1}}`; `{}` means in sync.
+    """
+    counts = Counter((change.kind, str(change.op)) for change in plan(desired, actual))
+    summary: Drift = {}
+    for (kind, op), count in sorted(counts.items()):
+        summary.setdefault(kind, {})[op] = count
+    return summary
+
+
+# --- segment-list edits (hitless policy updates) --------------------------------------
+
+
+class ListOp(StrEnum):
+    ADD = "add"
+    MODIFY = "modify"  # same segments, new weight
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class ListEdit:
+    """One edit of a policy's segment lists: `old` is None for ADD, `new` is None for DELETE."""
+
+    op: ListOp
+    old: SegmentList | None = None
+    new: SegmentList | None = None
+
+
+def segment_list_edits(old: SrPolicy, new: SrPolicy) -> list[ListEdit]:
+    """Edits that turn `old`'s segment lists into `new`'s one list at a time, hitless.
+
+    For backends that edit a policy in place (VPP `sr_policy_mod`): adds first, then weight
+    modifications, then deletes, so the policy never has zero lists (VPP refuses to remove a
+    policy's last list) and new paths are live before old ones go. Lists are a multiset
+    matched by segments; a list whose segments stay but whose weight changes is one MODIFY.
+    Only the lists are considered: a change of BSID, mode or encap source is not an edit.
+    """
+    gone = Counter(old.segment_lists) - Counter(new.segment_lists)
+    came = Counter(new.segment_lists) - Counter(old.segment_lists)
+    gone_by_path: dict[tuple[IPv6Address, ...], list[SegmentList]] = defaultdict(list)
+    for sl in sorted(gone.elements()):
+        gone_by_path[sl.segments].append(sl)
+
+    adds: list[ListEdit] = []
+    modifies: list[ListEdit] = []
+    for sl in sorted(came.elements()):
+        same_path = gone_by_path.get(sl.segments)
+        if same_path:
+            modifies.append(ListEdit(ListOp.MODIFY, old=same_path.pop(0), new=sl))
+        else:
+            adds.append(ListEdit(ListOp.ADD, new=sl))
+    deletes = [ListEdit(ListOp.DELETE, old=sl) for lists in gone_by_path.values() for sl in lists]
+    return adds + modifies + deletes
+
+
+def apply_list_edits(
+    lists: Sequence[SegmentList], edits: Iterable[ListEdit]
+) -> tuple[SegmentList, ...]:
+    """The lists after `edits` (order not significant); raises `PlanError` on a stale edit."""
+    current = list(lists)
+    for edit in edits:
+        if edit.op is not ListOp.ADD:
+            if edit.old not in current:
+                raise PlanError(f"cannot {edit.op} segment list {edit.old}: not in the policy")
+            current.remove(edit.old)
+        if edit.op is not ListOp.DELETE:
+            assert edit.new is not None
+            current.append(edit.new)
+    return tuple(current)
