@@ -8,6 +8,9 @@ set -euo pipefail
 PACKAGES=(
     "iproute2:/usr/bin/ip"
     "etcd-server:/usr/bin/etcd"
+    "containernetworking-plugins:/usr/lib/cni/ptp"        # reference plugins (chained, bench)
+    "golang-go:/usr/bin/go"                               # builds the libcni test driver
+    "golang-github-appc-cni-dev:/usr/share/gocode/src/github.com/containernetworking/cni/libcni"
     "python3-venv:/usr/lib/python3/dist-packages"
 )
 
