@@ -1,0 +1,493 @@
+"""The Linux kernel SRv6 backend: programs one network namespace over netlink.
+
+`KernelBackend(netns)` implements the `Backend` protocol of `model.py`. The kernel shape
+of each object is described in `kernel_codec`, the staging of writes in `kernel_program`,
+the probing of what this kernel can do in `kernel_caps`, the pipelined socket (and its
+ENOMEM retries) in `netlink_channel`.
+
+Ownership: every route this backend creates carries the route protocol `route_protocol`
+(default 0x5c = 92, a number neither iproute2's rt_protos nor any routing daemon we know
+uses; values above RTPROT_STATIC (4) are not interpreted by the kernel), and every nexthop
+carries the same protocol *and* an id in [nexthop_id_base, +nexthop_id_span). `dump`
+reports only those, deletes name them by protocol, adds never overwrite (NLM_F_EXCL), so
+a namespace's other routes and nexthops are never touched. Policy anchors live in their
+own table (`policy_table`, see kernel_codec). The one device it may create is the SID
+device (`sid_device`), when missing.
+
+Pods: a `PodAttachment` is wired by the CNI side of the agent (the veth pair, the pod's
+addresses, its loopback service addresses and stateless port rewrites all live in the
+*pod's* namespace). From the node's namespace this backend could see a veth, but not the
+pod's name, namespace path or addresses, so it cannot dump a `PodAttachment` faithfully;
+it therefore reports none and treats pod changes as no-ops. The agent reconciles pods with
+its CNI wiring, and the kernel objects here with this backend.
+
+The node encap source is the namespace's `ip sr tunsrc` (genl family SEG6,
+SEG6_CMD_SET_TUNSRC). A per-policy `encap_source` needs SEG6_IPTUNNEL_SRC on the nexthop,
+which the probe checks (6.18 here ignores it, so such a policy is refused with a reason).
+
+`writes` counts every state-changing netlink message sent (a restarted agent with nothing
+to change must make none); `writes_by_type` splits them by message type.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from pyroute2.netlink import (
+    CTRL_CMD_GETFAMILY,
+    GENL_ID_CTRL,
+    NETLINK_GENERIC,
+    NETLINK_ROUTE,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    ctrlmsg,
+    nlmsg,
+)
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+from srv6ctl.dataplane import netlink_seg6 as nl
+from srv6ctl.dataplane.kernel_caps import KernelFeatures, probe_kernel
+from srv6ctl.dataplane.kernel_codec import (
+    Codec,
+    DecodedNexthop,
+    DecodedRoute,
+    InvalidObject,
+    Links,
+    RouteMessage,
+    SegmentPath,
+    Slot,
+    parse_nexthop,
+    parse_route,
+)
+from srv6ctl.dataplane.kernel_program import IdAllocator, Inventory, compile_changes
+from srv6ctl.dataplane.model import (
+    Capabilities,
+    Change,
+    Counters,
+    IPv6Address,
+    LocalSid,
+    NodeConfig,
+    PodAttachment,
+    Route,
+    SegmentList,
+    SrPolicy,
+    Steering,
+)
+from srv6ctl.dataplane.netlink_channel import Failure, NetlinkChannel, NetlinkError, Request
+from srv6ctl.dataplane.nsenter import SysctlResult, ensure_sysctls
+
+log = logging.getLogger(__name__)
+
+RTPROT_SRV6CTL = 0x5C
+POLICY_TABLE = 0x5C  # table 92: BSID anchor routes (see kernel_codec)
+NEXTHOP_ID_BASE = 0x5C00_0000
+NEXTHOP_ID_SPAN = 0x0100_0000
+GROUP_BUCKETS = 128  # resilient-group buckets: weight precision 1/128, cheap to hold
+# Local SIDs without an interface of their own sit on this device (not lo: kernel_codec
+# says why). Created when missing: a dummy device, as SRv6 set-ups usually use, or, on
+# kernels without CONFIG_DUMMY (like this one), a bridge with no ports — any non-loopback
+# device that is up will do, as a seg6local route is matched on input, never sent out.
+SID_DEVICE = "srv6ctl0"
+SID_DEVICE_KINDS = ("dummy", "bridge")
+NEXTHOP_DEVICE = "lo"
+
+# What the dataplane needs in the namespace. `net.ipv6.route.max_size` is left alone: since
+# kernel 6.3 it defaults to INT_MAX and no longer limits routes (it only sized the dst
+# cache). The per-device seg6_enabled of existing devices is added at start.
+SYSCTLS: Mapping[str, str] = {
+    "net.ipv6.conf.all.seg6_enabled": "1",
+    "net.ipv6.conf.default.seg6_enabled": "1",  # devices created later (pod veths)
+    "net.ipv6.conf.all.forwarding": "1",
+    "net.ipv4.ip_forward": "1",
+    "net.ipv6.fib_multipath_hash_policy": "1",  # L4 hash: flows, not hosts, spread
+    "net.ipv4.fib_multipath_hash_policy": "1",  # IPv4-in-SRv6 steering hashes in IPv4
+}
+
+_IFINFO = struct.Struct("=BxHiII")  # struct ifinfomsg
+_IFLA_IFNAME = 3
+_RTM_GETLINK = 18
+_RTM_NEWLINK = 16
+_IFF_UP = 1
+
+
+class ApplyError(RuntimeError):
+    """Some writes of a plan failed for good. The stages before the failing one and the
+    writes of that stage that succeeded were applied; a new dump shows exactly what."""
+
+    def __init__(self, failures: Iterable[Failure]) -> None:
+        self.failures = tuple(failures)
+        lines = "; ".join(str(f) for f in self.failures[:5])
+        more = f" (+{len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
+        super().__init__(f"kernel refused {len(self.failures)} write(s): {lines}{more}")
+
+
+class KernelBackend:
+    """SRv6 in the Linux kernel of network namespace `netns`, over netlink."""
+
+    def __init__(
+        self,
+        netns: str,
+        *,
+        route_protocol: int = RTPROT_SRV6CTL,
+        nexthop_id_base: int = NEXTHOP_ID_BASE,
+        nexthop_id_span: int = NEXTHOP_ID_SPAN,
+        policy_table: int = POLICY_TABLE,
+        sid_device: str = SID_DEVICE,
+        group_buckets: int = GROUP_BUCKETS,
+        group_idle_timer: int | None = None,
+        configure_sysctls: bool = True,
+    ) -> None:
+        if not 4 < route_protocol < 256:
+            raise ValueError(f"route_protocol {route_protocol} must be in 5..255")
+        if nexthop_id_base < 1 or nexthop_id_span < 1 or nexthop_id_base + nexthop_id_span > 2**32:
+            raise ValueError(f"nexthop ids {nexthop_id_base}+{nexthop_id_span} leave 1..2**32-1")
+        if policy_table in (0, 253, 254, 255):
+            raise ValueError(f"policy_table {policy_table} is a kernel table")
+        self.netns = netns
+        self.features: KernelFeatures = probe_kernel()
+        self.capabilities: Capabilities = self.features.capabilities
+        self._codec = Codec(
+            protocol=route_protocol,
+            policy_table=policy_table,
+            sid_device=sid_device,
+            nexthop_device=NEXTHOP_DEVICE,
+            sid_counters=self.capabilities.sid_counters,
+            group_buckets=group_buckets,
+            group_idle_timer=group_idle_timer,
+        )
+        self._id_range = range(nexthop_id_base, nexthop_id_base + nexthop_id_span)
+        self._ids = IdAllocator(nexthop_id_base, nexthop_id_span, set())
+        self._route = NetlinkChannel(netns, NETLINK_ROUTE, strict_dumps=True)
+        self._genl: NetlinkChannel | None = None
+        self._seg6_family: int | None = None
+        self._inventory: Inventory | None = None
+        self._ensure_sid_device(sid_device)
+        self.sysctls = SysctlResult()
+        if configure_sysctls:
+            self.sysctls = self.configure_sysctls()
+
+    # --- the Backend protocol ---------------------------------------------------------
+
+    def dump(self) -> NodeConfig:
+        inventory, decoded = self._load()
+        group_bsid = {group: bsid for bsid, group in inventory.anchors.items()}
+        local_sids: list[LocalSid] = []
+        routes: list[Route] = []
+        steerings: list[Steering] = []
+        for route in decoded:
+            table, prefix = route.slot
+            if isinstance(route.obj, LocalSid):
+                local_sids.append(route.obj)
+            elif isinstance(route.obj, Route):
+                routes.append(route.obj)
+            elif route.nh_id in group_bsid and table != self._codec.policy_table:
+                steerings.append(Steering(prefix, group_bsid[route.nh_id], table))
+        return NodeConfig(
+            encap_source=self._tunnel_source(),
+            local_sids=frozenset(local_sids),
+            policies=frozenset(inventory.policies.values()),
+            steerings=frozenset(steerings),
+            routes=frozenset(routes),
+        )
+
+    def apply(self, changes: Iterable[Change]) -> None:
+        """Apply a plan in dependency stages, each one pipelined; see kernel_program."""
+        todo = [c for c in changes if not isinstance(c.obj, PodAttachment)]
+        if not todo:
+            return
+        inventory = self._inventory if self._inventory is not None else self._load()[0]
+        program = compile_changes(
+            todo, inventory, self._codec, self._links(), self.features, self._ids
+        )
+        self._inventory = None  # until every stage has landed
+        if program.sets_tunnel_source and program.tunnel_source is not None:
+            self._set_tunnel_source(program.tunnel_source)  # type: ignore[arg-type]
+        for stage in program.stages:
+            failures = self._route.execute(stage)
+            if failures:
+                raise ApplyError(failures)
+        if program.sets_tunnel_source and program.tunnel_source is None:
+            self._set_tunnel_source(None)
+        self._inventory = program.inventory
+
+    def counters(self) -> Mapping[Any, Counters]:
+        """Per local SID: packets, bytes, errors (SEG6_LOCAL_COUNTERS). Per policy: packets
+        over all its segment lists (nexthop-group member stats, kernel 6.7+); the kernel
+        keeps no byte count for nexthop groups, so `bytes` stays 0 there.
+
+        Both restart from zero when their object is replaced (a SID's route, a policy's
+        group: the kernel builds a new one), which Prometheus reads as a counter reset.
+        """
+        out: dict[Any, Counters] = {}
+        links = self._links()
+        for msg in self._dump_routes(socket.AF_INET6):
+            route = self._codec.decode_route(msg, links)
+            if isinstance(route.obj, LocalSid) and route.counters is not None:
+                packets, octets, errors = route.counters
+                out[route.obj.key] = Counters(packets, octets, errors)
+        if self.features.group_stats:
+            inventory = self._inventory if self._inventory is not None else self._load()[0]
+            stats = {n.nh_id: n for n in self._dump_nexthops(stats=True)}
+            for bsid, group_id in inventory.anchors.items():
+                group = stats.get(group_id)
+                if group is not None:
+                    out[("policy", bsid)] = Counters(packets=sum(group.member_packets.values()))
+        return out
+
+    def close(self) -> None:
+        self._route.close()
+        if self._genl is not None:
+            self._genl.close()
+
+    def __enter__(self) -> KernelBackend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- extras -----------------------------------------------------------------------
+
+    @property
+    def writes(self) -> int:
+        """Netlink messages sent that change kernel state (retries included)."""
+        return self._route.writes + (self._genl.writes if self._genl else 0)
+
+    @property
+    def writes_by_type(self) -> Counter[int]:
+        """`writes` by netlink message type (RTM_NEWROUTE, RTM_DELNEXTHOP...)."""
+        out = Counter(self._route.writes_by_type)
+        if self._genl is not None:
+            out.update(self._genl.writes_by_type)
+        return out
+
+    @property
+    def retries(self) -> int:
+        return self._route.retries
+
+    def configure_sysctls(self) -> SysctlResult:
+        """Set SYSCTLS (and seg6_enabled on every present device) where they differ."""
+        wanted = dict(SYSCTLS)
+        for name in self._links().by_name:
+            wanted[f"net/ipv6/conf/{name}/seg6_enabled"] = "1"
+        result = ensure_sysctls(self.netns, wanted)
+        for refusal in result.refused:
+            log.warning("netns %s: sysctl refused: %s", self.netns, refusal)
+        return result
+
+    def _ensure_sid_device(self, name: str) -> None:
+        links = self._link_table()
+        if name in links:
+            index, flags = links[name]
+            if not flags & _IFF_UP:
+                request = ifinfmsg()
+                request["index"], request["flags"], request["change"] = index, _IFF_UP, _IFF_UP
+                failures = self._route.execute([Request(_RTM_NEWLINK, 0, request, f"{name} up")])
+                if failures:
+                    raise NetlinkError(failures)
+            return
+        refused: list[Failure] = []
+        for kind in SID_DEVICE_KINDS:
+            request = ifinfmsg()
+            request["flags"], request["change"] = _IFF_UP, _IFF_UP
+            request["attrs"] = [
+                ("IFLA_IFNAME", name),
+                ("IFLA_IFALIAS", "srv6ctl: local SIDs without an interface"),
+                ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]}),
+            ]
+            what = f"SID device {name} ({kind})"
+            flags = NLM_F_CREATE | NLM_F_EXCL
+            failures = self._route.execute([Request(_RTM_NEWLINK, flags, request, what)])
+            if not failures:
+                log.info("netns %s: created %s", self.netns, what)
+                return
+            refused += failures
+        raise NetlinkError(refused)
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _load(self) -> tuple[Inventory, list[DecodedRoute]]:
+        """Read what of ours the namespace holds; refreshes the inventory."""
+        links = self._links()
+        protocol = self._codec.protocol
+        inventory = Inventory()
+        for nexthop in self._dump_nexthops(stats=False):
+            inventory.occupied.add(nexthop.nh_id)
+            if nexthop.protocol != protocol or nexthop.nh_id not in self._id_range:
+                continue
+            if nexthop.members is not None:
+                inventory.groups[nexthop.nh_id] = nexthop.members
+            elif nexthop.path is not None and nexthop.path not in inventory.paths:
+                inventory.paths[nexthop.path] = nexthop.nh_id
+            else:
+                inventory.other.add(nexthop.nh_id)
+        decoded = [
+            self._codec.decode_route(msg, links)
+            for family in (socket.AF_INET6, socket.AF_INET)
+            for msg in self._dump_routes(family)
+        ]
+        for route in decoded:
+            inventory.slot_refs[route.slot] = route.nh_id
+            table, prefix = route.slot
+            if (
+                table == self._codec.policy_table
+                and route.nh_id in inventory.groups
+                and prefix.version == 6
+                and prefix.prefixlen == 128
+            ):
+                inventory.anchors[IPv6Address(prefix.network_address)] = route.nh_id
+        path_of = {nh_id: path for path, nh_id in inventory.paths.items()}
+        lists: dict[tuple[SegmentPath, int], SegmentList] = {}  # shared: 10x fewer objects
+        for bsid, group_id in inventory.anchors.items():
+            members = inventory.groups[group_id]
+            paths = [path_of.get(member) for member, _ in members]
+            if not paths or None in paths:
+                continue  # a member of no known shape: not a policy we can name
+            shapes = {(p.mode, p.source) for p in paths if p is not None}
+            if len(shapes) != 1:
+                continue  # we never mix modes in one group; reconcile will replace it
+            ((mode, source),) = shapes
+            segment_lists = []
+            for p, (_, weight) in zip(paths, members, strict=True):
+                assert p is not None
+                segment_list = lists.get((p, weight))
+                if segment_list is None:
+                    segment_list = lists[p, weight] = SegmentList(p.segments, weight)
+                segment_lists.append(segment_list)
+            inventory.policies[bsid] = SrPolicy(
+                bsid, tuple(segment_lists), encap_source=source, mode=mode
+            )
+        self._inventory = inventory
+        return inventory, [r for r in decoded if r.slot[0] != self._codec.policy_table]
+
+    def _dump_routes(self, family: int) -> list[RouteMessage]:
+        msgs = self._route.dump(nl.RTM_GETROUTE, self._codec.route_dump(family), parse_route)
+        # The kernel filters by protocol under strict checking; filter again in case not.
+        return [m for m in msgs if m.protocol == self._codec.protocol]
+
+    def _dump_nexthops(self, stats: bool) -> list[DecodedNexthop]:
+        msgs = self._route.dump(nl.RTM_GETNEXTHOP, Codec.nexthop_dump(stats), parse_nexthop)
+        return [Codec.decode_nexthop(m) for m in msgs]
+
+    def _links(self) -> Links:
+        return Links({name: index for name, (index, _) in self._link_table().items()})
+
+    def _link_table(self) -> dict[str, tuple[int, int]]:
+        """{name: (ifindex, IFF_* flags)} of the namespace's interfaces."""
+        table: dict[str, tuple[int, int]] = {}
+
+        def parse(msg_type: int, data: bytes) -> nlmsg | None:
+            if msg_type == _RTM_NEWLINK:
+                index, flags, name = _link_name(data)
+                if name:
+                    table[name] = (index, flags)
+            return None
+
+        self._route.dump(_RTM_GETLINK, ifinfmsg(), parse)
+        return table
+
+    # --- the node's tunnel source (genl SEG6) -----------------------------------------
+
+    def _seg6_channel(self) -> tuple[NetlinkChannel, int] | None:
+        if self._genl is None:
+            self._genl = NetlinkChannel(self.netns, NETLINK_GENERIC)
+            request = ctrlmsg()
+            request["cmd"] = CTRL_CMD_GETFAMILY
+            request["version"] = 1
+            request["attrs"] = [("CTRL_ATTR_FAMILY_NAME", nl.SEG6_GENL_NAME)]
+            try:
+                answer = self._genl.query(GENL_ID_CTRL, request, _parse_ctrl)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                answer = []
+            self._seg6_family = answer[0].get_attr("CTRL_ATTR_FAMILY_ID") if answer else None
+        if self._seg6_family is None:
+            return None
+        return self._genl, self._seg6_family
+
+    def _tunnel_source(self) -> IPv6Address | None:
+        channel = self._seg6_channel()
+        if channel is None:
+            return None
+        genl, family = channel
+        request = nl.seg6_genlmsg()
+        request["cmd"] = nl.SEG6_CMD_GET_TUNSRC
+        request["version"] = 0
+        answer = genl.query(family, request, _seg6_parser(family))
+        if not answer:
+            return None
+        address = IPv6Address(answer[0].get_attr("SEG6_ATTR_DST"))
+        return None if address == IPv6Address("::") else address
+
+    def _set_tunnel_source(self, address: IPv6Address | None) -> None:
+        channel = self._seg6_channel()
+        if channel is None:
+            raise InvalidObject("this kernel has no SEG6 generic netlink family (ip sr tunsrc)")
+        genl, family = channel
+        request = nl.seg6_genlmsg()
+        request["cmd"] = nl.SEG6_CMD_SET_TUNSRC
+        request["version"] = 0
+        request["attrs"] = [("SEG6_ATTR_DST", str(address or IPv6Address("::")))]
+        failures = genl.execute([Request(family, 0, request, f"encap source {address}")])
+        if failures:
+            raise ApplyError(failures)
+
+
+def _link_name(data: bytes) -> tuple[int, int, str]:
+    """(ifindex, flags, IFLA_IFNAME) of an RTM_NEWLINK, not decoding the rest (stats...)."""
+    offset = 16
+    _, _, index, flags, _ = _IFINFO.unpack_from(data, offset)
+    offset += _IFINFO.size
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        if kind & 0x3FFF == _IFLA_IFNAME:
+            return index, flags, data[offset + 4 : offset + length].rstrip(b"\0").decode()
+        offset += (length + 3) & ~3
+    return index, flags, ""
+
+
+def _parse_ctrl(msg_type: int, data: bytes) -> nlmsg | None:
+    if msg_type != GENL_ID_CTRL:
+        return None
+    msg = ctrlmsg(data)
+    msg.decode()
+    return msg
+
+
+def _seg6_parser(family: int) -> Any:
+    def parse(msg_type: int, data: bytes) -> nlmsg | None:
+        if msg_type != family:
+            return None
+        msg = nl.seg6_genlmsg(data)
+        msg.decode()
+        return msg
+
+    return parse
+
+
+__all__ = [
+    "NEXTHOP_ID_BASE",
+    "NEXTHOP_ID_SPAN",
+    "POLICY_TABLE",
+    "RTPROT_SRV6CTL",
+    "SID_DEVICE",
+    "ApplyError",
+    "InvalidObject",
+    "KernelBackend",
+    "NetlinkError",
+    "Slot",
+]

@@ -1,0 +1,256 @@
+"""Probe, once per process, what this kernel's SRv6 can do, in a scratch network namespace.
+
+Each feature is tried for real — create the object, then dump it back — because the
+kernel sometimes *accepts and drops* an attribute it does not apply: on 6.18 End.T and
+End.DT6 take a PSP flavour without error and forget it, and an unknown seg6 tunnel
+attribute (per-route source) is ignored rather than refused. Reading back is the only
+faithful test, and the result is exactly what `dump` would later report.
+
+The scratch namespace is created and deleted here; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pyroute2 import netns as pyroute2_netns
+from pyroute2.netlink import NETLINK_ROUTE, NLM_F_CREATE, NLM_F_EXCL
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+from srv6ctl.dataplane import netlink_seg6 as nl
+from srv6ctl.dataplane.kernel_codec import (
+    Codec,
+    DecodedNexthop,
+    Links,
+    RouteMessage,
+    SegmentPath,
+    parse_nexthop,
+    parse_route,
+)
+from srv6ctl.dataplane.model import (
+    BEHAVIOURS,
+    Capabilities,
+    EncapMode,
+    End,
+    EndDT4,
+    EndDT6,
+    EndDT46,
+    EndDX4,
+    EndDX6,
+    EndT,
+    EndX,
+    Flavour,
+    IPv6Address,
+    LocalSid,
+)
+from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Request
+
+RTM_NEWLINK = 16
+IFF_UP = 1
+_PROBE_PROTOCOL = 0x5C
+_VRF_TABLE = 0x5C5C
+
+
+@dataclass(frozen=True)
+class KernelFeatures:
+    """The probe's full answer; `capabilities` is the backend-neutral summary."""
+
+    capabilities: Capabilities
+    flavours: Mapping[str, frozenset[Flavour]] = field(default_factory=dict)  # per behaviour
+    route_tunnel_source: bool = False  # SEG6_IPTUNNEL_SRC: an encap source per nexthop
+    group_stats: bool = False  # NHA_OP_FLAG_DUMP_STATS: per-member packet counters
+    vrf: bool = False
+    kernel: str = ""
+
+
+@functools.cache
+def probe_kernel() -> KernelFeatures:
+    """Probe in a throw-away namespace (needs CAP_SYS_ADMIN and CAP_NET_ADMIN)."""
+    name = f"s6probe-{secrets.token_hex(4)}"
+    pyroute2_netns.create(name)
+    try:
+        channel = NetlinkChannel(name, NETLINK_ROUTE, strict_dumps=True)
+        try:
+            return _Probe(channel).run()
+        finally:
+            channel.close()
+    finally:
+        pyroute2_netns.remove(name)
+
+
+class _Probe:
+    def __init__(self, channel: NetlinkChannel) -> None:
+        self.channel = channel
+        self.links = Links({"lo": 1})
+        # Creating (not forwarding through) SIDs on lo is enough to learn what is accepted.
+        self.plain = Codec(_PROBE_PROTOCOL, 0, "lo", "lo", False, 16, None)
+        self.counting = Codec(_PROBE_PROTOCOL, 0, "lo", "lo", True, 16, None)
+        self.notes: list[str] = []
+        self._next_sid = 0
+        self._next_nh = 0
+
+    def run(self) -> KernelFeatures:
+        self._link_up()
+        vrf = self._vrf()
+        behaviours: set[str] = set()
+        flavours: dict[str, frozenset[Flavour]] = {}
+        for behaviour, cls in BEHAVIOURS.items():
+            error = self._local_sid(cls)
+            if error:
+                reason = error
+                if cls in (EndDT4, EndDT46) and not vrf:
+                    reason = "no VRF device (its table is looked up through a VRF)"
+                self.notes.append(f"{behaviour}: unsupported: {reason}")
+                continue
+            behaviours.add(behaviour)
+            supported = frozenset(f for f in Flavour if self._local_sid(cls, {f}) is None)
+            flavours[behaviour] = supported
+        all_flavours = frozenset().union(*flavours.values()) if flavours else frozenset()
+        for flavour in sorted(all_flavours):
+            only = sorted(b for b, fs in flavours.items() if flavour in fs)
+            self.notes.append(f"flavour {flavour}: only on {', '.join(only)}")
+        for flavour in sorted(set(Flavour) - all_flavours):
+            self.notes.append(f"flavour {flavour}: not offered by this kernel")
+        counters = self._local_sid(End, counters=True) is None
+        if not counters:
+            self.notes.append("per-SID counters (SEG6_LOCAL_COUNTERS): unsupported")
+        modes = frozenset(m for m in EncapMode if self._nexthop(SegmentPath(m, None, _SEGS)))
+        for mode in sorted(set(EncapMode) - modes):
+            self.notes.append(f"encap mode {mode}: unsupported")
+        source = self._nexthop(SegmentPath(EncapMode.ENCAP, _SOURCE, _SEGS)) is not None
+        if not source:
+            self.notes.append(
+                "per-policy encap source (SEG6_IPTUNNEL_SRC): unsupported, "
+                "policies use the node's tunnel source"
+            )
+        resilient, stats = self._group()
+        if not resilient:
+            self.notes.append("resilient nexthop groups: unsupported")
+        if not stats:
+            self.notes.append("nexthop group statistics: unsupported, no per-policy counters")
+        capabilities = Capabilities(
+            behaviours=frozenset(behaviours),
+            flavours=all_flavours,
+            encap_modes=modes,
+            resilient_groups=resilient,
+            sid_counters=counters,
+            notes=tuple(self.notes),
+        )
+        return KernelFeatures(
+            capabilities=capabilities,
+            flavours=flavours,
+            route_tunnel_source=source,
+            group_stats=stats,
+            vrf=vrf,
+            kernel=os.uname().release,
+        )
+
+    # --- single probes ----------------------------------------------------------------
+
+    def _link_up(self) -> None:
+        msg = ifinfmsg()
+        msg["index"] = 1
+        msg["flags"] = IFF_UP
+        msg["change"] = IFF_UP
+        self._write(Request(RTM_NEWLINK, 0, msg, "lo up"))
+
+    def _vrf(self) -> bool:
+        msg = ifinfmsg()
+        msg["attrs"] = [
+            ("IFLA_IFNAME", "probe-vrf"),
+            (
+                "IFLA_LINKINFO",
+                {
+                    "attrs": [
+                        ("IFLA_INFO_KIND", "vrf"),
+                        ("IFLA_INFO_DATA", {"attrs": [("IFLA_VRF_TABLE", _VRF_TABLE)]}),
+                    ]
+                },
+            ),
+        ]
+        error = self._write(Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, msg, "vrf"))
+        if error:
+            self.notes.append(f"VRF devices: unsupported ({error})")
+        return error is None
+
+    def _local_sid(
+        self,
+        cls: type[LocalSid],
+        flavours: set[Flavour] | None = None,
+        counters: bool = False,
+    ) -> str | None:
+        """None if the SID was created and reads back as sent, else why not."""
+        self._next_sid += 1
+        sid = IPv6Address(f"fcbb:bb00:ffff::{self._next_sid:x}")
+        extra: dict[str, object] = {}
+        if cls in (EndX, EndDX6):
+            extra["nexthop"] = IPv6Address("fe80::1")
+        elif cls is EndDX4:
+            extra["nexthop"] = ipaddress.IPv4Address("192.0.2.1")
+        elif cls in (EndT, EndDT6):
+            extra["table"] = 254
+        elif cls in (EndDT4, EndDT46):
+            extra["table"] = _VRF_TABLE
+        obj = cls(sid, frozenset(flavours or ()), **extra)
+        codec = self.counting if counters else self.plain
+        try:
+            msg = codec.local_sid(obj, self.links)
+        except ValueError as exc:
+            return str(exc)
+        error = self._write(Request(nl.RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, msg, str(obj)))
+        if error:
+            return error
+        for route in self._routes():
+            decoded = codec.decode_route(route, self.links)
+            if decoded.obj == obj and (decoded.counters is not None) == counters:
+                return None
+        return "accepted but not kept (dumped back differently)"
+
+    def _nexthop(self, path: SegmentPath) -> int | None:
+        self._next_nh += 1
+        nh_id = self._next_nh
+        msg = self.plain.segment_nexthop(nh_id, path, self.links)
+        if self._write(Request(nl.RTM_NEWNEXTHOP, NLM_F_CREATE | NLM_F_EXCL, msg, str(path))):
+            return None
+        return nh_id if any(n.path == path for n in self._nexthops(stats=False)) else None
+
+    def _group(self) -> tuple[bool, bool]:
+        member = self._nexthop(SegmentPath(EncapMode.ENCAP, None, _SEGS))
+        if member is None:
+            return False, False
+        self._next_nh += 1
+        group_id = self._next_nh
+        msg = self.plain.group(group_id, [(member, 1)])
+        if self._write(Request(nl.RTM_NEWNEXTHOP, NLM_F_CREATE | NLM_F_EXCL, msg, "group")):
+            return False, False
+        try:
+            nexthops = self._nexthops(stats=True)
+        except OSError:
+            return True, False
+        group = next((n for n in nexthops if n.nh_id == group_id), None)
+        return (group is not None and group.resilient), bool(group and group.member_packets)
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _write(self, request: Request) -> str | None:
+        failures = self.channel.execute([request])
+        return str(failures[0]).split(": ", 1)[-1] if failures else None
+
+    def _routes(self) -> list[RouteMessage]:
+        return self.channel.dump(
+            nl.RTM_GETROUTE, self.plain.route_dump(socket.AF_INET6), parse_route
+        )
+
+    def _nexthops(self, stats: bool) -> list[DecodedNexthop]:
+        msgs = self.channel.dump(nl.RTM_GETNEXTHOP, Codec.nexthop_dump(stats), parse_nexthop)
+        return [Codec.decode_nexthop(m) for m in msgs]
+
+
+_SEGS = (IPv6Address("fcbb:bb00:fffe::1"), IPv6Address("fcbb:bb00:fffe::6"))
+_SOURCE = IPv6Address("fcbb:bb00:fffe::5")

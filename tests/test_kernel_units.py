@@ -1,0 +1,252 @@
+"""The kernel backend's pure parts, no namespace needed: wire packing, staging, retries."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sys
+from collections.abc import Iterable, Sequence
+
+import pytest
+
+from srv6ctl.dataplane import netlink_seg6 as nl
+from srv6ctl.dataplane.kernel_caps import KernelFeatures
+from srv6ctl.dataplane.kernel_codec import (
+    Codec,
+    InvalidObject,
+    Links,
+    SegmentPath,
+    parse_route,
+)
+from srv6ctl.dataplane.kernel_program import IdAllocator, Inventory, compile_changes
+from srv6ctl.dataplane.model import (
+    Capabilities,
+    Change,
+    EncapMode,
+    End,
+    EndDX6,
+    Flavour,
+    IPv6Address,
+    Op,
+    Route,
+    RouteKind,
+    SegmentList,
+    SrPolicy,
+    Steering,
+)
+from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Request, _frame
+
+A, B, C = (IPv6Address(f"fcbb:bb00:{n}::1") for n in (2, 3, 4))
+BSID = IPv6Address("fcbb:bb00::1")
+CODEC = Codec(0x5C, 0x5C, "srv6ctl0", "lo", True, 128, None)
+LINKS = Links({"lo": 1, "srv6ctl0": 2, "up0": 3})
+FEATURES = KernelFeatures(
+    Capabilities(
+        behaviours=frozenset({"End", "End.X", "End.DT6", "End.DX6", "End.DX4"}),
+        flavours=frozenset({Flavour.PSP}),
+        encap_modes=frozenset(EncapMode),
+        resilient_groups=True,
+        sid_counters=True,
+    ),
+    flavours={"End": frozenset({Flavour.PSP})},
+)
+
+
+# --- wire packing ----------------------------------------------------------------------
+
+
+def test_srh_stores_the_segment_list_last_segment_first() -> None:
+    packed = nl.pack_seg6_srh(nl.SEG6_IPTUN_MODE_ENCAP, [A, B, C])
+    mode, srh = packed[:4], packed[4:]
+    assert int.from_bytes(mode, sys.byteorder) == nl.SEG6_IPTUN_MODE_ENCAP
+    # nexthdr, hdrlen (8-octet units beyond the first), type 4, segments left, last entry
+    assert tuple(srh[:5]) == (0, 6, 4, 2, 2)
+    assert [IPv6Address(srh[8 + 16 * i : 24 + 16 * i]) for i in range(3)] == [C, B, A]
+    assert nl.unpack_seg6_srh(packed) == (nl.SEG6_IPTUN_MODE_ENCAP, (A, B, C))
+
+
+def test_inline_srh_reserves_slot_zero_for_the_original_destination() -> None:
+    packed = nl.pack_seg6_srh(nl.SEG6_IPTUN_MODE_INLINE, [A])
+    assert packed[4 + 8 : 4 + 24] == bytes(16)
+    assert nl.unpack_seg6_srh(packed) == (nl.SEG6_IPTUN_MODE_INLINE, (A,))
+
+
+def test_group_weights_travel_as_weight_minus_one_over_sixteen_bits() -> None:
+    packed = nl.pack_group([(7, 1), (8, 300)])
+    assert packed[4:6] == bytes([0, 0]) and packed[12:14] == bytes([299 & 0xFF, 299 >> 8])
+    assert nl.unpack_group(packed) == ((7, 1), (8, 300))
+    with pytest.raises(ValueError):
+        nl.pack_group([(7, 0)])
+
+
+def _pyroute2(cls: type, msg_type: int, body: bytes) -> object:
+    msg = cls(bytes(_frame(msg_type, 0, body)))
+    msg.decode()
+    return msg
+
+
+def test_fast_packing_reads_back_through_pyroute2s_own_decoder() -> None:
+    # The hot paths pack bytes themselves (netlink_wire); pyroute2 decoding them with the
+    # declarations in netlink_seg6 is an independent check of every number and layout.
+    steering = _pyroute2(
+        nl.rtmsg, nl.RTM_NEWROUTE, CODEC.steering(Steering("10.96.0.1/32", BSID), 4242)
+    )
+    assert steering["family"] == socket.AF_INET and steering["dst_len"] == 32
+    assert steering.get_attr("RTA_NH_ID") == 4242 and steering["proto"] == 0x5C
+    assert steering.get_attr("RTA_DST") == "10.96.0.1"
+
+    sid = _pyroute2(
+        nl.rtmsg,
+        nl.RTM_NEWROUTE,
+        CODEC.local_sid(EndDX6("fcbb:bb00:1::9", nexthop="fd00:10::5", interface="up0"), LINKS),
+    )
+    encap = sid.get_attr("RTA_ENCAP")
+    assert sid.get_attr("RTA_OIF") == 3 and sid.get_attr("RTA_ENCAP_TYPE") == 7
+    assert encap.get_attr("SEG6_LOCAL_ACTION") == nl.SEG6_LOCAL_ACTION_END_DX6
+    assert encap.get_attr("SEG6_LOCAL_NH6") == "fd00:10::5"
+    assert encap.get_attr("SEG6_LOCAL_COUNTERS").get_attr("SEG6_LOCAL_CNT_ERRORS") == 0
+
+    path = SegmentPath(EncapMode.ENCAP_RED, None, (A, B))
+    nexthop = _pyroute2(nl.nhmsg, nl.RTM_NEWNEXTHOP, CODEC.segment_nexthop(7, path, LINKS))
+    assert nexthop.get_attr("NHA_ID") == 7 and nexthop.get_attr("NHA_OIF") == 1
+    srh = nexthop.get_attr("NHA_ENCAP").get_attr("SEG6_IPTUNNEL_SRH")
+    assert nl.unpack_seg6_srh(srh) == (nl.SEG6_IPTUN_MODE_ENCAP_RED, (A, B))
+
+    group = _pyroute2(nl.nhmsg, nl.RTM_NEWNEXTHOP, CODEC.group(9, [(7, 3)]))
+    assert nl.unpack_group(group.get_attr("NHA_GROUP")) == ((7, 3),)
+    assert group.get_attr("NHA_RES_GROUP").get_attr("NHA_RES_GROUP_BUCKETS") == 128
+
+
+def test_encoded_local_sid_decodes_back_to_itself() -> None:
+    sid = End("fcbb:bb00:1::1", {Flavour.PSP})
+    wire = _frame(nl.RTM_NEWROUTE, 0, CODEC.local_sid(sid, LINKS))
+    parsed = parse_route(nl.RTM_NEWROUTE, bytes(wire))
+    assert parsed is not None
+    decoded = CODEC.decode_route(parsed, LINKS)
+    assert decoded.obj == sid and decoded.counters == (0, 0, 0)
+
+
+# --- staging ---------------------------------------------------------------------------
+
+
+def compile_(changes: Iterable[Change], inventory: Inventory | None = None) -> list[list[str]]:
+    program = compile_changes(
+        changes, inventory or Inventory(), CODEC, LINKS, FEATURES, IdAllocator(100, 1000, set())
+    )
+    return [[f"{r.msg_type}:{r.flags:#x}:{r.what}" for r in stage] for stage in program.stages]
+
+
+def test_a_policy_is_nexthops_then_a_group_then_its_anchor_and_steering() -> None:
+    policy = SrPolicy(BSID, (SegmentList((A,)), SegmentList((B,), 2)))
+    stages = compile_(
+        [Change(Op.ADD, new=policy), Change(Op.ADD, new=Steering("fd00:96::1/128", BSID))]
+    )
+    kinds = [[entry.split(":")[0] for entry in stage] for stage in stages]
+    assert kinds == [
+        [str(nl.RTM_NEWNEXTHOP)] * 2,
+        [str(nl.RTM_NEWNEXTHOP)],
+        [str(nl.RTM_NEWROUTE)] * 2,
+    ]
+
+
+def test_delete_then_add_of_one_slot_becomes_one_atomic_replace() -> None:
+    policy = SrPolicy(BSID, (SegmentList((A,)),))
+    steering = Steering("fd00:96::1/128", BSID)
+    program = compile_changes(
+        [Change(Op.ADD, new=policy), Change(Op.ADD, new=steering)],
+        Inventory(),
+        CODEC,
+        LINKS,
+        FEATURES,
+        IdAllocator(100, 1000, set()),
+    )
+    prohibit = Route("fd00:96::1/128", kind=RouteKind.PROHIBIT)
+    stages = compile_(
+        [
+            Change(Op.DELETE, old=steering),
+            Change(Op.ADD, new=prohibit),
+            Change(Op.DELETE, old=policy),
+        ],
+        program.inventory,
+    )
+    route_writes = [e for stage in stages for e in stage if "fd00:96::1" in e]
+    assert len(route_writes) == 1
+    assert route_writes[0].startswith(f"{nl.RTM_NEWROUTE}:{0x500:#x}")  # CREATE|REPLACE
+
+
+def test_shared_nexthop_is_created_once_and_deleted_with_its_last_user() -> None:
+    p1, p2 = SrPolicy(BSID, (SegmentList((A,)),)), SrPolicy(C, (SegmentList((A,)),))
+    first = compile_changes(
+        [Change(Op.ADD, new=p1), Change(Op.ADD, new=p2)],
+        Inventory(),
+        CODEC,
+        LINKS,
+        FEATURES,
+        IdAllocator(100, 1000, set()),
+    )
+    assert len(first.stages[0]) == 1 and len(first.inventory.paths) == 1
+    one_left = compile_([Change(Op.DELETE, old=p1)], first.inventory)
+    assert not any("delete nexthop" in e for stage in one_left for e in stage)
+    ids = IdAllocator(100, 1000, set())
+    after = compile_changes(
+        [Change(Op.DELETE, old=p1), Change(Op.DELETE, old=p2)],
+        first.inventory,
+        CODEC,
+        LINKS,
+        FEATURES,
+        ids,
+    )
+    assert after.inventory.paths == {} and after.inventory.groups == {}
+
+
+def test_allocator_skips_ids_held_by_anyone() -> None:
+    ids = IdAllocator(10, 4, {10, 12})
+    assert [ids.take(), ids.take()] == [11, 13]
+    with pytest.raises(InvalidObject):
+        ids.take()
+
+
+def test_segment_path_key_includes_mode_and_source() -> None:
+    red = SrPolicy(BSID, (SegmentList((A,)),), mode=EncapMode.ENCAP_RED)
+    assert SegmentPath.of(red, red.segment_lists[0]) != SegmentPath(EncapMode.ENCAP, None, (A,))
+
+
+# --- the channel's retry ----------------------------------------------------------------
+
+
+class _FlakyChannel(NetlinkChannel):
+    """A channel whose kernel answers ENOMEM to the first `failures` attempts per message."""
+
+    def __init__(self, failures: int) -> None:
+        self.chunk, self.retry_deadline, self.writes, self.retries = 2, 5.0, 0, 0
+        self.attempts: dict[str, int] = {}
+        self.failures = failures
+
+    def _round_trip(self, batch: Sequence[Request]) -> list[tuple[Request, int, str]]:
+        answers = []
+        for request in batch:
+            seen = self.attempts.get(request.what, 0)
+            self.attempts[request.what] = seen + 1
+            self.writes += 1
+            answers.append((request, errno.ENOMEM if seen < self.failures else 0, ""))
+        return answers
+
+
+def _requests(n: int) -> list[Request]:
+    out = []
+    for i in range(n):
+        out.append(Request(nl.RTM_NEWROUTE, 0, bytes(12), f"route {i}"))
+    return out
+
+
+def test_enomem_is_retried_with_back_off_not_reported() -> None:
+    channel = _FlakyChannel(failures=2)
+    assert channel.execute(_requests(5)) == []
+    assert channel.retries == 10 and all(n == 3 for n in channel.attempts.values())
+
+
+def test_retries_stop_at_the_deadline() -> None:
+    channel = _FlakyChannel(failures=10**6)
+    channel.retry_deadline = 0.05
+    failures = channel.execute(_requests(1))
+    assert [f.errno for f in failures] == [errno.ENOMEM]
