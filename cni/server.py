@@ -359,6 +359,7 @@ class CniServer:
                         request.ifname,
                         pod=_pod_name(args),
                         uid=args.get("K8S_POD_UID", ""),
+                        netns=request.netns,
                     )
                 except PoolExhausted as err:
                     raise CniError(

@@ -45,6 +45,7 @@ class PodAllocation:
     pod: str  # "namespace/name", informational
     uid: str
     addresses: PodAddresses
+    netns: str = ""  # the pod's network namespace path, so a restarted agent finds it
 
     @property
     def owner(self) -> str:
@@ -241,6 +242,7 @@ class Allocator:
         *,
         pod: str = "",
         uid: str = "",
+        netns: str = "",
     ) -> PodAllocation:
         """Addresses and SIDs for one pod interface; the same key gets the same answer."""
         _check_name("container ID", container_id)
@@ -249,22 +251,22 @@ class Allocator:
         if node_id is None:
             raise LookupError(f"node {node} has no node ID: claim_node({node!r}) first")
         owner = f"{container_id}/{interface}"
-        index, held = self._claim(self._pod_pool(node), owner, {"pod": pod, "uid": uid})
-        return self._pod_allocation(
-            node, node_id, owner, index, str(held.get("pod", "")), str(held.get("uid", ""))
-        )
+        details = {"pod": pod, "uid": uid, "netns": netns}
+        index, held = self._claim(self._pod_pool(node), owner, details)
+        return self._pod_allocation(node, node_id, owner, index, held)
 
     def _pod_allocation(
-        self, node: str, node_id: int, owner: str, index: int, pod: str, uid: str
+        self, node: str, node_id: int, owner: str, index: int, record: Mapping[str, Any]
     ) -> PodAllocation:
         container_id, interface = owner.rsplit("/", 1)
         return PodAllocation(
             node=node,
             container_id=container_id,
             interface=interface,
-            pod=pod,
-            uid=uid,
+            pod=str(record.get("pod", "")),
+            uid=str(record.get("uid", "")),
             addresses=self.plan.pod(node_id, index),
+            netns=str(record.get("netns", "")),
         )
 
     def pod(self, node: str, container_id: str, interface: str = "eth0") -> PodAllocation | None:
@@ -273,12 +275,7 @@ class Allocator:
         if node_id is None or held is None:
             return None
         return self._pod_allocation(
-            node,
-            node_id,
-            f"{container_id}/{interface}",
-            int(held["index"]),
-            str(held.get("pod", "")),
-            str(held.get("uid", "")),
+            node, node_id, f"{container_id}/{interface}", int(held["index"]), held
         )
 
     def pods(self, node: str) -> list[PodAllocation]:
@@ -286,14 +283,7 @@ class Allocator:
         if node_id is None:
             return []
         return [
-            self._pod_allocation(
-                node,
-                node_id,
-                owner,
-                int(rec["index"]),
-                str(rec.get("pod", "")),
-                str(rec.get("uid", "")),
-            )
+            self._pod_allocation(node, node_id, owner, int(rec["index"]), rec)
             for owner, (rec, _) in sorted(self._owners(self._pod_pool(node)).items())
         ]
 

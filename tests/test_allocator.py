@@ -64,7 +64,9 @@ def test_same_key_same_answer_and_restart_keeps_everything(
     assert ipam.claim_node("node-a") == 1
     assert ipam.claim_node("node-b") == 2
     assert ipam.claim_node("node-a") == 1
-    first = ipam.allocate_pod("node-a", "ctr1", "eth0", pod="default/web", uid="u1")
+    first = ipam.allocate_pod(
+        "node-a", "ctr1", "eth0", pod="default/web", uid="u1", netns="/var/run/netns/web"
+    )
     assert ipam.allocate_pod("node-a", "ctr1", "eth0") == first
     second_if = ipam.allocate_pod("node-a", "ctr1", "net1")
     assert second_if.addresses.index != first.addresses.index
@@ -77,6 +79,7 @@ def test_same_key_same_answer_and_restart_keeps_everything(
     assert again.nodes() == {"node-a": 1, "node-b": 2}
     assert again.allocate_pod("node-a", "ctr1", "eth0").addresses == first.addresses
     assert again.pod("node-a", "ctr1", "eth0") == first
+    assert first.netns == "/var/run/netns/web" and first.pod == "default/web"
     assert again.allocate_service("svc-uid").bsid_v6 == service.bsid_v6
     assert first.addresses == again.plan.pod(1, first.addresses.index)
     again.store.close()
