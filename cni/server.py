@@ -213,7 +213,7 @@ class CniServer:
         if self.prepare_node:
             self.wiring.prepare_node()
         self._stopping.clear()
-        self._listener = _bind_private(self.socket_path)
+        self._listener = bind_private(self.socket_path)
         st = os.stat(self.socket_path)
         self._socket_identity = (st.st_dev, st.st_ino)
         self._accept_thread = threading.Thread(
@@ -623,7 +623,7 @@ def _wired(step: Any) -> Any:
         ) from None
 
 
-def _bind_private(path: str) -> socket.socket:
+def bind_private(path: str) -> socket.socket:
     """A listening unix socket at `path`, mode 0600 from the first moment it is reachable.
 
     The socket is bound inside a fresh 0700 directory next to `path`, chmod'ed, then

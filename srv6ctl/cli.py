@@ -49,6 +49,47 @@ def _lab_demo(args: argparse.Namespace) -> int:
     return run_ipam_demo(nodes=args.nodes, pods_per_node=args.pods_per_node)
 
 
+def _agent(args: argparse.Namespace) -> int:
+    import signal
+
+    from srv6ctl.agent import Agent, AgentOptions
+    from srv6ctl.config import InvalidConfig, load_config
+    from srv6ctl.logs import setup_logging
+
+    setup_logging(json_lines=args.log_json, level=args.log_level)
+    try:
+        config, plan = load_config(args.config)
+    except (InvalidConfig, OSError) as err:
+        print(f"invalid config: {err}", file=sys.stderr)
+        return 1
+    options = AgentOptions(
+        node_name=args.node_name,
+        netns=args.netns,
+        lab_dir=args.lab_dir,
+        kubeconfig=args.kubeconfig,
+        cni_socket=args.cni_socket,
+        api_socket=args.api_socket,
+        resync_seconds=args.resync,
+        dataplane=args.dataplane,
+    )
+    agent = Agent(options, config, plan)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    return agent.run()
+
+
+def _show(args: argparse.Namespace) -> int:
+    from srv6ctl.agent import query_agent
+
+    try:
+        result = query_agent(args.api_socket, args.what)
+    except (OSError, RuntimeError) as err:
+        print(f"cannot query the agent at {args.api_socket}: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=None if args.json else 2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="srv6ctl",
@@ -63,6 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     check.set_defaults(func=_config_check)
+
+    agent = commands.add_parser("agent", help="run the node agent (one per node)")
+    agent.add_argument("--node-name", required=True, help="this node's Kubernetes name")
+    agent.add_argument("--config", required=True, help="the config file (addressPlan, store)")
+    agent.add_argument("--netns", help="program this network namespace (the lab's nodes)")
+    source = agent.add_mutually_exclusive_group()
+    source.add_argument("--lab-dir", help="watch Kubernetes-shaped YAML files here (the lab)")
+    source.add_argument("--kubeconfig", help="a kubeconfig; default: the in-cluster config")
+    agent.add_argument("--cni-socket", default="/run/srv6ctl/cni.sock")
+    agent.add_argument("--api-socket", default="/run/srv6ctl/agent.sock")
+    agent.add_argument("--dataplane", choices=("kernel", "vpp"), default="kernel")
+    agent.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs")
+    agent.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    agent.add_argument("--log-level", default="INFO")
+    agent.set_defaults(func=_agent)
+
+    show = commands.add_parser("show", help="ask a running agent what it holds")
+    show.add_argument("what", choices=("status", "desired", "actual", "drift", "allocations"))
+    show.add_argument("--api-socket", default="/run/srv6ctl/agent.sock")
+    show.add_argument("--json", action="store_true", help="one line")
+    show.set_defaults(func=_show)
 
     lab = commands.add_parser("lab", help="the local multi-node lab")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True)

@@ -342,6 +342,7 @@ class Codec:
             via = ipaddress.ip_address(rta_via[2:])
         oif = attrs.uint(RTA["RTA_OIF"])
         interface = links.by_index.get(oif) if oif is not None else None
+        # Route() drops the interface of a global next hop (the kernel picked it).
         return DecodedRoute(slot, Route(prefix, via=via, interface=interface, table=table))
 
     def _decode_local_sid(self, slot: Slot, msg: RouteMessage, links: Links) -> DecodedRoute:

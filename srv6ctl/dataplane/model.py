@@ -227,7 +227,12 @@ class Steering:
 
 @dataclass(frozen=True)
 class Route:
-    """A plain route: via a neighbour, onto an interface, or a reject/unreachable."""
+    """A plain route: via a neighbour, onto an interface, or a reject/unreachable.
+
+    A global next hop is resolved by the dataplane itself (the kernel reports whichever
+    interface it chose, which render cannot know), so `interface` is dropped beside one:
+    only a link-local next hop, ambiguous without its interface, keeps it.
+    """
 
     prefix: IPNetwork
     via: IPAddress | None = None
@@ -239,6 +244,8 @@ class Route:
         object.__setattr__(self, "prefix", net(self.prefix))
         if self.via is not None:
             object.__setattr__(self, "via", ip(self.via))
+            if not self.via.is_link_local:
+                object.__setattr__(self, "interface", None)
         object.__setattr__(self, "kind", RouteKind(self.kind))
 
     @property

@@ -1,0 +1,551 @@
+"""The node agent: cluster events in, the node's dataplane out, pods served over CNI.
+
+One process per node. Threads only produce events — the source (Kubernetes watches or
+the lab's files), the CNI server (a pod was wired or removed), a resync timer — and one
+loop consumes them, so the cluster state, the renderer and the backend are only ever
+touched from that loop:
+
+    events → ClusterState → Renderer.update (dirty keys only) → plan (changed keys only)
+           → backend.apply → pods' loopback ClusterIPs and port rewrites
+
+Every `resync` seconds (and after any failure) the loop instead dumps the backend and
+plans against what is really there, which repairs drift (a route deleted by hand comes
+back); with nothing changed it writes nothing, which is also what a restart does.
+
+Failures never tear the dataplane down: the store or the API unreachable leaves the last
+programmed state in place while the loop retries with back-off; SIGTERM stops the
+watches and sockets and leaves the dataplane as it is, so pods keep working while the
+agent restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni import protocol as cni_protocol
+from cni.server import CniHooks, CniServer, bind_private
+from cni.wiring import Attachment, PodWiring
+from ipam6.allocator import Allocator, PodAllocation
+from ipam6.plan import AddressPlan
+from ipam6.store.base import Store, StoreError
+from ipam6.store.config import open_store
+from srv6ctl.config import Config
+from srv6ctl.dataplane.model import (
+    Backend,
+    DataplaneObject,
+    LocalSid,
+    NodeConfig,
+    PodAttachment,
+    Route,
+    SrPolicy,
+    Steering,
+)
+from srv6ctl.dataplane.reconcile import drift, plan
+from srv6ctl.podnet import PodNetworkProgrammer
+from srv6ctl.render import PodInterface, Renderer, RenderInputs
+from srv6ctl.serialize import to_jsonable
+from srv6ctl.state import ClusterState, DirtyKey, NodeKey, ServiceKey, SourceEvent
+
+log = logging.getLogger("srv6ctl.agent")
+
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    node_name: str
+    netns: str | None = None  # the node's network namespace (the lab); None: this one
+    lab_dir: str | None = None  # the lab source's directory; None: Kubernetes
+    kubeconfig: str | None = None  # None with no lab_dir: in-cluster config
+    cni_socket: str = cni_protocol.DEFAULT_AGENT_SOCKET
+    api_socket: str = "/run/srv6ctl/agent.sock"
+    resync_seconds: float = 30.0
+    dataplane: str = "kernel"
+
+
+@dataclass
+class _Inputs:
+    """The allocations render needs, cached between store reads."""
+
+    node_ids: dict[str, int] = field(default_factory=dict)
+    service_bsids: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    pod_interfaces: dict[str, PodInterface] = field(default_factory=dict)
+
+
+def split_config(objects: Iterable[DataplaneObject], encap_source: Any) -> NodeConfig:
+    """A NodeConfig of arbitrary objects (sorted into their kinds)."""
+    pods, sids, policies, steerings, routes = [], [], [], [], []
+    for obj in objects:
+        if isinstance(obj, PodAttachment):
+            pods.append(obj)
+        elif isinstance(obj, LocalSid):
+            sids.append(obj)
+        elif isinstance(obj, SrPolicy):
+            policies.append(obj)
+        elif isinstance(obj, Steering):
+            steerings.append(obj)
+        elif isinstance(obj, Route):
+            routes.append(obj)
+    return NodeConfig(encap_source, pods, sids, policies, steerings, routes)  # type: ignore[arg-type]
+
+
+def without_pods(config: NodeConfig) -> NodeConfig:
+    # The kernel backend does not own pod interfaces (the CNI wiring does); pods are
+    # reconciled by PodNetworkProgrammer instead.
+    return NodeConfig(
+        config.encap_source,
+        frozenset(),
+        config.local_sids,
+        config.policies,
+        config.steerings,
+        config.routes,
+    )
+
+
+class _AgentHooks(CniHooks):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def readiness(self) -> tuple[int, str] | None:
+        if not self.agent.ready.is_set():
+            return (cni_protocol.NOT_AVAILABLE, "the dataplane has not been programmed yet")
+        return None
+
+    def on_pod_added(self, allocation: PodAllocation, attachment: Attachment) -> None:
+        self.agent.pod_wired(allocation, attachment.host_ifname, attachment.netns)
+
+    def on_pod_deleted(self, allocation: PodAllocation, host_ifname: str) -> None:
+        self.agent.pod_unwired(allocation)
+
+    def check_pod(self, allocation: PodAllocation, host_ifname: str) -> list[str]:
+        return self.agent.check_pod(allocation)
+
+
+class Agent:
+    def __init__(
+        self,
+        options: AgentOptions,
+        config: Config,
+        address_plan: AddressPlan,
+        *,
+        backend_factory: Callable[[], Backend] | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.options = options
+        self.config = config
+        self.plan = address_plan
+        self._backend_factory = backend_factory
+        self._store = store
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.state = ClusterState()
+        self._inputs = _Inputs()
+        self._renderer: Renderer | None = None
+        self._applied: dict[Any, DataplaneObject] = {}
+        self._applied_encap: Any = None
+        self._full_resync_due = 0.0
+        self._desired: NodeConfig | None = None
+        self._failures = 0
+        self.stats: dict[str, int] = {"reconciles": 0, "changes": 0, "repairs": 0}
+        self._lock = threading.Lock()  # guards what the API thread reads
+        self._api_listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+
+    # --- life cycle --------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._events.put(("stop", None))
+
+    def run(self) -> int:
+        opts = self.options
+        store = self._store or open_store(self.config.store)
+        self.allocator = Allocator(store, self.plan, prefix=self.config.store.prefix + "ipam/")
+        self.node_id = self._retry(
+            "claiming the node ID", lambda: self.allocator.claim_node(opts.node_name)
+        )
+        if self.node_id is None:
+            return 1
+        log.info(
+            "node %s has ID %d, locator %s",
+            opts.node_name,
+            self.node_id,
+            self.plan.locator(self.node_id),
+        )
+        self.backend = self._make_backend()
+        self.podnet = PodNetworkProgrammer(
+            c for c in (self.plan.service_cidr_v6, self.plan.service_cidr_v4) if c is not None
+        )
+        self.cni = CniServer(
+            opts.node_name,
+            self.allocator,
+            PodWiring(self._netns_path()),
+            socket_path=opts.cni_socket,
+            hooks=_AgentHooks(self),
+        )
+        for allocation in self.allocator.pods(opts.node_name):
+            self._remember_pod(allocation)
+        self.cni.start()
+        self._start_api()
+        source = self._start_source()
+        try:
+            self._loop()
+        finally:
+            log.info("stopping: the dataplane is left as it is")
+            source.stop()
+            self.cni.stop()
+            self._stop_api()
+            self.backend.close()
+            store.close()
+        return 0
+
+    def _netns_path(self) -> str | None:
+        netns = self.options.netns
+        if netns is None or netns.startswith("/"):
+            return netns
+        return f"/var/run/netns/{netns}"
+
+    def _make_backend(self) -> Backend:
+        if self._backend_factory is not None:
+            return self._backend_factory()
+        if self.options.dataplane != "kernel":
+            raise SystemExit(f"--dataplane {self.options.dataplane} is not available yet")
+        from srv6ctl.dataplane.kernel import KernelBackend
+
+        return KernelBackend(self._netns_path() or "/proc/self/ns/net")
+
+    def _start_source(self) -> Any:
+        sink = self._source_event
+        if self.options.lab_dir is not None:
+            from srv6ctl.sources.lab import LabSource
+
+            lab = LabSource(self.options.lab_dir)
+            # The first reconcile must see the whole cluster: against a half-read state it
+            # would delete what a restarted agent's dataplane rightly holds.
+            for event in lab.poll():
+                sink(event)
+            lab.start(sink)
+            return lab
+        from srv6ctl.sources.kubernetes import KubernetesSource
+
+        source = KubernetesSource(sink, kubeconfig=self.options.kubeconfig)
+        source.start()
+        while not self._stop.is_set() and not source.wait_synced(timeout=5.0):
+            log.info("waiting for the first list of every kind from the API server")
+        return source
+
+    def _source_event(self, event: SourceEvent) -> None:
+        self._events.put(("source", event))
+
+    def _retry(self, what: str, call: Callable[[], Any]) -> Any:
+        """Call until it works or the agent stops; log once per back-off step."""
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                return call()
+            except StoreError as err:
+                log.warning("%s failed (%s); retrying in %.1fs", what, err, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+        return None
+
+    # --- pods (called from CNI threads) -------------------------------------------------
+
+    def _remember_pod(self, allocation: PodAllocation) -> None:
+        from cni.wiring import host_ifname
+
+        if allocation.uid:
+            interface = PodInterface(
+                host_ifname(allocation.container_id, allocation.interface),
+                allocation.netns,
+                allocation.interface,
+            )
+            with self._lock:
+                self._inputs.pod_interfaces[allocation.uid] = interface
+
+    def pod_wired(self, allocation: PodAllocation, host_ifname: str, netns: str) -> None:
+        if allocation.uid:
+            with self._lock:
+                self._inputs.pod_interfaces[allocation.uid] = PodInterface(
+                    host_ifname, netns, allocation.interface
+                )
+        self._events.put(("inputs", None))
+
+    def pod_unwired(self, allocation: PodAllocation) -> None:
+        with self._lock:
+            self._inputs.pod_interfaces.pop(allocation.uid, None)
+        self._events.put(("inputs", None))
+
+    def check_pod(self, allocation: PodAllocation) -> list[str]:
+        sid = allocation.addresses.sid_dx6
+        with self._lock:
+            programmed = ("localsid", sid) in self._applied
+        pod = self.state.pod_by_uid(allocation.uid) if allocation.uid else None
+        if pod is None or programmed:
+            return []  # the API has not reported the pod's addresses yet: nothing to hold
+        return [f"the pod's End.DX6 SID {sid} is not programmed"]
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        pending: set[DirtyKey] = set()  # kept until a step succeeds: level-triggered
+        inputs_changed = True
+        force_full = True  # the first pass, and the pass after any failure, dump and compare
+        while not self._stop.is_set():
+            timeout = max(0.0, self._full_resync_due - time.monotonic())
+            batch: list[tuple[str, Any]] = []
+            try:
+                batch.append(self._events.get(timeout=timeout))
+                # Drain what else is queued: one render and one reconcile for a burst.
+                while True:
+                    batch.append(self._events.get_nowait())
+            except queue.Empty:
+                pass
+            for kind, payload in batch:
+                if kind == "stop":
+                    return
+                if kind == "source":
+                    pending |= self.state.apply(payload)
+                elif kind == "inputs":
+                    inputs_changed = True
+            full = force_full or time.monotonic() >= self._full_resync_due
+            try:
+                self._step(pending, inputs_changed or full, full)
+            except Exception as err:  # the loop must survive anything
+                self._failures += 1
+                delay = min(0.5 * 2 ** (self._failures - 1), MAX_BACKOFF_S)
+                log.warning(
+                    "reconcile failed (%s: %s); the dataplane is left as it is, "
+                    "full resync in %.1fs",
+                    type(err).__name__,
+                    err,
+                    delay,
+                )
+                self._full_resync_due = time.monotonic() + delay
+                force_full = True
+                continue
+            pending.clear()
+            inputs_changed = False
+            self._failures = 0
+            if full:
+                force_full = False
+                self._full_resync_due = time.monotonic() + self.options.resync_seconds
+
+    def _refresh_inputs(self, dirty: set[DirtyKey], everything: bool) -> RenderInputs:
+        """Re-read the allocations render needs (node IDs, service BSIDs) from the store:
+        all of them on a full pass, else only for what the dirty keys name."""
+        if everything or not self._inputs.node_ids or any(isinstance(k, NodeKey) for k in dirty):
+            self._inputs.node_ids = self.allocator.nodes()
+        if everything:
+            services = list(self.state.services.values())
+            live = {s.uid for s in services}
+            for uid in set(self._inputs.service_bsids) - live:
+                del self._inputs.service_bsids[uid]
+        else:
+            found = (
+                self.state.service(k.namespace, k.name) for k in dirty if isinstance(k, ServiceKey)
+            )
+            services = [s for s in found if s is not None]
+        for service in services:
+            has_ip = service.cluster_ip_v6 is not None or service.cluster_ip_v4 is not None
+            if has_ip and service.uid not in self._inputs.service_bsids:
+                got = self.allocator.allocate_service(
+                    service.uid, f"{service.namespace}/{service.name}"
+                )
+                self._inputs.service_bsids[service.uid] = (got.bsid_v6, got.bsid_v4)
+        with self._lock:
+            interfaces = dict(self._inputs.pod_interfaces)
+        node_ids = dict(self._inputs.node_ids)
+        node_ids.setdefault(self.options.node_name, self.node_id)
+        return RenderInputs(
+            plan=self.plan,
+            node_ids=node_ids,
+            service_bsids=dict(self._inputs.service_bsids),
+            capabilities=self.backend.capabilities,
+            pod_interfaces=interfaces,
+        )
+
+    def _step(self, dirty: set[DirtyKey], inputs_changed: bool, full: bool) -> None:
+        refresh = inputs_changed or any(isinstance(k, NodeKey | ServiceKey) for k in dirty)
+        inputs = self._refresh_inputs(dirty, full) if refresh or self._renderer is None else None
+        if self._renderer is None:
+            assert inputs is not None
+            self._renderer = Renderer(self.state, self.options.node_name, inputs)
+            delta = None
+        else:
+            delta = self._renderer.set_inputs(inputs) if inputs is not None else None
+            more = self._renderer.update(dirty)
+            delta = more if delta is None else _merge(delta, more)
+        desired = self._renderer.config()
+        if full or delta is None:
+            self._full_reconcile(desired)
+        elif delta:
+            self._incremental_reconcile(desired, delta)
+        if not self.ready.is_set():
+            self.ready.set()
+            log.info("dataplane programmed: ready")
+
+    def _full_reconcile(self, desired: NodeConfig) -> None:
+        actual = self.backend.dump()
+        target = without_pods(desired)
+        changes = plan(target, actual)
+        if changes:
+            log.info("resync: %d change(s) to reach the desired state", len(changes))
+            self.stats["repairs"] += len(changes)
+        self.backend.apply(changes)
+        with self._lock:
+            self._applied = dict(target.by_key())
+            self._applied_encap = target.encap_source
+            self._desired = desired
+        self.stats["reconciles"] += 1
+        self.stats["changes"] += len(changes)
+        for pod in desired.pods:
+            self._sync_pod(pod)
+
+    def _incremental_reconcile(self, desired: NodeConfig, delta: Any) -> None:
+        touched = [o for o in delta.added | delta.removed if not isinstance(o, PodAttachment)]
+        keys = {o.key for o in touched}
+        with self._lock:
+            before = [self._applied[k] for k in keys if k in self._applied]
+        after = [o for o in delta.added if not isinstance(o, PodAttachment)]
+        encap_old = self._applied_encap
+        encap_new = desired.encap_source
+        changes = plan(split_config(after, encap_new), split_config(before, encap_old))
+        self.backend.apply(changes)
+        with self._lock:
+            for key in keys:
+                self._applied.pop(key, None)
+            for obj in after:
+                self._applied[obj.key] = obj
+            self._applied_encap = encap_new
+            self._desired = desired
+        self.stats["reconciles"] += 1
+        self.stats["changes"] += len(changes)
+        added_pods = {p.key: p for p in delta.added if isinstance(p, PodAttachment)}
+        for pod in added_pods.values():
+            self._sync_pod(pod)
+        for pod in delta.removed:
+            if isinstance(pod, PodAttachment) and pod.key not in added_pods:
+                self._clear_pod(pod)
+
+    def _sync_pod(self, pod: PodAttachment) -> None:
+        if not pod.netns or not os.path.exists(pod.netns):
+            return
+        try:
+            done = self.podnet.sync(pod)
+        except Exception as err:  # one pod must not stop the others
+            log.warning("pod %s: %s", pod.pod, err)
+            return
+        if done.writes:
+            log.info(
+                "pod %s: service addresses +%s -%s, port rewrites %s",
+                pod.pod,
+                [str(a) for a in done.added],
+                [str(a) for a in done.removed],
+                "replaced" if done.rewrites_replaced else "unchanged",
+            )
+
+    def _clear_pod(self, pod: PodAttachment) -> None:
+        if pod.netns and os.path.exists(pod.netns):
+            try:
+                self.podnet.clear(pod.netns)
+            except Exception as err:
+                log.warning("pod %s: %s", pod.pod, err)
+
+    # --- the read-only API (srv6ctl show) --------------------------------------------------
+
+    def query(self, what: str) -> Any:
+        with self._lock:
+            desired = self._desired
+        if what == "status":
+            return {
+                "node": self.options.node_name,
+                "node_id": self.node_id,
+                "locator": str(self.plan.locator(self.node_id)),
+                "ready": self.ready.is_set(),
+                **self.stats,
+            }
+        if what == "desired":
+            return to_jsonable(desired)
+        if what == "actual":
+            return to_jsonable(self.backend.dump())
+        if what == "drift":
+            if desired is None:
+                return {}
+            return drift(without_pods(desired), self.backend.dump())
+        if what == "allocations":
+            return {
+                "nodes": self.allocator.nodes(),
+                "pods": to_jsonable(self.allocator.pods(self.options.node_name)),
+                "services": to_jsonable(self.allocator.services()),
+            }
+        raise ValueError(f"unknown query {what!r} (status, desired, actual, drift, allocations)")
+
+    def _start_api(self) -> None:
+        listener = bind_private(self.options.api_socket)  # 0600 from the first moment
+        listener.settimeout(0.5)
+        self._api_listener = listener
+        thread = threading.Thread(target=self._api_loop, name="srv6ctl-api", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _api_loop(self) -> None:
+        assert self._api_listener is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._api_listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                try:
+                    request = cni_protocol.recv_frame(conn)
+                    what = str(request.get("query", "")) if isinstance(request, Mapping) else ""
+                    answer = {"ok": True, "result": self.query(what)}
+                except Exception as err:  # answer the client, keep serving
+                    answer = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+                with contextlib.suppress(OSError):
+                    cni_protocol.send_frame(conn, answer)
+
+    def _stop_api(self) -> None:
+        if self._api_listener is not None:
+            self._api_listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.options.api_socket)
+
+
+def _merge(a: Any, b: Any) -> Any:
+    from srv6ctl.render import RenderDelta
+
+    # a then b: an object added by a and removed by b cancels out, and the reverse.
+    added = (a.added - b.removed) | b.added
+    removed = (a.removed - b.added) | b.removed
+    return RenderDelta(
+        added=frozenset(added),
+        removed=frozenset(removed),
+        encap_source_changed=a.encap_source_changed or b.encap_source_changed,
+    )
+
+
+def query_agent(api_socket: str, what: str, timeout: float = 10.0) -> Any:
+    """Ask a running agent (the client side of `srv6ctl show`)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(api_socket)
+        cni_protocol.send_frame(sock, {"query": what})
+        answer = cni_protocol.recv_frame(sock)
+    if not answer.get("ok"):
+        raise RuntimeError(answer.get("error", "the agent refused the query"))
+    return answer["result"]

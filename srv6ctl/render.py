@@ -1,0 +1,789 @@
+"""Render: one node's desired dataplane (`NodeConfig`) from the cluster state. Pure.
+
+`render(state, node, inputs)` reads a `ClusterState` and the allocations in `RenderInputs`
+and returns data; it does no I/O and its result depends on nothing else (not on the order
+events arrived in). `Renderer` computes the same result incrementally: the config is the
+union of *fragments* — one per remote node, per service, per pod, and the local node's
+own — and a dirty key from `ClusterState` re-renders only the fragments it names.
+
+What a node gets (DESIGN.md, "Address and SID plan" and "Services without NAT"):
+
+- Its own SIDs on its locator `L`: End `L::1`, End.DT6 `L::6` (pod table, main by
+  default), and End.DT4 `L::4` only in a dual-stack plan *and* when the backend can do it
+  (the kernel needs a VRF); without it, IPv4 reaches pods through their End.DX4 SIDs.
+- Per local pod: End.DX6 `L::1:k` (nexthop the pod's IPv6, on its node-side interface),
+  End.DX4 `L::4:k` in dual-stack, and a `PodAttachment` whose `service_addresses` are the
+  ClusterIPs of every service the pod is an endpoint of, and `port_maps` the (protocol,
+  port, targetPort) rewrites where they differ, named targetPorts resolved against the
+  pod's own container ports. A pod is given a ClusterIP as soon as it appears in the
+  service's slices, ready or not: the address is then on its loopback before any node's
+  policy can point at it and stays until every node has dropped it (make before break,
+  across nodes whose reconciles are not ordered). Host-network pods get nothing.
+- Per other node `R`: a route to `R`'s locator via its InternalIPv6 — this assumes the
+  nodes share an L2 segment; on a routed underlay the locators must be advertised (BGP)
+  and these routes become redundant — and a node policy `[R::6]` steering `R`'s IPv6 pod
+  prefix; in dual-stack, a policy `[R::4]` for `R`'s IPv4 pod prefix when `R` publishes
+  End.DT4 (`BEHAVIOURS_ANNOTATION` on its Node), else one policy per remote pod
+  `[R::4:k]` steering that pod's /32.
+- Per service and address family with a ClusterIP: a policy at the service's BSID with
+  one segment list per usable endpoint, ending at the endpoint's End.DX6/End.DX4 SID
+  (derived from its address by the plan), and a steering of the ClusterIP /128 (/32) into
+  it; with no usable endpoint (or no BSID allocated yet) a PROHIBIT route instead, never
+  a stale or empty policy. Endpoint choice follows kube-proxy (see `_usable_endpoints`).
+
+Node-local BSIDs. Node and pod policies need a BSID that is local to this node; they live in
+the node's own locator with a *tag in the top nibble of the function* — the plan's SIDs
+(`L::1`, `L::4`, `L::6`, `L::1:k`, `L::4:k`) all have a zero top nibble, so these can never
+collide with them, and the shape matches the plan's service BSIDs (family tag on top):
+
+    L::2000:<R>      function (0x2 << (bits-4)) | R            → [R::6]    (v6 to node R)
+    L::3000:<R>      function (0x3 << (bits-4)) | R            → [R::4]    (v4 to node R)
+    L::5<RRR>:<k>    function (0x5 << (bits-4)) | R << 16 | k  → [R::4:k]  (v4 to pod k on R)
+
+with `bits` the plan's function bits (32 by default: `fcbb:bb00:1::2000:3`,
+`fcbb:bb00:1::5003:2`). The per-pod form needs `R < 2**(bits - 20)` (4096 by default).
+
+Encap source: the node's InternalIPv6, falling back to its End SID while the Node has no
+InternalIPv6. The outer source is where ICMPv6 errors for encapsulated packets go (Packet
+Too Big for PMTU discovery above all): the InternalIPv6 is an address the node's stack
+owns and that every underlay already routes and accepts in source-address validation,
+whereas a packet to the End SID is consumed by the End behaviour (an ICMP error without
+an SRH is dropped there) and the locator is only routed where we add routes for it. It is
+set once per node (`NodeConfig.encap_source`, kernel `ip sr tunsrc`, VPP
+`sr_set_encap_source`) and policies leave theirs unset: neither backend has a per-policy
+source. Policies use H.Encaps.Red when the backend offers it (every list has one SID, so
+no SRH is needed at all), H.Encaps otherwise.
+
+Known gaps, each needing a model addition rather than a render trick:
+- a host-network endpoint's node must own the ClusterIP (on its loopback) for End.DT6's
+  lookup to deliver the packet locally; `NodeConfig` has no object for host-owned service
+  addresses yet, so until it does that lookup finds the node's own steering for the
+  ClusterIP;
+- `PodAttachment.port_maps` carry no address, so a pod backing two services that map the
+  same port to different targetPorts gets both rewrites; the rewrite should match the
+  ClusterIP too;
+- sessionAffinity (needs an L3-only hash on the service's group), externalIPs, NodePort
+  and LoadBalancer paths, and NetworkPolicy are not rendered.
+"""
+
+from __future__ import annotations
+
+import gc
+import ipaddress
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import NamedTuple, TypeAlias, cast
+
+from ipam6.plan import POD_INDEX_BITS, AddressPlan
+from srv6ctl.dataplane.model import (
+    MAIN_TABLE,
+    Capabilities,
+    DataplaneObject,
+    EncapMode,
+    End,
+    EndDT4,
+    EndDT6,
+    EndDX4,
+    EndDX6,
+    IPv6Address,
+    LocalSid,
+    NodeConfig,
+    PodAttachment,
+    Route,
+    RouteKind,
+    SegmentList,
+    SrPolicy,
+    Steering,
+)
+from srv6ctl.state import (
+    ClusterState,
+    DirtyKey,
+    Endpoint,
+    EndpointSlice,
+    IPAddress,
+    NamespacedName,
+    Node,
+    NodeKey,
+    Pod,
+    PodKey,
+    Service,
+    ServiceKey,
+)
+
+NODE_POLICY_V6_TAG = 0x2
+NODE_POLICY_V4_TAG = 0x3
+POD_POLICY_V4_TAG = 0x5
+END_DT4 = EndDT4.behaviour
+
+BULK = 1000  # fragments re-rendered at once above which the cycle collector is paused
+
+# trafficDistribution values that ask for same-zone endpoints (PreferSameZone is the
+# 1.33 name of PreferClose; PreferSameNode prefers the node, then the zone).
+PREFER_ZONE = frozenset({"PreferClose", "PreferSameZone", "PreferSameNode"})
+
+
+# --- inputs ---------------------------------------------------------------------------
+
+
+class ServiceBsids(NamedTuple):
+    """A service's BSIDs from ipam6 (`ServiceAllocation.bsid_v6/bsid_v4`)."""
+
+    v6: IPv6Address
+    v4: IPv6Address | None = None
+
+
+@dataclass(frozen=True)
+class PodInterface:
+    """Where a local pod is plugged in, as the CNI wiring made it."""
+
+    interface: str  # node-side name (veth peer / VPP interface tag)
+    netns: str  # the pod's network namespace path
+    container_interface: str = "eth0"
+
+
+@dataclass(frozen=True)
+class RenderInputs:
+    """Everything render needs besides the cluster state: allocations and the backend.
+
+    `node_ids` must hold this node's ID (ipam6 `claim_node`); nodes without one are not
+    routed to. `service_bsids` is keyed by Service UID (ipam6 `allocate_service`), and a
+    service without BSIDs gets a PROHIBIT route. `pod_interfaces` is keyed by Pod UID
+    and holds this node's pods as the CNI wired them; only those get SIDs and attachments.
+    """
+
+    plan: AddressPlan
+    node_ids: Mapping[str, int]  # node name → ipam6 node ID
+    service_bsids: Mapping[str, tuple[IPv6Address, IPv6Address | None]]  # service UID →
+    capabilities: Capabilities
+    pod_interfaces: Mapping[str, PodInterface] = field(default_factory=dict)  # pod UID →
+    pod_table: int = MAIN_TABLE  # End.DT6 lookup table
+    pod_table_v4: int = MAIN_TABLE  # End.DT4 lookup table (a VRF's table on the kernel)
+
+
+# --- node-local BSIDs -----------------------------------------------------------------
+
+
+def _local_function(plan: AddressPlan, node_id: int, function: int) -> IPv6Address:
+    return IPv6Address(int(plan.locator(node_id).network_address) | function)
+
+
+def node_policy_bsid(plan: AddressPlan, local_id: int, remote_id: int, family: int) -> IPv6Address:
+    """The BSID, on `local_id`'s locator, of its policy to node `remote_id`'s End.DT6/DT4."""
+    tag = NODE_POLICY_V6_TAG if family == 6 else NODE_POLICY_V4_TAG
+    return _local_function(plan, local_id, (tag << (plan.function_bits - 4)) | remote_id)
+
+
+def pod_policy_bsid_v4(plan: AddressPlan, local_id: int, remote_id: int, index: int) -> IPv6Address:
+    """The BSID, on `local_id`'s locator, of its policy to pod `index`'s End.DX4 on `remote_id`."""
+    node_bits = plan.function_bits - 4 - POD_INDEX_BITS
+    if remote_id >= 1 << node_bits:
+        raise ValueError(
+            f"node ID {remote_id} does not fit the {node_bits} bits that per-pod IPv4 policy "
+            f"BSIDs leave for it with functionBits {plan.function_bits}: give the plan more "
+            "function bits, or the nodes End.DT4"
+        )
+    function = (POD_POLICY_V4_TAG << (plan.function_bits - 4)) | remote_id << POD_INDEX_BITS
+    return _local_function(plan, local_id, function | index)
+
+
+# --- fragments and deltas -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """What one cluster object contributes to the node's config."""
+
+    pods: tuple[PodAttachment, ...] = ()
+    local_sids: tuple[LocalSid, ...] = ()
+    policies: tuple[SrPolicy, ...] = ()
+    steerings: tuple[Steering, ...] = ()
+    routes: tuple[Route, ...] = ()
+
+    def parts(self) -> Iterator[tuple[str, tuple[DataplaneObject, ...]]]:
+        yield "pods", self.pods
+        yield "local_sids", self.local_sids
+        yield "policies", self.policies
+        yield "steerings", self.steerings
+        yield "routes", self.routes
+
+
+EMPTY = Fragment()
+FragmentKey: TypeAlias = NodeKey | ServiceKey | PodKey
+PARTS = ("pods", "local_sids", "policies", "steerings", "routes")
+
+
+@dataclass(frozen=True)
+class RenderDelta:
+    """What an update changed in the node's config (objects compare by value)."""
+
+    added: frozenset[DataplaneObject] = frozenset()
+    removed: frozenset[DataplaneObject] = frozenset()
+    encap_source_changed: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.encap_source_changed)
+
+
+class PodSids:
+    """Endpoint address → pod SID, fast, with the plan as the only source of truth.
+
+    The plan's documented layout is linear in the pod index: pod `k` of node `N` has the
+    addresses `prefix(N) + k` and the SIDs `L(N)::1:k` / `L(N)::4:k`. So the plan is asked
+    once per node prefix (`pod_of_address`) and once per node and family (`pod_sid_*`), and
+    every other address of that prefix is located and given its SID by an offset: about a
+    microsecond instead of seven, which is most of a full render at 100,000 endpoints. A
+    property test checks both against the plan.
+    """
+
+    def __init__(self, plan: AddressPlan) -> None:
+        self._plan = plan
+        indexes = plan.pod_indexes
+        self._first, self._last = indexes.start, indexes.stop - 1
+        self._host_bits = {
+            6: 128 - plan.node_prefix_length_v6,
+            4: 32 - plan.node_prefix_length_v4,
+        }
+        self._node_of_prefix: dict[tuple[int, int], int] = {}  # (family, prefix) → node ID
+        self._sid_base: dict[tuple[int, int], int] = {}  # (node ID, family) → SID - k
+
+    def locate(self, address: IPAddress) -> tuple[int, int] | None:
+        """`AddressPlan.pod_of_address` for pod addresses: (node ID, pod index) or None."""
+        family = 6 if isinstance(address, ipaddress.IPv6Address) else 4
+        value = int(address)
+        bits = self._host_bits[family]
+        node_id = self._node_of_prefix.get((family, value >> bits))
+        if node_id is None:
+            located = self._plan.pod_of_address(address)
+            if located is not None and not (family == 6 and address in self._plan.sid_block):
+                self._node_of_prefix[(family, value >> bits)] = located[0]
+            return located
+        index = value & ((1 << bits) - 1)
+        return (node_id, index) if self._first <= index <= self._last else None
+
+    def sid(self, located: tuple[int, int], family: int) -> IPv6Address:
+        """`AddressPlan.pod_sid_dx6` (family 6) or `pod_sid_dx4` (family 4)."""
+        return IPv6Address(self.sid_value(located, family))
+
+    def sid_value(self, located: tuple[int, int], family: int) -> int:
+        node_id, index = located
+        base = self._sid_base.get((node_id, family))
+        if base is None:
+            plan, first = self._plan, self._first
+            if family == 6:
+                sid = plan.pod_sid_dx6(node_id, first)
+            else:
+                sid = plan.pod_sid_dx4(node_id, first)
+            base = self._sid_base[(node_id, family)] = int(sid) - first
+        return base + index
+
+
+class _Candidate(NamedTuple):
+    endpoint: Endpoint
+    sid: int
+
+
+# --- the renderer ---------------------------------------------------------------------
+
+
+def render(state: ClusterState, node: str, inputs: RenderInputs) -> NodeConfig:
+    """The complete desired config of `node`: a pure function of its arguments."""
+    return Renderer(state, node, inputs).config()
+
+
+class Renderer:
+    """Holds the fragments of one node's config and re-renders those a dirty key names.
+
+    It reads `state` (never writes it) and is told what changed through `update`, with
+    the keys `ClusterState`'s mutations return, and `set_inputs`. Its `config()` always
+    equals `render(state, node, inputs)` for the current state and inputs — that is its
+    whole contract, checked by a state-machine test over random event sequences.
+    """
+
+    def __init__(self, state: ClusterState, node: str, inputs: RenderInputs) -> None:
+        self._state = state
+        self._node = node
+        self._inputs = inputs
+        self._fragments: dict[FragmentKey, Fragment] = {}
+        self._counts: dict[str, dict[DataplaneObject, int]] = {part: {} for part in PARTS}
+        self._encap_source: IPv6Address | None = None
+        self._config: NodeConfig | None = None
+        # Services whose endpoints include addresses that are not pod addresses: they may
+        # be node addresses (host-network pods), so node changes re-render them.
+        self._node_address_services: set[NamespacedName] = set()
+        self._local_zone: str | None = None
+        self._configure(inputs)
+        self._rerender(self._all_keys(), track=False)
+
+    # --- public -----------------------------------------------------------------------
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    @property
+    def inputs(self) -> RenderInputs:
+        return self._inputs
+
+    def config(self) -> NodeConfig:
+        if self._config is None:
+            # frozenset(dict) reuses the hashes the dict stored: nothing is hashed again.
+            parts = {part: frozenset(self._counts[part]) for part in PARTS}
+            self._config = NodeConfig(
+                encap_source=self._encap_source,
+                pods=cast(frozenset[PodAttachment], parts["pods"]),
+                local_sids=cast(frozenset[LocalSid], parts["local_sids"]),
+                policies=cast(frozenset[SrPolicy], parts["policies"]),
+                steerings=cast(frozenset[Steering], parts["steerings"]),
+                routes=cast(frozenset[Route], parts["routes"]),
+            )
+        return self._config
+
+    def update(self, dirty: Iterable[DirtyKey]) -> RenderDelta:
+        """Re-render what `dirty` names (and what depends on it); return what changed."""
+        keys: set[FragmentKey] = set()
+        nodes_changed = False
+        for key in dirty:
+            if isinstance(key, ServiceKey | PodKey):
+                keys.add(key)
+            elif isinstance(key, NodeKey):
+                nodes_changed = True
+                keys.add(key)
+                if self._plan.dual_stack and key.name != self._node:
+                    keys.update(PodKey(*p.key) for p in self._state.pods_on_node(key.name))
+            # Namespaces and NetworkPolicies are not rendered yet.
+        if nodes_changed:
+            keys.update(ServiceKey(*k) for k in self._node_address_services)
+            local = self._state.node(self._node)
+            zone = None if local is None else local.zone
+            if zone != self._local_zone:
+                self._local_zone = zone
+                keys.update(ServiceKey(*k) for k in self._state.services)
+        return self._rerender(keys)
+
+    def set_inputs(self, inputs: RenderInputs) -> RenderDelta:
+        """Switch to new inputs, re-rendering only what the difference touches."""
+        old = self._inputs
+        if (
+            old.plan != inputs.plan
+            or old.capabilities != inputs.capabilities
+            or (old.pod_table, old.pod_table_v4) != (inputs.pod_table, inputs.pod_table_v4)
+            or old.node_ids.get(self._node) != inputs.node_ids.get(self._node)
+        ):
+            self._configure(inputs)  # raises, changing nothing, when the node has no ID
+            self._inputs = inputs
+            return self._rerender(self._all_keys())
+        self._inputs = inputs
+        dirty: set[DirtyKey] = set()
+        if old.node_ids is not inputs.node_ids:
+            names = old.node_ids.keys() | inputs.node_ids.keys()
+            dirty.update(NodeKey(n) for n in names if old.node_ids.get(n) != inputs.node_ids.get(n))
+        if old.service_bsids is not inputs.service_bsids:
+            uids = _changed(old.service_bsids, inputs.service_bsids)
+            dirty.update(ServiceKey(*s.key) for s in self._state.services.values() if s.uid in uids)
+        if old.pod_interfaces is not inputs.pod_interfaces:
+            for uid in _changed(old.pod_interfaces, inputs.pod_interfaces):
+                pod = self._state.pod_by_uid(uid)
+                if pod is not None:
+                    dirty.add(PodKey(*pod.key))
+        return self.update(dirty)
+
+    # --- bookkeeping ------------------------------------------------------------------
+
+    def _configure(self, inputs: RenderInputs) -> None:
+        local_id = inputs.node_ids.get(self._node)
+        if local_id is None:
+            raise ValueError(f"node {self._node} has no node ID in the render inputs")
+        self._plan = inputs.plan
+        self._local_id = local_id
+        caps = inputs.capabilities
+        self._local_dt4 = self._plan.dual_stack and END_DT4 in caps.behaviours
+        reduced = EncapMode.ENCAP_RED in caps.encap_modes
+        self._mode = EncapMode.ENCAP_RED if reduced else EncapMode.ENCAP
+        self._pod_sids = PodSids(self._plan)
+        local = self._state.node(self._node)
+        self._local_zone = None if local is None else local.zone
+
+    def _all_keys(self) -> set[FragmentKey]:
+        state = self._state
+        keys: set[FragmentKey] = set(self._fragments)
+        keys.add(NodeKey(self._node))
+        keys.update(NodeKey(name) for name in state.nodes)
+        keys.update(ServiceKey(*k) for k in state.services)
+        # Remote pods only matter in dual-stack (their IPv4 may need a policy each).
+        if self._plan.dual_stack:
+            keys.update(PodKey(*k) for k in state.pods)
+        else:
+            keys.update(PodKey(*p.key) for p in state.pods_on_node(self._node))
+        return keys
+
+    def _rerender(self, keys: Collection[FragmentKey], *, track: bool = True) -> RenderDelta:
+        if len(keys) < BULK:
+            return self._rerender_keys(keys, track)
+        with _collector_paused():
+            return self._rerender_keys(keys, track)
+
+    def _rerender_keys(self, keys: Iterable[FragmentKey], track: bool) -> RenderDelta:
+        """Swap each key's fragment for a fresh one, keeping a count of every object (two
+        fragments may hold an equal object) and, when `track`, what appeared and vanished.
+        Hashing a policy walks all its SIDs, so each object is hashed as few times as the
+        bookkeeping allows."""
+        added: set[DataplaneObject] = set()
+        removed: set[DataplaneObject] = set()
+        encap_before = self._encap_source
+        changed = False
+        for key in keys:
+            new = self._fragment(key)
+            old = self._fragments.get(key, EMPTY)
+            if new == old:
+                continue
+            changed = True
+            if new == EMPTY:
+                del self._fragments[key]
+            else:
+                self._fragments[key] = new
+            for (part, old_objects), (_, new_objects) in zip(old.parts(), new.parts(), strict=True):
+                if old_objects == new_objects:
+                    continue
+                counts = self._counts[part]
+                for obj in old_objects:
+                    left = counts[obj] - 1
+                    if left:
+                        counts[obj] = left
+                        continue
+                    del counts[obj]
+                    if track:
+                        if added and obj in added:
+                            added.discard(obj)
+                        else:
+                            removed.add(obj)
+                for obj in new_objects:
+                    before = counts.get(obj, 0)
+                    counts[obj] = before + 1
+                    if track and not before:
+                        if removed and obj in removed:
+                            removed.discard(obj)
+                        else:
+                            added.add(obj)
+        changed_source = self._encap_source != encap_before
+        if changed or changed_source:
+            self._config = None
+        return RenderDelta(frozenset(added), frozenset(removed), changed_source)
+
+    def _fragment(self, key: FragmentKey) -> Fragment:
+        if isinstance(key, ServiceKey):
+            return self._service_fragment((key.namespace, key.name))
+        if isinstance(key, PodKey):
+            return self._pod_fragment((key.namespace, key.name))
+        if key.name == self._node:
+            return self._local_node_fragment()
+        return self._remote_node_fragment(key.name)
+
+    # --- nodes ------------------------------------------------------------------------
+
+    def _local_node_fragment(self) -> Fragment:
+        plan, node_id = self._plan, self._local_id
+        sids: list[LocalSid] = [
+            End(plan.end_sid(node_id)),
+            EndDT6(plan.dt6_sid(node_id), table=self._inputs.pod_table),
+        ]
+        if self._local_dt4:
+            sids.append(EndDT4(plan.dt4_sid(node_id), table=self._inputs.pod_table_v4))
+        local = self._state.node(self._node)
+        if local is not None and local.internal_ipv6 is not None:
+            self._encap_source = local.internal_ipv6
+        else:
+            self._encap_source = plan.end_sid(node_id)
+        return Fragment(local_sids=tuple(sids))
+
+    def _remote_node(self, name: str) -> tuple[Node, int] | None:
+        """A remote node we can reach: known, with an ID and an InternalIPv6 to route via."""
+        node = self._state.node(name)
+        node_id = self._inputs.node_ids.get(name)
+        if node is None or node_id is None or node.internal_ipv6 is None or name == self._node:
+            return None
+        return node, node_id
+
+    def _remote_node_fragment(self, name: str) -> Fragment:
+        reachable = self._remote_node(name)
+        if reachable is None:
+            return EMPTY
+        node, remote_id = reachable
+        plan = self._plan
+        bsid = node_policy_bsid(plan, self._local_id, remote_id, 6)
+        policies = [self._policy(bsid, plan.dt6_sid(remote_id), f"node/{name}/v6")]
+        steerings = [Steering(plan.pod_prefix_v6(remote_id), bsid)]
+        prefix_v4 = plan.pod_prefix_v4(remote_id)
+        if prefix_v4 is not None and self._can_dt4(node):
+            bsid_v4 = node_policy_bsid(plan, self._local_id, remote_id, 4)
+            policies.append(self._policy(bsid_v4, plan.dt4_sid(remote_id), f"node/{name}/v4"))
+            steerings.append(Steering(prefix_v4, bsid_v4))
+        return Fragment(
+            policies=tuple(policies),
+            steerings=tuple(steerings),
+            routes=(Route(plan.locator(remote_id), via=node.internal_ipv6),),
+        )
+
+    def _can_dt4(self, node: Node) -> bool:
+        if not self._plan.dual_stack:
+            return False
+        if node.name == self._node:
+            return self._local_dt4
+        return END_DT4 in node.sr_behaviours
+
+    def _policy(self, bsid: IPv6Address, sid: IPv6Address, owner: str) -> SrPolicy:
+        return SrPolicy(bsid, (SegmentList((sid,)),), mode=self._mode, owner=owner)
+
+    # --- pods -------------------------------------------------------------------------
+
+    def _pod_fragment(self, key: NamespacedName) -> Fragment:
+        pod = self._state.pod(*key)
+        if pod is None or pod.finished or pod.host_network or pod.node_name is None:
+            return EMPTY
+        if pod.node_name == self._node:
+            return self._local_pod_fragment(pod)
+        return self._remote_pod_fragment(pod)
+
+    def _local_pod_fragment(self, pod: Pod) -> Fragment:
+        wiring = self._inputs.pod_interfaces.get(pod.uid)
+        if wiring is None:
+            return EMPTY  # not plugged in (yet, or any more): nothing to hand packets to
+        plan = self._plan
+        sids: list[LocalSid] = []
+        addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
+        ipv6 = pod.ipv6
+        located = None if ipv6 is None else plan.pod_of_address(ipv6)
+        if ipv6 is not None and located is not None and located[0] == self._local_id:
+            sid = plan.pod_sid_dx6(*located)
+            sids.append(EndDX6(sid, nexthop=ipv6, interface=wiring.interface))
+            addresses.append(ipaddress.IPv6Interface((ipv6, 128)))
+        ipv4 = pod.ipv4
+        located = None if ipv4 is None else plan.pod_of_address(ipv4)
+        if ipv4 is not None and located is not None and located[0] == self._local_id:
+            sid = plan.pod_sid_dx4(*located)
+            sids.append(EndDX4(sid, nexthop=ipv4, interface=wiring.interface))
+            addresses.append(ipaddress.IPv4Interface((ipv4, 32)))
+        if not addresses:
+            return EMPTY  # its addresses are not this node's: not ours to wire
+        service_addresses, port_maps = self._service_membership(pod)
+        attachment = PodAttachment(
+            interface=wiring.interface,
+            pod=f"{pod.namespace}/{pod.name}",
+            netns=wiring.netns,
+            container_interface=wiring.container_interface,
+            addresses=frozenset(addresses),
+            service_addresses=service_addresses,
+            port_maps=port_maps,
+        )
+        return Fragment(pods=(attachment,), local_sids=tuple(sids))
+
+    def _service_membership(
+        self, pod: Pod
+    ) -> tuple[frozenset[IPAddress], frozenset[tuple[str, int, int]]]:
+        """The ClusterIPs `pod` must accept and the port rewrites it must make."""
+        addresses: set[IPAddress] = set()
+        port_maps: set[tuple[str, int, int]] = set()
+        for eps, _ in self._state.endpoint_entries(pod):
+            if eps.service_name is None:
+                continue
+            service = self._state.service(eps.namespace, eps.service_name)
+            if service is None or service.headless:
+                continue
+            if eps.address_type == "IPv6":
+                cluster_ip: IPAddress | None = service.cluster_ip_v6
+            elif eps.address_type == "IPv4":
+                cluster_ip = service.cluster_ip_v4
+            else:
+                cluster_ip = None
+            if cluster_ip is None:
+                continue
+            addresses.add(cluster_ip)
+            for port in service.ports:
+                if isinstance(port.target_port, int):
+                    target: int | None = port.target_port
+                else:
+                    target = pod.container_port(port.target_port, port.protocol)
+                # An unresolvable name is what Kubernetes does too: that port has no backend.
+                if target is not None and target != port.port:
+                    port_maps.add((port.protocol, port.port, target))
+        return frozenset(addresses), frozenset(port_maps)
+
+    def _remote_pod_fragment(self, pod: Pod) -> Fragment:
+        """A remote pod's IPv4 policy, needed only when its node lacks End.DT4."""
+        ipv4 = pod.ipv4
+        if ipv4 is None or not self._plan.dual_stack or pod.node_name is None:
+            return EMPTY
+        reachable = self._remote_node(pod.node_name)
+        if reachable is None or self._can_dt4(reachable[0]):
+            return EMPTY
+        remote_id = reachable[1]
+        located = self._plan.pod_of_address(ipv4)
+        if located is None or located[0] != remote_id:
+            return EMPTY
+        bsid = pod_policy_bsid_v4(self._plan, self._local_id, *located)
+        owner = f"pod/{pod.namespace}/{pod.name}/v4"
+        return Fragment(
+            policies=(self._policy(bsid, self._plan.pod_sid_dx4(*located), owner),),
+            steerings=(Steering(ipaddress.IPv4Network((ipv4, 32)), bsid),),
+        )
+
+    # --- services ---------------------------------------------------------------------
+
+    def _service_fragment(self, key: NamespacedName) -> Fragment:
+        self._node_address_services.discard(key)
+        service = self._state.service(*key)
+        if service is None or service.headless or not service.cluster_ips:
+            return EMPTY
+        bsids = self._inputs.service_bsids.get(service.uid)
+        slices = self._state.slices_of_service(*key)
+        policies: list[SrPolicy] = []
+        steerings: list[Steering] = []
+        routes: list[Route] = []
+        families = (
+            (6, service.cluster_ip_v6, None if bsids is None else bsids[0]),
+            (4, service.cluster_ip_v4, None if bsids is None else bsids[1]),
+        )
+        for family, cluster_ip, bsid in families:
+            if cluster_ip is None:
+                continue
+            # From the int: given an address object, ipaddress formats and re-parses it.
+            host: ipaddress.IPv4Network | ipaddress.IPv6Network
+            if isinstance(cluster_ip, ipaddress.IPv6Address):
+                host = ipaddress.IPv6Network((int(cluster_ip), 128))
+            else:
+                host = ipaddress.IPv4Network((int(cluster_ip), 32))
+            sids = {c.sid for c in self._usable_endpoints(service, slices, family)}
+            if bsid is None or not sids:
+                # No backend (or no BSID allocated yet): reject explicitly rather than let
+                # the ClusterIP follow the default route out of the cluster.
+                routes.append(Route(host, kind=RouteKind.PROHIBIT))
+                continue
+            # Sorted already, so the policy's own sort has nothing to do.
+            segment_lists = tuple(SegmentList((IPv6Address(sid),)) for sid in sorted(sids))
+            owner = f"svc/{service.namespace}/{service.name}/v{family}"
+            policies.append(SrPolicy(bsid, segment_lists, mode=self._mode, owner=owner))
+            steerings.append(Steering(host, bsid))
+        return Fragment(policies=tuple(policies), steerings=tuple(steerings), routes=tuple(routes))
+
+    def _usable_endpoints(
+        self, service: Service, slices: list[EndpointSlice], family: int
+    ) -> list[_Candidate]:
+        """The endpoints this node sends `service`'s traffic to, chosen as kube-proxy does:
+
+        1. one entry per address (an address can sit in two slices while the controller
+           moves it; the most usable entry wins), first address of each endpoint only;
+        2. only endpoints we can address with a SID (pods; host-network pods on nodes
+           with End.DT6/End.DT4);
+        3. internalTrafficPolicy Local: only this node's endpoints;
+        4. the ready ones, or when none is ready the serving-and-terminating ones (so a
+           rolling update's last pods keep serving while they drain);
+        5. topology: with trafficDistribution PreferClose (PreferSameZone) or zone hints
+           on the slices, only the endpoints for this node's zone (hints, else the
+           endpoint's zone) — unless there are none, then all (kube-proxy falls back the
+           same way); PreferSameNode first prefers this node's endpoints.
+        """
+        address_type = "IPv6" if family == 6 else "IPv4"
+        address_class = ipaddress.IPv6Address if family == 6 else ipaddress.IPv4Address
+        best: dict[int, tuple[IPAddress, Endpoint]] = {}  # by int: hashing one is cheaper
+        for eps in slices:
+            if eps.address_type != address_type:
+                continue
+            for endpoint in eps.endpoints:
+                if not endpoint.addresses:
+                    continue
+                address = endpoint.addresses[0]
+                if type(address) is not address_class:
+                    continue  # a malformed slice: its addressType says otherwise
+                value = int(address)
+                seen = best.get(value)
+                if seen is None or _usability(endpoint) > _usability(seen[1]):
+                    best[value] = (address, endpoint)
+        candidates = []
+        for address, endpoint in best.values():
+            sid = self._endpoint_sid(service, address, family)
+            if sid is not None:
+                candidates.append(_Candidate(endpoint, sid))
+        if service.internal_traffic_policy == "Local":
+            candidates = [c for c in candidates if c.endpoint.node_name == self._node]
+        ready = [c for c in candidates if c.endpoint.ready]
+        if ready:
+            candidates = ready
+        else:
+            candidates = [c for c in candidates if c.endpoint.serving and c.endpoint.terminating]
+        return self._prefer_close(service, candidates)
+
+    def _prefer_close(self, service: Service, candidates: list[_Candidate]) -> list[_Candidate]:
+        mode = service.traffic_distribution
+        if mode == "PreferSameNode":
+            same_node = [c for c in candidates if _on_node(c.endpoint, self._node)]
+            if same_node:
+                return same_node
+        hinted = any(c.endpoint.hints_for_zones for c in candidates)
+        zone = self._local_zone
+        if zone is None or not (mode in PREFER_ZONE or hinted):
+            return candidates
+        close = [c for c in candidates if _for_zone(c.endpoint, zone)]
+        return close or candidates
+
+    def _endpoint_sid(self, service: Service, address: IPAddress, family: int) -> int | None:
+        """The SID (as an int) that delivers to `address`: its pod's End.DX6/DX4, or for a
+        host-network endpoint its node's End.DT6/DT4; None when there is none."""
+        plan = self._plan
+        located = self._pod_sids.locate(address)
+        if located is not None:
+            return self._pod_sids.sid_value(located, family)
+        self._node_address_services.add(service.key)
+        for node in self._state.nodes_with_address(address):
+            node_id = self._inputs.node_ids.get(node.name)
+            if node_id is None:
+                continue
+            if family == 6:
+                return int(plan.dt6_sid(node_id))
+            if self._can_dt4(node):
+                return int(plan.dt4_sid(node_id))
+            # End.DX4 needs a pod interface to hand the packet to, and a node without
+            # End.DT4 has nothing that decapsulates IPv4 into its own stack: skip it.
+            return None
+        return None
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector around a bulk render.
+
+    A full render builds hundreds of thousands of objects that all survive, and none in a
+    reference cycle (frozen dataclasses and tuples), so the collector cannot free anything
+    it builds — but their number triggers full collections, each walking the whole cluster
+    state: about as long again as the render itself at 10,000 services. Reference
+    counting still frees everything as usual; only the cycle detector waits. GC settings
+    are process-wide, so this never re-enables a collector someone else disabled.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _usability(endpoint: Endpoint) -> int:
+    if endpoint.ready:
+        return 2
+    return 1 if endpoint.serving and endpoint.terminating else 0
+
+
+def _on_node(endpoint: Endpoint, node: str) -> bool:
+    if endpoint.hints_for_nodes:
+        return node in endpoint.hints_for_nodes
+    return endpoint.node_name == node
+
+
+def _for_zone(endpoint: Endpoint, zone: str) -> bool:
+    if endpoint.hints_for_zones:
+        return zone in endpoint.hints_for_zones
+    return endpoint.zone == zone
+
+
+def _changed(old: Mapping[str, object], new: Mapping[str, object]) -> set[str]:
+    return {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}

@@ -1,0 +1,905 @@
+"""render on plain data: hand-checked configs for small clusters, and incremental == full."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from ipam6.plan import AddressPlan
+from srv6ctl.dataplane.model import (
+    Capabilities,
+    DataplaneObject,
+    EncapMode,
+    End,
+    EndDT4,
+    EndDT6,
+    EndDX4,
+    EndDX6,
+    NodeConfig,
+    PodAttachment,
+    Route,
+    RouteKind,
+    SegmentList,
+    SrPolicy,
+    Steering,
+)
+from srv6ctl.render import (
+    PodInterface,
+    PodSids,
+    Renderer,
+    RenderInputs,
+    ServiceBsids,
+    node_policy_bsid,
+    pod_policy_bsid_v4,
+    render,
+)
+from srv6ctl.state import (
+    ClusterState,
+    ContainerPort,
+    Endpoint,
+    EndpointSlice,
+    Node,
+    NodeKey,
+    Pod,
+    PodKey,
+    PodRef,
+    Service,
+    ServiceKey,
+    ServicePort,
+)
+from tests.support.cluster import (
+    DUAL_STACK,
+    IPV6_ONLY,
+    KERNEL,
+    KERNEL_WITH_VRF,
+    VPP,
+    endpoint,
+    endpoint_slice,
+    inputs,
+    node,
+    pod,
+    service,
+    state_of,
+)
+
+V6 = ipaddress.IPv6Address
+V4 = ipaddress.IPv4Address
+
+
+def policy(bsid: str, *sids: str, mode: EncapMode = EncapMode.ENCAP) -> SrPolicy:
+    return SrPolicy(V6(bsid), tuple(SegmentList((V6(s),)) for s in sids), mode=mode)
+
+
+def steer(prefix: str, bsid: str) -> Steering:
+    return Steering(ipaddress.ip_network(prefix), V6(bsid))
+
+
+def service_objects(config: NodeConfig, bsid: str) -> tuple[SrPolicy | None, set[Steering]]:
+    """The policy at `bsid` and the steerings into it."""
+    found = [p for p in config.policies if p.bsid == V6(bsid)]
+    assert len(found) <= 1
+    return (found[0] if found else None), {s for s in config.steerings if s.bsid == V6(bsid)}
+
+
+def segment_ends(config: NodeConfig, bsid: str) -> set[str]:
+    found, _ = service_objects(config, bsid)
+    assert found is not None, (
+        f"no policy {bsid} in {sorted(map(str, (p.bsid for p in config.policies)))}"
+    )
+    return {str(sl.segments[-1]) for sl in found.segment_lists}
+
+
+WEB_BSID = "fcbb:bb00::6000:1"
+WEB_BSID_V4 = "fcbb:bb00::4000:1"
+
+
+# --- nodes ----------------------------------------------------------------------------
+
+
+def test_three_node_ipv6_cluster_node_sids_routes_and_node_policies() -> None:
+    state = state_of(node(1), node(2), node(3))
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3]))
+    assert config == NodeConfig(
+        encap_source=V6("2001:db8::1"),
+        local_sids=frozenset({End(V6("fcbb:bb00:1::1")), EndDT6(V6("fcbb:bb00:1::6"))}),
+        routes=frozenset(
+            {
+                Route(ipaddress.ip_network("fcbb:bb00:2::/48"), via=V6("2001:db8::2")),
+                Route(ipaddress.ip_network("fcbb:bb00:3::/48"), via=V6("2001:db8::3")),
+            }
+        ),
+        policies=frozenset(
+            {
+                policy("fcbb:bb00:1::2000:2", "fcbb:bb00:2::6"),
+                policy("fcbb:bb00:1::2000:3", "fcbb:bb00:3::6"),
+            }
+        ),
+        steerings=frozenset(
+            {
+                steer("fd00:10:0:2::/64", "fcbb:bb00:1::2000:2"),
+                steer("fd00:10:0:3::/64", "fcbb:bb00:1::2000:3"),
+            }
+        ),
+    )
+    assert {p.owner for p in config.policies} == {"node/node-2/v6", "node/node-3/v6"}
+    # Node 2 sees the mirror image: its own SIDs, BSIDs on its own locator.
+    other = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3]))
+    assert other.local_sids == {End(V6("fcbb:bb00:2::1")), EndDT6(V6("fcbb:bb00:2::6"))}
+    assert policy("fcbb:bb00:2::2000:1", "fcbb:bb00:1::6") in other.policies
+
+
+def test_a_node_without_internal_ipv6_is_not_routed_and_sources_from_its_end_sid() -> None:
+    state = state_of(node(1, ipv6=False), node(2), node(3, ipv6=False))
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3]))
+    assert config.encap_source == V6("fcbb:bb00:1::1")
+    assert {str(r.prefix) for r in config.routes} == {"fcbb:bb00:2::/48"}
+    assert {str(p.bsid) for p in config.policies} == {"fcbb:bb00:1::2000:2"}
+
+
+def test_a_node_without_node_id_gets_no_route_and_render_needs_the_local_id() -> None:
+    state = state_of(node(1), node(2), node(3))
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2]))
+    assert {str(r.prefix) for r in config.routes} == {"fcbb:bb00:2::/48"}
+    with pytest.raises(ValueError, match="node-3 has no node ID"):
+        render(state, "node-3", inputs(IPV6_ONLY, [1, 2]))
+
+
+def test_vpp_capabilities_use_reduced_encapsulation_everywhere() -> None:
+    web_pod = pod(IPV6_ONLY, "web-0", 2, 2)
+    web = service("web", 1)
+    state = state_of(node(1), node(2), web_pod, web, endpoint_slice(web, [endpoint(web_pod)]))
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2], {web: 1}, capabilities=VPP))
+    assert {p.mode for p in config.policies} == {EncapMode.ENCAP_RED}
+    assert len(config.policies) == 2
+
+
+# --- pods on this node ----------------------------------------------------------------
+
+
+def test_local_pod_gets_dx6_dx4_sids_and_an_attachment_host_network_pod_nothing() -> None:
+    web_pod = pod(DUAL_STACK, "web-0", 1, 2)
+    host_pod = pod(DUAL_STACK, "kube-proxy", 1, 0, host_network=True)
+    done_pod = pod(DUAL_STACK, "job", 1, 3, phase="Succeeded")
+    state = state_of(node(1), web_pod, host_pod, done_pod)
+    config = render(
+        state, "node-1", inputs(DUAL_STACK, [1], interfaces=[web_pod, host_pod, done_pod])
+    )
+    assert config.local_sids == {
+        End(V6("fcbb:bb00:1::1")),
+        EndDT6(V6("fcbb:bb00:1::6")),
+        EndDX6(V6("fcbb:bb00:1::1:2"), nexthop=V6("fd00:10:0:1::2"), interface="veth-web-0"),
+        EndDX4(V6("fcbb:bb00:1::4:2"), nexthop=V4("10.128.1.2"), interface="veth-web-0"),
+    }
+    assert config.pods == {
+        PodAttachment(
+            interface="veth-web-0",
+            pod="default/web-0",
+            netns="/var/run/netns/web-0",
+            addresses=frozenset(
+                {
+                    ipaddress.ip_interface("fd00:10:0:1::2/128"),
+                    ipaddress.ip_interface("10.128.1.2/32"),
+                }
+            ),
+        )
+    }
+
+
+def test_a_local_pod_that_is_not_plugged_in_gets_nothing() -> None:
+    web_pod = pod(IPV6_ONLY, "web-0", 1, 2)
+    config = render(state_of(node(1), web_pod), "node-1", inputs(IPV6_ONLY, [1]))
+    assert not config.pods
+    assert {type(s) for s in config.local_sids} == {End, EndDT6}
+
+
+# --- services -------------------------------------------------------------------------
+
+
+def web_cluster(
+    plan: AddressPlan = IPV6_ONLY, **service_args: object
+) -> tuple[ClusterState, Service, list[Pod]]:
+    """3 nodes; service web (index 1) with one ready pod on node-2 and one on node-3."""
+    pods = [pod(plan, "web-a", 2, 2), pod(plan, "web-b", 3, 2)]
+    web = service("web", 1, **service_args)  # type: ignore[arg-type]
+    state = state_of(node(1), node(2), node(3), *pods, web)
+    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p) for p in pods]))
+    return state, web, pods
+
+
+def test_service_with_endpoints_on_two_nodes() -> None:
+    state, web, pods = web_cluster()
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))
+    found, steerings = service_objects(config, WEB_BSID)
+    assert found == policy(WEB_BSID, "fcbb:bb00:2::1:2", "fcbb:bb00:3::1:2")
+    assert found is not None and found.owner == "svc/default/web/v6"
+    assert steerings == {steer("fd00:96::1/128", WEB_BSID)}
+    assert not [r for r in config.routes if r.kind is RouteKind.PROHIBIT]
+
+    # The backend's node decapsulates to the pod, which holds the ClusterIP.
+    on_backend = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}, interfaces=pods))
+    assert EndDX6(V6("fcbb:bb00:2::1:2"), nexthop=V6("fd00:10:0:2::2"), interface="veth-web-a") in (
+        on_backend.local_sids
+    )
+    (attachment,) = on_backend.pods
+    assert attachment.service_addresses == {V6("fd00:96::1")}
+    assert attachment.port_maps == frozenset()  # port 80 → targetPort 80: nothing to rewrite
+    assert service_objects(on_backend, WEB_BSID)[0] == found  # same policy on every node
+
+
+def test_port_maps_for_numeric_and_named_target_ports_resolved_per_pod() -> None:
+    plan = IPV6_ONLY
+    a = pod(plan, "web-a", 1, 2, ports=[ContainerPort(9376, name="http")])
+    b = pod(plan, "web-b", 1, 3, ports=[ContainerPort(8000, name="http")])
+    c = pod(plan, "web-c", 1, 4, ports=[ContainerPort(53, protocol="UDP", name="dns")])
+    web = service(
+        "web",
+        1,
+        ports=[
+            ServicePort(80, name="http", target_port="http"),
+            ServicePort(443, name="https", target_port=8443),
+            ServicePort(53, protocol="UDP", name="dns", target_port="dns"),
+            ServicePort(54, protocol="TCP", name="dns-tcp", target_port="dns"),  # UDP-only name
+        ],
+    )
+    state = state_of(node(1), a, b, c, web)
+    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p) for p in (a, b, c)]))
+    config = render(state, "node-1", inputs(plan, [1], {web: 1}, interfaces=[a, b, c]))
+    maps = {att.pod: att.port_maps for att in config.pods}
+    assert maps == {
+        "default/web-a": {("TCP", 80, 9376), ("TCP", 443, 8443)},
+        "default/web-b": {("TCP", 80, 8000), ("TCP", 443, 8443)},
+        # port 53 → its own port 53: no rewrite; "dns" is not a TCP port, so 54 has none.
+        "default/web-c": {("TCP", 443, 8443)},
+    }
+
+
+def test_no_ready_endpoint_is_an_explicit_prohibit_route_never_a_policy() -> None:
+    state, web, pods = web_cluster()
+    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p, ready=False) for p in pods]))
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))
+    assert service_objects(config, WEB_BSID) == (None, set())
+    assert Route(ipaddress.ip_network("fd00:96::1/128"), kind=RouteKind.PROHIBIT) in config.routes
+
+    # No slice at all, and a service whose BSID is not allocated yet: the same.
+    bare = state_of(node(1), service("lonely", 2))
+    assert (
+        Route(ipaddress.ip_network("fd00:96::2/128"), kind=RouteKind.PROHIBIT)
+        in render(bare, "node-1", inputs(IPV6_ONLY, [1], {service("lonely", 2): 2})).routes
+    )
+    state, web, pods = web_cluster()
+    unallocated = render(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3], {}))
+    assert Route(ipaddress.ip_network("fd00:96::1/128"), kind=RouteKind.PROHIBIT) in (
+        unallocated.routes
+    )
+    assert not [p for p in unallocated.policies if p.owner.startswith("svc/")]
+
+
+def test_terminating_endpoints_serve_only_while_no_endpoint_is_ready() -> None:
+    plan = IPV6_ONLY
+    draining = pod(plan, "old-a", 2, 2)
+    stopped = pod(plan, "old-b", 3, 2)
+    fresh = pod(plan, "new-a", 3, 3)
+    web = service("web", 1)
+    state = state_of(node(1), node(2), node(3), draining, stopped, fresh, web)
+    terminating = [
+        endpoint(draining, ready=False, serving=True, terminating=True),
+        endpoint(stopped, ready=False, serving=False, terminating=True),
+    ]
+    state.upsert_endpoint_slice(endpoint_slice(web, terminating))
+    renderer = Renderer(state, "node-1", inputs(plan, [1, 2, 3], {web: 1}))
+    assert segment_ends(renderer.config(), WEB_BSID) == {"fcbb:bb00:2::1:2"}
+
+    renderer.update(
+        state.upsert_endpoint_slice(endpoint_slice(web, [*terminating, endpoint(fresh)]))
+    )
+    assert segment_ends(renderer.config(), WEB_BSID) == {"fcbb:bb00:3::1:3"}
+
+
+def test_internal_traffic_policy_local_uses_only_this_nodes_endpoints() -> None:
+    plan = IPV6_ONLY
+    pods = [pod(plan, "web-a", 1, 2), pod(plan, "web-b", 2, 2)]
+    web = service("web", 1, internal_traffic_policy="Local")
+    state = state_of(node(1), node(2), node(3), *pods, web)
+    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p) for p in pods]))
+    the_inputs = inputs(plan, [1, 2, 3], {web: 1})
+    assert segment_ends(render(state, "node-1", the_inputs), WEB_BSID) == {"fcbb:bb00:1::1:2"}
+    assert segment_ends(render(state, "node-2", the_inputs), WEB_BSID) == {"fcbb:bb00:2::1:2"}
+    # No local endpoint: traffic is dropped (kube-proxy does the same), explicitly.
+    on_three = render(state, "node-3", the_inputs)
+    assert Route(ipaddress.ip_network("fd00:96::1/128"), kind=RouteKind.PROHIBIT) in on_three.routes
+
+
+def test_prefer_close_keeps_traffic_in_the_zone_and_falls_back_to_all() -> None:
+    plan = IPV6_ONLY
+    pods = [pod(plan, "web-a", 2, 2), pod(plan, "web-b", 3, 2)]
+    web = service("web", 1, traffic_distribution="PreferClose")
+    state = state_of(node(1, zone="a"), node(2, zone="a"), node(3, zone="b"), node(4, zone="c"))
+    for obj in (*pods, web):
+        state.upsert(obj)  # type: ignore[arg-type]
+    state.upsert_endpoint_slice(
+        endpoint_slice(web, [endpoint(pods[0], zone="a"), endpoint(pods[1], zone="b")])
+    )
+    the_inputs = inputs(plan, [1, 2, 3, 4], {web: 1})
+    assert segment_ends(render(state, "node-1", the_inputs), WEB_BSID) == {"fcbb:bb00:2::1:2"}
+    assert segment_ends(render(state, "node-3", the_inputs), WEB_BSID) == {"fcbb:bb00:3::1:2"}
+    assert segment_ends(render(state, "node-4", the_inputs), WEB_BSID) == {
+        "fcbb:bb00:2::1:2",
+        "fcbb:bb00:3::1:2",
+    }
+    # Without PreferClose every node uses every endpoint.
+    state.upsert_service(dataclasses.replace(web, traffic_distribution=None))
+    assert len(segment_ends(render(state, "node-1", the_inputs), WEB_BSID)) == 2
+
+
+def test_a_zone_change_of_this_node_rerenders_its_topology_aware_services() -> None:
+    plan = IPV6_ONLY
+    pods = [pod(plan, "web-a", 2, 2), pod(plan, "web-b", 3, 2)]
+    web = service("web", 1, traffic_distribution="PreferClose")
+    state = state_of(node(1, zone="a"), node(2, zone="a"), node(3, zone="b"), *pods, web)
+    state.upsert_endpoint_slice(
+        endpoint_slice(web, [endpoint(pods[0], zone="a"), endpoint(pods[1], zone="b")])
+    )
+    renderer = Renderer(state, "node-1", inputs(plan, [1, 2, 3], {web: 1}))
+    assert segment_ends(renderer.config(), WEB_BSID) == {"fcbb:bb00:2::1:2"}
+    renderer.update(state.upsert_node(node(1, zone="b")))
+    assert segment_ends(renderer.config(), WEB_BSID) == {"fcbb:bb00:3::1:2"}
+    renderer.update(state.delete_node("node-1"))  # no zone known: every endpoint
+    assert len(segment_ends(renderer.config(), WEB_BSID)) == 2
+
+
+def test_zone_hints_on_slices_are_honoured_without_traffic_distribution() -> None:
+    plan = IPV6_ONLY
+    pods = [pod(plan, "web-a", 2, 2), pod(plan, "web-b", 3, 2)]
+    web = service("web", 1)
+    state = state_of(node(1, zone="a"), node(2, zone="a"), node(3, zone="b"), *pods, web)
+    # The controller hinted node-3's endpoint for zone a as well (zones of unequal size).
+    state.upsert_endpoint_slice(
+        endpoint_slice(
+            web,
+            [
+                endpoint(pods[0], zone="a", hints=["a"]),
+                endpoint(pods[1], zone="b", hints=["a", "b"]),
+            ],
+        )
+    )
+    the_inputs = inputs(plan, [1, 2, 3], {web: 1})
+    assert len(segment_ends(render(state, "node-1", the_inputs), WEB_BSID)) == 2
+    assert segment_ends(render(state, "node-3", the_inputs), WEB_BSID) == {"fcbb:bb00:3::1:2"}
+
+
+def test_dual_stack_without_end_dt4_uses_per_pod_dx4_policies() -> None:
+    state, web, pods = web_cluster(DUAL_STACK, families=(6, 4))
+    for p in pods:
+        state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p, 4) for p in pods], 4))
+    config = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, capabilities=KERNEL))
+    assert not [s for s in config.local_sids if isinstance(s, EndDT4)]
+    assert segment_ends(config, WEB_BSID_V4) == {"fcbb:bb00:2::4:2", "fcbb:bb00:3::4:2"}
+    assert service_objects(config, WEB_BSID_V4)[1] == {steer("10.96.0.1/32", WEB_BSID_V4)}
+    # No node publishes End.DT4: each remote pod's /32 has its own policy to its End.DX4.
+    pod_policies = {p for p in config.policies if p.owner.startswith("pod/")}
+    assert pod_policies == {
+        policy("fcbb:bb00:1::5002:2", "fcbb:bb00:2::4:2"),
+        policy("fcbb:bb00:1::5003:2", "fcbb:bb00:3::4:2"),
+    }
+    assert {s for s in config.steerings if s.prefix.version == 4 and s.prefix.prefixlen == 32} >= {
+        steer("10.128.2.2/32", "fcbb:bb00:1::5002:2"),
+        steer("10.128.3.2/32", "fcbb:bb00:1::5003:2"),
+    }
+    assert not [s for s in config.steerings if s.prefix.version == 4 and s.prefix.prefixlen == 24]
+
+
+def test_dual_stack_with_end_dt4_steers_whole_ipv4_pod_prefixes() -> None:
+    state, web, _ = web_cluster(DUAL_STACK, families=(6, 4))
+    state.upsert_node(node(3, behaviours={"End", "End.DT6", "End.DT4"}))
+    config = render(
+        state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, capabilities=KERNEL_WITH_VRF)
+    )
+    assert EndDT4(V6("fcbb:bb00:1::4")) in config.local_sids
+    assert policy("fcbb:bb00:1::3000:3", "fcbb:bb00:3::4") in config.policies
+    assert steer("10.128.3.0/24", "fcbb:bb00:1::3000:3") in config.steerings
+    # node-2 publishes no End.DT4: its pods still get one policy each.
+    assert {p.bsid for p in config.policies if p.owner.startswith("pod/")} == {
+        V6("fcbb:bb00:1::5002:2")
+    }
+
+
+def test_host_network_endpoints_end_at_their_nodes_dt_sids() -> None:
+    plan = DUAL_STACK
+    host_2 = pod(plan, "ingress-2", 2, 0, host_network=True)
+    host_3 = pod(plan, "ingress-3", 3, 0, host_network=True)
+    ingress = service("ingress", 2, families=(6, 4))
+    state = state_of(node(1), node(2), node(3, behaviours={"End.DT4"}), host_2, host_3, ingress)
+    state.upsert_endpoint_slice(endpoint_slice(ingress, [endpoint(host_2), endpoint(host_3)]))
+    state.upsert_endpoint_slice(
+        endpoint_slice(ingress, [endpoint(host_2, 4), endpoint(host_3, 4)], 4)
+    )
+    config = render(
+        state, "node-1", inputs(plan, [1, 2, 3], {ingress: 2}, interfaces=[host_2, host_3])
+    )
+    assert segment_ends(config, "fcbb:bb00::6000:2") == {"fcbb:bb00:2::6", "fcbb:bb00:3::6"}
+    # IPv4 to a host-network endpoint needs End.DT4 on its node: only node-3 has it.
+    assert segment_ends(config, "fcbb:bb00::4000:2") == {"fcbb:bb00:3::4"}
+
+    # An InternalIP change re-renders the service (a node event, not a slice event).
+    renderer = Renderer(state, "node-1", inputs(plan, [1, 2, 3], {ingress: 2}))
+    moved = dataclasses.replace(node(3, behaviours={"End.DT4"}), internal_ipv4=V4("192.0.2.99"))
+    renderer.update(state.upsert_node(moved))
+    assert WEB_BSID_V4 not in {str(p.bsid) for p in renderer.config().policies}
+    assert Route(ipaddress.ip_network("10.96.0.2/32"), kind=RouteKind.PROHIBIT) in (
+        renderer.config().routes
+    )
+    assert renderer.config() == render(state, "node-1", renderer.inputs)
+
+
+def test_headless_and_unknown_endpoints_render_nothing() -> None:
+    plan = IPV6_ONLY
+    db = pod(plan, "db-0", 2, 2)
+    headless = service("db", 3, headless=True)
+    external = service("external", 4)
+    state = state_of(node(1), node(2), db, headless, external)
+    state.upsert_endpoint_slice(endpoint_slice(headless, [endpoint(db)]))
+    stranger = Endpoint((V6("2001:db8:ffff::1"),))
+    state.upsert_endpoint_slice(endpoint_slice(external, [stranger]))
+    config = render(state, "node-1", inputs(plan, [1, 2], {headless: 3, external: 4}))
+    assert not [s for s in config.steerings if s.prefix.prefixlen == 128]
+    assert not [p for p in config.policies if p.owner.startswith("svc/")]
+    assert Route(ipaddress.ip_network("fd00:96::4/128"), kind=RouteKind.PROHIBIT) in config.routes
+
+
+def test_a_pod_holds_the_cluster_ip_while_it_is_an_endpoint_ready_or_not() -> None:
+    state, web, pods = web_cluster()
+    the_inputs = inputs(IPV6_ONLY, [1, 2, 3], {web: 1}, interfaces=pods)
+    renderer = Renderer(state, "node-2", the_inputs)
+    (attachment,) = renderer.config().pods
+    assert attachment.service_addresses == {V6("fd00:96::1")}
+
+    # Not ready: out of every policy, but the address stays, so that a pod becoming
+    # ready never receives traffic for an address it does not have yet.
+    renderer.update(
+        state.upsert_endpoint_slice(
+            endpoint_slice(web, [endpoint(pods[0], ready=False), endpoint(pods[1])])
+        )
+    )
+    (attachment,) = renderer.config().pods
+    assert attachment.service_addresses == {V6("fd00:96::1")}
+    assert segment_ends(renderer.config(), WEB_BSID) == {"fcbb:bb00:3::1:2"}
+
+    # Gone from the slice: the address goes too.
+    renderer.update(state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(pods[1])])))
+    (attachment,) = renderer.config().pods
+    assert attachment.service_addresses == frozenset()
+
+
+def test_an_address_in_two_slices_counts_once_and_the_ready_entry_wins() -> None:
+    state, web, pods = web_cluster()
+    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(pods[0], ready=False)], suffix="b"))
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))
+    found, _ = service_objects(config, WEB_BSID)
+    assert found is not None and len(found.segment_lists) == 2
+
+
+def test_render_does_not_depend_on_event_order() -> None:
+    plan = DUAL_STACK
+    pods = [pod(plan, f"web-{i}", 1 + i % 3, 2 + i) for i in range(6)]
+    web = service("web", 1, families=(6, 4))
+    objects: list[Node | Pod | Service | EndpointSlice] = [
+        node(1, zone="a"),
+        node(2, zone="a"),
+        node(3, zone="b", behaviours={"End.DT4"}),
+        *pods,
+        web,
+        endpoint_slice(web, [endpoint(p) for p in pods[:4]]),
+        endpoint_slice(web, [endpoint(p) for p in pods[3:]], suffix="b"),
+        endpoint_slice(web, [endpoint(p, 4) for p in pods], 4),
+    ]
+    the_inputs = inputs(plan, [1, 2, 3], {web: 1}, interfaces=pods)
+    forward = render(state_of(*objects), "node-1", the_inputs)
+    backward = render(state_of(*reversed(objects)), "node-1", the_inputs)
+    assert forward == backward
+    assert len(segment_ends(forward, WEB_BSID)) == 6
+
+
+# --- incremental ----------------------------------------------------------------------
+
+
+def test_update_returns_what_changed_and_nothing_for_a_repeated_event() -> None:
+    state, web, pods = web_cluster()
+    renderer = Renderer(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))
+    before, _ = service_objects(renderer.config(), WEB_BSID)
+    flipped = endpoint_slice(web, [endpoint(pods[0]), endpoint(pods[1], ready=False)])
+    dirty = state.upsert_endpoint_slice(flipped)
+    assert dirty == {ServiceKey("default", "web"), PodKey("default", "web-b")}
+    delta = renderer.update(dirty)
+    after, _ = service_objects(renderer.config(), WEB_BSID)
+    assert delta.removed == {before} and delta.added == {after}
+    assert not renderer.update(state.upsert_endpoint_slice(flipped))  # unchanged: no-op
+    assert not renderer.update({ServiceKey("default", "web")})  # level-triggered: same result
+
+
+def test_set_inputs_rerenders_what_the_difference_touches() -> None:
+    state, web, _ = web_cluster()
+    local = pod(IPV6_ONLY, "web-c", 1, 5)
+    state.upsert_pod(local)
+    renderer = Renderer(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3], {}))
+    assert not renderer.config().pods
+    plugged = inputs(IPV6_ONLY, [1, 2, 3], {web: 1}, interfaces=[local])
+    delta = renderer.set_inputs(plugged)
+    assert {type(o) for o in delta.added} == {PodAttachment, EndDX6, SrPolicy, Steering}
+    assert renderer.config() == render(state, "node-1", plugged)
+    delta = renderer.set_inputs(dataclasses.replace(plugged, capabilities=VPP))
+    assert renderer.config() == render(state, "node-1", renderer.inputs)
+    assert {p.mode for p in renderer.config().policies} == {EncapMode.ENCAP_RED}
+
+
+# --- the node-local BSID scheme -------------------------------------------------------
+
+
+@given(
+    local=st.integers(1, 1000),
+    remote=st.integers(1, 1000),
+    index=st.sampled_from([2, 3, 0x80, DUAL_STACK.pod_indexes[-1]]),
+)
+def test_node_bsids_are_on_the_local_locator_and_never_a_plan_sid(
+    local: int, remote: int, index: int
+) -> None:
+    plan = DUAL_STACK
+    bsids = {
+        node_policy_bsid(plan, local, remote, 6),
+        node_policy_bsid(plan, local, remote, 4),
+        pod_policy_bsid_v4(plan, local, remote, index),
+    }
+    assert len(bsids) == 3
+    plan_sids = {
+        plan.end_sid(local),
+        plan.dt6_sid(local),
+        plan.dt4_sid(local),
+        plan.pod_sid_dx6(local, index),
+        plan.pod_sid_dx4(local, index),
+        plan.service_bsid_v6(index),
+        plan.service_bsid_v4(index),
+    }
+    for bsid in bsids:
+        assert bsid not in plan_sids
+        assert plan.node_of_sid(bsid) == local
+        assert plan.pod_of_address(bsid) is None
+        assert plan.service_of_bsid(bsid) is None
+    # Injective in (remote, index): two pods never share a BSID.
+    if remote > 1:
+        assert pod_policy_bsid_v4(plan, local, remote - 1, index) not in bsids
+
+
+def test_per_pod_bsids_refuse_node_ids_that_do_not_fit() -> None:
+    plan = AddressPlan.from_mapping(
+        {
+            "podCIDRv6": "fd00::/32",
+            "podCIDRv4": "10.0.0.0/8",
+            "maxNodes": 5000,
+            "nodePrefixLengthV4": 24,
+            "sidBlock": "fcbb::/24",
+        }
+    )
+    assert pod_policy_bsid_v4(plan, 1, 4095, 2)
+    with pytest.raises(ValueError, match="node ID 4096 does not fit"):
+        pod_policy_bsid_v4(plan, 1, 4096, 2)
+
+
+@settings(max_examples=300)
+@given(
+    plan=st.sampled_from([DUAL_STACK, IPV6_ONLY]),
+    node_id=st.integers(1, 1000),
+    index=st.integers(0, 2**16),
+    family=st.sampled_from([6, 4]),
+    warm=st.booleans(),
+)
+def test_pod_sids_agree_with_the_plan(
+    plan: AddressPlan, node_id: int, index: int, family: int, warm: bool
+) -> None:
+    sids = PodSids(plan)
+    prefix = plan.pod_prefix_v6(node_id) if family == 6 else plan.pod_prefix_v4(node_id)
+    if prefix is None:
+        return
+    if warm:  # the fast path: the prefix is already known
+        sids.locate(prefix[plan.pod_indexes.start])
+    address = prefix[index % prefix.num_addresses]
+    assert sids.locate(address) == plan.pod_of_address(address)
+    located = plan.pod_of_address(address)
+    if located is not None:
+        expected = plan.pod_sid_dx6(*located) if family == 6 else plan.pod_sid_dx4(*located)
+        assert sids.sid(located, family) == expected
+
+
+# --- incremental == full, after any sequence of events --------------------------------
+
+LOCAL = "node-1"
+NODE_IDS = {f"node-{n}": n for n in (1, 2, 3, 4)}
+POD_NAMES = [f"p{i}" for i in range(8)]
+SERVICE_NAMES = ["s0", "s1", "s2"]
+
+
+class IncrementalRender(RuleBasedStateMachine):
+    """Random cluster events; after each, the incremental renderer must equal a full render
+    and the deltas it returned must add up to its config."""
+
+    slices = Bundle("slices")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan = DUAL_STACK
+        self.state = ClusterState()
+        self.interfaces = {  # every pod plugged in, until change_inputs unplugs one
+            f"uid-{name}-{generation}": PodInterface(f"veth-{name}", f"/var/run/netns/{name}")
+            for name in POD_NAMES
+            for generation in (0, 1)
+        }
+        self.bsids: dict[str, ServiceBsids] = {
+            f"svc-uid-default-{name}": ServiceBsids(
+                self.plan.service_bsid_v6(j), self.plan.service_bsid_v4(j)
+            )
+            for j, name in enumerate(SERVICE_NAMES, 1)
+        }
+        self.node_ids = dict(NODE_IDS)
+        self.capability_changes = 0
+        self.inputs = self._inputs(KERNEL)
+        self.renderer = Renderer(self.state, LOCAL, self.inputs)
+        self.applied: set[DataplaneObject] = set(self.renderer.config().objects())
+
+    def _inputs(self, capabilities: Capabilities) -> RenderInputs:
+        return RenderInputs(
+            plan=self.plan,
+            node_ids=dict(self.node_ids),
+            service_bsids=dict(self.bsids),
+            capabilities=capabilities,
+            pod_interfaces=dict(self.interfaces),
+        )
+
+    def _apply(self, dirty: frozenset[object]) -> None:
+        delta = self.renderer.update(dirty)  # type: ignore[arg-type]
+        self._track(delta.added, delta.removed)
+
+    def _track(
+        self, added: frozenset[DataplaneObject], removed: frozenset[DataplaneObject]
+    ) -> None:
+        assert not (added & removed)
+        assert removed <= self.applied
+        self.applied = (self.applied - removed) | added
+
+    @initialize()
+    def nodes(self) -> None:
+        for n in (1, 2, 3):
+            self._apply(self.state.upsert_node(node(n, zone="a" if n < 3 else "b")))
+
+    @rule(
+        n=st.integers(1, 4),
+        zone=st.sampled_from([None, "a", "b"]),
+        dt4=st.booleans(),
+        ipv6=st.booleans(),
+        moved=st.booleans(),
+    )
+    def upsert_node(self, n: int, zone: str | None, dt4: bool, ipv6: bool, moved: bool) -> None:
+        updated = node(n, zone=zone, behaviours={"End.DT4"} if dt4 else (), ipv6=ipv6)
+        if moved:
+            updated = dataclasses.replace(updated, internal_ipv4=V4(f"192.0.2.{n + 10}"))
+        self._apply(self.state.upsert_node(updated))
+
+    @rule(n=st.integers(1, 4))
+    def delete_node(self, n: int) -> None:
+        self._apply(self.state.delete_node(f"node-{n}"))
+
+    @rule(
+        name=st.sampled_from(POD_NAMES),
+        n=st.sampled_from([1, 1, 1, 2, 3, 4]),  # mostly local: attachments are the subtle part
+        k=st.integers(2, 4),
+        host_network=st.booleans(),
+        finished=st.booleans(),
+        http=st.sampled_from([8080, 9090]),
+        generation=st.sampled_from([0, 0, 0, 1]),
+    )
+    def upsert_pod(
+        self,
+        name: str,
+        n: int,
+        k: int,
+        host_network: bool,
+        finished: bool,
+        http: int,
+        generation: int,
+    ) -> None:
+        updated = pod(
+            self.plan,
+            name,
+            n,
+            k,
+            host_network=host_network,
+            phase="Succeeded" if finished else "Running",
+            ports=[ContainerPort(http, name="http")],
+            uid=f"uid-{name}-{generation}",
+        )
+        self._apply(self.state.upsert_pod(updated))
+
+    @rule(name=st.sampled_from(POD_NAMES))
+    def delete_pod(self, name: str) -> None:
+        self._apply(self.state.delete_pod("default", name))
+
+    @rule(
+        name=st.sampled_from(SERVICE_NAMES),
+        families=st.sampled_from([(6,), (4,), (6, 4)]),
+        target_port=st.sampled_from([80, 8080, "http", "nope"]),
+        itp=st.sampled_from(["Cluster", "Local"]),
+        td=st.sampled_from([None, "PreferClose", "PreferSameNode"]),
+        headless=st.booleans(),
+    )
+    def upsert_service(
+        self,
+        name: str,
+        families: tuple[int, ...],
+        target_port: int | str,
+        itp: str,
+        td: str | None,
+        headless: bool,
+    ) -> None:
+        j = SERVICE_NAMES.index(name) + 1
+        updated = service(
+            name,
+            j,
+            families=families,
+            ports=[ServicePort(80, name="web", target_port=target_port)],
+            internal_traffic_policy=itp,
+            traffic_distribution=td,
+            headless=headless,
+        )
+        self._apply(self.state.upsert_service(updated))
+
+    @rule(name=st.sampled_from(SERVICE_NAMES))
+    def delete_service(self, name: str) -> None:
+        self._apply(self.state.delete_service("default", name))
+
+    @rule(
+        target=slices,
+        name=st.sampled_from(SERVICE_NAMES),
+        family=st.sampled_from([6, 4]),
+        suffix=st.sampled_from(["a", "b"]),
+        data=st.data(),
+    )
+    def upsert_slice(
+        self, name: str, family: int, suffix: str, data: st.DataObject
+    ) -> tuple[str, str]:
+        entries = [self._endpoint(family, data) for _ in range(data.draw(st.integers(0, 5)))]
+        eps = EndpointSlice(
+            namespace="default",
+            name=f"{name}-v{family}{suffix}",
+            service_name=name,
+            address_type="IPv6" if family == 6 else "IPv4",
+            endpoints=tuple(entries),
+        )
+        self._apply(self.state.upsert_endpoint_slice(eps))
+        return ("default", eps.name)
+
+    def _endpoint(self, family: int, data: st.DataObject) -> Endpoint:
+        """Mostly an existing pod (by its current address), sometimes a pod that is not
+        there (yet), a node address (host-network) or an address nobody has."""
+        kind = data.draw(
+            st.sampled_from(["pod", "pod", "pod", "pod", "pod", "absent", "node", "stranger"])
+        )
+        name = data.draw(st.sampled_from(POD_NAMES))
+        n = data.draw(st.integers(1, 4))
+        existing = self.state.pod("default", name)
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        if kind == "pod" and existing is not None:
+            address = existing.ipv6 if family == 6 else existing.ipv4
+            n = int((existing.node_name or "node-1").removeprefix("node-"))
+        elif kind == "node":
+            address = V6(f"2001:db8::{n}") if family == 6 else V4(f"192.0.2.{n}")
+        elif kind == "stranger":
+            address = V6("2001:db8:ffff::1") if family == 6 else V4("198.51.100.1")
+        if address is None:
+            addresses = self.plan.pod(n, data.draw(st.integers(2, 4)))
+            address = addresses.ipv6 if family == 6 else addresses.ipv4
+        assert address is not None
+        ready = data.draw(st.booleans())
+        zone = data.draw(st.sampled_from([None, "a", "b"]))
+        ref = data.draw(st.booleans())
+        return Endpoint(
+            addresses=(address,),
+            ready=ready,
+            serving=ready or data.draw(st.booleans()),
+            terminating=data.draw(st.booleans()),
+            node_name=f"node-{n}",
+            zone=zone,
+            target=PodRef("default", name, f"uid-{name}-0") if ref else None,
+            hints_for_zones=frozenset({zone}) if zone and data.draw(st.booleans()) else frozenset(),
+        )
+
+    @rule(key=slices, data=st.data())
+    def flip_readiness(self, key: tuple[str, str], data: st.DataObject) -> None:
+        eps = self.state.endpoint_slices.get(key)
+        if eps is None or not eps.endpoints:
+            return
+        i = data.draw(st.integers(0, len(eps.endpoints) - 1))
+        flipped = dataclasses.replace(eps.endpoints[i], ready=not eps.endpoints[i].ready)
+        changed = dataclasses.replace(
+            eps, endpoints=(*eps.endpoints[:i], flipped, *eps.endpoints[i + 1 :])
+        )
+        self._apply(self.state.upsert_endpoint_slice(changed))
+
+    @rule(key=consumes(slices))
+    def delete_slice(self, key: tuple[str, str]) -> None:
+        self._apply(self.state.delete_endpoint_slice(*key))
+
+    def _set_inputs(self) -> None:
+        self.inputs = self._inputs(self.inputs.capabilities)
+        delta = self.renderer.set_inputs(self.inputs)
+        self._track(delta.added, delta.removed)
+
+    @rule(name=st.sampled_from(POD_NAMES), generation=st.integers(0, 1), plugged=st.booleans())
+    def plug_pod(self, name: str, generation: int, plugged: bool) -> None:
+        uid = f"uid-{name}-{generation}"
+        if plugged:
+            self.interfaces[uid] = PodInterface(f"veth-{name}", f"/var/run/netns/{name}")
+        else:
+            self.interfaces.pop(uid, None)
+        self._set_inputs()
+
+    @rule(service_name=st.sampled_from(SERVICE_NAMES), allocated=st.booleans())
+    def allocate_service(self, service_name: str, allocated: bool) -> None:
+        j = SERVICE_NAMES.index(service_name) + 1
+        service_uid = f"svc-uid-default-{service_name}"
+        if allocated:
+            self.bsids[service_uid] = ServiceBsids(
+                self.plan.service_bsid_v6(j), self.plan.service_bsid_v4(j)
+            )
+        else:
+            self.bsids.pop(service_uid, None)
+        self._set_inputs()
+
+    @rule(drop_node_4=st.booleans())
+    def node_ids_change(self, drop_node_4: bool) -> None:
+        self.node_ids = {k: v for k, v in NODE_IDS.items() if not (drop_node_4 and v == 4)}
+        self._set_inputs()
+
+    @precondition(lambda self: self.capability_changes < 2)  # each one re-renders it all
+    @rule(capabilities=st.sampled_from([KERNEL, KERNEL_WITH_VRF, VPP]))
+    def capabilities_change(self, capabilities: Capabilities) -> None:
+        self.capability_changes += 1
+        self.inputs = self._inputs(capabilities)
+        delta = self.renderer.set_inputs(self.inputs)
+        self._track(delta.added, delta.removed)
+
+    @invariant()
+    def incremental_equals_full(self) -> None:
+        incremental = self.renderer.config()
+        assert incremental == render(self.state, LOCAL, self.inputs)
+        assert set(incremental.objects()) == self.applied
+
+
+IncrementalRender.TestCase.settings = settings(
+    max_examples=400,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_incremental_render_equals_full_render = IncrementalRender.TestCase
+
+
+def test_node_key_rerenders_the_node_its_pods_and_host_network_services() -> None:
+    state, web, _ = web_cluster(DUAL_STACK, families=(6, 4))
+    renderer = Renderer(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}))
+    assert policy("fcbb:bb00:1::5002:2", "fcbb:bb00:2::4:2") in renderer.config().policies
+    # node-2 starts publishing End.DT4: its pods' per-pod policies give way to one prefix.
+    delta = renderer.update(state.upsert_node(node(2, behaviours={"End.DT4"})))
+    assert policy("fcbb:bb00:1::5002:2", "fcbb:bb00:2::4:2") in delta.removed
+    assert policy("fcbb:bb00:1::3000:2", "fcbb:bb00:2::4") in delta.added
+    assert renderer.config() == render(state, "node-1", renderer.inputs)
+    assert not renderer.update({NodeKey("node-2")})

@@ -1,0 +1,724 @@
+"""ClusterState's dirty keys, the JSON converters on real Kubernetes objects, and both sources:
+the lab directory watcher and the list+watch source against a faithful fake API server."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import queue
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from srv6ctl.sources import lab as lab_module
+from srv6ctl.sources.convert import ConversionError, from_json
+from srv6ctl.sources.kubernetes import (
+    REQUIRED_RBAC,
+    Backoff,
+    KubernetesSource,
+)
+from srv6ctl.sources.lab import LabSource, lab_uid
+from srv6ctl.state import (
+    ClusterState,
+    ContainerPort,
+    Delete,
+    Endpoint,
+    EndpointSlice,
+    Kind,
+    Labels,
+    LabelSelector,
+    Namespace,
+    NamespaceKey,
+    NetworkPolicy,
+    NetworkPolicyKey,
+    Node,
+    NodeKey,
+    Pod,
+    PodKey,
+    PodRef,
+    Replace,
+    Service,
+    ServiceKey,
+    ServicePort,
+    SourceEvent,
+    Upsert,
+)
+from tests.support.cluster import IPV6_ONLY, endpoint, endpoint_slice, node, pod, service
+from tests.support.fake_apiserver import FakeApiServer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "kube"
+V6 = ipaddress.IPv6Address
+V4 = ipaddress.IPv4Address
+
+# The official client's model for each fixture kind.
+MODELS = {
+    "Node": "V1Node",
+    "Pod": "V1Pod",
+    "Service": "V1Service",
+    "EndpointSlice": "V1EndpointSlice",
+    "Namespace": "V1Namespace",
+    "NetworkPolicy": "V1NetworkPolicy",
+}
+
+
+def fixture(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    return data
+
+
+def all_fixtures() -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(FIXTURES.glob("*.json"))]
+
+
+# --- converters on real objects -------------------------------------------------------
+
+
+def test_node_from_kubectl_json() -> None:
+    converted = from_json(Kind.NODE, fixture("node-1"))
+    assert converted == Node(
+        name="node-1",
+        uid="3f0e4d9a-5b7c-4e3a-9a51-0c8a9e1d2b71",
+        internal_ipv6=V6("2001:db8::1"),
+        internal_ipv4=V4("192.0.2.1"),
+        zone="lab-a",
+        labels=Labels(fixture("node-1")["metadata"]["labels"]),
+        sr_behaviours=frozenset({"End", "End.DT6", "End.DX6", "End.DX4"}),
+    )
+    assert isinstance(converted, Node) and converted.labels["kubernetes.io/hostname"] == "node-1"
+
+
+def test_pod_from_kubectl_json() -> None:
+    converted = from_json(Kind.POD, fixture("pod-web"))
+    assert isinstance(converted, Pod)
+    assert converted.key == ("default", "web-7d9c8b6f5-x2v9k")
+    assert converted.uid == "9b4f1c2e-6d3a-4b8e-a7f0-2c5d8e1b3a94"
+    assert converted.ips == (V6("fd00:10:0:1::2"), V4("10.128.1.2"))
+    assert (converted.ipv6, converted.ipv4) == (V6("fd00:10:0:1::2"), V4("10.128.1.2"))
+    assert converted.node_name == "node-1"
+    assert converted.ready and not converted.host_network and not converted.terminating
+    assert converted.phase == "Running" and not converted.finished
+    assert converted.labels == {"app": "web", "pod-template-hash": "7d9c8b6f5"}
+    # Named ports, including the sidecar's (a restartable init container).
+    assert converted.container_ports == (
+        ContainerPort(9376, "TCP", "http"),
+        ContainerPort(9376, "UDP", "http-udp"),
+        ContainerPort(9100, "TCP", "metrics"),
+    )
+    assert converted.container_port("http", "TCP") == 9376
+    assert converted.container_port("http", "UDP") is None
+
+
+def test_service_from_kubectl_json() -> None:
+    converted = from_json(Kind.SERVICE, fixture("service-web"))
+    assert converted == Service(
+        uid="c7e2a9f4-1d3b-4c6e-8f0a-5b2d7e9c1a36",
+        namespace="default",
+        name="web",
+        cluster_ips=(V6("fd00:96::a"), V4("10.96.0.10")),
+        ports=(
+            ServicePort(80, "TCP", "http", "http"),
+            ServicePort(443, "TCP", "https", 8443),
+        ),
+        type="ClusterIP",
+        session_affinity="None",
+        internal_traffic_policy="Cluster",
+        traffic_distribution="PreferClose",
+        labels=Labels({"app": "web"}),
+    )
+
+
+def test_endpoint_slices_from_kubectl_json() -> None:
+    v6 = from_json(Kind.ENDPOINT_SLICE, fixture("endpointslice-web-v6"))
+    assert isinstance(v6, EndpointSlice)
+    assert (v6.service_key, v6.address_type) == (("default", "web"), "IPv6")
+    ready, draining = v6.endpoints
+    assert ready == Endpoint(
+        addresses=(V6("fd00:10:0:1::2"),),
+        ready=True,
+        serving=True,
+        terminating=False,
+        node_name="node-1",
+        zone="lab-a",
+        target=PodRef("default", "web-7d9c8b6f5-x2v9k", "9b4f1c2e-6d3a-4b8e-a7f0-2c5d8e1b3a94"),
+        hints_for_zones=frozenset({"lab-a"}),
+    )
+    assert (draining.ready, draining.serving, draining.terminating) == (False, True, True)
+    assert [(p.name, p.port) for p in v6.ports] == [("http", 9376), ("https", 8443)]
+    v4 = from_json(Kind.ENDPOINT_SLICE, fixture("endpointslice-web-v4"))
+    assert isinstance(v4, EndpointSlice)
+    assert v4.endpoints[0].addresses == (V4("10.128.1.2"),)
+
+
+def test_namespace_and_network_policy_from_kubectl_json() -> None:
+    ns = from_json(Kind.NAMESPACE, fixture("namespace-default"))
+    assert ns == Namespace(
+        "default",
+        "6e1a8c3f-9b2d-4f7e-a0c5-3d8b1e6f2a94",
+        Labels({"kubernetes.io/metadata.name": "default"}),
+    )
+    policy = from_json(Kind.NETWORK_POLICY, fixture("networkpolicy-web"))
+    assert isinstance(policy, NetworkPolicy)
+    assert policy.policy_types == {"Ingress", "Egress"}
+    assert policy.pod_selector.matches({"app": "web", "x": "y"})
+    assert not policy.pod_selector.matches({"app": "db"})
+    (rule,) = policy.ingress
+    frontend, block = rule.peers
+    assert frontend.pod_selector is not None and frontend.namespace_selector is None
+    assert frontend.pod_selector.matches({"role": "canary"})
+    assert not frontend.pod_selector.matches({"role": "backend"})
+    assert block.ip_block is not None
+    assert str(block.ip_block.cidr) == "2001:db8:100::/48"
+    assert [str(n) for n in block.ip_block.excepted] == ["2001:db8:100:bad::/64"]
+    assert [(p.protocol, p.port, p.end_port) for p in rule.ports] == [
+        ("TCP", "http", None),
+        ("TCP", 8000, 9000),
+    ]
+    (egress,) = policy.egress
+    # An empty namespaceSelector ({}) selects every namespace; absent would mean "own".
+    assert egress.peers[0].namespace_selector == LabelSelector()
+
+
+@pytest.mark.parametrize("obj", all_fixtures(), ids=lambda o: o["kind"])
+def test_fixtures_survive_the_official_clients_deserialisation(obj: dict[str, Any]) -> None:
+    """The fixtures are objects the official client accepts, and a round trip through its
+    models (what a deserialising source would hand over) converts to the same thing."""
+    api = client.ApiClient()
+    model = api.deserialize(json.dumps(obj), MODELS[obj["kind"]], "application/json")
+    assert type(model).__name__ == MODELS[obj["kind"]]
+    round_trip = api.sanitize_for_serialization(model)  # type: ignore[no-untyped-call]
+    kind = Kind(obj["kind"])
+    assert from_json(kind, round_trip) == from_json(kind, obj)
+
+
+def test_converter_defaults_follow_the_api() -> None:
+    minimal_service = {
+        "metadata": {"name": "dns", "namespace": "kube-system"},
+        "spec": {"clusterIP": "fd00:96::a", "ports": [{"port": 53, "protocol": "UDP"}]},
+    }
+    dns = from_json(Kind.SERVICE, minimal_service)
+    assert isinstance(dns, Service)
+    assert dns.ports == (ServicePort(53, "UDP", "", 53),)  # targetPort defaults to port
+    assert (dns.session_affinity, dns.internal_traffic_policy) == ("None", "Cluster")
+    headless = from_json(
+        Kind.SERVICE,
+        {"metadata": {"name": "db"}, "spec": {"clusterIP": "None", "clusterIPs": ["None"]}},
+    )
+    assert isinstance(headless, Service) and headless.headless and headless.cluster_ips == ()
+    # Unset conditions: ready and serving mean true, terminating false (kube-proxy's reading).
+    eps = from_json(
+        Kind.ENDPOINT_SLICE,
+        {
+            "metadata": {"name": "x", "labels": {"kubernetes.io/service-name": "x"}},
+            "addressType": "IPv6",
+            "endpoints": [{"addresses": ["FD00:10:0:1:0::2"]}],
+            "ports": None,
+        },
+    )
+    assert isinstance(eps, EndpointSlice)
+    (only,) = eps.endpoints
+    assert (only.ready, only.serving, only.terminating) == (True, True, False)
+    assert only.addresses == (V6("fd00:10:0:1::2"),)  # normalised
+    # A slice with no endpoints arrives as "endpoints": null.
+    empty = from_json(
+        Kind.ENDPOINT_SLICE, {"metadata": {"name": "e"}, "addressType": "IPv4", "endpoints": None}
+    )
+    assert isinstance(empty, EndpointSlice) and empty.endpoints == ()
+
+
+def test_conversion_errors_name_the_object_and_the_field() -> None:
+    broken = fixture("pod-web")
+    broken["status"]["podIPs"][1]["ip"] = "10.128.1.300"
+    with pytest.raises(
+        ConversionError, match=r"Pod default/web-7d9c8b6f5-x2v9k: status.podIPs\[1\]"
+    ):
+        from_json(Kind.POD, broken)
+    bad_port = fixture("service-web")
+    bad_port["spec"]["ports"][0]["port"] = 70000
+    with pytest.raises(ConversionError, match=r"Service default/web: spec.ports\[0\].port 70000"):
+        from_json(Kind.SERVICE, bad_port)
+    with pytest.raises(ConversionError, match=r"metadata\.name is missing"):
+        from_json(Kind.NODE, {"metadata": {}})
+
+
+# --- ClusterState: dirty keys ---------------------------------------------------------
+
+
+def small_cluster() -> tuple[ClusterState, Service, list[Pod]]:
+    state = ClusterState()
+    pods = [pod(IPV6_ONLY, "web-a", 1, 2), pod(IPV6_ONLY, "web-b", 2, 2)]
+    web = service("web", 1)
+    for obj in (node(1), node(2), *pods, web):
+        state.upsert(obj)  # type: ignore[arg-type]
+    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p) for p in pods]))
+    return state, web, pods
+
+
+def test_upserting_an_unchanged_object_dirties_nothing() -> None:
+    state, web, pods = small_cluster()
+    assert state.upsert_node(node(1)) == frozenset()
+    assert state.upsert_pod(pods[0]) == frozenset()
+    assert state.upsert_service(web) == frozenset()
+    assert state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p) for p in pods])) == set()
+
+
+def test_a_readiness_flip_dirties_its_service_and_that_pod_only() -> None:
+    state, web, pods = small_cluster()
+    flipped = endpoint_slice(web, [endpoint(pods[0]), endpoint(pods[1], ready=False)])
+    assert state.upsert_endpoint_slice(flipped) == {
+        ServiceKey("default", "web"),
+        PodKey("default", "web-b"),
+    }
+    assert state.delete_endpoint_slice("default", flipped.name) == {
+        ServiceKey("default", "web"),
+        PodKey("default", "web-a"),
+        PodKey("default", "web-b"),
+    }
+
+
+def test_a_service_change_dirties_its_endpoint_pods_a_pod_change_only_itself() -> None:
+    state, web, pods = small_cluster()
+    assert state.upsert_service(
+        dataclasses.replace(web, ports=(ServicePort(80, target_port=8080),))
+    ) == {
+        ServiceKey("default", "web"),
+        PodKey("default", "web-a"),
+        PodKey("default", "web-b"),
+    }
+    moved = dataclasses.replace(pods[0], ready=False)
+    assert state.upsert_pod(moved) == {PodKey("default", "web-a")}
+    assert state.upsert_node(dataclasses.replace(node(2), zone="b")) == {NodeKey("node-2")}
+    assert state.delete_node("node-2") == {NodeKey("node-2")}
+    assert state.delete_node("node-2") == frozenset()
+    assert state.upsert_namespace(Namespace("default")) == {NamespaceKey("default")}
+    assert state.upsert_network_policy(NetworkPolicy("u", "default", "deny")) == {
+        NetworkPolicyKey("default", "deny")
+    }
+
+
+def test_endpoint_entries_follow_target_refs_with_uids_and_bare_addresses() -> None:
+    state, _, pods = small_cluster()
+    (entry,) = state.endpoint_entries(pods[0])
+    assert entry[0].service_name == "web"
+    # A recreated pod (same name, new UID) is not the endpoint the slice still names.
+    recreated = dataclasses.replace(pods[0], uid="new-uid")
+    state.upsert_pod(recreated)
+    assert state.endpoint_entries(recreated) == []
+    # A hand-written slice without targetRefs is matched by address; its pods are dirtied.
+    bare = EndpointSlice("default", "manual", "web", "IPv6", (Endpoint((pods[1].ips[0],)),))
+    assert PodKey("default", "web-b") in state.upsert_endpoint_slice(bare)
+    assert [eps.name for eps, _ in state.endpoint_entries(pods[1])] == ["manual", "web-v6a"]
+    assert [s.name for s in state.slices_of_service("default", "web")] == ["manual", "web-v6a"]
+
+
+def test_replace_is_a_relist_that_deletes_what_vanished() -> None:
+    state, _, pods = small_cluster()
+    survivor = dataclasses.replace(pods[1], ready=False)
+    dirty = state.replace(Kind.POD, [survivor])
+    assert dirty == {PodKey("default", "web-a"), PodKey("default", "web-b")}
+    assert list(state.pods) == [("default", "web-b")]
+    assert state.pods_on_node("node-1") == []
+    assert state.pod_by_uid(pods[0].uid) is None
+    with pytest.raises(ValueError, match="replace"):
+        state.replace(Kind.NODE, [survivor])
+    assert state.apply(Replace(Kind.POD, (survivor,))) == frozenset()
+    assert state.apply(Delete(Kind.POD, "default", "web-b")) == {PodKey("default", "web-b")}
+    assert state.apply(Upsert(node(3))) == {NodeKey("node-3")}
+
+
+def test_nodes_are_found_by_address_for_host_network_endpoints() -> None:
+    state, _, _ = small_cluster()
+    assert [n.name for n in state.nodes_with_address(V6("2001:db8::2"))] == ["node-2"]
+    state.upsert_node(dataclasses.replace(node(2), internal_ipv6=V6("2001:db8::22")))
+    assert state.nodes_with_address(V6("2001:db8::2")) == []
+    assert [n.name for n in state.nodes_with_address(V4("192.0.2.2"))] == ["node-2"]
+
+
+# --- the lab source -------------------------------------------------------------------
+
+LAB_YAML = """\
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-2
+  labels: {topology.kubernetes.io/zone: lab-b}
+status:
+  addresses:
+  - {type: InternalIP, address: "2001:db8::2"}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ignored}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: dns, namespace: kube-system}
+  spec:
+    clusterIP: fd00:96::a
+    ports: [{name: dns, port: 53, protocol: UDP}]
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: {name: also-ignored}
+"""
+
+
+def objects_of(events: list[SourceEvent]) -> dict[tuple[str, str, str], Upsert | Delete]:
+    found: dict[tuple[str, str, str], Upsert | Delete] = {}
+    for event in events:
+        if isinstance(event, Upsert):
+            obj = event.obj
+            found[(type(obj).__name__, *obj.key)] = event
+        elif isinstance(event, Delete):
+            found[(event.kind.value, event.namespace, event.name)] = event
+    return found
+
+
+@pytest.fixture
+def lab_dir(tmp_path: Path) -> Path:
+    for path in FIXTURES.glob("*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "more.yaml").write_text(LAB_YAML)
+    (tmp_path / ".hidden.yaml").write_text("kind: Node\nmetadata: {name: hidden}\n")
+    return tmp_path
+
+
+def test_lab_source_reads_every_object_and_then_only_changes(lab_dir: Path) -> None:
+    source = LabSource(lab_dir)
+    first = objects_of(source.poll())
+    assert set(first) == {
+        ("Node", "", "node-1"),
+        ("Node", "", "node-2"),
+        ("Pod", "default", "web-7d9c8b6f5-x2v9k"),
+        ("Service", "default", "web"),
+        ("Service", "kube-system", "dns"),
+        ("EndpointSlice", "default", "web-6xw4p"),
+        ("EndpointSlice", "default", "web-k9r2d"),
+        ("Namespace", "", "default"),
+        ("NetworkPolicy", "default", "web-allow-frontend"),
+    }
+    assert source.errors == {}
+    # The same converter as the API source: a lab file means what the API object means.
+    web = first[("Service", "default", "web")]
+    assert isinstance(web, Upsert) and web.obj == from_json(Kind.SERVICE, fixture("service-web"))
+    # Objects without a uid get a stable one (a lab service keeps its BSID).
+    dns = first[("Service", "kube-system", "dns")]
+    assert isinstance(dns, Upsert) and isinstance(dns.obj, Service)
+    assert dns.obj.uid == lab_uid(Kind.SERVICE, "kube-system", "dns")
+    assert source.poll() == []
+
+    # One changed file: one upsert; one removed file: its objects are deleted.
+    pod_json = fixture("pod-web")
+    pod_json["status"]["conditions"][2]["status"] = "False"
+    (lab_dir / "pod-web.json").write_text(json.dumps(pod_json))
+    changed = source.poll()
+    assert [type(e).__name__ for e in changed] == ["Upsert"]
+    assert isinstance(changed[0], Upsert) and isinstance(changed[0].obj, Pod)
+    assert not changed[0].obj.ready
+    (lab_dir / "more.yaml").unlink()
+    assert objects_of(source.poll()) == {
+        ("Node", "", "node-2"): Delete(Kind.NODE, "", "node-2"),
+        ("Service", "kube-system", "dns"): Delete(Kind.SERVICE, "kube-system", "dns"),
+    }
+
+
+def test_a_broken_file_changes_nothing_until_it_is_fixed(lab_dir: Path) -> None:
+    source = LabSource(lab_dir)
+    source.poll()
+    (lab_dir / "more.yaml").write_text(LAB_YAML.replace("items:", "items: [unclosed"))
+    assert source.poll() == []
+    assert list(source.errors) == [lab_dir / "more.yaml"]
+    bad_ip = LAB_YAML.replace('"2001:db8::2"', '"2001:db8::zz"')
+    (lab_dir / "more.yaml").write_text(bad_ip)
+    assert source.poll() == []
+    assert "Node node-2: status.addresses[0].address" in source.errors[lab_dir / "more.yaml"]
+    (lab_dir / "more.yaml").write_text(LAB_YAML.replace("lab-b", "lab-c"))
+    (fixed,) = source.poll()
+    assert isinstance(fixed, Upsert) and isinstance(fixed.obj, Node) and fixed.obj.zone == "lab-c"
+    assert source.errors == {}
+
+
+def test_lab_source_sees_a_same_size_rewrite_within_the_timestamp_granularity(
+    lab_dir: Path,
+) -> None:
+    source = LabSource(lab_dir)
+    source.poll()
+    path = lab_dir / "more.yaml"
+    stat = path.stat()
+    path.write_text(LAB_YAML.replace("lab-b", "lab-x"))  # same size
+    import os
+
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime too
+    (changed,) = source.poll()
+    assert isinstance(changed, Upsert) and isinstance(changed.obj, Node)
+    assert changed.obj.zone == "lab-x"
+
+
+def test_lab_source_rejects_other_api_versions(tmp_path: Path) -> None:
+    (tmp_path / "old.yaml").write_text(
+        "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: old}\n"
+        "addressType: IPv6\n"
+    )
+    source = LabSource(tmp_path)
+    assert source.poll() == []
+    assert (
+        "apiVersion discovery.k8s.io/v1beta1 is not supported"
+        in source.errors[tmp_path / "old.yaml"]
+    )
+
+
+def test_lab_source_watches_in_a_thread(lab_dir: Path) -> None:
+    events: queue.Queue[SourceEvent] = queue.Queue()
+    source = LabSource(lab_dir, interval=0.05)
+    source.start(events.put)
+    try:
+        state = ClusterState()
+        wait_for(lambda: drain(events, state) or len(state.nodes) == 2)
+        (lab_dir / "more.yaml").write_text(LAB_YAML.replace("node-2", "node-3"))
+        wait_for(lambda: drain(events, state) or set(state.nodes) == {"node-1", "node-3"})
+    finally:
+        source.stop()
+    assert lab_module.RACY_SECONDS > 0
+
+
+# --- the Kubernetes source against the fake API server --------------------------------
+
+
+def drain(events: queue.Queue[SourceEvent], state: ClusterState) -> bool:
+    """Apply whatever arrived; always False so it can sit in a wait_for condition."""
+    while True:
+        try:
+            state.apply(events.get_nowait())
+        except queue.Empty:
+            return False
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+class Consumer:
+    """The agent's side: one thread applies events to a ClusterState, in order."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[SourceEvent] = queue.Queue()
+        self.state = ClusterState()
+        self.log: list[SourceEvent] = []
+        self._lock = threading.Lock()
+
+    def sink(self, event: SourceEvent) -> None:
+        self.events.put(event)
+
+    def pump(self) -> None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                self.log.append(event)
+                self.state.apply(event)
+
+    def until(self, condition: Callable[[ClusterState], bool], timeout: float = 15.0) -> None:
+        def check() -> bool:
+            self.pump()
+            return condition(self.state)
+
+        wait_for(check, timeout)
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiServer]:
+    server = FakeApiServer(bookmark_interval=0.1).start()
+    for obj in all_fixtures():
+        server.apply(obj)
+    yield server
+    server.stop()
+
+
+def start_source(server: FakeApiServer, consumer: Consumer, **kwargs: Any) -> KubernetesSource:
+    configuration = client.Configuration()
+    configuration.host = server.url
+    source = KubernetesSource(
+        consumer.sink,
+        configuration=configuration,
+        backoff=Backoff(initial=0.02, cap=0.1),
+        watch_timeout=(1, 1),
+        rng=random.Random(7),
+        **kwargs,
+    )
+    source.start()
+    return source
+
+
+def test_list_then_watch_delivers_the_cluster_and_its_changes(apiserver: FakeApiServer) -> None:
+    consumer = Consumer()
+    source = start_source(apiserver, consumer)
+    try:
+        assert source.wait_synced(timeout=15)
+        consumer.until(lambda s: len(s.endpoint_slices) == 2 and len(s.network_policies) == 1)
+        replaced = [e for e in consumer.log if isinstance(e, Replace)]
+        assert {e.kind for e in replaced} == set(Kind)
+        state = consumer.state
+        # What came through the list is what the converter makes of the fixtures.
+        assert state.pod("default", "web-7d9c8b6f5-x2v9k") == from_json(
+            Kind.POD, fixture("pod-web")
+        )
+        assert state.nodes["node-1"].sr_behaviours == {"End", "End.DT6", "End.DX6", "End.DX4"}
+
+        # Changes arrive as watch events.
+        changed = fixture("service-web")
+        changed["spec"]["trafficDistribution"] = None
+        apiserver.apply(changed)
+        consumer.until(lambda s: s.services[("default", "web")].traffic_distribution is None)
+        second = fixture("node-1")
+        second["metadata"]["name"] = "node-2"
+        apiserver.apply(second)
+        consumer.until(lambda s: "node-2" in s.nodes)
+        apiserver.delete("endpointslices", "default", "web-k9r2d")
+        consumer.until(lambda s: ("default", "web-k9r2d") not in s.endpoint_slices)
+        assert source.relists[Kind.POD] == 1  # no relist was needed for any of that
+        # Watches asked for bookmarks and started from the list's resourceVersion.
+        first_watch = apiserver.watch_requests("pods")[0]
+        assert first_watch["allowWatchBookmarks"] == "true"
+        assert int(first_watch["resourceVersion"]) >= 1007
+    finally:
+        source.stop()
+
+
+@pytest.mark.parametrize("bookmarks", [True, False], ids=["bookmarks", "no-bookmarks"])
+def test_bookmarks_keep_a_quiet_watch_resumable_after_compaction(
+    apiserver: FakeApiServer, bookmarks: bool
+) -> None:
+    if not bookmarks:
+        apiserver.bookmark_interval = 1e9  # a server that never sends any
+    consumer = Consumer()
+    source = start_source(apiserver, consumer)
+    try:
+        assert source.wait_synced(timeout=15)
+        listed_at = int(source.resource_versions[Kind.NAMESPACE])
+        # Much happens to services, nothing to namespaces; then history is compacted.
+        for i in range(5):
+            changed = fixture("service-web")
+            changed["metadata"]["labels"]["round"] = str(i)
+            apiserver.apply(changed)
+        latest = apiserver.revision
+        if bookmarks:
+            wait_for(lambda: int(source.resource_versions[Kind.NAMESPACE]) >= latest)
+        else:
+            time.sleep(0.3)
+            assert int(source.resource_versions[Kind.NAMESPACE]) == listed_at
+        apiserver.compact()
+        # The namespace watch ends every second and resumes from the version it has.
+        count = len(apiserver.watch_requests("namespaces"))
+        wait_for(lambda: len(apiserver.watch_requests("namespaces")) >= count + 2)
+        # With bookmarks that version is recent: no relist. Without, it is older than the
+        # history: 410, and a relist.
+        assert source.relists[Kind.NAMESPACE] == (1 if bookmarks else 2)
+    finally:
+        source.stop()
+
+
+@pytest.mark.parametrize("gone_as_status", [False, True], ids=["error-event", "http-410"])
+def test_410_gone_relists_and_the_relist_deletes_what_vanished(
+    apiserver: FakeApiServer, gone_as_status: bool
+) -> None:
+    apiserver.gone_as_status = gone_as_status
+    consumer = Consumer()
+    source = start_source(apiserver, consumer)
+    try:
+        assert source.wait_synced(timeout=15)
+        consumer.until(lambda s: ("default", "web-6xw4p") in s.endpoint_slices)
+        # The deletion's event never reaches the watch: it is compacted away meanwhile.
+        apiserver.lose_events(lambda: apiserver.delete("endpointslices", "default", "web-6xw4p"))
+        consumer.until(lambda s: ("default", "web-6xw4p") not in s.endpoint_slices)
+        assert source.relists[Kind.ENDPOINT_SLICE] == 2
+        assert source.errors[Kind.ENDPOINT_SLICE] == 0  # a 410 is not an error: no backoff
+        assert source.expirations[Kind.ENDPOINT_SLICE] == 1
+        assert len(apiserver.list_requests("endpointslices")) == 2
+        assert ("default", "web-k9r2d") in consumer.state.endpoint_slices
+    finally:
+        source.stop()
+
+
+def test_errors_back_off_and_do_not_stall_other_kinds(apiserver: FakeApiServer) -> None:
+    apiserver.fail_next("pods", 1000, code=500)
+    apiserver.fail_next("services", 1, code=429)
+    consumer = Consumer()
+    source = start_source(apiserver, consumer)
+    try:
+        # Pods keep failing; every other kind syncs meanwhile.
+        consumer.until(lambda s: "node-1" in s.nodes and ("default", "web") in s.services)
+        consumer.until(lambda s: len(s.endpoint_slices) == 2 and len(s.network_policies) == 1)
+        wait_for(lambda: source.errors[Kind.POD] >= 4)
+        assert len(consumer.state.pods) == 0
+        assert source.errors[Kind.SERVICE] == 1
+        assert source.errors[Kind.NODE] == 0
+        apiserver.clear_failures()
+        consumer.until(lambda s: len(s.pods) == 1)
+        # A failing watch (not only a list) is retried too, and the pods stay correct.
+        apiserver.fail_next("pods", 2, code=503)
+        changed = fixture("pod-web")
+        changed["status"]["conditions"][2]["status"] = "False"
+        apiserver.apply(changed)
+        consumer.until(lambda s: not s.pods[("default", "web-7d9c8b6f5-x2v9k")].ready)
+    finally:
+        source.stop()
+
+
+def test_paged_lists_are_one_snapshot(apiserver: FakeApiServer) -> None:
+    for i in range(7):
+        extra = fixture("namespace-default")
+        extra["metadata"]["name"] = f"team-{i}"
+        apiserver.apply(extra)
+    consumer = Consumer()
+    source = start_source(apiserver, consumer, page_size=3)
+    try:
+        consumer.until(lambda s: len(s.namespaces) == 8)
+        pages = apiserver.list_requests("namespaces")
+        assert [q.get("limit") for q in pages] == ["3", "3", "3"]
+        assert "continue" not in pages[0] and all("continue" in q for q in pages[1:])
+        assert sum(isinstance(e, Replace) and e.kind is Kind.NAMESPACE for e in consumer.log) == 1
+    finally:
+        source.stop()
+
+
+def test_required_rbac_is_list_and_watch_of_the_six_kinds() -> None:
+    expected = {
+        (verb, resource, group)
+        for verb in ("list", "watch")
+        for resource, group in (
+            ("nodes", ""),
+            ("pods", ""),
+            ("services", ""),
+            ("namespaces", ""),
+            ("endpointslices", "discovery.k8s.io"),
+            ("networkpolicies", "networking.k8s.io"),
+        )
+    }
+    assert expected == REQUIRED_RBAC
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    backoff = Backoff(initial=0.5, cap=30.0)
+    rng = random.Random(1)
+    delays = [backoff.delay(n, rng) for n in range(12)]
+    for n, delay in enumerate(delays):
+        nominal = min(30.0, 0.5 * 2**n)
+        assert nominal / 2 <= delay <= nominal
+    assert max(delays) <= 30.0 and delays[-1] >= 15.0
+    assert len({round(d, 6) for d in delays[-4:]}) == 4  # jitter: capped delays still differ
+    assert backoff.delay(10_000, rng) <= 30.0
