@@ -92,6 +92,10 @@ class CniHooks:
         Exceptions are logged, not returned: DEL must succeed as far as it can.
         """
 
+    def on_interface_removed(self, host_ifname: str) -> None:
+        """A DEL removed the pod's interface while the store was unreachable: the
+        allocation is released later (`retry_pending_releases`), the SIDs must go now."""
+
     def check_pod(self, allocation: PodAllocation, host_ifname: str) -> list[str]:
         """Problems with what the agent owns for this pod (its SIDs); [] when all is well."""
         return []
@@ -203,6 +207,8 @@ class CniServer:
         self._workers: set[threading.Thread] = set()
         self._workers_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._pending_releases: set[tuple[str, str]] = set()
+        self._pending_lock = threading.Lock()
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -405,8 +411,20 @@ class CniServer:
             self._delete(*key)
 
     def _delete(self, container_id: str, ifname: str) -> bool:
-        with _store_errors("looking up the pod's allocation"):
+        try:
             allocation = self.allocator.pod(self.node, container_id, ifname)
+        except (StoreError, AllocationError) as err:
+            # DEL must not wait for the store: the interface is local and goes now; the
+            # address is released when the store answers again (retry_pending_releases).
+            log.warning(
+                "store unreachable during DEL of %s/%s (%s): release deferred",
+                container_id,
+                ifname,
+                err,
+            )
+            allocation = None
+            with self._pending_lock:
+                self._pending_releases.add((container_id, ifname))
         try:
             self.wiring.teardown(container_id, ifname)
         except (WiringError, OSError) as err:
@@ -414,6 +432,8 @@ class CniServer:
                 protocol.TRY_AGAIN_LATER, "could not remove the pod's interface", str(err)
             ) from None
         if allocation is None:
+            if (container_id, ifname) in self._pending_releases:
+                self.hooks.on_interface_removed(host_ifname(container_id, ifname))
             return False
         try:
             self.hooks.on_pod_deleted(allocation, host_ifname(container_id, ifname))
@@ -520,6 +540,19 @@ class CniServer:
                 len(report.deleted_interfaces),
             )
         return report
+
+    def retry_pending_releases(self) -> int:
+        """Release the allocations of pods deleted while the store was down; how many are
+        still pending. Raises StoreError when the store is still unreachable."""
+        with self._pending_lock:
+            pending = sorted(self._pending_releases)
+        for key in pending:
+            with self._locks.hold(key):
+                self.allocator.release_pod(self.node, *key)
+            with self._pending_lock:
+                self._pending_releases.discard(key)
+        with self._pending_lock:
+            return len(self._pending_releases)
 
     def attachments(self) -> list[tuple[PodAllocation, str]]:
         """Every pod of this node with its node-side interface name (agent resync)."""

@@ -126,6 +126,9 @@ class _AgentHooks(CniHooks):
     def on_pod_deleted(self, allocation: PodAllocation, host_ifname: str) -> None:
         self.agent.pod_unwired(allocation)
 
+    def on_interface_removed(self, host_ifname: str) -> None:
+        self.agent.interface_removed(host_ifname)
+
     def check_pod(self, allocation: PodAllocation, host_ifname: str) -> list[str]:
         return self.agent.check_pod(allocation)
 
@@ -155,6 +158,7 @@ class Agent:
         self._applied_encap: Any = None
         self._full_resync_due = 0.0
         self._desired: NodeConfig | None = None
+        self._store_down = False
         self._failures = 0
         self.stats: dict[str, int] = {"reconciles": 0, "changes": 0, "repairs": 0}
         self._lock = threading.Lock()  # guards what the API thread reads
@@ -286,6 +290,15 @@ class Agent:
             self._inputs.pod_interfaces.pop(allocation.uid, None)
         self._events.put(("inputs", None))
 
+    def interface_removed(self, host_ifname: str) -> None:
+        with self._lock:
+            gone = [
+                uid for uid, i in self._inputs.pod_interfaces.items() if i.interface == host_ifname
+            ]
+            for uid in gone:
+                del self._inputs.pod_interfaces[uid]
+        self._events.put(("inputs", None))
+
     def check_pod(self, allocation: PodAllocation) -> list[str]:
         sid = allocation.addresses.sid_dx6
         with self._lock:
@@ -343,7 +356,30 @@ class Agent:
 
     def _refresh_inputs(self, dirty: set[DirtyKey], everything: bool) -> RenderInputs:
         """Re-read the allocations render needs (node IDs, service BSIDs) from the store:
-        all of them on a full pass, else only for what the dirty keys name."""
+        all of them on a full pass, else only for what the dirty keys name. With the store
+        unreachable, render goes on with what was read last (a new service waits)."""
+        try:
+            self._read_allocations(dirty, everything)
+            if self._store_down:
+                log.info("the store answers again")
+            self._store_down = False
+        except StoreError as err:
+            if not self._store_down:
+                log.warning("store unreachable (%s): using the allocations read last", err)
+            self._store_down = True
+        with self._lock:
+            interfaces = dict(self._inputs.pod_interfaces)
+        node_ids = dict(self._inputs.node_ids)
+        node_ids.setdefault(self.options.node_name, self.node_id)
+        return RenderInputs(
+            plan=self.plan,
+            node_ids=node_ids,
+            service_bsids=dict(self._inputs.service_bsids),
+            capabilities=self.backend.capabilities,
+            pod_interfaces=interfaces,
+        )
+
+    def _read_allocations(self, dirty: set[DirtyKey], everything: bool) -> None:
         if everything or not self._inputs.node_ids or any(isinstance(k, NodeKey) for k in dirty):
             self._inputs.node_ids = self.allocator.nodes()
         if everything:
@@ -363,17 +399,6 @@ class Agent:
                     service.uid, f"{service.namespace}/{service.name}"
                 )
                 self._inputs.service_bsids[service.uid] = (got.bsid_v6, got.bsid_v4)
-        with self._lock:
-            interfaces = dict(self._inputs.pod_interfaces)
-        node_ids = dict(self._inputs.node_ids)
-        node_ids.setdefault(self.options.node_name, self.node_id)
-        return RenderInputs(
-            plan=self.plan,
-            node_ids=node_ids,
-            service_bsids=dict(self._inputs.service_bsids),
-            capabilities=self.backend.capabilities,
-            pod_interfaces=interfaces,
-        )
 
     def _step(self, dirty: set[DirtyKey], inputs_changed: bool, full: bool) -> None:
         refresh = inputs_changed or any(isinstance(k, NodeKey | ServiceKey) for k in dirty)
@@ -396,6 +421,11 @@ class Agent:
             log.info("dataplane programmed: ready")
 
     def _full_reconcile(self, desired: NodeConfig) -> None:
+        try:
+            if self.cni.retry_pending_releases():
+                log.warning("pod addresses still waiting for the store to be released")
+        except StoreError:
+            pass  # already said by _refresh_inputs; retried at the next full resync
         actual = self.backend.dump()
         target = without_pods(desired)
         changes = plan(target, actual)

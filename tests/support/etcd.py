@@ -79,6 +79,15 @@ class EtcdServer:
     ) -> None:
         self._stop()
 
+    def pause(self) -> None:
+        """Freeze etcd (SIGSTOP): clients see an outage — connections hang, then time out."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def _start(self) -> None:
         # tmpfs makes etcd's fsyncs free; etcd 3.4 has no --unsafe-no-fsync yet.
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -121,6 +130,7 @@ class EtcdServer:
 
     def _stop(self) -> None:
         if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)  # a paused etcd cannot act on TERM
             self._process.terminate()
             try:
                 self._process.wait(timeout=5)

@@ -1,0 +1,379 @@
+"""The node agent for real: a node namespace, pods wired by the real srv6-cni, the lab source.
+
+One node with a client pod and two backend pods of a service (port 80 → targetPort 8080):
+the service works without NAT, a restart writes nothing, SIGTERM leaves the dataplane, a
+route deleted by hand comes back, and an etcd outage keeps the dataplane and turns CNI
+ADD into "try again later" until the store is back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from srv6ctl.agent import query_agent
+from srv6ctl.dataplane.kernel import KernelBackend
+from tests.support.etcd import EtcdServer, require_etcd
+from tests.support.netns import Netns, NetnsFactory
+
+BIN = Path(sys.executable).parent
+SERVICE_IP = "fd00:96::10"
+
+SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 8080)); s.listen()
+while True:
+    c, peer = c_peer = s.accept()
+    c.sendall(f"{sys.argv[1]} {peer[0]} {c.getsockname()[0]}".encode()); c.close()
+"""
+
+CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+print(s.recv(200).decode(), s.getpeername()[0])
+"""
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Node:
+    """One emulated node: its namespace, its agent, its lab directory and its pods."""
+
+    node: Netns
+    tmp: Path
+    factory: NetnsFactory
+    store: dict[str, Any]
+    agent: subprocess.Popen[bytes] | None = None
+    pods: dict[str, tuple[Netns, str]] = field(default_factory=dict)  # name → (netns, ip)
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def api(self) -> str:
+        return str(self.tmp / "agent.sock")
+
+    @property
+    def cni_socket(self) -> str:
+        return str(self.tmp / "cni.sock")
+
+    def start_agent(self, resync: float = 1.0) -> None:
+        config = {
+            "addressPlan": {"podCIDRv6": "fd00:10::/48", "serviceCIDRv6": "fd00:96::/108"},
+            "store": self.store,
+        }
+        (self.tmp / "config.yaml").write_text(yaml.safe_dump(config))
+        log = open(self.tmp / "agent.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.agent = subprocess.Popen(
+            [
+                str(BIN / "srv6ctl"),
+                "agent",
+                "--node-name",
+                "n1",
+                "--config",
+                str(self.tmp / "config.yaml"),
+                "--netns",
+                self.node.name,
+                "--lab-dir",
+                str(self.tmp / "objects"),
+                "--cni-socket",
+                self.cni_socket,
+                "--api-socket",
+                self.api,
+                "--resync",
+                str(resync),
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        wait_for("the agent to be ready", lambda: self._ready())
+
+    def _ready(self) -> bool:
+        assert self.agent is not None
+        if self.agent.poll() is not None:
+            raise AssertionError((self.tmp / "agent.log").read_text())
+        try:
+            return bool(query_agent(self.api, "status")["ready"])
+        except OSError:
+            return False
+
+    def stop_agent(self) -> None:
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.send_signal(signal.SIGTERM)
+            self.agent.wait(10)
+        self.agent = None
+
+    def cni(self, command: str, pod: str, netns: Netns) -> dict[str, Any]:
+        config = {
+            "cniVersion": "1.1.0",
+            "name": "srv6",
+            "type": "srv6-cni",
+            "agentSocket": self.cni_socket,
+        }
+        env = {
+            **os.environ,
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": f"ctr-{pod}",
+            "CNI_NETNS": f"/var/run/netns/{netns.name}",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": "/opt/cni/bin",
+            "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};K8S_POD_UID=uid-{pod}",
+        }
+        done = subprocess.run(
+            [str(BIN / "srv6-cni")],
+            input=json.dumps(config).encode(),
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        return json.loads(done.stdout) if done.stdout.strip() else {}
+
+    def add_pod(self, pod: str) -> str:
+        netns = self.factory()
+        result = self.cni("ADD", pod, netns)
+        assert "ips" in result, result
+        ip = result["ips"][0]["address"].split("/")[0]
+        self.pods[pod] = (netns, ip)
+        return ip
+
+    def write_objects(self, ready: dict[str, bool]) -> None:
+        pods = [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}"},
+                "spec": {
+                    "nodeName": "n1",
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "x",
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                        }
+                    ],
+                },
+                "status": {
+                    "phase": "Running",
+                    "podIP": ip,
+                    "podIPs": [{"ip": ip}],
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                },
+            }
+            for name, (_, ip) in self.pods.items()
+        ]
+        objects = [
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": "n1"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "fd00:ff::1"}]},
+            },
+            *pods,
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "web", "namespace": "default", "uid": "uid-svc-web"},
+                "spec": {
+                    "clusterIP": SERVICE_IP,
+                    "clusterIPs": [SERVICE_IP],
+                    "ipFamilies": ["IPv6"],
+                    "ports": [
+                        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+                    ],
+                },
+            },
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "web-1",
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "web"},
+                },
+                "addressType": "IPv6",
+                "endpoints": [
+                    {
+                        "addresses": [self.pods[name][1]],
+                        "conditions": {"ready": up, "serving": up, "terminating": False},
+                        "nodeName": "n1",
+                        "targetRef": {"kind": "Pod", "name": name, "namespace": "default"},
+                    }
+                    for name, up in ready.items()
+                ],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            },
+        ]
+        (self.tmp / "objects").mkdir(exist_ok=True)
+        path = self.tmp / "objects" / "cluster.yaml"
+        path.with_suffix(".tmp").write_text(yaml.safe_dump_all(objects))
+        path.with_suffix(".tmp").rename(path)
+
+    def serve(self, pod: str) -> None:
+        netns, _ = self.pods[pod]
+        self.servers.append(
+            subprocess.Popen(["ip", "netns", "exec", netns.name, sys.executable, "-c", SERVER, pod])
+        )
+
+    def connect(self, pod: str, host: str, port: int) -> tuple[str, str, str, str]:
+        netns, _ = self.pods[pod]
+        done = netns.exec(sys.executable, "-c", CLIENT, host, str(port), check=False)
+        assert done.returncode == 0, done.stderr
+        backend, seen_client, local, peer = done.stdout.split()
+        return backend, seen_client, local, peer
+
+    def dump(self) -> Any:
+        with KernelBackend(self.node.name) as backend:
+            return backend.dump()
+
+
+@pytest.fixture
+def lab_node(netns_factory: NetnsFactory, tmp_path: Path) -> Iterator[Node]:
+    node_ns = netns_factory()
+    node_ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    node_ns.ip("addr", "add", "fd00:ff::1/64", "dev", "eth0", "nodad")
+    node_ns.ip("link", "set", "eth0", "up")
+    node_ns.ip("link", "set", "eth1", "up")
+    node = Node(
+        node_ns, tmp_path, netns_factory, {"type": "embedded", "path": str(tmp_path / "ipam.db")}
+    )
+    node.write_objects({})
+    try:
+        yield node
+    finally:
+        for server in node.servers:
+            server.kill()
+            server.wait()
+        for pod, (netns, _) in list(node.pods.items()):
+            if node.agent is not None and node.agent.poll() is None:
+                node.cni("DEL", pod, netns)
+        node.stop_agent()
+
+
+def bring_up(node: Node) -> None:
+    node.start_agent()
+    client_ip = node.add_pod("client")
+    for backend in ("web-a", "web-b"):
+        node.add_pod(backend)
+        node.serve(backend)
+    node.write_objects({"web-a": True, "web-b": True})
+    wait_for(
+        "the service steering",
+        lambda: any(str(s.prefix) == f"{SERVICE_IP}/128" for s in node.dump().steerings),
+    )
+    assert client_ip
+
+
+def test_service_without_nat_restart_and_sigterm(lab_node: Node) -> None:
+    bring_up(lab_node)
+    client_ip = lab_node.pods["client"][1]
+    seen = set()
+    for _ in range(12):
+        backend, seen_client, local, peer = lab_node.connect("client", SERVICE_IP, 80)
+        # No NAT: the backend saw the client's own address and answered from the ClusterIP.
+        assert (seen_client, local, peer) == (client_ip, SERVICE_IP, SERVICE_IP)
+        seen.add(backend)
+    assert seen == {"web-a", "web-b"}
+
+    before = lab_node.dump()
+    lab_node.stop_agent()  # SIGTERM: the dataplane stays
+    assert lab_node.dump() == before
+    assert lab_node.connect("client", SERVICE_IP, 80)[1] == client_ip
+
+    lab_node.start_agent()  # a restart with nothing changed writes nothing
+    status = query_agent(lab_node.api, "status")
+    assert status["changes"] == 0, status
+    assert lab_node.dump() == before
+
+
+def test_unready_endpoint_leaves_and_hand_deleted_route_comes_back(lab_node: Node) -> None:
+    bring_up(lab_node)
+    lab_node.write_objects({"web-a": True, "web-b": False})
+    wait_for(
+        "web-b to leave the policy",
+        lambda: all(
+            len(p.segment_lists) == 1
+            for p in lab_node.dump().policies
+            if p.bsid
+            == next(
+                s.bsid for s in lab_node.dump().steerings if str(s.prefix) == f"{SERVICE_IP}/128"
+            )
+        ),
+    )
+    assert {lab_node.connect("client", SERVICE_IP, 80)[0] for _ in range(8)} == {"web-a"}
+
+    lab_node.node.ip("-6", "route", "del", f"{SERVICE_IP}/128")
+    wait_for(
+        "the resync to restore the route",
+        lambda: "nhid" in lab_node.node.ip("-6", "route", "show", f"{SERVICE_IP}/128"),
+    )
+    assert query_agent(lab_node.api, "status")["repairs"] >= 1
+
+    lab_node.write_objects({"web-a": False, "web-b": False})
+    wait_for(
+        "the reject route",
+        lambda: "prohibit" in lab_node.node.ip("-6", "route", "show", f"{SERVICE_IP}/128"),
+    )
+    netns, _ = lab_node.pods["client"]
+    refused = netns.exec(sys.executable, "-c", CLIENT, SERVICE_IP, "80", check=False)
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+
+
+@pytest.mark.etcd
+def test_store_outage_keeps_the_dataplane_and_defers_cni_add(lab_node: Node) -> None:
+    require_etcd()
+    with EtcdServer() as etcd:
+        lab_node.store = {
+            "type": "etcd",
+            "etcd": {"endpoints": [etcd.endpoint], "timeoutSeconds": 1},
+        }
+        bring_up(lab_node)
+        before = lab_node.dump()
+        etcd.pause()
+        try:
+            time.sleep(2.5)  # at least one resync against an unreachable store
+            assert lab_node.dump() == before
+            late = lab_node.factory()
+            error = lab_node.cni("ADD", "late", late)
+            assert error.get("code") == 11, error  # try again later
+            assert lab_node.connect("client", SERVICE_IP, 80)[1] == lab_node.pods["client"][1]
+            # DEL does not wait for the store: the interface goes now, the address later.
+            web_b, _ = lab_node.pods["web-b"]
+            assert lab_node.cni("DEL", "web-b", web_b) == {}
+            assert "eth0" not in web_b.ip("link", "show")
+            time.sleep(1.5)  # a resync while the store is still down changes nothing else
+            assert lab_node.connect("client", SERVICE_IP, 80)[1] == lab_node.pods["client"][1]
+        finally:
+            etcd.resume()
+        # The agent recovers by itself: ADD works again and the pod gets an address.
+        wait_for(
+            "CNI ADD to succeed again",
+            lambda: "ips" in lab_node.cni("ADD", "late", late),
+            timeout=30,
+        )
+        lab_node.cni("DEL", "late", late)
+        del lab_node.pods["web-b"]
+
+        def released() -> bool:
+            pods = query_agent(lab_node.api, "allocations")["pods"]
+            return {p["container_id"] for p in pods} == {"ctr-client", "ctr-web-a"}
+
+        wait_for("the deferred release of web-b's address", released, timeout=30)
