@@ -49,19 +49,20 @@ class PodSync:
 
 def ruleset(attachment: PodAttachment) -> str:
     """The `inet srv6ctl_svc` table for a pod's port maps ('' when it needs none)."""
-    if not attachment.port_maps or not attachment.service_addresses:
+    if not attachment.port_maps:
         return ""
     pre, out = [], []
-    for address in sorted(attachment.service_addresses, key=lambda a: (a.version, int(a))):
+    for protocol, address, port, target in sorted(
+        attachment.port_maps, key=lambda m: (m[1].version, int(m[1]), m[0], m[2])
+    ):
         family = "ip6" if address.version == 6 else "ip"
-        for protocol, port, target in sorted(attachment.port_maps):
-            proto = protocol.lower()
-            pre.append(
-                f"{family} daddr {address} {proto} dport {port} notrack {proto} dport set {target}"
-            )
-            out.append(
-                f"{family} saddr {address} {proto} sport {target} notrack {proto} sport set {port}"
-            )
+        proto = protocol.lower()
+        pre.append(
+            f"{family} daddr {address} {proto} dport {port} notrack {proto} dport set {target}"
+        )
+        out.append(
+            f"{family} saddr {address} {proto} sport {target} notrack {proto} sport set {port}"
+        )
     body = "\n".join(
         [
             "  chain prerouting {",

@@ -13,7 +13,7 @@ What a node gets (DESIGN.md, "Address and SID plan" and "Services without NAT"):
   (the kernel needs a VRF); without it, IPv4 reaches pods through their End.DX4 SIDs.
 - Per local pod: End.DX6 `L::1:k` (nexthop the pod's IPv6, on its node-side interface),
   End.DX4 `L::4:k` in dual-stack, and a `PodAttachment` whose `service_addresses` are the
-  ClusterIPs of every service the pod is an endpoint of, and `port_maps` the (protocol,
+  ClusterIPs of every service the pod is an endpoint of, and `port_maps` the (protocol, ClusterIP,
   port, targetPort) rewrites where they differ, named targetPorts resolved against the
   pod's own container ports. A pod is given a ClusterIP as soon as it appears in the
   service's slices, ready or not: the address is then on its loopback before any node's
@@ -59,9 +59,6 @@ Known gaps, each needing a model addition rather than a render trick:
   lookup to deliver the packet locally; `NodeConfig` has no object for host-owned service
   addresses yet, so until it does that lookup finds the node's own steering for the
   ClusterIP;
-- `PodAttachment.port_maps` carry no address, so a pod backing two services that map the
-  same port to different targetPorts gets both rewrites; the rewrite should match the
-  ClusterIP too;
 - sessionAffinity (needs an L3-only hash on the service's group), externalIPs, NodePort
   and LoadBalancer paths, and NetworkPolicy are not rendered.
 """
@@ -579,10 +576,10 @@ class Renderer:
 
     def _service_membership(
         self, pod: Pod
-    ) -> tuple[frozenset[IPAddress], frozenset[tuple[str, int, int]]]:
+    ) -> tuple[frozenset[IPAddress], frozenset[tuple[str, IPAddress, int, int]]]:
         """The ClusterIPs `pod` must accept and the port rewrites it must make."""
         addresses: set[IPAddress] = set()
-        port_maps: set[tuple[str, int, int]] = set()
+        port_maps: set[tuple[str, IPAddress, int, int]] = set()
         for eps, _ in self._state.endpoint_entries(pod):
             if eps.service_name is None:
                 continue
@@ -605,7 +602,7 @@ class Renderer:
                     target = pod.container_port(port.target_port, port.protocol)
                 # An unresolvable name is what Kubernetes does too: that port has no backend.
                 if target is not None and target != port.port:
-                    port_maps.add((port.protocol, port.port, target))
+                    port_maps.add((port.protocol, cluster_ip, port.port, target))
         return frozenset(addresses), frozenset(port_maps)
 
     def _remote_pod_fragment(self, pod: Pod) -> Fragment:

@@ -258,11 +258,12 @@ def test_port_maps_for_numeric_and_named_target_ports_resolved_per_pod() -> None
     state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p) for p in (a, b, c)]))
     config = render(state, "node-1", inputs(plan, [1], {web: 1}, interfaces=[a, b, c]))
     maps = {att.pod: att.port_maps for att in config.pods}
+    ip = web.cluster_ip_v6
     assert maps == {
-        "default/web-a": {("TCP", 80, 9376), ("TCP", 443, 8443)},
-        "default/web-b": {("TCP", 80, 8000), ("TCP", 443, 8443)},
+        "default/web-a": {("TCP", ip, 80, 9376), ("TCP", ip, 443, 8443)},
+        "default/web-b": {("TCP", ip, 80, 8000), ("TCP", ip, 443, 8443)},
         # port 53 → its own port 53: no rewrite; "dns" is not a TCP port, so 54 has none.
-        "default/web-c": {("TCP", 443, 8443)},
+        "default/web-c": {("TCP", ip, 443, 8443)},
     }
 
 

@@ -258,7 +258,9 @@ class PodAttachment:
     """A pod's interface as the node sees it: the node-side end and the pod's addresses.
 
     `service_addresses` are ClusterIPs added to the pod's loopback while it is an endpoint;
-    `port_maps` are stateless (protocol, service port, target port) rewrites in the pod.
+    `port_maps` are stateless (protocol, ClusterIP, service port, target port) rewrites in
+    the pod: keyed by the ClusterIP too, so two services mapping one port differently, and
+    traffic to the pod's own address, never share a rewrite.
     """
 
     interface: str  # node-side interface name (veth peer / VPP interface tag)
@@ -267,7 +269,7 @@ class PodAttachment:
     container_interface: str = "eth0"
     addresses: frozenset[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = frozenset()
     service_addresses: frozenset[IPAddress] = frozenset()
-    port_maps: frozenset[tuple[str, int, int]] = frozenset()
+    port_maps: frozenset[tuple[str, IPAddress, int, int]] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -276,7 +278,13 @@ class PodAttachment:
         object.__setattr__(
             self, "service_addresses", frozenset(ip(a) for a in self.service_addresses)
         )
-        object.__setattr__(self, "port_maps", frozenset(tuple(p) for p in self.port_maps))
+        object.__setattr__(
+            self,
+            "port_maps",
+            frozenset(
+                (proto, ip(addr), port, target) for proto, addr, port, target in self.port_maps
+            ),
+        )
 
     @property
     def key(self) -> tuple[str, str]:
