@@ -42,6 +42,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,9 @@ class CniHooks:
 
         Exceptions are logged, not returned: DEL must succeed as far as it can.
         """
+
+    def on_request(self, command: str, code: int, seconds: float) -> None:
+        """Every request, answered: its command, result code (0 = success) and duration."""
 
     def on_interface_removed(self, host_ifname: str) -> None:
         """A DEL removed the pod's interface while the store was unreachable: the
@@ -308,6 +312,18 @@ class CniServer:
 
     def handle(self, payload: object) -> dict[str, Any]:
         """One request frame in, one reply frame out; never raises."""
+        start = time.perf_counter()
+        reply = self._handle(payload)
+        command = payload.get("command") if isinstance(payload, dict) else None
+        error = reply.get("error")
+        code = int(error.get("code", protocol.INTERNAL_ERROR)) if error else 0
+        try:
+            self.hooks.on_request(str(command or ""), code, time.perf_counter() - start)
+        except Exception:
+            log.exception("on_request hook failed")
+        return reply
+
+    def _handle(self, payload: object) -> dict[str, Any]:
         version = protocol.error_version(
             payload.get("config") if isinstance(payload, dict) else None
         )

@@ -8,6 +8,8 @@ set -euo pipefail
 PACKAGES=(
     "iproute2:/usr/bin/ip"
     "etcd-server:/usr/bin/etcd"
+    "nftables:/usr/sbin/nft"                              # pods' stateless port rewrites
+    "prometheus:/usr/bin/promtool"                        # real scrapes and promtool in tests
     "containernetworking-plugins:/usr/lib/cni/ptp"        # reference plugins (chained, bench)
     "golang-go:/usr/bin/go"                               # builds the libcni test driver
     "golang-github-appc-cni-dev:/usr/share/gocode/src/github.com/containernetworking/cni/libcni"

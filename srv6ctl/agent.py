@@ -41,6 +41,7 @@ from ipam6.store.config import open_store
 from srv6ctl.config import Config
 from srv6ctl.dataplane.model import (
     Backend,
+    Change,
     DataplaneObject,
     LocalSid,
     NodeConfig,
@@ -53,7 +54,10 @@ from srv6ctl.dataplane.reconcile import drift, plan
 from srv6ctl.podnet import PodNetworkProgrammer
 from srv6ctl.render import PodInterface, Renderer, RenderInputs
 from srv6ctl.serialize import to_jsonable
-from srv6ctl.state import ClusterState, DirtyKey, NodeKey, ServiceKey, SourceEvent
+from srv6ctl.state import ClusterState, DirtyKey, NodeKey, Replace, ServiceKey, SourceEvent
+from telemetry.agent import Telemetry
+from telemetry.linkstats import LinkStats
+from telemetry.pools import allocator_pools
 
 log = logging.getLogger("srv6ctl.agent")
 
@@ -70,6 +74,7 @@ class AgentOptions:
     api_socket: str = "/run/srv6ctl/agent.sock"
     resync_seconds: float = 30.0
     dataplane: str = "kernel"
+    metrics_address: str | None = "127.0.0.1:9876"  # /metrics /healthz /readyz; None: off
 
 
 @dataclass
@@ -132,6 +137,9 @@ class _AgentHooks(CniHooks):
     def check_pod(self, allocation: PodAllocation, host_ifname: str) -> list[str]:
         return self.agent.check_pod(allocation)
 
+    def on_request(self, command: str, code: int, seconds: float) -> None:
+        self.agent.telemetry.metrics.cni_request(command, code, seconds)
+
 
 class Agent:
     def __init__(
@@ -162,6 +170,10 @@ class Agent:
         self._failures = 0
         self.stats: dict[str, int] = {"reconciles": 0, "changes": 0, "repairs": 0}
         self._lock = threading.Lock()  # guards what the API thread reads
+        # The backend's netlink socket is shared by the loop, the API and /metrics scrapes.
+        self._backend_lock = threading.Lock()
+        self.telemetry = Telemetry()
+        self._first_event_at: float | None = None  # the oldest change not yet programmed
         self._api_listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
 
@@ -173,7 +185,8 @@ class Agent:
 
     def run(self) -> int:
         opts = self.options
-        store = self._store or open_store(self.config.store)
+        raw_store = self._store or open_store(self.config.store)
+        store = self.telemetry.instrument_store(raw_store)
         self.allocator = Allocator(store, self.plan, prefix=self.config.store.prefix + "ipam/")
         self.node_id = self._retry(
             "claiming the node ID", lambda: self.allocator.claim_node(opts.node_name)
@@ -197,7 +210,22 @@ class Agent:
             socket_path=opts.cni_socket,
             hooks=_AgentHooks(self),
         )
-        for allocation in self.allocator.pods(opts.node_name):
+        self.telemetry.add_dataplane(
+            self.backend.counters,
+            lambda: self._desired or NodeConfig(),
+            interfaces=LinkStats(self._netns_path()).read,
+            lock=self._backend_lock,
+        )
+        self.telemetry.add_pools(allocator_pools(self.allocator, opts.node_name))
+        self.telemetry.metrics.set_not_ready("the dataplane has not been programmed yet")
+        if opts.metrics_address is not None:
+            server = self.telemetry.serve(opts.metrics_address)
+            self.metrics_url = server.url
+            log.info("metrics and health on %s", server.url)
+        for allocation in (
+            self._retry("reading this node's pods", lambda: self.allocator.pods(opts.node_name))
+            or []
+        ):
             self._remember_pod(allocation)
         self.cni.start()
         self._start_api()
@@ -209,8 +237,9 @@ class Agent:
             source.stop()
             self.cni.stop()
             self._stop_api()
+            self.telemetry.close()
             self.backend.close()
-            store.close()
+            raw_store.close()
         return 0
 
     def _netns_path(self) -> str | None:
@@ -250,6 +279,10 @@ class Agent:
 
     def _source_event(self, event: SourceEvent) -> None:
         self._events.put(("source", event))
+
+    def _count_source_event(self, event: SourceEvent) -> None:
+        if isinstance(event, Replace):  # a (re)list: the first one, or after 410 Gone
+            self.telemetry.metrics.relisted(str(event.kind).lower() + "s")
 
     def _retry(self, what: str, call: Callable[[], Any]) -> Any:
         """Call until it works or the agent stops; log once per back-off step."""
@@ -324,11 +357,14 @@ class Agent:
                     batch.append(self._events.get_nowait())
             except queue.Empty:
                 pass
+            if batch and self._first_event_at is None:
+                self._first_event_at = time.time()
             for kind, payload in batch:
                 if kind == "stop":
                     return
                 if kind == "source":
                     pending |= self.state.apply(payload)
+                    self._count_source_event(payload)
                 elif kind == "inputs":
                     inputs_changed = True
             full = force_full or time.monotonic() >= self._full_resync_due
@@ -350,6 +386,7 @@ class Agent:
             pending.clear()
             inputs_changed = False
             self._failures = 0
+            self.telemetry.metrics.set_not_ready(None)
             if full:
                 force_full = False
                 self._full_resync_due = time.monotonic() + self.options.resync_seconds
@@ -403,36 +440,51 @@ class Agent:
     def _step(self, dirty: set[DirtyKey], inputs_changed: bool, full: bool) -> None:
         refresh = inputs_changed or any(isinstance(k, NodeKey | ServiceKey) for k in dirty)
         inputs = self._refresh_inputs(dirty, full) if refresh or self._renderer is None else None
-        if self._renderer is None:
-            assert inputs is not None
-            self._renderer = Renderer(self.state, self.options.node_name, inputs)
-            delta = None
-        else:
-            delta = self._renderer.set_inputs(inputs) if inputs is not None else None
-            more = self._renderer.update(dirty)
-            delta = more if delta is None else _merge(delta, more)
-        desired = self._renderer.config()
-        if full or delta is None:
-            self._full_reconcile(desired)
-        elif delta:
-            self._incremental_reconcile(desired, delta)
+        with self.telemetry.metrics.render():
+            if self._renderer is None:
+                assert inputs is not None
+                self._renderer = Renderer(self.state, self.options.node_name, inputs)
+                delta = None
+            else:
+                delta = self._renderer.set_inputs(inputs) if inputs is not None else None
+                more = self._renderer.update(dirty)
+                delta = more if delta is None else _merge(delta, more)
+            desired = self._renderer.config()
+        with self.telemetry.metrics.reconcile():
+            if full or delta is None:
+                changes = self._full_reconcile(desired)
+            elif delta:
+                changes = self._incremental_reconcile(desired, delta)
+            else:
+                changes = []
+        self.telemetry.metrics.changes_applied(changes)
+        if self._first_event_at is not None and changes:
+            # The SLI kube-proxy's network programming latency defines: from the change
+            # reaching us to the dataplane holding it (the API server's own delay excluded).
+            self.telemetry.metrics.programming_latency.observe_since(self._first_event_at)
+        self._first_event_at = None
         if not self.ready.is_set():
             self.ready.set()
             log.info("dataplane programmed: ready")
 
-    def _full_reconcile(self, desired: NodeConfig) -> None:
+    def _full_reconcile(self, desired: NodeConfig) -> list[Change]:
         try:
             if self.cni.retry_pending_releases():
                 log.warning("pod addresses still waiting for the store to be released")
         except StoreError:
             pass  # already said by _refresh_inputs; retried at the next full resync
-        actual = self.backend.dump()
         target = without_pods(desired)
-        changes = plan(target, actual)
-        if changes:
-            log.info("resync: %d change(s) to reach the desired state", len(changes))
-            self.stats["repairs"] += len(changes)
-        self.backend.apply(changes)
+        with self._backend_lock:
+            actual = self.backend.dump()
+            changes = plan(target, actual)
+            if changes:
+                found = drift(target, actual)
+                self.telemetry.metrics.record_drift(found)
+                log.info("resync: %d change(s) to reach the desired state", len(changes))
+                self.stats["repairs"] += len(changes)
+            self.backend.apply(changes)
+            if changes:
+                self.telemetry.metrics.record_repair(found)
         with self._lock:
             self._applied = dict(target.by_key())
             self._applied_encap = target.encap_source
@@ -441,8 +493,9 @@ class Agent:
         self.stats["changes"] += len(changes)
         for pod in desired.pods:
             self._sync_pod(pod)
+        return changes
 
-    def _incremental_reconcile(self, desired: NodeConfig, delta: Any) -> None:
+    def _incremental_reconcile(self, desired: NodeConfig, delta: Any) -> list[Change]:
         touched = [o for o in delta.added | delta.removed if not isinstance(o, PodAttachment)]
         keys = {o.key for o in touched}
         with self._lock:
@@ -451,7 +504,8 @@ class Agent:
         encap_old = self._applied_encap
         encap_new = desired.encap_source
         changes = plan(split_config(after, encap_new), split_config(before, encap_old))
-        self.backend.apply(changes)
+        with self._backend_lock:
+            self.backend.apply(changes)
         with self._lock:
             for key in keys:
                 self._applied.pop(key, None)
@@ -467,6 +521,7 @@ class Agent:
         for pod in delta.removed:
             if isinstance(pod, PodAttachment) and pod.key not in added_pods:
                 self._clear_pod(pod)
+        return changes
 
     def _sync_pod(self, pod: PodAttachment) -> None:
         if not pod.netns or not os.path.exists(pod.netns):
@@ -503,16 +558,19 @@ class Agent:
                 "node_id": self.node_id,
                 "locator": str(self.plan.locator(self.node_id)),
                 "ready": self.ready.is_set(),
+                "metrics": self.metrics_url,
                 **self.stats,
             }
         if what == "desired":
             return to_jsonable(desired)
         if what == "actual":
-            return to_jsonable(self.backend.dump())
+            with self._backend_lock:
+                return to_jsonable(self.backend.dump())
         if what == "drift":
             if desired is None:
                 return {}
-            return drift(without_pods(desired), self.backend.dump())
+            with self._backend_lock:
+                return drift(without_pods(desired), self.backend.dump())
         if what == "allocations":
             return {
                 "nodes": self.allocator.nodes(),

@@ -71,6 +71,7 @@ def _agent(args: argparse.Namespace) -> int:
         api_socket=args.api_socket,
         resync_seconds=args.resync,
         dataplane=args.dataplane,
+        metrics_address=None if args.metrics_address == "off" else args.metrics_address,
     )
     agent = Agent(options, config, plan)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
@@ -116,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--api-socket", default="/run/srv6ctl/agent.sock")
     agent.add_argument("--dataplane", choices=("kernel", "vpp"), default="kernel")
     agent.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs")
+    agent.add_argument(
+        "--metrics-address",
+        default="127.0.0.1:9876",
+        help="where /metrics, /healthz and /readyz listen (host:port, [v6]:port, port 0 = any "
+        "free port, 'off'); beyond loopback only when you say so",
+    )
     agent.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     agent.add_argument("--log-level", default="INFO")
     agent.set_defaults(func=_agent)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,6 +293,19 @@ def test_service_without_nat_restart_and_sigterm(lab_node: Node) -> None:
         assert (seen_client, local, peer) == (client_ip, SERVICE_IP, SERVICE_IP)
         seen.add(backend)
     assert seen == {"web-a", "web-b"}
+
+    # The agent is observable: ready, CNI latencies and the service's SID counters.
+    url = query_agent(lab_node.api, "status")["metrics"]
+    assert urllib.request.urlopen(f"{url}/readyz", timeout=5).status == 200
+    metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+    assert 'srv6ctl_cni_request_duration_seconds_count{code="0",command="ADD"} 3.0' in metrics
+    dx6 = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("srv6ctl_sid_packets_total") and 'behaviour="End.DX6"' in line
+    ]
+    assert sum(float(line.split()[-1]) for line in dx6) >= 12  # every connection's SYN at least
+    assert "srv6ctl_agent_ready 1.0" in metrics
 
     before = lab_node.dump()
     lab_node.stop_agent()  # SIGTERM: the dataplane stays
