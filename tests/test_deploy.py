@@ -1,0 +1,960 @@
+"""deploy/: the Kubernetes manifests, rendered offline and held to what the code needs.
+
+The kustomizations use a small subset of kustomize (resources, components, configMapGenerator
+without name hashes, JSON 6902 patches, images), and `render` below implements exactly that
+subset, refusing anything else — so what is validated here is what `kubectl apply -k`
+builds. Every rendering (the base, each overlay, each combination of components) is
+validated against the Kubernetes API schemas of every supported version with
+kubernetes-validate (strict: unknown fields are errors), plus the API server's own rules
+that a schema cannot express. The PodMonitor (a CRD) is checked against the fields of the
+Prometheus Operator's CRD that it uses.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import ipaddress
+import itertools
+import json
+import os
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import kubernetes_validate.utils
+import pytest
+import yaml
+
+from cni import install, protocol
+from srv6ctl.config import load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+COMPONENTS = ("etcd", "vpp", "monitoring")
+OVERLAYS = tuple(sorted(p.parent.name for p in (DEPLOY / "overlays").glob("*/kustomization.yaml")))
+# Kubernetes releases the manifests are validated against (README: "Supported Kubernetes").
+KUBERNETES_VERSIONS = ("1.30", "1.31", "1.32", "1.33", "1.34", "1.35", "1.36", "1.37")
+AGENT_CAPABILITIES = {"NET_ADMIN", "SYS_ADMIN"}
+HOST_ROOT = "/host"  # where the init containers see the node's filesystem
+
+Obj = dict[str, Any]
+
+
+# --- a kustomize subset, rendered exactly -------------------------------------------------
+
+KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "components", "configMapGenerator"}
+KUSTOMIZATION_KEYS |= {"patches", "images"}
+GENERATOR_KEYS = {"name", "namespace", "behavior", "files", "options"}
+GENERATOR_OPTION_KEYS = {"disableNameSuffixHash", "labels"}
+KINDS = {
+    "Kustomization": "kustomize.config.k8s.io/v1beta1",
+    "Component": "kustomize.config.k8s.io/v1alpha1",
+}
+
+
+def _inside(root: Path, name: str) -> Path:
+    """A file a kustomization loads: kustomize refuses files outside its own directory."""
+    path = (root / name).resolve()
+    assert path.is_relative_to(root.resolve()), f"{root}: {name} is outside the kustomization"
+    return path
+
+
+def _kustomization(directory: Path, kind: str) -> Obj:
+    spec: Obj = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    assert spec.get("kind") == kind and spec.get("apiVersion") == KINDS[kind], directory
+    unknown = set(spec) - KUSTOMIZATION_KEYS
+    assert not unknown, f"{directory}: kustomize fields the test renderer does not do: {unknown}"
+    return spec
+
+
+def render(directory: Path) -> list[Obj]:
+    """`kubectl kustomize DIRECTORY` for the subset used in deploy/."""
+    return _build(directory, _kustomization(directory, "Kustomization"), [])
+
+
+def apply_component(objects: list[Obj], directory: Path) -> list[Obj]:
+    return _build(directory, _kustomization(directory, "Component"), objects)
+
+
+def _build(directory: Path, spec: Obj, objects: list[Obj]) -> list[Obj]:
+    # kustomize's order: resources, then components, then generators, then transformers.
+    objects = copy.deepcopy(objects)
+    for entry in spec.get("resources", []):
+        path = (directory / entry).resolve()
+        if path.is_dir():
+            objects += render(path)
+        else:
+            text = _inside(directory, entry).read_text()
+            objects += [doc for doc in yaml.safe_load_all(text) if doc]
+    for entry in spec.get("components", []):
+        objects = apply_component(objects, (directory / entry).resolve())
+    for generator in spec.get("configMapGenerator", []):
+        objects = _generate_config_map(objects, directory, generator)
+    for patch in spec.get("patches", []):
+        _patch(objects, directory, patch)
+    for image in spec.get("images", []):
+        _set_image(objects, image)
+    ids = [_identity(o) for o in objects]
+    assert len(ids) == len(set(ids)), f"{directory}: duplicate objects in {ids}"
+    return objects
+
+
+def _identity(obj: Obj) -> tuple[str, str, str, str]:
+    meta = obj["metadata"]
+    return (obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"])
+
+
+def _generate_config_map(objects: list[Obj], directory: Path, generator: Obj) -> list[Obj]:
+    assert set(generator) <= GENERATOR_KEYS, generator
+    options = generator.get("options", {})
+    assert set(options) <= GENERATOR_OPTION_KEYS, options
+    # Hashed names (kustomize's default) would need kustomize's hash: not used here.
+    assert options.get("disableNameSuffixHash") is True, generator["name"]
+    assert generator.get("namespace"), f"{generator['name']}: set its namespace"
+    data = {}
+    for name in generator["files"]:
+        assert "=" not in name, f"{name}: key=file form not rendered here"
+        data[Path(name).name] = _inside(directory, name).read_text()
+    meta = {"name": generator["name"], "namespace": generator["namespace"]}
+    key = ("v1", "ConfigMap", meta["namespace"], meta["name"])
+    existing = [o for o in objects if _identity(o) == key]
+    behavior = generator.get("behavior", "create")
+    if behavior == "create":
+        assert not existing, f"{key} exists: use behavior merge or replace"
+        if options.get("labels"):
+            meta["labels"] = dict(options["labels"])
+        return [*objects, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}]
+    assert existing, f"{key}: behavior {behavior} needs an existing ConfigMap"
+    target = existing[0]
+    if behavior == "replace":
+        target["data"] = data
+    else:
+        assert behavior == "merge", behavior
+        target["data"] = {**target.get("data", {}), **data}
+    if options.get("labels"):
+        target["metadata"].setdefault("labels", {}).update(options["labels"])
+    return objects
+
+
+def _patch(objects: list[Obj], directory: Path, entry: Obj) -> None:
+    assert set(entry) <= {"target", "patch", "path"}, entry
+    target = entry["target"]
+    assert set(target) <= {"kind", "name", "namespace"}, target
+    text = entry["patch"] if "patch" in entry else _inside(directory, entry["path"]).read_text()
+    operations = yaml.safe_load(text)
+    assert isinstance(operations, list), "only JSON 6902 patches are rendered here"
+    fields = {"kind": lambda o: o["kind"], "name": lambda o: o["metadata"]["name"]}
+    fields["namespace"] = lambda o: o["metadata"].get("namespace")
+    matches = [o for o in objects if all(fields[k](o) == v for k, v in target.items())]
+    assert len(matches) == 1, f"{directory}: patch target {target} matches {len(matches)} objects"
+    json_patch(matches[0], operations)
+
+
+def _tokens(pointer: str) -> list[str]:
+    assert pointer.startswith("/"), pointer
+    return [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
+
+
+def _step(node: Any, token: str, pointer: str) -> Any:
+    if isinstance(node, list):
+        index = int(token)
+        assert 0 <= index < len(node), f"{pointer}: no index {index}"
+        return node[index]
+    assert isinstance(node, dict) and token in node, f"{pointer}: no member {token!r}"
+    return node[token]
+
+
+def json_patch(document: Obj, operations: list[Obj]) -> None:
+    """RFC 6902 add, remove, replace and test, in place; a failed `test` fails the render."""
+    for operation in operations:
+        assert set(operation) <= {"op", "path", "value"}, operation
+        op, pointer = operation["op"], operation["path"]
+        *parents, last = _tokens(pointer)
+        container: Any = document
+        for token in parents:
+            container = _step(container, token, pointer)
+        value = copy.deepcopy(operation.get("value"))
+        if op == "test":
+            assert _step(container, last, pointer) == value, f"test failed at {pointer}"
+        elif op == "add":
+            if isinstance(container, list):
+                index = len(container) if last == "-" else int(last)
+                assert 0 <= index <= len(container), f"{pointer}: no index {index}"
+                container.insert(index, value)
+            else:
+                container[last] = value
+        elif op in ("remove", "replace"):
+            _step(container, last, pointer)
+            key: Any = int(last) if isinstance(container, list) else last
+            if op == "remove":
+                del container[key]
+            else:
+                container[key] = value
+        else:
+            raise AssertionError(f"JSON patch op {op!r} is not rendered here")
+
+
+def _split_image(image: str) -> tuple[str, str]:
+    if "@" in image:
+        name, digest = image.split("@", 1)
+        return name, "@" + digest
+    head, _, tail = image.rpartition("/")
+    if ":" in tail:
+        tail, tag = tail.split(":", 1)
+        return f"{head}/{tail}" if head else tail, ":" + tag
+    return image, ""
+
+
+def _set_image(objects: list[Obj], entry: Obj) -> None:
+    assert set(entry) <= {"name", "newName", "newTag", "digest"}, entry
+    for container in _all_containers(objects):
+        name, suffix = _split_image(container["image"])
+        if name != entry["name"]:
+            continue
+        if "digest" in entry:
+            suffix = "@" + entry["digest"]
+        elif "newTag" in entry:
+            suffix = ":" + str(entry["newTag"])
+        container["image"] = entry.get("newName", name) + suffix
+
+
+def _all_containers(objects: list[Obj]) -> Iterator[Obj]:
+    for obj in objects:
+        pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+        yield from pod.get("initContainers", [])
+        yield from pod.get("containers", [])
+
+
+@functools.cache
+def renderings() -> dict[str, list[Obj]]:
+    """The base, each overlay, and the base with every combination of components."""
+    base = render(DEPLOY)
+    result = {"base": base}
+    for overlay in OVERLAYS:
+        result[f"overlays/{overlay}"] = render(DEPLOY / "overlays" / overlay)
+    for size in range(2, len(COMPONENTS) + 1):
+        for names in itertools.permutations(COMPONENTS, size):
+            objects = base
+            for name in names:
+                objects = apply_component(objects, DEPLOY / "components" / name)
+            result["components " + "+".join(names)] = objects
+    return result
+
+
+def find(objects: list[Obj], kind: str, name: str) -> Obj:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: found {len(found)}"
+    return found[0]
+
+
+def daemonset(name: str = "base") -> Obj:
+    return find(renderings()[name], "DaemonSet", "srv6ctl")
+
+
+def pod_spec(name: str = "base") -> Obj:
+    spec: Obj = daemonset(name)["spec"]["template"]["spec"]
+    return spec
+
+
+def container(name: str, rendering: str = "base", *, init: bool = False) -> Obj:
+    containers = pod_spec(rendering)["initContainers" if init else "containers"]
+    found: list[Obj] = [c for c in containers if c["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def volume(name: str, rendering: str = "base") -> Obj:
+    found: list[Obj] = [v for v in pod_spec(rendering)["volumes"] if v["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def mount_at(c: Obj, path: str) -> Obj:
+    found: list[Obj] = [m for m in c.get("volumeMounts", []) if m["mountPath"] == path]
+    assert len(found) == 1, f"{c['name']}: no mount at {path}"
+    return found[0]
+
+
+def host_path_of(c: Obj, mount_path: str, rendering: str = "base") -> str:
+    source = volume(mount_at(c, mount_path)["name"], rendering)
+    assert "hostPath" in source, f"{mount_path} is not a host path"
+    path: str = source["hostPath"]["path"]
+    return path
+
+
+def agent_args(rendering: str = "base") -> dict[str, str]:
+    args = container("agent", rendering)["args"]
+    return dict(a.removeprefix("--").split("=", 1) for a in args)
+
+
+def config_text(rendering: str = "base") -> str:
+    text: str = find(renderings()[rendering], "ConfigMap", "srv6ctl-config")["data"]["srv6ctl.yaml"]
+    return text
+
+
+# --- the renderer itself ------------------------------------------------------------------
+
+
+def test_renderer_applies_json_patches_as_rfc_6902_says() -> None:
+    doc: Obj = {"a": {"b": [1, 2]}, "c/d": 1}
+    json_patch(
+        doc,
+        [
+            {"op": "add", "path": "/a/b/-", "value": 3},
+            {"op": "add", "path": "/a/b/0", "value": 0},
+            {"op": "remove", "path": "/a/b/1"},
+            {"op": "replace", "path": "/c~1d", "value": 2},
+            {"op": "test", "path": "/a/b", "value": [0, 2, 3]},
+        ],
+    )
+    assert doc == {"a": {"b": [0, 2, 3]}, "c/d": 2}
+    with pytest.raises(AssertionError, match="test failed"):
+        json_patch(doc, [{"op": "test", "path": "/a/b/0", "value": 9}])
+    with pytest.raises(AssertionError, match="no index"):
+        json_patch(doc, [{"op": "remove", "path": "/a/b/7"}])
+
+
+def test_renderer_refuses_kustomize_features_it_does_not_implement(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamePrefix: x-\n"
+    )
+    with pytest.raises(AssertionError, match="namePrefix"):
+        render(tmp_path)
+
+
+def test_image_names_are_split_like_kustomize_does() -> None:
+    assert _split_image("srv6ctl:0.1.0") == ("srv6ctl", ":0.1.0")
+    assert _split_image("registry:5000/srv6ctl") == ("registry:5000/srv6ctl", "")
+    assert _split_image("r.io/a/b:1@sha256:ab") == ("r.io/a/b:1", "@sha256:ab")
+
+
+def test_every_kustomization_directory_is_rendered_here() -> None:
+    found = {p.parent for p in DEPLOY.rglob("kustomization.yaml")}
+    rendered = {DEPLOY} | {DEPLOY / "overlays" / o for o in OVERLAYS}
+    rendered |= {DEPLOY / "components" / c for c in COMPONENTS}
+    assert found == rendered
+
+
+# --- the Kubernetes API schemas -----------------------------------------------------------
+
+
+def test_kubernetes_validate_ships_the_supported_versions() -> None:
+    versions = kubernetes_validate.utils.all_versions()
+    shipped = {kubernetes_validate.utils.major_minor(v) for v in versions}
+    assert set(KUBERNETES_VERSIONS) <= shipped
+    supported = f"Kubernetes {KUBERNETES_VERSIONS[0]} – {KUBERNETES_VERSIONS[-1]}"
+    assert supported in (DEPLOY / "README.md").read_text()
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_rendering_is_valid_for_the_kubernetes_version(version: str) -> None:
+    seen: set[str] = set()
+    errors = []
+    for name, objects in renderings().items():
+        for obj in objects:
+            if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+                continue  # a CRD: test_the_pod_monitor_uses_the_crd_fields_it_means
+            key = json.dumps(obj, sort_keys=True)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                validated = kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                where = ".".join(str(p) for p in err.path)
+                errors.append(
+                    f"{name}: {obj['kind']}/{obj['metadata']['name']} {where}: {err.message}"
+                )
+                continue
+            assert validated == version  # the schema of that very release, not an older one
+    assert not errors, "\n".join(errors)
+
+
+def test_strict_validation_catches_a_misspelt_field() -> None:
+    ds = copy.deepcopy(daemonset())
+    ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privilegd"] = False
+    with pytest.raises(kubernetes_validate.ValidationError, match="privilegd"):
+        kubernetes_validate.validate(ds, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+# What the API server's validation checks and the OpenAPI schemas do not express (enums,
+# quantities, cross-field rules), for the fields deploy/ uses: k8s.io/kubernetes
+# pkg/apis/core/validation and pkg/apis/apps/validation.
+QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?\d+))?$")
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ENUMS = {
+    "imagePullPolicy": {"Always", "IfNotPresent", "Never"},
+    "mountPropagation": {"None", "HostToContainer", "Bidirectional"},
+    "hostPath.type": {"", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket"},
+    "emptyDir.medium": {"", "Memory", "HugePages", "HugePages-2Mi", "HugePages-1Gi"},
+    "toleration.operator": {"Exists", "Equal"},
+    "toleration.effect": {"", "NoSchedule", "PreferNoSchedule", "NoExecute"},
+    "protocol": {"TCP", "UDP", "SCTP"},
+    "seccompProfile.type": {"RuntimeDefault", "Localhost", "Unconfined"},
+    "updateStrategy.type": {"RollingUpdate", "OnDelete"},
+    "fieldPath": {"spec.nodeName", "status.hostIP", "status.podIP", "metadata.name"},
+}
+LINUX_CAPABILITIES = {"NET_ADMIN", "SYS_ADMIN", "NET_RAW", "SYS_PTRACE", "BPF", "PERFMON"}
+
+
+def api_server_problems(objects: list[Obj]) -> list[str]:
+    problems: list[str] = []
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    def enum(field: str, value: Any, where: str) -> None:
+        check(value in ENUMS[field], f"{where}: {field} {value!r} is not one of {ENUMS[field]}")
+
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        check(bool(DNS_1123_LABEL.match(name)), f"{obj['kind']} name {name!r}")
+        if obj["kind"] != "DaemonSet":
+            continue
+        enum("updateStrategy.type", obj["spec"]["updateStrategy"]["type"], name)
+        template = obj["spec"]["template"]
+        selector = obj["spec"]["selector"]["matchLabels"]
+        check(selector.items() <= template["metadata"]["labels"].items(), "selector != labels")
+        spec = template["spec"]
+        enum("seccompProfile.type", spec["securityContext"]["seccompProfile"]["type"], name)
+        for toleration in spec.get("tolerations", []):
+            enum("toleration.operator", toleration.get("operator", "Equal"), name)
+            enum("toleration.effect", toleration.get("effect", ""), name)
+            if toleration.get("operator") == "Exists":
+                check("value" not in toleration, "operator Exists takes no value")
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        check(len(volumes) == len(spec["volumes"]), f"{name}: duplicate volume names")
+        for v in spec["volumes"]:
+            if "hostPath" in v:
+                enum("hostPath.type", v["hostPath"].get("type", ""), v["name"])
+            if "emptyDir" in v:
+                enum("emptyDir.medium", v["emptyDir"].get("medium", ""), v["name"])
+                if "sizeLimit" in v["emptyDir"]:
+                    check(bool(QUANTITY.match(str(v["emptyDir"]["sizeLimit"]))), v["name"])
+        containers = spec.get("initContainers", []) + spec["containers"]
+        check(len({c["name"] for c in containers}) == len(containers), "duplicate container names")
+        for c in containers:
+            where = f"{name}/{c['name']}"
+            enum("imagePullPolicy", c.get("imagePullPolicy", "IfNotPresent"), where)
+            security = c.get("securityContext", {})
+            capabilities = security.get("capabilities", {})
+            for capability in capabilities.get("add", []) + capabilities.get("drop", []):
+                check(capability in LINUX_CAPABILITIES | {"ALL"}, f"{where}: {capability}")
+            # ValidateSecurityContext: no_new_privs contradicts privileged and CAP_SYS_ADMIN.
+            if security.get("allowPrivilegeEscalation") is False:
+                check(not security.get("privileged"), f"{where}: privileged without escalation")
+                check("SYS_ADMIN" not in capabilities.get("add", []), f"{where}: SYS_ADMIN")
+            paths = [m["mountPath"] for m in c.get("volumeMounts", [])]
+            check(len(paths) == len(set(paths)), f"{where}: a mount path twice")
+            for mount in c.get("volumeMounts", []):
+                check(mount["name"] in volumes, f"{where}: mount of unknown volume {mount['name']}")
+                propagation = mount.get("mountPropagation", "None")
+                enum("mountPropagation", propagation, where)
+                if propagation == "Bidirectional":
+                    check(bool(security.get("privileged")), f"{where}: Bidirectional")
+            for env in c.get("env", []):
+                if "valueFrom" in env and "fieldRef" in env["valueFrom"]:
+                    enum("fieldPath", env["valueFrom"]["fieldRef"]["fieldPath"], where)
+            resources = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                for resource, quantity in resources.get(kind, {}).items():
+                    check(bool(QUANTITY.match(str(quantity))), f"{where}: {resource} {quantity!r}")
+            for resource, quantity in resources.get("requests", {}).items():
+                if resource.startswith("hugepages-"):
+                    limit = resources.get("limits", {}).get(resource)
+                    check(limit == quantity, f"{where}: hugepages requests must equal limits")
+                    check(bool({"cpu", "memory"} & set(resources["requests"])), where)
+            port_names = set()
+            for port in c.get("ports", []):
+                enum("protocol", port.get("protocol", "TCP"), where)
+                if spec.get("hostNetwork"):
+                    check(
+                        port.get("hostPort", port["containerPort"]) == port["containerPort"], where
+                    )
+                port_names.add(port.get("name"))
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if probe in c:
+                    port = c[probe]["httpGet"]["port"]
+                    check(isinstance(port, int) or port in port_names, f"{where} {probe}: {port}")
+    return problems
+
+
+@pytest.mark.parametrize("rendering", sorted(renderings()))
+def test_rules_the_api_server_checks_beyond_the_schema(rendering: str) -> None:
+    assert api_server_problems(renderings()[rendering]) == []
+
+
+def test_the_api_server_rules_catch_what_the_schemas_let_through() -> None:
+    for field, value in (("mountPropagation", "HostToKontainer"), ("memory", "512MB")):
+        ds = copy.deepcopy(daemonset())
+        agent = ds["spec"]["template"]["spec"]["containers"][0]
+        if field == "memory":
+            agent["resources"]["limits"]["memory"] = value
+        else:
+            agent["volumeMounts"][2]["mountPropagation"] = value
+        kubernetes_validate.validate(ds, KUBERNETES_VERSIONS[-1], strict=True)  # passes
+        assert api_server_problems([ds]), field
+
+
+# --- the config -----------------------------------------------------------------------
+
+
+def test_the_config_map_holds_deploy_srv6ctl_yaml_as_it_is() -> None:
+    text = config_text()
+    assert text == (DEPLOY / "srv6ctl.yaml").read_text()
+    config, plan = parse_config(yaml.safe_load(text))
+    assert (config, plan) == load_config(DEPLOY / "srv6ctl.yaml")
+
+
+@pytest.mark.parametrize("rendering", sorted(renderings()))
+def test_every_rendering_config_is_valid_and_keeps_the_address_plan(rendering: str) -> None:
+    config, plan = parse_config(yaml.safe_load(config_text(rendering)))
+    base_config, base_plan = load_config(DEPLOY / "srv6ctl.yaml")
+    assert config.address_plan == base_config.address_plan
+    assert plan == base_plan
+    args = agent_args(rendering)
+    assert args["config"] == "/etc/srv6ctl/config/srv6ctl.yaml"
+    agent = container("agent", rendering)
+    config_volume = volume(mount_at(agent, "/etc/srv6ctl/config")["name"], rendering)
+    assert config_volume["configMap"]["name"] == "srv6ctl-config"
+    if config.store.type == "embedded":
+        # The SQLite file must live on the node (same path there), or a restart loses the
+        # node ID and every allocation.
+        directory = str(Path(config.store.path).parent)
+        assert host_path_of(agent, directory, rendering) == directory
+    else:
+        assert not [m for m in agent["volumeMounts"] if m["mountPath"] == "/var/lib/srv6ctl"]
+
+
+def test_the_etcd_component_mounts_every_file_its_config_names() -> None:
+    rendering = "overlays/etcd"
+    config, _ = parse_config(yaml.safe_load(config_text(rendering)))
+    assert config.store.type == "etcd"
+    etcd = config.store.etcd
+    files = [etcd.ca_file, etcd.cert_file, etcd.key_file]
+    agent = container("agent", rendering)
+    mount = mount_at(agent, "/etc/srv6ctl/etcd")
+    assert mount.get("readOnly") is True
+    secret = volume(mount["name"], rendering)["secret"]
+    assert secret["secretName"] == "srv6ctl-etcd"
+    assert secret["defaultMode"] == 0o400
+    for path in files:
+        assert path is not None and Path(path).parent == Path("/etc/srv6ctl/etcd")
+    # The password line is there, commented, for etcd authentication.
+    assert "# passwordFile: /etc/srv6ctl/etcd/password" in config_text(rendering)
+
+
+# --- RBAC -------------------------------------------------------------------------------
+
+
+def test_the_cluster_role_grants_exactly_what_the_kubernetes_source_needs() -> None:
+    from srv6ctl.sources.kubernetes import REQUIRED_RBAC
+
+    role = find(renderings()["base"], "ClusterRole", "srv6ctl")
+    granted = set()
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames, no URLs"
+        for group, resource, verb in itertools.product(
+            rule["apiGroups"], rule["resources"], rule["verbs"]
+        ):
+            assert "*" not in (group, resource, verb)
+            granted.add((verb, resource, group))
+    assert granted == set(REQUIRED_RBAC)
+
+
+def test_the_role_is_bound_to_the_daemonset_service_account() -> None:
+    objects = renderings()["base"]
+    binding = find(objects, "ClusterRoleBinding", "srv6ctl")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "srv6ctl",
+    }
+    account = find(objects, "ServiceAccount", pod_spec()["serviceAccountName"])
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": account["metadata"]["namespace"],
+        }
+    ]
+    assert daemonset()["metadata"]["namespace"] == account["metadata"]["namespace"]
+    namespace = find(objects, "Namespace", account["metadata"]["namespace"])
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+# --- the DaemonSet ----------------------------------------------------------------------
+
+
+def test_the_base_daemonset_runs_nothing_privileged() -> None:
+    spec = pod_spec()
+    assert spec["hostNetwork"] is True
+    assert spec.get("hostPID") is False and not spec.get("hostIPC")
+    for c in spec["initContainers"] + spec["containers"]:
+        security = c["securityContext"]
+        assert security.get("privileged", False) is False, c["name"]
+        assert security["capabilities"]["drop"] == ["ALL"], c["name"]
+        assert security["readOnlyRootFilesystem"] is True, c["name"]
+    for c in spec["initContainers"]:
+        assert "add" not in c["securityContext"]["capabilities"], c["name"]
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def _documented_capabilities() -> set[str]:
+    readme = (DEPLOY / "README.md").read_text()
+    section = readme.split("### Capabilities", 1)[1].split("\n#", 1)[0]
+    return set(re.findall(r"^\| `([A-Z_]+)` \|", section, re.MULTILINE))
+
+
+@pytest.mark.parametrize("rendering", sorted(renderings()))
+def test_the_agent_has_exactly_the_documented_capabilities(rendering: str) -> None:
+    added = container("agent", rendering)["securityContext"]["capabilities"]["add"]
+    assert len(added) == len(set(added))
+    assert set(added) == AGENT_CAPABILITIES == _documented_capabilities()
+
+
+def test_every_added_capability_and_privilege_carries_its_reason() -> None:
+    sources = [DEPLOY / "kubernetes" / "daemonset.yaml"]
+    sources += sorted((DEPLOY / "components").glob("*/kustomization.yaml"))
+    for source in sources:
+        lines = source.read_text().splitlines()
+        for number, line in enumerate(lines):
+            capability = re.match(r"^\s*- ([A-Z_]+)\b", line)
+            if capability and capability.group(1) in AGENT_CAPABILITIES | {"NET_RAW"}:
+                assert "#" in line, f"{source.name}:{number + 1}: say why {capability.group(1)}"
+            if re.match(r"^\s*privileged: true", line):
+                above = "\n".join(lines[max(0, number - 8) : number])
+                assert "#" in above, f"{source.name}:{number + 1}: say why privileged"
+
+
+def test_only_the_vpp_container_is_privileged_in_the_vpp_variant() -> None:
+    spec = pod_spec("overlays/vpp")
+    privileged = [
+        c["name"]
+        for c in spec["initContainers"] + spec["containers"]
+        if c.get("securityContext", {}).get("privileged")
+    ]
+    assert privileged == ["vpp"]
+    vpp = container("vpp", "overlays/vpp")
+    requests, limits = vpp["resources"]["requests"], vpp["resources"]["limits"]
+    assert requests["hugepages-2Mi"] == limits["hugepages-2Mi"]
+    assert "memory" in limits
+    hugepages = volume(mount_at(vpp, "/dev/hugepages")["name"], "overlays/vpp")
+    assert hugepages["emptyDir"]["medium"] == "HugePages-2Mi"
+    # The agent and VPP share the API socket's directory, and the agent is told where it is.
+    agent = container("agent", "overlays/vpp")
+    assert mount_at(agent, "/run/vpp")["name"] == mount_at(vpp, "/run/vpp")["name"]
+    startup = find(renderings()["overlays/vpp"], "ConfigMap", "srv6ctl-vpp")["data"]
+    socket = re.search(r"socket-name (\S+)", startup["startup.conf"])
+    assert socket and agent_args("overlays/vpp")["vpp-api-socket"] == socket.group(1)
+    assert socket.group(1).startswith("/run/vpp/")
+    assert vpp["command"][-1] == "/etc/vpp/startup.conf"
+
+
+def test_probes_ask_the_agent_endpoints_on_the_port_it_listens_on() -> None:
+    agent = container("agent")
+    assert agent["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert agent["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
+    address = agent_args()["metrics-address"]
+    host, _, port = address.rpartition(":")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "host" not in agent[probe]["httpGet"]  # the pod IP, which is the node's
+        assert ports[agent[probe]["httpGet"]["port"]] == int(port)
+    # A hostNetwork pod is probed and scraped on the node's address: not loopback.
+    listen = ipaddress.ip_address(host.strip("[]"))
+    assert listen.is_unspecified and listen.version == 6  # IPv6-only nodes too
+
+
+def test_the_agent_http_server_answers_the_probes_and_the_scrape_on_that_address() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from telemetry.server import MetricsServer, parse_address
+
+    host, port = parse_address(agent_args()["metrics-address"])
+    assert port == 9876
+    ready: list[str | None] = ["syncing"]
+    # The manifest's host with a free port. Bound to every address like on a node, but only
+    # ever connected to over loopback here.
+    with MetricsServer(
+        CollectorRegistry(), address=f"[{host}]:0", readiness=lambda: ready[0]
+    ) as server:
+        bound = server.address[1]
+
+        def get(ip: str, path: str) -> int:
+            url = f"http://{ip}:{bound}{path}"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        agent = container("agent")
+        for probe, expected in (("livenessProbe", 200), ("readinessProbe", 503)):
+            path = agent[probe]["httpGet"]["path"]
+            # IPv4 too: in a cluster whose node IP is IPv4 the kubelet probes that.
+            assert get("127.0.0.1", path) == get("[::1]", path) == expected, probe
+        ready[0] = None
+        assert get("[::1]", agent["readinessProbe"]["httpGet"]["path"]) == 200
+        monitor = find(renderings()["overlays/monitoring"], "PodMonitor", "srv6ctl")
+        assert get("127.0.0.1", monitor["spec"]["podMetricsEndpoints"][0]["path"]) == 200
+
+
+def test_the_cni_socket_and_the_pod_namespaces_are_shared_with_the_host() -> None:
+    agent = container("agent")
+    conflist = json.loads((DEPLOY / "cni" / "10-srv6.conflist").read_text())
+    socket = conflist["plugins"][0]["agentSocket"]
+    assert socket == protocol.DEFAULT_AGENT_SOCKET
+    run = str(Path(socket).parent)
+    assert host_path_of(agent, run) == run  # the shim on the host connects to this path
+    netns = mount_at(agent, "/var/run/netns")
+    assert netns["mountPropagation"] == "HostToContainer"  # namespaces made after we start
+    assert host_path_of(agent, "/var/run/netns") == "/var/run/netns"
+    assert host_path_of(agent, "/host/proc/sys/net") == "/proc/sys/net"
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["SRV6CTL_PROC_SYS"]["value"] == "/host/proc/sys"
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert agent_args()["node-name"] == "$(NODE_NAME)"
+    # Clusters without kube-proxy name the API server here; optional elsewhere.
+    endpoint = agent["envFrom"][0]["configMapRef"]
+    assert endpoint == {"name": "kubernetes-services-endpoint", "optional": True}
+
+
+def test_scheduling_update_and_resources_suit_a_node_network_agent() -> None:
+    ds = daemonset()
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
+    }
+    spec = pod_spec()
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert 0 < spec["terminationGracePeriodSeconds"] <= 60
+    tolerations = spec["tolerations"]
+    for effect in ("NoSchedule", "NoExecute"):
+        assert {"operator": "Exists", "effect": effect} in tolerations
+    for c in spec["initContainers"] + spec["containers"]:
+        assert c["resources"]["requests"].keys() >= {"cpu", "memory"}, c["name"]
+        assert "memory" in c["resources"]["limits"], c["name"]
+        assert "cpu" not in c["resources"]["limits"], c["name"]
+
+
+# --- the CNI installation ---------------------------------------------------------------
+
+
+def test_the_conflist_is_one_the_shim_accepts() -> None:
+    conflist = json.loads((DEPLOY / "cni" / "10-srv6.conflist").read_text())
+    assert conflist["cniVersion"] == protocol.CNI_VERSION
+    assert set(conflist["cniVersions"]) <= set(protocol.SUPPORTED_VERSIONS)
+    (plugin,) = conflist["plugins"]
+    assert plugin["type"] == "srv6-cni"  # the launcher's file name in the bin dir
+    # libcni hands each plugin the list's name and the version it picked.
+    for version in conflist["cniVersions"]:
+        config = {**plugin, "name": conflist["name"], "cniVersion": version}
+        protocol.validate(protocol.Request("DEL", config, container_id="c1", ifname="eth0"))
+    status = {**plugin, "name": conflist["name"], "cniVersion": "1.1.0"}
+    protocol.validate(protocol.Request("STATUS", status))
+    # The ConfigMap carries this very file to the init container.
+    data = find(renderings()["base"], "ConfigMap", "srv6ctl-config")["data"]
+    assert data["10-srv6.conflist"] == (DEPLOY / "cni" / "10-srv6.conflist").read_text()
+
+
+def _host_path_under_root(c: Obj, path: str) -> str:
+    """The node path a file at `path` (below /host in container `c`) lands on; fails when
+    no hostPath mount holds it (the file would vanish with the container)."""
+    best = max(
+        (
+            m
+            for m in c["volumeMounts"]
+            if path == m["mountPath"] or path.startswith(m["mountPath"] + "/")
+        ),
+        key=lambda m: len(m["mountPath"]),
+        default=None,
+    )
+    assert best is not None, f"{c['name']}: {path} is not on a mounted volume"
+    source: str = volume(best["name"])["hostPath"]["path"]
+    return source + path[len(best["mountPath"]) :]
+
+
+def test_the_plugin_installer_writes_where_the_host_mounts_are(tmp_path: Path) -> None:
+    init = container("install-cni-plugin", init=True)
+    command = init["command"]
+    assert command[:2] == ["srv6-cni", "install"]
+    options = dict(a.removeprefix("--").split("=", 1) for a in command[2:])
+    assert options["root"] == HOST_ROOT
+    # Run the very command (below a temporary root instead of /host).
+    args = [a.replace(f"--root={HOST_ROOT}", f"--root={tmp_path}") for a in command[2:]]
+    assert install.cli(args) == 0
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert tmp_path / "opt/cni/bin/srv6-cni" in written
+    for path in written:
+        in_container = HOST_ROOT + "/" + str(path.relative_to(tmp_path))
+        on_host = _host_path_under_root(init, in_container)
+        assert on_host == in_container.removeprefix(HOST_ROOT)
+    launcher = (tmp_path / "opt/cni/bin/srv6-cni").read_text()
+    assert launcher.startswith(f"#!{options['python']} -IS")
+    assert repr(options["lib-dir"]) in launcher
+
+
+def test_the_config_installer_script_renames_the_conflist_into_place(tmp_path: Path) -> None:
+    init = container("install-cni-config", init=True)
+    env = {e["name"]: e["value"] for e in init["env"]}
+    mount_at(init, str(Path(env["CNI_CONF_SOURCE"]).parent))
+    assert _host_path_under_root(init, env["CNI_CONF_DIR"]) == "/etc/cni/net.d"
+    source = tmp_path / "config" / "10-srv6.conflist"
+    source.parent.mkdir()
+    source.write_text('{"name": "srv6"}')
+    target = tmp_path / "net.d"
+    target.mkdir()
+    (target / "10-srv6.conflist").write_text("old")
+    run_env = {
+        "PATH": os.environ["PATH"],
+        "CNI_CONF_SOURCE": str(source),
+        "CNI_CONF_DIR": str(target),
+    }
+    result = subprocess.run(
+        init["command"], env=run_env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in target.iterdir()] == ["10-srv6.conflist"]
+    assert (target / "10-srv6.conflist").read_text() == '{"name": "srv6"}'
+    assert (target / "10-srv6.conflist").stat().st_mode & 0o777 == 0o644
+    # Listed after the plugin installer: the runtime never sees a config whose plugin is missing.
+    names = [c["name"] for c in pod_spec()["initContainers"]]
+    assert names == ["install-cni-plugin", "install-cni-config"]
+
+
+# --- the agent's command line -----------------------------------------------------------
+
+# Flags the manifests pass that `srv6ctl agent` does not take yet (deploy/README.md, "What
+# the manifests expect of the agent"). When one lands, this test says to drop it from here.
+PENDING_AGENT_FLAGS = {
+    "--vpp-api-socket": "the VPP backend does not exist yet",
+}
+
+
+@pytest.mark.parametrize("rendering", ["base", "overlays/vpp", "overlays/etcd"])
+def test_the_agent_accepts_the_flags_the_manifests_pass(rendering: str) -> None:
+    from srv6ctl.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    subparsers: dict[str, Any] = commands.choices  # type: ignore[assignment]
+    if "agent" not in subparsers:
+        pytest.skip("`srv6ctl agent` does not exist yet: its flags are not checked")
+    known = set(subparsers["agent"]._option_string_actions)
+    agent = container("agent", rendering)
+    assert agent["command"] == ["srv6ctl", "agent"]
+    args = [a.replace("$(NODE_NAME)", "node-1") for a in agent["args"]]
+    flags = {a.split("=", 1)[0] for a in args}
+    unknown = flags - known
+    assert unknown <= set(PENDING_AGENT_FLAGS), f"flags srv6ctl agent does not take: {unknown}"
+    landed = (set(PENDING_AGENT_FLAGS) & flags) - unknown
+    assert not landed, f"srv6ctl agent takes {landed} now: drop them from PENDING_AGENT_FLAGS"
+    parser.parse_args(["agent", *(a for a in args if a.split("=", 1)[0] in known)])
+
+
+# --- the PodMonitor (a CRD: not in the Kubernetes schemas) -----------------------------
+
+# The fields of monitoring.coreos.com/v1 PodMonitor this project uses, with their types as
+# the Prometheus Operator's CRD (v0.93.0, monitoring.coreos.com_podmonitors.yaml) declares
+# them; every other field is refused, so a misspelt one fails here.
+_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
+_DURATION += r"(([0-9]+)ms)?)$"
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+POD_MONITOR_SCHEMA: Obj = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PodMonitor"},
+        "metadata": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name", "namespace"],
+            "properties": {
+                "name": {"type": "string"},
+                "namespace": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "required": ["selector"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "matchLabels": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                        }
+                    },
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"any": {"type": "boolean"}, "matchNames": _STRINGS},
+                },
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "relabelings": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "sourceLabels": _STRINGS,
+                                        "targetLabel": {"type": "string"},
+                                        "action": {"enum": ["replace", "Replace"]},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_the_pod_monitor_uses_the_crd_fields_it_means() -> None:
+    objects = renderings()["overlays/monitoring"]
+    monitor = find(objects, "PodMonitor", "srv6ctl")
+    jsonschema.validate(monitor, POD_MONITOR_SCHEMA)
+    bad = copy.deepcopy(monitor)
+    bad["spec"]["podMetricsEndpoints"][0]["interval"] = "30 seconds"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, POD_MONITOR_SCHEMA)
+    # It selects the agent's pods, in their namespace, on the agent's metrics port.
+    spec = monitor["spec"]
+    ds = daemonset("overlays/monitoring")
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert spec["namespaceSelector"]["matchNames"] == [ds["metadata"]["namespace"]]
+    assert monitor["metadata"]["namespace"] == ds["metadata"]["namespace"]
+    ports = {p["name"] for p in container("agent", "overlays/monitoring")["ports"]}
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+    # The base stays installable where the Prometheus Operator is not.
+    assert not [o for o in renderings()["base"] if o["kind"] == "PodMonitor"]
