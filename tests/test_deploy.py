@@ -349,7 +349,7 @@ def test_kubernetes_validate_ships_the_supported_versions() -> None:
     versions = kubernetes_validate.utils.all_versions()
     shipped = {kubernetes_validate.utils.major_minor(v) for v in versions}
     assert set(KUBERNETES_VERSIONS) <= shipped
-    supported = f"Kubernetes {KUBERNETES_VERSIONS[0]} – {KUBERNETES_VERSIONS[-1]}"
+    supported = f"Kubernetes {KUBERNETES_VERSIONS[0]} - {KUBERNETES_VERSIONS[-1]}"
     assert supported in (DEPLOY / "README.md").read_text()
 
 
