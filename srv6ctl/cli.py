@@ -91,6 +91,24 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cleanup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from srv6ctl.cleanup import cleanup
+
+    files = [Path(args.cni_conf_dir) / "10-srv6.conflist", Path(args.cni_bin_dir) / "srv6-cni"]
+    report = cleanup(
+        args.netns,
+        files=files,
+        directories=[Path(d) for d in args.state_dir] + [Path(args.cni_lib_dir)],
+    )
+    print(
+        f"removed {report.dataplane_changes} SRv6 object(s), {report.pod_routes} pod route(s), "
+        f"devices {report.devices or '-'}, files {report.files or '-'}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="srv6ctl",
@@ -126,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     agent.add_argument("--log-level", default="INFO")
     agent.set_defaults(func=_agent)
+
+    clean = commands.add_parser(
+        "cleanup",
+        help="remove everything srv6ctl put on this node (uninstall; stop the agent first)",
+    )
+    clean.add_argument("--netns", help="the node's network namespace (default: this one)")
+    clean.add_argument("--cni-conf-dir", default="/etc/cni/net.d")
+    clean.add_argument("--cni-bin-dir", default="/opt/cni/bin")
+    clean.add_argument("--cni-lib-dir", default="/opt/cni/lib/srv6-cni")
+    clean.add_argument(
+        "--state-dir", action="append", default=[], help="agent state to delete (repeatable)"
+    )
+    clean.set_defaults(func=_cleanup)
 
     show = commands.add_parser("show", help="ask a running agent what it holds")
     show.add_argument("what", choices=("status", "desired", "actual", "drift", "allocations"))
