@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/srv6ctl lab demo
+	$(BIN)/srv6ctl lab up
+	$(BIN)/srv6ctl verify || { echo "verify failed: agent logs in /run/srv6ctl-lab/<node>/agent.log; see srv6ctl/lab/FINDINGS.md"; exit 1; }
+	@echo "next: srv6ctl lab status · srv6ctl trace client-1 web · srv6ctl lab exec client-1 -- ip -6 route · srv6ctl lab down"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

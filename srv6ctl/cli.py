@@ -43,12 +43,6 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lab_demo(args: argparse.Namespace) -> int:
-    from srv6ctl.demo import run_ipam_demo
-
-    return run_ipam_demo(nodes=args.nodes, pods_per_node=args.pods_per_node)
-
-
 def _agent(args: argparse.Namespace) -> int:
     import signal
 
@@ -164,14 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="one line")
     show.set_defaults(func=_show)
 
-    lab = commands.add_parser("lab", help="the local multi-node lab")
-    lab_commands = lab.add_subparsers(dest="lab_command", required=True)
-    demo = lab_commands.add_parser(
-        "demo", help="allocate a small cluster's addresses and SIDs in a throw-away store"
-    )
-    demo.add_argument("--nodes", type=int, default=3)
-    demo.add_argument("--pods-per-node", type=int, default=2)
-    demo.set_defaults(func=_lab_demo)
+    from srv6ctl import trace
+    from srv6ctl.lab import cli as lab_cli
+    from srv6ctl.verify import cli as verify_cli
+
+    for register in (lab_cli.register, verify_cli.register, trace.register):
+        register(commands)
     return parser
 
 

@@ -1,0 +1,200 @@
+"""What a lab is made of, as one JSON file in its state directory (`lab.json`).
+
+The file is written before anything is created and after every step, so `lab down` and a
+later `lab up` know what to remove even after a crash half way through a build: anything
+the lab makes is either named here or carries the lab's prefix (namespaces) or its state
+directory in its command line (processes).
+
+Process records keep the process's start time (`/proc/<pid>/stat` field 22) next to its
+pid: a pid alone may have been reused by an unrelated process since, and the lab must
+only ever signal what it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from srv6ctl.lab import DEFAULT_PREFIX
+
+STATE_FILE = "lab.json"
+MARKER = ".srv6ctl-lab"  # a state directory the lab created (down may delete it)
+SCHEMA = 1
+
+Role = Literal["client", "backend"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProcessRecord(_Model):
+    pid: int
+    start_time: int  # clock ticks after boot: tells our process from a recycled pid
+    argv: list[str]
+    log: str
+
+
+class NodeRecord(_Model):
+    name: str  # the Kubernetes Node name (n1, n2, ...)
+    netns: str
+    uplink: str  # its veth port's name in the underlay namespace
+    internal_ipv6: str
+    internal_ipv4: str | None = None
+    mac: str = ""
+    cni_socket: str
+    api_socket: str
+    agent: ProcessRecord | None = None
+
+
+class PodRecord(_Model):
+    name: str
+    namespace: str = "default"
+    node: str
+    netns: str
+    uid: str
+    container_id: str
+    role: Role
+    service: str | None = None  # the lab service it backs
+    ipv6: str | None = None
+    ipv4: str | None = None
+    server: ProcessRecord | None = None
+
+
+class ServiceRecord(_Model):
+    name: str
+    namespace: str = "default"
+    uid: str
+    cluster_ipv6: str
+    cluster_ipv4: str | None = None
+    with_backends: bool = True  # False: the lab's endpoint-less service
+
+
+class LabOptions(_Model):
+    nodes: int = 3
+    pods_per_node: int = 2
+    dual_stack: bool = False
+    dataplane: Literal["kernel", "vpp"] = "kernel"
+    prefix: str = DEFAULT_PREFIX
+    workarounds: bool = True  # FINDINGS.md: settings the lab fixes after the agents
+
+
+class LabState(_Model):
+    schema_version: int = SCHEMA
+    state_dir: str
+    options: LabOptions
+    complete: bool = False  # set last by `up`; a lab without it is a crashed build
+    underlay_netns: str
+    probe_netns: str
+    bridge: str = "br0"
+    nodes: list[NodeRecord] = []
+    pods: list[PodRecord] = []
+    services: list[ServiceRecord] = []
+
+    # --- look-ups ---------------------------------------------------------------------
+
+    def node(self, name: str) -> NodeRecord:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no node {name!r} in the lab (nodes: {', '.join(self.node_names)})")
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    def pod(self, name: str) -> PodRecord:
+        namespace, _, short = name.rpartition("/")
+        for pod in self.pods:
+            if pod.name == short and (not namespace or namespace == pod.namespace):
+                return pod
+        names = ", ".join(p.name for p in self.pods)
+        raise KeyError(f"no pod {name!r} in the lab (pods: {names})")
+
+    def service(self, name: str) -> ServiceRecord:
+        namespace, _, short = name.rpartition("/")
+        for service in self.services:
+            if service.name == short and (not namespace or namespace == service.namespace):
+                return service
+        names = ", ".join(s.name for s in self.services)
+        raise KeyError(f"no service {name!r} in the lab (services: {names})")
+
+    def backends(self, service: str) -> list[PodRecord]:
+        return [p for p in self.pods if p.service == service]
+
+    def namespaces(self) -> list[str]:
+        """Every network namespace the lab holds, pods first (they hang off the nodes)."""
+        return [
+            *(p.netns for p in self.pods),
+            *(n.netns for n in self.nodes),
+            self.probe_netns,
+            self.underlay_netns,
+        ]
+
+
+class LabPaths:
+    """Where a lab keeps its files. Socket paths stay short: sun_path holds 107 bytes."""
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.root = Path(state_dir).absolute()
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_FILE
+
+    @property
+    def marker(self) -> Path:
+        return self.root / MARKER
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "ipam.db"
+
+    @property
+    def objects(self) -> Path:
+        return self.root / "objects"
+
+    def node_dir(self, node: str) -> Path:
+        return self.root / node
+
+    def pod_log(self, pod: str) -> Path:
+        return self.root / "pods" / f"{pod}.log"
+
+
+def load_state(paths: LabPaths) -> LabState | None:
+    try:
+        text = paths.state.read_text()
+    except FileNotFoundError:
+        return None
+    return LabState.model_validate_json(text)
+
+
+def save_state(paths: LabPaths, state: LabState) -> None:
+    """Write atomically: a crash leaves the previous file or the new one, never half."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    tmp = paths.state.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state.model_dump(), indent=1) + "\n")
+    os.replace(tmp, paths.state)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace a file in one rename. The temporary name starts with a dot, which the lab
+    source skips, so an agent never reads a half-written object file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def remove_file(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -1,0 +1,409 @@
+"""Connectivity through the lab: pod to pod, pod to service, with what each end saw.
+
+- pod → pod on one node and across nodes (TCP and UDP, IPv6; IPv4 too in dual-stack):
+  the right pod answers and saw the client's own address;
+- pod → service over many flows (distinct source ports, from every client pod): every
+  ready backend is reached, each one's share is within a statistical tolerance of its
+  weight in the node's policy, the backend saw the client's real address (no NAT) and was
+  reached at the ClusterIP on the targetPort (the pod's stateless rewrite), and the client
+  saw the answer come from the ClusterIP and the service port;
+- port == targetPort (8081), UDP, the IPv4 ClusterIP in dual-stack;
+- a service without endpoints is refused at once (ICMPv6 administratively prohibited →
+  EACCES), not black-holed;
+- flow affinity: a flow's backend is a function of its 5-tuple, and an established TCP
+  connection keeps its backend through retransmission timeouts (Linux re-hashes a socket's
+  flow hash on every RTO; a node that balanced on it would move the flow to a backend that
+  answers with a reset — FINDINGS.md, finding 1).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import math
+import os
+import socket
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from srv6ctl.lab.objects import ECHO_PORT, HTTP_PORT, SERVICE_HTTP_PORT
+from srv6ctl.verify.flows import Answer, answers, failures, tcp_flows, udp_flows
+from srv6ctl.verify.packets import sockets_in
+from srv6ctl.verify.report import Report
+from srv6ctl.verify.topology import PodInfo, ServiceInfo, Topology
+
+GROUP = "connectivity"
+BUCKETS = 128  # the kernel backend's resilient-group size: weights are quantised to 1/128
+SIGMAS = 4.0
+
+
+def _spread_tolerance(flows: int, share: float) -> float:
+    """How far a backend's count may be from `flows * share`: 4 standard deviations of a
+    binomial draw plus one bucket's worth of the group's quantisation."""
+    return SIGMAS * math.sqrt(flows * share * (1 - share)) + flows / BUCKETS
+
+
+class Connectivity:
+    def __init__(self, topo: Topology, report: Report, flows: int) -> None:
+        self.topo = topo
+        self.report = report
+        self.flows = flows
+        self.clients = [p for p in topo.pods if p.role == "client"] or topo.pods
+
+    def run(self) -> None:
+        self.pod_to_pod()
+        for service in self.topo.services:
+            if service.backends:
+                self.service(service, 6)
+                if service.cluster_ipv4 is not None:
+                    self.service(service, 4)
+            else:
+                self.no_endpoints(service)
+        web = next((s for s in self.topo.services if s.backends), None)
+        if web is not None:
+            self.five_tuple(web)
+
+    # --- pod → pod -----------------------------------------------------------------------------
+
+    def pod_to_pod(self) -> None:
+        topo = self.topo
+        for family in (6, 4):
+            pods = [p for p in topo.pods if (p.ipv6 if family == 6 else p.ipv4)]
+            if not pods:
+                continue
+            same: list[tuple[PodInfo, PodInfo]] = []
+            across: list[tuple[PodInfo, PodInfo]] = []
+            for a in pods:
+                for b in pods:
+                    if a is b:
+                        continue
+                    (same if a.node == b.node else across).append((a, b))
+            for label, pairs in (("same node", same), ("across nodes", across)):
+                if not pairs:
+                    self.report.skip(GROUP, f"pod→pod {label} (IPv{family})", "no such pair")
+                    continue
+                self._pairs(f"pod→pod {label} (IPv{family})", pairs, family)
+
+    def _pairs(self, name: str, pairs: list[tuple[PodInfo, PodInfo]], family: int) -> None:
+        # One pair per (client node, server node): enough to cover every path once.
+        chosen: dict[tuple[str, str], tuple[PodInfo, PodInfo]] = {}
+        for a, b in pairs:
+            chosen.setdefault((a.node, b.node), (a, b))
+        problems, flows = [], 0
+        for a, b in chosen.values():
+            src = a.ipv6 if family == 6 else a.ipv4
+            dst = b.ipv6 if family == 6 else b.ipv4
+            for proto, run in (("tcp", tcp_flows), ("udp", udp_flows)):
+                for result in run(a.netns, dst, HTTP_PORT):
+                    flows += 1
+                    if not isinstance(result, Answer):
+                        problems.append(f"{a.short}→{b.short} {proto}: {result.error}")
+                    elif result.pod != b.short:
+                        problems.append(f"{a.short}→{b.short} {proto}: {result.pod} answered")
+                    elif result.peer != str(src):
+                        problems.append(f"{a.short}→{b.short} {proto}: seen from {result.peer}")
+        paths = ", ".join(sorted(f"{x}→{y}" for x, y in chosen))
+        if problems:
+            self.report.add(GROUP, name, False, "; ".join(problems[:3]))
+        else:
+            self.report.add(
+                GROUP, name, True, f"{flows} flows over {paths}: right pod, real source"
+            )
+
+    # --- pod → service -------------------------------------------------------------------------
+
+    def _weights(self, service: ServiceInfo, family: int) -> dict[str, dict[str, float]]:
+        """Per client node, each backend pod's expected share (its weight / the sum)."""
+        shares: dict[str, dict[str, float]] = {}
+        for node in self.topo.nodes:
+            policy = self.topo.policy(node.name, service.name, family)
+            if policy is None:
+                continue
+            total = sum(sl.weight for sl in policy.segment_lists)
+            node_shares: dict[str, float] = {}
+            for sl in policy.segment_lists:
+                pod = self.topo.pod_of_sid(sl.segments[-1])
+                name = pod.short if pod else str(sl.segments[-1])
+                node_shares[name] = node_shares.get(name, 0.0) + sl.weight / total
+            shares[node.name] = node_shares
+        return shares
+
+    def service(self, service: ServiceInfo, family: int) -> None:
+        ip = service.cluster_ip(family)
+        assert ip is not None
+        label = (
+            f"service {service.name} [{ip}]:{SERVICE_HTTP_PORT}"
+            if family == 6
+            else (f"service {service.name} {ip}:{SERVICE_HTTP_PORT}")
+        )
+        shares = self._weights(service, family)
+        backends = {b.split("/", 1)[-1] for b in service.backends}
+        clients = [c for c in self.clients if (c.ipv6 if family == 6 else c.ipv4)]
+        per_client = max(1, math.ceil(self.flows / len(clients)))
+        counts: Counter[str] = Counter()
+        expected: dict[str, float] = {}
+        found = Findings()
+        total = 0
+        started = time.monotonic()
+        for client in clients:
+            src = str(client.ipv6 if family == 6 else client.ipv4)
+            results = tcp_flows(client.netns, ip, SERVICE_HTTP_PORT, per_client)
+            found.lost += [f"{client.short}: {f.error}" for f in failures(results)]
+            for answer in answers(results):
+                total += 1
+                counts[answer.pod] += 1
+                for name, share in shares.get(client.node, {}).items():
+                    expected[name] = expected.get(name, 0.0) + share
+                found.add(answer, client, src, str(ip), HTTP_PORT)
+        seconds = time.monotonic() - started
+        key = f"v{family}"
+        self.report.figures[f"service_flows_{key}"] = total
+        self.report.figures[f"service_flows_per_second_{key}"] = round(total / seconds, 1)
+        self.report.figures[f"service_spread_{key}"] = dict(sorted(counts.items()))
+        self.report.add(
+            GROUP,
+            f"{label}: backend saw the client's own address (no NAT)",
+            not found.nat and total > 0,
+            found.nat[0] if found.nat else f"{total} TCP flows from {len(clients)} client pods",
+        )
+        self.report.add(
+            GROUP,
+            f"{label}: answered from the ClusterIP; port {SERVICE_HTTP_PORT}→{HTTP_PORT} "
+            "rewritten in the pod",
+            not found.rewrite and total > 0,
+            found.rewrite[0]
+            if found.rewrite
+            else f"every backend was reached at {ip} port {HTTP_PORT}; "
+            f"the client saw {ip} port {SERVICE_HTTP_PORT} answer",
+        )
+        lost = found.lost
+        missing = sorted(backends - set(counts))
+        strangers = sorted(set(counts) - backends)
+        spread_problems = []
+        deviations = {}
+        for name in sorted(backends | set(counts)):
+            want = expected.get(name, 0.0)
+            share = want / total if total else 0.0
+            tolerance = _spread_tolerance(total, share)
+            deviation = counts[name] - want
+            deviations[name] = round(deviation / max(tolerance, 1e-9), 2)
+            if abs(deviation) > tolerance:
+                spread_problems.append(
+                    f"{name}: {counts[name]} flows, expected {want:.0f}±{tolerance:.0f}"
+                )
+        ok = not (lost or missing or strangers or spread_problems) and total >= self.flows * 0.9
+        detail = (
+            f"{total} flows: "
+            + ", ".join(f"{n} {counts[n]} (≈{expected[n]:.0f})" for n in sorted(expected))
+            + " — every ready backend reached, within tolerance of the weights"
+        )
+        if not ok:
+            detail = (
+                "; ".join(
+                    [*(lost[:2]), *(f"{m} never reached" for m in missing)]
+                    + [f"{s} is not a backend" for s in strangers]
+                    + spread_problems
+                )
+                or f"only {total} of {self.flows} flows answered"
+            )
+        self.report.add(GROUP, f"{label}: spread over the backends by weight", ok, detail)
+        self._udp(service, family, clients)
+        self._same_port(service, family, clients)
+
+    def _udp(self, service: ServiceInfo, family: int, clients: list[PodInfo]) -> None:
+        ip = service.cluster_ip(family)
+        found, total, pods = Findings(), 0, set()
+        for client in clients:
+            src = str(client.ipv6 if family == 6 else client.ipv4)
+            results = udp_flows(client.netns, ip, SERVICE_HTTP_PORT, 8)
+            found.lost += [f"{client.short}: {f.error}" for f in failures(results)]
+            for answer in answers(results):
+                total += 1
+                pods.add(answer.pod)
+                found.add(answer, client, src, str(ip), HTTP_PORT)
+        problems = found.all
+        self.report.add(
+            GROUP,
+            f"service {service.name} UDP v{family}: answers from {ip}:{SERVICE_HTTP_PORT}, no NAT",
+            not problems and total > 0,
+            problems[0] if problems else f"{total} datagrams answered by {len(pods)} backends",
+        )
+
+    def _same_port(self, service: ServiceInfo, family: int, clients: list[PodInfo]) -> None:
+        ip = service.cluster_ip(family)
+        found, total = Findings(), 0
+        for client in clients[:2]:
+            src = str(client.ipv6 if family == 6 else client.ipv4)
+            results = tcp_flows(client.netns, ip, ECHO_PORT, 6)
+            found.lost += [f"{client.short}: {f.error}" for f in failures(results)]
+            for answer in answers(results):
+                total += 1
+                found.add(answer, client, src, str(ip), ECHO_PORT)
+        problems = found.all
+        self.report.add(
+            GROUP,
+            f"service {service.name} v{family} port {ECHO_PORT} (port == targetPort)",
+            not problems and total > 0,
+            problems[0] if problems else f"{total} flows, no rewrite needed, none made",
+        )
+
+    def no_endpoints(self, service: ServiceInfo) -> None:
+        for family in (6, 4):
+            ip = service.cluster_ip(family)
+            if ip is None or not self.clients:
+                continue
+            client = self.clients[0]
+            if (client.ipv6 if family == 6 else client.ipv4) is None:
+                continue
+            kind = socket.AF_INET6 if family == 6 else socket.AF_INET
+            (sock,) = sockets_in(client.netns, functools.partial(socket.socket, kind))
+            started = time.monotonic()
+            code = 0
+            try:
+                sock.settimeout(3.0)
+                sock.connect((str(ip), SERVICE_HTTP_PORT))
+            except OSError as err:
+                code = err.errno or 0
+            finally:
+                sock.close()
+            took = (time.monotonic() - started) * 1000
+            # ICMPv6 administratively prohibited → EACCES; its IPv4 form (type 3 code 13)
+            # → EHOSTUNREACH. Within the first SYN retransmission: the IPv6 error for the
+            # first SYN arrives while connect() still holds the socket, and Linux keeps it
+            # only as a soft error (FINDINGS.md, finding 3), so the refusal comes with the
+            # retransmission, ~1 s later. A black hole would time out instead.
+            refused = code in (errno.EACCES, errno.ECONNREFUSED, errno.EHOSTUNREACH)
+            outcome = errno.errorcode.get(code, "connected") if code else "connected"
+            self.report.add(
+                GROUP,
+                f"service {service.name} without endpoints is refused (IPv{family})",
+                refused and took < 2000,
+                f"connect to {ip}: {outcome} ({os.strerror(code) if code else 'no error'}) "
+                f"after {took:.0f} ms",
+            )
+
+    # --- flow affinity -------------------------------------------------------------------------
+
+    def five_tuple(self, service: ServiceInfo) -> None:
+        ip = service.cluster_ipv6
+        client = self.clients[0]
+        sports = [41000 + i for i in range(6)]
+        placements: dict[int, set[str]] = {p: set() for p in sports}
+        for _ in range(4):
+            for answer in answers(tcp_flows(client.netns, ip, SERVICE_HTTP_PORT, sports=sports)):
+                placements[answer.sport].add(answer.pod)
+        moved = {p: sorted(b) for p, b in placements.items() if len(b) > 1}
+        self.report.add(
+            GROUP,
+            "a TCP flow's backend is a function of its 5-tuple",
+            not moved and all(placements.values()),
+            f"{len(sports)} source ports, 4 connections each: one backend per port"
+            if not moved
+            else f"the same 5-tuple reached several backends: {moved} (FINDINGS.md, finding 1)",
+        )
+
+    def rto_affinity(self, service: ServiceInfo, connections: int = 8) -> None:
+        """Established connections through 1.5 s of loss (several RTOs, each re-hashing the
+        client socket's flow hash) must come back to the backend they started on."""
+        ip = service.cluster_ipv6
+        client = self.clients[0]
+        node = self.topo.node(client.node)
+        socks = sockets_in(
+            client.netns, lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM), connections
+        )
+        first: list[str] = []
+        try:
+            for sock in socks:
+                sock.settimeout(5.0)
+                sock.connect((str(ip), ECHO_PORT))
+                first.append(_read_pod(sock))
+            table = "srv6ctl_verify_loss"
+            rule = (
+                f"table inet {table} {{\n chain pre {{\n"
+                "  type filter hook prerouting priority -300; policy accept;\n"
+                f"  ip6 saddr {client.ipv6} ip6 daddr {ip} tcp dport {ECHO_PORT} drop\n }}\n}}\n"
+            )
+            _nft(node.netns, rule)
+            try:
+                for sock in socks:
+                    sock.sendall(b"again\n")
+                time.sleep(1.5)  # RTOs at about 0.2, 0.6 and 1.4 s
+            finally:
+                _nft(node.netns, f"delete table inet {table}\n")
+            second: list[str] = []
+            for sock in socks:
+                try:
+                    second.append(_read_pod(sock))
+                except OSError as err:
+                    second.append(f"{type(err).__name__}: {err.strerror or err}")
+        finally:
+            for sock in socks:
+                sock.close()
+        broken = [f"{a} → {b}" for a, b in zip(first, second, strict=True) if a != b]
+        self.report.add(
+            GROUP,
+            "established TCP connections keep their backend through RTOs",
+            not broken,
+            f"{connections} connections, 1.5 s of loss at {client.node}: every one resumed "
+            "on its backend"
+            if not broken
+            else f"{len(broken)} of {connections} broke: {', '.join(broken[:3])} "
+            "(FINDINGS.md, finding 1)",
+        )
+
+
+def _read_pod(sock: socket.socket) -> str:
+    import json
+
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionResetError("closed")
+        line += chunk
+    return str(json.loads(line.splitlines()[-1])["pod"])
+
+
+def _nft(netns: str | None, script: str) -> None:
+    command = ["nft", "-f", "-"]
+    if netns is not None:
+        command = ["ip", "netns", "exec", netns, *command]
+    done = subprocess.run(command, input=script, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"nft in {netns}: {done.stderr.strip()}")
+
+
+@dataclass
+class Findings:
+    """What went wrong with service flows, by the property it breaks."""
+
+    nat: list[str] = field(default_factory=list)  # the backend did not see the client
+    rewrite: list[str] = field(default_factory=list)  # wrong address/port on either end
+    lost: list[str] = field(default_factory=list)  # no answer at all
+
+    def add(
+        self, answer: Answer, client: PodInfo, src: str, cluster_ip: str, target_port: int
+    ) -> None:
+        if answer.peer != src:
+            self.nat.append(f"{answer.pod} saw {answer.peer}, not {client.short}'s {src}")
+        if answer.local != cluster_ip or answer.local_port != target_port:
+            self.rewrite.append(
+                f"{answer.pod} was reached at {answer.local}:{answer.local_port}, "
+                f"not {cluster_ip}:{target_port}"
+            )
+        service_port = SERVICE_HTTP_PORT if target_port == HTTP_PORT else target_port
+        if answer.reply_from != (cluster_ip, service_port):
+            self.rewrite.append(
+                f"{client.short} was answered from {answer.reply_from[0]}:{answer.reply_from[1]}"
+            )
+
+    @property
+    def all(self) -> list[str]:
+        return self.lost + self.nat + self.rewrite
+
+
+def expected_shares(topo: Topology, service: ServiceInfo, family: int) -> dict[str, Any]:
+    return Connectivity(topo, Report(), 0)._weights(service, family)

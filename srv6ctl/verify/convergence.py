@@ -1,0 +1,209 @@
+"""Convergence: how long until a new backend gets flows, and a removed one gets none.
+
+The lab plays the EndpointSlice controller, and verify leaves the lab as it found it:
+
+1. scale up: a new backend pod (through CNI) joins the slices; the clock runs from the
+   slice write until fresh flows (new source ports) from some node reach it;
+2. delete that pod again, in Kubernetes' order: its endpoint leaves the slices first
+   (the pod is terminating and still serving), and the clock stops when no flow from any
+   node reaches it any more — a flow that still does proves a node has not converged;
+   only then is the pod deleted (CNI DEL). Its flows are known in advance (fixed source
+   ports, mapped before the change), and every other flow must stay where it was:
+   resilient nexthop groups move only the removed member's buckets.
+
+Adding first and removing the same pod keeps the original backends *and* their share of
+the groups' buckets: the other order (remove an original backend, add a new one) would
+leave the new one only the buckets that were idle when it joined, for as long as the
+groups' idle timer (FINDINGS.md, finding 2), and a second verify right after would find
+the spread off. Both times include the lab source's polling interval (0.5 s): the lab's
+"API watch latency".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import time
+from typing import Any
+
+from srv6ctl.lab.objects import SERVICE_HTTP_PORT
+from srv6ctl.verify.flows import answers, udp_flows
+from srv6ctl.verify.report import Report
+from srv6ctl.verify.topology import PodInfo, ServiceInfo, Topology
+
+GROUP = "convergence"
+PORTS_PER_CLIENT = 48
+FRESH_BATCH = 16
+FRESH_ROUNDS = 6
+TIMEOUT = 20.0
+
+
+class Convergence:
+    def __init__(self, topo: Topology, lab: Any, report: Report) -> None:
+        self.topo = topo
+        self.lab = lab
+        self.report = report
+
+    def _clients(self) -> list[PodInfo]:
+        """One client pod per node that has one: every node's policy is measured."""
+        chosen: dict[str, PodInfo] = {}
+        for pod in self.topo.pods:
+            if pod.role == "client" and pod.ipv6:
+                chosen.setdefault(pod.node, pod)
+        return list(chosen.values())
+
+    def _placement(
+        self, clients: list[PodInfo], ip: Any, sports: dict[str, list[int]]
+    ) -> dict[tuple[str, int], str]:
+        placed = {}
+        for client in clients:
+            flows = udp_flows(
+                client.netns, ip, SERVICE_HTTP_PORT, sports=sports[client.name], timeout=1.0
+            )
+            for answer in answers(flows):
+                placed[(client.name, answer.sport)] = answer.pod
+        return placed
+
+    def run(self) -> None:
+        service = next((s for s in self.topo.services if s.backends), None)
+        if service is None or service.cluster_ipv6 is None:
+            self.report.skip(GROUP, "scale up and down", "no service with backends")
+            return
+        clients = self._clients()
+        if not clients:
+            self.report.skip(GROUP, "scale up and down", "no client pod")
+            return
+        short = service.name.split("/", 1)[-1]
+        (pod,) = self.lab.add_backends(short, 1, publish=False)
+        try:
+            self._scale_up(service, clients, pod)
+            self._scale_down(service, clients, pod)
+        finally:
+            # Whatever failed above, the lab goes back to the shape verify found it in.
+            if any(p.name == pod.name for p in self.lab.state.pods):
+                self.lab.withdraw_backends(short, [pod])
+                self.lab.delete_pods([pod])
+            self.lab.wait_converged(self.lab.state)
+            self.topo.refresh()
+
+    def _scale_up(self, service: ServiceInfo, clients: list[PodInfo], pod: Any) -> None:
+        """First the data plane (every node's group has the new SID as a member, read
+        from the kernel), then a few rounds of fresh flows: few, because every flow keeps
+        a bucket busy for the groups' idle timer, and only idle buckets go to a new member
+        (FINDINGS.md, finding 2) — a verify that flooded the groups would starve the next
+        one's new backend."""
+        from srv6ctl.verify.netinfo import group_buckets
+
+        short = service.name.split("/", 1)[-1]
+        located = self.topo.plan.pod_of_address(ipaddress.IPv6Address(pod.ipv6))
+        assert located is not None
+        sid = (self.topo.plan.pod_sid_dx6(*located),)
+        prefix = f"{service.cluster_ipv6}/128"
+        started = time.monotonic()
+        self.lab.publish(short)
+        buckets: dict[str, int | None] = {}
+        while time.monotonic() - started < TIMEOUT:
+            groups = {n.name: group_buckets(n.netns, prefix) for n in self.topo.nodes}
+            buckets = {name: group.get(sid) for name, group in groups.items()}
+            if all(count is not None for count in buckets.values()):
+                break
+            time.sleep(0.02)
+        programmed = time.monotonic() - started
+        in_groups = all(count is not None for count in buckets.values())
+        self.report.figures["add_programmed_ms"] = round(programmed * 1000)
+        self.report.add(
+            GROUP,
+            f"new backend {pod.name} joins every node's group",
+            in_groups,
+            f"{programmed * 1000:.0f} ms after its endpoint joined the slices; buckets "
+            + ", ".join(f"{n} {c}/128" for n, c in buckets.items())
+            if in_groups
+            else f"missing after {TIMEOUT:.0f} s on "
+            + ", ".join(n for n, c in buckets.items() if c is None),
+        )
+        reached, port = False, random.randrange(10000)
+        for _ in range(FRESH_ROUNDS):
+            for client in clients:
+                batch = [10000 + (port + k) % 10000 for k in range(FRESH_BATCH)]
+                port += FRESH_BATCH
+                found = udp_flows(
+                    client.netns, service.cluster_ipv6, SERVICE_HTTP_PORT, sports=batch, timeout=0.5
+                )
+                reached = reached or any(a.pod == pod.name for a in answers(found))
+            if reached:
+                break
+            time.sleep(0.1)
+        took = time.monotonic() - started
+        if reached:
+            self.report.figures["add_convergence_ms"] = round(took * 1000)
+        starved = in_groups and not any(buckets.values())
+        self.report.add(
+            GROUP,
+            f"new backend {pod.name} gets flows",
+            reached,
+            f"reached by new flows {took * 1000:.0f} ms after its endpoint joined the slices"
+            if reached
+            else "it holds no bucket on any node: every bucket was busy when it joined "
+            "(FINDINGS.md, finding 2)"
+            if starved
+            else f"no new flow reached it ({FRESH_ROUNDS} rounds of {FRESH_BATCH} per client)",
+        )
+        self.lab.wait_converged(self.lab.state)
+
+    def _scale_down(self, service: ServiceInfo, clients: list[PodInfo], victim: Any) -> None:
+        short = service.name.split("/", 1)[-1]
+        ip = service.cluster_ipv6
+        # Fresh ports each run: a port this run's predecessor kept busy sits in a bucket
+        # the new backend could not take (FINDINGS.md, finding 2), so reused ports might
+        # never reach it.
+        base = random.randrange(20000, 60000 - PORTS_PER_CLIENT * len(clients))
+        sports = {
+            c.name: [base + PORTS_PER_CLIENT * i + k for k in range(PORTS_PER_CLIENT)]
+            for i, c in enumerate(clients)
+        }
+        before = self._placement(clients, ip, sports)
+        doomed = {flow for flow, pod in before.items() if pod == victim.name}
+        started = time.monotonic()
+        self.lab.withdraw_backends(short, [victim])
+        remaining = set(doomed)
+        while remaining and time.monotonic() - started < TIMEOUT:
+            for client in clients:
+                ports = [p for (c, p) in remaining if c == client.name]
+                if not ports:
+                    continue
+                found = udp_flows(client.netns, ip, SERVICE_HTTP_PORT, sports=ports, timeout=0.5)
+                for answer in answers(found):
+                    if answer.pod != victim.name:
+                        remaining.discard((client.name, answer.sport))
+        took = time.monotonic() - started
+        if doomed:
+            self.report.figures["withdraw_convergence_ms"] = round(took * 1000)
+            self.report.add(
+                GROUP,
+                f"removed backend {victim.name} gets no flow (from every node)",
+                not remaining,
+                f"{len(doomed)} of its flows moved to other backends {took * 1000:.0f} ms "
+                "after its endpoint left the slices"
+                if not remaining
+                else f"{len(remaining)} flows still reached it after {TIMEOUT:.0f} s",
+            )
+        else:
+            self.report.add(
+                GROUP,
+                f"removed backend {victim.name} gets no flow (from every node)",
+                False,
+                f"none of {len(before)} mapped flows reached it before its removal",
+            )
+        after = self._placement(clients, ip, sports)
+        moved = [f for f, pod in before.items() if f not in doomed and after.get(f) != pod]
+        self.report.add(
+            GROUP,
+            "removing a backend moved only its own flows",
+            not moved,
+            f"{len(before) - len(doomed)} other flows stayed on their backends"
+            if not moved
+            else f"{len(moved)} flows of other backends moved too",
+        )
+        self.lab.wait_converged(self.lab.state)
+        self.lab.delete_pods([victim])
+        self.lab.wait_converged(self.lab.state)

@@ -1,0 +1,247 @@
+"""What verify checks against: nodes, pods, services and SIDs, from the agents themselves.
+
+Two sources, one shape:
+
+- `from_lab`: the lab's state file names the namespaces, pods and services, and every
+  node's agent says what it programmed (`AgentView`).
+- `from_node`: run inside one real node's network namespace, with only that node's agent
+  socket. Its pods (name, namespace path, node-side interface, addresses) come from the
+  agent's desired `PodAttachment`s, its services from its policies' owners and steerings,
+  and every SID on the wire is traced back to a node or pod by the address plan.
+
+The expected SIDs, policies and encapsulation source are always the agent's *desired*
+config: verify checks that the dataplane does what the control plane says it should.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from ipam6.plan import AddressPlan
+from srv6ctl.dataplane.model import (
+    End,
+    EndDT6,
+    EndDX4,
+    EndDX6,
+    IPAddress,
+    IPv6Address,
+    SrPolicy,
+)
+from srv6ctl.verify.agentview import AgentView, view
+
+UPLINK = "eth0"
+
+
+@dataclass
+class PodInfo:
+    name: str  # "namespace/name"
+    node: str
+    netns: str  # path
+    host_ifname: str  # the node-side veth
+    ipv6: ipaddress.IPv6Address | None
+    ipv4: ipaddress.IPv4Address | None
+    role: str = "pod"  # client | backend | pod (unknown, node mode)
+    service: str | None = None
+
+    @property
+    def short(self) -> str:
+        return self.name.split("/", 1)[-1]
+
+
+@dataclass
+class NodeInfo:
+    name: str
+    netns: str | None  # name/path of the node's namespace; None: this process's own
+    uplink: str
+    mac: str
+    agent: AgentView
+    api_socket: str
+
+    @property
+    def end_sid(self) -> IPv6Address | None:
+        return next((s.sid for s in self.agent.desired.local_sids if type(s) is End), None)
+
+    @property
+    def dt6_sid(self) -> IPv6Address | None:
+        return next((s.sid for s in self.agent.desired.local_sids if type(s) is EndDT6), None)
+
+    def pod_sid(self, pod: PodInfo, family: int = 6) -> IPv6Address | None:
+        address = pod.ipv6 if family == 6 else pod.ipv4
+        kind = EndDX6 if family == 6 else EndDX4
+        for sid in self.agent.desired.local_sids:
+            if isinstance(sid, kind) and sid.nexthop == address:
+                return sid.sid
+        return None
+
+
+@dataclass
+class ServiceInfo:
+    name: str  # "namespace/name"
+    cluster_ipv6: ipaddress.IPv6Address | None
+    cluster_ipv4: ipaddress.IPv4Address | None
+    backends: list[str] = field(default_factory=list)  # pod names ("namespace/name")
+
+    def cluster_ip(self, family: int) -> IPAddress | None:
+        return self.cluster_ipv6 if family == 6 else self.cluster_ipv4
+
+
+@dataclass
+class Injector:
+    """Where crafted packets enter the node(s): a host on the underlay (the lab's probe)
+    or a veth into a node made for the run (node mode)."""
+
+    netns: str | None
+    interface: str
+    mac: str
+    source_v6: ipaddress.IPv6Address
+    node_macs: dict[str, str]  # node name → MAC frames are addressed to
+
+
+@dataclass
+class Topology:
+    plan: AddressPlan
+    nodes: list[NodeInfo]
+    pods: list[PodInfo]
+    services: list[ServiceInfo]
+    injector: Injector
+    mode: str  # "lab" | "node"
+
+    def node(self, name: str) -> NodeInfo:
+        return next(n for n in self.nodes if n.name == name)
+
+    def pod(self, name: str) -> PodInfo:
+        return next(p for p in self.pods if p.name == name or p.short == name)
+
+    def pods_on(self, node: str) -> list[PodInfo]:
+        return [p for p in self.pods if p.node == node]
+
+    def policy(self, node: str, service: str, family: int) -> SrPolicy | None:
+        return self.node(node).agent.policy(f"svc/{service}/v{family}")
+
+    def pod_of_sid(self, sid: IPv6Address) -> PodInfo | None:
+        """The pod an End.DX6/End.DX4 SID delivers to (the plan is the only truth)."""
+        located = self.plan.pod_of_address(sid)
+        if located is None:
+            return None
+        addresses = self.plan.pod(*located)
+        for pod in self.pods:
+            if pod.ipv6 == addresses.ipv6 or (pod.ipv4 and pod.ipv4 == addresses.ipv4):
+                return pod
+        return None
+
+    def node_of_sid(self, sid: IPv6Address) -> NodeInfo | None:
+        node_id = self.plan.node_of_sid(sid)
+        return next((n for n in self.nodes if n.agent.node_id == node_id), None)
+
+    def refresh(self) -> None:
+        """Re-read every agent (after the lab changed)."""
+        for node in self.nodes:
+            node.agent = view(node.api_socket)
+
+
+def from_lab(state_dir: str) -> tuple[Topology, object]:
+    """The lab's topology, and the `Lab` object (verify's convergence checks drive it)."""
+    from srv6ctl.config import load_config
+    from srv6ctl.lab.build import PROBE_INDEX_V6, Lab, underlay_v6
+    from srv6ctl.lab.netns import LabError, mac
+    from srv6ctl.lab.progress import Steps, console
+
+    lab = Lab(state_dir, Steps(console(), quiet=True))
+    state = lab.state
+    if state is None or not state.complete:
+        raise LabError(f"no complete lab in {lab.paths.root}: run `srv6ctl lab up` first")
+    plan = load_config(lab.paths.config)[1]
+    nodes = []
+    for node_record in state.nodes:
+        nodes.append(
+            NodeInfo(
+                name=node_record.name,
+                netns=node_record.netns,
+                uplink=UPLINK,
+                mac=node_record.mac,
+                agent=view(node_record.api_socket),
+                api_socket=node_record.api_socket,
+            )
+        )
+    pods = []
+    for record in state.pods:
+        node = next(n for n in nodes if n.name == record.node)
+        attachment = node.agent.attachment(f"{record.namespace}/{record.name}")
+        pods.append(
+            PodInfo(
+                name=f"{record.namespace}/{record.name}",
+                node=record.node,
+                netns=f"/var/run/netns/{record.netns}",
+                host_ifname=attachment.interface if attachment else "",
+                ipv6=ipaddress.IPv6Address(record.ipv6) if record.ipv6 else None,
+                ipv4=ipaddress.IPv4Address(record.ipv4) if record.ipv4 else None,
+                role=record.role,
+                service=record.service,
+            )
+        )
+    services = [
+        ServiceInfo(
+            name=f"{s.namespace}/{s.name}",
+            cluster_ipv6=ipaddress.IPv6Address(s.cluster_ipv6),
+            cluster_ipv4=ipaddress.IPv4Address(s.cluster_ipv4) if s.cluster_ipv4 else None,
+            backends=[f"{p.namespace}/{p.name}" for p in state.backends(s.name)],
+        )
+        for s in state.services
+    ]
+    injector = Injector(
+        netns=state.probe_netns,
+        interface=UPLINK,
+        mac=mac(state.probe_netns, UPLINK),
+        source_v6=ipaddress.IPv6Address(underlay_v6(PROBE_INDEX_V6)),
+        node_macs={n.name: n.mac for n in nodes},
+    )
+    return Topology(plan, nodes, pods, services, injector, "lab"), lab
+
+
+def from_node(node_name: str, api_socket: str, config: str, injector: Injector) -> Topology:
+    """This namespace as node `node_name` (see the module docstring)."""
+    from srv6ctl.config import load_config
+
+    plan = load_config(config)[1]
+    agent = view(api_socket)
+    if agent.node != node_name:
+        raise ValueError(f"the agent at {api_socket} is node {agent.node}, not {node_name}")
+    node = NodeInfo(node_name, None, UPLINK, injector.node_macs[node_name], agent, api_socket)
+    pods = []
+    for attachment in sorted(agent.desired.pods, key=lambda a: a.pod):
+        v6 = next((a.ip for a in attachment.addresses if a.version == 6), None)
+        v4 = next((a.ip for a in attachment.addresses if a.version == 4), None)
+        pods.append(
+            PodInfo(
+                name=attachment.pod,
+                node=node_name,
+                netns=attachment.netns,
+                host_ifname=attachment.interface,
+                ipv6=v6 if isinstance(v6, ipaddress.IPv6Address) else None,
+                ipv4=v4 if isinstance(v4, ipaddress.IPv4Address) else None,
+                role="backend" if attachment.service_addresses else "pod",
+            )
+        )
+    services: dict[str, ServiceInfo] = {}
+    by_bsid = {p.bsid: p for p in agent.desired.policies}
+    for steering in agent.desired.steerings:
+        policy = by_bsid.get(steering.bsid)
+        if policy is None or not policy.owner.startswith("svc/"):
+            continue
+        _, namespace, name, _family = policy.owner.split("/")
+        service = services.setdefault(
+            f"{namespace}/{name}", ServiceInfo(f"{namespace}/{name}", None, None)
+        )
+        address = steering.prefix.network_address
+        if isinstance(address, ipaddress.IPv6Address):
+            service.cluster_ipv6 = address
+        else:
+            service.cluster_ipv4 = address
+        # Backends on this node are known by their SIDs; remote ones only by the plan.
+        local_sids = {node.pod_sid(p): p for p in pods}
+        for segment_list in policy.segment_lists:
+            pod = local_sids.get(segment_list.segments[-1])
+            if pod is not None and pod.name not in service.backends:
+                service.backends.append(pod.name)
+    return Topology(plan, [node], pods, list(services.values()), injector, "node")

@@ -1,0 +1,231 @@
+"""The lab's pure parts and its process bookkeeping: no namespaces, no root needed."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from srv6ctl.lab import objects, processes
+from srv6ctl.lab.build import Lab, LabError, check_requirements
+from srv6ctl.lab.progress import Steps, console
+from srv6ctl.lab.state import (
+    LabOptions,
+    LabPaths,
+    LabState,
+    NodeRecord,
+    PodRecord,
+    ServiceRecord,
+    load_state,
+    save_state,
+)
+from srv6ctl.sources.lab import LabSource
+from srv6ctl.state import ClusterState, Upsert
+
+
+def small_state(tmp_path: Path, dual_stack: bool = True) -> LabState:
+    state = LabState(
+        state_dir=str(tmp_path),
+        options=LabOptions(nodes=2, pods_per_node=1, dual_stack=dual_stack),
+        underlay_netns="t-ul",
+        probe_netns="t-probe",
+    )
+    for i in (1, 2):
+        state.nodes.append(
+            NodeRecord(
+                name=f"n{i}",
+                netns=f"t-n{i}",
+                uplink=f"n{i}",
+                internal_ipv6=f"fd00:ff::{i}",
+                internal_ipv4=f"192.0.2.{i}" if dual_stack else None,
+                cni_socket=f"{tmp_path}/n{i}/cni.sock",
+                api_socket=f"{tmp_path}/n{i}/agent.sock",
+            )
+        )
+    state.pods += [
+        PodRecord(
+            name="client-1",
+            node="n1",
+            netns="t-client-1",
+            uid="uid-c1",
+            container_id="c1",
+            role="client",
+            ipv6="fd00:10:0:1::2",
+            ipv4="10.128.1.2" if dual_stack else None,
+        ),
+        PodRecord(
+            name="web-1",
+            node="n2",
+            netns="t-web-1",
+            uid="uid-w1",
+            container_id="w1",
+            role="backend",
+            service="web",
+            ipv6="fd00:10:0:2::2",
+            ipv4="10.128.2.2" if dual_stack else None,
+        ),
+    ]
+    state.services.append(
+        ServiceRecord(
+            name="web",
+            uid="uid-web",
+            cluster_ipv6="fd00:96::10",
+            cluster_ipv4="10.96.0.10" if dual_stack else None,
+        )
+    )
+    return state
+
+
+def test_lab_objects_read_back_through_the_agents_source(tmp_path: Path) -> None:
+    """What the lab writes is what an agent reads: Kubernetes shapes, through LabSource."""
+    state = small_state(tmp_path)
+    directory = tmp_path / "objects"
+    directory.mkdir()
+    (directory / "nodes.yaml").write_text(objects.node_file(state))
+    for pod in state.pods:
+        (directory / f"{pod.name}.yaml").write_text(objects.dump([objects.pod_object(pod)]))
+    (directory / "web.yaml").write_text(objects.service_file(state, state.services[0]))
+    cluster = ClusterState()
+    events = LabSource(directory).poll()
+    assert {type(e) for e in events} == {Upsert}
+    for event in events:
+        cluster.apply(event)
+    node = cluster.node("n2")
+    assert node is not None
+    assert node.internal_ipv6 == ipaddress.IPv6Address("fd00:ff::2")
+    assert node.internal_ipv4 == ipaddress.IPv4Address("192.0.2.2")
+    service = cluster.service("default", "web")
+    assert service is not None and service.uid == "uid-web"
+    assert service.cluster_ip_v6 == ipaddress.IPv6Address("fd00:96::10")
+    assert {(p.port, p.target_port, p.protocol) for p in service.ports} == {
+        (80, "http", "TCP"),
+        (80, "http-udp", "UDP"),
+        (8081, 8081, "TCP"),
+        (8081, 8081, "UDP"),
+    }
+    web = cluster.pod("default", "web-1")
+    assert web is not None and web.uid == "uid-w1" and web.node_name == "n2"
+    assert web.container_port("http", "TCP") == 8080
+    assert web.container_port("http-udp", "UDP") == 8080
+    slices = cluster.slices_of_service("default", "web")
+    assert sorted(s.address_type for s in slices) == ["IPv4", "IPv6"]
+    for eps in slices:
+        (endpoint,) = eps.endpoints
+        assert endpoint.ready and endpoint.serving and not endpoint.terminating
+        assert endpoint.node_name == "n2"
+    kinds = {type(e.obj).__name__ for e in events if isinstance(e, Upsert)}
+    assert kinds == {"Node", "Pod", "Service", "EndpointSlice"}
+
+
+def test_service_without_backends_has_empty_slices(tmp_path: Path) -> None:
+    state = small_state(tmp_path, dual_stack=False)
+    empty = ServiceRecord(name="empty", uid="u", cluster_ipv6="fd00:96::11", with_backends=False)
+    documents = objects.service_file(state, empty)
+    assert "endpoints: []" in documents
+    assert "IPv4" not in documents  # single-stack: one slice, one family
+
+
+def test_state_round_trip_and_look_ups(tmp_path: Path) -> None:
+    paths = LabPaths(tmp_path / "lab")
+    state = small_state(tmp_path)
+    save_state(paths, state)
+    again = load_state(paths)
+    assert again == state
+    assert again.pod("default/web-1").name == "web-1"
+    assert again.pod("web-1").service == "web"
+    assert [p.name for p in again.backends("web")] == ["web-1"]
+    # Pods first: their namespaces hang off the nodes'; the underlay goes last.
+    assert again.namespaces() == ["t-client-1", "t-web-1", "t-n1", "t-n2", "t-probe", "t-ul"]
+    with pytest.raises(KeyError, match="no pod 'web-9'"):
+        again.pod("web-9")
+    assert not list(tmp_path.glob("lab/.*tmp"))  # the atomic write left no temporary file
+
+
+def test_requirements_refuse_vpp_without_a_vpp_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(LabError, match="no `vpp` binary on PATH"):
+        check_requirements(LabOptions(dataplane="vpp"))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (LabOptions(nodes=0), "--nodes 0"),
+        (LabOptions(nodes=1, pods_per_node=1), "at least two pods"),
+        (LabOptions(prefix="bad prefix!"), "--prefix"),
+    ],
+)
+def test_requirements_refuse_bad_shapes(options: LabOptions, message: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the shape is checked after the root check")
+    with pytest.raises(LabError, match=message):
+        check_requirements(options)
+
+
+def test_processes_are_recorded_found_by_marker_and_stopped(tmp_path: Path) -> None:
+    lab = tmp_path / "lab"
+    record = processes.spawn(
+        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "log", lab=lab
+    )
+    try:
+        assert processes.alive(record)
+        found = list(processes.lab_processes(lab))
+        assert [(p.pid, p.start_time) for p in found] == [(record.pid, record.start_time)]
+        assert list(processes.lab_processes(tmp_path / "other")) == []
+        # A pid with another start time is someone else's process: never signalled.
+        stranger = record.model_copy(update={"start_time": record.start_time + 1})
+        assert not processes.alive(stranger)
+        assert processes.stop([stranger]) == []
+        assert processes.alive(record)
+        assert processes.stop([record], timeout=5) == [record.pid]
+        assert not processes.alive(record)
+    finally:
+        if processes.alive(record):
+            os.kill(record.pid, signal.SIGKILL)
+
+
+def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    record = processes.spawn([sys.executable, "-c", code], tmp_path / "log", lab=tmp_path)
+    try:
+        time.sleep(0.3)  # let it install its handler
+        started = time.monotonic()
+        processes.stop([record], timeout=0.5)
+        assert not processes.alive(record)
+        assert time.monotonic() - started < 3
+    finally:
+        if processes.alive(record):
+            os.kill(record.pid, signal.SIGKILL)
+
+
+def test_down_without_a_lab_is_a_no_op(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "none", Steps(console(), quiet=True))
+    report = lab.down(prefix="s6nolab")
+    assert report.nothing
+    untouched = tmp_path / "mine"
+    untouched.mkdir()
+    (untouched / "keep").write_text("x")
+    Lab(untouched, Steps(console(), quiet=True)).down()
+    assert (untouched / "keep").exists()  # no marker, no state: not the lab's to delete
+
+
+def test_the_cli_registers_without_heavy_imports() -> None:
+    code = (
+        "import argparse, sys\n"
+        "from srv6ctl.lab.cli import register as lab\n"
+        "from srv6ctl.verify.cli import register as verify\n"
+        "from srv6ctl.trace import register as trace\n"
+        "p = argparse.ArgumentParser(); c = p.add_subparsers()\n"
+        "lab(c); verify(c); trace(c)\n"
+        "heavy = [m for m in ('pyroute2', 'scapy', 'rich', 'pydantic') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
