@@ -7,12 +7,31 @@ Three runs of the same services, each into its own throw-away network namespace:
   pod), one resilient nexthop group per service, one route `S/128 nhid G` per service;
 - `iptables_restore`: kube-proxy's iptables mode for the same services and endpoints
   (KUBE-SERVICES → KUBE-SVC-* → KUBE-SEP-* with DNAT), as one `ip6tables-restore` input;
-- `ours`: `KernelBackend.apply(plan(desired, NodeConfig()))` from `srv6ctl.dataplane.kernel`,
-  when that module exists.
+- `ours`: `KernelBackend` from `srv6ctl.dataplane.kernel`, when that module exists, with
+  the reference's bucket count, so that it creates the same nexthops, groups and routes —
+  plus one anchor route `bsid/128 nhid G` per service in its policy table, which the
+  reference does not write (10,000 extra routes at 10,000 services: they are how a
+  restarted agent finds its policies, so they are part of the work and of the timing).
+
+What is timed for ours:
+
+- `ours_apply_s`: `backend.apply(changes)` alone — the same work as the reference's
+  timing (turning decided objects into kernel state), plus the anchors;
+- `ours_plan_s`: `plan(desired, actual)`, reconcile's pure diff (the reference's batch
+  files are written untimed);
+- `ours_end_to_end_s`: what an agent's first sync costs — opening the backend (the
+  capability probe in a scratch namespace, sysctls, creating the SID device), dumping the
+  empty namespace, planning and applying.
+
+`ratio` is `ours_apply_s / ip_batch_s`: applying the same objects, ours against `ip
+-batch`; `ratio_end_to_end` uses `ours_end_to_end_s`. The `*_cpu` fields split each side's
+time into user and system (kernel) CPU seconds. Then a restarted backend dumps the
+namespace and plans again: `ours_restart_changes` and `ours_restart_writes` must be 0.
 
 Needs root, iproute2 and ip6tables-restore (Debian package `iptables`). Only creates and
 deletes its own namespaces. Progress goes to stderr; the last stdout line is one JSON object.
-No timing is asserted: comparing is for the reader.
+No timing is asserted: comparing is for the reader. The host is shared, so run it several
+times and compare ratios rather than seconds.
 """
 
 from __future__ import annotations
@@ -273,8 +292,8 @@ def kernel_backend_class() -> tuple[Any, str | None]:
     return backend, None
 
 
-def open_backend(backend_class: Any, netns: str) -> Any:
-    return backend_class(netns)
+def open_backend(backend_class: Any, netns: str, backends: int) -> Any:
+    return backend_class(netns, group_buckets=buckets_for(backends))
 
 
 # --- namespaces and commands ----------------------------------------------------------
@@ -387,11 +406,14 @@ def load_batch(netns: str, batch: Path, *options: str) -> dict[str, Any]:
 
 def bench_ip_batch(services: Sequence[Service], netns: str, work: Path) -> dict[str, Any]:
     nexthops, groups, objects = ip_batch_files(services, work)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     first = load_batch(netns, nexthops, "-6")
     second = load_batch(netns, groups)
+    cpu = cpu_since(before, resource.RUSAGE_CHILDREN)
     errors = [e for e in (first["error"], second["error"]) if e]
     return {
         "seconds": first["seconds"] + second["seconds"],
+        "cpu": cpu,
         "objects": objects,
         "enomem_retried": first["enomem_retried"] + second["enomem_retried"],
         "error": "; ".join(errors) or None,
@@ -411,33 +433,67 @@ def bench_iptables(services: Sequence[Service], netns: str) -> dict[str, Any]:
     return {"seconds": seconds, "rules": rule_count, "loaded_rules": loaded, "error": None}
 
 
-def bench_ours(services: Sequence[Service], netns: str) -> dict[str, Any]:
+def bench_ours(services: Sequence[Service], netns: str, backends: int) -> dict[str, Any]:
     backend_class, reason = kernel_backend_class()
     if backend_class is None:
         return {"seconds": None, "reason": reason}
-    from srv6ctl.dataplane.model import NodeConfig
     from srv6ctl.dataplane.reconcile import plan
 
     desired = desired_config(services)
     backend = None
     try:
-        backend = open_backend(backend_class, netns)
         start = time.perf_counter()
-        changes = plan(desired, NodeConfig())
-        planned = time.perf_counter()
+        backend = open_backend(backend_class, netns, backends)
+        actual = backend.dump()
+        planning = time.perf_counter()
+        changes = plan(desired, actual)
+        applying = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_SELF)
         backend.apply(changes)
         end = time.perf_counter()
+        cpu = cpu_since(before, resource.RUSAGE_SELF)
+        retries = getattr(backend, "retries", None)
     except Exception as error:
         return {"seconds": None, "reason": f"KernelBackend failed: {error!r}"}
     finally:
         if backend is not None and hasattr(backend, "close"):
             backend.close()
     return {
-        "seconds": end - start,
-        "plan_seconds": planned - start,
+        "seconds": end - applying,
+        "cpu": cpu,
+        "plan_seconds": applying - planning,
+        "end_to_end_seconds": end - start,
         "changes": len(changes),
+        "enomem_retried": retries,
         "loaded": kernel_counts(netns),
+        **restart(backend_class, netns, backends, desired),
         "reason": None,
+    }
+
+
+def restart(backend_class: Any, netns: str, backends: int, desired: Any) -> dict[str, Any]:
+    """A second backend on the loaded namespace: its plan must be empty, its writes 0."""
+    from srv6ctl.dataplane.reconcile import plan
+
+    start = time.perf_counter()
+    try:
+        with open_backend(backend_class, netns, backends) as backend:
+            changes = plan(desired, backend.dump())
+            backend.apply(changes)
+            return {
+                "restart_seconds": time.perf_counter() - start,
+                "restart_changes": len(changes),
+                "restart_writes": backend.writes,
+            }
+    except Exception as error:
+        return {"restart_error": repr(error)}
+
+
+def cpu_since(before: resource.struct_rusage, who: int) -> dict[str, float]:
+    after = resource.getrusage(who)
+    return {
+        "user": round(after.ru_utime - before.ru_utime, 3),
+        "sys": round(after.ru_stime - before.ru_stime, 3),
     }
 
 
@@ -487,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ours: dict[str, Any] = {"seconds": None, "reason": "--skip-ours"}
     else:
         with namespace(f"{prefix}-ours") as netns:
-            ours = bench_ours(services, netns)
+            ours = bench_ours(services, netns, args.backends)
     peak_rss_mb = peak_rss()
     log(f"ours: {ours}")
     with tempfile.TemporaryDirectory(prefix="srv6bench-") as tmp:
@@ -506,16 +562,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backends": args.backends,
         "ip_batch_s": rounded(ip_batch["seconds"]),
         "iptables_restore_s": rounded(iptables["seconds"]),
-        "ours_s": rounded(ours_s),
+        "ours_apply_s": rounded(ours_s),
+        "ours_plan_s": rounded(ours.get("plan_seconds")),
+        "ours_end_to_end_s": rounded(ours.get("end_to_end_seconds")),
         "ratio": ratio(ours_s, ip_batch["seconds"]),
+        "ratio_end_to_end": ratio(ours.get("end_to_end_seconds"), ip_batch["seconds"]),
         "ratio_vs_iptables": ratio(ours_s, iptables["seconds"]),
+        "ip_batch_cpu": ip_batch["cpu"],
+        "ours_apply_cpu": ours.get("cpu"),
         "objects_per_s": round(objects / ours_s) if ours_s else None,
         "peak_rss_mb": peak_rss_mb,
         "peak_rss_total_mb": peak_rss(),
         "objects": objects,
+        "ours_anchor_routes": args.services if ours_s else None,
         "pods": len(used_pods(services)),
         "ip_batch_objects_per_s": round(objects / ip_batch["seconds"]),
         "ip_batch_enomem_retried": ip_batch["enomem_retried"],
+        "ours_enomem_retried": ours.get("enomem_retried"),
         "ip_batch_error": ip_batch["error"],
         "ip_batch_loaded": ip_batch["loaded"],
         "iptables_rules": iptables.get("rules"),
@@ -524,6 +587,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ours_loaded": ours.get("loaded"),
         # Same route and nexthop counts as the reference: ours really programmed it all.
         "ours_matches_ip_batch": (ours["loaded"] == ip_batch["loaded"]) if ours_s else None,
+        "ours_restart_s": rounded(ours.get("restart_seconds")),
+        "ours_restart_changes": ours.get("restart_changes"),
+        "ours_restart_writes": ours.get("restart_writes"),
+        "ours_restart_error": ours.get("restart_error"),
     }
     print(json.dumps(result), flush=True)
     return 0

@@ -195,7 +195,9 @@ class _Netns:
     def write_sysctls(self, values: dict[str, str]) -> None:
         with self.entered():
             for key, value in values.items():
-                fd = os.open(f"/proc/sys/{key}", os.O_WRONLY | os.O_CLOEXEC)
+                # SRV6CTL_PROC_SYS: where the DaemonSet mounts a writable /proc/sys.
+                root = os.environ.get("SRV6CTL_PROC_SYS", "/proc/sys").rstrip("/")
+                fd = os.open(f"{root}/{key}", os.O_WRONLY | os.O_CLOEXEC)
                 try:
                     os.write(fd, value.encode())
                 finally:

@@ -7,11 +7,13 @@ and, independently, through iproute2.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import json
 from collections.abc import Iterator
 
 import pytest
+from pyroute2.netlink import NETLINK_ROUTE, NLM_F_CREATE, NLM_F_EXCL
 
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane.kernel import (
@@ -22,6 +24,7 @@ from srv6ctl.dataplane.kernel import (
     InvalidObject,
     KernelBackend,
 )
+from srv6ctl.dataplane.kernel_codec import Codec, Links
 from srv6ctl.dataplane.model import (
     Change,
     End,
@@ -41,12 +44,14 @@ from srv6ctl.dataplane.model import (
     SrPolicy,
     Steering,
 )
+from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Writes
 from srv6ctl.dataplane.reconcile import plan
 from tests.support.netns import Netns, NetnsFactory
 
 pytestmark = pytest.mark.netns
 
 B1, B2, B3 = "fcbb:bb00::1", "fcbb:bb00::2", "fcbb:bb00::3"
+LINKS = Links({"lo": 1})
 POD_A, POD_B, POD_C = "fcbb:bb00:2:0:1::1", "fcbb:bb00:3:0:1::1", "fcbb:bb00:4:0:1::1"
 
 
@@ -365,3 +370,25 @@ def test_tens_of_thousands_of_objects_in_one_plan(backend: KernelBackend, node: 
     with KernelBackend(node.name) as restarted:
         restarted.apply(plan(desired, restarted.dump()))
         assert restarted.writes == 0
+
+
+def test_a_failed_write_is_named_and_the_others_land(node: Netns) -> None:
+    """Writes carry no NLM_F_ACK: the kernel answers only failures, by sequence number,
+    and a barrier's ack closes each datagram. Across datagrams, only the write that
+    failed is reported, and every other one lands."""
+    node.ip("-6", "route", "add", "fd00:97::3/128", "dev", "lo")  # the one to collide with
+    codec = Codec(RTPROT_SRV6CTL, POLICY_TABLE, "lo", "lo", False, 16, None)
+    writes = Writes()
+    for n in range(1, 8):
+        route = Route(f"fd00:97::{n}/128", kind=RouteKind.BLACKHOLE)
+        writes.add(nl.RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, codec.route(route, LINKS), "", n)
+    channel = NetlinkChannel(node.name, NETLINK_ROUTE, chunk=3)
+    try:
+        failures = channel.execute(writes)
+    finally:
+        channel.close()
+    assert [(f.request.what, f.errno) for f in failures] == [(3, errno.EEXIST)]
+    routes = node.ip("-6", "route", "show", "table", "all", "proto", str(RTPROT_SRV6CTL))
+    assert sorted(line.split()[1] for line in routes.splitlines()) == [
+        f"fd00:97::{n}" for n in (1, 2, 4, 5, 6, 7)
+    ]

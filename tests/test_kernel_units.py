@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 import sys
 from collections.abc import Iterable, Sequence
 
 import pytest
+from pyroute2.netlink import NLM_F_REQUEST
 
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane.kernel_caps import KernelFeatures
@@ -34,7 +36,7 @@ from srv6ctl.dataplane.model import (
     SrPolicy,
     Steering,
 )
-from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Request, _frame
+from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Request, Writes, _frame
 
 A, B, C = (IPv6Address(f"fcbb:bb00:{n}::1") for n in (2, 3, 4))
 BSID = IPv6Address("fcbb:bb00::1")
@@ -106,11 +108,16 @@ def test_fast_packing_reads_back_through_pyroute2s_own_decoder() -> None:
     assert encap.get_attr("SEG6_LOCAL_NH6") == "fd00:10::5"
     assert encap.get_attr("SEG6_LOCAL_COUNTERS").get_attr("SEG6_LOCAL_CNT_ERRORS") == 0
 
-    path = SegmentPath(EncapMode.ENCAP_RED, None, (A, B))
+    path = SegmentPath.make(EncapMode.ENCAP_RED, None, (A, B))
     nexthop = _pyroute2(nl.nhmsg, nl.RTM_NEWNEXTHOP, CODEC.segment_nexthop(7, path, LINKS))
     assert nexthop.get_attr("NHA_ID") == 7 and nexthop.get_attr("NHA_OIF") == 1
     srh = nexthop.get_attr("NHA_ENCAP").get_attr("SEG6_IPTUNNEL_SRH")
     assert nl.unpack_seg6_srh(srh) == (nl.SEG6_IPTUN_MODE_ENCAP_RED, (A, B))
+    sourced = SegmentPath.make(EncapMode.ENCAP, C, (A,))
+    nexthop = _pyroute2(nl.nhmsg, nl.RTM_NEWNEXTHOP, CODEC.segment_nexthop(8, sourced, LINKS))
+    encap = nexthop.get_attr("NHA_ENCAP")
+    assert encap.get_attr("SEG6_IPTUNNEL_SRC") == str(C)
+    assert nl.unpack_seg6_srh(encap.get_attr("SEG6_IPTUNNEL_SRH"))[1] == (A,)
 
     group = _pyroute2(nl.nhmsg, nl.RTM_NEWNEXTHOP, CODEC.group(9, [(7, 3)]))
     assert nl.unpack_group(group.get_attr("NHA_GROUP")) == ((7, 3),)
@@ -208,7 +215,9 @@ def test_allocator_skips_ids_held_by_anyone() -> None:
 
 def test_segment_path_key_includes_mode_and_source() -> None:
     red = SrPolicy(BSID, (SegmentList((A,)),), mode=EncapMode.ENCAP_RED)
-    assert SegmentPath.of(red, red.segment_lists[0]) != SegmentPath(EncapMode.ENCAP, None, (A,))
+    assert SegmentPath.of(red, red.segment_lists[0]) != SegmentPath.make(
+        EncapMode.ENCAP, None, (A,)
+    )
 
 
 # --- the channel's retry ----------------------------------------------------------------
@@ -219,24 +228,25 @@ class _FlakyChannel(NetlinkChannel):
 
     def __init__(self, failures: int) -> None:
         self.chunk, self.retry_deadline, self.writes, self.retries = 2, 5.0, 0, 0
-        self.attempts: dict[str, int] = {}
+        self.attempts: dict[int, int] = {}
         self.failures = failures
 
-    def _round_trip(self, batch: Sequence[Request]) -> list[tuple[Request, int, str]]:
-        answers = []
-        for request in batch:
-            seen = self.attempts.get(request.what, 0)
-            self.attempts[request.what] = seen + 1
+    def _drain(self) -> None:
+        pass
+
+    def _round_trip(self, writes: Writes, rows: Sequence[int]) -> list[tuple[int, int, str]]:
+        refused = []
+        for row in rows:
+            seen = self.attempts.get(row, 0)
+            self.attempts[row] = seen + 1
             self.writes += 1
-            answers.append((request, errno.ENOMEM if seen < self.failures else 0, ""))
-        return answers
+            if seen < self.failures:
+                refused.append((row, errno.ENOMEM, ""))
+        return refused
 
 
-def _requests(n: int) -> list[Request]:
-    out = []
-    for i in range(n):
-        out.append(Request(nl.RTM_NEWROUTE, 0, bytes(12), f"route {i}"))
-    return out
+def _requests(n: int) -> Writes:
+    return Writes(Request(nl.RTM_NEWROUTE, 0, bytes(12), f"route {i}") for i in range(n))
 
 
 def test_enomem_is_retried_with_back_off_not_reported() -> None:
@@ -250,3 +260,16 @@ def test_retries_stop_at_the_deadline() -> None:
     channel.retry_deadline = 0.05
     failures = channel.execute(_requests(1))
     assert [f.errno for f in failures] == [errno.ENOMEM]
+
+
+def test_writes_are_framed_once_numbered_by_row_and_ask_for_no_ack() -> None:
+    writes = Writes()
+    writes.add(nl.RTM_NEWROUTE, 0x400, bytes(12), "route", "a")
+    writes.add(nl.RTM_DELNEXTHOP, 0, bytes(8), "delete nexthop", 7)
+    headers = [struct.unpack_from("=IHHII", wire) for wire in writes.wire]
+    # A success stays silent (no NLM_F_ACK); a failure still answers, by sequence number.
+    assert headers == [
+        (28, nl.RTM_NEWROUTE, 0x400 | NLM_F_REQUEST, 1, 0),
+        (24, nl.RTM_DELNEXTHOP, NLM_F_REQUEST, 2, 0),
+    ]
+    assert [str(r.what) for r in writes] == ["route a", "delete nexthop 7"]

@@ -2,7 +2,7 @@
 
 `KernelBackend(netns)` implements the `Backend` protocol of `model.py`. The kernel shape
 of each object is described in `kernel_codec`, the staging of writes in `kernel_program`,
-the probing of what this kernel can do in `kernel_caps`, the pipelined socket (and its
+the probing of what this kernel can do in `kernel_caps`, the batched socket (and its
 ENOMEM retries) in `netlink_channel`.
 
 Ownership: every route this backend creates carries the route protocol `route_protocol`
@@ -32,11 +32,14 @@ to change must make none); `writes_by_type` splits them by message type.
 from __future__ import annotations
 
 import errno
+import gc
+import ipaddress
 import logging
 import socket
 import struct
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -95,6 +98,12 @@ GROUP_BUCKETS = 128  # resilient-group buckets: weight precision 1/128, cheap to
 # kernels without CONFIG_DUMMY (like this one), a bridge with no ports — any non-loopback
 # device that is up will do, as a seg6local route is matched on input, never sent out.
 SID_DEVICE = "srv6ctl0"
+# Resilient groups move a bucket to a new backend only once the bucket has been idle this
+# long, and force the balance after the unbalanced timer even if that cuts busy flows. The
+# kernel's defaults (120 s, never) leave a backend added under load underweight for good
+# (srv6ctl/lab/FINDINGS.md, finding 2).
+GROUP_IDLE_TIMER_S = 10
+GROUP_UNBALANCED_TIMER_S = 60
 SID_DEVICE_KINDS = ("dummy", "bridge")
 NEXTHOP_DEVICE = "lo"
 
@@ -106,8 +115,14 @@ SYSCTLS: Mapping[str, str] = {
     "net.ipv6.conf.default.seg6_enabled": "1",  # devices created later (pod veths)
     "net.ipv6.conf.all.forwarding": "1",
     "net.ipv4.ip_forward": "1",
-    "net.ipv6.fib_multipath_hash_policy": "1",  # L4 hash: flows, not hosts, spread
-    "net.ipv4.fib_multipath_hash_policy": "1",  # IPv4-in-SRv6 steering hashes in IPv4
+    # Policy 3 with fields 0x37 (addresses, protocol, ports): the 5-tuple and nothing else.
+    # Policy 1 hashes a local socket's traffic on the socket's random txhash, which TCP
+    # re-rolls on every retransmission timeout — a flow then jumps to another backend and
+    # is reset (srv6ctl/lab/FINDINGS.md, finding 1). Kernel 5.12+.
+    "net.ipv6.fib_multipath_hash_policy": "3",
+    "net.ipv6.fib_multipath_hash_fields": "55",
+    "net.ipv4.fib_multipath_hash_policy": "3",  # IPv4-in-SRv6 steering hashes in IPv4
+    "net.ipv4.fib_multipath_hash_fields": "55",
 }
 
 _IFINFO = struct.Struct("=BxHiII")  # struct ifinfomsg
@@ -115,6 +130,25 @@ _IFLA_IFNAME = 3
 _RTM_GETLINK = 18
 _RTM_NEWLINK = 16
 _IFF_UP = 1
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector off while a plan is compiled and written.
+
+    A plan of 10,000 services allocates a few hundred thousand objects beside the millions
+    already alive (the desired config, the plan itself); every full collection walks all
+    of them, and two of those took 0.35 s of a 0.6 s apply. Nothing made here forms a
+    cycle, so nothing waits longer to be freed; the collector catches up afterwards.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class ApplyError(RuntimeError):
@@ -141,7 +175,8 @@ class KernelBackend:
         policy_table: int = POLICY_TABLE,
         sid_device: str = SID_DEVICE,
         group_buckets: int = GROUP_BUCKETS,
-        group_idle_timer: int | None = None,
+        group_idle_timer: int | None = GROUP_IDLE_TIMER_S,
+        group_unbalanced_timer: int | None = GROUP_UNBALANCED_TIMER_S,
         configure_sysctls: bool = True,
     ) -> None:
         if not 4 < route_protocol < 256:
@@ -161,6 +196,7 @@ class KernelBackend:
             sid_counters=self.capabilities.sid_counters,
             group_buckets=group_buckets,
             group_idle_timer=group_idle_timer,
+            group_unbalanced_timer=group_unbalanced_timer,
         )
         self._id_range = range(nexthop_id_base, nexthop_id_base + nexthop_id_span)
         self._ids = IdAllocator(nexthop_id_base, nexthop_id_span, set())
@@ -169,6 +205,7 @@ class KernelBackend:
         self._seg6_family: int | None = None
         self._inventory: Inventory | None = None
         self._ensure_sid_device(sid_device)
+        self._seg6_channel()  # now, not in the first apply (a socket and a family lookup)
         self.sysctls = SysctlResult()
         if configure_sysctls:
             self.sysctls = self.configure_sysctls()
@@ -198,24 +235,25 @@ class KernelBackend:
         )
 
     def apply(self, changes: Iterable[Change]) -> None:
-        """Apply a plan in dependency stages, each one pipelined; see kernel_program."""
-        todo = [c for c in changes if not isinstance(c.obj, PodAttachment)]
-        if not todo:
-            return
-        inventory = self._inventory if self._inventory is not None else self._load()[0]
-        program = compile_changes(
-            todo, inventory, self._codec, self._links(), self.features, self._ids
-        )
-        self._inventory = None  # until every stage has landed
-        if program.sets_tunnel_source and program.tunnel_source is not None:
-            self._set_tunnel_source(program.tunnel_source)  # type: ignore[arg-type]
-        for stage in program.stages:
-            failures = self._route.execute(stage)
-            if failures:
-                raise ApplyError(failures)
-        if program.sets_tunnel_source and program.tunnel_source is None:
-            self._set_tunnel_source(None)
-        self._inventory = program.inventory
+        """Apply a plan in dependency stages, each one batched; see kernel_program."""
+        todo = list(changes)
+        if all(isinstance(c.obj, PodAttachment) for c in todo):
+            return  # nothing for this backend: not even a read
+        with _gc_paused():
+            inventory = self._inventory if self._inventory is not None else self._load()[0]
+            program = compile_changes(
+                todo, inventory, self._codec, self._links(), self.features, self._ids
+            )
+            self._inventory = None  # until every stage has landed
+            if program.sets_tunnel_source and program.tunnel_source is not None:
+                self._set_tunnel_source(program.tunnel_source)  # type: ignore[arg-type]
+            for stage in program.stages:
+                failures = self._route.execute(stage)
+                if failures:
+                    raise ApplyError(failures)
+            if program.sets_tunnel_source and program.tunnel_source is None:
+                self._set_tunnel_source(None)
+            self._inventory = program.inventory
 
     def counters(self) -> Mapping[Any, Counters]:
         """Per local SID: packets, bytes, errors (SEG6_LOCAL_COUNTERS). Per policy: packets
@@ -338,16 +376,16 @@ class KernelBackend:
             for msg in self._dump_routes(family)
         ]
         for route in decoded:
-            inventory.slot_refs[route.slot] = route.nh_id
             table, prefix = route.slot
-            if (
-                table == self._codec.policy_table
-                and route.nh_id in inventory.groups
-                and prefix.version == 6
-                and prefix.prefixlen == 128
-            ):
-                inventory.anchors[IPv6Address(prefix.network_address)] = route.nh_id
-        path_of = {nh_id: path for path, nh_id in inventory.paths.items()}
+            is_anchor = isinstance(prefix, ipaddress.IPv6Network) and prefix.prefixlen == 128
+            if table != self._codec.policy_table or not is_anchor:
+                inventory.slot_refs[route.slot] = route.nh_id
+                continue
+            bsid = IPv6Address(prefix.network_address)
+            inventory.anchor_refs[bsid] = route.nh_id
+            if route.nh_id in inventory.groups:
+                inventory.anchors[bsid] = route.nh_id
+        path_of = {nh_id: SegmentPath(*path) for path, nh_id in inventory.paths.items()}
         lists: dict[tuple[SegmentPath, int], SegmentList] = {}  # shared: 10x fewer objects
         for bsid, group_id in inventory.anchors.items():
             members = inventory.groups[group_id]

@@ -14,12 +14,10 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
-import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink import NETLINK_ROUTE, NLM_F_CREATE, NLM_F_EXCL
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
@@ -50,6 +48,7 @@ from srv6ctl.dataplane.model import (
     LocalSid,
 )
 from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Request
+from srv6ctl.dataplane.scratch_netns import scratch_netns
 
 RTM_NEWLINK = 16
 IFF_UP = 1
@@ -71,17 +70,16 @@ class KernelFeatures:
 
 @functools.cache
 def probe_kernel() -> KernelFeatures:
-    """Probe in a throw-away namespace (needs CAP_SYS_ADMIN and CAP_NET_ADMIN)."""
-    name = f"s6probe-{secrets.token_hex(4)}"
-    pyroute2_netns.create(name)
-    try:
-        channel = NetlinkChannel(name, NETLINK_ROUTE, strict_dumps=True)
+    """Probe in a throw-away namespace (needs CAP_SYS_ADMIN and CAP_NET_ADMIN).
+
+    The namespace has no name and no mount (`scratch_netns`): nothing to leak if the
+    process dies, and nothing AppArmor's container profile refuses."""
+    with scratch_netns() as netns:
+        channel = NetlinkChannel(netns, NETLINK_ROUTE, strict_dumps=True)
         try:
             return _Probe(channel).run()
         finally:
             channel.close()
-    finally:
-        pyroute2_netns.remove(name)
 
 
 class _Probe:
@@ -120,10 +118,10 @@ class _Probe:
         counters = self._local_sid(End, counters=True) is None
         if not counters:
             self.notes.append("per-SID counters (SEG6_LOCAL_COUNTERS): unsupported")
-        modes = frozenset(m for m in EncapMode if self._nexthop(SegmentPath(m, None, _SEGS)))
+        modes = frozenset(m for m in EncapMode if self._nexthop(SegmentPath.make(m, None, _SEGS)))
         for mode in sorted(set(EncapMode) - modes):
             self.notes.append(f"encap mode {mode}: unsupported")
-        source = self._nexthop(SegmentPath(EncapMode.ENCAP, _SOURCE, _SEGS)) is not None
+        source = self._nexthop(SegmentPath.make(EncapMode.ENCAP, _SOURCE, _SEGS)) is not None
         if not source:
             self.notes.append(
                 "per-policy encap source (SEG6_IPTUNNEL_SRC): unsupported, "
@@ -221,7 +219,7 @@ class _Probe:
         return nh_id if any(n.path == path for n in self._nexthops(stats=False)) else None
 
     def _group(self) -> tuple[bool, bool]:
-        member = self._nexthop(SegmentPath(EncapMode.ENCAP, None, _SEGS))
+        member = self._nexthop(SegmentPath.make(EncapMode.ENCAP, None, _SEGS))
         if member is None:
             return False, False
         self._next_nh += 1

@@ -30,7 +30,7 @@ import socket
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane import netlink_wire as w
@@ -93,21 +93,46 @@ class InvalidObject(ValueError):
     """A model object the kernel backend cannot express (the message names it and why)."""
 
 
-@dataclass(frozen=True, order=True)
-class SegmentPath:
-    """What one seg6 nexthop encapsulates with; policies sharing it share the nexthop."""
+class SegmentPath(NamedTuple):
+    """What one seg6 nexthop encapsulates with; policies sharing it share the nexthop.
+
+    The segments are held packed, as they go on the wire (16 bytes each, travel order): a
+    tuple of an enum, an address or None, and bytes hashes and compares in C, whereas
+    IPv6Address hashes and compares in Python (~1 µs a dict lookup), and a large plan looks
+    a path up per segment list. A plain `(mode, source, packed)` tuple finds it as a key.
+    """
 
     mode: EncapMode
     source: IPv6Address | None
-    segments: tuple[IPv6Address, ...]
+    packed: bytes
 
     @classmethod
     def of(cls, policy: SrPolicy, segment_list: SegmentList) -> SegmentPath:
-        return cls(policy.mode, policy.encap_source, segment_list.segments)
+        return cls(policy.mode, policy.encap_source, pack_segments(segment_list.segments))
+
+    @classmethod
+    def make(
+        cls, mode: EncapMode, source: IPv6Address | None, segments: Sequence[IPv6Address]
+    ) -> SegmentPath:
+        return cls(mode, source, pack_segments(segments))
+
+    @property
+    def segments(self) -> tuple[IPv6Address, ...]:
+        packed = self.packed
+        return tuple(IPv6Address(packed[i : i + 16]) for i in range(0, len(packed), 16))
 
     def __str__(self) -> str:
         source = f" from {self.source}" if self.source else ""
         return f"{self.mode} [{','.join(map(str, self.segments))}]{source}"
+
+
+PathKey = tuple[EncapMode, IPv6Address | None, bytes]  # a SegmentPath, or a tuple equal to one
+
+
+def pack_segments(segments: Sequence[IPv6Address]) -> bytes:
+    if len(segments) == 1:  # most lists (a service backend is one SID): no join needed
+        return segments[0].packed
+    return b"".join([s.packed for s in segments])
 
 
 @dataclass(frozen=True)
@@ -156,6 +181,22 @@ class Codec:
     sid_counters: bool
     group_buckets: int
     group_idle_timer: int | None  # seconds; None keeps the kernel default (120 s)
+    group_unbalanced_timer: int | None = None  # seconds; None keeps the default (never)
+    # NHA_GROUP_TYPE and NHA_RES_GROUP: the same for every group, so packed once.
+    _group_tail: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        resilient = [w.u16(NHA_RES["NHA_RES_GROUP_BUCKETS"], self.group_buckets)]
+        if self.group_idle_timer is not None:
+            ticks = self.group_idle_timer * 100  # clock_t, USER_HZ
+            resilient.append(w.u32(NHA_RES["NHA_RES_GROUP_IDLE_TIMER"], ticks))
+        if self.group_unbalanced_timer is not None:
+            ticks = self.group_unbalanced_timer * 100  # clock_t, USER_HZ
+            resilient.append(w.u32(NHA_RES["NHA_RES_GROUP_UNBALANCED_TIMER"], ticks))
+        tail = w.u16(NHA["NHA_GROUP_TYPE"], nl.NEXTHOP_GRP_TYPE_RES) + w.nest(
+            NHA["NHA_RES_GROUP"], *resilient
+        )
+        object.__setattr__(self, "_group_tail", tail)
 
     # --- routes -----------------------------------------------------------------------
 
@@ -242,21 +283,36 @@ class Codec:
         return self._route(route.table, prefix, nl.RTN_UNICAST, scope, *attrs)
 
     def steering(self, steering: Steering, group_id: int) -> bytes:
-        return self._route(
-            steering.table,
-            steering.prefix,
-            nl.RTN_UNICAST,
-            nl.RT_SCOPE_UNIVERSE,
-            w.u32(RTA["RTA_NH_ID"], group_id),
+        prefix = steering.prefix
+        return self._nexthop_route(
+            steering.table, prefix.network_address.packed, prefix.prefixlen, group_id
         )
 
     def anchor(self, bsid: IPv6Address, group_id: int) -> bytes:
-        return self._route(
-            self.policy_table,
-            ipaddress.IPv6Network(bsid),
-            nl.RTN_UNICAST,
+        return self._nexthop_route(self.policy_table, bsid.packed, 128, group_id)
+
+    def _nexthop_route(self, table: int, address: bytes, prefix_len: int, nh_id: int) -> bytes:
+        """A route to a nexthop object; one `pack` (these are most of a large plan)."""
+        v6 = len(address) == 16
+        return (_NH_ROUTE6 if v6 else _NH_ROUTE4).pack(
+            socket.AF_INET6 if v6 else socket.AF_INET,
+            prefix_len,
+            0,
+            0,
+            table if table < 256 else nl.RT_TABLE_COMPAT,
+            self.protocol,
             nl.RT_SCOPE_UNIVERSE,
-            w.u32(RTA["RTA_NH_ID"], group_id),
+            nl.RTN_UNICAST,
+            0,
+            4 + len(address),
+            _RTA_DST,
+            address,
+            8,
+            _RTA_TABLE,
+            table,
+            8,
+            _RTA_NH_ID,
+            nh_id,
         )
 
     def route_delete(self, slot: Slot) -> bytes:
@@ -271,34 +327,45 @@ class Codec:
     # --- nexthops ---------------------------------------------------------------------
 
     def segment_nexthop(self, nh_id: int, path: SegmentPath, links: Links) -> bytes:
-        srh = nl.pack_seg6_srh(ENCAP_MODES[path.mode], path.segments)
-        encap = [w.attr(S6T["SEG6_IPTUNNEL_SRH"], srh)]
-        if path.source is not None:
-            encap.append(w.address(S6T["SEG6_IPTUNNEL_SRC"], path.source))
-        return b"".join(
-            (
-                _NHMSG.pack(socket.AF_INET6, 0, self.protocol, 0, 0),
-                w.u32(NHA["NHA_ID"], nh_id),
-                w.u32(NHA["NHA_OIF"], links.index(self.nexthop_device, path)),
-                w.u16(NHA["NHA_ENCAP_TYPE"], nl.LWTUNNEL_ENCAP_SEG6),
-                w.nest(NHA["NHA_ENCAP"], *encap),
-            )
+        srh = nl.pack_seg6_srh_packed(ENCAP_MODES[path.mode], path.packed)  # 4-byte multiple
+        source = b"" if path.source is None else w.address(_SEG6_SRC, path.source)
+        head = _SEG6_NEXTHOP.pack(
+            socket.AF_INET6,
+            0,
+            self.protocol,
+            0,
+            0,
+            8,
+            _NHA_ID,
+            nh_id,
+            8,
+            _NHA_OIF,
+            links.index(self.nexthop_device, path),
+            6,
+            _NHA_ENCAP_TYPE,
+            nl.LWTUNNEL_ENCAP_SEG6,
+            8 + len(srh) + len(source),
+            _NHA_ENCAP | w.NLA_F_NESTED,
+            4 + len(srh),
+            _SEG6_SRH,
         )
+        return head + srh + source
 
     def group(self, group_id: int, members: Sequence[tuple[int, int]]) -> bytes:
-        resilient = [w.u16(NHA_RES["NHA_RES_GROUP_BUCKETS"], self.group_buckets)]
-        if self.group_idle_timer is not None:
-            ticks = self.group_idle_timer * 100  # clock_t, USER_HZ
-            resilient.append(w.u32(NHA_RES["NHA_RES_GROUP_IDLE_TIMER"], ticks))
-        return b"".join(
-            (
-                _NHMSG.pack(socket.AF_UNSPEC, 0, self.protocol, 0, 0),
-                w.u32(NHA["NHA_ID"], group_id),
-                w.attr(NHA["NHA_GROUP"], nl.pack_group(members)),
-                w.u16(NHA["NHA_GROUP_TYPE"], nl.NEXTHOP_GRP_TYPE_RES),
-                w.nest(NHA["NHA_RES_GROUP"], *resilient),
-            )
+        wire = nl.pack_group(members)
+        head = _GROUP.pack(
+            socket.AF_UNSPEC,
+            0,
+            self.protocol,
+            0,
+            0,
+            8,
+            _NHA_ID,
+            group_id,
+            4 + len(wire),
+            _NHA_GROUP,
         )
+        return head + wire + self._group_tail
 
     @staticmethod
     def nexthop_delete(nh_id: int) -> bytes:
@@ -415,7 +482,7 @@ class Codec:
             if srh is not None:
                 mode, segments = nl.unpack_seg6_srh(srh)
                 if mode in MODE_OF_ENCAP:
-                    path = SegmentPath(
+                    path = SegmentPath.make(
                         MODE_OF_ENCAP[mode],
                         IPv6Address(source) if source is not None else None,
                         segments,
@@ -438,6 +505,18 @@ _COUNTERS = ("PACKETS", "BYTES", "ERRORS")
 _NLMSGHDR = 16
 _RTMSG = struct.Struct("=BBBBBBBBI")  # struct rtmsg
 _NHMSG = struct.Struct("=BBBBI")  # struct nhmsg
+# Whole messages (after the nlmsghdr) packed by one Struct each: a struct, then attributes
+# as (nla_len, nla_type, payload); "=" means no implicit padding, so each layout spells
+# out its own (every attribute here is already a multiple of 4 bytes, but NHA_ENCAP_TYPE).
+_RTA_DST, _RTA_TABLE, _RTA_NH_ID = RTA["RTA_DST"], RTA["RTA_TABLE"], RTA["RTA_NH_ID"]
+_NHA_ID, _NHA_OIF, _NHA_GROUP = NHA["NHA_ID"], NHA["NHA_OIF"], NHA["NHA_GROUP"]
+_NHA_ENCAP_TYPE, _NHA_ENCAP = NHA["NHA_ENCAP_TYPE"], NHA["NHA_ENCAP"]
+_SEG6_SRH, _SEG6_SRC = S6T["SEG6_IPTUNNEL_SRH"], S6T["SEG6_IPTUNNEL_SRC"]
+_NH_ROUTE6 = struct.Struct("=BBBBBBBBI HH16s HHI HHI")  # rtmsg, RTA_DST, RTA_TABLE, RTA_NH_ID
+_NH_ROUTE4 = struct.Struct("=BBBBBBBBI HH4s HHI HHI")
+# nhmsg, NHA_ID, NHA_OIF, NHA_ENCAP_TYPE (u16 + 2 pad), NHA_ENCAP { SEG6_IPTUNNEL_SRH header
+_SEG6_NEXTHOP = struct.Struct("=BBBBI HHI HHI HHH2x HH HH")  # ... then its payload }
+_GROUP = struct.Struct("=BBBBI HHI HH")  # nhmsg, NHA_ID, NHA_GROUP header (members follow)
 
 
 @dataclass(frozen=True)

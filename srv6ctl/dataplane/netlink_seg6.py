@@ -15,6 +15,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Sequence
@@ -255,19 +256,36 @@ class nhmsg(nlmsg):  # type: ignore[misc]
 
 
 def pack_seg6_srh(mode: int, segments: Sequence[ipaddress.IPv6Address]) -> bytes:
-    """struct seg6_iptunnel_encap for SEG6_IPTUNNEL_SRH, `segments` in travel order.
+    """struct seg6_iptunnel_encap for SEG6_IPTUNNEL_SRH, `segments` in travel order."""
+    return pack_seg6_srh_packed(mode, b"".join(s.packed for s in segments))
+
+
+def pack_seg6_srh_packed(mode: int, segments: bytes) -> bytes:
+    """As `pack_seg6_srh`, from the segments already packed (16 bytes each, travel order).
 
     The SRH stores its list last-segment-first (RFC 8754 §2: Segment List[0] is the last
     segment), so the first segment to visit is written last, exactly as iproute2 does.
     For inline mode (H.Insert) iproute2 adds a `::` entry in slot 0 that the kernel fills
     with the packet's original destination; we do the same.
     """
-    wire = [s.packed for s in reversed(segments)]
+    count = len(segments) // 16
+    if count == 1:
+        wire = segments
+    else:
+        wire = b"".join([segments[i : i + 16] for i in range(len(segments) - 16, -1, -16)])
     if mode == SEG6_IPTUN_MODE_INLINE:
-        wire.insert(0, bytes(16))
-    last = len(wire) - 1
-    header = _SRH_HEADER.pack(0, 2 * len(wire), IPV6_SRCRT_TYPE_4, last, last, 0, 0)
-    return _ENCAP_MODE.pack(mode) + header + b"".join(wire)
+        wire = bytes(16) + wire
+        count += 1
+    return _srh_header(mode, count) + wire
+
+
+@functools.lru_cache(maxsize=64)
+def _srh_header(mode: int, count: int) -> bytes:
+    """The encap mode and SRH header for `count` SRH entries: the same for every nexthop
+    of one shape, so packed once."""
+    last = count - 1
+    header = _SRH_HEADER.pack(0, 2 * count, IPV6_SRCRT_TYPE_4, last, last, 0, 0)
+    return _ENCAP_MODE.pack(mode) + header
 
 
 def unpack_seg6_srh(data: bytes) -> tuple[int, tuple[ipaddress.IPv6Address, ...]]:
@@ -285,12 +303,12 @@ def unpack_seg6_srh(data: bytes) -> tuple[int, tuple[ipaddress.IPv6Address, ...]
 
 def pack_group(members: Sequence[tuple[int, int]]) -> bytes:
     """NHA_GROUP from (nexthop id, weight >= 1) pairs; the wire carries `weight - 1`."""
-    out = bytearray()
+    wire = []
     for nh_id, weight in members:
         if not 1 <= weight <= MAX_GROUP_WEIGHT:
             raise ValueError(f"nexthop group weight {weight} is outside 1..{MAX_GROUP_WEIGHT}")
-        out += _GROUP_MEMBER.pack(nh_id, (weight - 1) & 0xFF, (weight - 1) >> 8, 0)
-    return bytes(out)
+        wire.append(_GROUP_MEMBER.pack(nh_id, (weight - 1) & 0xFF, (weight - 1) >> 8, 0))
+    return b"".join(wire)
 
 
 def unpack_group(data: bytes) -> tuple[tuple[int, int], ...]:

@@ -64,7 +64,10 @@ class SysctlResult:
 
 def _sysctl_path(name: str) -> str:
     # Device names may contain dots; callers pass them with "/" (net/ipv6/conf/eth0.1/...).
-    return "/proc/sys/" + (name if "/" in name else name.replace(".", "/"))
+    # In a container /proc/sys is read-only; the DaemonSet mounts the host's /proc/sys/net
+    # elsewhere and says where (net sysctls resolve to the writing thread's namespace).
+    root = os.environ.get("SRV6CTL_PROC_SYS", "/proc/sys").rstrip("/")
+    return f"{root}/" + (name if "/" in name else name.replace(".", "/"))
 
 
 def ensure_sysctls(netns: str | None, values: Mapping[str, str]) -> SysctlResult:

@@ -158,8 +158,23 @@ class Conformance:
     def _run_batch(self, probes: list[Probe], timeout: float) -> None:
         if not probes:
             return
-        self.capture.drain()
         started = time.monotonic()
+        results = self._judge_batch(probes, timeout)
+        # A first packet can die in neighbour resolution on a busy machine, which is not
+        # the behaviour under test: a probe that expected frames and saw none gets one more
+        # try. Negative probes (expect nothing) are never retried.
+        retry = [i for i, (ok, _) in enumerate(results) if not ok and probes[i].expected_frames]
+        if retry:
+            again = self._judge_batch([probes[i] for i in retry], timeout)
+            for i, result in zip(retry, again, strict=True):
+                results[i] = result
+        for probe, (passed, detail) in zip(probes, results, strict=True):
+            self.report.add(GROUP, probe.name, passed, detail)
+        self.report.figures.setdefault("conformance_seconds", 0.0)
+        self.report.figures["conformance_seconds"] += time.monotonic() - started
+
+    def _judge_batch(self, probes: list[Probe], timeout: float) -> list[tuple[bool, str]]:
+        self.capture.drain()
         for probe in probes:
             probe.send()
         expected = sum(p.expected_frames for p in probes)
@@ -170,18 +185,17 @@ class Conformance:
         )
         self.report.figures.setdefault("conformance_probes", 0)
         self.report.figures["conformance_probes"] += len(probes)
+        results: list[tuple[bool, str]] = []
         for probe in probes:
             try:
                 if probe.judge_all is not None:
                     seen = [found[m] for m in (probe.mark, *probe.more_marks)]
-                    passed, detail = probe.judge_all(seen)
+                    results.append(probe.judge_all(seen))
                 else:
-                    passed, detail = probe.judge(found[probe.mark])
+                    results.append(probe.judge(found[probe.mark]))
             except Exception as err:  # a judge tripping over an odd frame is a failure
-                passed, detail = False, f"{type(err).__name__}: {err}"
-            self.report.add(GROUP, probe.name, passed, detail)
-        self.report.figures.setdefault("conformance_seconds", 0.0)
-        self.report.figures["conformance_seconds"] += time.monotonic() - started
+                results.append((False, f"{type(err).__name__}: {err}"))
+        return results
 
     def _inject(self, node: NodeInfo, packet: Packet) -> Callable[[], None]:
         injector = self.topo.injector
