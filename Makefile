@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-lab: $(STAMP)
+lab: deps $(STAMP)
 	$(BIN)/srv6ctl lab up
 	$(BIN)/srv6ctl verify || { echo "verify failed: agent logs in /run/srv6ctl-lab/<node>/agent.log; see srv6ctl/lab/FINDINGS.md"; exit 1; }
 	@echo "next: srv6ctl lab status · srv6ctl trace client-1 web · srv6ctl lab exec client-1 -- ip -6 route · srv6ctl lab down"
@@ -28,7 +28,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+test: deps $(STAMP) lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
 clean:
