@@ -572,8 +572,10 @@ class Agent:
             with self._backend_lock:
                 return drift(without_pods(desired), self.backend.dump())
         if what == "allocations":
+            nodes = self.allocator.nodes()
             return {
-                "nodes": self.allocator.nodes(),
+                "nodes": nodes,
+                "locators": {n: str(self.plan.locator(i)) for n, i in nodes.items()},
                 "pods": to_jsonable(self.allocator.pods(self.options.node_name)),
                 "services": to_jsonable(self.allocator.services()),
             }

@@ -74,15 +74,13 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from srv6ctl.agent import query_agent
+    from srv6ctl.show import show
 
     try:
-        result = query_agent(args.api_socket, args.what)
+        return show(args.what, args.api_socket, args.json)
     except (OSError, RuntimeError) as err:
         print(f"cannot query the agent at {args.api_socket}: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=None if args.json else 2, sort_keys=True))
-    return 0
+        return 2
 
 
 def _cleanup(args: argparse.Namespace) -> int:
@@ -153,7 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     clean.set_defaults(func=_cleanup)
 
     show = commands.add_parser("show", help="ask a running agent what it holds")
-    show.add_argument("what", choices=("status", "desired", "actual", "drift", "allocations"))
+    show.add_argument(
+        "what",
+        choices=(
+            "nodes",
+            "pods",
+            "sids",
+            "policies",
+            "services",
+            "ipam",
+            "status",
+            "desired",
+            "actual",
+            "drift",
+            "allocations",
+        ),
+        help="a table, desired vs programmed (exit 1 when anything drifted), or raw JSON",
+    )
     show.add_argument("--api-socket", default="/run/srv6ctl/agent.sock")
     show.add_argument("--json", action="store_true", help="one line")
     show.set_defaults(func=_show)
