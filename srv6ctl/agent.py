@@ -529,7 +529,7 @@ class Agent:
         try:
             done = self.podnet.sync(pod)
         except Exception as err:  # one pod must not stop the others
-            log.warning("pod %s: %s", pod.pod, err)
+            log.warning("pod %s: %s", pod.pod, err, extra={"pod": pod.pod})
             return
         if done.writes:
             log.info(
@@ -538,6 +538,10 @@ class Agent:
                 [str(a) for a in done.added],
                 [str(a) for a in done.removed],
                 "replaced" if done.rewrites_replaced else "unchanged",
+                extra={
+                    "pod": pod.pod,
+                    "service": ",".join(sorted(map(str, pod.service_addresses))),
+                },
             )
 
     def _clear_pod(self, pod: PodAttachment) -> None:
@@ -545,7 +549,7 @@ class Agent:
             try:
                 self.podnet.clear(pod.netns)
             except Exception as err:
-                log.warning("pod %s: %s", pod.pod, err)
+                log.warning("pod %s: %s", pod.pod, err, extra={"pod": pod.pod})
 
     # --- the read-only API (srv6ctl show) --------------------------------------------------
 
