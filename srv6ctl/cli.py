@@ -175,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     from srv6ctl import trace
     from srv6ctl.lab import cli as lab_cli
     from srv6ctl.verify import cli as verify_cli
+    from telemetry import top
 
-    for register in (lab_cli.register, verify_cli.register, trace.register):
+    for register in (lab_cli.register, verify_cli.register, trace.register, top.register):
         register(commands)
     return parser
 

@@ -2,6 +2,7 @@
 
     top("http://127.0.0.1:9876/metrics")          # refreshes every 2 s until ^C
     top(url, interval=1, count=1, out=buffer)     # one screen (tests, scripts)
+    register(commands)                            # adds `srv6ctl top` to the CLI
 
 Scrapes the agent twice per screen, `interval` apart, and shows per-second rates of the
 dataplane counters (a counter that went down was reset: its new value counts from 0) and
@@ -10,14 +11,17 @@ a few control-plane figures. Reads only the exposition: no Prometheus needed.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
-import urllib.request
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TextIO, TypeVar
 
-from prometheus_client.parser import text_string_to_metric_families
+DEFAULT_API_SOCKET = "/run/srv6ctl/agent.sock"
+
+Number = TypeVar("Number", int, float)
 
 Series = tuple[str, frozenset[tuple[str, str]]]
 Sample = dict[Series, float]
@@ -25,6 +29,11 @@ Sample = dict[Series, float]
 
 def scrape(url: str, timeout: float = 5.0) -> Sample:
     """Every sample of the exposition at `url`: {(name, labels): value}."""
+    # Imported here: `srv6ctl --help` builds the parser with `register` and stays quick.
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
     request = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         text = response.read().decode()
@@ -170,3 +179,73 @@ def top(
             shown += 1
     except KeyboardInterrupt:
         pass
+
+
+def metrics_url(url: str) -> str:
+    """`url` with `/metrics` added when it names no path (the agent reports its base URL)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.path in ("", "/"):
+        parts = parts._replace(path="/metrics")
+    return urllib.parse.urlunsplit(parts)
+
+
+def _positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
+    def parse(text: str) -> Number:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+        return value
+
+    return parse
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `top` to the `srv6ctl` subparsers."""
+    top_ = commands.add_parser(
+        "top",
+        help="a live terminal view of the busiest services and SIDs of one agent",
+        description="Per-second rates of one agent's busiest local SIDs, services and pods, "
+        "read from its /metrics (no Prometheus needed).",
+    )
+    where = top_.add_mutually_exclusive_group()
+    where.add_argument("--url", help="the agent's metrics URL (e.g. http://127.0.0.1:9876)")
+    where.add_argument(
+        "--api-socket",
+        default=DEFAULT_API_SOCKET,
+        help=f"ask this agent for its metrics URL (default {DEFAULT_API_SOCKET})",
+    )
+    top_.add_argument(
+        "--interval", type=_positive(float), default=2.0, help="seconds between screens"
+    )
+    top_.add_argument(
+        "--count", type=_positive(int), default=None, help="screens to show (default: until ^C)"
+    )
+    top_.add_argument("--limit", type=_positive(int), default=10, help="rows per table")
+    top_.set_defaults(func=_top)
+
+
+def _top(args: argparse.Namespace) -> int:
+    url: str | None = args.url
+    if url is None:
+        from srv6ctl.agent import query_agent  # telemetry does not import srv6ctl up front
+
+        try:
+            url = query_agent(args.api_socket, "status").get("metrics")
+        except (OSError, RuntimeError) as err:
+            print(f"cannot query the agent at {args.api_socket}: {err}", file=sys.stderr)
+            return 1
+        if not url:
+            print(f"the agent at {args.api_socket} serves no /metrics", file=sys.stderr)
+            return 1
+    url = metrics_url(url)
+    try:
+        top(url, interval=args.interval, count=args.count, limit=args.limit)
+    except KeyboardInterrupt:  # during the first scrape; `top` handles the later ones
+        pass
+    except (OSError, ValueError) as err:  # URLError is an OSError; ValueError: a bad URL
+        print(f"cannot read {url}: {err}", file=sys.stderr)
+        return 1
+    return 0
