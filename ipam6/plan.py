@@ -33,6 +33,7 @@ SERVICE_FAMILY_V4 = 0x4
 END_FUNCTION = 0x1
 DT6_FUNCTION = 0x6
 DT4_FUNCTION = 0x4
+HOST_FUNCTION = 0x7  # End.DT6 into the host-services table: host-network endpoints
 
 
 class InvalidConfig(ValueError):
@@ -317,6 +318,10 @@ class AddressPlan:
 
     def dt4_sid(self, node_id: int) -> IPv6Address:
         return self._function(node_id, DT4_FUNCTION)
+
+    def host_sid(self, node_id: int) -> IPv6Address:
+        """`L::7`: decapsulate into the node's own stack, for host-network endpoints."""
+        return self._function(node_id, HOST_FUNCTION)
 
     def node_of_sid(self, sid: IPv6Address) -> int | None:
         """The node whose locator holds `sid`, or None (not ours, or the service locator)."""

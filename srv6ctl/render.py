@@ -54,11 +54,7 @@ set once per node (`NodeConfig.encap_source`, kernel `ip sr tunsrc`, VPP
 source. Policies use H.Encaps.Red when the backend offers it (every list has one SID, so
 no SRH is needed at all), H.Encaps otherwise.
 
-Known gaps, each needing a model addition rather than a render trick:
-- a host-network endpoint's node must own the ClusterIP (on its loopback) for End.DT6's
-  lookup to deliver the packet locally; `NodeConfig` has no object for host-owned service
-  addresses yet, so until it does that lookup finds the node's own steering for the
-  ClusterIP;
+Not rendered yet:
 - sessionAffinity (needs an L3-only hash on the service's group), externalIPs, NodePort
   and LoadBalancer paths, and NetworkPolicy are not rendered.
 """
@@ -108,6 +104,10 @@ from srv6ctl.state import (
     ServiceKey,
 )
 
+# Host-network endpoints: their node's `L::7` (End.DT6) looks the inner packet up in this
+# table, which holds `local <ClusterIP>` for each service with a host-network endpoint on
+# the node — the main table cannot, it steers the ClusterIP into the service's policy.
+HOST_SERVICES_TABLE = 93
 NODE_POLICY_V6_TAG = 0x2
 NODE_POLICY_V4_TAG = 0x3
 POD_POLICY_V4_TAG = 0x5
@@ -156,6 +156,7 @@ class RenderInputs:
     pod_interfaces: Mapping[str, PodInterface] = field(default_factory=dict)  # pod UID →
     pod_table: int = MAIN_TABLE  # End.DT6 lookup table
     pod_table_v4: int = MAIN_TABLE  # End.DT4 lookup table (a VRF's table on the kernel)
+    host_table: int = HOST_SERVICES_TABLE  # End.DT6 `L::7` lookup: ClusterIPs served here
 
 
 # --- node-local BSIDs -----------------------------------------------------------------
@@ -364,7 +365,8 @@ class Renderer:
         if (
             old.plan != inputs.plan
             or old.capabilities != inputs.capabilities
-            or (old.pod_table, old.pod_table_v4) != (inputs.pod_table, inputs.pod_table_v4)
+            or (old.pod_table, old.pod_table_v4, old.host_table)
+            != (inputs.pod_table, inputs.pod_table_v4, inputs.host_table)
             or old.node_ids.get(self._node) != inputs.node_ids.get(self._node)
         ):
             self._configure(inputs)  # raises, changing nothing, when the node has no ID
@@ -393,6 +395,7 @@ class Renderer:
             raise ValueError(f"node {self._node} has no node ID in the render inputs")
         self._plan = inputs.plan
         self._local_id = local_id
+        self._host_sid = int(self._plan.host_sid(local_id))
         caps = inputs.capabilities
         self._local_dt4 = self._plan.dual_stack and END_DT4 in caps.behaviours
         reduced = EncapMode.ENCAP_RED in caps.encap_modes
@@ -483,6 +486,7 @@ class Renderer:
         sids: list[LocalSid] = [
             End(plan.end_sid(node_id)),
             EndDT6(plan.dt6_sid(node_id), table=self._inputs.pod_table),
+            EndDT6(plan.host_sid(node_id), table=self._inputs.host_table),
         ]
         if self._local_dt4:
             sids.append(EndDT4(plan.dt4_sid(node_id), table=self._inputs.pod_table_v4))
@@ -655,6 +659,9 @@ class Renderer:
                 # the ClusterIP follow the default route out of the cluster.
                 routes.append(Route(host, kind=RouteKind.PROHIBIT))
                 continue
+            if family == 6 and self._host_sid in sids:
+                # A host-network endpoint here: End.DT6 `L::7` must find the ClusterIP local.
+                routes.append(Route(host, kind=RouteKind.LOCAL, table=self._inputs.host_table))
             # Sorted already, so the policy's own sort has nothing to do.
             segment_lists = tuple(SegmentList((IPv6Address(sid),)) for sid in sorted(sids))
             owner = f"svc/{service.namespace}/{service.name}/v{family}"
@@ -735,7 +742,7 @@ class Renderer:
             if node_id is None:
                 continue
             if family == 6:
-                return int(plan.dt6_sid(node_id))
+                return int(plan.host_sid(node_id))
             if self._can_dt4(node):
                 return int(plan.dt4_sid(node_id))
             # End.DX4 needs a pod interface to hand the packet to, and a node without

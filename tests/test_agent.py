@@ -102,6 +102,8 @@ class Node:
                 self.api,
                 "--resync",
                 str(resync),
+                "--metrics-address",
+                "127.0.0.1:0",
             ],
             stdout=log,
             stderr=log,
@@ -156,7 +158,7 @@ class Node:
         self.pods[pod] = (netns, ip)
         return ip
 
-    def write_objects(self, ready: dict[str, bool]) -> None:
+    def write_objects(self, ready: dict[str, bool], extra: tuple[dict[str, Any], ...] = ()) -> None:
         pods = [
             {
                 "apiVersion": "v1",
@@ -222,6 +224,7 @@ class Node:
                 ],
                 "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             },
+            *extra,
         ]
         (self.tmp / "objects").mkdir(exist_ok=True)
         path = self.tmp / "objects" / "cluster.yaml"
@@ -402,3 +405,61 @@ def test_store_outage_keeps_the_dataplane_and_defers_cni_add(lab_node: Node) -> 
             return {p["container_id"] for p in pods} == {"ctr-client", "ctr-web-a"}
 
         wait_for("the deferred release of web-b's address", released, timeout=30)
+
+
+HOST_SERVICE = (
+    {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "api", "namespace": "default", "uid": "uid-svc-api"},
+        "spec": {
+            "clusterIP": "fd00:96::20",
+            "clusterIPs": ["fd00:96::20"],
+            "ipFamilies": ["IPv6"],
+            "ports": [{"name": "https", "port": 8080, "targetPort": 8080, "protocol": "TCP"}],
+        },
+    },
+    {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "api-1",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "api"},
+        },
+        "addressType": "IPv6",
+        # A host-network endpoint: the node's own InternalIP (like kube-apiserver's).
+        "endpoints": [
+            {"addresses": ["fd00:ff::1"], "conditions": {"ready": True}, "nodeName": "n1"}
+        ],
+        "ports": [{"name": "https", "port": 8080, "protocol": "TCP"}],
+    },
+)
+
+
+def test_host_network_endpoint_is_reached_through_its_nodes_host_sid(lab_node: Node) -> None:
+    bring_up(lab_node)
+    lab_node.write_objects({"web-a": True, "web-b": True}, extra=HOST_SERVICE)
+    wait_for(
+        "the host-services route",
+        lambda: (
+            "local fd00:96::20"
+            in lab_node.node.ip("-6", "route", "show", "table", "93", check=False)
+        ),
+    )
+    # The "host-network pod": a server in the node's own namespace, on the node's address.
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", lab_node.node.name, sys.executable, "-c", SERVER, "host"]
+    )
+    lab_node.servers.append(server)
+    time.sleep(0.5)
+    backend, seen_client, local, peer = lab_node.connect("client", "fd00:96::20", 8080)
+    # Delivered to the node's stack by End.DT6 L::7, answered from the ClusterIP, no NAT.
+    assert (backend, seen_client, local, peer) == (
+        "host",
+        lab_node.pods["client"][1],
+        "fd00:96::20",
+        "fd00:96::20",
+    )
+    assert query_agent(lab_node.api, "status")["changes"] > 0
+    assert not query_agent(lab_node.api, "drift")

@@ -37,6 +37,7 @@ from srv6ctl.dataplane.model import (
     Steering,
 )
 from srv6ctl.render import (
+    HOST_SERVICES_TABLE,
     PodInterface,
     PodSids,
     Renderer,
@@ -114,7 +115,14 @@ def test_three_node_ipv6_cluster_node_sids_routes_and_node_policies() -> None:
     config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3]))
     assert config == NodeConfig(
         encap_source=V6("2001:db8::1"),
-        local_sids=frozenset({End(V6("fcbb:bb00:1::1")), EndDT6(V6("fcbb:bb00:1::6"))}),
+        local_sids=frozenset(
+            {
+                End(V6("fcbb:bb00:1::1")),
+                EndDT6(V6("fcbb:bb00:1::6")),
+                EndDT6(V6("fcbb:bb00:1::7"), table=HOST_SERVICES_TABLE),
+                EndDT6(V6("fcbb:bb00:1::7"), table=HOST_SERVICES_TABLE),
+            }
+        ),
         routes=frozenset(
             {
                 Route(ipaddress.ip_network("fcbb:bb00:2::/48"), via=V6("2001:db8::2")),
@@ -137,7 +145,11 @@ def test_three_node_ipv6_cluster_node_sids_routes_and_node_policies() -> None:
     assert {p.owner for p in config.policies} == {"node/node-2/v6", "node/node-3/v6"}
     # Node 2 sees the mirror image: its own SIDs, BSIDs on its own locator.
     other = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3]))
-    assert other.local_sids == {End(V6("fcbb:bb00:2::1")), EndDT6(V6("fcbb:bb00:2::6"))}
+    assert other.local_sids == {
+        End(V6("fcbb:bb00:2::1")),
+        EndDT6(V6("fcbb:bb00:2::6")),
+        EndDT6(V6("fcbb:bb00:2::7"), table=HOST_SERVICES_TABLE),
+    }
     assert policy("fcbb:bb00:2::2000:1", "fcbb:bb00:1::6") in other.policies
 
 
@@ -180,6 +192,7 @@ def test_local_pod_gets_dx6_dx4_sids_and_an_attachment_host_network_pod_nothing(
     assert config.local_sids == {
         End(V6("fcbb:bb00:1::1")),
         EndDT6(V6("fcbb:bb00:1::6")),
+        EndDT6(V6("fcbb:bb00:1::7"), table=HOST_SERVICES_TABLE),
         EndDX6(V6("fcbb:bb00:1::1:2"), nexthop=V6("fd00:10:0:1::2"), interface="veth-web-0"),
         EndDX4(V6("fcbb:bb00:1::4:2"), nexthop=V4("10.128.1.2"), interface="veth-web-0"),
     }
@@ -430,7 +443,15 @@ def test_host_network_endpoints_end_at_their_nodes_dt_sids() -> None:
     config = render(
         state, "node-1", inputs(plan, [1, 2, 3], {ingress: 2}, interfaces=[host_2, host_3])
     )
-    assert segment_ends(config, "fcbb:bb00::6000:2") == {"fcbb:bb00:2::6", "fcbb:bb00:3::6"}
+    # IPv6 ends at each endpoint node's `L::7`, End.DT6 into its host-services table...
+    assert segment_ends(config, "fcbb:bb00::6000:2") == {"fcbb:bb00:2::7", "fcbb:bb00:3::7"}
+    # ...where that node has the ClusterIP as a local route (and node-1, no endpoint, none).
+    on_2 = render(state, "node-2", inputs(plan, [1, 2, 3], {ingress: 2}))
+    local = Route(
+        ipaddress.ip_network("fd00:96::2/128"), kind=RouteKind.LOCAL, table=HOST_SERVICES_TABLE
+    )
+    assert local in on_2.routes and local not in config.routes
+    assert EndDT6(V6("fcbb:bb00:2::7"), table=HOST_SERVICES_TABLE) in on_2.local_sids
     # IPv4 to a host-network endpoint needs End.DT4 on its node: only node-3 has it.
     assert segment_ends(config, "fcbb:bb00::4000:2") == {"fcbb:bb00:3::4"}
 

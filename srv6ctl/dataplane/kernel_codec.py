@@ -83,6 +83,7 @@ ROUTE_TYPES: Mapping[RouteKind, int] = {
     RouteKind.BLACKHOLE: nl.RTN_BLACKHOLE,
     RouteKind.UNREACHABLE: nl.RTN_UNREACHABLE,
     RouteKind.PROHIBIT: nl.RTN_PROHIBIT,
+    RouteKind.LOCAL: nl.RTN_LOCAL,
 }
 KIND_OF_TYPE: Mapping[int, RouteKind] = {v: k for k, v in ROUTE_TYPES.items()}
 
@@ -265,6 +266,10 @@ class Codec:
 
     def route(self, route: Route, links: Links) -> bytes:
         prefix = route.prefix
+        if route.kind is RouteKind.LOCAL:
+            # `local S dev lo`: whatever looks S up in this table delivers to our own stack.
+            oif = w.u32(RTA["RTA_OIF"], links.index("lo", route))
+            return self._route(route.table, prefix, nl.RTN_LOCAL, nl.RT_SCOPE_HOST, oif)
         if route.kind is not RouteKind.UNICAST:
             rtype = ROUTE_TYPES[route.kind]
             return self._route(route.table, prefix, rtype, nl.RT_SCOPE_UNIVERSE)

@@ -63,6 +63,7 @@ class RouteKind(StrEnum):
     UNREACHABLE = "unreachable"  # ICMPv6 no route
     PROHIBIT = "prohibit"  # ICMPv6 administratively prohibited: a service with no endpoint
     BLACKHOLE = "blackhole"
+    LOCAL = "local"  # delivered to this host's own stack (a host-network service endpoint)
 
 
 # --- local SIDs -----------------------------------------------------------------------

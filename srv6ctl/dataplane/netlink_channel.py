@@ -218,7 +218,9 @@ class NetlinkChannel:
             refused = [
                 (row, code, message)
                 for row, code, message in self._round_trip(writes, rows)
-                if code and not _benign_after_retry(writes.flags[row], code, row in retried)
+                if code
+                and not _benign_after_retry(writes.flags[row], code, row in retried)
+                and not _already_gone(writes.msg_types[row], code)
             ]
             again: list[int] = []
             for row, code, message in refused:
@@ -362,6 +364,15 @@ def _frame(msg_type: int, flags: int, body: bytes | nlmsg) -> bytearray:
     body["header"] = {"type": msg_type, "flags": flags}
     body.encode()
     return bytearray(body.data)
+
+
+_DELETES = frozenset({25, 105})  # RTM_DELROUTE, RTM_DELNEXTHOP
+
+
+def _already_gone(msg_type: int, code: int) -> bool:
+    # The kernel removes a route (and a nexthop) by itself when its device goes away, e.g.
+    # a pod's End.DX6 SID when CNI DEL deletes the pod's veth: deleting it again is done.
+    return msg_type in _DELETES and code in (errno.ESRCH, errno.ENOENT)
 
 
 def _benign_after_retry(flags: int, code: int, retried: bool) -> bool:
