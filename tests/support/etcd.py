@@ -8,11 +8,9 @@ an emptied key space. Without etcd the tests are skipped locally and fail under 
 from __future__ import annotations
 
 import base64
-import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,23 +24,10 @@ import pytest
 import requests
 
 from ipam6.store.etcd import EtcdStore
+from tests.support.servers import die_with_parent, free_port, stop, tail
 
 ETCD_BINARY = os.environ.get("SRV6CTL_ETCD", "/usr/bin/etcd")
 _ALL = base64.b64encode(b"\0").decode()
-
-
-def _die_with_parent() -> None:
-    # Runs in the child before exec: a test run killed hard (timeout, ^C twice) must not
-    # leave etcd running. Linux ties this to the thread that started etcd.
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class EtcdServer:
@@ -92,7 +77,7 @@ class EtcdServer:
         # tmpfs makes etcd's fsyncs free; etcd 3.4 has no --unsafe-no-fsync yet.
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self._data_dir = Path(tempfile.mkdtemp(prefix="srv6ctl-etcd-", dir=shm))
-        client, peer = _free_port(), _free_port()
+        client, peer = free_port(), free_port()
         self.endpoint = f"http://127.0.0.1:{client}"
         peer_url = f"http://127.0.0.1:{peer}"
         command = [
@@ -113,7 +98,7 @@ class EtcdServer:
                 command,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -131,12 +116,7 @@ class EtcdServer:
     def _stop(self) -> None:
         if self._process is not None:
             self._process.send_signal(signal.SIGCONT)  # a paused etcd cannot act on TERM
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop(self._process, timeout=5)
             self._process = None
         if self._data_dir is not None:
             shutil.rmtree(self._data_dir, ignore_errors=True)
@@ -145,8 +125,7 @@ class EtcdServer:
     def log(self) -> str:
         if self._data_dir is None:
             return ""
-        path = self._data_dir / "etcd.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+        return tail(self._data_dir / "etcd.log", 2000)
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = requests.post(f"{self.endpoint}/v3/{path}", json=body, timeout=5)

@@ -8,11 +8,8 @@ skips the calling test, and fails it under CI=true.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,23 +23,12 @@ import pytest
 import requests
 import yaml
 
+from tests.support.servers import die_with_parent, free_port, stop, tail
+
 PROMETHEUS = os.environ.get("SRV6CTL_PROMETHEUS", "/usr/bin/prometheus")
 PROMTOOL = os.environ.get("SRV6CTL_PROMTOOL", "/usr/bin/promtool")
 
 Vector = list[tuple[dict[str, str], float]]
-
-
-def _die_with_parent() -> None:
-    # A test run killed hard must not leave Prometheus running (see tests/support/etcd.py).
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def require(binary: str) -> None:
@@ -113,7 +99,7 @@ class PrometheusServer:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 cwd=self._dir,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -131,12 +117,7 @@ class PrometheusServer:
 
     def _stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop(self._process, timeout=10)
             self._process = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -145,8 +126,7 @@ class PrometheusServer:
     def log(self) -> str:
         if self._dir is None:
             return ""
-        path = self._dir / "prometheus.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+        return tail(self._dir / "prometheus.log", 3000)
 
     def api(self, path: str, **params: str) -> Any:
         response = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=5)
