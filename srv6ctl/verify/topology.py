@@ -28,6 +28,7 @@ from srv6ctl.dataplane.model import (
     IPv6Address,
     SrPolicy,
 )
+from srv6ctl.render import HOST_SERVICES_TABLE
 from srv6ctl.verify.agentview import AgentView, view
 
 UPLINK = "eth0"
@@ -64,7 +65,15 @@ class NodeInfo:
 
     @property
     def dt6_sid(self) -> IPv6Address | None:
-        return next((s.sid for s in self.agent.desired.local_sids if type(s) is EndDT6), None)
+        """The End.DT6 into the pod table (`L::6`), not the host-services one (`L::7`)."""
+        return next(
+            (
+                s.sid
+                for s in self.agent.desired.local_sids
+                if type(s) is EndDT6 and s.table != HOST_SERVICES_TABLE
+            ),
+            None,
+        )
 
     def pod_sid(self, pod: PodInfo, family: int = 6) -> IPv6Address | None:
         address = pod.ipv6 if family == 6 else pod.ipv4
