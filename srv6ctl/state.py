@@ -26,11 +26,15 @@ What dirties what (render's dependencies, kept next to the indexes that answer t
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TypeAlias, TypeVar
+
+# One immutable, hashable label map for the controller and the policy compiler alike.
+from policies.model import NO_LABELS as NO_LABELS
+from policies.model import Labels as Labels
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -54,40 +58,6 @@ class Kind(StrEnum):
 
 
 CLUSTER_SCOPED = frozenset({Kind.NODE, Kind.NAMESPACE})
-
-
-class Labels(Mapping[str, str]):
-    """An immutable, hashable label map (dataclasses holding it stay hashable)."""
-
-    __slots__ = ("_hash", "_items")
-
-    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
-        pairs = items.items() if isinstance(items, Mapping) else items
-        self._items: dict[str, str] = dict(sorted(pairs))
-        self._hash = hash(tuple(self._items.items()))
-
-    def __getitem__(self, key: str) -> str:
-        return self._items[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Labels):
-            return self._hash == other._hash and self._items == other._items
-        return isinstance(other, Mapping) and self._items == dict(other.items())
-
-    def __repr__(self) -> str:
-        return f"Labels({self._items!r})"
-
-
-NO_LABELS = Labels()
 
 
 # --- nodes -----------------------------------------------------------------------------
