@@ -552,14 +552,21 @@ class NftablesBackend:
         self._lock = threading.Lock()
         self._generation = itertools.count(1)
 
-    def apply(self, netns: str, rules: PodRules | None, force: bool = False) -> Outcome:
+    def apply(
+        self, netns: str, rules: PodRules | None, force: bool = False, probe: bool = False
+    ) -> Outcome:
         """Make the pod in `netns` (a name under /var/run/netns, or a path) enforce
-        `rules` (None: nothing, as for a pod isolated in neither way)."""
+        `rules` (None: nothing, as for a pod isolated in neither way). With `probe`, a
+        pod met for the first time that needs no table and has none costs a read, not a
+        write (an agent's restart, or its first look at pods no policy selects)."""
         new = None if rules is None else render(rules, self.table)
         with self._lock:
             known = None if force else self._installed.get(netns)
         if new is None:
             if known is not None and known.table is None:
+                return Outcome.UNCHANGED
+            if known is None and probe and self.table not in set(tables_of(netns, self.nft)):
+                self._remember(netns, _Installed())
                 return Outcome.UNCHANGED
             self._run(netns, removal_script(self.table))
             self._remember(netns, _Installed())

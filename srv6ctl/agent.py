@@ -7,10 +7,14 @@ touched from that loop:
 
     events → ClusterState → Renderer.update (dirty keys only) → plan (changed keys only)
            → backend.apply → pods' loopback ClusterIPs and port rewrites
+           → NetworkPolicy: PolicyView.update (recompile what the dirty keys may affect)
+             → each local pod's `inet srv6ctl_policy` table (srv6ctl.netpol, policies/)
 
 Every `resync` seconds (and after any failure) the loop instead dumps the backend and
 plans against what is really there, which repairs drift (a route deleted by hand comes
-back); with nothing changed it writes nothing, which is also what a restart does.
+back); with nothing changed it writes nothing, which is also what a restart does. The
+policy tables are then compiled afresh and re-applied (unchanged ones cost nothing, a
+table deleted by hand comes back); a pod whose table could not be written is retried.
 
 Failures never tear the dataplane down: the store or the API unreachable leaves the last
 programmed state in place while the loop retries with back-off; SIGTERM stops the
@@ -38,6 +42,10 @@ from ipam6.allocator import Allocator, PodAllocation
 from ipam6.plan import AddressPlan
 from ipam6.store.base import Store, StoreError
 from ipam6.store.config import open_store
+from policies.model import PodKey as PolicyPodKey
+from policies.model import PodRules
+from policies.nftables import TABLE as POLICY_TABLE
+from policies.nftables import NftablesBackend, Outcome, tables_of
 from srv6ctl.config import Config
 from srv6ctl.dataplane.model import (
     Backend,
@@ -51,6 +59,7 @@ from srv6ctl.dataplane.model import (
     Steering,
 )
 from srv6ctl.dataplane.reconcile import drift, plan
+from srv6ctl.netpol import PolicyView
 from srv6ctl.podnet import PodNetworkProgrammer
 from srv6ctl.render import PodInterface, Renderer, RenderInputs
 from srv6ctl.serialize import to_jsonable
@@ -176,6 +185,9 @@ class Agent:
         self._first_event_at: float | None = None  # the oldest change not yet programmed
         self._api_listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
+        self.policy_view = PolicyView(options.node_name)
+        self.policy_backend = NftablesBackend()
+        self._policies_stale = True  # compile everything at the next step
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -457,6 +469,7 @@ class Agent:
                 changes = self._incremental_reconcile(desired, delta)
             else:
                 changes = []
+            self._program_policies(desired, dirty, full or delta is None, delta)
         self.telemetry.metrics.changes_applied(changes)
         if self._first_event_at is not None and changes:
             # The SLI kube-proxy's network programming latency defines: from the change
@@ -543,6 +556,75 @@ class Agent:
                     "service": ",".join(sorted(map(str, pod.service_addresses))),
                 },
             )
+
+    # --- NetworkPolicy ---------------------------------------------------------------------
+
+    def _program_policies(
+        self, desired: NodeConfig, dirty: set[DirtyKey], full: bool, delta: Any
+    ) -> None:
+        """Compile (all, or what `dirty` may affect) and apply each local pod's policy
+        table. A failure is logged per pod and retried at the next full resync; the
+        backend remembers what it wrote, so an unchanged pod costs nothing."""
+        netns_of = {p.pod: p.netns for p in desired.pods if p.netns}
+        updates: dict[PolicyPodKey, PodRules | None]
+        try:
+            if full or self._policies_stale:
+                compiled = self.policy_view.full(self.state)
+                updates = {}
+                for name in netns_of:
+                    namespace, _, pod = name.partition("/")
+                    key = PolicyPodKey(namespace, pod)
+                    updates[key] = compiled.get(key)
+            else:
+                updates = dict(self.policy_view.update(self.state, dirty))
+                for obj in delta.added if delta is not None else ():
+                    # A pod (re)attached, maybe in a new netns: give it its rules there.
+                    if isinstance(obj, PodAttachment):
+                        namespace, _, pod = obj.pod.partition("/")
+                        key = PolicyPodKey(namespace, pod)
+                        updates[key] = self.policy_view.rules.get(key)
+            self._policies_stale = False
+        except Exception as err:  # compile errors must not stop the loop
+            log.warning("network policies: %s: %s; retrying", type(err).__name__, err)
+            self._policies_stale = True
+            self._full_resync_due = min(self._full_resync_due, time.monotonic() + 1.0)
+            return
+        if delta is not None:
+            added = {p.pod for p in delta.added if isinstance(p, PodAttachment)}
+            for obj in delta.removed:
+                if isinstance(obj, PodAttachment) and obj.pod not in added and obj.netns:
+                    self.policy_backend.forget(obj.netns)
+        for key, rules in sorted(updates.items()):
+            self._apply_policy(str(key), netns_of.get(str(key)), rules, verify=full)
+
+    def _apply_policy(
+        self, pod: str, netns: str | None, rules: PodRules | None, verify: bool = False
+    ) -> None:
+        if netns is None:
+            return  # not wired here (yet): applied when its attachment appears
+        if not os.path.exists(netns):
+            self.policy_backend.forget(netns)
+            return
+        try:
+            # At a full resync, a table deleted behind our back is made again (a read per
+            # isolated pod); its contents are trusted to be what the backend wrote.
+            force = (
+                verify
+                and rules is not None
+                and rules.isolated
+                and POLICY_TABLE not in set(tables_of(netns))
+            )
+            outcome = self.policy_backend.apply(netns, rules, force=force, probe=True)
+        except Exception as err:  # one pod must not stop the others
+            log.warning(
+                "pod %s: network policy not applied (%s); retrying at the next resync",
+                pod,
+                err,
+                extra={"pod": pod},
+            )
+            return
+        if outcome is not Outcome.UNCHANGED:
+            log.info("pod %s: network policy %s", pod, outcome.value, extra={"pod": pod})
 
     def _clear_pod(self, pod: PodAttachment) -> None:
         if pod.netns and os.path.exists(pod.netns):

@@ -4,8 +4,13 @@ This is the pod half of "services without NAT" (DESIGN.md): End.DX6/End.DX4 on t
 hands the pod the *original* packet, destination still the ClusterIP `S`. The pod accepts
 it because `S` is on its loopback while it is an endpoint, and answers from `S` directly.
 Where a service's `port != targetPort`, the pod's own namespace rewrites the destination
-port on the way in and the source port on the way out, statelessly (`notrack` in a raw
-priority chain: no conntrack entry anywhere, on the node or in the pod).
+port on the way in and the source port on the way out, statelessly (fixed maps, no NAT
+state), in the one form NetworkPolicy relies on (`policies.nftables.port_rewrite_ruleset`,
+policies/README.md): `P -> T` in prerouting at priority -300, before conntrack, and
+`T -> P` in postrouting at priority 100, after it. So conntrack in the pod sees one tuple
+`S:T` per flow, and the policy table (input/output, priority 0) judges `T` as Kubernetes
+does after DNAT. The rewrite does not `notrack`: an untracked packet could not be
+recognised as a reply by the policy table.
 
 Ownership: loopback addresses inside the configured service CIDRs are ours (nothing else
 puts a ClusterIP on a pod's `lo`); the rewrites live in one nftables table,
@@ -23,6 +28,8 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
+from policies.model import Frontend, Protocol
+from policies.nftables import port_rewrite_ruleset
 from srv6ctl.dataplane.model import IPAddress, IPNetwork, PodAttachment
 from srv6ctl.dataplane.nsenter import run_in_netns
 
@@ -47,36 +54,23 @@ class PodSync:
         return len(self.added) + len(self.removed) + int(self.rewrites_replaced)
 
 
-def ruleset(attachment: PodAttachment) -> str:
-    """The `inet srv6ctl_svc` table for a pod's port maps ('' when it needs none)."""
-    if not attachment.port_maps:
-        return ""
-    pre, out = [], []
-    for protocol, address, port, target in sorted(
-        attachment.port_maps, key=lambda m: (m[1].version, int(m[1]), m[0], m[2])
-    ):
-        family = "ip6" if address.version == 6 else "ip"
-        proto = protocol.lower()
-        pre.append(
-            f"{family} daddr {address} {proto} dport {port} notrack {proto} dport set {target}"
-        )
-        out.append(
-            f"{family} saddr {address} {proto} sport {target} notrack {proto} sport set {port}"
-        )
-    body = "\n".join(
-        [
-            "  chain prerouting {",
-            "    type filter hook prerouting priority raw; policy accept;",
-            *(f"    {rule}" for rule in pre),
-            "  }",
-            "  chain output {",
-            "    type filter hook output priority raw; policy accept;",
-            *(f"    {rule}" for rule in out),
-            "  }",
-        ]
+def frontends(attachment: PodAttachment) -> tuple[Frontend, ...]:
+    """The pod's port maps as the policy model's frontends (numeric targets)."""
+    return tuple(
+        Frontend(address, Protocol(protocol), port, target)
+        for protocol, address, port, target in attachment.port_maps
     )
-    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
-    return f'table inet {TABLE} {{\n  comment "srv6ctl:{digest}"\n{body}\n}}\n'
+
+
+def ruleset(attachment: PodAttachment) -> str:
+    """The transaction (re)installing the `inet srv6ctl_svc` table for a pod's port maps
+    ('' when it needs none), tagged with a digest of its content."""
+    text = port_rewrite_ruleset(frontends(attachment), TABLE)
+    if text is None:
+        return ""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    opening = f"table inet {TABLE} {{\n"
+    return text.replace(opening, f'{opening}comment "srv6ctl:{digest}"\n', 1)
 
 
 def _digest(text: str) -> str | None:
@@ -133,7 +127,7 @@ class PodNetworkProgrammer:
         if not text and not exists:
             return False
         # One transaction: create-if-missing, delete, re-create. No window without rules.
-        script = f"table inet {TABLE}\ndelete table inet {TABLE}\n{text}"
+        script = text or f"table inet {TABLE}\ndelete table inet {TABLE}\n"
         done = subprocess.run([NFT, "-f", "-"], input=script, capture_output=True, text=True)
         if done.returncode != 0:
             raise PodProgrammingError(f"nft in the pod failed: {done.stderr.strip()}")

@@ -1,4 +1,5 @@
-"""Inside a backend pod: ClusterIPs on loopback and stateless port rewrites, on real packets."""
+"""Inside a backend pod: ClusterIPs on loopback and stateless port rewrites, on real packets,
+alone and under the NetworkPolicy table that relies on the rewrite's placement."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import ipaddress
 import subprocess
 import sys
 
+from policies import model
+from policies.compiler import compile_node
+from policies.nftables import NftablesBackend
 from srv6ctl.dataplane.model import PodAttachment
 from srv6ctl.podnet import PodNetworkProgrammer, ruleset
 from tests.support.netns import NetnsFactory
@@ -24,11 +28,36 @@ print("up", flush=True); threading.Event().wait()
 """
 CLIENT = """
 import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)
 print(s.recv(100).decode(), s.getpeername()[1])
 """
 
+S1_CT = "fd00:0096:0000:0000:0000:0000:0000:0011"  # S1 as /proc/net/nf_conntrack writes it
+
 PROGRAMMER = PodNetworkProgrammer([ipaddress.ip_network("fd00:96::/108")])
+
+
+def _web_rules(allow: int) -> model.PodRules:
+    """The pod's rules under a policy allowing ingress from anyone on TCP `allow` only."""
+    web = model.Pod(
+        "default",
+        "web",
+        labels={"app": "web"},
+        ips=(ipaddress.ip_address("fd00:1::2"),),
+        frontends=(
+            model.Frontend(ipaddress.ip_address(S1), model.Protocol.TCP, 80, 8080),
+            model.Frontend(ipaddress.ip_address(S2), model.Protocol.TCP, 80, 9090),
+        ),
+        node_name="n",
+    )
+    policy = model.NetworkPolicy(
+        "default",
+        "web-in",
+        model.LabelSelector({"app": "web"}),
+        ingress=(model.PolicyRule(ports=(model.PolicyPort(model.Protocol.TCP, allow),)),),
+    )
+    cluster = model.Cluster.of([model.Namespace("default")], [web], [policy], [model.Node("n")])
+    return compile_node(cluster, "n")[web.key]
 
 
 def test_each_clusterip_gets_its_own_rewrite_and_the_pod_ip_none(
@@ -50,13 +79,6 @@ def test_each_clusterip_gets_its_own_rewrite_and_the_pod_ip_none(
     assert set(map(str, first.added)) == {S1, S2} and first.rewrites_replaced
     assert PROGRAMMER.sync(attachment).writes == 0  # unchanged: a read, no write
 
-    # Make conntrack track this namespace (it is lazy: only a ct rule turns it on), so that
-    # the absence of the service flows below proves `notrack`, not an idle conntrack.
-    pod.exec(
-        "nft",
-        "add table inet probe; add chain inet probe c { type filter hook input "
-        "priority 0; }; add rule inet probe c ct state new counter",
-    )
     server = subprocess.Popen(
         ["ip", "netns", "exec", pod.name, sys.executable, "-c", SERVER],
         stdout=subprocess.PIPE,
@@ -66,16 +88,33 @@ def test_each_clusterip_gets_its_own_rewrite_and_the_pod_ip_none(
         assert server.stdout is not None and server.stdout.readline().strip() == "up"
 
         def ask(host: str, port: int) -> list[str]:
-            return client.exec(sys.executable, "-c", CLIENT, host, str(port)).stdout.split()
+            done = client.exec(sys.executable, "-c", CLIENT, host, str(port), check=False)
+            return done.stdout.split() if done.returncode == 0 else ["refused"]
 
-        # (listener port that answered, its local address, the port the client talked to)
+        # (listener port that answered, its local address, the port the client talked to):
+        # the client sees port P, the server T.
         assert ask(S1, 80) == ["8080", S1, "80"]
         assert ask(S2, 80) == ["9090", S2, "80"]
         assert ask("fd00:1::2", 80) == ["80", "fd00:1::2", "80"]  # the pod's own IP: untouched
-        # Stateless: no conntrack entry was made for the service flows.
+
+        # The policy table is on: conntrack sees one tuple per service flow, S:T both ways
+        # (P -> T before conntrack on the way in, T -> P after it on the way out).
+        backend = NftablesBackend()
+        netns = f"/var/run/netns/{pod.name}"
+        backend.apply(netns, _web_rules(allow=8080))
+        assert ask(S1, 80) == ["8080", S1, "80"]  # allowing T allows the service flow
         conntrack = pod.exec("cat", "/proc/net/nf_conntrack").stdout
-        assert "fd00:0001:0000:0000:0000:0000:0000:0002" in conntrack  # the pod-IP flow
-        assert "fd00:0096" not in conntrack  # no service flow
+        flows = [line for line in conntrack.splitlines() if S1_CT in line]
+        assert flows and all("dport=8080" in f and "sport=8080" in f for f in flows), flows
+        assert all("dport=80 " not in f and "sport=80 " not in f for f in flows), flows
+        assert ask(S2, 80) == ["refused"]  # S2:80 is 9090 there, not allowed
+        assert ask("fd00:1::2", 80) == ["refused"]
+        # A policy allowing only P (80) does not open the service (that is T = 8080).
+        backend.apply(netns, _web_rules(allow=80))
+        assert ask(S1, 80) == ["refused"]
+        assert ask("fd00:1::2", 80) == ["80", "fd00:1::2", "80"]
+        backend.apply(netns, None)
+        assert ask(S2, 80) == ["9090", S2, "80"]
     finally:
         server.kill()
         server.wait()
@@ -88,3 +127,18 @@ def test_each_clusterip_gets_its_own_rewrite_and_the_pod_ip_none(
 
 def test_ruleset_is_empty_without_port_maps() -> None:
     assert ruleset(PodAttachment(interface="x", pod="p", netns="n", service_addresses={S1})) == ""
+
+
+def test_ruleset_is_the_form_policies_rely_on() -> None:
+    text = ruleset(
+        PodAttachment(
+            interface="x",
+            pod="p",
+            netns="n",
+            service_addresses={S1},
+            port_maps={("TCP", S1, 80, 8080)},
+        )
+    )
+    assert "notrack" not in text
+    assert "hook prerouting priority -300" in text and "hook postrouting priority 100" in text
+    assert 'comment "srv6ctl:' in text
