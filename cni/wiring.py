@@ -26,17 +26,27 @@ Design choices, each checked with real packets in tests/test_cni.py:
 
 The node namespace is a parameter (`node_netns`), not "wherever this process runs": the
 lab runs one agent per emulated node, each node being a namespace.
+
+`mode="vpp"` (the agent's `--dataplane vpp`): FD.io VPP takes the node end over (an
+af_packet port, `srv6ctl.dataplane.vpp`), so the wiring leaves that end bare — up, with no
+`fe80::1`, no gateway address and no node routes (VPP holds them, and the kernel must not
+answer there) — and turns transmit checksum offload off on the pod end: VPP's af_packet
+port reads frames without the virtio header, so a frame whose checksum the pod left to
+"the hardware" would reach VPP, and through it the other pod, with a wrong checksum. The
+pod side is otherwise the same as in kernel mode.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import hashlib
 import ipaddress
 import os
 import re
 import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,6 +69,13 @@ _IFF_UP = 0x1
 _LOOPBACK_INDEX = 1  # the kernel registers lo first in every namespace (LOOPBACK_IFINDEX)
 _RT_SCOPE_LINK = 253
 _MAIN_TABLE = 254
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_GTXCSUM = 0x16
+_ETHTOOL_STXCSUM = 0x17
+
+KERNEL = "kernel"
+VPP = "vpp"
+MODES = (KERNEL, VPP)
 
 # Written in the pod's namespace before its interface arrives, so the interface inherits
 # them from `default`: no DAD (see above), no SLAAC/RA (addressing is ipam6's job), IPv6
@@ -265,9 +282,13 @@ class PodWiring:
         node_netns: str | None = None,
         *,
         route_protocol: int = POD_ROUTE_PROTOCOL,
+        mode: str = KERNEL,
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"wiring mode {mode!r}: one of {', '.join(MODES)}")
         self.node_netns = node_netns
         self.route_protocol = route_protocol
+        self.mode = mode
 
     def prepare_node(self) -> None:
         """Turn on forwarding in the node namespace (pods are routed, not bridged)."""
@@ -306,23 +327,49 @@ class PodWiring:
                     host_link, pod_link = _link(node, host), _link(pod, spec.ifname)
                     if host_link is None or pod_link is None:
                         raise WiringError(f"veth {host} <-> {spec.ifname} vanished while wired")
-                    self._wire(node, pod, spec, host, host_link["index"], pod_link["index"])
+                    self._wire(node, pod, spec, host, host_link["index"], pod_link["index"], pod_ns)
                     return self._attachment(spec, host, host_link, pod_link)
                 except BaseException:
                     self._delete(node, host)
                     raise
 
     def _wire(
-        self, node: Any, pod: Any, spec: PodSpec, host: str, host_index: int, pod_index: int
+        self,
+        node: Any,
+        pod: Any,
+        spec: PodSpec,
+        host: str,
+        host_index: int,
+        pod_index: int,
+        pod_ns: _Netns | None = None,
     ) -> None:
-        with _step(f"node end {host}: addresses"):
-            node.addr(
-                "add", index=host_index, address=str(GATEWAY_V6), prefixlen=64, flags=_IFA_F_NODAD
-            )
-            if spec.gateway_v4 is not None:
-                node.addr("add", index=host_index, address=str(spec.gateway_v4), prefixlen=32)
+        if self.mode == KERNEL:
+            with _step(f"node end {host}: addresses"):
+                node.addr(
+                    "add",
+                    index=host_index,
+                    address=str(GATEWAY_V6),
+                    prefixlen=64,
+                    flags=_IFA_F_NODAD,
+                )
+                if spec.gateway_v4 is not None:
+                    node.addr("add", index=host_index, address=str(spec.gateway_v4), prefixlen=32)
         with _step(f"node end {host}: up"):
             node.link("set", index=host_index, state="up")
+        if self.mode == VPP:
+            assert pod_ns is not None
+            try:
+                with pod_ns.entered():
+                    _set_tx_checksum(spec.ifname, False)
+            except OSError as err:
+                raise WiringError(
+                    f"pod {spec.netns}: turning tx checksum offload off on {spec.ifname}: {err}"
+                ) from None
+        else:
+            self._node_routes(node, spec, host, host_index)
+        self._wire_pod(pod, spec, pod_index)
+
+    def _node_routes(self, node: Any, spec: PodSpec, host: str, host_index: int) -> None:
         with _step(f"node route to {spec.ipv6}/128 via {host}"):
             node.route("replace", dst=f"{spec.ipv6}/128", oif=host_index, proto=self.route_protocol)
         if spec.ipv4 is not None:
@@ -334,6 +381,9 @@ class PodWiring:
                     proto=self.route_protocol,
                     scope=_RT_SCOPE_LINK,
                 )
+
+    @staticmethod
+    def _wire_pod(pod: Any, spec: PodSpec, pod_index: int) -> None:
         with _step(f"pod {spec.netns}: lo up"):
             pod.link("set", index=_LOOPBACK_INDEX, state="up")
         with _step(f"pod {spec.netns}: addresses on {spec.ifname}"):
@@ -429,7 +479,14 @@ class PodWiring:
                 _netlink(node_ns) as node,
                 _netlink(pod_ns) as pod,
             ):
-                return self._problems(node, pod, spec, host)
+                problems = self._problems(node, pod, spec, host)
+                if self.mode == VPP and not problems:
+                    with pod_ns.entered():
+                        if _tx_checksum(spec.ifname):
+                            problems.append(
+                                f"pod interface {spec.ifname} has tx checksum offload on"
+                            )
+                return problems
         except NetnsNotFound as err:
             return [str(err)]
 
@@ -443,13 +500,16 @@ class PodWiring:
             problems.append(f"node interface {host} is not a veth")
         if not host_link["flags"] & _IFF_UP:
             problems.append(f"node interface {host} is down")
-        if not _has_address(node, host_index, GATEWAY_V6, 64):
-            problems.append(f"node interface {host} lacks {GATEWAY_V6}/64")
-        if spec.gateway_v4 is not None and not _has_address(node, host_index, spec.gateway_v4, 32):
-            problems.append(f"node interface {host} lacks {spec.gateway_v4}/32")
-        for address in (spec.ipv6, spec.ipv4):
-            if address is not None and _route_oif(node, address) != host_index:
-                problems.append(f"node does not route {address} to {host}")
+        if self.mode == KERNEL:  # in VPP mode the node end is VPP's port: nothing of ours
+            if not _has_address(node, host_index, GATEWAY_V6, 64):
+                problems.append(f"node interface {host} lacks {GATEWAY_V6}/64")
+            if spec.gateway_v4 is not None and not _has_address(
+                node, host_index, spec.gateway_v4, 32
+            ):
+                problems.append(f"node interface {host} lacks {spec.gateway_v4}/32")
+            for address in (spec.ipv6, spec.ipv4):
+                if address is not None and _route_oif(node, address) != host_index:
+                    problems.append(f"node does not route {address} to {host}")
 
         pod_link = _link(pod, spec.ifname)
         if pod_link is None:
@@ -474,6 +534,25 @@ class PodWiring:
         if lo is not None and not lo["flags"] & _IFF_UP:
             problems.append("pod loopback is down")
         return problems
+
+
+def _ethtool_value(ifname: str, command: int, data: int = 0) -> int:
+    """One ETHTOOL_{G,S}* ioctl with a struct ethtool_value, in this thread's namespace."""
+    value = ctypes.create_string_buffer(struct.pack("II", command, data))
+    request = struct.pack("16sP", ifname.encode(), ctypes.addressof(value))
+    request += b"\0" * (40 - len(request))  # sizeof(struct ifreq)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, request)
+    return int(struct.unpack("II", value.raw[:8])[1])
+
+
+def _set_tx_checksum(ifname: str, on: bool) -> None:
+    """`ethtool -K <ifname> tx on|off` (TSO goes with it: the kernel needs csum for TSO)."""
+    _ethtool_value(ifname, _ETHTOOL_STXCSUM, int(on))
+
+
+def _tx_checksum(ifname: str) -> bool:
+    return bool(_ethtool_value(ifname, _ETHTOOL_GTXCSUM))
 
 
 def _link_kind(link: Any) -> str | None:

@@ -16,6 +16,12 @@ back); with nothing changed it writes nothing, which is also what a restart does
 policy tables are then compiled afresh and re-applied (unchanged ones cost nothing, a
 table deleted by hand comes back); a pod whose table could not be written is retried.
 
+With `--dataplane vpp` the backend is FD.io VPP (`srv6ctl.dataplane.vpp`): the CNI wiring
+leaves the node end of each pod's veth bare (`PodWiring(mode="vpp")`) and the CNI hooks
+attach it to VPP as an af_packet port (with its neighbours and host routes) before CNI ADD
+returns, and detach it on DEL; each full resync makes the ports of the node's pods whole
+and detaches ports no pod of this node uses.
+
 Failures never tear the dataplane down: the store or the API unreachable leaves the last
 programmed state in place while the loop retries with back-off; SIGTERM stops the
 watches and sockets and leaves the dataplane as it is, so pods keep working while the
@@ -53,6 +59,7 @@ from srv6ctl.dataplane.model import (
     DataplaneObject,
     LocalSid,
     NodeConfig,
+    Op,
     PodAttachment,
     Route,
     SrPolicy,
@@ -82,7 +89,9 @@ class AgentOptions:
     cni_socket: str = cni_protocol.DEFAULT_AGENT_SOCKET
     api_socket: str = "/run/srv6ctl/agent.sock"
     resync_seconds: float = 30.0
-    dataplane: str = "kernel"
+    dataplane: str = "kernel"  # or "vpp"
+    vpp_api_socket: str = "/run/vpp/api.sock"  # --dataplane vpp: VPP's binary API socket
+    vpp_stats_socket: str | None = None  # --dataplane vpp: its stats socket (counters)
     metrics_address: str | None = "127.0.0.1:9876"  # /metrics /healthz /readyz; None: off
 
 
@@ -138,7 +147,7 @@ class _AgentHooks(CniHooks):
         self.agent.pod_wired(allocation, attachment.host_ifname, attachment.netns)
 
     def on_pod_deleted(self, allocation: PodAllocation, host_ifname: str) -> None:
-        self.agent.pod_unwired(allocation)
+        self.agent.pod_unwired(allocation, host_ifname)
 
     def on_interface_removed(self, host_ifname: str) -> None:
         self.agent.interface_removed(host_ifname)
@@ -188,6 +197,8 @@ class Agent:
         self.policy_view = PolicyView(options.node_name)
         self.policy_backend = NftablesBackend()
         self._policies_stale = True  # compile everything at the next step
+        # VPP mode: the node ends of this node's pods (VPP ports that are not leftovers).
+        self._vpp_ports: set[str] = set()
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -218,7 +229,7 @@ class Agent:
         self.cni = CniServer(
             opts.node_name,
             self.allocator,
-            PodWiring(self._netns_path()),
+            PodWiring(self._netns_path(), mode=opts.dataplane),
             socket_path=opts.cni_socket,
             hooks=_AgentHooks(self),
         )
@@ -260,11 +271,30 @@ class Agent:
             return netns
         return f"/var/run/netns/{netns}"
 
+    @property
+    def vpp(self) -> bool:
+        """VPP mode: VPP owns the node ends of the pods' veths (their ports, neighbours and
+        host routes), so pods are attached to and detached from the backend here."""
+        return self.options.dataplane == "vpp"
+
     def _make_backend(self) -> Backend:
         if self._backend_factory is not None:
             return self._backend_factory()
+        if self.options.dataplane == "vpp":
+            from srv6ctl.dataplane.vpp import VppBackend
+
+            log.info("VPP dataplane on %s", self.options.vpp_api_socket)
+            return VppBackend(
+                self.options.vpp_api_socket,
+                stats_socket=self.options.vpp_stats_socket,
+                # The CNI wiring makes the veth pair; VPP takes its node end by af_packet.
+                pod_interface="af_packet",
+                pod_gateway_v6=self.plan.gateway_v6(self.node_id),
+                pod_gateway_v4=self.plan.gateway_v4(self.node_id),
+                vpp_netns=self._netns_path(),
+            )
         if self.options.dataplane != "kernel":
-            raise SystemExit(f"--dataplane {self.options.dataplane} is not available yet")
+            raise SystemExit(f"--dataplane {self.options.dataplane}: kernel or vpp")
         from srv6ctl.dataplane.kernel import KernelBackend
 
         return KernelBackend(self._netns_path() or "/proc/self/ns/net")
@@ -313,16 +343,22 @@ class Agent:
     def _remember_pod(self, allocation: PodAllocation) -> None:
         from cni.wiring import host_ifname
 
-        if allocation.uid:
-            interface = PodInterface(
-                host_ifname(allocation.container_id, allocation.interface),
-                allocation.netns,
-                allocation.interface,
-            )
-            with self._lock:
+        name = host_ifname(allocation.container_id, allocation.interface)
+        with self._lock:
+            self._vpp_ports.add(name)
+            if allocation.uid:
+                interface = PodInterface(name, allocation.netns, allocation.interface)
                 self._inputs.pod_interfaces[allocation.uid] = interface
 
     def pod_wired(self, allocation: PodAllocation, host_ifname: str, netns: str) -> None:
+        if self.vpp:
+            # Before CNI ADD returns: the pod has a network when its containers start. A
+            # failure fails the ADD ("try again later"), which the runtime retries.
+            attachment = _vpp_attachment(allocation, host_ifname, netns)
+            with self._backend_lock:
+                self.backend.apply([Change(Op.ADD, new=attachment)])
+                with self._lock:  # before the lock goes: a resync must not detach it
+                    self._vpp_ports.add(host_ifname)
         if allocation.uid:
             with self._lock:
                 self._inputs.pod_interfaces[allocation.uid] = PodInterface(
@@ -330,19 +366,33 @@ class Agent:
                 )
         self._events.put(("inputs", None))
 
-    def pod_unwired(self, allocation: PodAllocation) -> None:
+    def pod_unwired(self, allocation: PodAllocation, host_ifname: str | None = None) -> None:
+        if self.vpp and host_ifname is not None:
+            self._vpp_detach(host_ifname)
         with self._lock:
             self._inputs.pod_interfaces.pop(allocation.uid, None)
+            if host_ifname is not None:
+                self._vpp_ports.discard(host_ifname)
         self._events.put(("inputs", None))
 
     def interface_removed(self, host_ifname: str) -> None:
+        if self.vpp:
+            self._vpp_detach(host_ifname)
         with self._lock:
+            self._vpp_ports.discard(host_ifname)
             gone = [
                 uid for uid, i in self._inputs.pod_interfaces.items() if i.interface == host_ifname
             ]
             for uid in gone:
                 del self._inputs.pod_interfaces[uid]
         self._events.put(("inputs", None))
+
+    def _vpp_detach(self, host_ifname: str) -> None:
+        try:
+            with self._backend_lock:
+                self.backend.detach_pod(host_ifname)  # type: ignore[attr-defined]
+        except Exception as err:  # DEL must not fail for it; the next resync retries
+            log.warning("detaching %s from VPP: %s", host_ifname, err)
 
     def check_pod(self, allocation: PodAllocation) -> list[str]:
         sid = allocation.addresses.sid_dx6
@@ -504,9 +554,28 @@ class Agent:
             self._desired = desired
         self.stats["reconciles"] += 1
         self.stats["changes"] += len(changes)
+        if self.vpp:
+            self._vpp_pods(desired)
         for pod in desired.pods:
             self._sync_pod(pod)
         return changes
+
+    def _vpp_pods(self, desired: NodeConfig) -> None:
+        """At a full resync in VPP mode: each wired pod's port made whole (a read each when
+        nothing is missing), and ports of pods this node no longer has detached."""
+        wired = {p.interface: p for p in desired.pods if p.netns and os.path.exists(p.netns)}
+        with self._backend_lock:
+            with self._lock:
+                known = set(self._vpp_ports)
+            backend: Any = self.backend
+            for interface in set(backend.pod_ports()) - known - set(wired):
+                log.info("detaching %s from VPP: no pod of this node uses it", interface)
+                backend.detach_pod(interface)
+            for pod in wired.values():
+                try:
+                    backend.apply([Change(Op.ADD, new=pod)])
+                except Exception as err:  # one pod must not stop the others
+                    log.warning("pod %s: VPP port: %s", pod.pod, err, extra={"pod": pod.pod})
 
     def _incremental_reconcile(self, desired: NodeConfig, delta: Any) -> list[Change]:
         touched = [o for o in delta.added | delta.removed if not isinstance(o, PodAttachment)]
@@ -645,6 +714,10 @@ class Agent:
                 "locator": str(self.plan.locator(self.node_id)),
                 "ready": self.ready.is_set(),
                 "metrics": self.metrics_url,
+                "dataplane": self.options.dataplane,
+                # State-changing messages this agent sent to its dataplane (a restart with
+                # nothing to change sends none).
+                "dataplane_writes": getattr(self.backend, "writes", None),
                 **self.stats,
             }
         if what == "desired":
@@ -700,6 +773,22 @@ class Agent:
             self._api_listener.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.options.api_socket)
+
+
+def _vpp_attachment(allocation: PodAllocation, host_ifname: str, netns: str) -> PodAttachment:
+    """The VPP side of a freshly wired pod (what the renderer makes of it, less the
+    service memberships, which VPP does not hold)."""
+    addresses = allocation.addresses
+    prefixes = [f"{addresses.ipv6}/128"]
+    if addresses.ipv4 is not None:
+        prefixes.append(f"{addresses.ipv4}/32")
+    return PodAttachment(
+        interface=host_ifname,
+        pod=allocation.pod,
+        netns=netns,
+        container_interface=allocation.interface,
+        addresses=frozenset(prefixes),  # type: ignore[arg-type]
+    )
 
 
 def _merge(a: Any, b: Any) -> Any:

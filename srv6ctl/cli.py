@@ -65,6 +65,8 @@ def _agent(args: argparse.Namespace) -> int:
         api_socket=args.api_socket,
         resync_seconds=args.resync,
         dataplane=args.dataplane,
+        vpp_api_socket=args.vpp_api_socket,
+        vpp_stats_socket=args.vpp_stats_socket,
         metrics_address=None if args.metrics_address == "off" else args.metrics_address,
     )
     agent = Agent(options, config, plan)
@@ -126,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--cni-socket", default="/run/srv6ctl/cni.sock")
     agent.add_argument("--api-socket", default="/run/srv6ctl/agent.sock")
     agent.add_argument("--dataplane", choices=("kernel", "vpp"), default="kernel")
+    agent.add_argument(
+        "--vpp-api-socket",
+        default="/run/vpp/api.sock",
+        help="VPP's binary API socket (--dataplane vpp)",
+    )
+    agent.add_argument(
+        "--vpp-stats-socket",
+        help="VPP's stats socket (--dataplane vpp): per-policy and pod counters, restarts",
+    )
     agent.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs")
     agent.add_argument(
         "--metrics-address",

@@ -68,6 +68,7 @@ class Node:
     agent: subprocess.Popen[bytes] | None = None
     pods: dict[str, tuple[Netns, str]] = field(default_factory=dict)  # name → (netns, ip)
     servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    agent_args: list[str] = field(default_factory=list)  # e.g. --dataplane vpp ...
 
     @property
     def api(self) -> str:
@@ -104,6 +105,7 @@ class Node:
                 str(resync),
                 "--metrics-address",
                 "127.0.0.1:0",
+                *self.agent_args,
             ],
             stdout=log,
             stderr=log,

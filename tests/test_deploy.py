@@ -836,9 +836,7 @@ def test_the_config_installer_script_renames_the_conflist_into_place(tmp_path: P
 
 # Flags the manifests pass that `srv6ctl agent` does not take yet (deploy/README.md, "What
 # the manifests expect of the agent"). When one lands, this test says to drop it from here.
-PENDING_AGENT_FLAGS = {
-    "--vpp-api-socket": "the VPP backend does not exist yet",
-}
+PENDING_AGENT_FLAGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("rendering", ["base", "overlays/vpp", "overlays/etcd"])

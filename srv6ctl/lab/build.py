@@ -721,8 +721,9 @@ def check_requirements(options: LabOptions) -> None:
                 "or use --dataplane kernel)"
             )
         raise LabError(
-            "--dataplane vpp: VPP is installed, but the agent's VPP backend is not available "
-            "yet; use --dataplane kernel"
+            "--dataplane vpp: VPP is installed, but the lab does not start VPP in its nodes "
+            "yet (the agent's `--dataplane vpp` does work with a VPP you run); use "
+            "--dataplane kernel"
         )
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, veth pairs, SRv6 routes)")

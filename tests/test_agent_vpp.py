@@ -1,0 +1,170 @@
+"""The node agent with `--dataplane vpp`: a real VPP 25.10 in the node namespace.
+
+Like tests/test_agent.py (its Node, fixtures and helpers), but the node's dataplane is a
+VPP this test starts in the node namespace (`SRV6CTL_VPP_BIN`, as in
+tests/test_vpp_integration.py): pods wired by the real srv6-cni in VPP mode (the node end
+of each veth left bare, VPP attaching it by af_packet), a Service and its EndpointSlice
+from the lab source, and a client pod reaching the ClusterIP on a backend pod through VPP
+— no NAT — and an agent restart that writes nothing to VPP.
+
+Skipped with the reason unless `SRV6CTL_VPP_BIN` is set (root, vpp-papi and the API
+definitions too). A VPP given by `SRV6CTL_VPP_API_SOCKET` alone is not used: the agent
+owns every SR object of the VPP it is given, and the pods need VPP in the node namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from ipaddress import IPv6Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni.wiring import PodSpec, PodWiring, _tx_checksum
+from srv6ctl.agent import query_agent
+from srv6ctl.dataplane.model import EndDX6, NodeConfig
+from srv6ctl.dataplane.vpp import PodPort, VppBackend
+from tests.support.netns import NetnsFactory, open_in
+from tests.test_agent import BIN, SERVICE_IP, Node, bring_up, wait_for
+from tests.test_vpp_integration import BIN_ENV, VppProcess, _why_no_vpp
+
+
+class VppNode(Node):
+    """A lab node whose dataplane is `vpp` (VPP in the node namespace)."""
+
+    vpp: VppProcess
+
+    def backend(self) -> VppBackend:
+        return VppBackend(
+            self.vpp.api_socket,
+            pod_interface="af_packet",
+            connect_timeout=10,
+            client_name="srv6ctl-test",
+        )
+
+    def dump(self) -> NodeConfig:
+        with self.backend() as backend:
+            return backend.dump()
+
+    def pod_ports(self) -> dict[str, PodPort]:
+        with self.backend() as backend:
+            return backend.pod_ports()
+
+    def cli(self, command: str) -> str:
+        with self.backend() as backend:
+            return backend.cli(command)
+
+
+@pytest.fixture
+def vpp_node(netns_factory: NetnsFactory, tmp_path: Path) -> Iterator[VppNode]:
+    if not os.environ.get(BIN_ENV):
+        pytest.skip(
+            f"no VPP: set {BIN_ENV} to a vpp 25.10 binary; this test starts it in the node "
+            "namespace itself (a running VPP's socket is not used: the agent would own it)"
+        )
+    reason = _why_no_vpp()
+    if reason is not None:
+        pytest.skip(reason)
+    node_ns = netns_factory()
+    node_ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    node_ns.ip("addr", "add", "fd00:ff::1/64", "dev", "eth0", "nodad")
+    node_ns.ip("link", "set", "eth0", "up")
+    node_ns.ip("link", "set", "eth1", "up")
+    vpp = VppProcess(os.environ[BIN_ENV], node_ns.name)
+    node = VppNode(
+        node_ns, tmp_path, netns_factory, {"type": "embedded", "path": str(tmp_path / "ipam.db")}
+    )
+    node.vpp = vpp
+    node.agent_args = [
+        "--dataplane",
+        "vpp",
+        "--vpp-api-socket",
+        vpp.api_socket,
+        "--vpp-stats-socket",
+        vpp.stats_socket,
+    ]
+    node.write_objects({})
+    try:
+        vpp.start()
+        yield node
+    finally:
+        for server in node.servers:
+            server.kill()
+            server.wait()
+        for pod, (netns, _) in list(node.pods.items()):
+            if node.agent is not None and node.agent.poll() is None:
+                node.cni("DEL", pod, netns)
+        node.stop_agent()
+        vpp.cleanup()
+
+
+def _status(node: Node) -> dict[str, Any]:
+    return dict(query_agent(node.api, "status"))
+
+
+def test_service_through_vpp_without_nat_and_a_restart_writes_nothing(vpp_node: VppNode) -> None:
+    bring_up(vpp_node)
+    assert _status(vpp_node)["dataplane"] == "vpp"
+    client_ip = vpp_node.pods["client"][1]
+
+    # The node ends are VPP's af_packet ports, bare in the kernel (no fe80::1, no routes).
+    ports = vpp_node.pod_ports()
+    assert len(ports) == 3 and all(p.up and p.dev_type == "af-packet" for p in ports.values())
+    for interface in ports:
+        assert "inet6" not in vpp_node.node.ip("addr", "show", "dev", interface)
+    assert "s6" not in vpp_node.node.ip("-6", "route", "show", "proto", "106")
+    # The pod end sends frames with full checksums (VPP's af_packet reads no virtio header).
+    for netns, _ in vpp_node.pods.values():
+        assert open_in(netns.name, lambda: _tx_checksum("eth0")) is False
+
+    seen = set()
+    for _ in range(12):
+        backend, seen_client, local, peer = vpp_node.connect("client", SERVICE_IP, 80)
+        # No NAT: the backend saw the client's own address and answered from the ClusterIP.
+        assert (seen_client, local, peer) == (client_ip, SERVICE_IP, SERVICE_IP)
+        seen.add(backend)
+    assert seen == {"web-a", "web-b"}
+    # The service's packets went through VPP's SRv6 policy and the pods' End.DX6 SIDs.
+    with vpp_node.backend() as vpp:
+        counted = vpp.counters()
+        dx6 = {sid for sid in vpp.dump().local_sids if isinstance(sid, EndDX6)}
+    assert len(dx6) == 3
+    assert sum(counted[("localsid", sid.sid)].packets for sid in dx6) >= 12 * 2  # SYN, ACK...
+
+    # The wiring's CHECK holds in VPP mode (no node-side address or route is expected).
+    wiring = PodWiring(f"/var/run/netns/{vpp_node.node.name}", mode="vpp")
+    for name, (netns, ip) in vpp_node.pods.items():
+        spec = PodSpec(f"ctr-{name}", "eth0", f"/var/run/netns/{netns.name}", IPv6Address(ip))
+        assert wiring.check(spec) == []
+        assert PodWiring(wiring.node_netns).check(spec)  # kernel mode would miss fe80::1
+
+    # SIGTERM leaves VPP as it is; a restart with nothing changed writes nothing to it.
+    before = vpp_node.dump()
+    vpp_node.stop_agent()
+    assert vpp_node.dump() == before
+    assert vpp_node.connect("client", SERVICE_IP, 80)[1] == client_ip
+    vpp_node.start_agent()
+    status = _status(vpp_node)
+    assert (status["changes"], status["dataplane_writes"]) == (0, 0), status
+    wait_for("a full resync after the restart", lambda: _status(vpp_node)["reconciles"] >= 2)
+    status = _status(vpp_node)
+    assert (status["changes"], status["dataplane_writes"]) == (0, 0), status
+    shown = subprocess.run(
+        [str(BIN / "srv6ctl"), "show", "status", "--api-socket", vpp_node.api, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(shown.stdout)["dataplane_writes"] == 0
+    assert vpp_node.dump() == before
+    assert set(vpp_node.pod_ports()) == set(ports)
+    assert vpp_node.connect("client", SERVICE_IP, 80)[1] == client_ip
+
+    # CNI DEL detaches the pod's port from VPP.
+    web_b, _ = vpp_node.pods.pop("web-b")
+    assert vpp_node.cni("DEL", "web-b", web_b) == {}
+    assert len(vpp_node.pod_ports()) == 2
