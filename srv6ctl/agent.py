@@ -30,19 +30,17 @@ agent restarts.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cni import protocol as cni_protocol
-from cni.server import CniHooks, CniServer, bind_private
+from cni.server import CniHooks, CniServer
 from cni.wiring import Attachment, PodWiring
 from ipam6.allocator import Allocator, PodAllocation
 from ipam6.plan import AddressPlan
@@ -52,6 +50,8 @@ from policies.model import PodKey as PolicyPodKey
 from policies.model import PodRules
 from policies.nftables import TABLE as POLICY_TABLE
 from policies.nftables import NftablesBackend, Outcome, tables_of
+from srv6ctl.agent_api import AgentApiServer
+from srv6ctl.agent_api import query_agent as query_agent  # the client, for callers
 from srv6ctl.config import Config
 from srv6ctl.dataplane.model import (
     Backend,
@@ -192,8 +192,6 @@ class Agent:
         self._backend_lock = threading.Lock()
         self.telemetry = Telemetry()
         self._first_event_at: float | None = None  # the oldest change not yet programmed
-        self._api_listener: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
         self.policy_view = PolicyView(options.node_name)
         self.policy_backend = NftablesBackend()
         self._policies_stale = True  # compile everything at the next step
@@ -251,7 +249,8 @@ class Agent:
         ):
             self._remember_pod(allocation)
         self.cni.start()
-        self._start_api()
+        self._api = AgentApiServer(self.options.api_socket, self.query)
+        self._api.start()
         source = self._start_source()
         try:
             self._loop()
@@ -259,7 +258,7 @@ class Agent:
             log.info("stopping: the dataplane is left as it is")
             source.stop()
             self.cni.stop()
-            self._stop_api()
+            self._api.stop()
             self.telemetry.close()
             self.backend.close()
             raw_store.close()
@@ -740,40 +739,6 @@ class Agent:
             }
         raise ValueError(f"unknown query {what!r} (status, desired, actual, drift, allocations)")
 
-    def _start_api(self) -> None:
-        listener = bind_private(self.options.api_socket)  # 0600 from the first moment
-        listener.settimeout(0.5)
-        self._api_listener = listener
-        thread = threading.Thread(target=self._api_loop, name="srv6ctl-api", daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _api_loop(self) -> None:
-        assert self._api_listener is not None
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._api_listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(10)
-                try:
-                    request = cni_protocol.recv_frame(conn)
-                    what = str(request.get("query", "")) if isinstance(request, Mapping) else ""
-                    answer = {"ok": True, "result": self.query(what)}
-                except Exception as err:  # answer the client, keep serving
-                    answer = {"ok": False, "error": f"{type(err).__name__}: {err}"}
-                with contextlib.suppress(OSError):
-                    cni_protocol.send_frame(conn, answer)
-
-    def _stop_api(self) -> None:
-        if self._api_listener is not None:
-            self._api_listener.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.options.api_socket)
-
 
 def _vpp_attachment(allocation: PodAllocation, host_ifname: str, netns: str) -> PodAttachment:
     """The VPP side of a freshly wired pod (what the renderer makes of it, less the
@@ -802,15 +767,3 @@ def _merge(a: Any, b: Any) -> Any:
         removed=frozenset(removed),
         encap_source_changed=a.encap_source_changed or b.encap_source_changed,
     )
-
-
-def query_agent(api_socket: str, what: str, timeout: float = 10.0) -> Any:
-    """Ask a running agent (the client side of `srv6ctl show`)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(api_socket)
-        cni_protocol.send_frame(sock, {"query": what})
-        answer = cni_protocol.recv_frame(sock)
-    if not answer.get("ok"):
-        raise RuntimeError(answer.get("error", "the agent refused the query"))
-    return answer["result"]

@@ -192,7 +192,7 @@ def ipam(allocations: Mapping[str, Any]) -> list[Row]:
 
 
 def show(what: str, api_socket: str, as_json: bool) -> int:
-    from srv6ctl.agent import query_agent
+    from srv6ctl.agent_api import query_agent
 
     raw = {"status", "desired", "actual", "drift", "allocations"}
     if what in raw:

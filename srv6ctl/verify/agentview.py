@@ -34,7 +34,7 @@ class AgentUnavailable(RuntimeError):
 
 
 def query(api_socket: str, what: str, timeout: float = 5.0) -> Any:
-    from srv6ctl.agent import query_agent
+    from srv6ctl.agent_api import query_agent
 
     try:
         return query_agent(api_socket, what, timeout=timeout)
