@@ -35,7 +35,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,15 +57,11 @@ from srv6ctl.dataplane.model import (
     Backend,
     Change,
     DataplaneObject,
-    LocalSid,
     NodeConfig,
     Op,
     PodAttachment,
-    Route,
-    SrPolicy,
-    Steering,
 )
-from srv6ctl.dataplane.reconcile import drift, plan
+from srv6ctl.dataplane.reconcile import config_of, drift, plan
 from srv6ctl.netpol import PolicyView
 from srv6ctl.podnet import PodNetworkProgrammer
 from srv6ctl.render import PodInterface, Renderer, RenderInputs
@@ -102,23 +98,6 @@ class _Inputs:
     node_ids: dict[str, int] = field(default_factory=dict)
     service_bsids: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     pod_interfaces: dict[str, PodInterface] = field(default_factory=dict)
-
-
-def split_config(objects: Iterable[DataplaneObject], encap_source: Any) -> NodeConfig:
-    """A NodeConfig of arbitrary objects (sorted into their kinds)."""
-    pods, sids, policies, steerings, routes = [], [], [], [], []
-    for obj in objects:
-        if isinstance(obj, PodAttachment):
-            pods.append(obj)
-        elif isinstance(obj, LocalSid):
-            sids.append(obj)
-        elif isinstance(obj, SrPolicy):
-            policies.append(obj)
-        elif isinstance(obj, Steering):
-            steerings.append(obj)
-        elif isinstance(obj, Route):
-            routes.append(obj)
-    return NodeConfig(encap_source, pods, sids, policies, steerings, routes)  # type: ignore[arg-type]
 
 
 def without_pods(config: NodeConfig) -> NodeConfig:
@@ -584,7 +563,7 @@ class Agent:
         after = [o for o in delta.added if not isinstance(o, PodAttachment)]
         encap_old = self._applied_encap
         encap_new = desired.encap_source
-        changes = plan(split_config(after, encap_new), split_config(before, encap_old))
+        changes = plan(config_of(after, encap_new), config_of(before, encap_old))
         with self._backend_lock:
             self.backend.apply(changes)
         with self._lock:

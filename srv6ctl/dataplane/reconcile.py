@@ -185,11 +185,14 @@ def apply_plan(actual: NodeConfig, changes: Iterable[Change]) -> NodeConfig:
             if change.new.key in state:
                 raise PlanError(f"cannot {change.op} {change.new}: its key is taken")
             state[change.new.key] = change.new
-    return _config(state.values())
+    return config_of(state.values())
 
 
-def _config(objects: Iterable[DataplaneObject]) -> NodeConfig:
-    encap_source = None
+def config_of(
+    objects: Iterable[DataplaneObject], encap_source: IPv6Address | None = None
+) -> NodeConfig:
+    """A NodeConfig holding `objects`, sorted into their kinds (an EncapSource among them
+    sets the encap source)."""
     pods: list[PodAttachment] = []
     local_sids: list[LocalSid] = []
     policies: list[SrPolicy] = []
