@@ -17,20 +17,19 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
 import requests
 
 from ipam6.store.etcd import EtcdStore
-from tests.support.servers import die_with_parent, free_port, stop, tail
+from tests.support.servers import ServerProcess, die_with_parent, free_port, stop, tail
 
 ETCD_BINARY = os.environ.get("SRV6CTL_ETCD", "/usr/bin/etcd")
 _ALL = base64.b64encode(b"\0").decode()
 
 
-class EtcdServer:
+class EtcdServer(ServerProcess):
     """One single-member etcd on free 127.0.0.1 ports; stopped and wiped on exit."""
 
     def __init__(self, binary: str = ETCD_BINARY, start_timeout: float = 15.0) -> None:
@@ -45,24 +44,7 @@ class EtcdServer:
             raise FileNotFoundError(
                 f"etcd binary {self.binary} not found (apt install etcd-server)"
             )
-        # A free port can be taken between probing and etcd's bind: try fresh ports again.
-        for attempt in range(3):
-            try:
-                self._start()
-                return self
-            except RuntimeError:
-                self._stop()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop()
+        return super().__enter__()
 
     def pause(self) -> None:
         """Freeze etcd (SIGSTOP): clients see an outage — connections hang, then time out."""

@@ -16,14 +16,13 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
 import requests
 import yaml
 
-from tests.support.servers import die_with_parent, free_port, stop, tail
+from tests.support.servers import ServerProcess, die_with_parent, free_port, stop, tail
 
 PROMETHEUS = os.environ.get("SRV6CTL_PROMETHEUS", "/usr/bin/prometheus")
 PROMTOOL = os.environ.get("SRV6CTL_PROMTOOL", "/usr/bin/promtool")
@@ -41,7 +40,7 @@ def require(binary: str) -> None:
     pytest.skip(reason)
 
 
-class PrometheusServer:
+class PrometheusServer(ServerProcess):
     """Prometheus scraping `jobs` ({job name: "127.0.0.1:port"}) every second."""
 
     def __init__(self, jobs: Mapping[str, str], start_timeout: float = 15.0) -> None:
@@ -50,29 +49,6 @@ class PrometheusServer:
         self.url = ""
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
-
-    def __enter__(self) -> PrometheusServer:
-        try:
-            for attempt in range(3):  # the probed port may be taken before Prometheus binds
-                try:
-                    self._start()
-                    return self
-                except RuntimeError:
-                    self._stop()
-                    if attempt == 2:
-                        raise
-        except BaseException:
-            self._stop()
-            raise
-        raise AssertionError("unreachable")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop()
 
     def _start(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="srv6ctl-prometheus-"))

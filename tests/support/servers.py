@@ -7,6 +7,43 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+
+class ServerProcess:
+    """A real server for the length of a `with` block. Subclasses start it in `_start`
+    (raising RuntimeError when it does not come up) and remove every trace in `_stop`."""
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            # A probed free port can be taken before the server binds it: try fresh ones.
+            for attempt in range(3):
+                try:
+                    self._start()
+                    return self
+                except RuntimeError:
+                    self._stop()
+                    if attempt == 2:
+                        raise
+        except BaseException:
+            self._stop()
+            raise
+        raise AssertionError("unreachable")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop()
 
 
 def die_with_parent() -> None:
