@@ -27,10 +27,9 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
-from pyroute2 import netns as pyroute2_netns
 
 from policies.compiler import compile_node
 from policies.model import (
@@ -64,6 +63,7 @@ from policies.nftables import (
     tables_of,
     update_script,
 )
+from srv6ctl.dataplane.nsenter import run_in_netns
 from tests.test_policies_compiler import reference_egress, reference_ingress
 
 T = TypeVar("T")
@@ -102,22 +102,7 @@ def run(*argv: str, stdin: str | None = None) -> str:
 
 
 def in_netns(name: str, fn: Callable[[], T]) -> T:
-    box: list[tuple[bool, Any]] = []
-
-    def body() -> None:
-        try:
-            pyroute2_netns.setns(name, flags=0)
-            box.append((True, fn()))
-        except BaseException as exc:
-            box.append((False, exc))
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    thread.join()
-    ok, value = box[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
+    return run_in_netns(name, fn)
 
 
 def socket_in(name: str, family: int, kind: int, proto: int = 0) -> socket.socket:

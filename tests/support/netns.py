@@ -21,14 +21,14 @@ import select
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pytest
-from pyroute2 import netns as pyroute2_netns
+
+from srv6ctl.dataplane.nsenter import run_in_netns
 
 PREFIX = "s6t-"
 ETH_P_ALL = 0x0003
@@ -140,22 +140,7 @@ def netns(netns_factory: NetnsFactory) -> Netns:
 def open_in(netns: str, fn: Callable[[], T]) -> T:
     """Call `fn` in a thread that entered `netns`: what it opens (sockets, /sys, /proc/sys
     files) belongs to that namespace, and the calling thread stays where it is."""
-    box: list[Any] = []
-
-    def body() -> None:
-        try:
-            pyroute2_netns.setns(netns, flags=0)
-            box.append((True, fn()))
-        except BaseException as exc:
-            box.append((False, exc))
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    thread.join()
-    ok, value = box[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
+    return run_in_netns(netns, fn)
 
 
 class PacketPort:
