@@ -149,6 +149,7 @@ def test_state_round_trip_and_look_ups(tmp_path: Path) -> None:
 
 def test_requirements_refuse_vpp_without_a_vpp_binary(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("SRV6CTL_VPP_BIN", raising=False)  # it names a VPP, too
     with pytest.raises(LabError, match="no `vpp` binary on PATH"):
         check_requirements(LabOptions(dataplane="vpp"))
 

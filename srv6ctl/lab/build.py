@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 
-from srv6ctl.lab import netns, objects, processes
+from srv6ctl.lab import netns, objects, processes, vpp
 from srv6ctl.lab.cni import cni_add, cni_del
 from srv6ctl.lab.netns import LabError
 from srv6ctl.lab.progress import Steps
@@ -107,6 +107,7 @@ class Health:
 
     missing_namespaces: list[str] = field(default_factory=list)
     dead_agents: list[str] = field(default_factory=list)
+    dead_vpps: list[str] = field(default_factory=list)
     unready_agents: list[str] = field(default_factory=list)
     dead_servers: list[str] = field(default_factory=list)
     unfixed: list[str] = field(default_factory=list)  # nodes missing the lab's workarounds
@@ -114,6 +115,7 @@ class Health:
     @property
     def problems(self) -> list[str]:
         out = [f"namespace {n} is missing" for n in self.missing_namespaces]
+        out += [f"VPP of {n} is not running" for n in self.dead_vpps]
         out += [f"agent of {n} is not running" for n in self.dead_agents]
         out += [f"agent of {n} is not ready" for n in self.unready_agents]
         out += [f"server of pod {p} is not running" for p in self.dead_servers]
@@ -203,6 +205,7 @@ class Lab:
             options=options,
             underlay_netns=f"{prefix}-ul",
             probe_netns=f"{prefix}-probe",
+            vpp_binary=vpp.find_binary() if options.dataplane == "vpp" else None,
         )
         for i in range(1, options.nodes + 1):
             name = f"n{i}"
@@ -217,6 +220,12 @@ class Lab:
                     api_socket=str(paths.node_dir(name) / "agent.sock"),
                 )
             )
+            if options.dataplane == "vpp":
+                node = state.nodes[-1]
+                where = self._vpp_node(node)
+                node.vpp_dir = str(where.dir)
+                node.vpp_api_socket = where.api_socket
+                node.vpp_stats_socket = where.stats_socket
         for name, v6, v4, with_backends in SERVICES:
             state.services.append(
                 ServiceRecord(
@@ -245,14 +254,23 @@ class Lab:
         with self.steps.step(f"{options.nodes} node namespaces on the underlay"):
             for node in state.nodes:
                 netns.add_netns(node.netns)
-                addresses = [f"{node.internal_ipv6}/64"]
-                if node.internal_ipv4:
-                    addresses.append(f"{node.internal_ipv4}/24")
+                addresses = _node_addresses(node)
+                if options.dataplane == "vpp":
+                    # The uplink is VPP's (lab/vpp.py): the kernel end stays silent.
+                    self._quiet_uplink(node)
+                    addresses = []
                 node.mac = netns.attach(
                     state.underlay_netns, state.bridge, node.uplink, node.netns, "eth0", addresses
                 )
             self._save()
-        with self.steps.step("cluster objects: Nodes, Services"):
+        if options.dataplane == "vpp":
+            with self.steps.step(f"{options.nodes} VPPs started, each owning its node's uplink"):
+                for node in state.nodes:
+                    self._start_vpp(node)
+                self._save()
+                _parallel(self._vpp_ready, state.nodes)
+        with self.steps.step("cluster objects: Namespaces, Nodes, Services"):
+            write_atomically(paths.objects / objects.NAMESPACES_FILE, objects.namespace_file(state))
             write_atomically(paths.objects / "nodes.yaml", objects.node_file(state))
             for service in state.services:
                 self._write_service(state, service, with_endpoints=False)
@@ -353,10 +371,19 @@ class Lab:
             str(RESYNC_SECONDS),
             "--dataplane",
             self.state.options.dataplane,
+            *self._vpp_agent_args(node),
             # Several agents on one host: each takes a free port (`lab status` shows it).
             "--metrics-address",
             "127.0.0.1:0",
         ]
+
+    def _vpp_agent_args(self, node: NodeRecord) -> list[str]:
+        if node.vpp_api_socket is None:
+            return []
+        args = ["--vpp-api-socket", node.vpp_api_socket]
+        if node.vpp_stats_socket is not None:
+            args += ["--vpp-stats-socket", node.vpp_stats_socket]
+        return args
 
     def _start_agent(self, node: NodeRecord) -> ProcessRecord:
         log = self.paths.node_dir(node.name) / "agent.log"
@@ -373,7 +400,7 @@ class Lab:
             self._save()
             self._wait_agent_ready(node)
         assert self.state is not None
-        if self.state.options.workarounds:
+        if self._kernel_workarounds(self.state):
             from srv6ctl.dataplane.nsenter import ensure_sysctls
 
             result = ensure_sysctls(netns.netns_path(node.netns), MULTIPATH_HASH_WORKAROUND)
@@ -398,6 +425,41 @@ class Lab:
                 pass
             time.sleep(0.1)
         raise LabError(f"the agent of {node.name} was not ready within {AGENT_READY_TIMEOUT:.0f} s")
+
+    @staticmethod
+    def _kernel_workarounds(state: LabState) -> bool:
+        """FINDINGS.md's settings are the kernel's forwarding: VPP hashes each packet's
+        5-tuple already, and the kernel of a VPP node forwards nothing."""
+        return state.options.workarounds and state.options.dataplane == "kernel"
+
+    # --- VPP (--dataplane vpp) ---------------------------------------------------------------
+
+    def _vpp_node(self, node: NodeRecord) -> vpp.VppNode:
+        where = node.vpp_dir or self.paths.node_dir(node.name) / "vpp"
+        return vpp.VppNode(Path(where), shm_prefix=node.netns)  # <prefix>-<node>
+
+    def _quiet_uplink(self, node: NodeRecord) -> None:
+        """No IPv6 on the kernel's end of the uplink (set before the veth exists: as a
+        default it also covers the eth0 about to be made), so it sends no RS/MLD/NA and
+        does not answer for the node's addresses beside VPP."""
+        from srv6ctl.dataplane.nsenter import ensure_sysctls
+
+        result = ensure_sysctls(
+            netns.netns_path(node.netns), {"net.ipv6.conf.default.disable_ipv6": "1"}
+        )
+        if result.refused:
+            raise LabError(f"{node.name}: {'; '.join(result.refused)}")
+
+    def _start_vpp(self, node: NodeRecord) -> None:
+        state = self._require()
+        assert state.vpp_binary is not None
+        where = self._vpp_node(node)
+        vpp.write_config(where, state.vpp_binary, node.mac, _node_addresses(node))
+        node.vpp = vpp.start(where, state.vpp_binary, node.netns, lab=self.paths.root)
+
+    def _vpp_ready(self, node: NodeRecord) -> None:
+        assert node.vpp is not None
+        vpp.wait_ready(self._vpp_node(node), node.vpp, node.name)
 
     # --- pods -----------------------------------------------------------------------------
 
@@ -619,6 +681,8 @@ class Lab:
         health = Health()
         health.missing_namespaces = [n for n in state.namespaces() if not netns.exists(n)]
         for node in state.nodes:
+            if state.options.dataplane == "vpp" and not processes.alive(node.vpp):
+                health.dead_vpps.append(node.name)
             if not processes.alive(node.agent):
                 health.dead_agents.append(node.name)
                 continue
@@ -628,7 +692,7 @@ class Lab:
             except AgentUnavailable:
                 health.unready_agents.append(node.name)
         health.dead_servers = [p.name for p in state.pods if not processes.alive(p.server)]
-        if state.options.workarounds:
+        if self._kernel_workarounds(state):
             from srv6ctl.verify.netinfo import sysctl
 
             for node in state.nodes:
@@ -641,6 +705,16 @@ class Lab:
         return health
 
     def _repair(self, state: LabState, health: Health) -> None:
+        vpps = [state.node(n) for n in health.dead_vpps]
+        if vpps:
+            # Each agent reconnects by itself and replays what its VPP should hold (the
+            # pods' ports at its next full resync, within RESYNC_SECONDS).
+            with self.steps.step(f"VPPs restarted: {', '.join(n.name for n in vpps)}"):
+                vpp.remove_leftovers(state.options.prefix)  # of the dead ones only: named
+                for node in vpps:
+                    self._start_vpp(node)
+                self._save()
+                _parallel(self._vpp_ready, vpps)
         dead = [state.node(n) for n in health.dead_agents]
         if dead:
             with self.steps.step(f"agents restarted: {', '.join(n.name for n in dead)}"):
@@ -675,11 +749,14 @@ class Lab:
         records: list[ProcessRecord] = []
         if state is not None:
             records += [n.agent for n in state.nodes if n.agent is not None]
+            records += [n.vpp for n in state.nodes if n.vpp is not None]
             records += [p.server for p in state.pods if p.server is not None]
         records += processes.lab_processes(self.paths.root)
         unique = {(r.pid, r.start_time): r for r in records}
         # All at once: nothing the lab runs needs another of its processes to stop.
         report.processes = len(processes.stop(list(unique.values())))
+        if prefix:
+            vpp.remove_leftovers(prefix)  # a VPP killed, not stopped, leaves its /dev/shm
         names = list(state.namespaces()) if state is not None else []
         if prefix:
             mine = [n for n in netns.list_netns() if n.startswith(f"{prefix}-")]
@@ -707,6 +784,13 @@ class Lab:
         return load_config(self.paths.config)[1]
 
 
+def _node_addresses(node: NodeRecord) -> list[str]:
+    addresses = [f"{node.internal_ipv6}/64"]
+    if node.internal_ipv4:
+        addresses.append(f"{node.internal_ipv4}/24")
+    return addresses
+
+
 def _pod_order(pod: PodRecord) -> tuple[str, int]:
     stem, _, number = pod.name.rpartition("-")
     return (stem, int(number)) if number.isdigit() else (pod.name, 0)
@@ -715,16 +799,8 @@ def _pod_order(pod: PodRecord) -> tuple[str, int]:
 def check_requirements(options: LabOptions) -> None:
     """Refuse early, with the reason, what the build would fail on half way."""
     if options.dataplane == "vpp":
-        if shutil.which("vpp") is None:
-            raise LabError(
-                "--dataplane vpp needs VPP: no `vpp` binary on PATH (install FD.io VPP, "
-                "or use --dataplane kernel)"
-            )
-        raise LabError(
-            "--dataplane vpp: VPP is installed, but the lab does not start VPP in its nodes "
-            "yet (the agent's `--dataplane vpp` does work with a VPP you run); use "
-            "--dataplane kernel"
-        )
+        vpp.find_binary()
+        vpp.check_client()
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, veth pairs, SRv6 routes)")
     for tool, why in (("ip", "iproute2"), ("nft", "nftables: the pods' port rewrites")):

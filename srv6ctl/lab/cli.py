@@ -7,9 +7,11 @@ top-level subparsers. Nothing heavy is imported until a subcommand runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from srv6ctl.lab import DEFAULT_PREFIX, DEFAULT_STATE_DIR
@@ -76,6 +78,8 @@ def register(commands: Any) -> None:
     _state_dir(down)
     down.set_defaults(func=_down)
 
+    _register_policy(lab_commands)
+
     demo = lab_commands.add_parser(
         "demo", help="allocate a small cluster's addresses and SIDs in a throw-away store"
     )
@@ -112,10 +116,12 @@ def _up(args: argparse.Namespace) -> int:
         return 130
     except (LabError, OSError) as err:
         out.print(f"[red]lab up failed[/]: {err}")
-        out.print(
-            f"logs: {lab.paths.root}/<node>/agent.log, {lab.paths.root}/pods/; "
-            "`srv6ctl lab up` again rebuilds from scratch, `srv6ctl lab down` cleans up"
-        )
+        if lab.paths.root.exists():  # not a refusal before anything was made
+            vpp_log = f", {lab.paths.root}/<node>/vpp/" if args.dataplane == "vpp" else ""
+            out.print(
+                f"logs: {lab.paths.root}/<node>/agent.log{vpp_log}, {lab.paths.root}/pods/; "
+                "`srv6ctl lab up` again rebuilds from scratch, `srv6ctl lab down` cleans up"
+            )
         return 1
     state = lab.state
     assert state is not None
@@ -152,6 +158,7 @@ def _status(args: argparse.Namespace) -> int:
     healthy = all(n["agent"] == "ready" for n in status["nodes"]) and all(
         p["server"] == "running" for p in status["pods"]
     )
+    healthy = healthy and all(n.get("vpp", "running") == "running" for n in status["nodes"])
     return 0 if healthy and status["complete"] else 1
 
 
@@ -210,6 +217,157 @@ def _down(args: argparse.Namespace) -> int:
         f"{len(report.namespaces)} namespace(s) deleted"
         + (f", {lab.paths.root} removed" if report.removed_dir else "")
     )
+    return 0
+
+
+def _register_policy(lab_commands: Any) -> None:
+    """`lab policy apply|delete|list`: NetworkPolicies in the lab's objects directory."""
+    policy = lab_commands.add_parser(
+        "policy", help="NetworkPolicies in the lab: apply, delete, list (srv6ctl.lab.policy)"
+    )
+    commands = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+
+    def wait_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--wait",
+            action="store_true",
+            help="until every pod→pod and pod→service verdict on the wire is the policies'",
+        )
+        parser.add_argument("--timeout", type=float, default=30.0, help="for --wait (seconds)")
+        _state_dir(parser)
+
+    apply = commands.add_parser(
+        "apply", help="validate and write NetworkPolicies (a YAML/JSON file, or a List)"
+    )
+    apply.add_argument("file", metavar="FILE", help="the policies ('-': standard input)")
+    wait_options(apply)
+    apply.set_defaults(func=_policy_apply)
+
+    delete = commands.add_parser("delete", help="remove policies by name, or those of a file")
+    delete.add_argument("targets", nargs="*", metavar="NAME|FILE", help="[NAMESPACE/]NAME")
+    delete.add_argument("--all", action="store_true", help="every policy `apply` wrote")
+    wait_options(delete)
+    delete.set_defaults(func=_policy_delete)
+
+    list_ = commands.add_parser("list", help="the lab's policies and the pods they select")
+    list_.add_argument("--json", action="store_true", help="one JSON list")
+    _state_dir(list_)
+    list_.set_defaults(func=_policy_list)
+
+
+def _policy_lab(args: argparse.Namespace) -> Any:
+    lab = _lab(args, quiet=True)
+    if lab.state is None:
+        print(f"no lab in {lab.paths.root} (srv6ctl lab up builds one)", file=sys.stderr)
+        return None
+    return lab
+
+
+def _policy_wait(lab: Any, timeout: float) -> int:
+    import time
+
+    from srv6ctl.lab.policy import wait_programmed
+
+    out = lab.steps.out
+    started = time.monotonic()
+    with out.status("waiting until the verdicts on the wire are the policies'"):
+        flows, problems = wait_programmed(lab.paths, lab.state, timeout)
+    if problems:
+        out.print(f"[red]not in effect after {timeout:.0f} s[/]: {len(problems)} of {flows} flows")
+        for problem in problems[:10]:
+            out.print(f"  {problem}")
+        return 1
+    out.print(
+        f"[green]in effect[/]: {flows} flows as the policies say "
+        f"({time.monotonic() - started:.1f} s)"
+    )
+    return 0
+
+
+def _policy_apply(args: argparse.Namespace) -> int:
+    from srv6ctl.lab.policy import (
+        PolicyError,
+        PolicyStore,
+        ensure_namespaces,
+        lab_cluster,
+        namespaces_present,
+        read_policy_file,
+        selected,
+    )
+
+    lab = _policy_lab(args)
+    if lab is None:
+        return 1
+    try:
+        policies = read_policy_file(args.file)
+        ensure_namespaces(lab.paths, lab.state)
+        store = PolicyStore(lab.paths)
+        done = store.apply(policies)
+    except PolicyError as err:
+        print(f"lab policy apply: {err} (nothing written)", file=sys.stderr)
+        return 1
+    cluster = lab_cluster(lab.state, store.present(), namespaces_present(lab.paths))
+    for policy, what in done:
+        pods = ", ".join(selected(cluster, policy.policy)) or "no pod yet"
+        lab.steps.out.print(f"networkpolicy {policy.key} {what} (selects {pods})")
+    return _policy_wait(lab, args.timeout) if args.wait else 0
+
+
+def _policy_delete(args: argparse.Namespace) -> int:
+    from srv6ctl.lab.policy import PolicyError, PolicyStore, keys_of
+
+    lab = _policy_lab(args)
+    if lab is None:
+        return 1
+    if bool(args.targets) == args.all:
+        print("lab policy delete: give NAME|FILE ..., or --all", file=sys.stderr)
+        return 2
+    store = PolicyStore(lab.paths)
+    try:
+        removed = store.delete_all() if args.all else store.delete(keys_of(args.targets))
+    except PolicyError as err:
+        print(f"lab policy delete: {err} (nothing removed)", file=sys.stderr)
+        return 1
+    for key in removed:
+        lab.steps.out.print(f"networkpolicy {key} deleted")
+    if not removed:
+        lab.steps.out.print("no policy to delete")
+    return _policy_wait(lab, args.timeout) if args.wait else 0
+
+
+def _policy_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from srv6ctl.lab.policy import PolicyStore, describe, lab_cluster, namespaces_present
+
+    lab = _policy_lab(args)
+    if lab is None:
+        return 1
+    present = PolicyStore(lab.paths).present()
+    cluster = lab_cluster(lab.state, present, namespaces_present(lab.paths))
+    rows = [describe(p, cluster) for p in present]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        lab.steps.out.print("no NetworkPolicy in the lab (srv6ctl lab policy apply FILE)")
+        return 0
+    table = Table(title="NetworkPolicies", title_justify="left")
+    for column in ("policy", "pod selector", "types", "rules in/out", "selects", "file"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        file = row["file"] or ""
+        with contextlib.suppress(ValueError):
+            file = str(Path(file).relative_to(lab.paths.objects))
+        table.add_row(
+            f"{row['namespace']}/{row['name']}",
+            row["pod_selector"],
+            ",".join(row["policy_types"]),
+            f"{row['ingress_rules']}/{row['egress_rules']}",
+            ", ".join(row["selects"]) or "-",
+            file,
+        )
+    lab.steps.out.print(table)
     return 0
 
 

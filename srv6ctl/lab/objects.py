@@ -33,6 +33,26 @@ SERVICE_PORTS = (
 )
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 APP_LABEL = "app"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+NAMESPACES_FILE = "namespaces.yaml"  # in the objects directory
+
+
+def namespace_object(name: str) -> dict[str, Any]:
+    """A Namespace as the API server keeps it: it labels every namespace with its own name
+    (`kubernetes.io/metadata.name`), which is what a namespaceSelector can always match."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {NAMESPACE_NAME_LABEL: name}},
+        "status": {"phase": "Active"},
+    }
+
+
+def namespace_file(state: LabState) -> str:
+    names = sorted(
+        {"default", *(p.namespace for p in state.pods)} | {s.namespace for s in state.services}
+    )
+    return dump([namespace_object(n) for n in names])
 
 
 def node_object(node: NodeRecord) -> dict[str, Any]:

@@ -50,6 +50,11 @@ class NodeRecord(_Model):
     cni_socket: str
     api_socket: str
     agent: ProcessRecord | None = None
+    # --dataplane vpp: the node's VPP (srv6ctl.lab.vpp), its directory and API socket
+    vpp: ProcessRecord | None = None
+    vpp_dir: str | None = None
+    vpp_api_socket: str | None = None
+    vpp_stats_socket: str | None = None
 
 
 class PodRecord(_Model):
@@ -79,7 +84,7 @@ class LabOptions(_Model):
     nodes: int = 3
     pods_per_node: int = 2
     dual_stack: bool = False
-    dataplane: Literal["kernel", "vpp"] = "kernel"
+    dataplane: Literal["kernel", "vpp"] = "kernel"  # vpp: one VPP per node (lab/vpp.py)
     prefix: str = DEFAULT_PREFIX
     workarounds: bool = True  # FINDINGS.md: settings the lab fixes after the agents
 
@@ -92,6 +97,7 @@ class LabState(_Model):
     underlay_netns: str
     probe_netns: str
     bridge: str = "br0"
+    vpp_binary: str | None = None  # --dataplane vpp: the VPP the nodes run
     nodes: list[NodeRecord] = []
     pods: list[PodRecord] = []
     services: list[ServiceRecord] = []

@@ -31,6 +31,10 @@ def collect(paths: LabPaths, state: LabState) -> dict[str, Any]:
             "agent_pid": node.agent.pid if node.agent else None,
             "agent": "down",
         }
+        if state.options.dataplane == "vpp":
+            entry["vpp"] = "running" if processes.alive(node.vpp) else "down"
+            entry["vpp_pid"] = node.vpp.pid if node.vpp else None
+            entry["vpp_api_socket"] = node.vpp_api_socket
         if processes.alive(node.agent):
             try:
                 seen = view(node.api_socket)
@@ -86,6 +90,8 @@ def collect(paths: LabPaths, state: LabState) -> dict[str, Any]:
         "state_dir": str(paths.root),
         "complete": state.complete,
         "options": state.options.model_dump(),
+        "dataplane": state.options.dataplane,
+        "vpp_binary": state.vpp_binary,
         "nodes": nodes,
         "pods": pods,
         "services": services,
@@ -99,12 +105,17 @@ def render(out: Console, status: dict[str, Any]) -> None:
     if not status["complete"]:
         title += " [red](build did not finish: run `srv6ctl lab up` again)[/]"
     nodes = Table(title=title, title_justify="left")
+    with_vpp = options["dataplane"] == "vpp"
     columns = ("node", "netns", "InternalIP", "id", "locator", "agent", "in sync", "changes")
-    for column in (*columns, "metrics"):
+    for column in (*columns, "metrics", *(("VPP",) if with_vpp else ())):
         nodes.add_column(column)
     for node in status["nodes"]:
         health = node["agent"]
         colour = "green" if health == "ready" else "red"
+        vpp = []
+        if with_vpp:
+            vpp_colour = "green" if node["vpp"] == "running" else "red"
+            vpp = [f"[{vpp_colour}]{node['vpp']}[/] (pid {node['vpp_pid']})"]
         nodes.add_row(
             node["name"],
             node["netns"],
@@ -117,6 +128,7 @@ def render(out: Console, status: dict[str, Any]) -> None:
             if "changes" in node
             else "-",
             node.get("metrics") or "-",
+            *vpp,
         )
     out.print(nodes)
     pods = Table(title="pods", title_justify="left")

@@ -108,6 +108,7 @@ class AgentView:
     drift: Mapping[str, Mapping[str, int]]
     stats: Mapping[str, int]
     metrics: str | None = None  # the agent's /metrics URL, when it serves one
+    dataplane: str = "kernel"  # or "vpp": the node's kernel then forwards no pod traffic
 
     def policy(self, owner: str) -> SrPolicy | None:
         """The policy render labelled `owner` (e.g. "svc/default/web/v6")."""
@@ -157,4 +158,5 @@ def view(api_socket: str, *, with_drift: bool = True) -> AgentView:
         drift=drift or {},
         stats=stats,
         metrics=status.get("metrics"),
+        dataplane=str(status.get("dataplane", "kernel")),
     )

@@ -23,7 +23,7 @@ def register(commands: Any) -> None:
     )
     verify.add_argument(
         "--only",
-        default="conformance,connectivity,convergence",
+        default="conformance,connectivity,convergence,policy",
         help="comma-separated check groups to run",
     )
     verify.add_argument(
@@ -64,7 +64,7 @@ def _verify(args: argparse.Namespace) -> int:
         if args.json:
             report = run(options)
         else:
-            with out.status("verifying: crafted SRv6 packets, flows, convergence"):
+            with out.status("verifying: crafted SRv6 packets, flows, convergence, policies"):
                 report = run(options)
     except (LabError, AgentUnavailable, OSError, ValueError) as err:
         print(f"verify could not start: {err}", file=sys.stderr)

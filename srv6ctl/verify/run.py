@@ -2,8 +2,9 @@
 
 Lab mode (the default) reads the lab's state directory and runs every group:
 conformance (crafted SRv6 packets), connectivity (real flows between the lab's pods and
-services) and convergence (it removes a backend and adds one back, leaving the lab in
-the shape it found it).
+services), convergence (it removes a backend and adds one back, leaving the lab in
+the shape it found it) and policy (real flows judged against the NetworkPolicy
+compiler's verdicts; with no policy in the lab, around a sample policy it removes again).
 
 Node mode (`--node NAME`), for a real cluster: run inside that node's network namespace
 (e.g. a privileged hostNetwork pod, or `nsenter -t 1 -n` on the node) as root
@@ -12,10 +13,10 @@ Node mode (`--node NAME`), for a real cluster: run inside that node's network na
 the address plan), iproute2 and scapy. Verify then makes a throw-away namespace joined to
 the node by a veth (`s6vp<hex>`, the only thing it adds to the node, removed at the end),
 injects its crafted packets through it, and taps the node's uplink (`--uplink`, eth0) and
-its pods' veths. Only the conformance group runs there: connectivity and convergence need
-the lab's pod servers and its control of the cluster's objects. Crafted packets that a
-node forwards (End) go to the next node's End.DT6 and on to a pod there, whose discard
-port drops them.
+its pods' veths. Only the conformance group runs there: connectivity, convergence and
+policy need the lab's pod servers and its control of the cluster's objects. Crafted
+packets that a node forwards (End) go to the next node's End.DT6 and on to a pod there,
+whose discard port drops them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from srv6ctl.verify.report import Report
 from srv6ctl.verify.topology import Injector, Topology, from_lab, from_node
 
-GROUPS = ("conformance", "connectivity", "convergence")
+GROUPS = ("conformance", "connectivity", "convergence", "policy")
 DEFAULT_FLOWS = 240
 NODE_PROBE_SOURCE = ipaddress.IPv6Address("2001:db8:5ec::1")  # documentation range
 
@@ -56,7 +57,7 @@ def run(options: VerifyOptions) -> Report:
             for node in topo.nodes:
                 node.uplink = options.uplink
             _run_groups(topo, None, report, ("conformance",))
-            for group in ("connectivity", "convergence"):
+            for group in ("connectivity", "convergence", "policy"):
                 if group in options.groups:
                     report.skip(group, group, "needs the lab (its pod servers and objects)")
     else:
@@ -107,6 +108,13 @@ def _run_groups(
             Convergence(topo, lab, report).run()
         except Exception as err:
             report.crashed("convergence", err)
+    if "policy" in groups and lab is not None:
+        from srv6ctl.verify.policy import PolicyChecks
+
+        try:
+            PolicyChecks(lab, report).run()
+        except Exception as err:
+            report.crashed("policy", err)
 
 
 @contextlib.contextmanager
