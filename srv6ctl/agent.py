@@ -60,6 +60,7 @@ from srv6ctl.dataplane.model import (
     NodeConfig,
     Op,
     PodAttachment,
+    pod_interface_fields,
 )
 from srv6ctl.dataplane.reconcile import config_of, drift, plan
 from srv6ctl.netpol import PolicyView
@@ -173,6 +174,8 @@ class Agent:
         self._first_event_at: float | None = None  # the oldest change not yet programmed
         self.policy_view = PolicyView(options.node_name)
         self.policy_backend = NftablesBackend()
+        # --dataplane vpp: policies as VPP ACLs on the pods' ports instead (made in run()).
+        self.acl_backend: Any = None
         self._policies_stale = True  # compile everything at the next step
         # VPP mode: the node ends of this node's pods (VPP ports that are not leftovers).
         self._vpp_ports: set[str] = set()
@@ -200,6 +203,10 @@ class Agent:
             self.plan.locator(self.node_id),
         )
         self.backend = self._make_backend()
+        if self.vpp and self._backend_factory is None:
+            from srv6ctl.dataplane.vpp_acl import VppAclBackend
+
+            self.acl_backend = VppAclBackend(self.options.vpp_api_socket)
         self.podnet = PodNetworkProgrammer(
             c for c in (self.plan.service_cidr_v6, self.plan.service_cidr_v4) if c is not None
         )
@@ -240,6 +247,8 @@ class Agent:
             self._api.stop()
             self.telemetry.close()
             self.backend.close()
+            if self.acl_backend is not None:
+                self.acl_backend.close()
             raw_store.close()
         return 0
 
@@ -332,7 +341,9 @@ class Agent:
         if self.vpp:
             # Before CNI ADD returns: the pod has a network when its containers start. A
             # failure fails the ADD ("try again later"), which the runtime retries.
-            attachment = _vpp_attachment(allocation, host_ifname, netns)
+            pod = self.state.pod_by_uid(allocation.uid) if allocation.uid else None
+            kind = pod.interface_type if pod is not None else ""
+            attachment = _vpp_attachment(allocation, host_ifname, netns, kind)
             with self._backend_lock:
                 self.backend.apply([Change(Op.ADD, new=attachment)])
                 with self._lock:  # before the lock goes: a resync must not detach it
@@ -636,6 +647,9 @@ class Agent:
             self._policies_stale = True
             self._full_resync_due = min(self._full_resync_due, time.monotonic() + 1.0)
             return
+        if self.acl_backend is not None:
+            self._program_acls(desired, updates, full, delta)
+            return
         if delta is not None:
             added = {p.pod for p in delta.added if isinstance(p, PodAttachment)}
             for obj in delta.removed:
@@ -643,6 +657,48 @@ class Agent:
                     self.policy_backend.forget(obj.netns)
         for key, rules in sorted(updates.items()):
             self._apply_policy(str(key), netns_of.get(str(key)), rules, verify=full)
+
+    def _program_acls(
+        self,
+        desired: NodeConfig,
+        updates: dict[PolicyPodKey, PodRules | None],
+        full: bool,
+        delta: Any,
+    ) -> None:
+        """VPP mode: each pod's policy as ACLs on its VPP port (srv6ctl.dataplane.vpp_acl);
+        at a full resync, ACLs of ports this node no longer has go."""
+        from policies.vpp_acl import translate
+
+        interface_of = {p.pod: p.interface for p in desired.pods}
+        backend = self.acl_backend
+        try:
+            if full:
+                for interface in backend.sweep(interface_of.values()):
+                    log.info("removed the VPP ACLs of %s: no pod of this node uses it", interface)
+            elif delta is not None:
+                added = {p.pod for p in delta.added if isinstance(p, PodAttachment)}
+                for obj in delta.removed:
+                    if isinstance(obj, PodAttachment) and obj.pod not in added:
+                        backend.remove(obj.interface)
+        except Exception as err:  # retried at the next full resync
+            log.warning("VPP ACLs: %s: %s", type(err).__name__, err)
+        for key, rules in sorted(updates.items()):
+            pod = str(key)
+            interface = interface_of.get(pod)
+            if interface is None:
+                continue  # not wired here (yet): applied when its attachment appears
+            try:
+                outcome = backend.apply(pod, interface, None if rules is None else translate(rules))
+            except Exception as err:  # one pod must not stop the others
+                log.warning(
+                    "pod %s: network policy not applied in VPP (%s); retrying at the next resync",
+                    pod,
+                    err,
+                    extra={"pod": pod},
+                )
+                continue
+            if outcome.value != "unchanged":
+                log.info("pod %s: VPP ACLs %s", pod, outcome.value, extra={"pod": pod})
 
     def _apply_policy(
         self, pod: str, netns: str | None, rules: PodRules | None, verify: bool = False
@@ -695,7 +751,9 @@ class Agent:
                 "dataplane": self.options.dataplane,
                 # State-changing messages this agent sent to its dataplane (a restart with
                 # nothing to change sends none).
-                "dataplane_writes": getattr(self.backend, "writes", None),
+                "dataplane_writes": _writes(self.backend, self.acl_backend),
+                # VPP only: reconnections after VPP went away (each replays what it lost).
+                "dataplane_reconnects": getattr(self.backend, "reconnects", None),
                 **self.stats,
             }
         if what == "desired":
@@ -719,9 +777,17 @@ class Agent:
         raise ValueError(f"unknown query {what!r} (status, desired, actual, drift, allocations)")
 
 
-def _vpp_attachment(allocation: PodAllocation, host_ifname: str, netns: str) -> PodAttachment:
+def _writes(*backends: Any) -> int | None:
+    counts = [b.writes for b in backends if getattr(b, "writes", None) is not None]
+    return sum(counts) if counts else None
+
+
+def _vpp_attachment(
+    allocation: PodAllocation, host_ifname: str, netns: str, interface_type: str = ""
+) -> PodAttachment:
     """The VPP side of a freshly wired pod (what the renderer makes of it, less the
-    service memberships, which VPP does not hold)."""
+    service memberships, which VPP does not hold). A pod the API has not shown us yet gets
+    the usual port; a memif annotation seen later turns it into a memif at the resync."""
     addresses = allocation.addresses
     prefixes = [f"{addresses.ipv6}/128"]
     if addresses.ipv4 is not None:
@@ -732,6 +798,7 @@ def _vpp_attachment(allocation: PodAllocation, host_ifname: str, netns: str) -> 
         netns=netns,
         container_interface=allocation.interface,
         addresses=frozenset(prefixes),  # type: ignore[arg-type]
+        **pod_interface_fields(interface_type, allocation.uid),
     )
 
 

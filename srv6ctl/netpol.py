@@ -1,7 +1,9 @@
 """NetworkPolicy for the agent: its `ClusterState` as a `policies.model.Cluster`, and the
 compiled rules of this node's pods, in full or incrementally from the state's dirty keys.
 
-Pure: no I/O. The agent applies the result with `policies.nftables.NftablesBackend`.
+Pure: no I/O. The agent applies the result with `policies.nftables.NftablesBackend` (in
+each pod's namespace), or with `--dataplane vpp` as VPP ACLs on each pod's port
+(`policies.vpp_acl.translate`, `srv6ctl.dataplane.vpp_acl.VppAclBackend`).
 
 The compiler needs, per pod, the service frontends it serves — `(ClusterIP, protocol,
 port, targetPort)` for every service whose EndpointSlices list the pod — for *every* pod

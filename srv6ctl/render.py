@@ -88,6 +88,7 @@ from srv6ctl.dataplane.model import (
     SegmentList,
     SrPolicy,
     Steering,
+    pod_interface_fields,
 )
 from srv6ctl.state import (
     ClusterState,
@@ -575,6 +576,7 @@ class Renderer:
             addresses=frozenset(addresses),
             service_addresses=service_addresses,
             port_maps=port_maps,
+            **pod_interface_fields(pod.interface_type, pod.uid),
         )
         return Fragment(pods=(attachment,), local_sids=tuple(sids))
 

@@ -46,6 +46,8 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # other nodes know whether it can decapsulate IPv4 with End.DT4 (the kernel needs a VRF for
 # it, which some kernels lack). A node without the annotation is assumed not to.
 BEHAVIOURS_ANNOTATION = "srv6ctl.io/behaviours"
+# A pod's VPP port type: "memif" for a CNF (README "memif pods"); absent: the usual port.
+POD_INTERFACE_ANNOTATION = "srv6ctl.io/pod-interface"
 
 
 class Kind(StrEnum):
@@ -107,6 +109,7 @@ class Pod:
     container_ports: tuple[ContainerPort, ...] = ()
     phase: str = "Pending"
     terminating: bool = False  # metadata.deletionTimestamp is set
+    interface_type: str = ""  # annotation srv6ctl.io/pod-interface ("memif" for a CNF)
 
     @property
     def key(self) -> NamespacedName:

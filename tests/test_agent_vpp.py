@@ -29,8 +29,8 @@ from srv6ctl.agent import query_agent
 from srv6ctl.dataplane.model import EndDX6, NodeConfig
 from srv6ctl.dataplane.vpp import PodPort, VppBackend
 from tests.support.netns import NetnsFactory, open_in
+from tests.support.vpp import BIN_ENV, VppProcess, why_no_vpp
 from tests.test_agent import BIN, SERVICE_IP, Node, bring_up, wait_for
-from tests.test_vpp_integration import BIN_ENV, VppProcess, _why_no_vpp
 
 
 class VppNode(Node):
@@ -66,7 +66,7 @@ def vpp_node(netns_factory: NetnsFactory, tmp_path: Path) -> Iterator[VppNode]:
             f"no VPP: set {BIN_ENV} to a vpp 25.10 binary; this test starts it in the node "
             "namespace itself (a running VPP's socket is not used: the agent would own it)"
         )
-    reason = _why_no_vpp()
+    reason = why_no_vpp()
     if reason is not None:
         pytest.skip(reason)
     node_ns = netns_factory()
@@ -168,3 +168,66 @@ def test_service_through_vpp_without_nat_and_a_restart_writes_nothing(vpp_node: 
     web_b, _ = vpp_node.pods.pop("web-b")
     assert vpp_node.cni("DEL", "web-b", web_b) == {}
     assert len(vpp_node.pod_ports()) == 2
+
+
+def test_vpp_killed_and_restarted_gets_everything_back_and_cni_del_never_waits(
+    vpp_node: VppNode,
+) -> None:
+    bring_up(vpp_node)
+    client_ip = vpp_node.pods["client"][1]
+    vpp_node.add_pod("spare")  # deleted while VPP is down
+    vpp_node.write_objects({"web-a": True, "web-b": True})
+    wait_for("the spare pod's port", lambda: len(vpp_node.pod_ports()) == 4)
+    wait_for("the spare pod's End.DX6", lambda: _dx6_count(vpp_node) == 4)
+    assert vpp_node.connect("client", SERVICE_IP, 80)[1] == client_ip
+    before = vpp_node.dump()
+    ports = vpp_node.pod_ports()
+    spare_port = _port_of(vpp_node, "spare", ports)
+
+    vpp_node.vpp.kill()  # SIGKILL: no goodbye on the API socket
+    spare, _ = vpp_node.pods.pop("spare")
+    # CNI DEL is served while VPP is down: the pod's port went with VPP.
+    assert vpp_node.cni("DEL", "spare", spare) == {}
+    vpp_node.write_objects({"web-a": True, "web-b": True})  # and the API forgets it
+    # The agent answers, and its loop notices at the next resync (and backs off).
+    assert _status(vpp_node)["dataplane"] == "vpp"
+    log = vpp_node.tmp / "agent.log"
+    wait_for("the agent to notice", lambda: "VppUnavailable" in log.read_text())
+
+    vpp_node.vpp.start()  # the same startup config: an empty VPP
+    wanted = set(ports) - {spare_port}
+    wait_for("the pods' ports back", lambda: set(vpp_node.pod_ports()) == wanted, timeout=30)
+    expected = NodeConfig(
+        encap_source=before.encap_source,
+        local_sids=frozenset(
+            s
+            for s in before.local_sids
+            if not (isinstance(s, EndDX6) and s.interface == spare_port)
+        ),
+        policies=before.policies,
+        steerings=before.steerings,
+        routes=before.routes,
+    )
+    wait_for("the whole NodeConfig back", lambda: vpp_node.dump() == expected, timeout=30)
+    status = _status(vpp_node)
+    assert status["dataplane_reconnects"] >= 1, status
+    assert all(p.up for p in vpp_node.pod_ports().values())
+    # On the wire again: ClusterIP through the policy to both backends, still no NAT.
+    seen = set()
+    for _ in range(12):
+        backend, seen_client, local, peer = vpp_node.connect("client", SERVICE_IP, 80)
+        assert (seen_client, local, peer) == (client_ip, SERVICE_IP, SERVICE_IP)
+        seen.add(backend)
+    assert seen == {"web-a", "web-b"}
+
+
+def _dx6_count(node: VppNode) -> int:
+    return sum(isinstance(s, EndDX6) for s in node.dump().local_sids)
+
+
+def _port_of(node: VppNode, pod: str, ports: dict[str, PodPort]) -> str:
+    from cni.wiring import host_ifname
+
+    name = host_ifname(f"ctr-{pod}", "eth0")
+    assert name in ports, (name, sorted(ports))
+    return name

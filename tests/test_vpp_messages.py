@@ -52,6 +52,7 @@ from srv6ctl.dataplane.vpp_api import (
     AF_PACKET_MESSAGES,
     CORE_MESSAGES,
     GATEWAY_MESSAGES,
+    MEMIF_MESSAGES,
     POLICY_SOURCE_MESSAGES,
     TAP_MESSAGES,
     Request,
@@ -158,6 +159,7 @@ def test_every_message_the_backend_sends_is_in_the_definitions(client: Any) -> N
         *TAP_MESSAGES,
         *GATEWAY_MESSAGES,
         *POLICY_SOURCE_MESSAGES,
+        *MEMIF_MESSAGES,
     ]
     for name in message_names(client, names):
         assert name in client.messages, name
@@ -217,6 +219,8 @@ def test_codec_constants_are_the_enum_values_of_the_definitions(client: Any) -> 
     assert enum(client, mode, "AF_PACKET_API_MODE_ETHERNET") == codec.AF_PACKET_MODE_ETHERNET
     af = "vl_api_af_packet_flags_t"
     assert enum(client, af, "AF_PACKET_API_FLAG_QDISC_BYPASS") == codec.AF_PACKET_FLAG_QDISC_BYPASS
+    assert enum(client, "vl_api_memif_role_t", "MEMIF_ROLE_API_MASTER") == codec.MEMIF_ROLE_MASTER
+    assert enum(client, "vl_api_memif_mode_t", "MEMIF_MODE_API_IP") == codec.MEMIF_MODE_IP
     # cksum-gso must stay off (see the vpp-api README): only qdisc bypass is set.
     assert codec.AF_PACKET_FLAG_QDISC_BYPASS & enum(client, af, "AF_PACKET_API_FLAG_CKSUM_GSO") == 0
 
@@ -630,7 +634,10 @@ def test_af_packet_port_keeps_checksum_offload_off_and_a_mac_of_its_own(client: 
     assert sent.host_if_name == "s6pod0"
     assert int(sent.mode) == codec.AF_PACKET_MODE_ETHERNET
     assert int(sent.flags) == codec.AF_PACKET_FLAG_QDISC_BYPASS
-    assert sent.use_random_hw_addr is True
+    # A MAC of its own, the same after VPP restarts (the pods' neighbour caches hold it).
+    assert sent.use_random_hw_addr is False
+    assert str(sent.hw_addr) == codec.port_mac("s6pod0") != codec.port_mac("s6pod1")
+    assert codec.port_mac("s6pod0") != codec.tap_host_mac("s6pod0")
     _, sent = encode(client, codec.af_packet_delete("s6pod0"))
     assert sent.host_if_name == "s6pod0"
 
@@ -762,3 +769,80 @@ def test_pod_neighbour_is_static_and_a_tap_gets_a_fixed_mac(client: Any) -> None
     assert sent.neighbor.ip_address == POD6 and sent.neighbor.sw_if_index == 7
     _, sent = encode(client, codec.tap_create(POD, IPv6Address("fe80::1"), None))
     assert sent.host_mac_addr_set and str(sent.host_mac_addr) == codec.tap_host_mac("s6pod0")
+
+
+# --- memif pods -------------------------------------------------------------------------
+
+
+def test_a_memif_annotation_becomes_a_memif_port_on_the_pods_own_socket(client: Any) -> None:
+    from srv6ctl.dataplane.model import MEMIF, memif_socket_path, pod_interface_fields
+    from srv6ctl.sources.convert import pod_from_json
+    from srv6ctl.state import POD_INTERFACE_ANNOTATION
+
+    manifest = {
+        "metadata": {
+            "name": "cnf-0",
+            "namespace": "default",
+            "uid": "0b5e-11",
+            "annotations": {POD_INTERFACE_ANNOTATION: "memif"},
+        },
+        "spec": {"nodeName": "n1"},
+    }
+    pod = pod_from_json(manifest)
+    assert pod.interface_type == MEMIF
+    fields = pod_interface_fields(pod.interface_type, pod.uid)
+    assert fields == {
+        "interface_type": MEMIF,
+        "memif_socket": "/run/srv6ctl/memif/0b5e-11/memif.sock",
+    }
+    assert pod_interface_fields("", pod.uid) == {} == pod_interface_fields("sriov", pod.uid)
+    with pytest.raises(ValueError):
+        memif_socket_path("../x")
+    plain = pod_from_json({**manifest, "metadata": {**manifest["metadata"], "annotations": {}}})
+    assert plain.interface_type == ""
+
+    cnf = PodAttachment("s6cnf0", "default/cnf-0", "", addresses=POD.addresses, **fields)
+    _, sent = encode(client, codec.memif_socket_add(cnf.memif_socket))
+    assert sent.is_add is True and sent.socket_id == codec.INVALID_INDEX  # VPP picks the id
+    assert sent.socket_filename == cnf.memif_socket
+    _, sent = encode(client, codec.memif_create(7, cnf))
+    assert (int(sent.role), int(sent.mode)) == (codec.MEMIF_ROLE_MASTER, codec.MEMIF_MODE_IP)
+    assert sent.socket_id == 7 and sent.id == 0 and sent.rx_queues == sent.tx_queues == 1
+    _, sent = encode(client, codec.memif_delete(12, "s6cnf0"))
+    assert sent.sw_if_index == 12
+    _, sent = encode(client, codec.memif_socket_del(7, cnf.memif_socket))
+    assert sent.is_add is False and sent.socket_id == 7
+    reply = details(client, "memif_socket_filename_details", socket_id=7, socket_filename="/x")
+    assert (reply.socket_id, reply.socket_filename) == (7, "/x")
+
+
+def test_only_a_pod_ports_own_host_routes_are_left_out_of_the_routes(client: Any) -> None:
+    from srv6ctl.dataplane.vpp import _is_pod_host_route
+
+    port = INTERFACES["s6pod0"]
+
+    def route(prefix: str, nexthop: str) -> Any:
+        path = codec.fib_path(
+            codec.FIB_PATH_TYPE_NORMAL,
+            ipv6=True,
+            nexthop=IPv6Address(nexthop),
+            sw_if_index=port,
+        )
+        reply = details(
+            client,
+            "ip_route_v2_details",
+            route={
+                "table_id": 10,
+                "stats_index": 0,
+                "prefix": ipaddress.ip_network(prefix),
+                "n_paths": 1,
+                "src": codec.FIB_SOURCE_API,
+                "paths": [path],
+            },
+        )
+        return reply.route
+
+    assert _is_pod_host_route(route(f"{POD6}/128", str(POD6)), {port})
+    # An operator's route through the pod's port (to its link-local address) is a Route.
+    assert not _is_pod_host_route(route("2001:db8:77::5/128", "fe80::1:2"), {port})
+    assert not _is_pod_host_route(route(f"{POD6}/128", str(POD6)), {port + 1})

@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol, TypeAlias
+from typing import Any, ClassVar, Protocol, TypeAlias, TypedDict
 
 IPv6Address = ipaddress.IPv6Address
 IPv4Address = ipaddress.IPv4Address
@@ -23,6 +23,10 @@ IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAIN_TABLE = 254
+# Pods whose VPP port is a memif (`PodAttachment.interface_type`): VPP listens on
+# <MEMIF_DIR>/<pod uid>/memif.sock, a directory the pod mounts (README, "memif pods").
+MEMIF = "memif"
+MEMIF_DIR = "/run/srv6ctl/memif"
 
 
 def v6(value: str | int | IPv6Address) -> IPv6Address:
@@ -262,6 +266,10 @@ class PodAttachment:
     `port_maps` are stateless (protocol, ClusterIP, service port, target port) rewrites in
     the pod: keyed by the ClusterIP too, so two services mapping one port differently, and
     traffic to the pod's own address, never share a rewrite.
+
+    `interface_type` "memif" (VPP only) makes the pod's port a memif in IP mode, VPP the
+    master listening on `memif_socket`: a CNF whose own data plane holds the pod's
+    addresses; "" is the backend's usual port (af_packet on the veth, or a tap).
     """
 
     interface: str  # node-side interface name (veth peer / VPP interface tag)
@@ -271,6 +279,8 @@ class PodAttachment:
     addresses: frozenset[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = frozenset()
     service_addresses: frozenset[IPAddress] = frozenset()
     port_maps: frozenset[tuple[str, IPAddress, int, int]] = frozenset()
+    interface_type: str = ""  # "" or MEMIF
+    memif_socket: str = ""  # with MEMIF: the socket VPP listens on
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -290,6 +300,28 @@ class PodAttachment:
     @property
     def key(self) -> tuple[str, str]:
         return ("pod", self.interface)
+
+
+def memif_socket_path(pod_uid: str, directory: str = MEMIF_DIR) -> str:
+    """Where VPP listens for a memif pod: a directory per pod, so that the pod can mount
+    its own (hostPath + subPathExpr by the pod's UID) and see no other pod's socket."""
+    if not pod_uid or "/" in pod_uid or pod_uid in (".", ".."):
+        raise ValueError(f"pod UID {pod_uid!r}: not usable as a directory name")
+    return f"{directory}/{pod_uid}/memif.sock"
+
+
+class PodInterfaceFields(TypedDict, total=False):
+    interface_type: str
+    memif_socket: str
+
+
+def pod_interface_fields(interface_type: str, pod_uid: str) -> PodInterfaceFields:
+    """The `PodAttachment` fields for a pod's requested interface type (its annotation):
+    a memif and its socket, or nothing (the backend's usual port; also for a type this
+    version does not know, or a pod without a UID)."""
+    if interface_type != MEMIF or not pod_uid:
+        return {}
+    return {"interface_type": MEMIF, "memif_socket": memif_socket_path(pod_uid)}
 
 
 @dataclass(frozen=True)

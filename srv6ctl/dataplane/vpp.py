@@ -19,15 +19,20 @@ so", writing only what is missing, and DELETE as "remove it"): a port tagged
 (created by the CNI wiring, which in VPP mode leaves that end unaddressed; we switch its
 kernel IPv6 off, in `vpp_netns`, so that only VPP answers there), or, where the kernel has
 /dev/vhost-net, a tap that VPP creates straight into the pod's namespace, named, addressed
-and with its default routes. Then: the port in the pod table, IPv6 on with `fe80::1` (the
-pods' default gateway) as its link-local address, unnumbered to a loopback tagged
-`srv6ctl:gateway` that holds the node's pod gateways (`pod_gateway_v6/v4`, the plan's
-`::1`/`.1`: VPP needs a global source address on the egress interface for neighbour
-solicitations and ICMPv6 errors towards a pod), up, a static neighbour per pod address
-(End.DX6 never resolves its next hop itself, see `_pod_neighbours`), and a host route to
-each pod address through the port. `dump()` reports no `PodAttachment`, like the kernel
-backend: a pod's name, namespace and service addresses are not VPP state; `pod_ports()`
-lists the ports, `detach_pod()` removes one. End.DX6/End.X/routes name interfaces by the
+and with its default routes; or, for a pod whose `interface_type` is "memif" (a CNF), a
+memif master in IP mode on the pod's own socket (`memif_socket`, made on demand and
+removed with the port), which needs no neighbour. An af_packet port's MAC is derived from
+its interface name, so a restarted VPP gives the pods' neighbour caches the MAC they
+hold. Then: the port in the pod table, IPv6 on with `fe80::1` (the pods' default gateway)
+as its link-local address, unnumbered to a loopback tagged `srv6ctl:gateway` that holds
+the node's pod gateways (`pod_gateway_v6/v4`, the plan's `::1`/`.1`: VPP needs a global
+source address on the egress interface for neighbour solicitations and ICMPv6 errors
+towards a pod), up, a static neighbour per pod address (End.DX6 never resolves its next
+hop itself, see `_pod_neighbours`; none on a memif), and a host route to each pod address
+through the port. A port of the wrong kind (the pod's annotation seen after its CNI ADD)
+is re-made. `dump()` reports no `PodAttachment`, like the kernel backend: a pod's name,
+namespace and service addresses are not VPP state; `pod_ports()` lists the ports,
+`detach_pod()` removes one. End.DX6/End.X/routes name interfaces by the
 pod's interface name or by VPP's own interface name (an operator's uplink).
 
 Hitless policies. VPP cannot remove a policy's last segment list and has no atomic list
@@ -65,6 +70,7 @@ import gc
 import ipaddress
 import logging
 import os
+import stat
 import threading
 import time
 from collections import defaultdict
@@ -76,6 +82,7 @@ from typing import Any, Literal
 from srv6ctl.dataplane import vpp_codec as codec
 from srv6ctl.dataplane.model import (
     MAIN_TABLE,
+    MEMIF,
     Capabilities,
     Change,
     Counters,
@@ -104,6 +111,7 @@ from srv6ctl.dataplane.vpp_api import (
     CORE_MESSAGES,
     DEFAULT_API_SOCKET,
     GATEWAY_MESSAGES,
+    MEMIF_MESSAGES,
     POLICY_SOURCE_MESSAGES,
     SUPPORTED_RELEASES,
     TAP_MESSAGES,
@@ -121,8 +129,9 @@ PodInterfaceKind = Literal["auto", "af_packet", "tap"]
 POD_LINK_LOCAL = IPv6Address("fe80::1")
 GATEWAY_TAG = codec.TAG_PREFIX + "gateway"
 VHOST_NET = "/dev/vhost-net"
+MEMIF_DEV_TYPE = "memif"  # sw_interface_details.interface_dev_type of a memif
 BULK = 1000  # changes in one apply above which the cycle collector is paused
-EXTRA_MESSAGES = ("ip_route_lookup",)
+EXTRA_MESSAGES = ("ip_route_lookup", "set_ip_flow_hash_v2")
 
 CAPABILITY_NOTES = (
     "VPP has no End.DT46: IPv4 and IPv6 payloads need End.DT4 and End.DT6 SIDs",
@@ -209,7 +218,7 @@ class VppBackend:
             api_socket,
             api_dir=api_dir,
             messages=messages,
-            optional_messages=POLICY_SOURCE_MESSAGES,
+            optional_messages=(*POLICY_SOURCE_MESSAGES, *MEMIF_MESSAGES),
             client_name=client_name,
             timeout=timeout,
             fast_packers=codec.FAST_PACKERS,
@@ -238,6 +247,7 @@ class VppBackend:
         self._policies: dict[IPv6Address, VppPolicy] | None = None
         self._stale: set[IPv6Address] = set()
         self._node_source: IPv6Address | None = None
+        self._memif_sockets: set[str] = set()  # deleted in VPP, to remove from the disk
         self._wait_connected(connect_timeout)
 
     # --- the Backend protocol ---------------------------------------------------------
@@ -389,8 +399,26 @@ class VppBackend:
         self._boot_time = self._read_boot_time()
         if previous_boot is not None and self._boot_time != previous_boot:
             log.warning("VPP restarted (boot time %s → %s)", previous_boot, self._boot_time)
+        self._hash_without_flow_label()
         if self._known:
             self._replay()
+
+    def _hash_without_flow_label(self) -> None:
+        """Our policies' BSIDs live in the main table (fib_table 0), and VPP gives a policy's
+        load-balance that table's flow-hash config when it makes the policy (VPP 25.10
+        src/vnet/srv6/sr_policy_rewrite.c, update_lb). VPP's default hashes the IPv6 flow
+        label, which Linux draws per connection and redraws on an RTO (sk_rethink_txhash):
+        a NAT-free service connection would move to another backend. So the table hashes
+        the 5-tuple, set before any policy is made (policies VPP made earlier keep their
+        config). VPP has no API to read it back: the CLI says whether it is needed."""
+        shown = str(self.channel.call("cli_inband", cmd="show ip6 fib table 0 summary").reply)
+        if "flow hash:[" not in shown or "flowlabel" not in shown.split("]", 1)[0]:
+            return
+        request = codec.flow_hash_5_tuple(0)
+        try:
+            self.channel.call(request.name, write=True, what=request.what, **request.fields)
+        except VppError as err:
+            log.warning("VPP keeps hashing the IPv6 flow label for SR policies: %s", err)
 
     def _replay(self) -> None:
         """Make VPP hold everything we know it held (after a reconnect)."""
@@ -471,9 +499,8 @@ class VppBackend:
             for details in self.channel.dump(
                 "ip_route_v2_dump", src=codec.FIB_SOURCE_API, table=table
             ):
-                paths = details.route.paths[: details.route.n_paths]
-                if any(int(p.sw_if_index) in pod_ports for p in paths):
-                    continue  # a pod host route: part of its pod port
+                if _is_pod_host_route(details.route, pod_ports):
+                    continue  # part of its pod port, not of `routes`
                 route = codec.decode_route(details, self._model_interface)
                 if route is not None and self._owns_prefix(route.prefix):
                     routes.append(route)
@@ -776,6 +803,13 @@ class VppBackend:
     def _pod_ensure(self, pod: PodAttachment, stale: Iterable[Any] = ()) -> None:
         self._load_interfaces(refresh=True)
         port = self._pod_port(pod.interface)
+        memif = pod.interface_type == MEMIF
+        if port is not None and (port.dev_type == MEMIF_DEV_TYPE) != memif:
+            # The pod's annotation and its port disagree (e.g. the CNI ADD came before the
+            # API showed us the pod): the port is re-made as the annotation says.
+            log.info("pod %s: its VPP port becomes a %s", pod.pod, pod.interface_type or "veth")
+            self._pod_remove(pod.interface)
+            port = None
         if port is None:
             index = self._pod_create(pod)
             port = self._load_interfaces(refresh=True).get(index)
@@ -803,7 +837,8 @@ class VppBackend:
                 steps.append(codec.interface_unnumbered(index, gateway))
         if not port.up:
             steps.append(codec.interface_up(index))
-        steps += self._pod_neighbours(pod, index, stale)
+        if not memif:  # IP mode: no L2, no neighbours
+            steps += self._pod_neighbours(pod, index, stale)
         for address in sorted(stale, key=lambda a: (a.version, int(a))):
             steps.append(
                 codec.pod_route(address, index, self._pod_table_id, pod.interface, delete=True)
@@ -864,6 +899,8 @@ class VppBackend:
             return None
 
     def _pod_create(self, pod: PodAttachment) -> int:
+        if pod.interface_type == MEMIF:
+            return self._memif_create(pod)
         if self.pod_interface == "tap":
             request = codec.tap_create(pod, self.pod_link_local, self.pod_gateway_v4)
             reply = self.channel.call(request.name, write=True, what=request.what, **request.fields)
@@ -874,6 +911,52 @@ class VppBackend:
         index = int(reply.sw_if_index)
         self._run([codec.interface_tag(index, codec.pod_tag(pod.interface))])
         return index
+
+    def _memif_create(self, pod: PodAttachment) -> int:
+        """A memif master on the pod's own socket (made when missing), tagged as its port."""
+        if not set(MEMIF_MESSAGES) <= self.channel.available:
+            raise InvalidObject(
+                f"pod {pod.pod}: a memif port needs VPP's memif plugin, which this VPP lacks"
+            )
+        if not pod.memif_socket.startswith("/"):
+            raise InvalidObject(f"pod {pod.pod}: memif socket {pod.memif_socket!r} not absolute")
+        try:
+            os.makedirs(os.path.dirname(pod.memif_socket), mode=0o755, exist_ok=True)
+        except OSError as err:  # VPP may see another /run: it makes the directory itself
+            log.debug("memif directory for %s: %s", pod.pod, err)
+        socket_id = self._memif_socket_id(pod.memif_socket)
+        if socket_id is None:
+            request = codec.memif_socket_add(pod.memif_socket)
+            reply = self.channel.call(request.name, write=True, what=request.what, **request.fields)
+            socket_id = int(reply.socket_id)
+        request = codec.memif_create(socket_id, pod)
+        reply = self.channel.call(request.name, write=True, what=request.what, **request.fields)
+        index = int(reply.sw_if_index)
+        self._run([codec.interface_tag(index, codec.pod_tag(pod.interface))])
+        return index
+
+    def _memif_socket_id(self, path: str) -> int | None:
+        for details in self.channel.dump("memif_socket_filename_dump"):
+            if str(details.socket_filename) == path:
+                return int(details.socket_id)
+        return None
+
+    def _memif_remove(self, index: int, interface: str) -> list[Request]:
+        """Delete a memif port, then its socket file when no other memif uses it."""
+        memifs = {int(d.sw_if_index): int(d.socket_id) for d in self.channel.dump("memif_dump")}
+        socket_id = memifs.pop(index, None)
+        steps = [codec.memif_delete(index, interface)]
+        # Socket 0 is VPP's default socket, never ours.
+        if socket_id is not None and socket_id != 0 and socket_id not in memifs.values():
+            paths = {
+                int(d.socket_id): str(d.socket_filename)
+                for d in self.channel.dump("memif_socket_filename_dump")
+            }
+            path = paths.get(socket_id, "")
+            steps.append(codec.memif_socket_del(socket_id, path))
+            if path:
+                self._memif_sockets.add(path)
+        return steps
 
     def _has_pod_route(self, address: Any, sw_if_index: int) -> bool:
         prefix = ipaddress.ip_network((address, 128 if address.version == 6 else 32))
@@ -952,10 +1035,14 @@ class VppBackend:
                     )
         if port.dev_type == "virtio":
             steps.append(codec.tap_delete(index, interface))
+        elif port.dev_type == MEMIF_DEV_TYPE:
+            steps += self._memif_remove(index, interface)
         else:
             steps.append(codec.af_packet_delete(port.name.removeprefix("host-")))
         self._run(steps)
         self._interfaces = None
+        while self._memif_sockets:
+            _remove_memif_socket(self._memif_sockets.pop())
 
     # --- counters ---------------------------------------------------------------------
 
@@ -1034,6 +1121,19 @@ def _simple(counter: Any, index: int) -> int:
     return total
 
 
+def _is_pod_host_route(route: Any, pod_ports: set[int]) -> bool:
+    """A pod port's host route (`codec.pod_route`): one path, through the port, to the
+    prefix's own address. Any other route through a pod port (an operator's, say, via the
+    pod's link-local address) is a `Route` like any other and must be dumped as one, or
+    reconcile would add it again on every pass."""
+    paths = route.paths[: route.n_paths]
+    if len(paths) != 1 or int(paths[0].sw_if_index) not in pod_ports:
+        return False
+    prefix = ipaddress.ip_network(route.prefix, strict=False)
+    host = prefix.prefixlen == prefix.max_prefixlen
+    return host and codec.path_nexthop(paths[0]) == prefix.network_address
+
+
 def _tables_of(obj: DataplaneObject, pod_table: int) -> list[tuple[int, tuple[bool, ...]]]:
     """The tables an object needs to exist (table, families) before it is written."""
     if isinstance(obj, EndT | EndDT6):
@@ -1045,6 +1145,18 @@ def _tables_of(obj: DataplaneObject, pod_table: int) -> list[tuple[int, tuple[bo
     if isinstance(obj, PodAttachment):
         return [(pod_table, (False, True))]
     return []
+
+
+def _remove_memif_socket(path: str) -> None:
+    """The socket file and the pod's directory of a memif socket VPP has deleted (VPP
+    25.10 leaves the file behind). Only a socket is removed, and only an empty directory;
+    where VPP's /run is not ours to see, nothing is."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+        os.rmdir(os.path.dirname(path))
+    except OSError as err:
+        log.debug("memif socket %s: %s", path, err)
 
 
 def _kernel_side_quiet(netns: str | None, interface: str) -> None:

@@ -90,6 +90,14 @@ GATEWAY_MESSAGES = (
 )
 # Used only when a policy has an encap source of its own (VPP marks them "in progress").
 POLICY_SOURCE_MESSAGES = ("sr_policy_add_v2", "sr_policy_mod_v2")
+# Memif pods (CNFs); optional: a VPP without the memif plugin serves every other pod.
+MEMIF_MESSAGES = (
+    "memif_socket_filename_add_del_v2",
+    "memif_socket_filename_dump",
+    "memif_create_v2",
+    "memif_delete",
+    "memif_dump",
+)
 
 
 # The socket transport's frame header (vpp_transport_socket: ">QII", length in the middle).
@@ -557,6 +565,7 @@ __all__ = [
     "CORE_MESSAGES",
     "DEFAULT_API_SOCKET",
     "GATEWAY_MESSAGES",
+    "MEMIF_MESSAGES",
     "POLICY_SOURCE_MESSAGES",
     "SUPPORTED_RELEASES",
     "TAP_MESSAGES",

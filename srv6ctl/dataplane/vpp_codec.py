@@ -104,6 +104,9 @@ IP_NEIGHBOR_FLAG_STATIC = 1
 # veth with offloads off corrupts every frame it sends with it (the CLI's cksum-gso-disable).
 AF_PACKET_MODE_ETHERNET = 1
 AF_PACKET_FLAG_QDISC_BYPASS = 1
+# vl_api_memif_role_t / vl_api_memif_mode_t
+MEMIF_ROLE_MASTER = 0
+MEMIF_MODE_IP = 1
 # fib_source_t of VPP 25.10 (src/vnet/fib/fib_source.h): not part of the API definitions,
 # but what ip_route_v2_dump filters on and reports in `src`. Checked against a running VPP.
 FIB_SOURCE_SR = 5
@@ -163,6 +166,22 @@ def table_add(table_id: int, ipv6: bool) -> Request:
         "ip_table_add_del",
         {"is_add": True, "table": {"table_id": table_id, "is_ip6": ipv6, "name": name}},
         f"{family} table {table_id}",
+    )
+
+
+# vl_api_ip_flow_hash_config_t: src, dst, sport, dport, proto — VPP's default (0x9F) adds
+# the IPv6 flow label (0x80), which Linux draws anew per connection and on every RTO.
+FLOW_HASH_5_TUPLE = 0x1F
+
+
+def flow_hash_5_tuple(table_id: int) -> Request:
+    """IPv6 table `table_id` hashes the 5-tuple only: an SR policy's load-balance takes
+    the hash config of its BSID's table when VPP makes the policy (sr_policy_rewrite.c,
+    update_lb)."""
+    return Request(
+        "set_ip_flow_hash_v2",
+        {"table_id": table_id, "af": ADDRESS_IP6, "flow_hash_config": FLOW_HASH_5_TUPLE},
+        f"ip6 table {table_id}: flow hash on the 5-tuple",
     )
 
 
@@ -725,8 +744,11 @@ def af_packet_create(host_interface: str) -> Request:
         "af_packet_create_v3",
         {
             "mode": AF_PACKET_MODE_ETHERNET,
-            "hw_addr": "00:00:00:00:00:00",
-            "use_random_hw_addr": True,  # not the veth's MAC: the kernel must not route too
+            # Not the veth's MAC (the kernel must not route too), and not a random one: a
+            # VPP restarted under running pods re-creates the port with the MAC their
+            # neighbour caches still hold for fe80::1, so traffic resumes at once.
+            "hw_addr": port_mac(host_interface),
+            "use_random_hw_addr": False,
             "host_if_name": host_interface,
             "rx_frame_size": 0,  # 0: VPP's defaults
             "tx_frame_size": 0,
@@ -782,6 +804,53 @@ def tap_create(
         "tag": pod_tag(pod.interface),
     }
     return Request("tap_create_v3", fields, f"tap for pod {pod.pod} ({pod.interface})")
+
+
+def memif_socket_add(path: str) -> Request:
+    """A memif socket file; VPP picks a free socket id (`socket_id` ~0) and returns it."""
+    return Request(
+        "memif_socket_filename_add_del_v2",
+        {"is_add": True, "socket_id": INVALID_INDEX, "socket_filename": path},
+        f"memif socket {path}",
+    )
+
+
+def memif_socket_del(socket_id: int, path: str) -> Request:
+    """By id (VPP ignores the name on delete; sent all the same: vpp-papi cannot read an
+    empty variable-length string back, and the log names the file)."""
+    return Request(
+        "memif_socket_filename_add_del_v2",
+        {"is_add": False, "socket_id": socket_id, "socket_filename": path},
+        f"delete memif socket {socket_id} ({path})",
+    )
+
+
+def memif_create(socket_id: int, pod: PodAttachment) -> Request:
+    """VPP's end of a memif pod: the master, in IP mode. IP mode has no L2 at all, so an
+    End.DX6/DX4 towards the pod needs no neighbour (whose MAC VPP could not know before
+    the CNF connects), and the CNF needs no ARP/ND for its gateway either."""
+    return Request(
+        "memif_create_v2",
+        {
+            "role": MEMIF_ROLE_MASTER,
+            "mode": MEMIF_MODE_IP,
+            "rx_queues": 1,
+            "tx_queues": 1,
+            "id": 0,  # one interface per socket: the pod's
+            "socket_id": socket_id,
+            "ring_size": 0,  # 0: VPP's defaults (1024 slots of 2048 bytes)
+            "buffer_size": 0,
+            "no_zero_copy": False,
+            "use_dma": False,
+            "hw_addr": "00:00:00:00:00:00",
+            "secret": "",
+        },
+        f"memif for pod {pod.pod} ({pod.interface}) on {pod.memif_socket}",
+    )
+
+
+def memif_delete(sw_if_index: int, interface: str) -> Request:
+    return Request("memif_delete", {"sw_if_index": sw_if_index}, f"delete memif {interface}")
 
 
 def tap_delete(sw_if_index: int, interface: str) -> Request:
@@ -852,6 +921,13 @@ def loopback_create(tag: str) -> Request:
         {"mac_address": "00:00:00:00:00:00", "is_specified": False, "user_instance": 0},
         f"loopback {tag}",
     )
+
+
+def port_mac(interface: str) -> str:
+    """The MAC of VPP's own end of a pod port: fixed per interface, locally administered
+    (a different derivation from `tap_host_mac`, the pod's end of a tap)."""
+    digest = hashlib.sha256(b"vpp-port:" + interface.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def tap_host_mac(interface: str) -> str:

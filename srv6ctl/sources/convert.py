@@ -20,6 +20,7 @@ from typing import Any
 from srv6ctl.state import (
     BEHAVIOURS_ANNOTATION,
     CLUSTER_SCOPED,
+    POD_INTERFACE_ANNOTATION,
     SERVICE_NAME_LABEL,
     ZONE_LABEL,
     ClusterObject,
@@ -156,6 +157,7 @@ def node_from_json(obj: JSON) -> Node:
 def pod_from_json(obj: JSON) -> Pod:
     r = _Reader(Kind.POD, obj)
     spec = obj.get("spec") or {}
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
     status = obj.get("status") or {}
     ips: list[IPAddress] = []
     for i, entry in enumerate(r.items(status, "podIPs")):
@@ -192,6 +194,7 @@ def pod_from_json(obj: JSON) -> Pod:
         container_ports=tuple(ports),
         phase=str(status.get("phase") or "Pending"),
         terminating=bool((obj.get("metadata") or {}).get("deletionTimestamp")),
+        interface_type=str(annotations.get(POD_INTERFACE_ANNOTATION) or "").strip().lower(),
     )
 
 
