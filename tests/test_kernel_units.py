@@ -6,6 +6,7 @@ import errno
 import socket
 import struct
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 
 import pytest
@@ -36,7 +37,7 @@ from srv6ctl.dataplane.model import (
     SrPolicy,
     Steering,
 )
-from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Request, Writes, _frame
+from srv6ctl.dataplane.netlink_channel import Feed, NetlinkChannel, Request, Writes, _frame
 
 A, B, C = (IPv6Address(f"fcbb:bb00:{n}::1") for n in (2, 3, 4))
 BSID = IPv6Address("fcbb:bb00::1")
@@ -148,12 +149,14 @@ def test_a_policy_is_nexthops_then_a_group_then_its_anchor_and_steering() -> Non
     stages = compile_(
         [Change(Op.ADD, new=policy), Change(Op.ADD, new=Steering("fd00:96::1/128", BSID))]
     )
-    kinds = [[entry.split(":")[0] for entry in stage] for stage in stages]
-    assert kinds == [
-        [str(nl.RTM_NEWNEXTHOP)] * 2,
-        [str(nl.RTM_NEWNEXTHOP)],
-        [str(nl.RTM_NEWROUTE)] * 2,
-    ]
+    # One ordered stage, each write after what it names: it can be sent while compiling.
+    assert len(stages) == 1
+    whats = [entry.split(":", 2)[2] for entry in stages[0]]
+    kinds = [entry.split(":")[0] for entry in stages[0]]
+    assert kinds == [str(nl.RTM_NEWNEXTHOP)] * 3 + [str(nl.RTM_NEWROUTE)] * 2
+    assert [w.split(" ")[0] for w in whats[:2]] == ["nexthop", "nexthop"]
+    assert whats[2].startswith("group of policy") and whats[3].startswith("anchor of policy")
+    assert "fd00:96::1/128" in whats[4]
 
 
 def test_delete_then_add_of_one_slot_becomes_one_atomic_replace() -> None:
@@ -191,7 +194,8 @@ def test_shared_nexthop_is_created_once_and_deleted_with_its_last_user() -> None
         FEATURES,
         IdAllocator(100, 1000, set()),
     )
-    assert len(first.stages[0]) == 1 and len(first.inventory.paths) == 1
+    nexthops = [r for r in first.stages[0] if str(r.what).startswith("nexthop")]
+    assert len(nexthops) == 1 and len(first.inventory.paths) == 1
     one_left = compile_([Change(Op.DELETE, old=p1)], first.inventory)
     assert not any("delete nexthop" in e for stage in one_left for e in stage)
     ids = IdAllocator(100, 1000, set())
@@ -260,6 +264,72 @@ def test_retries_stop_at_the_deadline() -> None:
     channel.retry_deadline = 0.05
     failures = channel.execute(_requests(1))
     assert [f.errno for f in failures] == [errno.ENOMEM]
+
+
+class _DependentChannel(_FlakyChannel):
+    """Row 0 meets ENOMEM once; row 1 names it, so it fails (EINVAL) until row 0 landed."""
+
+    def __init__(self, own_failure: int | None = None) -> None:
+        super().__init__(failures=0)
+        self.landed: list[int] = []
+        self.own_failure = own_failure  # row 2 fails with this, always
+
+    def _round_trip(self, writes: Writes, rows: Sequence[int]) -> list[tuple[int, int, str]]:
+        refused = []
+        for row in rows:
+            seen = self.attempts.get(row, 0)
+            self.attempts[row] = seen + 1
+            if row == 0 and seen == 0:
+                refused.append((row, errno.ENOMEM, ""))
+            elif row == 1 and 0 not in self.landed:
+                refused.append((row, errno.EINVAL, "Invalid nexthop id"))
+            elif row == 2 and self.own_failure is not None:
+                refused.append((row, self.own_failure, ""))
+            else:
+                self.landed.append(row)
+        return refused
+
+
+def test_a_write_after_a_retried_one_in_its_datagram_is_retried_after_it() -> None:
+    channel = _DependentChannel()
+    channel.chunk = 3
+    assert channel.execute(_requests(4)) == []
+    assert channel.landed == [2, 0, 1, 3]  # 2 did not need 0; 1 went again after 0
+
+
+def test_a_deferred_write_that_fails_again_is_reported() -> None:
+    channel = _DependentChannel(own_failure=errno.EEXIST)
+    channel.chunk = 3
+    failures = channel.execute(_requests(3))
+    assert [(str(f.request.what), f.errno) for f in failures] == [("route 2", errno.EEXIST)]
+    assert channel.attempts[2] == 2  # deferred once behind row 0, then refused for good
+
+
+def test_writes_still_being_added_are_sent_as_the_feed_says_they_are_ready() -> None:
+    channel = _FlakyChannel(failures=0)
+    channel.chunk = 4
+    writes, feed = _requests(3), Feed()
+    sent: list[list[int]] = []
+    round_trip = channel._round_trip
+
+    def record(w: Writes, rows: Sequence[int]) -> list[tuple[int, int, str]]:
+        sent.append(list(rows))
+        return round_trip(w, rows)
+
+    channel._round_trip = record  # type: ignore[method-assign]
+
+    def produce() -> None:
+        for i in range(3, 10):
+            writes.add(nl.RTM_NEWROUTE, 0, bytes(12), "route", i)
+            feed.publish(len(writes))
+        feed.close()
+
+    feed.publish(3)
+    worker = threading.Thread(target=produce)
+    worker.start()
+    assert channel.execute(writes, feed) == []
+    worker.join()
+    assert [row for rows in sent for row in rows] == list(range(10))  # all, once, in order
 
 
 def test_writes_are_framed_once_numbered_by_row_and_ask_for_no_ack() -> None:

@@ -37,6 +37,8 @@ import ipaddress
 import logging
 import socket
 import struct
+import sys
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -69,7 +71,7 @@ from srv6ctl.dataplane.kernel_codec import (
     parse_nexthop,
     parse_route,
 )
-from srv6ctl.dataplane.kernel_program import IdAllocator, Inventory, compile_changes
+from srv6ctl.dataplane.kernel_program import Compilation, IdAllocator, Inventory, Program, prepare
 from srv6ctl.dataplane.model import (
     Capabilities,
     Change,
@@ -83,7 +85,13 @@ from srv6ctl.dataplane.model import (
     SrPolicy,
     Steering,
 )
-from srv6ctl.dataplane.netlink_channel import Failure, NetlinkChannel, NetlinkError, Request
+from srv6ctl.dataplane.netlink_channel import (
+    Failure,
+    Feed,
+    NetlinkChannel,
+    NetlinkError,
+    Request,
+)
 from srv6ctl.dataplane.nsenter import SysctlResult, ensure_sysctls
 
 log = logging.getLogger(__name__)
@@ -106,6 +114,10 @@ GROUP_IDLE_TIMER_S = 10
 GROUP_UNBALANCED_TIMER_S = 60
 SID_DEVICE_KINDS = ("dummy", "bridge")
 NEXTHOP_DEVICE = "lo"
+# Plans touching this many objects are compiled on a second thread while being sent: below
+# it, a thread costs more than the overlap gains (an agent's incremental steps are small).
+STREAM_FROM = 1000
+_SWITCH_INTERVAL = 50e-6
 
 # What the dataplane needs in the namespace. `net.ipv6.route.max_size` is left alone: since
 # kernel 6.3 it defaults to INT_MAX and no longer limits routes (it only sized the dst
@@ -235,25 +247,69 @@ class KernelBackend:
         )
 
     def apply(self, changes: Iterable[Change]) -> None:
-        """Apply a plan in dependency stages, each one batched; see kernel_program."""
+        """Apply a plan in dependency stages, each one batched; see kernel_program.
+
+        A large plan is compiled on a second thread while this one sends what is ready:
+        the kernel does its part of each datagram inside `send()`, with the interpreter
+        lock released, so building the writes and the kernel's work overlap.
+        """
         todo = list(changes)
         if all(isinstance(c.obj, PodAttachment) for c in todo):
             return  # nothing for this backend: not even a read
         with _gc_paused():
             inventory = self._inventory if self._inventory is not None else self._load()[0]
-            program = compile_changes(
+            compilation = prepare(
                 todo, inventory, self._codec, self._links(), self.features, self._ids
             )
             self._inventory = None  # until every stage has landed
-            if program.sets_tunnel_source and program.tunnel_source is not None:
-                self._set_tunnel_source(program.tunnel_source)  # type: ignore[arg-type]
-            for stage in program.stages:
+            tunnel_source = compilation.tunnel_source
+            if compilation.sets_tunnel_source and tunnel_source is not None:
+                self._set_tunnel_source(tunnel_source)  # type: ignore[arg-type]
+            if len(compilation) >= STREAM_FROM:
+                program = self._stream_creates(compilation)
+                stages = program.stages[1:] if compilation.creates else program.stages
+            else:
+                program = compilation.run()
+                stages = program.stages
+            for stage in stages:
                 failures = self._route.execute(stage)
                 if failures:
                     raise ApplyError(failures)
-            if program.sets_tunnel_source and program.tunnel_source is None:
+            if compilation.sets_tunnel_source and tunnel_source is None:
                 self._set_tunnel_source(None)
             self._inventory = program.inventory
+
+    def _stream_creates(self, compilation: Compilation) -> Program:
+        """Run `compilation` on a thread and send its first stage as it grows; the
+        program, once both are done (the compile's own error, if it raised)."""
+        feed = Feed()
+        outcome: list[Program | BaseException] = []
+
+        def compile_() -> None:
+            try:
+                outcome.append(compilation.run(feed.publish))
+            except BaseException as error:  # handed to the caller below
+                outcome.append(error)
+            finally:
+                feed.close()
+
+        # The sender wants the lock back as soon as each send() returns; by default the
+        # compiling thread would keep it for up to 5 ms after being asked.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, _SWITCH_INTERVAL))
+        worker = threading.Thread(target=compile_, name="srv6ctl-compile", daemon=True)
+        worker.start()
+        try:
+            failures = self._route.execute(compilation.creates, feed)
+        finally:
+            worker.join()  # pure and bounded: it ends even if sending failed
+            sys.setswitchinterval(interval)
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        if failures:
+            raise ApplyError(failures)
+        return result
 
     def counters(self) -> Mapping[Any, Counters]:
         """Per local SID: packets, bytes, errors (SEG6_LOCAL_COUNTERS). Per policy: packets

@@ -12,7 +12,14 @@ so once the barrier's ack is read every failure of that datagram has been read b
 A failure names its write by sequence number (see `Writes`).
 
 Sending the next datagram before reading the previous one's replies would gain nothing:
-the kernel has done all the work of a datagram by the time `send()` returns.
+the kernel has done all the work of a datagram by the time `send()` returns. That work is
+done with the interpreter lock released, though, so another thread can build the next
+writes meanwhile: `execute` can take writes that are still being added, told how many are
+ready by a `Feed`.
+
+Writes of one datagram may depend on each other (a group on the nexthops before it). So
+when a write is retried, every write of its datagram that failed after it is retried too,
+after it — and reported only if it fails again.
 
 ENOMEM and ENOBUFS are retried with back-off rather than reported: on this kernel a
 burst of seg6 routes or nexthops fails with ENOMEM because each seg6 lightweight tunnel
@@ -30,6 +37,7 @@ import errno
 import os
 import socket
 import struct
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -132,6 +140,34 @@ class Writes:
         return Request(self.msg_types[row], self.flags[row], self.wire[row][_HEADER.size :], what)
 
 
+class Feed:
+    """How many rows of a `Writes` another thread has finished adding, and whether it is
+    done; `execute` waits on it for a datagram's worth of rows at a time."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ready = 0
+        self._closed = False
+
+    def publish(self, ready: int) -> None:
+        with self._cond:
+            self._ready = ready
+            self._cond.notify()
+
+    def close(self) -> None:
+        """No more rows (also after a failure: the consumer stops waiting)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def wait(self, wanted: int) -> tuple[int, bool]:
+        """Block until `wanted` rows are ready or the feed is closed: (ready, closed)."""
+        with self._cond:
+            while self._ready < wanted and not self._closed:
+                self._cond.wait()
+            return self._ready, self._closed
+
+
 @dataclass(frozen=True)
 class Failure:
     request: Request
@@ -191,8 +227,13 @@ class NetlinkChannel:
 
     # --- writes -----------------------------------------------------------------------
 
-    def execute(self, writes: Writes | Sequence[Request]) -> list[Failure]:
-        """Send independent writes, `chunk` per datagram; return those that failed for good.
+    def execute(
+        self, writes: Writes | Sequence[Request], feed: Feed | None = None
+    ) -> list[Failure]:
+        """Send writes in order, `chunk` per datagram; return those that failed for good.
+
+        With a `feed`, `writes` is still growing: rows are sent as the feed says they are
+        ready, until it is closed.
 
         A datagram whose writes meet ENOMEM/ENOBUFS is followed by a pause before the
         failed writes go again, ahead of the rest: 1 ms while datagrams still make
@@ -204,16 +245,21 @@ class NetlinkChannel:
         self._drain()
         failures: list[Failure] = []
         retry: list[int] = []  # rows
-        retried: set[int] = set()
+        retried: set[int] = set()  # rows that met ENOMEM/ENOBUFS once
         position = 0
+        ready, closed = (len(writes), True) if feed is None else (0, False)
         delay = _FIRST_PAUSE
         deadline = time.monotonic() + self.retry_deadline
-        while retry or position < len(writes):
+        while True:
             rows: Sequence[int]
             if retry:
                 rows, retry = retry[: self.chunk], retry[self.chunk :]
             else:
-                rows = range(position, min(position + self.chunk, len(writes)))
+                if feed is not None and not closed and ready < position + self.chunk:
+                    ready, closed = feed.wait(position + self.chunk)
+                if position >= ready:
+                    break
+                rows = range(position, min(position + self.chunk, ready))
                 position = rows.stop
             refused = [
                 (row, code, message)
@@ -226,6 +272,9 @@ class NetlinkChannel:
             for row, code, message in refused:
                 if code in RETRYABLE and time.monotonic() < deadline:
                     retried.add(row)
+                    again.append(row)
+                elif again:
+                    # It may have named a write retried above: its turn comes after that.
                     again.append(row)
                 else:
                     failures.append(Failure(writes.request(row), code, message))
