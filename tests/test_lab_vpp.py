@@ -2,10 +2,13 @@
 
 Without VPP (CI): the refusal names what is missing and how to provide it, and nothing is
 made. With VPP (`SRV6CTL_VPP_BIN`, as in tests/test_vpp_integration.py; skipped with the
-reason otherwise): a 2-node lab whose nodes' uplinks and pods' ports are VPP's, where a
-pod reaches a pod and the ClusterIP on the other node through VPP — its counters show the
-packets — verify's connectivity checks pass, and `lab down` leaves nothing: no VPP, no
-namespace, no shared-memory file, no state directory.
+reason otherwise): a 2-node lab (a client and a backend of `web` on each node) whose
+nodes' uplinks and pods' ports are VPP's, where a pod reaches a pod on the other node and
+the ClusterIP through VPP — its counters show the packets —, the agents have VPP hash SR
+policies on the 5-tuple without the IPv6 flow label, the whole of `srv6ctl verify`
+(conformance's crafted SRv6 packets, connectivity with two backends, convergence,
+policy) passes but for checks skipped with their reason, and `lab down` leaves nothing:
+no VPP, no namespace, no shared-memory file, no state directory.
 """
 
 from __future__ import annotations
@@ -85,8 +88,9 @@ def vpp_lab() -> Iterator[LabRun]:
     require_netns()
     run = _new_run()
     try:
-        # One pod per node: the client on n1, the backend on n2 — every flow crosses nodes.
-        run.up("--dataplane", "vpp", "--nodes", "2", "--pods-per-node", "1")
+        # Two pods per node (client-i and web-i on node i): two backends of `web`, so that
+        # verify's load-balancing and flow-affinity checks mean something.
+        run.up("--dataplane", "vpp", "--nodes", "2")
         yield run
     finally:
         run.lab("down", "--prefix", run.prefix, check=False)
@@ -127,20 +131,21 @@ def test_up_runs_one_vpp_per_node_owning_its_uplink(vpp_lab: LabRun) -> None:
 
 def test_pod_to_pod_and_to_the_cluster_ip_across_nodes_through_vpp(vpp_lab: LabRun) -> None:
     state = _state(vpp_lab)
-    client, backend = state.pod("client-1"), state.pod("web-1")
+    client, backend = state.pod("client-1"), state.pod("web-2")
     assert (client.node, backend.node) == ("n1", "n2")
     web = state.service("web")
     n1, n2 = state.node("n1"), state.node("n2")
     before = _sid_packets(n2.vpp_api_socket, n2.vpp_stats_socket)
 
     netns = f"/var/run/netns/{client.netns}"
-    to_pod = answers(tcp_flows(netns, IPv6Address(backend.ipv6), 8080, sports=[42001, 42002]))
-    to_service = answers(tcp_flows(netns, IPv6Address(web.cluster_ipv6), 80, sports=[42003]))
-    assert [(a.pod, a.peer) for a in to_pod] == [("web-1", client.ipv6)] * 2
-    assert [(a.pod, a.peer) for a in to_service] == [("web-1", client.ipv6)]
+    sports = [42001, 42002, 42003]
+    to_pod = answers(tcp_flows(netns, IPv6Address(backend.ipv6), 8080, sports=sports))
+    to_service = answers(tcp_flows(netns, IPv6Address(web.cluster_ipv6), 80, sports=[42004]))
+    assert [(a.pod, a.peer) for a in to_pod] == [("web-2", client.ipv6)] * 3
+    assert [(a.peer, a.pod.startswith("web-")) for a in to_service] == [(client.ipv6, True)]
 
-    # Real packets through VPP: n2's SIDs (its End.DT6 for the pod, the backend's End.DX6
-    # for the service) counted each flow's SYN, ACK and request at least.
+    # Real packets through VPP: n2's SIDs (its End.DT6 for the pod) counted each flow's
+    # SYN, ACK and request at least.
     after = _sid_packets(n2.vpp_api_socket, n2.vpp_stats_socket)
     assert after - before >= 3 * 3, (before, after)
     # And n1's kernel never routed them: VPP did (no SRv6 route in its namespace).
@@ -164,3 +169,36 @@ def _sid_packets(api_socket: str | None, stats_socket: str | None) -> int:
     ) as backend:
         counted = backend.counters()
     return sum(c.packets for key, c in counted.items() if key[0] == "localsid")
+
+
+def test_vpp_hashes_sr_policies_on_the_5_tuple_without_the_flow_label(vpp_lab: LabRun) -> None:
+    """The agent (not the lab) set it, through the API, before making any policy."""
+    from srv6ctl.lab.vpp import cli
+
+    for node in _state(vpp_lab).nodes:
+        assert node.vpp_api_socket is not None
+        shown = cli(node.vpp_api_socket, "show ip6 fib table 0 summary").splitlines()[0]
+        assert "flow hash:[src dst sport dport proto ]" in shown, shown
+        script = (Path(str(node.vpp_dir)) / "setup.vpp").read_text()
+        assert "flow-hash" not in script
+
+
+def test_verify_passes_on_vpp(vpp_lab: LabRun) -> None:
+    result = verify(vpp_lab, "--flows", "200")
+    assert result["failed"] == [], result["failed"]
+    checks = {(c["group"], c["name"]): c for c in result["checks"]}
+    passed = {name for (group, name), c in checks.items() if c["pass"] and not c.get("skipped")}
+    skipped = [c for c in checks.values() if c.get("skipped")]
+    assert all(c["detail"] for c in skipped), skipped  # each says why
+    # Conformance: crafted SRv6 packets judged on the wire against VPP, on both nodes.
+    for node, sid in (("n1", "fcbb:bb00:1::"), ("n2", "fcbb:bb00:2::")):
+        for behaviour in (f"End on {node} ({sid}1)", f"End.DT6 on {node} ({sid}6)"):
+            assert behaviour in passed, (behaviour, sorted(passed))
+        assert any(n.startswith(f"End.DX6 on {node} ") for n in passed)
+        assert any(n.startswith(f"H.Encaps.Red of service default/web on {node}") for n in passed)
+        assert f"segments left > last entry → dropped at {node}" in passed
+    conformance = [c for (group, _), c in checks.items() if group == "conformance"]
+    assert conformance and not any(c.get("skipped") for c in conformance), conformance
+    # Flow affinity with two backends: VPP no longer hashes the flow label.
+    assert "a TCP flow's backend is a function of its 5-tuple" in passed
+    assert "established TCP connections keep their backend through RTOs" in passed

@@ -2,7 +2,7 @@
 
 Each node's VPP runs inside the node's network namespace with a startup config the lab
 writes into the node's directory (`<state dir>/<node>/vpp/`): no DPDK (plugins off but
-af_packet and ping), 4 KiB pages only (no hugepages to reserve), `poll-sleep-usec` so an
+af_packet, ping, acl and memif), 4 KiB pages only (no hugepages to reserve), `poll-sleep-usec` so an
 idle VPP does not spin a core, and its API, stats and CLI sockets, its runtime directory
 and its log in that directory. Its shared-memory API segment is named after the lab's
 prefix and the node (`/dev/shm/<prefix>-<node>-*`); VPP removes it when it exits, and
@@ -34,7 +34,8 @@ from srv6ctl.lab.state import ProcessRecord
 
 BIN_ENV = "SRV6CTL_VPP_BIN"
 PLUGINS_ENV = "SRV6CTL_VPP_PLUGIN_PATH"
-PLUGINS = ("af_packet_plugin.so", "ping_plugin.so")  # pod/uplink ports; ICMP echo
+# Pod and uplink ports; ICMP echo; NetworkPolicy (the agent's ACLs); memif pods (CNFs).
+PLUGINS = ("af_packet_plugin.so", "ping_plugin.so", "acl_plugin.so", "memif_plugin.so")
 UPLINK = "eth0"
 READY_TIMEOUT = 30.0
 SHM_SUFFIXES = ("-global_vm", "-vpe-api")  # what api-segment { prefix P } puts in /dev/shm

@@ -2,7 +2,8 @@
 
 Per node, crafted frames enter through the injector (the lab's probe host on the
 underlay) and taps on every node's uplink and every pod's node-side veth record where they
-went. What is checked, and against what:
+went (on a VPP node, at those links' far ends: VPP sends past the kernel's taps, see
+srv6ctl.verify.packets). What is checked, and against what:
 
 - End (`L::1`, RFC 8986 §4.1): a packet with Segments Left 1 leaves the node with Segments
   Left 0, the destination set to the next segment, the hop limit decremented by one and
@@ -132,10 +133,12 @@ class Conformance:
         topo = self.topo
         try:
             for node in topo.nodes:
-                self.capture.add(node.netns, node.uplink, _uplink_tap(node))
+                wire = node.uplink_wire()
+                self.capture.add(wire.netns, wire.interface, _uplink_tap(node), wire.far)
                 for pod in topo.pods_on(node.name):
                     if pod.host_ifname:
-                        self.capture.add(node.netns, pod.host_ifname, _pod_tap(pod))
+                        wire = node.pod_wire(pod)
+                        self.capture.add(wire.netns, wire.interface, _pod_tap(pod), wire.far)
             injector = topo.injector
             self.injector = Tap(injector.netns, injector.interface, "injector")
             probes: list[Probe] = []
@@ -503,16 +506,15 @@ class Conformance:
         return probes
 
     def _from_pod(self, node: NodeInfo, pod: PodInfo, packet: Packet) -> Callable[[], None]:
-        """Send `packet` out of the pod's eth0, as the pod's own stack would."""
-        from srv6ctl.verify.netinfo import link_mac
+        """Send `packet` out of the pod's eth0, as the pod's own stack would: to the MAC
+        its default route resolves to (the node's veth end, or VPP's port on it)."""
+        from srv6ctl.verify.netinfo import gateway_mac, link_mac
 
         tap = self.pod_taps.get(pod.name)
         if tap is None:
-            tap = self.pod_taps[pod.name] = Tap(pod.netns, "eth0", f"pod {pod.short}")
-        frame = bytes(
-            Ether(src=link_mac(pod.netns, "eth0"), dst=link_mac(node.netns, pod.host_ifname))
-            / packet
-        )
+            tap = self.pod_taps[pod.name] = Tap(pod.netns, pod.ifname, f"pod {pod.short}")
+        gateway = gateway_mac(pod.netns, pod.ifname) or link_mac(node.netns, pod.host_ifname)
+        frame = bytes(Ether(src=link_mac(pod.netns, pod.ifname), dst=gateway) / packet)
 
         def send() -> None:
             tap.send([frame])

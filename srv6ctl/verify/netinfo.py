@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,51 @@ def link_mac(netns: str | None, ifname: str) -> str:
         with IPRoute() as ipr:
             (link,) = ipr.get_links(ifname=ifname)
             return str(link.get_attr("IFLA_ADDRESS"))
+
+    return run_in_netns(_path(netns), body)
+
+
+NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20  # with NUD_NONE (0): no usable MAC
+
+
+def gateway_mac(netns: str | None, ifname: str, timeout: float = 2.0) -> str | None:
+    """The MAC that the namespace's IPv6 default route on `ifname` resolves to — where
+    the namespace's own stack sends (a kernel veth's MAC, or a VPP port's): resolved
+    first, by one datagram to the discard port, if the neighbour cache has nothing."""
+
+    def body() -> str | None:
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=ifname)[0]
+            gateway = next(
+                (
+                    r.get_attr("RTA_GATEWAY")
+                    for r in ipr.get_routes(family=socket.AF_INET6)
+                    if r["dst_len"] == 0
+                    and r.get_attr("RTA_OIF") == index
+                    and r.get_attr("RTA_GATEWAY")
+                ),
+                None,
+            )
+            if gateway is None:
+                return None
+            deadline = time.monotonic() + timeout
+            asked = False
+            while True:
+                for neighbour in ipr.get_neighbours(family=socket.AF_INET6, ifindex=index):
+                    if (
+                        neighbour.get_attr("NDA_DST") == gateway
+                        and neighbour.get_attr("NDA_LLADDR")
+                        and neighbour["state"]
+                        and not neighbour["state"] & (NUD_INCOMPLETE | NUD_FAILED)
+                    ):
+                        return str(neighbour.get_attr("NDA_LLADDR"))
+                if time.monotonic() > deadline:
+                    return None
+                if not asked:
+                    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+                        sock.sendto(b"", (gateway, 9, 0, index))
+                    asked = True
+                time.sleep(0.05)
 
     return run_in_netns(_path(netns), body)
 

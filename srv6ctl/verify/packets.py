@@ -8,6 +8,10 @@ namespace, nothing exec'ed, the host's own interfaces never touched.
 A tap sees both directions of its interface and says which: on a node's uplink an
 *outgoing* frame is one the node sent to the underlay (a forwarded or encapsulated
 packet); on a pod's node-side veth an outgoing frame is one the node delivered to the pod.
+A tap on a link's *far* end (`far=True`: the underlay's bridge port of a node, a pod's own
+eth0) reverses the directions, so that "outgoing" still means "sent by the node". That is
+where a VPP node is watched: VPP's af_packet ports send with PACKET_QDISC_BYPASS, past
+the kernel's transmit taps, so a packet socket on the node's end never sees what VPP sends.
 Every probe carries a random marker in its payload, so our packets are told apart from
 the kernel's own chatter (ND, MLD) and from each other.
 """
@@ -39,18 +43,20 @@ class Seen:
     """One frame a tap saw."""
 
     tap: str  # the tap's label, e.g. "n1/eth0" or "n2/pod web-2"
-    outgoing: bool
+    outgoing: bool  # sent by the node (whichever end of the link the tap is on)
     frame: Any  # scapy Ether
     data: bytes
     at: float  # time.monotonic()
 
 
 class Tap:
-    """Raw frames on `interface` inside namespace `netns` (a path, a name, or None: here)."""
+    """Raw frames on `interface` inside namespace `netns` (a path, a name, or None: here);
+    `far`: the interface is the far end of the node's link (directions reversed)."""
 
-    def __init__(self, netns: str | None, interface: str, label: str) -> None:
+    def __init__(self, netns: str | None, interface: str, label: str, far: bool = False) -> None:
         self.interface = interface
         self.label = label
+        self.far = far
 
         def make() -> socket.socket:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -96,8 +102,8 @@ class Capture:
     def __init__(self) -> None:
         self.taps: list[Tap] = []
 
-    def add(self, netns: str | None, interface: str, label: str) -> Tap:
-        tap = Tap(netns, interface, label)
+    def add(self, netns: str | None, interface: str, label: str, far: bool = False) -> Tap:
+        tap = Tap(netns, interface, label, far)
         self.taps.append(tap)
         return tap
 
@@ -142,7 +148,7 @@ class Capture:
                         if mark in data:
                             seen = Seen(
                                 tap.label,
-                                address[2] == PACKET_OUTGOING,
+                                (address[2] == PACKET_OUTGOING) != tap.far,
                                 Ether(data),
                                 data,
                                 time.monotonic(),

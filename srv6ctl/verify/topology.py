@@ -44,10 +44,21 @@ class PodInfo:
     ipv4: ipaddress.IPv4Address | None
     role: str = "pod"  # client | backend | pod (unknown, node mode)
     service: str | None = None
+    ifname: str = "eth0"  # the pod's own end of its veth
 
     @property
     def short(self) -> str:
         return self.name.split("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Wire:
+    """Where a tap watches one of a node's links: the node's end, or the far end (`far`:
+    directions reversed there, see srv6ctl.verify.packets)."""
+
+    netns: str | None
+    interface: str
+    far: bool = False
 
 
 @dataclass
@@ -58,6 +69,23 @@ class NodeInfo:
     mac: str
     agent: AgentView
     api_socket: str
+    uplink_peer: tuple[str, str] | None = None  # (netns, interface): the uplink's far end
+
+    @property
+    def watched_from_far_end(self) -> bool:
+        """VPP sends past the kernel's taps on the ports it owns (PACKET_QDISC_BYPASS):
+        what it sends is seen only where it arrives."""
+        return self.agent.dataplane == "vpp"
+
+    def uplink_wire(self) -> Wire:
+        if self.watched_from_far_end and self.uplink_peer is not None:
+            return Wire(*self.uplink_peer, far=True)
+        return Wire(self.netns, self.uplink)
+
+    def pod_wire(self, pod: PodInfo) -> Wire:
+        if self.watched_from_far_end:
+            return Wire(pod.netns, pod.ifname, far=True)
+        return Wire(self.netns, pod.host_ifname)
 
     @property
     def end_sid(self) -> IPv6Address | None:
@@ -171,6 +199,7 @@ def from_lab(state_dir: str) -> tuple[Topology, object]:
                 mac=node_record.mac,
                 agent=view(node_record.api_socket),
                 api_socket=node_record.api_socket,
+                uplink_peer=(state.underlay_netns, node_record.uplink),
             )
         )
     pods = []
@@ -187,6 +216,7 @@ def from_lab(state_dir: str) -> tuple[Topology, object]:
                 ipv4=ipaddress.IPv4Address(record.ipv4) if record.ipv4 else None,
                 role=record.role,
                 service=record.service,
+                ifname=attachment.container_interface if attachment else "eth0",
             )
         )
     services = [
@@ -230,6 +260,7 @@ def from_node(node_name: str, api_socket: str, config: str, injector: Injector) 
                 ipv6=v6 if isinstance(v6, ipaddress.IPv6Address) else None,
                 ipv4=v4 if isinstance(v4, ipaddress.IPv4Address) else None,
                 role="backend" if attachment.service_addresses else "pod",
+                ifname=attachment.container_interface,
             )
         )
     services: dict[str, ServiceInfo] = {}
