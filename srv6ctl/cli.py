@@ -23,11 +23,12 @@ def _config_check(args: argparse.Namespace) -> int:
         print(f"invalid config: {err}", file=sys.stderr)
         return 1
     summary = plan.describe()
-    summary["store"] = (
-        f"embedded SQLite at {config.store.path}"
-        if config.store.type == "embedded"
-        else f"etcd at {', '.join(config.store.etcd.endpoints)}"
-    )
+    summary["store"] = {
+        "embedded": f"embedded SQLite at {config.store.path}",
+        "etcd": f"etcd at {', '.join(config.store.etcd.endpoints)}",
+        "kubernetes": "Kubernetes API, ConfigMaps in namespace "
+        + (config.store.kubernetes.namespace or "of the agent's pod"),
+    }[config.store.type]
     if args.json:
         print(json.dumps(summary))
         return 0

@@ -1,4 +1,5 @@
-"""Allocation on both real stores: keyed, idempotent, crash-safe, never a duplicate."""
+"""Allocation on every store (SQLite, a real etcd, the Kubernetes store on the fake API
+server): keyed, idempotent, crash-safe, never a duplicate."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ipam6.allocator import Allocator
 from ipam6.plan import AddressPlan, PoolExhausted
 from ipam6.store.base import Store
 from tests.support import ipam_workers
+from tests.support.fake_apiserver import FakeApiServer
 from tests.support.ipam_workers import StoreSpec
 
 PLAN: dict[str, Any] = {
@@ -28,14 +30,25 @@ PLAN: dict[str, Any] = {
     "serviceCIDRv6": "fd00:96::/108",
     "serviceCIDRv4": "10.96.0.0/16",
 }
+# Pools too large to fill while workers allocate without pause (v4 allows 253 pods a node).
+V6_PLAN: dict[str, Any] = {k: v for k, v in PLAN.items() if not k.endswith("v4")}
 # A pool small enough to exhaust: a /28 per node leaves indexes 2..14 (13 pods).
 SMALL_PLAN: dict[str, Any] = {**PLAN, "nodePrefixLengthV4": 28, "maxNodes": 100}
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiServer]:
+    server = FakeApiServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "etcd", "kubernetes"])
 def spec(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
     if request.param == "sqlite":
         return ("sqlite", str(tmp_path / "ipam.db"))
+    if request.param == "kubernetes":
+        return ("kubernetes", request.getfixturevalue("apiserver").url)
     server = request.getfixturevalue("etcd_server")
     return ("etcd", server.endpoint)
 
@@ -214,29 +227,41 @@ def _replay(journal: Path) -> set[str]:
 def test_sigkill_at_random_points_then_gc_loses_and_duplicates_nothing(
     store: Store, spec: StoreSpec, prefix: str, tmp_path: Path
 ) -> None:
-    make(store, prefix).claim_node("node-a")
+    make(store, prefix, V6_PLAN).claim_node("node-a")
     ctx = multiprocessing.get_context("spawn")
     rng = random.Random(int.from_bytes(os.urandom(4)))
     journals = [tmp_path / f"journal-{w}" for w in range(4)]
     for _round in range(6):
         procs = [
             ctx.Process(
-                target=ipam_workers.allocate_forever, args=(spec, PLAN, prefix, w, str(journals[w]))
+                target=ipam_workers.allocate_forever,
+                args=(spec, V6_PLAN, prefix, w, str(journals[w])),
             )
             for w in range(4)
         ]
+        sizes = [j.stat().st_size if j.exists() else 0 for j in journals]
         for proc in procs:
             proc.start()
-        time.sleep(rng.uniform(1.5, 3.0))  # spawn start-up takes ~1 s
+        # Kill only once every worker is allocating (a spawned child takes a while to
+        # import its store client), then at a random moment inside its loop.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            (j.exists() and j.stat().st_size > size) or proc.exitcode is not None
+            for j, size, proc in zip(journals, sizes, procs, strict=True)
+        ):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
         for proc in procs:
             time.sleep(rng.uniform(0, 0.05))
             os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
         for proc in procs:
             proc.join(10)
+        # Each died of our SIGKILL, not of an error of its own (a full pool, a store error).
+        assert [proc.exitcode for proc in procs] == [-signal.SIGKILL] * len(procs)
 
     live = set().union(*(_replay(j) for j in journals if j.exists()))
     assert live, "the workers never allocated anything: the test proved nothing"
-    ipam = make(store, prefix)
+    ipam = make(store, prefix, V6_PLAN)
     before_gc = {p.container_id: p.addresses.index for p in ipam.pods("node-a")}
     # Every journaled pod is in the store (nothing live lost, even before GC)...
     assert live <= set(before_gc)

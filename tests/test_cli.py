@@ -30,7 +30,7 @@ def test_config_check_prints_the_resolved_plan_of_the_shipped_config() -> None:
     summary = json.loads(result.stdout)
     assert summary["node 1 locator"] == "fcbb:bb00:1::/48"
     assert summary["stack"] == "dual-stack"
-    assert summary["store"].startswith("embedded SQLite")
+    assert summary["store"] == "Kubernetes API, ConfigMaps in namespace srv6ctl"
     table = run("config", "check", str(SAMPLE))
     assert "fcbb:bb00:1::1 / fcbb:bb00:1::6" in table.stdout
 

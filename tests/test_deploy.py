@@ -555,10 +555,8 @@ def test_the_etcd_component_mounts_every_file_its_config_names() -> None:
 # --- RBAC -------------------------------------------------------------------------------
 
 
-def test_the_cluster_role_grants_exactly_what_the_kubernetes_source_needs() -> None:
-    from srv6ctl.sources.kubernetes import REQUIRED_RBAC
-
-    role = find(renderings()["base"], "ClusterRole", "srv6ctl")
+def granted_by(role: Obj) -> set[tuple[str, str, str]]:
+    """Every (verb, resource, apiGroup) a Role or ClusterRole grants, wildcards refused."""
     granted = set()
     for rule in role["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames, no URLs"
@@ -567,7 +565,43 @@ def test_the_cluster_role_grants_exactly_what_the_kubernetes_source_needs() -> N
         ):
             assert "*" not in (group, resource, verb)
             granted.add((verb, resource, group))
-    assert granted == set(REQUIRED_RBAC)
+    return granted
+
+
+def test_the_cluster_role_grants_exactly_what_the_kubernetes_source_needs() -> None:
+    from srv6ctl.sources.kubernetes import REQUIRED_RBAC
+
+    role = find(renderings()["base"], "ClusterRole", "srv6ctl")
+    assert granted_by(role) == set(REQUIRED_RBAC)
+
+
+@pytest.mark.parametrize("rendering", sorted(renderings()))
+def test_the_store_role_grants_exactly_what_the_configured_store_needs(rendering: str) -> None:
+    from ipam6.store.kubernetes import REQUIRED_RBAC
+
+    config, _ = parse_config(yaml.safe_load(config_text(rendering)))
+    objects = renderings()[rendering]
+    roles = [obj for obj in objects if obj["kind"] in ("Role", "RoleBinding")]
+    if config.store.type != "kubernetes":
+        # An etcd or embedded store needs no write access to the API at all.
+        assert not any(granted_by(r) for r in roles if r["kind"] == "Role"), rendering
+        return
+    role = find(objects, "Role", "srv6ctl-store")
+    # Namespaced, where the store writes: the namespace of the agent, named in its config.
+    account = find(objects, "ServiceAccount", pod_spec()["serviceAccountName"])
+    namespace = account["metadata"]["namespace"]
+    assert config.store.kubernetes.namespace == role["metadata"]["namespace"] == namespace
+    assert granted_by(role) == set(REQUIRED_RBAC)
+    binding = find(objects, "RoleBinding", "srv6ctl-store")
+    assert binding["metadata"]["namespace"] == namespace
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "srv6ctl-store",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": namespace}
+    ]
 
 
 def test_the_role_is_bound_to_the_daemonset_service_account() -> None:

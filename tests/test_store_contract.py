@@ -1,4 +1,5 @@
-"""The `Store` contract, run against both backends: SQLite in tmp_path and a real etcd."""
+"""The `Store` contract, run against every backend: SQLite in tmp_path, a real etcd, and the
+Kubernetes store on the fake API server (tests/support/fake_apiserver.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import multiprocessing
 import os
 import queue
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from ipam6.store import (
     Compacted,
@@ -33,26 +36,47 @@ from ipam6.store import (
     Watch,
     WatchEvent,
 )
+from ipam6.store.kubernetes import KubernetesStore, WatchUnsupported
 from tests.support.etcd import EtcdServer, require_etcd
+from tests.support.fake_apiserver import FakeApiServer
+
+NAMESPACE = "srv6ctl"
 
 
 @dataclass(frozen=True)
 class Backend:
     """Where a store lives; picklable, so a spawned process can open its own."""
 
-    kind: str  # "sqlite" or "etcd"
-    location: str  # database file, or client URL
+    kind: str  # "sqlite", "etcd" or "kubernetes"
+    location: str  # database file, client URL, or API server URL
 
     def open(self, **options: Any) -> Store:
         if self.kind == "sqlite":
             return SqliteStore(self.location, **options)
+        if self.kind == "kubernetes":
+            return open_kubernetes(self.location, **options)
         return EtcdStore([self.location], **options)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+def open_kubernetes(url: str, **options: Any) -> KubernetesStore:
+    configuration = client.Configuration()
+    configuration.host = url
+    return KubernetesStore(NAMESPACE, configuration=configuration, **options)
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiServer]:
+    server = FakeApiServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd), "kubernetes"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         return Backend("sqlite", str(tmp_path / "store.db"))
+    if request.param == "kubernetes":
+        return Backend("kubernetes", request.getfixturevalue("apiserver").url)
     server: EtcdServer = request.getfixturevalue("etcd_server")
     return Backend("etcd", server.endpoint)
 
@@ -62,9 +86,16 @@ def store(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Store]:
     if backend.kind == "etcd":
         yield request.getfixturevalue("etcd_store")  # wiped key space
         return
-    opened = backend.open(poll_interval=0.01)
+    opened = backend.open(poll_interval=0.01) if backend.kind == "sqlite" else backend.open()
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def watchable(backend: Backend) -> None:
+    """Skips the watch tests where the backend keeps no event history to watch."""
+    if backend.kind == "kubernetes":
+        pytest.skip("the Kubernetes store does not support watch (nothing in srv6ctl watches)")
 
 
 class Collector:
@@ -316,6 +347,7 @@ def test_list_keys_only_keeps_revisions(store: Store) -> None:
 # --- watch ------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("watchable")
 def test_watch_replays_history_from_start_revision_then_follows(store: Store) -> None:
     first = store.put("/w/a", b"1")
     store.put("/other/a", b"not watched")
@@ -343,6 +375,7 @@ def test_watch_replays_history_from_start_revision_then_follows(store: Store) ->
         collector.stop()
 
 
+@pytest.mark.usefixtures("watchable")
 def test_watch_from_listing_revision_sees_only_newer_changes(store: Store) -> None:
     store.put("/nodes/1", b"old")
     listing = store.list("/nodes/")
@@ -355,6 +388,7 @@ def test_watch_from_listing_revision_sees_only_newer_changes(store: Store) -> No
         collector.stop()
 
 
+@pytest.mark.usefixtures("watchable")
 def test_watch_prefix_boundary(store: Store) -> None:
     start = store.revision() + 1
     store.put("/x/10/a", b"sibling")
@@ -367,12 +401,14 @@ def test_watch_prefix_boundary(store: Store) -> None:
         collector.stop()
 
 
+@pytest.mark.usefixtures("watchable")
 def test_watch_cancel_stops_a_blocked_iteration_promptly(store: Store) -> None:
     collector = Collector(store.watch("/idle/", store.revision() + 1))
     assert collector.quiet(0.2)
     assert collector.stop() < 1.0
 
 
+@pytest.mark.usefixtures("watchable")
 def test_watch_cancel_after_events(store: Store) -> None:
     start = store.put("/busy/a", b"1")
     collector = Collector(store.watch("/busy/", start))
@@ -380,6 +416,7 @@ def test_watch_cancel_after_events(store: Store) -> None:
     assert collector.stop() < 1.0
 
 
+@pytest.mark.usefixtures("watchable")
 def test_watch_of_compacted_history_raises_compacted(
     request: pytest.FixtureRequest, backend: Backend
 ) -> None:
@@ -659,3 +696,287 @@ def test_etcd_username_password_authentication() -> None:
             EtcdStore([server.endpoint], username="root", password="wrong").get("/authed")
         with pytest.raises(StoreError, match="HTTP"):
             EtcdStore([server.endpoint]).get("/authed")
+
+
+# --- Kubernetes only --------------------------------------------------------------------
+
+
+def _shards(server: FakeApiServer) -> dict[str, dict[str, Any]]:
+    """The store's ConfigMaps on the fake server, by the shard path they hold."""
+    objects = server._objects["configmaps"]
+    return {
+        obj["metadata"]["annotations"]["srv6ctl.io/ipam-shard"]: obj
+        for (namespace, _), obj in objects.items()
+        if namespace == NAMESPACE
+    }
+
+
+def _replace(server: FakeApiServer, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """PUT a ConfigMap as any client would; (HTTP status, body)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    meta = obj["metadata"]
+    request = urllib.request.Request(
+        f"{server.url}/api/v1/namespaces/{meta['namespace']}/configmaps/{meta['name']}",
+        data=json.dumps(obj).encode(),
+        method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_kubernetes_pools_are_shards_each_one_labelled_config_map(apiserver: FakeApiServer) -> None:
+    store = open_kubernetes(apiserver.url)
+    try:
+        claim = [
+            Put("/srv6ctl/ipam/pods/node-a/by-index/7", b'{"owner":"c1/eth0"}'),
+            Put("/srv6ctl/ipam/pods/node-a/by-owner/c1/eth0", b'{"index":7}'),
+        ]
+        assert store.txn([Compare.absent(op.key) for op in claim], claim).succeeded
+        store.put("/srv6ctl/ipam/nodes/by-owner/node-a", b'{"index":1}')
+        store.put("/srv6ctl/ipam/pods/node-b/by-index/3", b'{"owner":"c2/eth0"}')
+        shards = _shards(apiserver)
+        assert set(shards) == {
+            "/srv6ctl/ipam/pods/node-a/",
+            "/srv6ctl/ipam/pods/node-b/",
+            "/srv6ctl/ipam/nodes/",
+        }
+        for shard, obj in shards.items():
+            assert obj["metadata"]["labels"]["srv6ctl.io/ipam"] == "true"
+            assert obj["metadata"]["name"] == store.shard_name(shard)
+            assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", obj["metadata"]["name"])
+        # A list by pool prefix reads one ConfigMap; a wider prefix lists them all.
+        assert [kv.key for kv in store.list("/srv6ctl/ipam/pods/node-a/by-owner/").items] == [
+            "/srv6ctl/ipam/pods/node-a/by-owner/c1/eth0"
+        ]
+        assert [kv.key for kv in store.list("/srv6ctl/ipam/pods/").items] == [
+            "/srv6ctl/ipam/pods/node-a/by-index/7",
+            "/srv6ctl/ipam/pods/node-a/by-owner/c1/eth0",
+            "/srv6ctl/ipam/pods/node-b/by-index/3",
+        ]
+        # Other ConfigMaps of the namespace are none of the store's business.
+        apiserver.apply(
+            {"kind": "ConfigMap", "metadata": {"name": "srv6ctl-config", "namespace": NAMESPACE}}
+        )
+        assert len(store.list("").items) == 4
+    finally:
+        store.close()
+
+
+def test_kubernetes_txn_across_two_pools_is_refused(apiserver: FakeApiServer) -> None:
+    store = open_kubernetes(apiserver.url)
+    try:
+        with pytest.raises(ValueError, match="one shard"):
+            store.txn(
+                [Compare.absent("/p/nodes/by-index/1")],
+                [Put("/p/nodes/by-index/1", b"a"), Put("/p/services/by-index/1", b"a")],
+            )
+        assert store.list("").items == []
+    finally:
+        store.close()
+
+
+def test_kubernetes_revisions_are_cluster_wide_across_shards(apiserver: FakeApiServer) -> None:
+    # What Allocator.gc(created_before=...) relies on: a key created after revision()
+    # returned has a larger create revision, whichever ConfigMap holds it.
+    store = open_kubernetes(apiserver.url)
+    try:
+        first = store.put("/p/a/by-index/1", b"1")
+        before = store.revision()
+        later = store.put("/p/b/by-index/1", b"1")
+        kv = store.get("/p/b/by-index/1")
+        assert kv is not None and kv.create_revision == later > before >= first
+        # The first key's revision survives later writes of its shard (it was stored as
+        # "this ConfigMap's resourceVersion" until the next write pinned it).
+        store.put("/p/a/by-index/2", b"2")
+        old = store.get("/p/a/by-index/1")
+        assert old is not None and (old.create_revision, old.mod_revision) == (first, first)
+        # Someone else writing the ConfigMap (kubectl annotate) only makes keys look younger.
+        obj = _shards(apiserver)["/p/a/"]
+        obj["metadata"]["annotations"]["note"] = "hand edit"
+        assert _replace(apiserver, obj)[0] == 200
+        assert store.get("/p/a/by-index/1") == old
+    finally:
+        store.close()
+
+
+def test_the_fake_api_server_answers_like_kube_apiserver(apiserver: FakeApiServer) -> None:
+    store = open_kubernetes(apiserver.url)
+    try:
+        store.put("/p/x/by-index/1", b"1")
+        obj = _shards(apiserver)["/p/x/"]
+        stale = {**obj, "metadata": {**obj["metadata"], "resourceVersion": "1"}}
+        code, body = _replace(apiserver, stale)
+        assert code == 409
+        name = obj["metadata"]["name"]
+        assert body == {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": f'Operation cannot be fulfilled on configmaps "{name}": the object has '
+            "been modified; please apply your changes to the latest version and try again",
+            "reason": "Conflict",
+            "details": {"name": name, "kind": "configmaps"},
+            "code": 409,
+        }
+        # An update that changes nothing keeps the resourceVersion, as the registry does.
+        code, same = _replace(apiserver, obj)
+        assert code == 200
+        assert same["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
+        gone = {**obj, "metadata": {**obj["metadata"], "name": "srv6ctl-ipam-nothere"}}
+        code, body = _replace(apiserver, gone)
+        assert (code, body["reason"], body["details"]) == (
+            404,
+            "NotFound",
+            {"name": "srv6ctl-ipam-nothere", "kind": "configmaps"},
+        )
+        too_big = {**obj, "data": {"keys": "x" * (1024 * 1024)}}
+        code, body = _replace(apiserver, too_big)
+        assert (code, body["reason"]) == (422, "Invalid")
+        assert "must have at most 1048576 bytes" in body["message"]
+    finally:
+        store.close()
+
+
+def test_kubernetes_conflicts_are_read_again_and_decided_again(
+    apiserver: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rival writes the shard between our read and our replace: ours gets a real 409
+    # Conflict, reads again and evaluates its compares against what the rival wrote.
+    first, second = open_kubernetes(apiserver.url), open_kubernetes(apiserver.url)
+    try:
+        first.put("/p/n/by-index/0", b"seed")
+        writes: list[str] = []
+        original = first._write
+
+        def write_after_a_rival(*args: Any) -> int | None:
+            rival = {0: "/p/n/by-index/1", 2: "/p/n/by-index/2"}.get(len(writes))
+            if rival is not None:
+                second.put(rival, b"rival")
+            written = original(*args)
+            writes.append("conflict" if written is None else "written")
+            return written
+
+        monkeypatch.setattr(first, "_write", write_after_a_rival)
+        # The rival took another key: after the Conflict our guard still holds, both land.
+        result = first.txn([Compare.absent("/p/n/by-index/3")], [Put("/p/n/by-index/3", b"me")])
+        assert result.succeeded
+        assert writes == ["conflict", "written"]
+        assert [kv.key for kv in first.list("/p/n/by-index/").items] == [
+            "/p/n/by-index/0",
+            "/p/n/by-index/1",
+            "/p/n/by-index/3",
+        ]
+        # The rival took our key: after the Conflict our guard fails, nothing of ours lands.
+        result = first.txn([Compare.absent("/p/n/by-index/2")], [Put("/p/n/by-index/2", b"me")])
+        assert not result.succeeded
+        assert writes == ["conflict", "written", "conflict"]
+        kv = first.get("/p/n/by-index/2")
+        assert kv is not None and kv.value == b"rival"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_kubernetes_store_errors_are_store_errors_never_hangs(apiserver: FakeApiServer) -> None:
+    store = open_kubernetes(apiserver.url, timeout=1.0)
+    try:
+        apiserver.fail_next("configmaps", 1, 503)
+        with pytest.raises(StoreError, match="HTTP 503"):
+            store.put("/p/n/by-index/1", b"x")
+        apiserver.fail_next("configmaps", 1, 403)
+        with pytest.raises(StoreError, match="RBAC"):
+            store.get("/p/n/by-index/1")
+        with pytest.raises(WatchUnsupported):
+            store.watch("/p/", 0)
+        assert issubclass(WatchUnsupported, StoreError)
+        assert store.put("/p/n/by-index/1", b"x") > 0  # the server is fine again
+
+        apiserver.stop()
+        started = time.monotonic()
+        for call in (
+            lambda: store.get("/p/n/by-index/1"),
+            lambda: store.put("/p/n/by-index/1", b"y"),
+            lambda: store.list("/p/"),
+            store.revision,
+        ):
+            with pytest.raises(StoreError, match=apiserver.url):
+                call()
+        assert time.monotonic() - started < 5.0
+    finally:
+        store.close()
+
+
+def test_kubernetes_silent_api_server_times_out_instead_of_hanging() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        store = open_kubernetes(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="Timeout"):
+            store.put("/anything", b"x")
+        assert time.monotonic() - started < 3.0
+        store.close()
+
+
+def test_store_config_opens_the_kubernetes_store_from_a_kubeconfig(
+    apiserver: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from ipam6.store import kubernetes as kubernetes_store
+    from ipam6.store.config import StoreConfig, open_store
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters: [{{name: fake, cluster: {{server: "{apiserver.url}"}}}}]
+users: [{{name: agent, user: {{token: not-checked}}}}]
+contexts: [{{name: fake, context: {{cluster: fake, user: agent}}}}]
+current-context: fake
+"""
+    )
+    config = StoreConfig.model_validate(
+        {
+            "type": "kubernetes",
+            "kubernetes": {"namespace": "kube-network", "kubeconfig": str(kubeconfig)},
+        }
+    )
+    store = open_store(config)
+    try:
+        assert isinstance(store, KubernetesStore) and store.namespace == "kube-network"
+        store.put("/srv6ctl/ipam/nodes/by-owner/node-a", b"{}")
+        assert {ns for ns, _ in apiserver._objects["configmaps"]} == {"kube-network"}
+    finally:
+        store.close()
+    # No namespace given: the pod's own (from its service account), else "srv6ctl".
+    account = tmp_path / "serviceaccount-namespace"
+    monkeypatch.setattr(kubernetes_store, "SERVICE_ACCOUNT_NAMESPACE", account)
+    unnamed = StoreConfig.model_validate(
+        {"type": "kubernetes", "kubernetes": {"kubeconfig": str(kubeconfig)}}
+    )
+    for content, expected in ((None, "srv6ctl"), ("networking\n", "networking")):
+        if content is not None:
+            account.write_text(content)
+        default = open_store(unnamed)
+        assert isinstance(default, KubernetesStore) and default.namespace == expected
+        default.close()
+    assert StoreConfig().type == "embedded"
+    with pytest.raises(ValidationError, match=r"kubernetes\.namespace\n.*DNS label"):
+        StoreConfig.model_validate({"type": "kubernetes", "kubernetes": {"namespace": "Bad_NS"}})
+    with pytest.raises(ValidationError, match=r"kubernetes\.timeoutSeconds"):
+        StoreConfig.model_validate({"kubernetes": {"timeoutSeconds": 0}})
+    with pytest.raises(StoreError, match="client configuration"):
+        open_store(
+            StoreConfig.model_validate(
+                {"type": "kubernetes", "kubernetes": {"kubeconfig": str(tmp_path / "missing")}}
+            )
+        )

@@ -1,4 +1,8 @@
-"""The ipam6 key/value store: the etcd-v3-shaped `Store` protocol and its two backends."""
+"""The ipam6 key/value store: the etcd-v3-shaped `Store` protocol and its backends.
+
+The Kubernetes API backend is `ipam6.store.kubernetes.KubernetesStore`, imported only where
+used (it pulls in the Kubernetes client).
+"""
 
 from ipam6.store.base import (
     Compacted,

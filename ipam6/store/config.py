@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ipam6.store.base import Store
 
 DEFAULT_DB_PATH = "/var/lib/srv6ctl/ipam.db"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class EtcdConfig(BaseModel):
@@ -43,15 +45,37 @@ class EtcdConfig(BaseModel):
         return self
 
 
-class StoreConfig(BaseModel):
-    """`store: {type: embedded|etcd, ...}`: where allocations are kept."""
+class KubernetesStoreConfig(BaseModel):
+    """The Kubernetes API store: ConfigMaps in one namespace (ipam6.store.kubernetes)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
-    type: Literal["embedded", "etcd"] = "embedded"
+    # None: the agent's own namespace (its service account's), else "srv6ctl".
+    namespace: str | None = None
+    # None: the in-cluster configuration (the pod's service account).
+    kubeconfig: str | None = None
+    timeout_seconds: float = Field(default=5.0, alias="timeoutSeconds", gt=0)
+
+    @field_validator("namespace")
+    @classmethod
+    def _dns_label(cls, namespace: str | None) -> str | None:
+        if namespace is not None and not _DNS_LABEL.fullmatch(namespace):
+            raise ValueError(
+                f"namespace {namespace!r} must be a DNS label (lowercase letters, digits, '-')"
+            )
+        return namespace
+
+
+class StoreConfig(BaseModel):
+    """`store: {type: embedded|etcd|kubernetes, ...}`: where allocations are kept."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    type: Literal["embedded", "etcd", "kubernetes"] = "embedded"
     path: str = DEFAULT_DB_PATH  # embedded: the SQLite file, shared by the agents of a host
     prefix: str = "/srv6ctl/"
     etcd: EtcdConfig = Field(default_factory=EtcdConfig)
+    kubernetes: KubernetesStoreConfig = Field(default_factory=KubernetesStoreConfig)
 
     @model_validator(mode="after")
     def _etcd_needs_endpoints(self) -> StoreConfig:
@@ -67,6 +91,14 @@ def open_store(config: StoreConfig) -> Store:
 
         Path(config.path).parent.mkdir(parents=True, exist_ok=True)
         return SqliteStore(config.path)
+    if config.type == "kubernetes":
+        from ipam6.store.kubernetes import KubernetesStore, default_namespace
+
+        return KubernetesStore(
+            config.kubernetes.namespace or default_namespace(),
+            kubeconfig=config.kubernetes.kubeconfig,
+            timeout=config.kubernetes.timeout_seconds,
+        )
     from ipam6.store.etcd import EtcdStore
 
     password = None

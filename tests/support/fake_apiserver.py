@@ -17,16 +17,28 @@ What it reproduces, from the API conventions and what kube-apiserver sends on th
   sends), or an HTTP 410 response with that Status (what the watch cache answers) —
   `gone_as_status` selects which;
 - errors: `fail_next(resource, n, status)` answers the next n requests for a resource with
-  that HTTP status and a `Status` body, as the server does for a 5xx or 429.
+  that HTTP status and a `Status` body, as the server does for a 5xx or 429;
+- namespaced paths (`/api/v1/namespaces/NS/configmaps[/NAME]`): list, get, create (POST,
+  201; 409 AlreadyExists), replace (PUT; 404 NotFound; a `metadata.resourceVersion` that
+  is not the stored one gives 409 Conflict; none means an unconditional update; an update
+  that changes nothing keeps the resourceVersion), with the `Status` bodies kube-apiserver
+  sends for them; a ConfigMap over 1 MiB or with a data key outside `[-._a-zA-Z0-9]+` is
+  422 Invalid, as the API server validates it;
+- `labelSelector` (equality and existence: `k=v`, `k==v`, `k!=v`, `k`, `!k`) and
+  `fieldSelector` (`metadata.name`, `metadata.namespace`) on lists.
 
-It serves the six collections srv6ctl watches, cluster-wide paths only.
+It serves the six collections srv6ctl watches and ConfigMaps (the Kubernetes store).
+Watches are served on the cluster-wide paths only.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
+import re
+import socket
 import threading
 import time
 import uuid
@@ -67,21 +79,124 @@ COLLECTIONS = {
             "/apis/networking.k8s.io/v1/networkpolicies",
             True,
         ),
+        Collection("configmaps", "ConfigMap", "v1", "/api/v1/configmaps", True),
     )
 }
 BY_PATH = {c.path: c for c in COLLECTIONS.values()}
 
 
-def status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
+# /api/v1/namespaces/NS/configmaps[/NAME], and the same under /apis/GROUP/VERSION.
+NAMESPACED_PATH = re.compile(
+    r"^(?P<base>/api/v1|/apis/[^/]+/[^/]+)/namespaces/(?P<namespace>[^/]+)"
+    r"/(?P<resource>[^/]+)(?:/(?P<name>[^/]+))?$"
+)
+CONFIG_MAP_MAX_BYTES = 1024 * 1024  # corev1 validation: data + binaryData together
+CONFIG_MAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def status(
+    code: int, reason: str, message: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
         "message": message,
         "reason": reason,
-        "code": code,
     }
+    if details is not None:
+        body["details"] = details
+    body["code"] = code
+    return body
+
+
+# The bodies of apimachinery's errors.NewNotFound / NewAlreadyExists / NewConflict:
+# details.kind is the resource (plural), as kube-apiserver fills it in.
+def not_found(resource: str, name: str) -> dict[str, Any]:
+    details = {"name": name, "kind": resource}
+    return status(404, "NotFound", f'{resource} "{name}" not found', details)
+
+
+def already_exists(resource: str, name: str) -> dict[str, Any]:
+    details = {"name": name, "kind": resource}
+    return status(409, "AlreadyExists", f'{resource} "{name}" already exists', details)
+
+
+def conflict(resource: str, name: str) -> dict[str, Any]:
+    message = (
+        f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified; '
+        "please apply your changes to the latest version and try again"
+    )
+    return status(409, "Conflict", message, {"name": name, "kind": resource})
+
+
+def invalid(kind: str, name: str, field: str, detail: str, cause: str) -> dict[str, Any]:
+    details = {
+        "name": name,
+        "kind": kind,
+        "causes": [{"reason": cause, "message": detail, "field": field}],
+    }
+    return status(422, "Invalid", f'{kind} "{name}" is invalid: {field}: {detail}', details)
+
+
+def bad_request(message: str) -> dict[str, Any]:
+    return status(400, "BadRequest", message)
+
+
+def _terms(selector: str) -> list[tuple[str, str, str]]:
+    """`a=b,c!=d,e,!f` as (key, operator, value): "=", "!=", "exists" or "!exists"."""
+    terms = []
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            terms.append((key.strip(), "!=", value.strip()))
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            terms.append((key.strip(), "=", value.strip()))
+        elif term.startswith("!"):
+            terms.append((term[1:].strip(), "!exists", ""))
+        else:
+            terms.append((term, "exists", ""))
+    return terms
+
+
+def _holds(values: dict[str, str], key: str, operator: str, value: str) -> bool:
+    if operator == "exists":
+        return key in values
+    if operator == "!exists":
+        return key not in values
+    return (values.get(key) == value) == (operator == "=")
+
+
+def label_matcher(selector: str) -> Callable[[dict[str, str]], bool]:
+    """An equality-based label selector as a predicate on an object's labels."""
+    terms = _terms(selector)
+    return lambda labels: all(_holds(labels, *term) for term in terms)
+
+
+def field_matcher(selector: str) -> Callable[[dict[str, Any]], bool]:
+    """`metadata.name=x,metadata.namespace!=y`: the field selectors every kind supports."""
+    terms = _terms(selector)
+    for field, operator, _ in terms:
+        if field not in ("metadata.name", "metadata.namespace") or "exists" in operator:
+            raise ValueError(f'field label not supported: "{field}"')
+
+    def matches(obj: dict[str, Any]) -> bool:
+        meta = obj["metadata"]
+        fields = {
+            "metadata.name": meta.get("name", ""),
+            "metadata.namespace": meta.get("namespace", ""),
+        }
+        return all(_holds(fields, *term) for term in terms)
+
+    return matches
+
+
+def _selected(query: dict[str, str]) -> Callable[[dict[str, Any]], bool]:
+    labels = label_matcher(query.get("labelSelector", ""))
+    fields = field_matcher(query.get("fieldSelector", ""))
+    return lambda obj: labels(obj["metadata"].get("labels") or {}) and fields(obj)
 
 
 @dataclass
@@ -107,6 +222,7 @@ class FakeApiServer:
         self._failures: dict[str, list[int]] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []  # (path, query) in order
         self._stopping = False
+        self._connections: set[socket.socket] = set()
         self._watch_generation = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -128,6 +244,12 @@ class FakeApiServer:
             self._lock.notify_all()
         self._server.shutdown()
         self._server.server_close()
+        # A stopped API server also drops the kept-alive connections, as a dead process does.
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already closed by its client
+                connection.shutdown(socket.SHUT_RDWR)
 
     # --- what a test does to the cluster ----------------------------------------------
 
@@ -200,6 +322,45 @@ class FakeApiServer:
         path = COLLECTIONS[resource].path
         return [q for p, q in list(self.requests) if p == path and q.get("watch") != "true"]
 
+    def _store(
+        self,
+        collection: Collection,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        create: bool,
+    ) -> tuple[int, dict[str, Any]]:
+        """Create or replace under the lock, as the registry's storage does: (code, body)."""
+        objects = self._objects[collection.resource]
+        old = objects.get((namespace, name))
+        meta = body["metadata"]
+        if create:
+            if old is not None:
+                return 409, already_exists(collection.resource, name)
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        else:
+            if old is None:
+                return 404, not_found(collection.resource, name)
+            expected = meta.get("resourceVersion")
+            # Optimistic concurrency: the precondition is the resourceVersion the writer read.
+            if expected and expected != old["metadata"]["resourceVersion"]:
+                return 409, conflict(collection.resource, name)
+            for kept in ("uid", "creationTimestamp"):
+                meta[kept] = old["metadata"][kept]
+            if _same_content(old, body):
+                return 200, copy.deepcopy(old)  # a no-op update writes nothing
+        self._revision += 1
+        meta["resourceVersion"] = str(self._revision)
+        stored = copy.deepcopy(body)
+        stored["apiVersion"], stored["kind"] = collection.api_version, collection.kind
+        objects[(namespace, name)] = stored
+        self._history.append(
+            _Event(self._revision, collection.resource, "ADDED" if create else "MODIFIED", stored)
+        )
+        self._lock.notify_all()
+        return (201 if create else 200), copy.deepcopy(stored)
+
     # --- serving ----------------------------------------------------------------------
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -211,26 +372,142 @@ class FakeApiServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                # As Go's net/http: no Nagle, or a body written after its headers waits for
+                # the client's delayed ACK (40 ms a request on a kept-alive connection).
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with server._lock:
+                    server._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with server._lock:
+                    server._connections.discard(self.connection)
+                super().finish()
+
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 server.requests.append((url.path, query))
-                collection = BY_PATH.get(url.path)
-                if collection is None:
+                route = self._route(url.path)
+                if route is None:
+                    return
+                collection, namespace, name = route
+                if namespace is not None:
+                    if query.get("watch") in ("true", "1"):
+                        self._json(400, bad_request("the fake serves watches cluster-wide only"))
+                    elif name is None:
+                        self._list(collection, query, namespace)
+                    else:
+                        self._get(collection, namespace, name)
+                elif query.get("watch") in ("true", "1"):
+                    self._watch(collection, query)
+                else:
+                    self._list(collection, query)
+
+            def do_POST(self) -> None:
+                url = urlsplit(self.path)
+                body = self._body()
+                server.requests.append((url.path, {"method": "POST"}))
+                route = self._route(url.path)
+                if route is None or body is None:
+                    return
+                collection, namespace, name = route
+                if namespace is None or name is not None:
+                    self._json(405, status(405, "MethodNotAllowed", "create is namespaced here"))
+                    return
+                self._write(collection, namespace, body, create=True)
+
+            def do_PUT(self) -> None:
+                url = urlsplit(self.path)
+                body = self._body()
+                server.requests.append((url.path, {"method": "PUT"}))
+                route = self._route(url.path)
+                if route is None or body is None:
+                    return
+                collection, namespace, name = route
+                if namespace is None or name is None:
+                    self._json(405, status(405, "MethodNotAllowed", "replace needs a name"))
+                    return
+                if (body.get("metadata") or {}).get("name") != name:
                     self._json(
-                        404, status(404, "NotFound", f"the server could not find {url.path}")
+                        400,
+                        bad_request(
+                            "the name of the object "
+                            f"({(body.get('metadata') or {}).get('name')}) does not match the "
+                            f"name on the URL ({name})"
+                        ),
                     )
                     return
+                self._write(collection, namespace, body, create=False)
+
+            def _route(self, path: str) -> tuple[Collection, str | None, str | None] | None:
+                """(collection, namespace or None, name or None); answers 404/5xx itself."""
+                collection = BY_PATH.get(path)
+                namespace = name = None
+                if collection is None:
+                    match = NAMESPACED_PATH.match(path)
+                    if match is not None:
+                        collection = BY_PATH.get(f"{match['base']}/{match['resource']}")
+                        namespace, name = match["namespace"], match["name"]
+                    if collection is None or not collection.namespaced:
+                        self._json(
+                            404, status(404, "NotFound", f"the server could not find {path}")
+                        )
+                        return None
                 with server._lock:
                     failures = server._failures.get(collection.resource)
                     code = failures.pop(0) if failures else None
                 if code is not None:
                     self._json(code, status(code, "InternalError", "injected failure"))
-                    return
-                if query.get("watch") in ("true", "1"):
-                    self._watch(collection, query)
+                    return None
+                return collection, namespace, name
+
+            def _body(self) -> dict[str, Any] | None:
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"null")
+                except ValueError as err:
+                    self._json(400, bad_request(f"the request body is not JSON: {err}"))
+                    return None
+                if not isinstance(body, dict):
+                    self._json(400, bad_request("the request body is not an object"))
+                    return None
+                return body
+
+            def _get(self, collection: Collection, namespace: str, name: str) -> None:
+                with server._lock:
+                    stored = server._objects[collection.resource].get((namespace, name))
+                    found = copy.deepcopy(stored) if stored is not None else None
+                if found is None:
+                    self._json(404, not_found(collection.resource, name))
                 else:
-                    self._list(collection, query)
+                    self._json(200, found)
+
+            def _write(
+                self, collection: Collection, namespace: str, body: dict[str, Any], create: bool
+            ) -> None:
+                meta = body.setdefault("metadata", {})
+                name = meta.get("name") or ""
+                if meta.setdefault("namespace", namespace) != namespace:
+                    self._json(
+                        400,
+                        bad_request(
+                            "the namespace of the provided object does not match the "
+                            "namespace sent on the request"
+                        ),
+                    )
+                    return
+                if body.get("kind", collection.kind) != collection.kind:
+                    self._json(400, bad_request(f"the body is a {body['kind']}"))
+                    return
+                problem = _validate(collection, body)
+                if problem is not None:
+                    self._json(422, problem)
+                    return
+                with server._lock:
+                    code, answer = server._store(collection, namespace, name, body, create)
+                self._json(code, answer)
 
             def _json(self, code: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
@@ -240,7 +517,14 @@ class FakeApiServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _list(self, collection: Collection, query: dict[str, str]) -> None:
+            def _list(
+                self, collection: Collection, query: dict[str, str], namespace: str | None = None
+            ) -> None:
+                try:
+                    selected = _selected(query)
+                except ValueError as err:
+                    self._json(400, bad_request(str(err)))
+                    return
                 token = query.get("continue")
                 if token:
                     snapshot_id, offset = json.loads(base64.b64decode(token))
@@ -254,7 +538,11 @@ class FakeApiServer:
                     with server._lock:
                         revision = server._revision
                         stored = server._objects[collection.resource]
-                        items = [_as_list_item(stored[k]) for k in sorted(stored)]
+                        items = [
+                            _as_list_item(stored[k])
+                            for k in sorted(stored)
+                            if (namespace is None or k[0] == namespace) and selected(stored[k])
+                        ]
                     snapshot_id, offset = uuid.uuid4().hex, 0
                 limit = int(query.get("limit") or 0) or len(items) or 1
                 page = items[offset : offset + limit]
@@ -353,6 +641,43 @@ class FakeApiServer:
                         "metadata": {"resourceVersion": str(position), "creationTimestamp": None},
                     },
                 }
+
+
+def _validate(collection: Collection, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The API server's validation this fake reproduces: a 422 Status, or None."""
+    name = body["metadata"].get("name") or ""
+    if not name:
+        return invalid(
+            collection.kind, name, "metadata.name", "Required value", "FieldValueRequired"
+        )
+    if collection.resource != "configmaps":
+        return None
+    data = body.get("data") or {}
+    binary = body.get("binaryData") or {}
+    for key in [*data, *binary]:
+        if not CONFIG_MAP_KEY.match(key):
+            return invalid(
+                "ConfigMap",
+                name,
+                f"data[{key}]",
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                "FieldValueInvalid",
+            )
+    size = sum(len(k) + len(str(v).encode()) for k, v in data.items())
+    size += sum(len(k) + len(base64.b64decode(v)) for k, v in binary.items())
+    if size > CONFIG_MAP_MAX_BYTES:
+        detail = f"Too long: must have at most {CONFIG_MAP_MAX_BYTES} bytes"
+        return invalid("ConfigMap", name, "[]", detail, "FieldValueTooLong")
+    return None
+
+
+def _same_content(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    def content(obj: dict[str, Any]) -> tuple[Any, ...]:
+        meta = obj.get("metadata") or {}
+        rest = {k: v for k, v in obj.items() if k not in ("metadata", "kind", "apiVersion")}
+        return (meta.get("labels") or {}, meta.get("annotations") or {}, rest)
+
+    return content(old) == content(new)
 
 
 def _as_list_item(obj: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Worker processes for the allocation race and crash tests (importable by spawn children).
 
 A store is passed to a child as a small spec, since a connection cannot cross processes:
-`("sqlite", path)` or `("etcd", endpoint)`; the allocator prefix isolates each test.
+`("sqlite", path)`, `("etcd", endpoint)` or `("kubernetes", API server URL)`; the allocator
+prefix isolates each test.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ def open_spec(spec: StoreSpec) -> Store:
         from ipam6.store.sqlite import SqliteStore
 
         return SqliteStore(where)
+    if kind == "kubernetes":
+        from kubernetes import client
+
+        from ipam6.store.kubernetes import KubernetesStore
+
+        configuration = client.Configuration()
+        configuration.host = where
+        return KubernetesStore("srv6ctl", configuration=configuration)
     from ipam6.store.etcd import EtcdStore
 
     return EtcdStore([where])
