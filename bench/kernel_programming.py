@@ -29,9 +29,10 @@ time into user and system (kernel) CPU seconds. Then a restarted backend dumps t
 namespace and plans again: `ours_restart_changes` and `ours_restart_writes` must be 0.
 
 Needs root, iproute2 and ip6tables-restore (Debian package `iptables`). Only creates and
-deletes its own namespaces. Progress goes to stderr; the last stdout line is one JSON object.
-No timing is asserted: comparing is for the reader. The host is shared, so run it several
-times and compare ratios rather than seconds.
+deletes its own namespaces; after deleting one it waits until the CPUs are idle again, so
+that no run pays for the teardown of the one before it. Progress goes to stderr; the last
+stdout line is one JSON object. No timing is asserted: comparing is for the reader. The
+host is shared, so run it several times and compare ratios rather than seconds.
 """
 
 from __future__ import annotations
@@ -326,6 +327,25 @@ def namespace(name: str) -> Iterator[str]:
         done = run("ip", "netns", "del", name)
         if done.returncode != 0:
             log(f"could not delete netns {name}: {done.stderr.strip()}")
+        settle()
+
+
+def settle(idle: float = 0.9, window: float = 0.2, limit: float = 10.0) -> None:
+    """Wait until the CPUs are idle again: the kernel frees a deleted namespace's tens of
+    thousands of routes and nexthops in the background (cleanup_net, RCU callbacks), and
+    a run timed meanwhile would pay for the previous one's teardown."""
+
+    def total_and_idle() -> tuple[int, int]:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all ticks, idle + iowait
+
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        total, idle_ticks = total_and_idle()
+        time.sleep(window)
+        total2, idle2 = total_and_idle()
+        if total2 > total and (idle2 - idle_ticks) / (total2 - total) >= idle:
+            return
 
 
 def timed(

@@ -232,15 +232,18 @@ class _FlakyChannel(NetlinkChannel):
 
     def __init__(self, failures: int) -> None:
         self.chunk, self.retry_deadline, self.writes, self.retries = 2, 5.0, 0, 0
+        self.window = 8
         self.attempts: dict[int, int] = {}
         self.failures = failures
 
     def _drain(self) -> None:
         pass
 
-    def _round_trip(self, writes: Writes, rows: Sequence[int]) -> list[tuple[int, int, str]]:
+    def _round_trip(
+        self, writes: Writes, batches: Sequence[Sequence[int]]
+    ) -> list[tuple[int, int, str]]:
         refused = []
-        for row in rows:
+        for row in [row for rows in batches for row in rows]:
             seen = self.attempts.get(row, 0)
             self.attempts[row] = seen + 1
             self.writes += 1
@@ -274,9 +277,11 @@ class _DependentChannel(_FlakyChannel):
         self.landed: list[int] = []
         self.own_failure = own_failure  # row 2 fails with this, always
 
-    def _round_trip(self, writes: Writes, rows: Sequence[int]) -> list[tuple[int, int, str]]:
+    def _round_trip(
+        self, writes: Writes, batches: Sequence[Sequence[int]]
+    ) -> list[tuple[int, int, str]]:
         refused = []
-        for row in rows:
+        for row in [row for rows in batches for row in rows]:
             seen = self.attempts.get(row, 0)
             self.attempts[row] = seen + 1
             if row == 0 and seen == 0:
@@ -292,14 +297,21 @@ class _DependentChannel(_FlakyChannel):
 
 def test_a_write_after_a_retried_one_in_its_datagram_is_retried_after_it() -> None:
     channel = _DependentChannel()
-    channel.chunk = 3
+    channel.chunk, channel.window = 3, 1
     assert channel.execute(_requests(4)) == []
     assert channel.landed == [2, 0, 1, 3]  # 2 did not need 0; 1 went again after 0
 
 
+def test_a_write_in_a_later_datagram_of_the_window_is_retried_after_it_too() -> None:
+    channel = _DependentChannel()
+    channel.chunk, channel.window = 1, 8  # rows 0..3 in four datagrams, sent before reading
+    assert channel.execute(_requests(4)) == []
+    assert channel.landed == [2, 3, 0, 1]
+
+
 def test_a_deferred_write_that_fails_again_is_reported() -> None:
     channel = _DependentChannel(own_failure=errno.EEXIST)
-    channel.chunk = 3
+    channel.chunk, channel.window = 3, 1
     failures = channel.execute(_requests(3))
     assert [(str(f.request.what), f.errno) for f in failures] == [("route 2", errno.EEXIST)]
     assert channel.attempts[2] == 2  # deferred once behind row 0, then refused for good
@@ -312,9 +324,9 @@ def test_writes_still_being_added_are_sent_as_the_feed_says_they_are_ready() -> 
     sent: list[list[int]] = []
     round_trip = channel._round_trip
 
-    def record(w: Writes, rows: Sequence[int]) -> list[tuple[int, int, str]]:
-        sent.append(list(rows))
-        return round_trip(w, rows)
+    def record(w: Writes, batches: Sequence[Sequence[int]]) -> list[tuple[int, int, str]]:
+        sent.extend(list(rows) for rows in batches)
+        return round_trip(w, batches)
 
     channel._round_trip = record  # type: ignore[method-assign]
 

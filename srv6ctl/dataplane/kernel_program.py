@@ -161,7 +161,7 @@ def prepare(
 class Compilation:
     """A checked plan; `run` emits its writes, appending stage 1 to `creates` as it goes."""
 
-    PROGRESS_EVERY = 64  # rows between two progress reports (one datagram's worth)
+    PROGRESS_EVERY = 128  # rows between two progress reports (a datagram's worth)
 
     def __init__(self, compiler: _Compiler, targets: _Targets) -> None:
         self._compiler, self._targets = compiler, targets
