@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,35 +76,41 @@ class LabRun:
         """Whatever state the lab is in: everything of it goes."""
         Lab(self.state_dir, Steps(console(), quiet=True)).down(prefix=self.prefix)
 
+    @classmethod
+    def new(cls, letter: str) -> LabRun:
+        """A lab of unique names (`s6<letter><hex>`), so that test modules run in parallel."""
+        tag = secrets.token_hex(3)
+        return cls(Path(f"/tmp/s6{letter}-{tag}").absolute(), f"s6{letter}{tag}")
 
-@pytest.fixture
-def lab_run() -> Iterator[LabRun]:
+
+@contextmanager
+def lab_run_of(letter: str, *up_args: str) -> Iterator[LabRun]:
+    """A new lab, brought up with `up_args` when given; destroyed at the end, and then
+    nothing of it may be left."""
     require_netns()
-    tag = secrets.token_hex(3)
-    run = LabRun(Path(f"/tmp/s6l-{tag}").absolute(), f"s6l{tag}")
+    run = LabRun.new(letter)
     try:
+        if up_args:
+            run.up(*up_args)
         yield run
     finally:
         run.destroy()
         left = run.leftovers()
         shutil.rmtree(run.state_dir, ignore_errors=True)
         assert left == {"namespaces": [], "processes": [], "state dir": False}, left
+
+
+@pytest.fixture
+def lab_run() -> Iterator[LabRun]:
+    with lab_run_of("l") as run:
+        yield run
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabRun]:
     """One 3-node lab shared by the tests below, in file order."""
-    require_netns()
-    tag = secrets.token_hex(3)
-    run = LabRun(Path(f"/tmp/s6l-{tag}").absolute(), f"s6l{tag}")
-    try:
-        run.up("--nodes", "3", "--pods-per-node", "2")
+    with lab_run_of("l", "--nodes", "3", "--pods-per-node", "2") as run:
         yield run
-    finally:
-        run.destroy()
-        left = run.leftovers()
-        shutil.rmtree(run.state_dir, ignore_errors=True)
-        assert left == {"namespaces": [], "processes": [], "state dir": False}, left
 
 
 def status(run: LabRun) -> dict[str, Any]:

@@ -8,8 +8,6 @@ nothing of it may be left. The commands run as a user runs them.
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,7 @@ from srv6ctl.lab.policy import lab_cluster
 from srv6ctl.lab.progress import Steps, console
 from srv6ctl.verify.flows import Answer, tcp_flows, udp_flows
 from srv6ctl.verify.policy import expected_flows, judge
-from tests.support.netns import require_netns
-from tests.test_lab import LabRun, verify
+from tests.test_lab import LabRun, lab_run_of, verify
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -62,17 +59,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabRun]:
-    require_netns()
-    tag = secrets.token_hex(3)
-    run = LabRun(Path(f"/tmp/s6p-{tag}").absolute(), f"s6p{tag}")
-    try:
-        run.up("--nodes", "2", "--pods-per-node", "2")
+    with lab_run_of("p", "--nodes", "2", "--pods-per-node", "2") as run:
         yield run
-    finally:
-        run.destroy()
-        left = run.leftovers()
-        shutil.rmtree(run.state_dir, ignore_errors=True)
-        assert left == {"namespaces": [], "processes": [], "state dir": False}, left
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,8 @@ from srv6ctl.lab.policy import (
     validate,
 )
 from srv6ctl.lab.state import (
-    LabOptions,
     LabPaths,
     LabState,
-    NodeRecord,
     PodRecord,
     ServiceRecord,
     save_state,
@@ -42,6 +40,7 @@ from srv6ctl.netpol import PolicyView
 from srv6ctl.sources.lab import LabSource
 from srv6ctl.state import ClusterState, Kind, Upsert, kind_of
 from srv6ctl.verify.policy import SAMPLE_POLICY, Flow, Seen, Verdict, expected_flows, mismatch
+from tests.test_lab_units import two_nodes
 
 WEB_FROM_CLIENTS = """
 apiVersion: networking.k8s.io/v1
@@ -71,24 +70,7 @@ def policy_doc(name: str = "p", **spec: object) -> dict[str, object]:
 
 def lab_state(tmp_path: Path, dual_stack: bool = True) -> LabState:
     """client-1 and web-2 on n1, web-1 on n2; service web (80 → http, 8081)."""
-    state = LabState(
-        state_dir=str(tmp_path),
-        options=LabOptions(nodes=2, pods_per_node=2, dual_stack=dual_stack),
-        underlay_netns="t-ul",
-        probe_netns="t-probe",
-    )
-    for i in (1, 2):
-        state.nodes.append(
-            NodeRecord(
-                name=f"n{i}",
-                netns=f"t-n{i}",
-                uplink=f"n{i}",
-                internal_ipv6=f"fd00:ff::{i}",
-                internal_ipv4=f"192.0.2.{i}" if dual_stack else None,
-                cni_socket=f"{tmp_path}/n{i}/cni.sock",
-                api_socket=f"{tmp_path}/n{i}/agent.sock",
-            )
-        )
+    state = two_nodes(tmp_path, dual_stack, pods_per_node=2)
     for name, node, host, role in (
         ("client-1", "n1", 2, "client"),
         ("web-1", "n2", 3, "backend"),

@@ -29,10 +29,11 @@ from srv6ctl.sources.lab import LabSource
 from srv6ctl.state import ClusterState, Upsert
 
 
-def small_state(tmp_path: Path, dual_stack: bool = True) -> LabState:
+def two_nodes(tmp_path: Path, dual_stack: bool = True, pods_per_node: int = 1) -> LabState:
+    """A lab state with nodes n1 and n2 and nothing else yet."""
     state = LabState(
         state_dir=str(tmp_path),
-        options=LabOptions(nodes=2, pods_per_node=1, dual_stack=dual_stack),
+        options=LabOptions(nodes=2, pods_per_node=pods_per_node, dual_stack=dual_stack),
         underlay_netns="t-ul",
         probe_netns="t-probe",
     )
@@ -48,6 +49,11 @@ def small_state(tmp_path: Path, dual_stack: bool = True) -> LabState:
                 api_socket=f"{tmp_path}/n{i}/agent.sock",
             )
         )
+    return state
+
+
+def small_state(tmp_path: Path, dual_stack: bool = True) -> LabState:
+    state = two_nodes(tmp_path, dual_stack)
     state.pods += [
         PodRecord(
             name="client-1",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -51,8 +50,7 @@ NOTHING = {"namespaces": [], "processes": [], "state dir": False, "shm": []}
 
 
 def _new_run() -> LabRun:
-    tag = secrets.token_hex(3)
-    return LabRun(Path(f"/tmp/s6v-{tag}").absolute(), f"s6v{tag}")
+    return LabRun.new("v")
 
 
 def test_without_vpp_up_refuses_and_makes_nothing(tmp_path: Path) -> None:

@@ -10,22 +10,18 @@ found as a user finds them: `srv6ctl show status --api-socket <node>/agent.sock`
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
 import subprocess
 import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.netns import require_netns
 from tests.support.prometheus import PROMETHEUS, PrometheusServer, Vector, require
-from tests.test_lab import LabRun, verify
+from tests.test_lab import LabRun, lab_run_of, verify
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -55,22 +51,13 @@ class TelemetryLab:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[TelemetryLab]:
-    require_netns()
-    tag = secrets.token_hex(3)
-    run = LabRun(Path(f"/tmp/s6m-{tag}").absolute(), f"s6m{tag}")
-    try:
-        run.up("--nodes", str(NODES), "--pods-per-node", "2")
+    with lab_run_of("m", "--nodes", str(NODES), "--pods-per-node", "2") as run:
         metrics = {}
         for node in run.state.nodes:
             url = ask_agent(node.api_socket, "status")["metrics"]
             assert url, f"the agent of {node.name} serves no metrics"
             metrics[node.name] = url
         yield TelemetryLab(run, metrics)
-    finally:
-        run.destroy()
-        left = run.leftovers()
-        shutil.rmtree(run.state_dir, ignore_errors=True)
-        assert left == {"namespaces": [], "processes": [], "state dir": False}, left
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,15 @@ class Delete:
 Op = Put | Delete
 
 
+def check_distinct_keys(ops: Sequence[Op]) -> None:
+    """Refuse a transaction branch that touches a key twice, as etcd does ("duplicate key
+    given in txn request"): every store says it up front, as the programming error it is,
+    so code written against one store does not break on another."""
+    keys = [op.key for op in ops]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a transaction branch touches a key more than once: {keys}")
+
+
 @dataclass(frozen=True)
 class TxnResult:
     succeeded: bool

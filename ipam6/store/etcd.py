@@ -35,6 +35,7 @@ from ipam6.store.base import (
     StoreError,
     TxnResult,
     WatchEvent,
+    check_distinct_keys,
 )
 
 Json = dict[str, Any]
@@ -64,14 +65,6 @@ def _prefix_range(prefix: str) -> Json:
     if end is None:
         return {"key": _ALL, "range_end": _ALL}
     return {"key": _key(prefix), "range_end": _b64(end)}
-
-
-def _check_distinct_keys(ops: Sequence[Op]) -> None:
-    # etcd answers "duplicate key given in txn request" (HTTP 400); say it before sending,
-    # as the programming error it is rather than a retryable StoreError.
-    keys = [op.key for op in ops]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"a transaction branch touches a key more than once: {keys}")
 
 
 def _compare(compare: Compare) -> Json:
@@ -333,8 +326,8 @@ class EtcdStore:
         success: Sequence[Op],
         failure: Sequence[Op] = (),
     ) -> TxnResult:
-        _check_distinct_keys(success)
-        _check_distinct_keys(failure)
+        check_distinct_keys(success)
+        check_distinct_keys(failure)
         answer = self._call(
             "/kv/txn",
             {

@@ -63,6 +63,7 @@ from ipam6.store.base import (
     StoreError,
     TxnResult,
     Watch,
+    check_distinct_keys,
 )
 
 REQUIRED_RBAC: frozenset[tuple[str, str, str]] = frozenset(
@@ -247,8 +248,8 @@ class KubernetesStore:
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
     ) -> tuple[bool, int, bool]:
         """Run one transaction; return (compares held, revision after, anything changed)."""
-        _check_distinct_keys(success)
-        _check_distinct_keys(failure)
+        check_distinct_keys(success)
+        check_distinct_keys(failure)
         shards = {shard_of(item.key) for item in (*compares, *success, *failure)}
         if len(shards) > 1:
             raise ValueError(
@@ -489,13 +490,6 @@ def _parse_revision(where: str, version: object) -> int:
             "store needs an etcd-backed API server (KEP-5504 comparable resource versions)"
         )
     return revision
-
-
-def _check_distinct_keys(ops: Sequence[Op]) -> None:
-    # As etcd and the SQLite store: a branch touching a key twice is refused.
-    keys = [op.key for op in ops]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"a transaction branch touches a key more than once: {keys}")
 
 
 def _holds(entries: dict[str, KeyValue], compare: Compare) -> bool:

@@ -31,6 +31,7 @@ from ipam6.store.base import (
     StoreError,
     TxnResult,
     WatchEvent,
+    check_distinct_keys,
 )
 
 # Long enough for 8 processes hammering one key; a writer stuck longer is a real fault.
@@ -77,14 +78,6 @@ def _prefix_clause(prefix: str) -> tuple[str, tuple[bytes, ...]]:
     if end is None:
         return "key >= ?", (start,)
     return "key >= ? AND key < ?", (start, end)
-
-
-def _check_distinct_keys(ops: Sequence[Op]) -> None:
-    # etcd rejects a transaction branch that touches a key twice; refuse it here too so
-    # code written against SQLite does not break on etcd.
-    keys = [op.key for op in ops]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"a transaction branch touches a key more than once: {keys}")
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -182,8 +175,8 @@ class SqliteStore:
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
     ) -> tuple[bool, int, int]:
         """Run one transaction; return (compares held, revision after, keys changed)."""
-        _check_distinct_keys(success)
-        _check_distinct_keys(failure)
+        check_distinct_keys(success)
+        check_distinct_keys(failure)
         with self._transaction("BEGIN IMMEDIATE") as conn:
             current = _meta(conn, "revision")
             succeeded = all(_holds(conn, compare) for compare in compares)
