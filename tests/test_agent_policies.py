@@ -213,6 +213,17 @@ def reach(node: Node, pod: str, host: str, port: int) -> str:
     return done.stdout.strip()
 
 
+def reaches_every_backend(node: Node, pod: str, host: str, port: int, backends: set[str]) -> bool:
+    """A flow's backend follows its 5-tuple: ask until every backend answered, at most 30
+    times (with two backends, a miss by chance has odds of 2**-29)."""
+    seen: set[str] = set()
+    for _ in range(30):
+        seen.add(reach(node, pod, host, port))
+        if seen == backends:
+            return True
+    return False
+
+
 def has_table(node: Node, pod: str) -> bool:
     netns, _ = node.pods[pod]
     tables = netns.exec("nft", "list", "tables", check=False)
@@ -252,14 +263,7 @@ def test_agent_enforces_network_policy_on_service_and_pod_traffic(lab_node: Node
     # Allowing app=client on the targetPort opens the service (80 → 8080) for it alone.
     write(node, DENY_ALL, ALLOW_CLIENT)
     wait_for("the client to pass", lambda: reach(node, "client", SERVICE_IP, 80) != "blocked")
-    # Both backends, through the ClusterIP (a flow's backend follows its 5-tuple: ask until
-    # both answered, at most 30 times — a miss by chance has odds of 2**-29).
-    seen: set[str] = set()
-    for _ in range(30):
-        seen.add(reach(node, "client", SERVICE_IP, 80))
-        if seen == {"web-a", "web-b"}:
-            break
-    assert seen == {"web-a", "web-b"}
+    assert reaches_every_backend(node, "client", SERVICE_IP, 80, {"web-a", "web-b"})
     assert reach(node, "client", web_a, 8080) == "web-a"
     assert reach(node, "other", SERVICE_IP, 80) == "blocked"
     assert reach(node, "other", web_a, 8080) == "blocked"

@@ -49,7 +49,14 @@ from srv6ctl.dataplane.vpp_acl import EGRESS, INGRESS, Outcome, VppAclBackend
 from tests.support.netns import open_in
 from tests.support.vpp import PEER, POD4, POD6, SOURCE, Lab, PodNs, Target, run, warm_up
 from tests.test_agent import SERVICE_IP, wait_for
-from tests.test_agent_policies import ALLOW_CLIENT, DENY_ALL, has_table, reach, write
+from tests.test_agent_policies import (
+    ALLOW_CLIENT,
+    DENY_ALL,
+    has_table,
+    reach,
+    reaches_every_backend,
+    write,
+)
 from tests.test_agent_vpp import VppNode, vpp_node
 
 __all__ = ["vpp_node"]  # the fixture, re-exported for pytest
@@ -358,12 +365,7 @@ def test_agent_enforces_policies_in_vpp_through_a_cluster_ip(vpp_node: VppNode) 
     # Allowing app=client on targetPort 8080 opens ClusterIP:80 for it alone.
     write(node, DENY_ALL, ALLOW_CLIENT)
     wait_for("the client to pass", lambda: reach(node, "client", SERVICE_IP, 80) != "blocked")
-    seen: set[str] = set()
-    for _ in range(30):
-        seen.add(reach(node, "client", SERVICE_IP, 80))
-        if seen == {"web-a", "web-b"}:
-            break
-    assert seen == {"web-a", "web-b"}
+    assert reaches_every_backend(node, "client", SERVICE_IP, 80, {"web-a", "web-b"})
     assert reach(node, "client", web_a, 8080) == "web-a"
     assert reach(node, "other", SERVICE_IP, 80) == "blocked"
     assert reach(node, "other", web_a, 8080) == "blocked"
