@@ -392,3 +392,58 @@ def test_a_failed_write_is_named_and_the_others_land(node: Netns) -> None:
     assert sorted(line.split()[1] for line in routes.splitlines()) == [
         f"fd00:97::{n}" for n in (1, 2, 4, 5, 6, 7)
     ]
+
+
+# --- large plans: compiled on a second thread while being sent -------------------------
+
+
+def services_config(count: int, backends: int = 4) -> NodeConfig:
+    """`count` services, each a policy over `backends` of 64 pod SIDs, and a steering."""
+    pods = [f"fcbb:bb00:{2 + i % 4:x}:0:1::{i + 1:x}" for i in range(64)]
+    policies, steerings = [], []
+    for j in range(count):
+        bsid = f"fcbb:bb00:1:0:6000::{j + 1:x}"
+        chosen = [pods[(j * 7 + k * 13) % len(pods)] for k in range(backends)]
+        policies.append(
+            SrPolicy(bsid, tuple(sl(p, weight=1 + k % 2) for k, p in enumerate(chosen)))
+        )
+        steerings.append(Steering(f"fd00:96::{j + 1:x}/128", bsid))
+    return NodeConfig(policies=policies, steerings=steerings)
+
+
+def test_a_large_plan_is_streamed_and_reads_back_exactly(
+    backend: KernelBackend, node: Netns, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from srv6ctl.dataplane.kernel import STREAM_FROM
+
+    streamed: list[int] = []
+    stream = backend._stream_creates
+    monkeypatch.setattr(backend, "_stream_creates", lambda c: streamed.append(len(c)) or stream(c))
+    desired = services_config(STREAM_FROM)  # 2 x STREAM_FROM objects: the streamed path
+    sync(backend, desired)
+    assert streamed == [2 * STREAM_FROM]
+    assert backend.dump() == desired
+    routes = node.ip("-6", "route", "show", "proto", str(RTPROT_SRV6CTL), "table", "all")
+    assert routes.count("nhid") == 2 * STREAM_FROM  # steerings and their anchors
+    with KernelBackend(node.name) as restarted:
+        assert plan(desired, restarted.dump()) == []
+    # Every service loses a backend, and a quarter of them go.
+    kept = services_config(3 * STREAM_FROM // 4, backends=3)
+    sync(backend, kept)
+    assert len(streamed) == 2  # this plan too: 1,000 policies and 250 steerings
+    with KernelBackend(node.name) as restarted:
+        assert restarted.dump() == kept
+
+
+def test_a_large_plan_with_an_unprogrammed_policy_writes_nothing(backend: KernelBackend) -> None:
+    from srv6ctl.dataplane.kernel import STREAM_FROM
+
+    desired = services_config(STREAM_FROM)
+    broken = dataclasses.replace(
+        desired, steerings=[*desired.steerings, Steering("fd00:97::1/128", "fcbb:bb00::dead")]
+    )
+    writes = backend.writes
+    with pytest.raises(InvalidObject, match="not programmed"):
+        sync(backend, broken)
+    assert backend.writes == writes
+    assert backend.dump() == NodeConfig()
