@@ -299,6 +299,19 @@ class Allocator:
         index, held = self._claim(self._service_pool(), uid, {"service": service})
         return self._service_allocation(uid, str(held.get("service", "")), index)
 
+    def allocate_services(self, services: Mapping[str, str]) -> dict[str, ServiceAllocation]:
+        """`allocate_service` for many (UID -> namespace/name): one listing of the pool,
+        then a claim only for each service not in it. An agent starting on a cluster of
+        thousands of services would otherwise make a lookup apiece — and on the Kubernetes
+        store each lookup reads the pool's whole ConfigMap."""
+        for uid in services:
+            _check_name("service UID", uid)
+        held = {allocation.uid: allocation for allocation in self.services()}
+        return {
+            uid: held[uid] if uid in held else self.allocate_service(uid, name)
+            for uid, name in services.items()
+        }
+
     def _service_allocation(self, uid: str, service: str, index: int) -> ServiceAllocation:
         return ServiceAllocation(
             uid=uid,

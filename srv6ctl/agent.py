@@ -480,13 +480,19 @@ class Agent:
                 self.state.service(k.namespace, k.name) for k in dirty if isinstance(k, ServiceKey)
             )
             services = [s for s in found if s is not None]
-        for service in services:
-            has_ip = service.cluster_ip_v6 is not None or service.cluster_ip_v4 is not None
-            if has_ip and service.uid not in self._inputs.service_bsids:
-                got = self.allocator.allocate_service(
-                    service.uid, f"{service.namespace}/{service.name}"
-                )
-                self._inputs.service_bsids[service.uid] = (got.bsid_v6, got.bsid_v4)
+        wanted = {
+            s.uid: f"{s.namespace}/{s.name}"
+            for s in services
+            if (s.cluster_ip_v6 is not None or s.cluster_ip_v4 is not None)
+            and s.uid not in self._inputs.service_bsids
+        }
+        if len(wanted) == 1:
+            ((uid, name),) = wanted.items()
+            allocations = {uid: self.allocator.allocate_service(uid, name)}
+        else:  # a start or a resync: one listing, not a lookup per service
+            allocations = self.allocator.allocate_services(wanted) if wanted else {}
+        for uid, got in allocations.items():
+            self._inputs.service_bsids[uid] = (got.bsid_v6, got.bsid_v4)
 
     def _step(self, dirty: set[DirtyKey], inputs_changed: bool, full: bool) -> None:
         refresh = inputs_changed or any(isinstance(k, NodeKey | ServiceKey) for k in dirty)

@@ -98,6 +98,27 @@ def test_same_key_same_answer_and_restart_keeps_everything(
     again.store.close()
 
 
+def test_many_services_at_a_start_cost_one_listing_not_a_lookup_each(
+    store: Store, prefix: str
+) -> None:
+    ipam = make(store, prefix)
+    first = {f"uid-{i}": ipam.allocate_service(f"uid-{i}", f"default/s{i}") for i in range(40)}
+    ops: list[str] = []
+    restarted = Allocator(
+        store, AddressPlan.from_mapping(PLAN), prefix=prefix, on_store_op=ops.append
+    )
+    wanted = {uid: f"default/s{i}" for i, uid in enumerate(first)}
+    assert restarted.allocate_services(wanted) == first
+    assert ops == ["list"]
+    # One new service among them: the listing, then its claim alone.
+    ops.clear()
+    got = restarted.allocate_services({**wanted, "uid-new": "default/new"})
+    assert {uid: got[uid] for uid in first} == first
+    assert got["uid-new"] == restarted.allocate_service("uid-new")
+    assert got["uid-new"].index not in {a.index for a in first.values()}
+    assert ops.count("list") == 1 and ops.count("txn") == 1
+
+
 def test_release_frees_for_reuse_and_unknown_release_is_not_an_error(
     store: Store, prefix: str
 ) -> None:
