@@ -473,8 +473,8 @@ class Agent:
         if everything:
             services = list(self.state.services.values())
             live = {s.uid for s in services}
-            for uid in set(self._inputs.service_bsids) - live:
-                del self._inputs.service_bsids[uid]
+            for uid in sorted(set(self._inputs.service_bsids) - live):
+                self._release_service(uid)
         else:
             found = (
                 self.state.service(k.namespace, k.name) for k in dirty if isinstance(k, ServiceKey)
@@ -493,6 +493,17 @@ class Agent:
             allocations = self.allocator.allocate_services(wanted) if wanted else {}
         for uid, got in allocations.items():
             self._inputs.service_bsids[uid] = (got.bsid_v6, got.bsid_v4)
+
+    def _release_service(self, uid: str) -> None:
+        """A service this agent saw is gone: free its BSID index in the store (every agent
+        tries; the first one frees it, the others find nothing to free). Kept in the cache,
+        and tried again at the next full resync, if the store fails."""
+        try:
+            self.allocator.release_service(uid)
+        except StoreError as err:
+            log.warning("freeing the BSIDs of deleted service %s: %s; retrying later", uid, err)
+            return
+        del self._inputs.service_bsids[uid]
 
     def _step(self, dirty: set[DirtyKey], inputs_changed: bool, full: bool) -> None:
         refresh = inputs_changed or any(isinstance(k, NodeKey | ServiceKey) for k in dirty)

@@ -465,3 +465,28 @@ def test_host_network_endpoint_is_reached_through_its_nodes_host_sid(lab_node: N
     )
     assert query_agent(lab_node.api, "status")["changes"] > 0
     assert not query_agent(lab_node.api, "drift")
+
+
+def test_a_deleted_service_gives_its_bsid_index_back(lab_node: Node) -> None:
+    bring_up(lab_node)
+    db = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "db", "namespace": "default", "uid": "uid-svc-db"},
+        "spec": {
+            "clusterIP": "fd00:96::20",
+            "clusterIPs": ["fd00:96::20"],
+            "ipFamilies": ["IPv6"],
+            "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}],
+        },
+    }
+
+    def services() -> set[str]:
+        return {s["uid"] for s in query_agent(lab_node.api, "allocations")["services"]}
+
+    lab_node.write_objects({"web-a": True, "web-b": True}, (db,))
+    wait_for("db's allocation", lambda: services() == {"uid-svc-web", "uid-svc-db"})
+    lab_node.write_objects({"web-a": True, "web-b": True})
+    # Freed at the next full resync (every second here); web keeps its own.
+    wait_for("db's allocation to be freed", lambda: services() == {"uid-svc-web"})
+    assert any(str(s.prefix) == f"{SERVICE_IP}/128" for s in lab_node.dump().steerings)
