@@ -70,7 +70,7 @@ from srv6ctl.serialize import to_jsonable
 from srv6ctl.state import ClusterState, DirtyKey, NodeKey, Replace, ServiceKey, SourceEvent
 from telemetry.agent import Telemetry
 from telemetry.linkstats import LinkStats
-from telemetry.pools import allocator_pools
+from telemetry.pools import counted_pools
 
 log = logging.getLogger("srv6ctl.agent")
 
@@ -223,7 +223,17 @@ class Agent:
             interfaces=LinkStats(self._netns_path()).read,
             lock=self._backend_lock,
         )
-        self.telemetry.add_pools(allocator_pools(self.allocator, opts.node_name))
+        # The cluster-wide pools as this agent last read them (node events, service
+        # allocations): a store read of each at every scrape of every node would load the
+        # store, the API server itself with the Kubernetes store. Its own pods: one read.
+        self.telemetry.add_pools(
+            counted_pools(
+                self.plan,
+                nodes=lambda: len(self._inputs.node_ids),
+                pods=lambda: len(self.allocator.pods(opts.node_name)),
+                services=lambda: len(self._inputs.service_bsids),
+            )
+        )
         self.telemetry.metrics.set_not_ready("the dataplane has not been programmed yet")
         if opts.metrics_address is not None:
             server = self.telemetry.serve(opts.metrics_address)

@@ -3,7 +3,10 @@
 `PoolCollector(source)` calls `source()` on each scrape; `allocator_pools(allocator, node)`
 builds that source from an `ipam6` allocator (duck-typed, so telemetry does not import
 ipam6). Its pools: `node_ids` (cluster-wide), `pod_addresses` (this node's), and
-`service_bsids` (cluster-wide). Each read is one store `list` per pool.
+`service_bsids` (cluster-wide). Each read is one store `list` per pool. `counted_pools`
+takes the counts from the caller instead: an agent knows the cluster-wide ones already,
+and reading them from the store at every scrape of every node would load the store (on
+the Kubernetes store, a whole ConfigMap per pool per scrape).
 """
 
 from __future__ import annotations
@@ -54,14 +57,29 @@ class _Allocator(Protocol):
 
 
 def allocator_pools(allocator: _Allocator, node: str) -> PoolSource:
-    """The pools of `allocator` as seen from `node`."""
+    """The pools of `allocator` as seen from `node`, each read from the store."""
+    return counted_pools(
+        allocator.plan,
+        nodes=lambda: len(allocator.nodes()),
+        pods=lambda: len(allocator.pods(node)),
+        services=lambda: len(allocator.services()),
+    )
+
+
+def counted_pools(
+    plan: _Plan,
+    *,
+    nodes: Callable[[], int],
+    pods: Callable[[], int],
+    services: Callable[[], int],
+) -> PoolSource:
+    """The pools of `plan`, with how many entries of each are used counted by the caller."""
 
     def read() -> list[PoolUsage]:
-        plan = allocator.plan
         return [
-            PoolUsage("node_ids", len(plan.node_ids), len(allocator.nodes())),
-            PoolUsage("pod_addresses", len(plan.pod_indexes), len(allocator.pods(node))),
-            PoolUsage("service_bsids", len(plan.service_indexes), len(allocator.services())),
+            PoolUsage("node_ids", len(plan.node_ids), nodes()),
+            PoolUsage("pod_addresses", len(plan.pod_indexes), pods()),
+            PoolUsage("service_bsids", len(plan.service_indexes), services()),
         ]
 
     return read
