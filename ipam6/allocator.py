@@ -9,18 +9,24 @@ by `ipam6.plan`, so it never needs to be stored.
 
 Keys (under a configurable prefix, `/srv6ctl/ipam/` by default):
 
-    nodes/by-name/<node>                 -> {"id": N}
-    nodes/by-id/<N>                      -> {"owner": <node>}
+    nodes/by-owner/<node>                -> {"index": N, "node": <node>}
+    nodes/by-index/<N>                   -> {"owner": <node>}
     pods/<node>/by-owner/<cid>/<ifname>  -> {"index": k, "pod": "ns/name", "uid": ...}
     pods/<node>/by-index/<k>             -> {"owner": "<cid>/<ifname>"}
-    services/by-owner/<uid>              -> {"index": j, "service": "ns/name"}
-    services/by-index/<j>                -> {"owner": <uid>}
+    services/<p>/by-owner/<uid>          -> {"index": j, "service": "ns/name"}
+    services/<p>/by-index/<j>            -> {"owner": <uid>}
+
+Services are split into SERVICE_PARTITIONS partitions `p` by a hash of their UID, each
+with its own slice of the indexes (j ≡ p + 1 mod SERVICE_PARTITIONS): a claim stays in
+one partition, so a store that keeps a pool in one object — the Kubernetes store, one
+ConfigMap of at most 1 MiB per pool — holds that many times more services.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import zlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +37,8 @@ from ipam6.store.base import Compare, Delete, Put, Store
 DEFAULT_PREFIX = "/srv6ctl/ipam/"
 RANDOM_PROBES = 3  # random picks before falling back to listing the pool
 CLAIM_ATTEMPTS = 1000  # a pool with free room converges long before this
+# Fixed for good: another count would move every service to another partition and index.
+SERVICE_PARTITIONS = 16
 
 
 class AllocationError(RuntimeError):
@@ -125,8 +133,19 @@ class Allocator:
             lowest_first=False,
         )
 
-    def _service_pool(self) -> _Pool:
-        return _Pool("service BSIDs", f"{self.prefix}services/", self.plan.service_indexes, False)
+    def _service_pool(self, uid: str) -> _Pool:
+        return self._service_partition(zlib.crc32(uid.encode()) % SERVICE_PARTITIONS)
+
+    def _service_partition(self, part: int) -> _Pool:
+        return _Pool(
+            f"service BSIDs (partition {part})",
+            f"{self.prefix}services/{part}/",
+            self.plan.service_indexes[part::SERVICE_PARTITIONS],
+            lowest_first=False,
+        )
+
+    def _service_partitions(self) -> list[_Pool]:
+        return [self._service_partition(part) for part in range(SERVICE_PARTITIONS)]
 
     def _lookup(self, pool: _Pool, owner: str) -> dict[str, Any] | None:
         self._on_store_op("get")
@@ -296,12 +315,12 @@ class Allocator:
     def allocate_service(self, uid: str, service: str = "") -> ServiceAllocation:
         """The service's binding SIDs, stable for its UID across restarts."""
         _check_name("service UID", uid)
-        index, held = self._claim(self._service_pool(), uid, {"service": service})
+        index, held = self._claim(self._service_pool(uid), uid, {"service": service})
         return self._service_allocation(uid, str(held.get("service", "")), index)
 
     def allocate_services(self, services: Mapping[str, str]) -> dict[str, ServiceAllocation]:
-        """`allocate_service` for many (UID -> namespace/name): one listing of the pool,
-        then a claim only for each service not in it. An agent starting on a cluster of
+        """`allocate_service` for many (UID -> namespace/name): one listing of each
+        partition of the pool, then a claim only for each service not in it. An agent starting on a cluster of
         thousands of services would otherwise make a lookup apiece — and on the Kubernetes
         store each lookup reads the pool's whole ConfigMap."""
         for uid in services:
@@ -322,13 +341,19 @@ class Allocator:
         )
 
     def services(self) -> list[ServiceAllocation]:
+        """Every service's allocation, by UID: one listing per partition."""
+        owners = {
+            uid: rec
+            for pool in self._service_partitions()
+            for uid, (rec, _) in self._owners(pool).items()
+        }
         return [
             self._service_allocation(uid, str(rec.get("service", "")), int(rec["index"]))
-            for uid, (rec, _) in sorted(self._owners(self._service_pool()).items())
+            for uid, rec in sorted(owners.items())
         ]
 
     def release_service(self, uid: str) -> bool:
-        return self._release(self._service_pool(), uid)
+        return self._release(self._service_pool(uid), uid)
 
     # --- garbage collection ----------------------------------------------------------
 
@@ -369,10 +394,10 @@ class Allocator:
                 self._collect_orphan_indexes(pool)
         if live_services is not None:
             live = set(live_services)
-            pool = self._service_pool()
-            for uid, (_, rev) in self._owners(pool).items():
-                if uid not in live and old_enough(rev) and self._release(pool, uid):
-                    report.services.append(uid)
+            for pool in self._service_partitions():
+                for uid, (_, rev) in self._owners(pool).items():
+                    if uid not in live and old_enough(rev) and self._release(pool, uid):
+                        report.services.append(uid)
         return report
 
     def _collect_orphan_indexes(self, pool: _Pool) -> None:

@@ -9,6 +9,7 @@ import random
 import signal
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ipam6.allocator import Allocator
+from ipam6.allocator import SERVICE_PARTITIONS, Allocator
 from ipam6.plan import AddressPlan, PoolExhausted
 from ipam6.store.base import Store
 from tests.support import ipam_workers
@@ -98,7 +99,7 @@ def test_same_key_same_answer_and_restart_keeps_everything(
     again.store.close()
 
 
-def test_many_services_at_a_start_cost_one_listing_not_a_lookup_each(
+def test_many_services_at_a_start_cost_a_listing_per_partition_not_a_lookup_each(
     store: Store, prefix: str
 ) -> None:
     ipam = make(store, prefix)
@@ -109,14 +110,29 @@ def test_many_services_at_a_start_cost_one_listing_not_a_lookup_each(
     )
     wanted = {uid: f"default/s{i}" for i, uid in enumerate(first)}
     assert restarted.allocate_services(wanted) == first
-    assert ops == ["list"]
+    assert ops == ["list"] * SERVICE_PARTITIONS  # however many services there are
     # One new service among them: the listing, then its claim alone.
     ops.clear()
     got = restarted.allocate_services({**wanted, "uid-new": "default/new"})
     assert {uid: got[uid] for uid in first} == first
     assert got["uid-new"] == restarted.allocate_service("uid-new")
     assert got["uid-new"].index not in {a.index for a in first.values()}
-    assert ops.count("list") == 1 and ops.count("txn") == 1
+    assert ops.count("list") == SERVICE_PARTITIONS and ops.count("txn") == 1
+
+
+def test_services_are_spread_over_partitions_each_with_its_own_indexes(
+    store: Store, prefix: str
+) -> None:
+    ipam = make(store, prefix)
+    got = [ipam.allocate_service(f"uid-{i}", f"default/s{i}") for i in range(64)]
+    assert len({a.index for a in got}) == 64
+    for a in got:  # partition p holds the indexes j with j - 1 = p (mod partitions)
+        part = zlib.crc32(a.uid.encode()) % SERVICE_PARTITIONS
+        assert (a.index - 1) % SERVICE_PARTITIONS == part
+    assert len({(a.index - 1) % SERVICE_PARTITIONS for a in got}) > SERVICE_PARTITIONS // 2
+    assert ipam.services() == sorted(got, key=lambda a: a.uid)
+    assert ipam.release_service("uid-3") and not ipam.release_service("uid-3")
+    assert "uid-3" not in {a.uid for a in ipam.services()}
 
 
 def test_release_frees_for_reuse_and_unknown_release_is_not_an_error(

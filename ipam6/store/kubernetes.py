@@ -8,8 +8,9 @@ never across objects, so:
 - Keys are grouped into *shards*; a shard is one ConfigMap and a transaction is one
   read-evaluate-replace of it, retried from the read on Conflict. A shard is a key's path up
   to its first `by-index` or `by-owner` segment — an allocator pool (`.../nodes/`,
-  `.../services/`, `.../pods/<node>/`), whose two keys every claim writes together. Keys
-  without such a segment share one common shard. A transaction touching two shards is
+  `.../services/<p>/` for each of the 16 service partitions, `.../pods/<node>/`), whose
+  two keys every claim writes together. Keys without such a segment share one common
+  shard. A transaction touching two shards is
   refused (ValueError): it cannot be atomic.
 - Revisions are the API server's resourceVersions: etcd's store-wide revision, an integer
   that only grows (an etcd-backed API server has always sent it; KEP-5504 made comparing
@@ -426,8 +427,9 @@ class KubernetesStore:
                 hint = f" (RBAC: the store needs {sorted(v for v, _, _ in REQUIRED_RBAC)})"
             elif err.status == 422 and "Too long" in _message(err):
                 hint = (
-                    " (this pool outgrew one ConfigMap, 1 MiB: about 3,000 nodes or Services;"
-                    " a store that large belongs in etcd)"
+                    " (this pool outgrew one ConfigMap, 1 MiB: about 3,000 nodes, or 3,000"
+                    " Services in one of the 16 service partitions; a store that large"
+                    " belongs in etcd)"
                 )
             raise StoreError(
                 f"{self._where}: {what}: HTTP {err.status} {_message(err)}{hint}"
