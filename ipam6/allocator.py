@@ -320,9 +320,9 @@ class Allocator:
 
     def allocate_services(self, services: Mapping[str, str]) -> dict[str, ServiceAllocation]:
         """`allocate_service` for many (UID -> namespace/name): one listing of each
-        partition of the pool, then a claim only for each service not in it. An agent starting on a cluster of
-        thousands of services would otherwise make a lookup apiece — and on the Kubernetes
-        store each lookup reads the pool's whole ConfigMap."""
+        partition of the pool, then a claim only for each service not in it. An agent
+        starting on a cluster of thousands of services would otherwise make a lookup
+        apiece — and on the Kubernetes store each lookup reads a whole ConfigMap."""
         for uid in services:
             _check_name("service UID", uid)
         held = {allocation.uid: allocation for allocation in self.services()}
