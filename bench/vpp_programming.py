@@ -55,6 +55,7 @@ from srv6ctl.dataplane.model import (
 )
 from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.dataplane.vpp import VppBackend
+from srv6ctl.lab.vpp import plugin_path
 
 BSID_BASE = int(IPv6Address("fcbb:bb00::1:0"))
 CLUSTER_BASE = int(IPv6Address("fd00:96::1:0"))
@@ -66,8 +67,7 @@ statseg {{ socket-name {dir}/stats.sock size 64m page-size 4k }}
 memory {{ main-heap-size 1G main-heap-page-size 4k }}
 buffers {{ buffers-per-numa 8192 page-size 4k }}
 plugins {{
-  path {plugins}
-  plugin dpdk_plugin.so {{ disable }}
+{plugins}  plugin dpdk_plugin.so {{ disable }}
 }}
 """
 
@@ -114,10 +114,9 @@ def cli_script(config: NodeConfig) -> str:
 class OwnVpp:
     def __init__(self, binary: str, plugins: str | None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="srv6bench-vpp-"))
-        found = plugins or str(
-            next(Path(binary).resolve().parent.parent.glob("lib*/**/vpp_plugins"), "")
-        )
-        conf = STARTUP.format(dir=self.dir, pid=os.getpid(), plugins=found)
+        found = plugins or plugin_path(binary)
+        lines = f"  path {found}\n" if found else ""  # None: a packaged VPP's own path
+        conf = STARTUP.format(dir=self.dir, pid=os.getpid(), plugins=lines)
         (self.dir / "startup.conf").write_text(conf)
         self.api_socket = str(self.dir / "api.sock")
         self.cli_socket = str(self.dir / "cli.sock")

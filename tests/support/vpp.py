@@ -59,12 +59,11 @@ from srv6ctl.dataplane.model import (
 from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.dataplane.vpp import VppBackend
 from srv6ctl.dataplane.vpp_api import find_api_dir
+from srv6ctl.lab.vpp import BIN_ENV, plugin_path
 
-BIN_ENV = "SRV6CTL_VPP_BIN"
 SOCKET_ENV = "SRV6CTL_VPP_API_SOCKET"
 STATS_ENV = "SRV6CTL_VPP_STATS_SOCKET"
 NETNS_ENV = "SRV6CTL_VPP_NETNS"
-PLUGINS_ENV = "SRV6CTL_VPP_PLUGIN_PATH"
 DATAPATH_ENV = "SRV6CTL_VPP_DATAPATH"
 
 NODE = "fcbb:bb00:1::"
@@ -130,8 +129,7 @@ statseg {{ socket-name {dir}/stats.sock size 32m page-size 4k }}
 memory {{ main-heap-size 256M main-heap-page-size 4k }}
 buffers {{ buffers-per-numa 8192 page-size 4k }}
 plugins {{
-  path {plugins}
-  plugin dpdk_plugin.so {{ disable }}
+{plugins}  plugin dpdk_plugin.so {{ disable }}
 }}
 """
 
@@ -143,9 +141,8 @@ class VppProcess:
         self.binary = binary
         self.netns = netns
         self.dir = Path(tempfile.mkdtemp(prefix="s6t-vpp-"))
-        plugins = os.environ.get(PLUGINS_ENV) or str(
-            next(Path(binary).resolve().parent.parent.glob("lib*/**/vpp_plugins"), "")
-        )
+        found = plugin_path(binary)
+        plugins = f"  path {found}\n" if found else ""  # None: a packaged VPP's own path
         config = STARTUP.format(dir=self.dir, prefix=f"s6t{secrets.token_hex(4)}", plugins=plugins)
         (self.dir / "startup.conf").write_text(config)
         self.api_socket = str(self.dir / "api.sock")
