@@ -254,21 +254,23 @@ class _Compiler:
     def compile(self, targets: _Targets, progress: Callable[[int], None] | None = None) -> Program:
         creates, every = self.creates, Compilation.PROGRESS_EVERY
         reported = 0
+
+        def report(final: bool = False) -> None:
+            nonlocal reported
+            if progress is not None and (final or len(creates) - reported >= every):
+                reported = len(creates)
+                progress(reported)
+
         for bsid, policy in targets.policies.items():
             if policy is None:
                 self._drop_policy(bsid)
             else:
                 self._program_policy(policy)
-            if progress is not None and len(creates) - reported >= every:
-                reported = len(creates)
-                progress(reported)
+            report()
         for slot, target in targets.slots.items():
             self._program_slot(slot, target)
-            if progress is not None and len(creates) - reported >= every:
-                reported = len(creates)
-                progress(reported)
-        if progress is not None:
-            progress(len(creates))
+            report()
+        report(final=True)
         self._drop_unused()
         stages = [s for s in (creates, self.unused_groups, self.unused_nexthops) if s]
         return Program(stages, self.after, targets.tunnel_source)
