@@ -22,6 +22,10 @@ attach it to VPP as an af_packet port (with its neighbours and host routes) befo
 returns, and detach it on DEL; each full resync makes the ports of the node's pods whole
 and detaches ports no pod of this node uses.
 
+A kernel that cannot run the kernel dataplane at all (no seg6/seg6local lightweight tunnels)
+stops the agent before it claims anything, with one line naming what is missing
+(`DataplaneUnavailable`); optional features the kernel lacks are logged once and left out.
+
 Failures never tear the dataplane down: the store or the API unreachable leaves the last
 programmed state in place while the loop retries with back-off; SIGTERM stops the
 watches and sockets and leaves the dataplane as it is, so pods keep working while the
@@ -77,6 +81,10 @@ log = logging.getLogger("srv6ctl.agent")
 MAX_BACKOFF_S = 30.0
 
 
+class DataplaneUnavailable(RuntimeError):
+    """The chosen dataplane cannot work on this host: the one line to stop with."""
+
+
 @dataclass(frozen=True)
 class AgentOptions:
     node_name: str
@@ -120,7 +128,11 @@ class _AgentHooks(CniHooks):
 
     def readiness(self) -> tuple[int, str] | None:
         if not self.agent.ready.is_set():
-            return (cni_protocol.NOT_AVAILABLE, "the dataplane has not been programmed yet")
+            why = self.agent.programming_error
+            return (
+                cni_protocol.NOT_AVAILABLE,
+                "the dataplane has not been programmed yet" + (f": {why}" if why else ""),
+            )
         return None
 
     def on_pod_added(self, allocation: PodAllocation, attachment: Attachment) -> None:
@@ -163,7 +175,10 @@ class Agent:
         self._applied: dict[Any, DataplaneObject] = {}
         self._applied_encap: Any = None
         self._full_resync_due = 0.0
-        self._desired: NodeConfig | None = None
+        self._desired: NodeConfig | None = None  # as last programmed
+        self._rendered: NodeConfig | None = None  # as last rendered (programmed or not)
+        # Why the last pass could not program the dataplane (None after a pass that could).
+        self.programming_error: str | None = None
         self._store_down = False
         self._failures = 0
         self.stats: dict[str, int] = {"reconciles": 0, "changes": 0, "repairs": 0}
@@ -188,6 +203,7 @@ class Agent:
 
     def run(self) -> int:
         opts = self.options
+        self._check_dataplane()
         raw_store = self._store or open_store(self.config.store)
         store = self.telemetry.instrument_store(raw_store)
         self.allocator = Allocator(store, self.plan, prefix=self.config.store.prefix + "ipam/")
@@ -261,6 +277,22 @@ class Agent:
                 self.acl_backend.close()
             raw_store.close()
         return 0
+
+    def _check_dataplane(self) -> None:
+        """Refuse a kernel that cannot run the kernel dataplane, before anything is claimed
+        or written; say once what an able kernel runs without."""
+        if self._backend_factory is not None or self.options.dataplane != "kernel":
+            return
+        from srv6ctl.dataplane.kernel_caps import probe_kernel
+
+        features = probe_kernel()
+        problem = features.unsupported()
+        if problem is not None:
+            raise DataplaneUnavailable(problem)
+        if features.left_out():
+            log.info(
+                "kernel %s: running without %s", features.kernel, "; ".join(features.left_out())
+            )
 
     def _netns_path(self) -> str | None:
         netns = self.options.netns
@@ -433,6 +465,10 @@ class Agent:
                 self._step(pending, inputs_changed or full, full)
             except Exception as err:  # the loop must survive anything
                 self._failures += 1
+                self.programming_error = f"{type(err).__name__}: {err}"
+                self.telemetry.metrics.set_not_ready(
+                    f"the dataplane could not be programmed: {self.programming_error}"
+                )
                 delay = min(0.5 * 2 ** (self._failures - 1), MAX_BACKOFF_S)
                 log.warning(
                     "reconcile failed (%s: %s); the dataplane is left as it is, "
@@ -447,6 +483,7 @@ class Agent:
             pending.clear()
             inputs_changed = False
             self._failures = 0
+            self.programming_error = None
             self.telemetry.metrics.set_not_ready(None)
             if full:
                 force_full = False
@@ -528,6 +565,8 @@ class Agent:
                 more = self._renderer.update(dirty)
                 delta = more if delta is None else _merge(delta, more)
             desired = self._renderer.config()
+        with self._lock:
+            self._rendered = desired
         with self.telemetry.metrics.reconcile():
             if full or delta is None:
                 changes = self._full_reconcile(desired)
@@ -767,13 +806,15 @@ class Agent:
 
     def query(self, what: str) -> Any:
         with self._lock:
-            desired = self._desired
+            desired = self._rendered
         if what == "status":
             return {
                 "node": self.options.node_name,
                 "node_id": self.node_id,
                 "locator": str(self.plan.locator(self.node_id)),
                 "ready": self.ready.is_set(),
+                "rendered": desired is not None,
+                "programming_error": self.programming_error,
                 "metrics": self.metrics_url,
                 "dataplane": self.options.dataplane,
                 # State-changing messages this agent sent to its dataplane (a restart with

@@ -13,6 +13,10 @@ from collections.abc import Sequence
 
 from srv6ctl import __version__
 
+# `srv6ctl agent` exits with this when the chosen dataplane cannot work on this host (for
+# instance a kernel without SRv6 lightweight tunnels): restarting it will not help.
+EXIT_DATAPLANE_UNAVAILABLE = 3
+
 
 def _config_check(args: argparse.Namespace) -> int:
     from srv6ctl.config import InvalidConfig, load_config
@@ -47,7 +51,7 @@ def _config_check(args: argparse.Namespace) -> int:
 def _agent(args: argparse.Namespace) -> int:
     import signal
 
-    from srv6ctl.agent import Agent, AgentOptions
+    from srv6ctl.agent import Agent, AgentOptions, DataplaneUnavailable
     from srv6ctl.config import InvalidConfig, load_config
     from srv6ctl.logs import setup_logging
 
@@ -73,7 +77,11 @@ def _agent(args: argparse.Namespace) -> int:
     agent = Agent(options, config, plan)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
-    return agent.run()
+    try:
+        return agent.run()
+    except DataplaneUnavailable as err:
+        print(f"srv6ctl agent: {err}", file=sys.stderr)
+        return EXIT_DATAPLANE_UNAVAILABLE
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -205,6 +205,10 @@ def show(what: str, api_socket: str, as_json: bool) -> int:
     if desired is None:
         print("the agent has not rendered yet")
         return 1
+    error = query_agent(api_socket, "status").get("programming_error")
+    if error:
+        # Rows then show what render wants against what the dataplane holds.
+        print(f"rendered, not programmed: {error}")
     if what == "sids":
         rows = sids(desired, actual)
     elif what == "policies":

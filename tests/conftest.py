@@ -2,7 +2,12 @@
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.support.etcd", "tests.support.netns", "tests.support.vpp"]
+pytest_plugins = [
+    "tests.support.etcd",
+    "tests.support.kernel",
+    "tests.support.netns",
+    "tests.support.vpp",
+]
 
 # The machine runs network namespaces and etcd beside hypothesis: wall-clock deadlines
 # would make property tests flaky without making them any stronger.

@@ -13,7 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,9 +25,13 @@ from typing import Any
 import pytest
 import yaml
 
-from srv6ctl.agent import query_agent
+from srv6ctl.agent import Agent, AgentOptions, query_agent
+from srv6ctl.cli import EXIT_DATAPLANE_UNAVAILABLE
+from srv6ctl.config import parse_config
 from srv6ctl.dataplane.kernel import KernelBackend
+from srv6ctl.dataplane.kernel_caps import LWTUNNEL_OPTION
 from tests.support.etcd import EtcdServer, require_etcd
+from tests.support.kernel import host_kernel_problem
 from tests.support.netns import Netns, NetnsFactory
 
 BIN = Path(sys.executable).parent
@@ -78,12 +84,19 @@ class Node:
     def cni_socket(self) -> str:
         return str(self.tmp / "cni.sock")
 
-    def start_agent(self, resync: float = 1.0) -> None:
-        config = {
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
             "addressPlan": {"podCIDRv6": "fd00:10::/48", "serviceCIDRv6": "fd00:96::/108"},
             "store": self.store,
         }
-        (self.tmp / "config.yaml").write_text(yaml.safe_dump(config))
+
+    def start_agent(self, resync: float = 1.0) -> None:
+        self.spawn_agent(resync)
+        wait_for("the agent to be ready", lambda: self._ready())
+
+    def spawn_agent(self, resync: float = 1.0) -> None:
+        (self.tmp / "config.yaml").write_text(yaml.safe_dump(self.config))
         log = open(self.tmp / "agent.log", "ab")  # noqa: SIM115 - the child keeps it
         self.agent = subprocess.Popen(
             [
@@ -110,7 +123,6 @@ class Node:
             stdout=log,
             stderr=log,
         )
-        wait_for("the agent to be ready", lambda: self._ready())
 
     def _ready(self) -> bool:
         assert self.agent is not None
@@ -288,6 +300,7 @@ def bring_up(node: Node) -> None:
     assert client_ip
 
 
+@pytest.mark.kernel_srv6
 def test_service_without_nat_restart_and_sigterm(lab_node: Node) -> None:
     bring_up(lab_node)
     client_ip = lab_node.pods["client"][1]
@@ -323,6 +336,7 @@ def test_service_without_nat_restart_and_sigterm(lab_node: Node) -> None:
     assert lab_node.dump() == before
 
 
+@pytest.mark.kernel_srv6
 def test_unready_endpoint_leaves_and_hand_deleted_route_comes_back(lab_node: Node) -> None:
     bring_up(lab_node)
     lab_node.write_objects({"web-a": True, "web-b": False})
@@ -357,6 +371,7 @@ def test_unready_endpoint_leaves_and_hand_deleted_route_comes_back(lab_node: Nod
 
 
 @pytest.mark.etcd
+@pytest.mark.kernel_srv6
 def test_store_outage_keeps_the_dataplane_and_defers_cni_add(lab_node: Node) -> None:
     require_etcd()
     with EtcdServer() as etcd:
@@ -439,6 +454,7 @@ HOST_SERVICE = (
 )
 
 
+@pytest.mark.kernel_srv6
 def test_host_network_endpoint_is_reached_through_its_nodes_host_sid(lab_node: Node) -> None:
     bring_up(lab_node)
     lab_node.write_objects({"web-a": True, "web-b": True}, extra=HOST_SERVICE)
@@ -467,6 +483,7 @@ def test_host_network_endpoint_is_reached_through_its_nodes_host_sid(lab_node: N
     assert not query_agent(lab_node.api, "drift")
 
 
+@pytest.mark.kernel_srv6
 def test_a_deleted_service_gives_its_bsid_index_back(lab_node: Node) -> None:
     bring_up(lab_node)
     db = {
@@ -490,3 +507,79 @@ def test_a_deleted_service_gives_its_bsid_index_back(lab_node: Node) -> None:
     # Freed at the next full resync (every second here); web keeps its own.
     wait_for("db's allocation to be freed", lambda: services() == {"uid-svc-web"})
     assert any(str(s.prefix) == f"{SERVICE_IP}/128" for s in lab_node.dump().steerings)
+
+
+def test_an_agent_on_a_kernel_without_srv6_stops_at_once_and_claims_nothing(
+    lab_node: Node,
+) -> None:
+    if (problem := host_kernel_problem()) is not None:
+        assert LWTUNNEL_OPTION in problem  # the one host kind this refusal is for
+    else:
+        pytest.skip("the host kernel has SRv6: the refusal is for a kernel without it")
+    lab_node.spawn_agent()
+    assert lab_node.agent is not None
+    assert lab_node.agent.wait(30) == EXIT_DATAPLANE_UNAVAILABLE
+    lines = (lab_node.tmp / "agent.log").read_text().splitlines()
+    assert len(lines) == 1, lines
+    assert LWTUNNEL_OPTION in lines[0] and "--dataplane vpp" in lines[0]
+    assert "End.DX6" in lines[0]
+    # Nothing claimed: the store was never opened, so it does not even exist.
+    assert not Path(lab_node.store["path"]).exists()
+
+
+def test_a_dataplane_that_cannot_be_programmed_says_why_everywhere(lab_node: Node) -> None:
+    """/readyz, `status`, `srv6ctl show` and CNI ADD all carry the backend's own error.
+
+    The kernel refuses for a real reason on any host: IPv6 disabled in the node's namespace
+    (on a kernel without SRv6, the seg6 routes would be refused first)."""
+    lab_node.node.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+    lab_node.node.exec("sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1")
+    config, plan = parse_config(lab_node.config)
+    options = AgentOptions(
+        node_name="n1",
+        netns=lab_node.node.name,
+        lab_dir=str(lab_node.tmp / "objects"),
+        cni_socket=lab_node.cni_socket,
+        api_socket=lab_node.api,
+        resync_seconds=1.0,
+        metrics_address="127.0.0.1:0",
+    )
+    # The backend is made directly: the start-up refusal of a kernel without SRv6 (above)
+    # would otherwise stop this agent before it ever tried.
+    agent = Agent(options, config, plan, backend_factory=lambda: KernelBackend(lab_node.node.name))
+    runner = threading.Thread(target=agent.run, daemon=True)
+    runner.start()
+    try:
+
+        def status() -> dict[str, Any]:
+            try:
+                return dict(query_agent(lab_node.api, "status"))
+            except OSError:
+                return {}
+
+        wait_for("a programming error", lambda: bool(status().get("programming_error")))
+        state = status()
+        error = state["programming_error"]
+        assert state["rendered"] and not state["ready"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(agent.metrics_url + "/readyz", timeout=5)
+        assert refused.value.code == 503
+        body = refused.value.read().decode()
+        assert body.startswith("not ready: the dataplane could not be programmed: ")
+        shown = subprocess.run(
+            [str(BIN / "srv6ctl"), "show", "sids", "--api-socket", lab_node.api],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert shown.returncode == 1  # its rows are all "missing"
+        assert shown.stdout.startswith("rendered, not programmed: ")
+        assert "missing" in shown.stdout
+        answer = lab_node.cni("ADD", "client", lab_node.factory())
+        assert answer["code"] == 11, answer
+        assert answer["details"].startswith("the dataplane has not been programmed yet: ")
+        # Each pass fails the same way: the same error in all three places.
+        assert error.split(":")[0] in body and error.split(":")[0] in answer["details"]
+    finally:
+        agent.stop()
+        runner.join(15)

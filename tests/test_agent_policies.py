@@ -11,6 +11,7 @@ import ipaddress
 import sys
 from typing import Any
 
+import pytest
 import yaml
 
 from policies import model
@@ -230,6 +231,7 @@ def has_table(node: Node, pod: str) -> bool:
     return "srv6ctl_policy" in tables.stdout
 
 
+@pytest.mark.kernel_srv6
 def test_agent_enforces_network_policy_on_service_and_pod_traffic(lab_node: Node) -> None:
     node = lab_node
     node.start_agent()

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from srv6ctl.dataplane.kernel import KernelBackend
 from srv6ctl.dataplane.model import End, NodeConfig, SegmentList, SrPolicy, Steering
 from srv6ctl.dataplane.reconcile import plan
@@ -14,6 +16,7 @@ from tests.support.netns import NetnsFactory
 SRV6CTL = str(Path(sys.executable).parent / "srv6ctl")
 
 
+@pytest.mark.kernel_srv6
 def test_cleanup_leaves_only_foreign_state(netns_factory: NetnsFactory, tmp_path: Path) -> None:
     node = netns_factory()
     node.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth1")

@@ -48,7 +48,7 @@ from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Writes
 from srv6ctl.dataplane.reconcile import plan
 from tests.support.netns import Netns, NetnsFactory
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.kernel_srv6(vm=True)]
 
 B1, B2, B3 = "fcbb:bb00::1", "fcbb:bb00::2", "fcbb:bb00::3"
 LINKS = Links({"lo": 1})

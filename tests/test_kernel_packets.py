@@ -150,6 +150,7 @@ def same_inner(got: Packet, sent: Packet) -> None:
 # --- headend: H.Encaps, H.Encaps.Red, IPv4-in-SRv6 --------------------------------------
 
 
+@pytest.mark.kernel_srv6(vm=True)
 def test_h_encaps_of_steered_traffic(lab: Lab) -> None:
     segments = ["fcbb:bb00:2::1", "fcbb:bb00:3:0:1::5"]
     lab.program(
@@ -177,6 +178,7 @@ def test_h_encaps_of_steered_traffic(lab: Lab) -> None:
     same_inner(srh.payload, inner4)
 
 
+@pytest.mark.kernel_srv6(vm=True)
 def test_h_encaps_red(lab: Lab) -> None:
     one, two = ["fcbb:bb00:3:0:1::5"], ["fcbb:bb00:2::1", "fcbb:bb00:3:0:1::6"]
     lab.program(
@@ -216,6 +218,7 @@ def test_service_without_endpoints_is_administratively_prohibited(lab: Lab) -> N
 # --- endpoint behaviours ---------------------------------------------------------------
 
 
+@pytest.mark.kernel_srv6(vm=True)
 def test_end_with_and_without_psp_and_its_counters(lab: Lab) -> None:
     plain, psp = End("fcbb:bb00:1::1"), End("fcbb:bb00:1::2", {Flavour.PSP})
     lab.program(local_sids=[plain, psp])
@@ -243,6 +246,7 @@ def test_end_with_and_without_psp_and_its_counters(lab: Lab) -> None:
     assert counters[psp.key].packets == 1 and counters[psp.key].errors == 0
 
 
+@pytest.mark.kernel_srv6(vm=True)
 def test_end_x_cross_connects_to_its_neighbour(lab: Lab) -> None:
     sid = EndX("fcbb:bb00:1::3", nexthop=PEER6, interface="out0")
     lab.program(local_sids=[sid])
@@ -263,6 +267,7 @@ def test_end_x_cross_connects_to_its_neighbour(lab: Lab) -> None:
     ],
     ids=["End.DT6", "End.DX6", "End.DX4"],
 )
+@pytest.mark.kernel_srv6(vm=True)
 def test_decapsulation_delivers_the_inner_packet(lab: Lab, sid: LocalSid, inner: Packet) -> None:
     # As DESIGN.md's backend pods do, the receiver holds the service address on its
     # loopback. End.DX4 needs it: the kernel routes towards nh4, but on nh4's connected
@@ -283,6 +288,7 @@ def test_decapsulation_delivers_the_inner_packet(lab: Lab, sid: LocalSid, inner:
 
 
 @pytest.mark.parametrize("cls", [EndDT4, EndDT46], ids=["End.DT4", "End.DT46"])
+@pytest.mark.kernel_srv6(vm=True)
 def test_vrf_decapsulation(lab: Lab, cls: type[LocalSid]) -> None:
     if cls.behaviour not in lab.backend.capabilities.behaviours:
         pytest.skip("no VRF device")
@@ -292,6 +298,7 @@ def test_vrf_decapsulation(lab: Lab, cls: type[LocalSid]) -> None:
 # --- load balancing --------------------------------------------------------------------
 
 
+@pytest.mark.kernel_srv6(vm=True)
 def test_resilient_group_spreads_flows_by_weight_and_keeps_them(lab: Lab) -> None:
     a, b, c = "fcbb:bb00:2:0:1::a", "fcbb:bb00:3:0:1::b", "fcbb:bb00:4:0:1::c"
     weights = {a: 1, b: 2, c: 1}

@@ -8,6 +8,7 @@ import struct
 import sys
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import pytest
 from pyroute2.netlink import NLM_F_REQUEST
@@ -53,6 +54,42 @@ FEATURES = KernelFeatures(
     ),
     flavours={"End": frozenset({Flavour.PSP})},
 )
+
+
+# --- what the probe's answer means for the agent ----------------------------------------
+
+
+def test_a_kernel_with_the_required_behaviours_is_usable_and_says_what_it_lacks() -> None:
+    lacking = replace(
+        FEATURES,
+        capabilities=replace(FEATURES.capabilities, notes=("End.DT4: unsupported: no VRF",)),
+    )
+    assert lacking.unsupported() is None
+    assert lacking.left_out() == ("End.DT4: unsupported: no VRF",)
+
+
+def test_a_kernel_without_seg6_lwtunnels_is_refused_naming_the_option() -> None:
+    lwt = "Operation not supported (lwt encapsulation type not supported)"
+    bare = KernelFeatures(
+        Capabilities(), kernel="6.18.1", refused={"End": lwt, "seg6 nexthops": lwt}
+    )
+    problem = bare.unsupported()
+    assert problem is not None and "\n" not in problem
+    assert "6.18.1" in problem and "End, End.DT6, End.DX6, seg6 encap nexthops" in problem
+    assert "built without CONFIG_IPV6_SEG6_LWTUNNEL" in problem and "--dataplane vpp" in problem
+
+
+def test_another_refusal_is_quoted_as_the_kernel_said_it() -> None:
+    no_dx6 = replace(
+        FEATURES,
+        capabilities=replace(
+            FEATURES.capabilities, behaviours=FEATURES.capabilities.behaviours - {"End.DX6"}
+        ),
+        refused={"End.DX6": "Invalid argument"},
+    )
+    problem = no_dx6.unsupported()
+    assert problem is not None
+    assert "End.DX6 refused (the kernel said: Invalid argument)" in problem
 
 
 # --- wire packing ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ from srv6ctl.lab.build import Lab
 from srv6ctl.lab.progress import Steps, console
 from srv6ctl.lab.state import LabPaths, LabState, load_state
 from srv6ctl.verify.flows import Answer, tcp_flows
+from tests.support.kernel import host_kernel_problem
 from tests.support.netns import require_netns
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -134,6 +135,7 @@ def verify(run: LabRun, *args: str) -> dict[str, Any]:
 # --- one shared lab ---------------------------------------------------------------------------
 
 
+@pytest.mark.kernel_srv6
 def test_up_builds_nodes_agents_pods_and_services(lab: LabRun) -> None:
     seen = status(lab)
     assert seen["exit"] == 0 and seen["complete"]
@@ -157,6 +159,7 @@ def test_up_builds_nodes_agents_pods_and_services(lab: LabRun) -> None:
     assert "fcbb:bb00:1::/48" in table and "web-1" in table and "default/empty" in table
 
 
+@pytest.mark.kernel_srv6(vm=True)
 def test_verify_passes_every_check(lab: LabRun) -> None:
     result = verify(lab)
     assert result["failed"] == []
@@ -187,6 +190,7 @@ def test_verify_passes_every_check(lab: LabRun) -> None:
     assert len(lab.state.backends("web")) == 3
 
 
+@pytest.mark.kernel_srv6
 def test_exec_runs_in_the_pods_namespace(lab: LabRun) -> None:
     pod = lab.state.pod("client-1")
     done = lab.lab("exec", "client-1", "--", "ip", "-6", "-o", "addr", "show", "dev", "eth0")
@@ -195,6 +199,7 @@ def test_exec_runs_in_the_pods_namespace(lab: LabRun) -> None:
     assert "encap seg6" in node.stdout
 
 
+@pytest.mark.kernel_srv6
 def test_trace_names_the_policy_the_sid_the_node_and_the_pod(lab: LabRun) -> None:
     client = lab.state.pod("client-2")
     for sport in (40000, 40001, 40002):
@@ -222,6 +227,7 @@ def test_trace_names_the_policy_the_sid_the_node_and_the_pod(lab: LabRun) -> Non
     assert "candidates (3 segment lists)" in human and "arrives at default/web-" in human
 
 
+@pytest.mark.kernel_srv6
 def test_up_twice_changes_nothing(lab: LabRun) -> None:
     before = [n.agent for n in lab.state.nodes]
     done = lab.up("--nodes", "3", "--pods-per-node", "2")
@@ -229,6 +235,7 @@ def test_up_twice_changes_nothing(lab: LabRun) -> None:
     assert [n.agent for n in lab.state.nodes] == before
 
 
+@pytest.mark.kernel_srv6
 def test_up_restores_a_killed_agent(lab: LabRun) -> None:
     victim = lab.state.node("n2").agent
     assert victim is not None
@@ -251,6 +258,7 @@ def test_up_restores_a_killed_agent(lab: LabRun) -> None:
     assert all(isinstance(r, Answer) for r in results)
 
 
+@pytest.mark.kernel_srv6
 def test_scale_adds_and_removes_backends_through_cni(lab: LabRun) -> None:
     lab.lab("scale", "web", "5")
     backends = lab.state.backends("web")
@@ -268,6 +276,7 @@ def test_scale_adds_and_removes_backends_through_cni(lab: LabRun) -> None:
     assert status(lab)["exit"] == 0
 
 
+@pytest.mark.kernel_srv6
 def test_verify_in_node_mode_from_inside_a_node(lab: LabRun) -> None:
     node = lab.state.node("n1")
     command = ["ip", "netns", "exec", node.netns, sys.executable, "-m", "srv6ctl.verify"]
@@ -284,6 +293,7 @@ def test_verify_in_node_mode_from_inside_a_node(lab: LabRun) -> None:
     assert "s6vp" not in links
 
 
+@pytest.mark.kernel_srv6
 def test_down_removes_everything_and_twice_is_fine(lab: LabRun) -> None:
     done = lab.lab("down")
     assert "lab down" in done.stdout
@@ -295,6 +305,7 @@ def test_down_removes_everything_and_twice_is_fine(lab: LabRun) -> None:
 # --- labs of their own ------------------------------------------------------------------------
 
 
+@pytest.mark.kernel_srv6
 def test_up_after_a_crashed_build_cleans_up_and_builds(lab_run: LabRun) -> None:
     command = [sys.executable, "-m", "srv6ctl.lab", "up", "--prefix", lab_run.prefix]
     command += ["--nodes", "2", "--state-dir", str(lab_run.state_dir)]
@@ -318,6 +329,7 @@ def test_up_after_a_crashed_build_cleans_up_and_builds(lab_run: LabRun) -> None:
     assert {n.agent.pid for n in lab_run.state.nodes if n.agent} <= live
 
 
+@pytest.mark.kernel_srv6
 def test_dual_stack_lab_passes_verify(lab_run: LabRun) -> None:
     lab_run.up("--nodes", "2", "--pods-per-node", "2", "--dual-stack")
     result = verify(lab_run, "--only", "conformance,connectivity")
@@ -339,3 +351,17 @@ def test_vpp_dataplane_is_refused_without_vpp(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "no `vpp` binary on PATH" in done.stdout
     assert not (tmp_path / "lab").exists()
+
+
+def test_up_on_a_kernel_without_srv6_refuses_within_seconds_and_names_the_way_out(
+    lab_run: LabRun,
+) -> None:
+    if host_kernel_problem() is None:
+        pytest.skip("the host kernel has SRv6: the refusal is for a kernel without it")
+    start = time.monotonic()
+    done = lab_run.up(check=False)
+    assert done.returncode == 1
+    assert time.monotonic() - start < 15  # the probe, not an agent's 60 s wait
+    said = " ".join(done.stdout.split())  # rich folds long lines
+    assert "CONFIG_IPV6_SEG6_LWTUNNEL" in said and "`srv6ctl lab vm`" in said
+    assert lab_run.leftovers() == {"namespaces": [], "processes": [], "state dir": False}

@@ -21,7 +21,7 @@ from srv6ctl.verify.flows import Answer, tcp_flows, udp_flows
 from srv6ctl.verify.policy import expected_flows, judge
 from tests.test_lab import LabRun, lab_run_of, verify
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.kernel_srv6]
 
 POLICY = """\
 # Ingress to the web pods: only from the clients, only TCP 8080 (the service's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from pyroute2 import IPRoute
 
 from srv6ctl.dataplane.kernel_caps import probe_kernel
@@ -31,6 +32,7 @@ def test_scratch_namespace_is_fresh_and_leaves_nothing() -> None:
     assert os.stat("/proc/thread-self/ns/net").st_ino == mine  # this thread never moved
 
 
+@pytest.mark.kernel_srv6
 def test_probe_finds_this_kernels_srv6() -> None:
     require_netns()
     capabilities = probe_kernel().capabilities

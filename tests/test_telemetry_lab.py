@@ -23,7 +23,7 @@ import pytest
 from tests.support.prometheus import PROMETHEUS, PrometheusServer, Vector, require
 from tests.test_lab import LabRun, lab_run_of, verify
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.kernel_srv6]
 
 NODES = 2
 

@@ -165,6 +165,7 @@ MARK = b"s6t-telemetry"
 
 
 @pytest.mark.netns
+@pytest.mark.kernel_srv6
 def test_kernel_sid_counters_grow_in_prometheus(
     prometheus: Scraped, netns_factory: NetnsFactory
 ) -> None:

@@ -120,6 +120,7 @@ def test_render_says_policy_candidates_choice_sids_and_pod() -> None:
     assert "disagree" in text
 
 
+@pytest.mark.kernel_srv6
 def test_route_get_asks_the_kernel_with_the_five_tuple(netns: Netns) -> None:
     netns.ip("link", "add", "in0", "type", "bridge")
     netns.ip("link", "set", "in0", "up")

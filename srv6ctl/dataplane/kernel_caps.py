@@ -7,6 +7,10 @@ attribute (per-route source) is ignored rather than refused. Reading back is the
 faithful test, and the result is exactly what `dump` would later report.
 
 The scratch namespace is created and deleted here; nothing else is touched.
+
+`KernelFeatures.unsupported()` is the one line an agent stops with when the kernel cannot
+run the kernel dataplane at all (most often: built without `CONFIG_IPV6_SEG6_LWTUNNEL`,
+as some cloud microVM and vendor kernels are); `left_out()` lists what it runs without.
 """
 
 from __future__ import annotations
@@ -52,6 +56,13 @@ from srv6ctl.dataplane.scratch_netns import scratch_netns
 
 RTM_NEWLINK = 16
 IFF_UP = 1
+LWTUNNEL_OPTION = "CONFIG_IPV6_SEG6_LWTUNNEL"
+# What render emits on every node: the node SID (End), pod-to-pod decapsulation (End.DT6),
+# the service backends (End.DX6), and SR policies as seg6 nexthops. Without any of them the
+# node cannot carry pods or services; everything else has a fallback (render asks).
+REQUIRED_BEHAVIOURS = (End.behaviour, EndDT6.behaviour, EndDX6.behaviour)
+# The kernel's extack when seg6/seg6local lightweight tunnels are not built in.
+_NO_LWTUNNEL = "lwt encapsulation type not supported"
 _PROBE_PROTOCOL = 0x5C
 _VRF_TABLE = 0x5C5C
 
@@ -66,6 +77,32 @@ class KernelFeatures:
     group_stats: bool = False  # NHA_OP_FLAG_DUMP_STATS: per-member packet counters
     vrf: bool = False
     kernel: str = ""
+    # Why a required piece was refused (behaviour name, or "seg6 nexthops"): the kernel's
+    # own words, for `unsupported()`.
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    def unsupported(self) -> str | None:
+        """One line saying why the kernel dataplane cannot run here, or None."""
+        missing = [b for b in REQUIRED_BEHAVIOURS if b not in self.capabilities.behaviours]
+        if not self.capabilities.encap_modes:
+            missing.append("seg6 encap nexthops")
+        if not missing:
+            return None
+        reasons = sorted(set(self.refused.values()))
+        lacks = (
+            f"this kernel was built without {LWTUNNEL_OPTION}"
+            if any(_NO_LWTUNNEL in r for r in reasons) or not reasons
+            else "the kernel said: " + "; ".join(reasons)
+        )
+        return (
+            f"the kernel dataplane cannot run on kernel {self.kernel}: "
+            f"{', '.join(missing)} refused ({lacks}); use a kernel with {LWTUNNEL_OPTION}=y "
+            "(Debian, Ubuntu, Fedora and RHEL kernels have it) or --dataplane vpp"
+        )
+
+    def left_out(self) -> tuple[str, ...]:
+        """What the kernel dataplane runs without here (optional features), for a log."""
+        return self.capabilities.notes
 
 
 @functools.cache
@@ -90,6 +127,7 @@ class _Probe:
         self.plain = Codec(_PROBE_PROTOCOL, 0, "lo", "lo", False, 16, None)
         self.counting = Codec(_PROBE_PROTOCOL, 0, "lo", "lo", True, 16, None)
         self.notes: list[str] = []
+        self.refused: dict[str, str] = {}
         self._next_sid = 0
         self._next_nh = 0
 
@@ -105,6 +143,7 @@ class _Probe:
                 if cls in (EndDT4, EndDT46) and not vrf:
                     reason = "no VRF device (its table is looked up through a VRF)"
                 self.notes.append(f"{behaviour}: unsupported: {reason}")
+                self.refused[behaviour] = error
                 continue
             behaviours.add(behaviour)
             supported = frozenset(f for f in Flavour if self._local_sid(cls, {f}) is None)
@@ -147,6 +186,7 @@ class _Probe:
             group_stats=stats,
             vrf=vrf,
             kernel=os.uname().release,
+            refused=self.refused,
         )
 
     # --- single probes ----------------------------------------------------------------
@@ -214,7 +254,9 @@ class _Probe:
         self._next_nh += 1
         nh_id = self._next_nh
         msg = self.plain.segment_nexthop(nh_id, path, self.links)
-        if self._write(Request(nl.RTM_NEWNEXTHOP, NLM_F_CREATE | NLM_F_EXCL, msg, str(path))):
+        error = self._write(Request(nl.RTM_NEWNEXTHOP, NLM_F_CREATE | NLM_F_EXCL, msg, str(path)))
+        if error:
+            self.refused.setdefault("seg6 nexthops", error)
             return None
         return nh_id if any(n.path == path for n in self._nexthops(stats=False)) else None
 

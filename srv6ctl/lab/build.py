@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 
+from srv6ctl.dataplane.kernel_caps import probe_kernel
 from srv6ctl.lab import netns, objects, processes, vpp
 from srv6ctl.lab.cni import cni_add, cni_del
 from srv6ctl.lab.netns import LabError
@@ -86,6 +87,7 @@ MULTIPATH_HASH_WORKAROUND = {
     "net.ipv4.fib_multipath_hash_fields": "55",
 }
 AGENT_READY_TIMEOUT = 60.0
+AGENT_FAILING_S = 10.0  # an agent refused by its dataplane for this long is not starting
 CONVERGE_TIMEOUT = 30.0
 
 
@@ -411,6 +413,8 @@ class Lab:
         from srv6ctl.verify.agentview import AgentUnavailable, query
 
         deadline = time.monotonic() + AGENT_READY_TIMEOUT
+        why = "its API never answered"
+        failing_since: float | None = None
         while time.monotonic() < deadline:
             if not processes.alive(node.agent):
                 log = node.agent.log if node.agent else ""
@@ -419,12 +423,23 @@ class Lab:
                     + processes.log_tail(log)
                 )
             try:
-                if query(node.api_socket, "status", timeout=2.0).get("ready"):
-                    return
+                status = query(node.api_socket, "status", timeout=2.0)
             except AgentUnavailable:
-                pass
+                status = {}
+            if status.get("ready"):
+                return
+            error = status.get("programming_error")
+            if status:
+                why = f"the dataplane could not be programmed: {error}" if error else "not ready"
+            # Its passes are retried with back-off; the same refusal for this long is not
+            # going away by itself.
+            failing_since = (failing_since or time.monotonic()) if error else None
+            if failing_since is not None and time.monotonic() - failing_since > AGENT_FAILING_S:
+                raise LabError(f"the agent of {node.name} is not ready: {why}")
             time.sleep(0.1)
-        raise LabError(f"the agent of {node.name} was not ready within {AGENT_READY_TIMEOUT:.0f} s")
+        raise LabError(
+            f"the agent of {node.name} was not ready within {AGENT_READY_TIMEOUT:.0f} s: {why}"
+        )
 
     @staticmethod
     def _kernel_workarounds(state: LabState) -> bool:
@@ -796,6 +811,12 @@ def _pod_order(pod: PodRecord) -> tuple[str, int]:
     return (stem, int(number)) if number.isdigit() else (pod.name, 0)
 
 
+def kernel_problem() -> str | None:
+    """Why this host's kernel cannot carry the lab's kernel dataplane, or None (probed in a
+    scratch namespace: the agents would stop with the same line)."""
+    return probe_kernel().unsupported()
+
+
 def check_requirements(options: LabOptions) -> None:
     """Refuse early, with the reason, what the build would fail on half way."""
     if options.dataplane == "vpp":
@@ -806,8 +827,13 @@ def check_requirements(options: LabOptions) -> None:
     for tool, why in (("ip", "iproute2"), ("nft", "nftables: the pods' port rewrites")):
         if shutil.which(tool) is None:
             raise LabError(f"`{tool}` is not installed ({why})")
-    if not os.path.exists("/proc/sys/net/ipv6/conf/all/seg6_enabled"):
-        raise LabError("this kernel has no IPv6 Segment Routing (CONFIG_IPV6_SEG6_LWTUNNEL)")
+    if options.dataplane == "kernel":
+        problem = kernel_problem()
+        if problem is not None:
+            raise LabError(
+                f"{problem}. `srv6ctl lab vm` runs this lab in a VM with Debian's own kernel "
+                "instead (`make lab` does that on such a host)"
+            )
     if not 1 <= options.nodes <= MAX_NODES:
         raise LabError(f"--nodes {options.nodes} must be between 1 and {MAX_NODES}")
     if not 1 <= options.pods_per_node <= 50:
