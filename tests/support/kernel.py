@@ -159,10 +159,7 @@ class KernelTests:
             self.vm_problem = str(err)
             return
         self.vm_kernel = kernel.release
-        say(
-            f"{len(self.vm_items)} kernel-SRv6 test(s) in a VM on {kernel.release} "
-            f"({self.reason})"
-        )
+        say(f"{len(self.vm_items)} kernel-SRv6 test(s) in a VM on {kernel.release} ({self.reason})")
         with tempfile.TemporaryDirectory(prefix="s6t-vm-") as tmp:
             results = Path(tmp)
             report_file = results / "reports.jsonl"
