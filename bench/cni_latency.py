@@ -243,10 +243,10 @@ def bench_reference(pods: int, work: str, namespaces: Namespaces) -> dict[str, f
 # it, wait for and decode the reply. The JSON one uses the shim's own modules.
 _JSON_CLIENT = """
 import _socket, sys
-from cni import fastjson, protocol
+from cni import protocol
 sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
 sock.connect(sys.argv[1])
-protocol.send_frame(sock, fastjson.loads(sys.argv[2]))
+protocol.send_frame(sock, protocol.loads(sys.argv[2]))
 print(protocol.recv_frame(sock))
 """
 _GRPC_CLIENT = """

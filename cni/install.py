@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SHIM_MODULES = ("__init__.py", "fastjson.py", "main.py", "protocol.py")
+SHIM_MODULES = ("__init__.py", "main.py", "protocol.py")
 DEFAULT_BIN_DIR = "/opt/cni/bin"
 DEFAULT_LIB_DIR = "/opt/cni/lib/srv6-cni"
 DEFAULT_PYTHON = "/usr/bin/python3"
@@ -80,6 +80,11 @@ def install(
     package.mkdir(parents=True, exist_ok=True)
     for name in SHIM_MODULES:
         _atomic_write(package / name, (source / name).read_text(), 0o644)
+    # An upgrade drops what an older shim had (fastjson.py until issue #15): nothing imports
+    # it, but a stale module beside the launcher would mislead whoever reads the node.
+    for stale in package.glob("*.py"):
+        if stale.name not in SHIM_MODULES:
+            stale.unlink()
     # Byte-compile now, with the node's interpreter when we can run it: the runtime's
     # first ADD should not pay for compiling, and the directory may be read-only later.
     node_python = _under(root, python)

@@ -9,7 +9,7 @@ failure becomes `{"cniVersion", "code", "msg", "details"}` and exit status 1.
 Transport: one length-prefixed JSON frame each way over the unix socket, not gRPC. The
 shim's start-up is most of an ADD, and `import grpc` alone costs ~50 ms here; see
 cni/README.md ("Transport") for the measurement. Keep imports in this file (and in
-cni.protocol, cni.fastjson) to built-in modules: `srv6-cni install` runs the shim with
+cni.protocol) to built-in modules and `json`: `srv6-cni install` runs the shim with
 `python -I -S`, where every stdlib import is paid for on every ADD.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from cni import fastjson, protocol
+from cni import protocol
 from cni.protocol import CniError
 
 TYPE_CHECKING = False
@@ -37,6 +37,14 @@ def call_agent(request: protocol.Request) -> Any:
     unavailable = (
         protocol.NOT_AVAILABLE if request.command == "STATUS" else protocol.TRY_AGAIN_LATER
     )
+    try:
+        # Before connecting: a config we decoded but cannot encode again (nested almost to
+        # the interpreter's limit) is a decoding problem, not an unreachable agent.
+        request_frame = protocol.frame(request.to_payload())
+    except ValueError as err:
+        raise CniError(
+            protocol.DECODING_FAILURE, "error encoding network config", str(err)
+        ) from None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(request.timeout)
@@ -49,7 +57,7 @@ def call_agent(request: protocol.Request) -> Any:
                 f"cannot connect to {path}: {err.strerror or err}",
             ) from None
         try:
-            protocol.send_frame(sock, request.to_payload())
+            sock.sendall(request_frame)
             reply = protocol.recv_frame(sock)
         except TimeoutError:
             raise CniError(
@@ -95,7 +103,7 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[int, Any]:
 def _lenient_json(stdin: bytes) -> object:
     # Only to pick the cniVersion of an error result; validation reports the real problem.
     try:
-        return fastjson.loads(stdin)
+        return protocol.loads(stdin)
     except ValueError:
         return None
 
@@ -119,7 +127,7 @@ def main() -> int:
         stdin = b"" if sys.stdin is None else sys.stdin.buffer.read()
     except OSError as err:
         error = CniError(protocol.IO_FAILURE, "error reading network config from stdin", str(err))
-        sys.stdout.write(fastjson.dumps(error.to_result()) + "\n")
+        sys.stdout.write(protocol.dumps(error.to_result()) + "\n")
         return 1
     try:
         status, output = run(os.environ, stdin)
@@ -129,7 +137,7 @@ def main() -> int:
             protocol.INTERNAL_ERROR, "srv6-cni failed", f"{type(err).__name__}: {err}"
         ).to_result()
     if output is not None:
-        sys.stdout.write(fastjson.dumps(output) + "\n")
+        sys.stdout.write(protocol.dumps(output) + "\n")
     return status
 
 

@@ -3,15 +3,17 @@
 Both sides run the same checks: the shim so that a malformed call fails fast with the
 right code even when no agent is running, the agent because its socket is an API of its
 own. The shim imports this module on every pod ADD, where interpreter start-up is most of
-the cost, so it imports nothing beyond built-in modules: no `dataclasses` (6 ms), `typing`
-(2 ms), `re` or `json` (9 ms together, see cni/fastjson.py), `struct`.
+the cost, so it imports little beyond built-in modules: no `dataclasses` (6 ms), `typing`
+(2 ms), `struct`. `json` (with the `re` and `enum` it pulls in, 7-10 ms under `python -I -S`)
+is the one exception: a JSON parser of our own, or CPython's private `_json` scanner driven
+by hand, cost less but failed on bad input with internal errors (issue #15).
 
 Error codes are the CNI spec 1.1 table ("Error" in SPEC.md section 5); 100+ are ours.
 """
 
 from __future__ import annotations
 
-from cni import fastjson
+import json
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy honours the name)
 if TYPE_CHECKING:
@@ -24,7 +26,49 @@ SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 DEFAULT_AGENT_SOCKET = "/run/srv6ctl/cni.sock"
 DEFAULT_TIMEOUT_S = 60.0  # kubelet's own CNI timeout is longer; a stuck agent must not pin it
+MAX_TIMEOUT_S = 3600.0  # far past any runtime's own; and socket timeouts overflow near 1e10 s
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+
+# --- JSON --------------------------------------------------------------------------------
+
+
+_INFINITY = float("inf")
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259 section 6); Go's encoding/json, which libcni
+    # and the reference plugins use, refuses them too.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e999 is valid JSON but no float: Go refuses it ("cannot unmarshal number"); Python
+    # would make it inf, which later fails far from the input (settimeout, json.dumps).
+    value = float(text)
+    if value in (_INFINITY, -_INFINITY):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def loads(data: str | bytes) -> Any:
+    """One JSON document; ValueError (UnicodeDecodeError, JSONDecodeError) when it is not."""
+    # UTF-8 only, as RFC 8259 section 8.1 asks: json.loads would guess UTF-16/32 from bytes.
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        # The C decoder recurses once per level: `[` * 100000 exhausts the stack. Raised
+        # from the decoder's own frames, so the stack is whole again when we get here.
+        raise ValueError("JSON nested too deeply") from None
+
+
+def dumps(value: Any, *, compact: bool = False) -> str:
+    """JSON text, ASCII only; ValueError for NaN/Infinity or nesting too deep to encode."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":") if compact else None)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
 
 # --- error codes ----------------------------------------------------------------------
 INCOMPATIBLE_VERSION = 1
@@ -187,7 +231,7 @@ class Request:
 def decode_config(stdin: bytes) -> dict[str, Any]:
     """The network config from stdin; code 6 when it is not a JSON object."""
     try:
-        config = fastjson.loads(stdin)
+        config = loads(stdin)
     except ValueError as err:  # UnicodeDecodeError is one
         raise CniError(DECODING_FAILURE, "error decoding network config", str(err)) from None
     if not isinstance(config, dict):
@@ -332,8 +376,16 @@ def _validate_config(request: Request) -> None:
             INVALID_CONFIG, f"mtu must be an integer in {_MIN_MTU}..{_MAX_MTU}", repr(mtu)
         )
     timeout = config.get("timeoutSeconds", DEFAULT_TIMEOUT_S)
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-        raise CniError(INVALID_CONFIG, "timeoutSeconds must be a positive number", repr(timeout))
+    if (
+        not isinstance(timeout, int | float)
+        or isinstance(timeout, bool)
+        or not 0 < timeout <= MAX_TIMEOUT_S
+    ):
+        raise CniError(
+            INVALID_CONFIG,
+            f"timeoutSeconds must be a number in (0, {MAX_TIMEOUT_S:g}]",
+            repr(timeout),
+        )
     dns = config.get("dns")
     if dns is not None and not isinstance(dns, dict):
         raise CniError(INVALID_CONFIG, "dns must be an object", repr(dns))
@@ -342,14 +394,14 @@ def _validate_config(request: Request) -> None:
     if "ipam" in config:
         raise CniError(
             UNSUPPORTED_FIELD,
-            f"unsupported field ipam={fastjson.dumps(config['ipam'])}",
+            f"unsupported field ipam={dumps(config['ipam'])}",
             "srv6-cni allocates pod addresses from the cluster address plan (ipam6); "
             "remove the ipam section",
         )
     if config.get("ipMasq"):
         raise CniError(
             UNSUPPORTED_FIELD,
-            f"unsupported field ipMasq={fastjson.dumps(config['ipMasq'])}",
+            f"unsupported field ipMasq={dumps(config['ipMasq'])}",
             "srv6-cni routes pod addresses without NAT by design",
         )
     prev = config.get("prevResult")
@@ -377,7 +429,7 @@ def valid_attachments(config: Mapping[str, Any]) -> set[tuple[str, str]]:
             raise CniError(
                 INVALID_CONFIG,
                 f"{VALID_ATTACHMENTS} entries need string containerID and ifname",
-                fastjson.dumps(entry),
+                dumps(entry),
             )
         pairs.add((entry["containerID"], entry["ifname"]))
     return pairs
@@ -440,9 +492,14 @@ def format_result(
 # object. A reply is {"result": <object or null>} or {"error": {code, msg, details}}.
 
 
+def frame(message: Mapping[str, Any]) -> bytes:
+    """The bytes of one frame; ValueError when the message cannot be encoded as JSON."""
+    body = dumps(message, compact=True).encode()
+    return len(body).to_bytes(_FRAME_HEADER_SIZE, "big") + body
+
+
 def send_frame(sock: _socket.socket, message: Mapping[str, Any]) -> None:
-    body = fastjson.dumps(message, compact=True).encode()
-    sock.sendall(len(body).to_bytes(_FRAME_HEADER_SIZE, "big") + body)
+    sock.sendall(frame(message))
 
 
 def recv_frame(sock: _socket.socket) -> Any:
@@ -450,7 +507,7 @@ def recv_frame(sock: _socket.socket) -> Any:
     length = int.from_bytes(_recv_exact(sock, _FRAME_HEADER_SIZE), "big")
     if length > _MAX_FRAME:
         raise ValueError(f"frame of {length} bytes is larger than {_MAX_FRAME}")
-    return fastjson.loads(_recv_exact(sock, length))
+    return loads(_recv_exact(sock, length))
 
 
 def _recv_exact(sock: _socket.socket, size: int) -> bytes:

@@ -230,8 +230,22 @@ def test_check_of_an_unknown_container_is_code_3(harness: Harness) -> None:
 
 # --- malformed input: the right code, and nothing left behind ---------------------------
 
+_VALID = b'{"cniVersion": "1.1.0", "name": "srv6", "type": "srv6-cni"'
 MALFORMED = [
     ("bad JSON", b'{"cniVersion": "1.1.0", "name": ', {}, protocol.DECODING_FAILURE),
+    # Issue #15: the shim's own parser answered these two with 999 (SystemError from
+    # CPython's private scanner, RecursionError).
+    ("a lone brace", b"{", {}, protocol.DECODING_FAILURE),
+    ("nested 100000 deep", b"[" * 100_000, {}, protocol.DECODING_FAILURE),
+    ("objects nested 100000 deep", b'{"a": ' * 100_000, {}, protocol.DECODING_FAILURE),
+    ("empty stdin", b"", {}, protocol.DECODING_FAILURE),
+    ("trailing garbage", _VALID + b"} x", {}, protocol.DECODING_FAILURE),
+    ("single quotes", b"{'cniVersion': '1.1.0'}", {}, protocol.DECODING_FAILURE),
+    ("not UTF-8", _VALID + b', "k": "\xff"}', {}, protocol.DECODING_FAILURE),
+    ("UTF-16", (_VALID + b"}").decode().encode("utf-16"), {}, protocol.DECODING_FAILURE),
+    ("NaN", _VALID + b', "mtu": NaN}', {}, protocol.DECODING_FAILURE),
+    ("number out of range", _VALID + b', "timeoutSeconds": 1e999}', {}, 6),
+    ("integer of 5000 digits", _VALID + b', "mtu": 1' + b"0" * 5000 + b"}", {}, 6),
     ("config is a list", b"[]", {}, protocol.DECODING_FAILURE),
     ("unknown cniVersion", {"cniVersion": "2.0.0"}, {}, protocol.INCOMPATIBLE_VERSION),
     ("unsupported cniVersion", {"cniVersion": "0.3.1"}, {}, protocol.INCOMPATIBLE_VERSION),
@@ -251,6 +265,8 @@ MALFORMED = [
     ("bad network name", {"name": "my net"}, {}, protocol.INVALID_CONFIG),
     ("bad mtu", {"mtu": 576}, {}, protocol.INVALID_CONFIG),
     ("relative agentSocket", {"agentSocket": "cni.sock"}, {}, protocol.INVALID_CONFIG),
+    # Beyond what a socket timeout can hold: was an OverflowError, code 999.
+    ("timeoutSeconds 1e10", {"timeoutSeconds": 1e10}, {}, protocol.INVALID_CONFIG),
     ("ipam section", {"ipam": {"type": "host-local"}}, {}, protocol.UNSUPPORTED_FIELD),
     ("ipMasq", {"ipMasq": True}, {}, protocol.UNSUPPORTED_FIELD),
     ("prevResult not an object", {"prevResult": [1]}, {}, protocol.DECODING_FAILURE),

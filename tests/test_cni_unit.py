@@ -1,5 +1,5 @@
 """srv6-cni pieces with no kernel: the JSON codec, validation, result shapes, the shim's
-import diet, the installer, and the server's locks."""
+import diet and its answers to JSON it cannot take, the installer, and the server's locks."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cni import fastjson, protocol
+from cni import protocol
 from cni.install import install
 from cni.main import run
 from cni.protocol import CniError, Request
 from cni.server import _Gate, _KeyedLocks
 from cni.wiring import HOST_IFNAME_RE, host_ifname
 
-# --- fastjson against the standard library ---------------------------------------------
+# --- the JSON codec: the standard library's, strict -----------------------------------
 
 json_values = st.recursive(
     st.none()
@@ -36,40 +36,60 @@ json_values = st.recursive(
 
 
 @given(json_values)
-def test_fastjson_round_trips_like_the_standard_library(value: Any) -> None:
-    assert fastjson.dumps(value) == json.dumps(value)
-    assert fastjson.dumps(value, compact=True) == json.dumps(value, separators=(",", ":"))
+def test_the_codec_round_trips_like_the_standard_library(value: Any) -> None:
+    assert protocol.dumps(value) == json.dumps(value)
+    assert protocol.dumps(value, compact=True) == json.dumps(value, separators=(",", ":"))
     text = json.dumps(value)
-    assert fastjson.loads(text) == json.loads(text)
-    assert fastjson.loads(f" \n{text}\t ".encode()) == json.loads(text)
+    assert protocol.loads(text) == json.loads(text)
+    assert protocol.loads(f" \n{text}\t ".encode()) == json.loads(text)
 
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   ", "{", '{"a": 1} x', "[1,]", "NaN", '{"a": Infinity}', "'x'", b"\xff\xfe"],
+    [
+        "",
+        "   ",
+        "{",
+        "[",
+        '{"a": 1} x',
+        "[1,]",
+        "NaN",
+        '{"a": Infinity}',
+        '{"a": -Infinity}',
+        "1e999",
+        "'x'",
+        b"\xff\xfe",
+        '{"a": 1'.encode("utf-16"),  # json.loads alone would guess UTF-16 from bytes
+        "\ufeff{}",
+        "[" * 100_000,
+        '{"a": ' * 100_000,
+        "1" * 5000,  # past CPython's int string limit
+    ],
 )
-def test_fastjson_rejects_what_is_not_json(text: str | bytes) -> None:
+def test_the_codec_raises_value_error_for_what_is_not_json(text: str | bytes) -> None:
     with pytest.raises(ValueError):
-        fastjson.loads(text)
+        protocol.loads(text)
 
 
-def test_fastjson_refuses_nan_and_non_string_keys() -> None:
+def test_the_codec_refuses_to_encode_nan_and_nesting_too_deep() -> None:
     with pytest.raises(ValueError):
-        fastjson.dumps({"mtu": float("nan")})
-    with pytest.raises(TypeError):
-        fastjson.dumps({1: "x"})
+        protocol.dumps({"mtu": float("nan")})
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested too deeply"):
+        protocol.dumps(deep)
 
 
 # --- the shim's start-up --------------------------------------------------------------
 
 
-def test_the_shim_imports_only_built_in_modules() -> None:
-    # What `python -I -S` (the installed launcher) loads to serve a request, beyond a bare
-    # interpreter: frozen or built-in modules, two C extensions, our three modules and
-    # __future__. A stdlib .py module here (json, re, socket, typing...) costs every ADD.
+def _loaded_by(statement: str) -> dict[str, str | None]:
+    """Modules `python -I -S` (the installed launcher's mode) loads for `statement`, beyond
+    a bare interpreter, with where each came from."""
     probe = (
         "import sys; before = set(sys.modules); "
-        "import cni.main, cni.protocol, cni.fastjson, _socket; "
+        f"{statement}; "
         "print({n: getattr(sys.modules[n].__spec__, 'origin', None) "
         "for n in set(sys.modules) - before})"
     )
@@ -81,17 +101,76 @@ def test_the_shim_imports_only_built_in_modules() -> None:
         check=True,
     )
     loaded: dict[str, str | None] = eval(done.stdout)
+    return loaded
+
+
+def test_the_shim_imports_only_built_in_modules_and_json() -> None:
+    # Beyond frozen or built-in modules: `json` and what it pulls in (re, enum...: ~8 ms
+    # under -I -S, cni/README.md "Latency"), _socket, our three modules and __future__.
+    # Any other stdlib .py module here (socket, typing, dataclasses...) costs every ADD.
+    json_closure = set(_loaded_by("import json"))
+    loaded = _loaded_by("import cni.main, cni.protocol, _socket")
     heavy = {
         name
         for name, origin in loaded.items()
         if origin not in ("frozen", "built-in")
-        and name not in {"cni", "cni.main", "cni.protocol", "cni.fastjson"}
-        and name not in {"_json", "_socket", "__future__"}
+        and name not in json_closure
+        and name not in {"cni", "cni.main", "cni.protocol", "_socket", "__future__"}
     }
     assert not heavy, f"the shim now imports {sorted(heavy)}"
 
 
+def test_config_nested_to_the_interpreters_limit_is_a_decoding_error_never_a_crash(
+    tmp_path: Path,
+) -> None:
+    # Near the recursion limit a config may decode yet not encode again for the agent (the
+    # encoder runs deeper in the stack). Each depth around the limit must come back as
+    # code 6 or, decoded and encoded, as "agent not running" (11): never 999.
+    launcher = install(
+        bin_dir=str(tmp_path / "bin"), lib_dir=str(tmp_path / "lib"), python=sys.executable
+    )
+    deepest = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _DEEPEST_JSON_ARRAY],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    limit = int(deepest.stdout)
+    codes = {}
+    for depth in range(limit - 16, limit + 3):
+        config = (
+            '{"cniVersion": "1.1.0", "name": "srv6", "type": "srv6-cni", '
+            f'"agentSocket": "{tmp_path}/none.sock", "x": {"[" * depth}{"]" * depth}}}'
+        )
+        done = subprocess.run(
+            [str(launcher)],
+            env={**BASE_ENV, "CNI_NETNS": "/proc/self/ns/net"},
+            input=config.encode(),
+            capture_output=True,
+            check=False,
+        )
+        codes[depth] = json.loads(done.stdout)["code"]
+    assert set(codes.values()) <= {protocol.DECODING_FAILURE, protocol.TRY_AGAIN_LATER}, codes
+    assert codes[limit + 2] == protocol.DECODING_FAILURE
+
+
+_DEEPEST_JSON_ARRAY = """
+import json
+depth = 1
+while True:
+    try:
+        json.loads("[" * (depth + 1) + "]" * (depth + 1))
+    except RecursionError:
+        break
+    depth += 1
+print(depth)
+"""
+
+
 def test_install_writes_an_isolated_launcher(tmp_path: Path) -> None:
+    stale = tmp_path / "lib" / "cni" / "fastjson.py"  # what an older shim had
+    stale.parent.mkdir(parents=True)
+    stale.write_text("import _json\n")
     launcher = install(
         bin_dir=str(tmp_path / "bin"), lib_dir=str(tmp_path / "lib"), python=sys.executable
     )
@@ -99,7 +178,6 @@ def test_install_writes_an_isolated_launcher(tmp_path: Path) -> None:
     assert launcher.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in (tmp_path / "lib" / "cni").glob("*.py")) == [
         "__init__.py",
-        "fastjson.py",
         "main.py",
         "protocol.py",
     ]
