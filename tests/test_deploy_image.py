@@ -13,6 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERFILE = ROOT / "deploy" / "Containerfile"
+BASE = ROOT / "deploy" / "base"  # the kustomize base (deploy/README.md)
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 Instruction = tuple[str, str]  # (keyword, arguments)
@@ -105,16 +106,16 @@ def test_non_root_by_default_and_root_only_where_the_manifest_says_why() -> None
     runtime = stages()[-1][2]
     users = [a for k, a in runtime if k == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
-    daemonset = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "daemonset.yaml").read_text())
+    daemonset = yaml.safe_load((BASE / "kubernetes" / "daemonset.yaml").read_text())
     for c in _containers(daemonset):
         assert c["securityContext"]["runAsUser"] == 0, c["name"]
 
 
 def test_the_manifests_name_the_image_of_this_version() -> None:
     version = PYPROJECT["project"]["version"]
-    kustomization = yaml.safe_load((ROOT / "deploy" / "kustomization.yaml").read_text())
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     assert {"name": "srv6ctl", "newTag": version} in kustomization["images"]
-    daemonset = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "daemonset.yaml").read_text())
+    daemonset = yaml.safe_load((BASE / "kubernetes" / "daemonset.yaml").read_text())
     assert {c["image"] for c in _containers(daemonset)} == {f"srv6ctl:{version}"}
     assert f"-t REGISTRY/srv6ctl:{version} ." in (ROOT / "deploy" / "README.md").read_text()
     assert f"-t srv6ctl:{version} ." in CONTAINERFILE.read_text()
