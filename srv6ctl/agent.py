@@ -204,7 +204,7 @@ class Agent:
     def run(self) -> int:
         opts = self.options
         self._check_dataplane()
-        raw_store = self._store or open_store(self.config.store)
+        raw_store = self._store or open_store(self.config.store, kubeconfig=opts.kubeconfig)
         store = self.telemetry.instrument_store(raw_store)
         self.allocator = Allocator(store, self.plan, prefix=self.config.store.prefix + "ipam/")
         self.node_id = self._retry(

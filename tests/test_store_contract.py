@@ -957,6 +957,17 @@ current-context: fake
         assert {ns for ns, _ in apiserver._objects["configmaps"]} == {"kube-network"}
     finally:
         store.close()
+    # The agent's --kubeconfig serves the store too when the store names none (issue #15:
+    # `srv6ctl agent --kubeconfig FILE` alone died looking for an in-cluster config).
+    store = open_store(
+        StoreConfig.model_validate({"type": "kubernetes", "kubernetes": {"namespace": "by-flag"}}),
+        kubeconfig=str(kubeconfig),
+    )
+    try:
+        store.put("/srv6ctl/ipam/nodes/by-owner/node-b", b"{}")
+        assert "by-flag" in {ns for ns, _ in apiserver._objects["configmaps"]}
+    finally:
+        store.close()
     # No namespace given: the pod's own (from its service account), else "srv6ctl".
     account = tmp_path / "serviceaccount-namespace"
     monkeypatch.setattr(kubernetes_store, "SERVICE_ACCOUNT_NAMESPACE", account)

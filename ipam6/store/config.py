@@ -84,8 +84,13 @@ class StoreConfig(BaseModel):
         return self
 
 
-def open_store(config: StoreConfig) -> Store:
-    """Open the configured store (the embedded one creates its directory)."""
+def open_store(config: StoreConfig, *, kubeconfig: str | None = None) -> Store:
+    """Open the configured store (the embedded one creates its directory).
+
+    `kubeconfig`: the one the caller talks to the API server with (the agent's
+    `--kubeconfig`); the Kubernetes store uses it unless its config names its own, so one
+    flag serves the watches and the allocations alike (outside a pod there is no in-cluster
+    configuration to fall back on)."""
     if config.type == "embedded":
         from ipam6.store.sqlite import SqliteStore
 
@@ -96,7 +101,7 @@ def open_store(config: StoreConfig) -> Store:
 
         return KubernetesStore(
             config.kubernetes.namespace or default_namespace(),
-            kubeconfig=config.kubernetes.kubeconfig,
+            kubeconfig=config.kubernetes.kubeconfig or kubeconfig,
             timeout=config.kubernetes.timeout_seconds,
         )
     from ipam6.store.etcd import EtcdStore
