@@ -1,16 +1,20 @@
 """Benchmark: CNI ADD and DEL latency of srv6-cni against Debian's reference ptp + host-local.
 
-Both plugins are run exactly as a container runtime runs them — a fresh process per call,
+Every plugin is run exactly as a container runtime runs it — a fresh process per call,
 CNI_* env, config on stdin — from inside a throw-away "node" namespace, one pod after the
 other, each pod in its own fresh namespace:
 
-- `ours`: `srv6-cni` as a node runs it — installed by `srv6-cni install` (a launcher
-  running the shim with `python -I -S`) — talking to a `CniServer` (started here, in
-  this process) with a temp SQLite store, IPv6-only plan. The venv's console script
-  (what the tests run; `site` and the editable install's finder load on every call) is
-  timed too, and reported on stderr;
-- `reference`: /usr/lib/cni/ptp with host-local IPAM on an IPv6 /64 (its data dir in a
-  temp dir). ptp waits for DAD on the pod's address, so expect ~1.5 s per ADD.
+- `ours`: the self-contained executable the DaemonSet installs (cni/freeze.py, built here
+  by scripts/build-cni.sh unless `--executable` names one), talking to a `CniServer`
+  (started here, in this process) with a temp SQLite store, IPv6-only plan;
+- `ours_launcher`: the same shim as `srv6-cni install --python` writes it (a launcher
+  running the shim's modules with `python -I -S`), against the same server. The venv's
+  console script (what the tests run; `site` and the editable install's finder load on
+  every call) is timed too, and reported on stderr;
+- `reference`: /usr/lib/cni/ptp with host-local IPAM on an IPv4 /16: no DAD, so its ADD is
+  ptp's wiring and process costs, the figure ours is compared with (`ratio`);
+- `reference_ipv6`: the same on an IPv6 /64. ptp waits for DAD on the pod's address
+  (we add ours with IFA_F_NODAD), so expect ~1.5 s per ADD (`ratio_ipv6`).
 
 `--compare-transport` instead measures the shim's transport choice (see cni/README.md):
 a fresh Python process doing one request over a length-prefixed JSON frame vs over gRPC
@@ -43,7 +47,8 @@ from pathlib import Path
 from typing import Any
 
 REFERENCE_DIR = "/usr/lib/cni"
-REFERENCE_SUBNET = "fd00:99::/64"
+REFERENCE_SUBNETS = {"ipv4": ("10.99.0.0/16", "0.0.0.0/0"), "ipv6": ("fd00:99::/64", "::/0")}
+BUILD_CNI = Path(__file__).resolve().parent.parent / "scripts" / "build-cni.sh"
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -162,7 +167,19 @@ def time_plugin(
     return adds, dels
 
 
-def bench_ours(pods: int, work: str, namespaces: Namespaces) -> dict[str, float]:
+def self_contained(work: str) -> str:
+    """The executable the image ships, built from this tree (scripts/build-cni.sh)."""
+    output = os.path.join(work, "static", "srv6-cni")
+    done = subprocess.run([str(BUILD_CNI), output], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"building the self-contained srv6-cni failed:\n{done.stderr}")
+    log(done.stdout.strip())
+    return output
+
+
+def bench_ours(
+    pods: int, work: str, namespaces: Namespaces, executable: str
+) -> dict[str, dict[str, float]]:
     from cni.install import install
     from cni.server import CniServer
     from cni.wiring import PodWiring
@@ -195,10 +212,14 @@ def bench_ours(pods: int, work: str, namespaces: Namespaces) -> dict[str, float]
             "agentSocket": socket_path,
         }
         bin_dir = os.path.join(work, "bin")
-        launcher = str(install(bin_dir, os.path.join(work, "lib"), python=sys.executable))
-        adds, dels = time_plugin("ours", launcher, config, pods, namespaces, node, bin_dir)
+        plugin = str(install(bin_dir, os.path.join(work, "lib"), executable=executable))
+        adds, dels = time_plugin("ours", plugin, config, pods, namespaces, node, bin_dir)
         ours = summary(adds, dels)
-        handled_installed = {k: list(v) for k, v in handled.items()}
+        handled_executable = {k: list(v) for k, v in handled.items()}
+        launcher_dir = os.path.join(work, "launcher")
+        launcher = str(install(launcher_dir, os.path.join(work, "lib"), python=sys.executable))
+        adds, dels = time_plugin("ours-py", launcher, config, pods, namespaces, node, bin_dir)
+        ours_launcher = summary(adds, dels)
         venv_adds, venv_dels = time_plugin(
             "ours-venv", srv6_cni(), config, pods, namespaces, node, bin_dir
         )
@@ -207,33 +228,35 @@ def bench_ours(pods: int, work: str, namespaces: Namespaces) -> dict[str, float]
         server.stop()
     log(
         "ours, agent side only: ADD p50 "
-        f"{percentile(handled_installed['ADD'], 50) * 1e3:.1f} ms, DEL p50 "
-        f"{percentile(handled_installed['DEL'], 50) * 1e3:.1f} ms (the rest is the shim process)"
+        f"{percentile(handled_executable['ADD'], 50) * 1e3:.1f} ms, DEL p50 "
+        f"{percentile(handled_executable['DEL'], 50) * 1e3:.1f} ms (the rest is the shim process)"
     )
-    return ours
+    return {"ours": ours, "ours_launcher": ours_launcher}
 
 
-def bench_reference(pods: int, work: str, namespaces: Namespaces) -> dict[str, float]:
+def bench_reference(pods: int, work: str, namespaces: Namespaces, family: str) -> dict[str, float]:
     ptp = os.path.join(REFERENCE_DIR, "ptp")
     if not os.path.exists(ptp) or not os.path.exists(os.path.join(REFERENCE_DIR, "host-local")):
         sys.exit(
             f"reference plugins missing in {REFERENCE_DIR}: apt-get install "
             "containernetworking-plugins"
         )
-    node = namespaces.add("ref-node")
+    node = namespaces.add(f"ref-{family}-node")
+    subnet, default_route = REFERENCE_SUBNETS[family]
     config = {
         "cniVersion": "1.0.0",
-        "name": "bench-reference",
+        "name": f"bench-reference-{family}",
         "type": "ptp",
         "ipMasq": False,
         "ipam": {
             "type": "host-local",
-            "ranges": [[{"subnet": REFERENCE_SUBNET}]],
-            "routes": [{"dst": "::/0"}],
-            "dataDir": os.path.join(work, "host-local"),
+            "ranges": [[{"subnet": subnet}]],
+            "routes": [{"dst": default_route}],
+            "dataDir": os.path.join(work, f"host-local-{family}"),
         },
     }
-    adds, dels = time_plugin("ref", ptp, config, pods, namespaces, node, REFERENCE_DIR)
+    label = f"ref-{family[-1]}"
+    adds, dels = time_plugin(label, ptp, config, pods, namespaces, node, REFERENCE_DIR)
     return summary(adds, dels)
 
 
@@ -349,6 +372,9 @@ def main() -> int:
         help="measure JSON-frame vs gRPC shim requests instead",
     )
     parser.add_argument("--rounds", type=int, default=30, help="rounds for --compare-transport")
+    parser.add_argument(
+        "--executable", help="a self-contained srv6-cni to time (default: build one from here)"
+    )
     options = parser.parse_args()
     if options.compare_transport:
         print(json.dumps(compare_transport(options.rounds)))
@@ -358,21 +384,31 @@ def main() -> int:
     namespaces = Namespaces(f"s6bench-{os.getpid()}")
     work = tempfile.mkdtemp(prefix="s6cni-bench-")
     try:
-        log(f"ours: {options.pods} pods")
-        ours = bench_ours(options.pods, work, namespaces)
-        log(f"reference ptp + host-local: {options.pods} pods (DAD makes each ADD slow)")
-        reference = bench_reference(options.pods, work, namespaces)
+        executable = options.executable or self_contained(work)
+        log(f"ours: {options.pods} pods, self-contained executable then launcher")
+        ours = bench_ours(options.pods, work, namespaces, executable)
+        log(f"reference ptp + host-local, IPv4: {options.pods} pods")
+        reference = bench_reference(options.pods, work, namespaces, "ipv4")
+        log(f"reference ptp + host-local, IPv6: {options.pods} pods (DAD makes each ADD slow)")
+        reference_ipv6 = bench_reference(options.pods, work, namespaces, "ipv6")
     finally:
         namespaces.cleanup()
         shutil.rmtree(work, ignore_errors=True)
+
+    def ratio(mine: dict[str, float], theirs: dict[str, float]) -> float:
+        return round(mine["add_p50_ms"] / theirs["add_p50_ms"], 4)
+
     print(
         json.dumps(
             {
                 "bench": "cni_latency",
                 "pods": options.pods,
-                "ours": ours,
+                **ours,
                 "reference": reference,
-                "ratio": round(ours["add_p50_ms"] / reference["add_p50_ms"], 4),
+                "reference_ipv6": reference_ipv6,
+                "ratio": ratio(ours["ours"], reference),
+                "ratio_launcher": ratio(ours["ours_launcher"], reference),
+                "ratio_ipv6": ratio(ours["ours"], reference_ipv6),
             }
         )
     )

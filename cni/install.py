@@ -1,11 +1,17 @@
-"""Install the srv6-cni shim where container runtimes look for plugins (`/opt/cni/bin`).
+"""Install the srv6-cni plugin where container runtimes look for plugins (`/opt/cni/bin`).
 
-`srv6-cni install` copies the shim's modules (standard library only) into a lib
-directory and writes a launcher that runs them with `python3 -I -S`: isolated, without
-`site`. Start-up is most of a CNI ADD, and `site` (scanning site-packages, `.pth` hooks
-such as an editable install's finder) costs more than everything the shim does; measured
-here, `python -c pass` takes several times as long as `python -I -S -c pass`.
+Two forms, one file name (`srv6-cni`, the conflist's `type`):
 
+- `--executable PATH`: copy the self-contained executable (cni/freeze.py: static, the shim
+  frozen in) that the image carries at `DEFAULT_EXECUTABLE`. The node needs no Python and
+  no C library; this is what the DaemonSet installs.
+- `--python PATH` (the default): copy the shim's modules (standard library only) into a lib
+  directory and write a launcher that runs them with that interpreter, `-I -S`: isolated,
+  without `site`, whose scan of site-packages and `.pth` hooks (an editable install's
+  finder) costs more than everything the shim does. For a lab or a bare-metal node with
+  Python >= 3.11.
+
+Start-up is most of a CNI ADD; cni/README.md ("Latency") measures both forms.
 With `--root` (a DaemonSet's init container writing to the host's disk under `/host`),
 files go below the root while the launcher names the paths as the host sees them.
 """
@@ -20,10 +26,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cni import protocol
+
 SHIM_MODULES = ("__init__.py", "main.py", "protocol.py")
 DEFAULT_BIN_DIR = "/opt/cni/bin"
 DEFAULT_LIB_DIR = "/opt/cni/lib/srv6-cni"
 DEFAULT_PYTHON = "/usr/bin/python3"
+DEFAULT_EXECUTABLE = "/usr/local/libexec/srv6ctl/srv6-cni"  # where deploy/Containerfile puts it
 MIN_PYTHON = (3, 11)
 
 LAUNCHER = '''#!{python} -IS
@@ -41,12 +50,12 @@ def _under(root: str, path: str) -> Path:
     return Path(root, path.lstrip("/")) if root else Path(path)
 
 
-def _atomic_write(path: Path, text: str, mode: int) -> None:
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.chmod(staged, mode)
         os.replace(staged, path)  # a runtime exec'ing the old file never sees half a file
     except BaseException:
@@ -67,19 +76,50 @@ def _check_python(python: str, root: str) -> None:
         raise SystemExit(f"{python} is older than Python {wanted}, which srv6-cni needs")
 
 
+def plugin_problem(plugin: Path) -> str:
+    """Why `plugin` is no working srv6-cni ('' when it answers VERSION, as runtimes ask first)."""
+    try:
+        done = subprocess.run(
+            [str(plugin)],
+            env={"CNI_COMMAND": "VERSION"},
+            input=b'{"cniVersion": "1.0.0"}',
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError as err:
+        return f"{plugin} cannot be run: {err}"
+    try:
+        answer = protocol.loads(done.stdout)
+    except ValueError:
+        answer = None
+    if done.returncode != 0 or not isinstance(answer, dict):
+        stderr = done.stderr.decode(errors="replace").strip()
+        return f"{plugin} VERSION exited {done.returncode}: {done.stdout!r} {stderr}"
+    if answer.get("supportedVersions") != list(protocol.SUPPORTED_VERSIONS):
+        return f"{plugin} supports {answer.get('supportedVersions')}, not this shim's versions"
+    return ""
+
+
 def install(
     bin_dir: str = DEFAULT_BIN_DIR,
     lib_dir: str = DEFAULT_LIB_DIR,
     python: str = DEFAULT_PYTHON,
     root: str = "",
+    executable: str | None = None,
 ) -> Path:
-    """Install the shim and its launcher; returns the launcher's path (below `root`)."""
+    """Install the plugin: `executable` if given, else the launcher running `python`.
+
+    Returns the plugin's path (below `root`).
+    """
+    if executable is not None:
+        return _install_executable(Path(executable), bin_dir, lib_dir, root)
     _check_python(python, root)
     source = Path(__file__).resolve().parent
     package = _under(root, lib_dir) / "cni"
     package.mkdir(parents=True, exist_ok=True)
     for name in SHIM_MODULES:
-        _atomic_write(package / name, (source / name).read_text(), 0o644)
+        _atomic_write(package / name, (source / name).read_bytes(), 0o644)
     # An upgrade drops what an older shim had (fastjson.py until issue #15): nothing imports
     # it, but a stale module beside the launcher would mislead whoever reads the node.
     for stale in package.glob("*.py"):
@@ -91,8 +131,20 @@ def install(
     compiler = str(node_python) if not root and node_python.exists() else sys.executable
     subprocess.run([compiler, "-IS", "-m", "compileall", "-q", str(package)], check=True)
     launcher = _under(root, bin_dir) / "srv6-cni"
-    _atomic_write(launcher, LAUNCHER.format(python=python, lib_dir=lib_dir), 0o755)
+    _atomic_write(launcher, LAUNCHER.format(python=python, lib_dir=lib_dir).encode(), 0o755)
     return launcher
+
+
+def _install_executable(executable: Path, bin_dir: str, lib_dir: str, root: str) -> Path:
+    # Run here, in the image it came with, before the runtime can exec it on the node.
+    problem = plugin_problem(executable)
+    if problem:
+        raise SystemExit(f"refusing to install {executable}: {problem}")
+    plugin = _under(root, bin_dir) / "srv6-cni"
+    _atomic_write(plugin, executable.read_bytes(), 0o755)
+    # A launcher's modules from an earlier install: nothing runs them any more.
+    shutil.rmtree(_under(root, lib_dir) / "cni", ignore_errors=True)
+    return plugin
 
 
 def cli(argv: list[str]) -> int:
@@ -101,11 +153,22 @@ def cli(argv: list[str]) -> int:
     )
     parser.add_argument("--bin-dir", default=DEFAULT_BIN_DIR, help="CNI plugin directory")
     parser.add_argument("--lib-dir", default=DEFAULT_LIB_DIR, help="where the modules go")
-    parser.add_argument("--python", default=DEFAULT_PYTHON, help="interpreter on the node")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument(
+        "--executable",
+        help=f"install this self-contained srv6-cni (the image's: {DEFAULT_EXECUTABLE})",
+    )
+    form.add_argument(
+        "--python",
+        default=DEFAULT_PYTHON,
+        help="install the launcher, run by this interpreter on the node (Python >= 3.11)",
+    )
     parser.add_argument("--root", default="", help="write below this root (e.g. /host)")
     options = parser.parse_args(argv)
-    launcher = install(options.bin_dir, options.lib_dir, options.python, options.root)
-    print(f"installed {launcher}")
+    plugin = install(
+        options.bin_dir, options.lib_dir, options.python, options.root, options.executable
+    )
+    print(f"installed {plugin}")
     return 0
 
 

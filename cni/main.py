@@ -120,8 +120,11 @@ def _version(stdin: bytes) -> dict[str, Any]:
 def main() -> int:
     if sys.argv[1:2] == ["install"]:
         # Run by an operator or an installer, never by a runtime (which passes no argv).
-        from cni.install import cli
-
+        try:
+            from cni.install import cli
+        except ImportError:  # the self-contained executable carries the plugin only
+            sys.stderr.write("srv6-cni install: run it from the srv6ctl image or package\n")
+            return 2
         return cli(sys.argv[2:])
     try:
         stdin = b"" if sys.stdin is None else sys.stdin.buffer.read()

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 import yaml
@@ -29,7 +29,7 @@ import yaml
 from cni import protocol
 from cni.install import install
 from cni.wiring import host_ifname
-from tests.test_cni_support import Harness, ip, node_veths, ping
+from tests.test_cni_support import Harness, ip, node_veths, ping, unavailable
 
 pytest_plugins = ["tests.test_cni_support"]
 pytestmark = pytest.mark.netns
@@ -37,9 +37,6 @@ pytestmark = pytest.mark.netns
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFLIST = ROOT / "deploy" / "base" / "cni" / "10-srv6.conflist"
 DAEMONSET = ROOT / "deploy" / "base" / "kubernetes" / "daemonset.yaml"
-DRIVER_SOURCE = Path(__file__).parent / "cni_driver"
-GOPATH_SYSTEM = "/usr/share/gocode"
-LIBCNI = Path(GOPATH_SYSTEM, "src/github.com/containernetworking/cni/libcni")
 REFERENCE_PLUGINS = "/usr/lib/cni"
 
 # Runs its arguments with /run/srv6ctl being $2 and /run/netns the host's (the pods'
@@ -56,45 +53,6 @@ mount -n --rbind "$old_run/netns" /run/netns
 mount -n --bind "$agent_dir" /run/srv6ctl
 exec "$@"
 """
-
-
-def _unavailable(reason: str) -> NoReturn:
-    # CI installs the toolchain: there a missing piece is a failure, not a skip.
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the libcni tests must run)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def cni_driver(tmp_path_factory: pytest.TempPathFactory) -> str:
-    go = shutil.which("go")
-    if go is None:
-        _unavailable("`go` is missing: apt-get install golang-go golang-github-appc-cni-dev")
-    if not LIBCNI.is_dir():
-        _unavailable(
-            f"libcni source missing at {LIBCNI}: apt-get install golang-github-appc-cni-dev"
-        )
-    work = tmp_path_factory.mktemp("cni-driver")
-    binary = work / "cni_driver"
-    env = {
-        **os.environ,
-        "GO111MODULE": "off",  # Debian ships libcni as GOPATH source, with no module proxy
-        "GOPATH": f"{work / 'gopath'}:{GOPATH_SYSTEM}",
-        "GOCACHE": str(work / "gocache"),
-        "GOFLAGS": "",
-        "CGO_ENABLED": "0",
-    }
-    done = subprocess.run(
-        [go, "build", "-o", str(binary), "."],
-        cwd=DRIVER_SOURCE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"building the libcni driver failed:\n{done.stderr}")
-    return str(binary)
 
 
 def install_shipped_conflist(net_d: Path) -> Path:
@@ -164,7 +122,7 @@ class Runtime:
 @pytest.fixture
 def shipped(cni_driver: str, harness: Harness, tmp_path: Path) -> Runtime:
     if shutil.which("unshare") is None:
-        _unavailable("`unshare` is missing: apt-get install util-linux")
+        unavailable("`unshare` is missing: apt-get install util-linux")
     conflist = install_shipped_conflist(tmp_path / "etc" / "cni" / "net.d")
     return Runtime(cni_driver, harness, tmp_path, conflist)
 
@@ -174,7 +132,7 @@ def chained(cni_driver: str, harness: Harness, tmp_path: Path) -> Runtime:
     """The shipped conflist with the reference `tuning` plugin after ours, as an operator
     may chain one (cni/README.md): our result becomes a real plugin's prevResult."""
     if not Path(REFERENCE_PLUGINS, "tuning").exists():
-        _unavailable("reference CNI plugins missing: apt-get install containernetworking-plugins")
+        unavailable("reference CNI plugins missing: apt-get install containernetworking-plugins")
     conflist = json.loads(install_shipped_conflist(tmp_path / "net.d").read_text())
     conflist["plugins"].append({"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}})
     chain = tmp_path / "chain.conflist"

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -41,7 +41,19 @@ IPV6_ONLY = {"podCIDRv6": "fd00:10::/48"}
 TINY = {"podCIDRv6": "fd00:10::/48", "podCIDRv4": "10.200.0.0/16", "nodePrefixLengthV4": 29}
 
 
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_CNI = ROOT / "scripts" / "build-cni.sh"
+DRIVER_SOURCE = Path(__file__).parent / "cni_driver"
+GOPATH_SYSTEM = "/usr/share/gocode"
+LIBCNI = Path(GOPATH_SYSTEM, "src/github.com/containernetworking/cni/libcni")
+
+
 def _executable() -> str:
+    # The whole suite can run against another build, e.g. the self-contained one:
+    # SRV6_CNI_EXECUTABLE=build/cni/srv6-cni pytest tests/test_cni.py
+    chosen = os.environ.get("SRV6_CNI_EXECUTABLE")
+    if chosen:
+        return str(Path(chosen).resolve())
     beside_python = Path(sys.executable).with_name("srv6-cni")
     if beside_python.exists():
         return str(beside_python)
@@ -52,6 +64,61 @@ def _executable() -> str:
 
 
 SRV6_CNI = _executable()
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip for want of a tool; under CI, which installs the toolchain, fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: these tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cni_driver(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/cni_driver built offline against Debian's libcni 1.1.2 (GOPATH mode), statically
+    (CGO_ENABLED=0): it runs where the node has no C library either."""
+    go = shutil.which("go")
+    if go is None:
+        unavailable("`go` is missing: apt-get install golang-go golang-github-appc-cni-dev")
+    if not LIBCNI.is_dir():
+        unavailable(
+            f"libcni source missing at {LIBCNI}: apt-get install golang-github-appc-cni-dev"
+        )
+    work = tmp_path_factory.mktemp("cni-driver")
+    binary = work / "cni_driver"
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",  # Debian ships libcni as GOPATH source, with no module proxy
+        "GOPATH": f"{work / 'gopath'}:{GOPATH_SYSTEM}",
+        "GOCACHE": str(work / "gocache"),
+        "GOFLAGS": "",
+        "CGO_ENABLED": "0",
+    }
+    done = subprocess.run(
+        [go, "build", "-o", str(binary), "."],
+        cwd=DRIVER_SOURCE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"building the libcni driver failed:\n{done.stderr}")
+    return str(binary)
+
+
+@pytest.fixture(scope="session")
+def cni_static_executable(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The self-contained srv6-cni, built from this tree as the image builds it."""
+    output = tmp_path_factory.mktemp("cni-static") / "srv6-cni"
+    done = subprocess.run(
+        [str(BUILD_CNI), str(output)], capture_output=True, text=True, timeout=600, check=False
+    )
+    if done.returncode == 3:  # build-cni.sh: the toolchain cannot be installed here
+        unavailable(done.stderr.strip())
+    assert done.returncode == 0, done.stdout + done.stderr
+    return output
+
 
 # --- namespaces -----------------------------------------------------------------------
 

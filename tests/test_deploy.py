@@ -726,18 +726,33 @@ def test_the_plugin_installer_writes_where_the_host_mounts_are(tmp_path: Path) -
     assert command[:2] == ["srv6-cni", "install"]
     options = dict(a.removeprefix("--").split("=", 1) for a in command[2:])
     assert options["root"] == HOST_ROOT
-    # Run the very command (below a temporary root instead of /host).
-    args = [a.replace(f"--root={HOST_ROOT}", f"--root={tmp_path}") for a in command[2:]]
+    # The image's self-contained executable, not a launcher needing the node's Python
+    # (tests/test_deploy_image.py: the Containerfile puts it there).
+    assert options["executable"] == install.DEFAULT_EXECUTABLE
+    # Run the very command below a temporary root, with a stand-in for the image's file (the
+    # real one is built and run through libcni by tests/test_cni_executable.py).
+    stand_in = tmp_path / "image" / "srv6-cni"
+    stand_in.parent.mkdir()
+    versions = json.dumps({"cniVersion": "1.0.0", "supportedVersions": protocol.SUPPORTED_VERSIONS})
+    stand_in.write_text(f"#!/bin/sh\necho '{versions}'\n")
+    stand_in.chmod(0o755)
+    host = tmp_path / "host"
+    args = [
+        a.replace(f"--root={HOST_ROOT}", f"--root={host}").replace(
+            f"--executable={install.DEFAULT_EXECUTABLE}", f"--executable={stand_in}"
+        )
+        for a in command[2:]
+    ]
     assert install.cli(args) == 0
-    written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
-    assert tmp_path / "opt/cni/bin/srv6-cni" in written
+    written = sorted(p for p in host.rglob("*") if p.is_file())
+    assert written == [host / "opt/cni/bin/srv6-cni"]
     for path in written:
-        in_container = HOST_ROOT + "/" + str(path.relative_to(tmp_path))
+        in_container = HOST_ROOT + "/" + str(path.relative_to(host))
         on_host = _host_path_under_root(init, in_container)
         assert on_host == in_container.removeprefix(HOST_ROOT)
-    launcher = (tmp_path / "opt/cni/bin/srv6-cni").read_text()
-    assert launcher.startswith(f"#!{options['python']} -IS")
-    assert repr(options["lib-dir"]) in launcher
+    plugin = host / "opt/cni/bin/srv6-cni"
+    assert plugin.read_bytes() == stand_in.read_bytes()
+    assert plugin.stat().st_mode & 0o777 == 0o755
 
 
 def test_the_config_installer_script_installs_the_shipped_conflist(tmp_path: Path) -> None:
