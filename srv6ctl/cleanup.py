@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from srv6ctl.dataplane.kernel_codec import VRF_DEVICE_PREFIX
 from srv6ctl.dataplane.model import NodeConfig
 from srv6ctl.dataplane.nsenter import run_in_netns
 from srv6ctl.dataplane.reconcile import plan
@@ -43,6 +44,12 @@ def _pod_routes_and_device(report: CleanupReport) -> None:
         for index in ipr.link_lookup(ifname=SID_DEVICE):
             ipr.link("del", index=index)
             report.devices.append(SID_DEVICE)
+        # The VRF devices the kernel backend made for End.DT4/DT46 (srv6vrf<table>).
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            if name.startswith(VRF_DEVICE_PREFIX) and name[len(VRF_DEVICE_PREFIX) :].isdigit():
+                ipr.link("del", index=link["index"])
+                report.devices.append(name)
 
 
 def _route_key(route: object) -> dict[str, object]:

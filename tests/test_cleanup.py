@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from srv6ctl.dataplane.kernel import KernelBackend
-from srv6ctl.dataplane.model import End, NodeConfig, SegmentList, SrPolicy, Steering
+from srv6ctl.dataplane.model import (
+    End,
+    EndDT4,
+    NodeConfig,
+    SegmentList,
+    SrPolicy,
+    Steering,
+)
 from srv6ctl.dataplane.reconcile import plan
 from tests.support.netns import NetnsFactory
 
 SRV6CTL = str(Path(sys.executable).parent / "srv6ctl")
 
 
-@pytest.mark.kernel_srv6
+@pytest.mark.kernel_srv6(vm=True)
 def test_cleanup_leaves_only_foreign_state(netns_factory: NetnsFactory, tmp_path: Path) -> None:
     node = netns_factory()
     node.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
@@ -30,9 +38,12 @@ def test_cleanup_leaves_only_foreign_state(netns_factory: NetnsFactory, tmp_path
         },
         steerings={Steering(prefix="fd00:96::10/128", bsid="fcbb:bb00::6000:1")},
     )
+    node.ip("link", "add", "vrf-other", "type", "vrf", "table", "77", check=False)  # foreign
     with KernelBackend(node.name) as backend:
+        if EndDT4.behaviour in backend.capabilities.behaviours:  # its VRF device goes too
+            desired = replace(desired, local_sids={*desired.local_sids, EndDT4("fcbb:bb00:1::4")})
         backend.apply(plan(desired, backend.dump()))
-        assert backend.dump().steerings == desired.steerings
+        assert backend.dump() == desired
     node.ip("-6", "route", "add", "fd00:10:0:1::2/128", "dev", "eth0", "proto", "106")
     node.ip("-6", "route", "add", "2001:db8:1::/64", "via", "fd00:ff::2")  # foreign
     conf = tmp_path / "net.d"
@@ -42,6 +53,7 @@ def test_cleanup_leaves_only_foreign_state(netns_factory: NetnsFactory, tmp_path
     state = tmp_path / "state"
     state.mkdir()
 
+    before = node.ip("link", "show")
     done = subprocess.run(
         [
             SRV6CTL,
@@ -62,7 +74,9 @@ def test_cleanup_leaves_only_foreign_state(netns_factory: NetnsFactory, tmp_path
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "srv6ctl0" not in node.ip("link", "show")
+    links = node.ip("link", "show")
+    assert "srv6ctl0" not in links and "srv6vrf" not in links
+    assert ("vrf-other" in links) == ("vrf-other" in before)
     routes = node.ip("-6", "route", "show", "table", "all")
     assert "2001:db8:1::/64" in routes
     assert "fd00:10:0:1::2" not in routes and "fcbb" not in routes and "fd00:96" not in routes

@@ -26,6 +26,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
 from srv6ctl.dataplane.kernel import KernelBackend
+from srv6ctl.dataplane.kernel_codec import InvalidObject
 from srv6ctl.dataplane.model import (
     End,
     EndDT4,
@@ -221,7 +222,14 @@ def test_service_without_endpoints_is_administratively_prohibited(lab: Lab) -> N
 @pytest.mark.kernel_srv6(vm=True)
 def test_end_with_and_without_psp_and_its_counters(lab: Lab) -> None:
     plain, psp = End("fcbb:bb00:1::1"), End("fcbb:bb00:1::2", {Flavour.PSP})
-    lab.program(local_sids=[plain, psp])
+    # PSP on End is newer than Debian 12's 6.1, which has none: where the kernel lacks
+    # it, the backend refuses such a SID before writing anything, and plain End works.
+    has_psp = Flavour.PSP in lab.backend.features.flavours.get(End.behaviour, frozenset())
+    if not has_psp:
+        with pytest.raises(InvalidObject, match="flavour psp is not supported on End here"):
+            lab.program(local_sids=[plain, psp])
+        assert lab.backend.dump() == NodeConfig()
+    lab.program(local_sids=[plain, psp] if has_psp else [plain])
     inner = udp6("fd00:10:0:2::5", src="fd00:10:0:3::7")
     last = "fcbb:bb00:2::6"
 
@@ -231,11 +239,12 @@ def test_end_with_and_without_psp_and_its_counters(lab: Lab) -> None:
     assert (frame[IPv6].dst, srh.segleft) == (last, 0)
     same_inner(srh.payload, inner)
 
-    lab.send(srv6([str(psp.sid), last], 1, inner))
-    (frame,) = lab.received()
-    assert IPv6ExtHdrSegmentRouting not in frame  # popped at the penultimate SID
-    assert (frame[IPv6].dst, frame[IPv6].nh) == (last, 41)
-    same_inner(frame[IPv6].payload, inner)
+    if has_psp:
+        lab.send(srv6([str(psp.sid), last], 1, inner))
+        (frame,) = lab.received()
+        assert IPv6ExtHdrSegmentRouting not in frame  # popped at the penultimate SID
+        assert (frame[IPv6].dst, frame[IPv6].nh) == (last, 41)
+        same_inner(frame[IPv6].payload, inner)
 
     lab.send(srv6([str(plain.sid)], 0, inner))  # segments left 0: End must drop it
     assert lab.received(timeout=0.3) == []
@@ -243,7 +252,8 @@ def test_end_with_and_without_psp_and_its_counters(lab: Lab) -> None:
     counters = lab.backend.counters()
     assert counters[plain.key].packets == 1 and counters[plain.key].errors == 1
     assert counters[plain.key].bytes > 0
-    assert counters[psp.key].packets == 1 and counters[psp.key].errors == 0
+    if has_psp:
+        assert counters[psp.key].packets == 1 and counters[psp.key].errors == 0
 
 
 @pytest.mark.kernel_srv6(vm=True)
@@ -290,9 +300,33 @@ def test_decapsulation_delivers_the_inner_packet(lab: Lab, sid: LocalSid, inner:
 @pytest.mark.parametrize("cls", [EndDT4, EndDT46], ids=["End.DT4", "End.DT46"])
 @pytest.mark.kernel_srv6(vm=True)
 def test_vrf_decapsulation(lab: Lab, cls: type[LocalSid]) -> None:
+    """End.DT4/DT46 decapsulate into the main table through a VRF device the backend makes
+    (with VRF strict mode, which 6.1 demands); without VRF they are refused unwritten."""
+    sid = cls(f"fcbb:bb00:1::{4 if cls is EndDT4 else 46}")
     if cls.behaviour not in lab.backend.capabilities.behaviours:
-        pytest.skip("no VRF device")
-    pytest.skip("VRF devices present: a VRF test topology is not written yet")
+        with pytest.raises(InvalidObject, match=f"{cls.behaviour}.*unsupported"):
+            lab.program(local_sids=[sid])
+        assert lab.backend.dump() == NodeConfig()
+        return
+    lab.peer.ip("addr", "add", "10.96.0.1/32", "dev", "lo")  # as for End.DX4, above
+    lab.program(local_sids=[sid])
+    assert "srv6vrf254" in lab.node.ip("link", "show", "type", "vrf")
+    inners = [udp4(PEER4)] + ([udp6(PEER6)] if cls is EndDT46 else [])
+    for inner in inners:
+        lab.send(
+            IPv6(src="fcbb:bb00:9::", dst=str(sid.sid)) / inner,  # encap.red style, no SRH
+            srv6([str(sid.sid)], 0, inner),  # with an SRH, segments left 0
+        )
+        frames = lab.received(count=2)
+        assert len(frames) == 2, inner.summary()
+        for frame in frames:
+            assert frame[Ether].dst == lab.peer.mac("dst0")
+            same_inner(frame[Ether].payload, inner)
+    assert lab.backend.counters()[sid.key].packets == 2 * len(inners)
+    # A second apply of the same config writes nothing: the VRF device is found, not made.
+    writes = lab.backend.writes
+    lab.program(local_sids=[sid])
+    assert lab.backend.writes == writes
 
 
 # --- load balancing --------------------------------------------------------------------
@@ -309,9 +343,15 @@ def test_resilient_group_spreads_flows_by_weight_and_keeps_them(lab: Lab) -> Non
     flows = range(20000, 21000)
 
     def placement() -> dict[int, str]:
-        lab.send(*(udp6("fd00:96::1", sport=port) for port in flows))
-        frames = lab.received(count=len(flows), timeout=5.0)
-        return {f[UDP].sport: f[IPv6].dst for f in frames}
+        # In bursts of 100, each read before the next: a slow receiver (a VM without KVM)
+        # drops frames from a longer burst at its backlog, which says nothing of the group.
+        placed: dict[int, str] = {}
+        for start in range(flows.start, flows.stop, 100):
+            burst = range(start, min(start + 100, flows.stop))
+            lab.send(*(udp6("fd00:96::1", sport=port) for port in burst))
+            frames = lab.received(count=len(burst), timeout=5.0)
+            placed.update((f[UDP].sport, f[IPv6].dst) for f in frames)
+        return placed
 
     first = placement()
     assert len(first) >= 0.98 * len(flows)
@@ -330,6 +370,10 @@ def test_resilient_group_spreads_flows_by_weight_and_keeps_them(lab: Lab) -> Non
     moved = [p for p, sid in first.items() if sid != b and p in second and second[p] != sid]
     assert moved == []  # removing b moved only b's flows
     assert set(second.values()) == {a, c}
-    # Group statistics start again when the group is replaced (a new group inside).
-    policy_packets = lab.backend.counters()[("policy", ipaddress.IPv6Address("fcbb:bb00::1"))]
-    assert policy_packets.packets >= len(second)
+    # Group statistics (NHA_OP_FLAG_DUMP_STATS, newer than 6.1) start again when the group is
+    # replaced (a new group inside); a kernel without them has no policy counter at all.
+    policy = ("policy", ipaddress.IPv6Address("fcbb:bb00::1"))
+    if lab.backend.features.group_stats:
+        assert lab.backend.counters()[policy].packets >= len(second)
+    else:
+        assert policy not in lab.backend.counters()

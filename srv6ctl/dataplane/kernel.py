@@ -11,8 +11,9 @@ uses; values above RTPROT_STATIC (4) are not interpreted by the kernel), and eve
 carries the same protocol *and* an id in [nexthop_id_base, +nexthop_id_span). `dump`
 reports only those, deletes name them by protocol, adds never overwrite (NLM_F_EXCL), so
 a namespace's other routes and nexthops are never touched. Policy anchors live in their
-own table (`policy_table`, see kernel_codec). The one device it may create is the SID
-device (`sid_device`), when missing.
+own table (`policy_table`, see kernel_codec). The devices it may create: the SID device
+(`sid_device`), when missing, and for End.DT4/DT46 into table T the VRF device `srv6vrfT`
+bound to T (with `net.vrf.strict_mode=1`, which such a SID needs: see kernel_codec).
 
 Pods: a `PodAttachment` is wired by the CNI side of the agent (the veth pair, the pod's
 addresses, its loopback service addresses and stateless port rewrites all live in the
@@ -60,6 +61,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane.kernel_caps import KernelFeatures, probe_kernel
 from srv6ctl.dataplane.kernel_codec import (
+    VRF_STRICT_MODE,
     Codec,
     DecodedNexthop,
     DecodedRoute,
@@ -70,12 +72,16 @@ from srv6ctl.dataplane.kernel_codec import (
     Slot,
     parse_nexthop,
     parse_route,
+    vrf_device,
+    vrf_link,
 )
 from srv6ctl.dataplane.kernel_program import Compilation, IdAllocator, Inventory, Program, prepare
 from srv6ctl.dataplane.model import (
     Capabilities,
     Change,
     Counters,
+    EndDT4,
+    EndDT46,
     IPv6Address,
     LocalSid,
     NodeConfig,
@@ -256,6 +262,7 @@ class KernelBackend:
         todo = list(changes)
         if all(isinstance(c.obj, PodAttachment) for c in todo):
             return  # nothing for this backend: not even a read
+        self._ensure_vrfs(todo)
         with _gc_paused():
             inventory = self._inventory if self._inventory is not None else self._load()[0]
             compilation = prepare(
@@ -381,6 +388,30 @@ class KernelBackend:
         return result
 
     def _ensure_sid_device(self, name: str) -> None:
+        self._ensure_link(
+            name,
+            [(f"SID device {name} ({kind})", _new_link(name, kind)) for kind in SID_DEVICE_KINDS],
+        )
+
+    def _ensure_vrfs(self, changes: Iterable[Change]) -> None:
+        """The VRF device of each table an End.DT4/DT46 being added decapsulates into, and
+        strict mode, before the SID: idempotent, so a restart writes nothing here."""
+        able = self.capabilities.behaviours  # the others are refused, unwritten, by prepare
+        tables = {
+            c.new.table
+            for c in changes
+            if isinstance(c.new, EndDT4 | EndDT46) and c.new.behaviour in able
+        }
+        for table in sorted(tables):
+            name = vrf_device(table)
+            self._ensure_link(name, [(f"VRF device {name}", vrf_link(name, table, up=True))])
+        if tables:
+            refused = ensure_sysctls(self.netns, VRF_STRICT_MODE).refused
+            if refused:
+                raise InvalidObject(f"End.DT4/DT46 need VRF strict mode: {'; '.join(refused)}")
+
+    def _ensure_link(self, name: str, candidates: list[tuple[str, Any]]) -> None:
+        """Device `name` up: set up if present, else the first candidate the kernel takes."""
         links = self._link_table()
         if name in links:
             index, flags = links[name]
@@ -392,15 +423,7 @@ class KernelBackend:
                     raise NetlinkError(failures)
             return
         refused: list[Failure] = []
-        for kind in SID_DEVICE_KINDS:
-            request = ifinfmsg()
-            request["flags"], request["change"] = _IFF_UP, _IFF_UP
-            request["attrs"] = [
-                ("IFLA_IFNAME", name),
-                ("IFLA_IFALIAS", "srv6ctl: local SIDs without an interface"),
-                ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]}),
-            ]
-            what = f"SID device {name} ({kind})"
+        for what, request in candidates:
             flags = NLM_F_CREATE | NLM_F_EXCL
             failures = self._route.execute([Request(_RTM_NEWLINK, flags, request, what)])
             if not failures:
@@ -537,6 +560,17 @@ class KernelBackend:
         failures = genl.execute([Request(family, 0, request, f"encap source {address}")])
         if failures:
             raise ApplyError(failures)
+
+
+def _new_link(name: str, kind: str) -> Any:
+    request = ifinfmsg()
+    request["flags"], request["change"] = _IFF_UP, _IFF_UP
+    request["attrs"] = [
+        ("IFLA_IFNAME", name),
+        ("IFLA_IFALIAS", "srv6ctl: local SIDs without an interface"),
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]}),
+    ]
+    return request
 
 
 def _link_name(data: bytes) -> tuple[int, int, str]:

@@ -27,6 +27,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane.kernel_codec import (
+    VRF_STRICT_MODE,
     Codec,
     DecodedNexthop,
     Links,
@@ -34,6 +35,7 @@ from srv6ctl.dataplane.kernel_codec import (
     SegmentPath,
     parse_nexthop,
     parse_route,
+    vrf_link,
 )
 from srv6ctl.dataplane.model import (
     BEHAVIOURS,
@@ -52,6 +54,7 @@ from srv6ctl.dataplane.model import (
     LocalSid,
 )
 from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Request
+from srv6ctl.dataplane.nsenter import ensure_sysctls
 from srv6ctl.dataplane.scratch_netns import scratch_netns
 
 RTM_NEWLINK = 16
@@ -114,14 +117,15 @@ def probe_kernel() -> KernelFeatures:
     with scratch_netns() as netns:
         channel = NetlinkChannel(netns, NETLINK_ROUTE, strict_dumps=True)
         try:
-            return _Probe(channel).run()
+            return _Probe(channel, netns).run()
         finally:
             channel.close()
 
 
 class _Probe:
-    def __init__(self, channel: NetlinkChannel) -> None:
+    def __init__(self, channel: NetlinkChannel, netns: str) -> None:
         self.channel = channel
+        self.netns = netns
         self.links = Links({"lo": 1})
         # Creating (not forwarding through) SIDs on lo is enough to learn what is accepted.
         self.plain = Codec(_PROBE_PROTOCOL, 0, "lo", "lo", False, 16, None)
@@ -199,23 +203,16 @@ class _Probe:
         self._write(Request(RTM_NEWLINK, 0, msg, "lo up"))
 
     def _vrf(self) -> bool:
-        msg = ifinfmsg()
-        msg["attrs"] = [
-            ("IFLA_IFNAME", "probe-vrf"),
-            (
-                "IFLA_LINKINFO",
-                {
-                    "attrs": [
-                        ("IFLA_INFO_KIND", "vrf"),
-                        ("IFLA_INFO_DATA", {"attrs": [("IFLA_VRF_TABLE", _VRF_TABLE)]}),
-                    ]
-                },
-            ),
-        ]
+        msg = vrf_link("probe-vrf", _VRF_TABLE)
         error = self._write(Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, msg, "vrf"))
         if error:
             self.notes.append(f"VRF devices: unsupported ({error})")
-        return error is None
+            return False
+        # Set as the backend sets it in a node's namespace before its first End.DT4.
+        refused = ensure_sysctls(self.netns, VRF_STRICT_MODE).refused
+        if refused:
+            self.notes.append(f"VRF strict mode: {'; '.join(refused)}")
+        return True
 
     def _local_sid(
         self,
@@ -269,12 +266,15 @@ class _Probe:
         msg = self.plain.group(group_id, [(member, 1)])
         if self._write(Request(nl.RTM_NEWNEXTHOP, NLM_F_CREATE | NLM_F_EXCL, msg, "group")):
             return False, False
+        group = next((n for n in self._nexthops(stats=False) if n.nh_id == group_id), None)
+        resilient = group is not None and group.resilient
+        # Asked apart: a kernel without NHA_OP_FLAGS (6.1) answers a dump that asks for
+        # statistics with no nexthop at all, which once made resilient groups look absent.
         try:
-            nexthops = self._nexthops(stats=True)
+            counted = next((n for n in self._nexthops(stats=True) if n.nh_id == group_id), None)
         except OSError:
-            return True, False
-        group = next((n for n in nexthops if n.nh_id == group_id), None)
-        return (group is not None and group.resilient), bool(group and group.member_packets)
+            return resilient, False
+        return resilient, bool(counted and counted.member_packets)
 
     # --- plumbing ---------------------------------------------------------------------
 

@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane import netlink_wire as w
 from srv6ctl.dataplane.model import (
@@ -92,6 +94,42 @@ Slot = tuple[int, IPNetwork]  # (table, prefix): one kernel route, as reconcile.
 
 class InvalidObject(ValueError):
     """A model object the kernel backend cannot express (the message names it and why)."""
+
+
+# End.DT4/DT46 look their table up through the VRF device bound to it (seg6_local.c finds
+# it with l3mdev_ifindex_lookup_by_table_id), which the kernel accepts only in VRF strict
+# mode (one VRF per table): "Strict mode for VRF is disabled" otherwise, as on 6.1.
+VRF_STRICT_MODE: Mapping[str, str] = {"net.vrf.strict_mode": "1"}
+VRF_DEVICE_PREFIX = "srv6vrf"  # + the table: the VRF device this backend makes for it
+MAX_VRF_TABLE = 99_999_999  # the device name stays within IFNAMSIZ (15 characters)
+
+
+def vrf_device(table: int) -> str:
+    """The name of the VRF device the kernel backend binds to `table`."""
+    if not 0 < table <= MAX_VRF_TABLE:
+        raise InvalidObject(f"table {table}: a VRF table must be in 1..{MAX_VRF_TABLE}")
+    return f"{VRF_DEVICE_PREFIX}{table}"
+
+
+def vrf_link(name: str, table: int, *, up: bool = False) -> Any:
+    """The RTM_NEWLINK message that creates VRF device `name` bound to `table`."""
+    msg = ifinfmsg()
+    if up:
+        msg["flags"] = msg["change"] = 1  # IFF_UP
+    msg["attrs"] = [
+        ("IFLA_IFNAME", name),
+        ("IFLA_IFALIAS", "srv6ctl: the table End.DT4/DT46 decapsulate into"),
+        (
+            "IFLA_LINKINFO",
+            {
+                "attrs": [
+                    ("IFLA_INFO_KIND", "vrf"),
+                    ("IFLA_INFO_DATA", {"attrs": [("IFLA_VRF_TABLE", table)]}),
+                ]
+            },
+        ),
+    ]
+    return msg
 
 
 class SegmentPath(NamedTuple):

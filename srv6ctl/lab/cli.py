@@ -34,23 +34,32 @@ def register(commands: Any) -> None:
     up = lab_commands.add_parser(
         "up", help="build the lab: nodes, agents, pods through srv6-cni, a service"
     )
-    up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--pods-per-node", type=int, default=2)
-    up.add_argument("--dual-stack", action="store_true", help="IPv4 too (IPv4-in-SRv6)")
-    up.add_argument("--dataplane", choices=("kernel", "vpp"), default="kernel")
-    up.add_argument(
-        "--prefix",
-        default=DEFAULT_PREFIX,
-        help=f"name prefix of the lab's network namespaces (default {DEFAULT_PREFIX})",
-    )
-    up.add_argument(
-        "--no-workarounds",
-        dest="workarounds",
-        action="store_false",
-        help="leave the agents' settings as they are (srv6ctl/lab/FINDINGS.md)",
-    )
+    _up_options(up)
     _state_dir(up)
     up.set_defaults(func=_up)
+
+    session = lab_commands.add_parser(
+        "session", help="in one go: lab up, srv6ctl verify, then CMD (if given), lab down"
+    )
+    _up_options(session)
+    _state_dir(session)
+    session.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    session.set_defaults(func=_session)
+
+    vm = lab_commands.add_parser(
+        "vm",
+        help="`lab session` in a VM booted with Debian's own kernel over this host's files "
+        "(for a host kernel without SRv6; nothing of the host is changed)",
+    )
+    _up_options(vm)
+    vm.add_argument("--kernel", help="the guest kernel release (default: the newest installed)")
+    vm.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    vm.set_defaults(func=_vm)
+
+    kernel = lab_commands.add_parser(
+        "kernel", help="can this host's kernel run the lab (kernel SRv6)? exit 0 if so"
+    )
+    kernel.set_defaults(func=_kernel)
 
     status = lab_commands.add_parser("status", help="nodes, pods, services and agents' health")
     status.add_argument("--json", action="store_true", help="one JSON object")
@@ -86,6 +95,68 @@ def register(commands: Any) -> None:
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--pods-per-node", type=int, default=2)
     demo.set_defaults(func=_demo)
+
+
+def _up_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--pods-per-node", type=int, default=2)
+    parser.add_argument("--dual-stack", action="store_true", help="IPv4 too (IPv4-in-SRv6)")
+    parser.add_argument("--dataplane", choices=("kernel", "vpp"), default="kernel")
+    parser.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help=f"name prefix of the lab's network namespaces (default {DEFAULT_PREFIX})",
+    )
+    parser.add_argument(
+        "--no-workarounds",
+        dest="workarounds",
+        action="store_false",
+        help="leave the agents' settings as they are (srv6ctl/lab/FINDINGS.md)",
+    )
+
+
+def _up_argv(args: argparse.Namespace) -> list[str]:
+    """The `lab up` options of `args` as a command line again (for `session` and `vm`)."""
+    argv = ["--nodes", str(args.nodes), "--pods-per-node", str(args.pods_per_node)]
+    argv += ["--dataplane", args.dataplane, "--prefix", args.prefix]
+    argv += ["--dual-stack"] * args.dual_stack + ["--no-workarounds"] * (not args.workarounds)
+    return argv
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    command: list[str] = args.command
+    return command[1:] if command[:1] == ["--"] else command
+
+
+def _session(args: argparse.Namespace) -> int:
+    from srv6ctl.lab.session import session
+
+    return session(_up_argv(args), _command(args), args.state_dir)
+
+
+def _vm(args: argparse.Namespace) -> int:
+    from srv6ctl.lab.session import session_in_vm
+
+    return session_in_vm(_up_argv(args), _command(args), args.kernel)
+
+
+def _kernel(args: argparse.Namespace) -> int:
+    from srv6ctl.dataplane.kernel_caps import probe_kernel
+
+    try:
+        features = probe_kernel()
+    except OSError as err:  # the probe's scratch namespace needs CAP_SYS_ADMIN
+        print(f"cannot probe the kernel ({err}): run as root")
+        return 1
+    problem = features.unsupported()
+    if problem is not None:
+        print(problem)
+        print("`srv6ctl lab vm` runs the lab in a VM with Debian's own kernel instead")
+        return 1
+    print(f"kernel {features.kernel}: the lab's kernel dataplane runs here")
+    for note in features.left_out():
+        print(f"  without {note}")
+    return 0
 
 
 def _lab(args: argparse.Namespace, *, quiet: bool = False) -> Any:
