@@ -72,7 +72,12 @@ def session_in_vm(up_argv: Sequence[str], command: Sequence[str], release: str |
     except HostVmError as err:
         print(f"lab vm failed: {err}", file=sys.stderr)
         return 1
-    print(f"the VM ended after {time.monotonic() - start:.0f} s (exit {status})", flush=True)
+    print(
+        f"the VM ended after {time.monotonic() - start:.0f} s (exit {status}), and the lab with "
+        "it: `srv6ctl lab vm -- CMD` runs CMD against a fresh one "
+        "(e.g. -- srv6ctl trace client-1 web)",
+        flush=True,
+    )
     return status
 
 
