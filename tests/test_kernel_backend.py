@@ -30,6 +30,7 @@ from srv6ctl.dataplane.model import (
     End,
     EndDT4,
     EndDT6,
+    EndDT46,
     EndDX4,
     EndDX6,
     EndT,
@@ -83,13 +84,25 @@ def sync(backend: KernelBackend, desired: NodeConfig) -> list[Change]:
     return changes
 
 
-def full_config() -> NodeConfig:
-    """One of everything the kernel here can hold (End.DT4/DT46 need a VRF device)."""
+def full_config(backend: KernelBackend) -> NodeConfig:
+    """One of everything the kernel here can hold: End with PSP where End has it (not on
+    6.1), End.DT4/DT46 where VRF devices exist (through the backend's own VRF)."""
+    behaviours = backend.capabilities.behaviours
+    optional = [
+        sid
+        for sid in (
+            End("fcbb:bb00:1::2", flavours={Flavour.PSP}),
+            EndDT4("fcbb:bb00:1::7"),
+            EndDT46("fcbb:bb00:1::8"),
+        )
+        if sid.behaviour in behaviours
+        and sid.flavours <= backend.features.flavours.get(sid.behaviour, frozenset())
+    ]
     return NodeConfig(
         encap_source="fcbb:bb00:1::",
         local_sids=[
+            *optional,
             End("fcbb:bb00:1::1"),
-            End("fcbb:bb00:1::2", flavours={Flavour.PSP}),
             EndX("fcbb:bb00:1::3", nexthop="fe80::2", interface="up0"),
             EndT("fcbb:bb00:1::4", table=100),
             EndDT6("fcbb:bb00:1::6", table=254),
@@ -135,7 +148,7 @@ def test_probe_reports_what_this_kernel_does(backend: KernelBackend) -> None:
 
 
 def test_apply_then_dump_gives_back_the_config(backend: KernelBackend, node: Netns) -> None:
-    desired = full_config()
+    desired = full_config(backend)
     sync(backend, desired)
     assert backend.dump() == desired
 
@@ -158,7 +171,7 @@ def test_apply_then_dump_gives_back_the_config(backend: KernelBackend, node: Net
 def test_restart_makes_zero_writes_and_a_deleted_route_comes_back(
     backend: KernelBackend, node: Netns
 ) -> None:
-    desired = full_config()
+    desired = full_config(backend)
     sync(backend, desired)
 
     with KernelBackend(node.name) as restarted:
@@ -275,14 +288,19 @@ def test_foreign_routes_and_nexthops_are_never_touched(backend: KernelBackend, n
     node.ip("-6", "route", "add", "fd00:96::56/128", "nhid", "9")
 
     def foreign() -> tuple[str, ...]:
-        return (
-            node.ip("-6", "route", "show", "table", "all"),
-            node.ip("route", "show", "table", "all"),
-            node.ip("nexthop", "show"),
+        # Less what the kernel itself adds for our own VRF device (End.DT4/DT46's, which
+        # stays until `srv6ctl cleanup`): its link-local and multicast routes.
+        return tuple(
+            "".join(line for line in shown.splitlines(True) if "srv6vrf" not in line)
+            for shown in (
+                node.ip("-6", "route", "show", "table", "all"),
+                node.ip("route", "show", "table", "all"),
+                node.ip("nexthop", "show"),
+            )
         )
 
     seen = foreign()
-    desired = full_config()
+    desired = full_config(backend)
     sync(backend, desired)
     assert backend.dump() == desired
     sync(backend, NodeConfig())
@@ -325,11 +343,23 @@ def test_what_the_kernel_cannot_hold_is_refused_before_any_write(
     assert backend.writes == writes
 
 
-def test_end_dt4_needs_a_vrf_device(backend: KernelBackend) -> None:
-    if "End.DT4" in backend.capabilities.behaviours:
-        pytest.skip("this kernel has VRF devices: End.DT4 is supported")
-    with pytest.raises(InvalidObject, match="no VRF device"):
-        backend.apply([Change(Op.ADD, new=EndDT4("fcbb:bb00:1::4"))])
+def test_end_dt4_needs_a_vrf_device(backend: KernelBackend, node: Netns) -> None:
+    """Refused unwritten without VRF devices; with them, the backend binds one to the table
+    (and sets strict mode, which 6.1 demands) before the SID, and finds it again."""
+    sid = EndDT4("fcbb:bb00:1::4")
+    writes = backend.writes
+    if "End.DT4" not in backend.capabilities.behaviours:
+        with pytest.raises(InvalidObject, match="no VRF device"):
+            backend.apply([Change(Op.ADD, new=sid)])
+        assert backend.writes == writes
+        return
+    sync(backend, NodeConfig(local_sids=[sid]))
+    (vrf,) = json.loads(node.ip("-j", "-d", "link", "show", "type", "vrf"))
+    assert (vrf["ifname"], vrf["linkinfo"]["info_data"]["table"]) == ("srv6vrf254", 254)
+    assert node.exec("sysctl", "-n", "net.vrf.strict_mode").stdout.strip() == "1"
+    assert backend.dump() == NodeConfig(local_sids=[sid])
+    writes = backend.writes
+    assert sync(backend, NodeConfig(local_sids=[sid])) == [] and backend.writes == writes
 
 
 def test_pods_are_left_to_the_cni(backend: KernelBackend) -> None:

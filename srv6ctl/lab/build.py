@@ -827,13 +827,6 @@ def check_requirements(options: LabOptions) -> None:
     for tool, why in (("ip", "iproute2"), ("nft", "nftables: the pods' port rewrites")):
         if shutil.which(tool) is None:
             raise LabError(f"`{tool}` is not installed ({why})")
-    if options.dataplane == "kernel":
-        problem = kernel_problem()
-        if problem is not None:
-            raise LabError(
-                f"{problem}. `srv6ctl lab vm` runs this lab in a VM with Debian's own kernel "
-                "instead (`make lab` does that on such a host)"
-            )
     if not 1 <= options.nodes <= MAX_NODES:
         raise LabError(f"--nodes {options.nodes} must be between 1 and {MAX_NODES}")
     if not 1 <= options.pods_per_node <= 50:
@@ -842,3 +835,10 @@ def check_requirements(options: LabOptions) -> None:
         raise LabError("the lab needs at least two pods: a client and a backend")
     if not options.prefix.replace("-", "").isalnum() or len(options.prefix) > 20:
         raise LabError(f"--prefix {options.prefix!r}: letters, digits and '-', at most 20")
+    if options.dataplane == "kernel":  # last: the probe is the one check that takes time
+        problem = kernel_problem()
+        if problem is not None:
+            raise LabError(
+                f"{problem}. `srv6ctl lab vm` runs this lab in a VM with Debian's own kernel "
+                "instead (`make lab` does that on such a host)"
+            )
