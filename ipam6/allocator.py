@@ -25,14 +25,18 @@ ConfigMap of at most 1 MiB per pool — holds that many times more services.
 from __future__ import annotations
 
 import json
+import logging
 import random
+import threading
 import zlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ipam6.plan import AddressPlan, PodAddresses, PoolExhausted
-from ipam6.store.base import Compare, Delete, Put, Store
+from ipam6.store.base import Compacted, Compare, Delete, Put, Store, Watch
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/srv6ctl/ipam/"
 RANDOM_PROBES = 3  # random picks before falling back to listing the pool
@@ -411,3 +415,81 @@ class Allocator:
             index = int(kv.key.rsplit("/", 1)[1])
             if owner not in owners or int(owners[owner][0]["index"]) != index:
                 self.store.txn([Compare.mod_revision(kv.key, kv.mod_revision)], [Delete(kv.key)])
+
+
+class NodeWatch:
+    """Says when the node pool changed — a node claimed or released its ID — so an agent
+    re-reads the node IDs at once, not at its next resync: a claim is a store write, which
+    no cluster object shows (a joining node's Node object came before its agent's claim).
+
+    One thread: list the pool's owners (the revision to watch from), call `changed()`, and
+    watch from there, calling `changed()` again at each event. History gone
+    (`Compacted`): list again at once (twice in a row: after `retry_delay`, not in a spin).
+    Any other store error: list again after
+    `retry_delay` seconds (0.5, jittered to 0.25-0.5) — short and flat rather than growing,
+    so an outage of any length ends within that delay of the store's return: a down store
+    refuses the connection for free, and one that answers with errors gets one read of one
+    key range (one ConfigMap, by name) per agent per retry.
+    """
+
+    def __init__(
+        self,
+        allocator: Allocator,
+        changed: Callable[[], None],
+        *,
+        retry_delay: float = 0.5,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = allocator.store
+        self._prefix = f"{allocator._node_pool().prefix}by-owner/"
+        self._changed = changed
+        self._retry_delay = retry_delay
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._watch: Watch | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ipam6-node-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._watch is not None:
+                self._watch.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        failing = False
+        expired = False  # the last watch was Compacted before it gave anything
+        while not self._stop.is_set():
+            try:
+                watch = self._store.watch(self._prefix, self._store.list(self._prefix).revision + 1)
+                with self._lock:
+                    self._watch = watch
+                if self._stop.is_set():
+                    watch.cancel()
+                if failing:
+                    log.info("node pool: watching again")
+                failing = False
+                self._changed()  # what the list found may be news
+                for _ in watch:
+                    expired = False
+                    self._changed()
+            except Compacted:
+                if expired:  # again, straight after a list: do not spin
+                    self._stop.wait(self._rng.uniform(self._retry_delay / 2, self._retry_delay))
+                expired = True
+            except Exception as err:  # StoreError, or anything: the watch must not die
+                if self._stop.is_set():
+                    return
+                if not failing:
+                    log.warning("node pool: %s; retrying every %.1fs", err, self._retry_delay)
+                failing = True
+                self._stop.wait(self._rng.uniform(self._retry_delay / 2, self._retry_delay))
+            finally:
+                with self._lock:
+                    self._watch = None

@@ -1,9 +1,9 @@
 """The node agent: cluster events in, the node's dataplane out, pods served over CNI.
 
 One process per node. Threads only produce events — the source (Kubernetes watches or
-the lab's files), the CNI server (a pod was wired or removed), a resync timer — and one
-loop consumes them, so the cluster state, the renderer and the backend are only ever
-touched from that loop:
+the lab's files), the store's node pool (a node claimed or freed its ID: `NodeWatch`), the
+CNI server (a pod was wired or removed), a resync timer — and one loop consumes them, so
+the cluster state, the renderer and the backend are only ever touched from that loop:
 
     events → ClusterState → Renderer.update (dirty keys only) → plan (changed keys only)
            → backend.apply → pods' loopback ClusterIPs and port rewrites
@@ -46,7 +46,7 @@ from typing import Any
 from cni import protocol as cni_protocol
 from cni.server import CniHooks, CniServer
 from cni.wiring import Attachment, PodWiring
-from ipam6.allocator import Allocator, PodAllocation
+from ipam6.allocator import Allocator, NodeWatch, PodAllocation
 from ipam6.plan import AddressPlan
 from ipam6.store.base import Store, StoreError
 from ipam6.store.config import open_store
@@ -180,6 +180,7 @@ class Agent:
         # Why the last pass could not program the dataplane (None after a pass that could).
         self.programming_error: str | None = None
         self._store_down = False
+        self._node_ids_stale = False  # the store's node pool changed since it was read
         self._failures = 0
         self.stats: dict[str, int] = {"reconciles": 0, "changes": 0, "repairs": 0}
         self._lock = threading.Lock()  # guards what the API thread reads
@@ -263,11 +264,16 @@ class Agent:
         self.cni.start()
         self._api = AgentApiServer(self.options.api_socket, self.query)
         self._api.start()
+        # A node's claim is a store write no cluster object shows: watched, so that a node
+        # joining reaches this agent at once rather than at its next resync.
+        node_watch = NodeWatch(self.allocator, lambda: self._events.put(("nodes", None)))
+        node_watch.start()
         source = self._start_source()
         try:
             self._loop()
         finally:
             log.info("stopping: the dataplane is left as it is")
+            node_watch.stop()
             source.stop()
             self.cni.stop()
             self._api.stop()
@@ -460,6 +466,8 @@ class Agent:
                     self._count_source_event(payload)
                 elif kind == "inputs":
                     inputs_changed = True
+                elif kind == "nodes":
+                    self._node_ids_stale = inputs_changed = True
             full = force_full or time.monotonic() >= self._full_resync_due
             try:
                 self._step(pending, inputs_changed or full, full)
@@ -515,8 +523,14 @@ class Agent:
         )
 
     def _read_allocations(self, dirty: set[DirtyKey], everything: bool) -> None:
-        if everything or not self._inputs.node_ids or any(isinstance(k, NodeKey) for k in dirty):
+        if (
+            everything
+            or self._node_ids_stale
+            or not self._inputs.node_ids
+            or any(isinstance(k, NodeKey) for k in dirty)
+        ):
             self._inputs.node_ids = self.allocator.nodes()
+            self._node_ids_stale = False
         if everything:
             services = list(self.state.services.values())
             live = {s.uid for s in services}

@@ -6,22 +6,27 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import logging
 import queue
 import random
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes import client
 
+from ipam6.store.kubernetes import KubernetesStore
 from srv6ctl.sources import lab as lab_module
 from srv6ctl.sources.convert import ConversionError, from_json
 from srv6ctl.sources.kubernetes import (
     REQUIRED_RBAC,
+    RESOURCES,
     Backoff,
     KubernetesSource,
 )
@@ -52,7 +57,7 @@ from srv6ctl.state import (
     Upsert,
 )
 from tests.support.cluster import IPV6_ONLY, endpoint, endpoint_slice, node, pod, service
-from tests.support.fake_apiserver import FakeApiServer
+from tests.support.fake_apiserver import FakeApiServer, self_signed_certificate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kube"
 V6 = ipaddress.IPv6Address
@@ -552,14 +557,13 @@ def apiserver() -> Iterator[FakeApiServer]:
 def start_source(server: FakeApiServer, consumer: Consumer, **kwargs: Any) -> KubernetesSource:
     configuration = client.Configuration()
     configuration.host = server.url
-    source = KubernetesSource(
-        consumer.sink,
-        configuration=configuration,
-        backoff=Backoff(initial=0.02, cap=0.1),
-        watch_timeout=(1, 1),
-        rng=random.Random(7),
+    options: dict[str, Any] = {
+        "backoff": Backoff(initial=0.02, cap=0.1),
+        "watch_timeout": (1, 1),
+        "rng": random.Random(7),
         **kwargs,
-    )
+    }
+    source = KubernetesSource(consumer.sink, configuration=configuration, **options)
     source.start()
     return source
 
@@ -694,6 +698,125 @@ def test_paged_lists_are_one_snapshot(apiserver: FakeApiServer) -> None:
         assert sum(isinstance(e, Replace) and e.kind is Kind.NAMESPACE for e in consumer.log) == 1
     finally:
         source.stop()
+
+
+def new_service(name: str) -> dict[str, Any]:
+    created = fixture("service-web")
+    created["metadata"] = {**created["metadata"], "name": name, "uid": f"uid-{name}"}
+    return created
+
+
+def test_an_api_server_outage_of_any_length_ends_within_a_second_of_its_return(
+    apiserver: FakeApiServer,
+) -> None:
+    """The production backoff (0.5 s doubling to 30 s) would, after a long outage, leave
+    each kind asleep for up to its current step once the server is back; the probe of /readyz
+    (every 0.5 s, one per source) resumes them within that interval instead."""
+    consumer = Consumer()
+    configuration = client.Configuration()
+    configuration.host = apiserver.url
+    source = KubernetesSource(consumer.sink, configuration=configuration, rng=random.Random(3))
+    source.start()
+    try:
+        assert source.wait_synced(timeout=15)
+        for outage in (10.0, 1.0):  # long enough for 4-8 s steps of backoff; then short
+            apiserver.stop()
+            time.sleep(outage)
+            requests_before = len(apiserver.requests)
+            apiserver.start()  # same port, the state kept, the watch history gone
+            returned = time.monotonic()
+            name = f"after-{outage:.0f}s"
+            apiserver.apply(new_service(name))
+            consumer.until(lambda s, name=name: ("default", name) in s.services, timeout=10)
+            took = time.monotonic() - returned
+            assert took < 1.0, f"a Service created at the return came {took:.1f}s later"
+            # One probe per source, then per kind a resumed watch, a 410 (the restarted
+            # server's history is new) and a relist: no storm of retries.
+            time.sleep(0.5)
+            assert len(apiserver.requests) - requests_before < 6 * 3 + 4
+        assert any(path == "/readyz" for path, _ in apiserver.requests)
+    finally:
+        source.stop()
+
+
+def test_the_backoff_starts_afresh_once_a_watch_opens(apiserver: FakeApiServer) -> None:
+    """Errors while the server answers back off (0.2 s doubling); a watch that opens
+    proves the kind healthy, so the next error waits 0.1-0.2 s again, not the last step."""
+    apiserver.fail_next("pods", 5, code=500)  # 0.1-0.2 + 0.2-0.4 + ... + 1.6-3.2 s
+    consumer = Consumer()
+    configuration = client.Configuration()
+    configuration.host = apiserver.url
+    source = KubernetesSource(
+        consumer.sink, configuration=configuration, backoff=Backoff(initial=0.2, cap=30.0)
+    )
+    source.start()
+    try:
+        consumer.until(lambda s: len(s.pods) == 1)
+        wait_for(lambda: len(apiserver.watch_requests("pods")) == 1)
+        apiserver.fail_next("pods", 1, code=500)
+        apiserver.end_watches(abruptly=True)  # broken; then the resumed watch fails once
+        wait_for(lambda: source.errors[Kind.POD] == 7)
+        changed = fixture("pod-web")
+        changed["status"]["conditions"][2]["status"] = "False"
+        apiserver.apply(changed)
+        started = time.monotonic()
+        consumer.until(lambda s: not s.pods[("default", "web-7d9c8b6f5-x2v9k")].ready)
+        assert time.monotonic() - started < 1.0
+        assert source.relists[Kind.POD] == 1  # resumed from its resourceVersion each time
+    finally:
+        source.stop()
+
+
+def test_stopping_is_quiet(apiserver: FakeApiServer, caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM used to log one `ProtocolError ... retrying` per kind after "stopping": the
+    streams cut by stop() are not failures."""
+    consumer = Consumer()
+    source = start_source(apiserver, consumer, watch_timeout=(60, 60))
+    assert source.wait_synced(timeout=15)
+    wait_for(lambda: all(apiserver.watch_requests(r.resource) for r in RESOURCES))
+    time.sleep(0.2)  # every watch streaming
+    with caplog.at_level(logging.INFO, logger="srv6ctl.sources.kubernetes"):
+        source.stop()
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_an_unverified_certificate_is_said_once_not_at_every_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kubeconfig with insecure-skip-tls-verify: urllib3 warns (two lines on stderr) at
+    every request, and filters its own warning as "always"; we say it once per server."""
+    server = FakeApiServer(bookmark_interval=0.05, tls=self_signed_certificate(str(tmp_path)))
+    server.start()
+    for obj in all_fixtures():
+        server.apply(obj)
+    configuration = client.Configuration()
+    configuration.host = server.url
+    configuration.verify_ssl = False
+    consumer = Consumer()
+    try:
+        with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.WARNING):
+            warnings.simplefilter("always")  # as urllib3 sets it for its own warnings
+            source = KubernetesSource(consumer.sink, configuration=configuration)
+            source.start()
+            try:
+                consumer.until(lambda s: len(s.pods) == 1 and len(s.endpoint_slices) == 2)
+                store = KubernetesStore("srv6ctl", configuration=configuration)
+                for n in range(5):
+                    store.put(f"/p/n/by-index/{n}", b"x")
+                store.close()
+                server.end_watches()  # more requests: every kind watches again
+                wait_for(lambda: len(server.watch_requests("pods")) >= 2)
+            finally:
+                source.stop()
+        insecure = [w for w in seen if issubclass(w.category, urllib3.exceptions.HTTPWarning)]
+        assert insecure == []
+        said = [r.getMessage() for r in caplog.records if "not verified" in r.getMessage()]
+        assert said == [
+            f"the certificate of the API server {server.url} is not verified "
+            "(insecure-skip-tls-verify)"
+        ]
+    finally:
+        server.stop()
 
 
 def test_required_rbac_is_list_and_watch_of_the_six_kinds() -> None:

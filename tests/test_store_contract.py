@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from ipam6.allocator import Allocator, NodeWatch
+from ipam6.plan import AddressPlan
 from ipam6.store import (
     Compacted,
     Compare,
@@ -36,7 +38,7 @@ from ipam6.store import (
     Watch,
     WatchEvent,
 )
-from ipam6.store.kubernetes import KubernetesStore, WatchUnsupported
+from ipam6.store.kubernetes import KubernetesStore
 from tests.support.etcd import EtcdServer, require_etcd
 from tests.support.fake_apiserver import FakeApiServer
 
@@ -93,9 +95,7 @@ def store(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Store]:
 
 @pytest.fixture
 def watchable(backend: Backend) -> None:
-    """Skips the watch tests where the backend keeps no event history to watch."""
-    if backend.kind == "kubernetes":
-        pytest.skip("the Kubernetes store does not support watch (nothing in srv6ctl watches)")
+    """Every store can be watched (the agents watch the node pool); kept as a marker."""
 
 
 class Collector:
@@ -422,12 +422,17 @@ def test_watch_of_compacted_history_raises_compacted(
 ) -> None:
     if backend.kind == "sqlite":
         store = backend.open(history=4, poll_interval=0.01)
+    elif backend.kind == "kubernetes":
+        store = backend.open()
     else:
         store = request.getfixturevalue("etcd_store")
     try:
         revisions = [store.put(f"/c/{n}", str(n).encode()) for n in range(10)]
         if backend.kind == "etcd":
             request.getfixturevalue("etcd_server").compact(revisions[6])
+        if backend.kind == "kubernetes":
+            # A watch from S reads the shard at S - 1 first: that revision must still be kept.
+            request.getfixturevalue("apiserver").compact(revisions[5])
         # SQLite keeps the last 4 events, so history starts at the 7th put on both.
         collector = Collector(store.watch("/c/", revisions[6]))
         try:
@@ -442,10 +447,52 @@ def test_watch_of_compacted_history_raises_compacted(
             finally:
                 collector.stop()
         assert compacted.value.requested == revisions[0]
-        assert compacted.value.compact_revision == revisions[6]
+        # kube-apiserver does not say how old its oldest list can be (0: unknown).
+        oldest = 0 if backend.kind == "kubernetes" else revisions[6]
+        assert compacted.value.compact_revision == oldest
         assert isinstance(compacted.value, StoreError)  # a relist is a retry
     finally:
         store.close()
+
+
+# --- the agents' watch of the node pool ---------------------------------------------------
+
+
+def test_a_node_claim_reaches_every_node_watch_within_a_second(backend: Backend) -> None:
+    """A node's claim is a store write no cluster object shows: each agent watches the
+    node pool so that a joining node's ID reaches it at once, not at its next resync."""
+    plan = AddressPlan.from_mapping({"podCIDRv6": "fd00:10::/48"})
+    opened = [backend.open(poll_interval=0.01) if backend.kind == "sqlite" else backend.open()]
+    opened += [backend.open() for _ in range(2)]
+    allocators = [Allocator(store, plan, prefix="/nw/") for store in opened]
+    seen: list[queue.Queue[float]] = [queue.Queue(), queue.Queue()]
+    watches = [
+        NodeWatch(a, lambda q=q: q.put(time.monotonic()))
+        for a, q in zip(allocators[:2], seen, strict=True)
+    ]
+    try:
+        for watch in watches:
+            watch.start()
+        for calls in seen:
+            calls.get(timeout=5)  # the first list
+        time.sleep(0.3)  # both watching
+        for node in ("node-a", "node-b"):
+            claimed = time.monotonic()
+            allocators[2].claim_node(node)
+            for calls in seen:
+                assert calls.get(timeout=5) - claimed < 1.0
+                while not calls.empty():
+                    calls.get()
+            assert allocators[0].nodes() == allocators[1].nodes()
+        assert set(allocators[0].nodes()) == {"node-a", "node-b"}
+        allocators[2].release_node("node-a")
+        for calls in seen:
+            calls.get(timeout=1.0)
+    finally:
+        for watch in watches:
+            watch.stop()
+        for store in opened:
+            store.close()
 
 
 # --- several processes ------------------------------------------------------------------
@@ -894,9 +941,6 @@ def test_kubernetes_store_errors_are_store_errors_never_hangs(apiserver: FakeApi
         apiserver.fail_next("configmaps", 1, 403)
         with pytest.raises(StoreError, match="RBAC"):
             store.get("/p/n/by-index/1")
-        with pytest.raises(WatchUnsupported):
-            store.watch("/p/", 0)
-        assert issubclass(WatchUnsupported, StoreError)
         assert store.put("/p/n/by-index/1", b"x") > 0  # the server is fine again
 
         apiserver.stop()
@@ -906,6 +950,7 @@ def test_kubernetes_store_errors_are_store_errors_never_hangs(apiserver: FakeApi
             lambda: store.put("/p/n/by-index/1", b"y"),
             lambda: store.list("/p/"),
             store.revision,
+            lambda: next(iter(store.watch("/p/", 0))),
         ):
             with pytest.raises(StoreError, match=apiserver.url):
                 call()

@@ -23,7 +23,13 @@ never across objects, so:
   `revision()` read the list resourceVersion (a consistent read, one snapshot). A hand
   edit of a shard (say, `kubectl annotate`) moves the revision of its latest keys forward:
   they look younger, and a compare on their old mod revision fails once; nothing is lost.
-- `watch` is not supported (`WatchUnsupported`); the agent never watches the store.
+- `watch` is a watch of the shards' ConfigMaps (by name when the prefix fixes the shard, else
+  by label), each change diffed against the shard as it was: one event per key changed.
+  A watch from revision S reads the shards as they were at S - 1 first
+  (`resourceVersionMatch=Exact`), so deletions are seen too; a history the API server no
+  longer has (etcd compacts every 5 minutes by default) is `Compacted`, and the watcher
+  relists. A ConfigMap keeps no order of the operations of one write: the events of one
+  transaction come puts first, then deletes, each in key order.
 
 Every API failure (refused connection, timeout, 5xx, 403) becomes `StoreError`, which the
 agent and the CNI server already retry, so an API server outage leaves the dataplane as it
@@ -42,9 +48,13 @@ import copy
 import functools
 import hashlib
 import json
+import logging
 import random
+import re
+import threading
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -54,21 +64,25 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from ipam6.store.base import (
+    Compacted,
     Compare,
     CompareTarget,
     Delete,
+    EventType,
     KeyValue,
     Listing,
     Op,
     Put,
     StoreError,
     TxnResult,
-    Watch,
+    WatchEvent,
     check_distinct_keys,
 )
 
+log = logging.getLogger(__name__)
+
 REQUIRED_RBAC: frozenset[tuple[str, str, str]] = frozenset(
-    (verb, "configmaps", "") for verb in ("get", "list", "create", "update")
+    (verb, "configmaps", "") for verb in ("get", "list", "watch", "create", "update")
 )
 
 LABEL = "srv6ctl.io/ipam"  # = "true" on every shard: what `list` selects
@@ -81,10 +95,10 @@ DEFAULT_NAMESPACE = "srv6ctl"
 PAGE_SIZE = 500
 CONFLICT_ATTEMPTS = 200  # each Conflict means another writer succeeded: progress is global
 _BACKOFF_CAP_S = 0.1
-
-
-class WatchUnsupported(StoreError, NotImplementedError):
-    """The Kubernetes store keeps no event history to watch (nothing in srv6ctl watches)."""
+# A watch's own length on the server, randomised as client-go's reflector does (5-10 min),
+# so that the watches of many agents do not all end, and come back, at once.
+WATCH_SECONDS = (300, 600)
+_TOO_OLD = re.compile(r"too old resource version: \d+ \((\d+)\)")
 
 
 def shard_of(key: str) -> str:
@@ -129,6 +143,27 @@ def load_configuration(kubeconfig: str | None) -> client.Configuration:
     return configuration
 
 
+_insecure_hosts: set[str] = set()
+_insecure_lock = threading.Lock()
+
+
+def warn_once_if_insecure(configuration: client.Configuration) -> None:
+    """Say once per API server that its certificate is not verified, instead of urllib3's
+    two-line `InsecureRequestWarning` at every request (its filter for it is "always")."""
+    if configuration.verify_ssl or not configuration.host.startswith("https:"):
+        return
+    # Process-wide, but the only clients of such a process are the ones we configure.
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+    with _insecure_lock:
+        if configuration.host in _insecure_hosts:
+            return
+        _insecure_hosts.add(configuration.host)
+    log.warning(
+        "the certificate of the API server %s is not verified (insecure-skip-tls-verify)",
+        configuration.host,
+    )
+
+
 @dataclass(frozen=True)
 class _Shard:
     """One ConfigMap as read: its entries (revisions resolved), and its resourceVersion."""
@@ -165,6 +200,7 @@ class KubernetesStore:
         # No retries inside urllib3: a replayed replace would turn our own success into a
         # Conflict; Conflicts and outages are handled here and by the callers instead.
         configuration.retries = False
+        warn_once_if_insecure(configuration)
         self._api_client = client.ApiClient(configuration)
         self._api = client.CoreV1Api(self._api_client)
         self._where = f"kubernetes store {configuration.host} namespace {namespace}"
@@ -221,11 +257,8 @@ class KubernetesStore:
         assert body is not None
         return self._revision_of(body)
 
-    def watch(self, prefix: str, start_revision: int) -> Watch:
-        raise WatchUnsupported(
-            f"{self._where}: watch is not supported (no event history is kept); "
-            "use the etcd or embedded store to watch"
-        )
+    def watch(self, prefix: str, start_revision: int) -> ConfigMapWatch:
+        return ConfigMapWatch(self, prefix, start_revision)
 
     # --- writes ------------------------------------------------------------------------
 
@@ -408,8 +441,11 @@ class KubernetesStore:
         *,
         missing_ok: bool = False,
         conflict_ok: bool = False,
+        revision: int | None = None,
     ) -> dict[str, Any] | None:
-        """Run one API request and return its JSON body; None for an accepted 404/409."""
+        """Run one API request and return its JSON body; None for an accepted 404/409.
+
+        `revision`: the request reads at that revision, so a 410 Gone is `Compacted`."""
         what = f"{verb} configmaps" + (f" {name}" if name else "")
         try:
             response = request()
@@ -422,18 +458,7 @@ class KubernetesStore:
                 return None
             if err.status == 409 and conflict_ok:
                 return None  # Conflict (replace) or AlreadyExists (create): read again
-            hint = ""
-            if err.status in (401, 403):
-                hint = f" (RBAC: the store needs {sorted(v for v, _, _ in REQUIRED_RBAC)})"
-            elif err.status == 422 and "Too long" in _message(err):
-                hint = (
-                    " (this pool outgrew one ConfigMap, 1 MiB: about 3,000 nodes, or 3,000"
-                    " Services in one of the 16 service partitions; a store that large"
-                    " belongs in etcd)"
-                )
-            raise StoreError(
-                f"{self._where}: {what}: HTTP {err.status} {_message(err)}{hint}"
-            ) from err
+            raise self._failure(what, err, revision) from err
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise StoreError(f"{self._where}: {what}: {type(err).__name__}: {err}") from err
         try:
@@ -443,6 +468,192 @@ class KubernetesStore:
         if not isinstance(body, dict):
             raise StoreError(f"{self._where}: {what}: the answer is not a JSON object")
         return body
+
+    def _failure(self, what: str, err: ApiException, revision: int | None) -> StoreError:
+        if err.status == 410 and revision is not None:
+            return Compacted(revision + 1, _oldest_kept(_message(err)))
+        hint = ""
+        if err.status in (401, 403):
+            hint = f" (RBAC: the store needs {sorted(v for v, _, _ in REQUIRED_RBAC)})"
+        elif err.status == 422 and "Too long" in _message(err):
+            hint = (
+                " (this pool outgrew one ConfigMap, 1 MiB: about 3,000 nodes, or 3,000"
+                " Services in one of the 16 service partitions; a store that large"
+                " belongs in etcd)"
+            )
+        return StoreError(f"{self._where}: {what}: HTTP {err.status} {_message(err)}{hint}")
+
+    # --- watch -------------------------------------------------------------------------
+
+    def _selector(self, prefix: str) -> dict[str, Any]:
+        """The ConfigMaps that may hold keys under `prefix`: one by name, or every shard."""
+        shard = _shard_of_prefix(prefix)
+        if shard is not None:
+            return {"field_selector": f"metadata.name={self.shard_name(shard)}"}
+        return {"label_selector": f"{LABEL}=true"}
+
+    def _shards_at(
+        self, prefix: str, revision: int | None
+    ) -> tuple[dict[str, dict[str, KeyValue]], int]:
+        """The shards that may hold `prefix` as they were at `revision` (None: now), by
+        shard path, and the revision read."""
+        shards: dict[str, dict[str, KeyValue]] = {}
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, **self._selector(prefix)}
+            if token:
+                kwargs["_continue"] = token  # the token carries the page's revision
+            elif revision is not None:
+                kwargs["resource_version"] = str(revision)
+                kwargs["resource_version_match"] = "Exact"
+            page = self._call(
+                "list",
+                None,
+                functools.partial(
+                    self._api.list_namespaced_config_map,
+                    self.namespace,
+                    _preload_content=False,
+                    _request_timeout=self._timeout,
+                    **kwargs,
+                ),
+                revision=revision,
+            )
+            assert page is not None
+            for body in page.get("items") or ():
+                shard = ((body.get("metadata") or {}).get("annotations") or {}).get(
+                    SHARD_ANNOTATION
+                )
+                if shard is not None:  # else labelled by hand, not ours
+                    shards[shard] = self._parse(shard, body).entries
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return shards, self._revision_of(page)
+
+    def _open_watch(self, prefix: str, revision: int) -> Any:
+        """The streaming response of a watch of `prefix`'s shards after `revision`."""
+        seconds = self._rng.randint(*WATCH_SECONDS)
+        try:
+            return self._api.list_namespaced_config_map(
+                self.namespace,
+                watch=True,
+                resource_version=str(revision),
+                allow_watch_bookmarks=True,
+                timeout_seconds=seconds,
+                _preload_content=False,
+                # Bookmarks and the server's own end keep a live watch talking well within.
+                _request_timeout=(self._timeout[0], seconds + 30),
+                **self._selector(prefix),
+            )
+        except ApiException as err:
+            raise self._failure("watch configmaps", err, revision) from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise StoreError(
+                f"{self._where}: watch configmaps: {type(err).__name__}: {err}"
+            ) from err
+
+
+class ConfigMapWatch:
+    """An open watch of the Kubernetes store (see the module's docstring).
+
+    Iterating reads the shards at the revision before `start_revision` (a start of 0 or
+    less: now), then follows the API server's watch of their ConfigMaps, resuming it from
+    the last resourceVersion seen whenever the server ends it. `cancel()` from any thread
+    shuts the open response's socket, which ends a blocked iteration.
+    """
+
+    def __init__(self, store: KubernetesStore, prefix: str, start_revision: int) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._start = start_revision
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._response: Any = None
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        with self._lock:
+            response = self._response
+        if response is not None:
+            response.shutdown()
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        store = self._store
+        if self._start <= 1:
+            if self._start == 1:  # revision 0 cannot be read: that history is always gone
+                raise Compacted(1, 0)
+            shards, revision = store._shards_at(self._prefix, None)
+        else:
+            shards, revision = store._shards_at(self._prefix, self._start - 1)
+        while not self._cancelled.is_set():
+            response = store._open_watch(self._prefix, revision)
+            with self._lock:
+                self._response = response
+            try:
+                if self._cancelled.is_set():
+                    return  # cancelled while the watch was being opened
+                for line in _lines(response):
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        raise self._error(obj, revision)
+                    revision = _parse_revision(
+                        store._where, (obj.get("metadata") or {}).get("resourceVersion")
+                    )
+                    if event.get("type") != "BOOKMARK":
+                        yield from self._changes(shards, event.get("type"), obj, revision)
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as err:
+                if self._cancelled.is_set():
+                    return
+                raise StoreError(
+                    f"{store._where}: watch configmaps: {type(err).__name__}: {err}"
+                ) from err
+            finally:
+                with self._lock:
+                    self._response = None
+                response.release_conn()
+
+    def _changes(
+        self, shards: dict[str, dict[str, KeyValue]], kind: Any, obj: Any, revision: int
+    ) -> list[WatchEvent]:
+        """The shard's keys under the prefix that this write changed, against `shards`."""
+        shard = ((obj.get("metadata") or {}).get("annotations") or {}).get(SHARD_ANNOTATION)
+        if shard is None:
+            return []  # labelled by hand, not ours
+        before = shards.get(shard, {})
+        after = {} if kind == "DELETED" else self._store._parse(shard, obj).entries
+        shards[shard] = after
+        puts, deletes = [], []
+        for key in sorted(before.keys() | after.keys(), key=str.encode):
+            if not key.startswith(self._prefix):
+                continue
+            old, new = before.get(key), after.get(key)
+            if new is None:
+                deletes.append(WatchEvent(EventType.DELETE, key, b"", revision))
+            elif old is None or (old.value, old.mod_revision) != (new.value, new.mod_revision):
+                # Only this write's keys moved: the others kept their pinned revisions.
+                puts.append(WatchEvent(EventType.PUT, key, new.value, new.mod_revision))
+        return puts + deletes
+
+    def _error(self, status: Any, revision: int) -> StoreError:
+        message = f"{status.get('reason')}: {status.get('message')}"
+        if status.get("code") == 410:
+            return Compacted(revision + 1, _oldest_kept(message))
+        return StoreError(f"{self._store._where}: watch configmaps: {status.get('code')} {message}")
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """The watch's events, one JSON object per line, as they arrive."""
+    pending = b""
+    for chunk in response.stream(amt=None, decode_content=True):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from (line for line in lines if line.strip())
+
+
+def _oldest_kept(message: str) -> int:
+    """The oldest revision the API server still has, when its message says (0: unknown)."""
+    found = _TOO_OLD.search(message)
+    return int(found.group(1)) if found else 0
 
 
 # --- entries: the JSON kept under data["keys"] ---------------------------------------------

@@ -12,6 +12,8 @@ What it reproduces, from the API conventions and what kube-apiserver sends on th
   kind/apiVersion set — for every change after N, then live changes; `BOOKMARK` events
   (`allowWatchBookmarks=true`) whose object carries only kind, apiVersion and
   metadata.resourceVersion; the stream ends after `timeoutSeconds`;
+- list at a revision (`resourceVersion=N&resourceVersionMatch=Exact`): the objects as they
+  were then, or 410 Expired when that is older than the retained history;
 - a resourceVersion older than the retained history (`compact()`): either an `ERROR` event
   whose object is a `Status` with code 410 / reason Expired (what the etcd watch path
   sends), or an HTTP 410 response with that Status (what the watch cache answers) —
@@ -25,10 +27,16 @@ What it reproduces, from the API conventions and what kube-apiserver sends on th
   sends for them; a ConfigMap over 1 MiB or with a data key outside `[-._a-zA-Z0-9]+` is
   422 Invalid, as the API server validates it;
 - `labelSelector` (equality and existence: `k=v`, `k==v`, `k!=v`, `k`, `!k`) and
-  `fieldSelector` (`metadata.name`, `metadata.namespace`) on lists.
+  `fieldSelector` (`metadata.name`, `metadata.namespace`) on lists and watches;
+- `/readyz` (and `/livez`, `/healthz`): 200 `ok`, or 500 while `ready` is False, as a
+  starting API server answers;
+- an outage: `stop()` closes the port and every connection; `start()` again serves on the
+  same port, with the state kept (etcd) and the event history gone (a restarted server's
+  watch cache begins at the current revision: older watches get 410);
+- TLS (`tls=(certfile, keyfile)`, `self_signed_certificate()` makes a pair with openssl).
 
-It serves the six collections srv6ctl watches and ConfigMaps (the Kubernetes store).
-Watches are served on the cluster-wide paths only.
+It serves the six collections srv6ctl watches and ConfigMaps (the Kubernetes store), on
+the cluster-wide paths and, for namespaced kinds, under `/namespaces/NS/`.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ import copy
 import json
 import re
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -92,6 +102,22 @@ NAMESPACED_PATH = re.compile(
 )
 CONFIG_MAP_MAX_BYTES = 1024 * 1024  # corev1 validation: data + binaryData together
 CONFIG_MAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+HEALTH_PATHS = ("/readyz", "/livez", "/healthz")
+
+
+def self_signed_certificate(directory: str) -> tuple[str, str]:
+    """(certfile, keyfile) for 127.0.0.1, made with openssl, valid for a day."""
+    cert, key = f"{directory}/apiserver.crt", f"{directory}/apiserver.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
+            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-keyout", key, "-out", cert, "-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
 
 
 def status(
@@ -199,6 +225,13 @@ def _selected(query: dict[str, str]) -> Callable[[dict[str, Any]], bool]:
     return lambda obj: labels(obj["metadata"].get("labels") or {}) and fields(obj)
 
 
+class _HttpServer(ThreadingHTTPServer):
+    # As Go's net.Listen (the kernel's somaxconn), not socketserver's 5: at a restart every
+    # client connects at once, and a SYN dropped from a full backlog is retried after 1 s.
+    request_queue_size = 4096
+    daemon_threads = True
+
+
 @dataclass
 class _Event:
     revision: int
@@ -208,15 +241,25 @@ class _Event:
 
 
 class FakeApiServer:
-    def __init__(self, *, gone_as_status: bool = False, bookmark_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        *,
+        gone_as_status: bool = False,
+        bookmark_interval: float = 0.2,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
         self.gone_as_status = gone_as_status
         self.bookmark_interval = bookmark_interval
+        self.ready = True  # what /readyz answers
+        self._tls = tls
         self._lock = threading.Condition()
         self._revision = 1000
         self._compacted = 0  # watches from a revision below this get 410
         self._objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
             r: {} for r in COLLECTIONS
         }
+        # The objects as they were at `_compacted`: with `_history`, any later revision.
+        self._base: dict[str, dict[tuple[str, str], dict[str, Any]]] = {r: {} for r in COLLECTIONS}
         self._history: list[_Event] = []
         self._snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self._failures: dict[str, list[int]] = {}
@@ -224,18 +267,37 @@ class FakeApiServer:
         self._stopping = False
         self._connections: set[socket.socket] = set()
         self._watch_generation = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._cut: set[int] = set()  # watch generations ended without their last chunk
+        self._restarts = -1
+        self._server = self._listen(0)
+        self._port = self._server.server_port
 
     # --- lifecycle --------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self._port}"
+
+    def _listen(self, port: int) -> ThreadingHTTPServer:
+        server = _HttpServer(("127.0.0.1", port), self._handler())
+        if self._tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self._tls)
+            # The handshake in the connection's own thread, not in the accepting one.
+            server.socket = context.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
+        return server
 
     def start(self) -> FakeApiServer:
-        self._thread.start()
+        """Serve; after a `stop()`, again on the same port (an API server's restart)."""
+        self._restarts += 1
+        if self._restarts:
+            self._server = self._listen(self._port)
+            with self._lock:
+                self._stopping = False
+                self.compact()  # the new process's watch cache starts now
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -300,11 +362,41 @@ class FakeApiServer:
             self.compact()
             self._lock.notify_all()
 
-    def compact(self) -> None:
-        """Forget the event history: a watch from any earlier revision now gets 410."""
+    def end_watches(self, *, abruptly: bool = False) -> None:
+        """End every open watch stream now (history kept), as a server or a load balancer
+        closing long requests does: each watcher resumes from its last resourceVersion.
+        `abruptly`: the connections are cut mid-stream, a broken watch for the client."""
         with self._lock:
-            self._compacted = self._revision
-            self._history.clear()
+            if abruptly:
+                self._cut.add(self._watch_generation)
+            self._watch_generation += 1
+            self._lock.notify_all()
+
+    def compact(self, revision: int | None = None) -> None:
+        """Forget the event history up to `revision` (default: now): a watch from an
+        earlier revision, or a list at one, now gets 410."""
+        with self._lock:
+            revision = self._revision if revision is None else revision
+            for resource in COLLECTIONS:
+                self._base[resource] = self._state_at(resource, revision)
+            self._compacted = revision
+            self._history = [e for e in self._history if e.revision > revision]
+
+    def _state_at(self, resource: str, revision: int) -> dict[tuple[str, str], dict[str, Any]]:
+        """The objects of `resource` as they were at `revision` (not before `_compacted`)."""
+        objects = dict(self._base[resource])
+        for event in self._history:
+            if event.revision > revision:
+                break
+            if event.resource != resource:
+                continue
+            meta = event.obj["metadata"]
+            key = (meta.get("namespace", ""), meta["name"])
+            if event.type == "DELETED":
+                objects.pop(key, None)
+            else:
+                objects[key] = event.obj
+        return objects
 
     def fail_next(self, resource: str, count: int, code: int = 500) -> None:
         with self._lock:
@@ -373,6 +465,10 @@ class FakeApiServer:
                 pass
 
             def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):
+                    self.request.settimeout(5)
+                    self.request.do_handshake()
+                    self.request.settimeout(None)
                 super().setup()
                 # As Go's net/http: no Nagle, or a body written after its headers waits for
                 # the client's delayed ACK (40 ms a request on a kept-alive connection).
@@ -389,21 +485,28 @@ class FakeApiServer:
                 url = urlsplit(self.path)
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 server.requests.append((url.path, query))
+                if url.path in HEALTH_PATHS:
+                    self._health()
+                    return
                 route = self._route(url.path)
                 if route is None:
                     return
                 collection, namespace, name = route
-                if namespace is not None:
-                    if query.get("watch") in ("true", "1"):
-                        self._json(400, bad_request("the fake serves watches cluster-wide only"))
-                    elif name is None:
-                        self._list(collection, query, namespace)
-                    else:
-                        self._get(collection, namespace, name)
-                elif query.get("watch") in ("true", "1"):
-                    self._watch(collection, query)
+                if query.get("watch") in ("true", "1") and name is None:
+                    self._watch(collection, query, namespace)
+                elif name is None:
+                    self._list(collection, query, namespace)
                 else:
-                    self._list(collection, query)
+                    self._get(collection, namespace or "", name)
+
+            def _health(self) -> None:
+                ready = server.ready
+                data = b"ok" if ready else b"[-]etcd failed: reason withheld\nreadyz check failed"
+                self.send_response(200 if ready else 500)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_POST(self) -> None:
                 url = urlsplit(self.path)
@@ -535,9 +638,21 @@ class FakeApiServer:
                         return
                     revision, items = snapshot
                 else:
+                    exact = query.get("resourceVersionMatch") == "Exact"
                     with server._lock:
                         revision = server._revision
                         stored = server._objects[collection.resource]
+                        if exact:
+                            revision = int(query.get("resourceVersion") or 0)
+                            if revision < server._compacted:
+                                expired = status(
+                                    410,
+                                    "Expired",
+                                    "The resourceVersion for the provided list is too old.",
+                                )
+                                self._json(410, expired)
+                                return
+                            stored = server._state_at(collection.resource, revision)
                         items = [
                             _as_list_item(stored[k])
                             for k in sorted(stored)
@@ -563,7 +678,14 @@ class FakeApiServer:
                     },
                 )
 
-            def _watch(self, collection: Collection, query: dict[str, str]) -> None:
+            def _watch(
+                self, collection: Collection, query: dict[str, str], namespace: str | None
+            ) -> None:
+                try:
+                    selected = _selected(query)
+                except ValueError as err:
+                    self._json(400, bad_request(str(err)))
+                    return
                 since = int(query.get("resourceVersion") or 0)
                 bookmarks = query.get("allowWatchBookmarks") == "true"
                 deadline = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
@@ -578,14 +700,25 @@ class FakeApiServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
+                with server._lock:
+                    generation = server._watch_generation
                 try:
                     if expired:
                         self._chunk({"type": "ERROR", "object": gone})
                     else:
                         for event in server._events(collection, since, deadline, bookmarks):
+                            obj = event["object"]
+                            if event["type"] != "BOOKMARK" and (
+                                not selected(obj)
+                                or namespace not in (None, obj["metadata"].get("namespace"))
+                            ):
+                                continue
                             self._chunk(event)
-                    self.wfile.write(b"0\r\n\r\n")
-                    self.wfile.flush()
+                    if generation in server._cut:
+                        self.connection.shutdown(socket.SHUT_RDWR)  # no last chunk: broken
+                    else:
+                        self.wfile.write(b"0\r\n\r\n")
+                        self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 self.close_connection = True
