@@ -123,8 +123,26 @@ def vm_unavailable() -> str | None:
     return None
 
 
+def distribution_release() -> str | None:
+    """The release Debian's own `linux-image-cloud-amd64` stands for (its image package),
+    when installed: the guest `make test` and `make lab` use, whatever newer kernel
+    (`scripts/vm-deps.sh --newer`) lies beside it for `make test-kernels`."""
+    try:
+        done = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Depends}", "linux-image-cloud-amd64"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:  # no dpkg: not a Debian host
+        return None
+    found = re.search(r"linux-image-(\S+-cloud-amd64)", done.stdout)
+    return found.group(1) if found else None
+
+
 def ensure_guest_kernel() -> GuestKernel:
-    """The newest guest kernel, after installing the VM's packages if any is missing."""
+    """The distribution's guest kernel (else the newest), after installing the VM's
+    packages if any is missing."""
     missing = missing_packages()
     if missing:
         reason = vm_unavailable()
@@ -138,4 +156,5 @@ def ensure_guest_kernel() -> GuestKernel:
     kernels = guest_kernels()
     if not kernels or isinstance(host_tools(), list):
         raise HostVmError(f"still missing after {VM_DEPS.name}: {' '.join(missing_packages())}")
-    return kernels[0]
+    own = distribution_release()
+    return next((k for k in kernels if k.release == own), kernels[0])
