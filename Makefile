@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab lab-here test test-kernels lint typecheck unit deps clean
+.PHONY: lab lab-here test test-kernels test-kube-apiserver lint typecheck unit deps clean
 
 deps:
 	@bash scripts/system-deps.sh
@@ -32,14 +32,18 @@ lab-here: $(STAMP)
 	@echo "next: srv6ctl lab status · srv6ctl trace client-1 web · srv6ctl lab exec client-1 -- ip -6 route · srv6ctl lab down"
 
 # Every kernel-SRv6 test in a VM, once per Debian kernel installed for guests (bookworm's
-# cloud kernel at least: scripts/vm-deps.sh), whatever this host's own kernel can do.
+# 6.1; with NEWER=1 bookworm-backports' 6.12 is installed first: scripts/vm-deps.sh
+# --newer), whatever this host's own kernel can do. Every kernel runs; the target fails if
+# any of them failed.
 test-kernels: deps $(STAMP)
-	@bash scripts/vm-deps.sh
-	@for release in $$($(BIN)/python -m srv6ctl.hostvm --list); do \
+	@bash scripts/vm-deps.sh $(if $(NEWER),--newer)
+	@failed=""; \
+	for release in $$($(BIN)/python -m srv6ctl.hostvm --list); do \
 		echo "== kernel-SRv6 tests on Debian's $$release (in a VM)"; \
 		SRV6CTL_KERNEL_TESTS=vm-all SRV6CTL_GUEST_KERNEL=$$release \
-			$(BIN)/pytest -q -p no:cacheprovider -m kernel_srv6 || exit 1; \
-	done
+			$(BIN)/pytest -q -p no:cacheprovider -m kernel_srv6 || failed="$$failed $$release"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "== kernel-SRv6 tests failed on:$$failed"; exit 1; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -50,6 +54,11 @@ typecheck: $(STAMP)
 
 test: deps $(STAMP) lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The control-plane tests against a real kube-apiserver (built from the Kubernetes source
+# elsewhere: README.md, "Against a real kube-apiserver"), with Debian's etcd.
+test-kube-apiserver: $(STAMP)
+	SRV6CTL_KUBE_APISERVER=$${SRV6CTL_KUBE_APISERVER:?path to kube-apiserver} $(BIN)/pytest -q -p no:cacheprovider tests/test_real_apiserver.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

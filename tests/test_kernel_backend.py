@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import ipaddress
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -63,12 +64,24 @@ def sl(*segments: str, weight: int = 1) -> SegmentList:
 @pytest.fixture
 def node(netns_factory: NetnsFactory) -> Netns:
     ns = netns_factory()
+    # Without DAD the kernel's own link-local addresses, and the routes it adds for them,
+    # are there once a link is up, not a second later in the middle of a test (slower
+    # still in a VM without KVM), where they would look like someone else's changes.
+    ns.exec("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
     peer = netns_factory()
     netns_factory.veth(ns, "up0", peer, "up1")
     ns.ip("link", "add", "pod0", "type", "veth", "peer", "name", "pod0p")
     ns.ip("link", "set", "pod0", "up")
     ns.ip("link", "set", "pod0p", "up")
     ns.ip("addr", "add", "2001:db8:ffff::1/64", "dev", "up0", "nodad")
+    # Carrier reaches addrconf through linkwatch, up to a second later.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        shown = json.loads(ns.ip("-j", "-6", "addr", "show", "scope", "link"))
+        linked = {a["ifname"] for a in shown if a.get("addr_info")}
+        if {"up0", "pod0", "pod0p"} <= linked:
+            break
+        time.sleep(0.05)
     return ns
 
 
