@@ -388,12 +388,22 @@ class KubernetesStore:
 
     def _list_all(self) -> tuple[Sequence[dict[str, Any]], int]:
         """Every shard, paged over one consistent snapshot, and that snapshot's revision."""
+        return self._list_pages({"label_selector": f"{LABEL}=true"}, None)
+
+    def _list_pages(
+        self, selector: dict[str, Any], revision: int | None
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
+        """The ConfigMaps `selector` picks, paged over one snapshot (at `revision`, None:
+        now), and that snapshot's revision."""
         bodies: builtins.list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"label_selector": f"{LABEL}=true", "limit": PAGE_SIZE}
+            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, **selector}
             if token:
-                kwargs["_continue"] = token
+                kwargs["_continue"] = token  # the token carries the page's revision
+            elif revision is not None:
+                kwargs["resource_version"] = str(revision)
+                kwargs["resource_version_match"] = "Exact"
             page = self._call(
                 "list",
                 None,
@@ -404,6 +414,7 @@ class KubernetesStore:
                     _request_timeout=self._timeout,
                     **kwargs,
                 ),
+                revision=revision,
             )
             assert page is not None
             bodies.extend(page.get("items") or [])
@@ -497,37 +508,13 @@ class KubernetesStore:
     ) -> tuple[dict[str, dict[str, KeyValue]], int]:
         """The shards that may hold `prefix` as they were at `revision` (None: now), by
         shard path, and the revision read."""
+        bodies, read = self._list_pages(self._selector(prefix), revision)
         shards: dict[str, dict[str, KeyValue]] = {}
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, **self._selector(prefix)}
-            if token:
-                kwargs["_continue"] = token  # the token carries the page's revision
-            elif revision is not None:
-                kwargs["resource_version"] = str(revision)
-                kwargs["resource_version_match"] = "Exact"
-            page = self._call(
-                "list",
-                None,
-                functools.partial(
-                    self._api.list_namespaced_config_map,
-                    self.namespace,
-                    _preload_content=False,
-                    _request_timeout=self._timeout,
-                    **kwargs,
-                ),
-                revision=revision,
-            )
-            assert page is not None
-            for body in page.get("items") or ():
-                shard = ((body.get("metadata") or {}).get("annotations") or {}).get(
-                    SHARD_ANNOTATION
-                )
-                if shard is not None:  # else labelled by hand, not ours
-                    shards[shard] = self._parse(shard, body).entries
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return shards, self._revision_of(page)
+        for body in bodies:
+            shard = ((body.get("metadata") or {}).get("annotations") or {}).get(SHARD_ANNOTATION)
+            if shard is not None:  # else labelled by hand, not ours
+                shards[shard] = self._parse(shard, body).entries
+        return shards, read
 
     def _open_watch(self, prefix: str, revision: int) -> Any:
         """The streaming response of a watch of `prefix`'s shards after `revision`."""
