@@ -30,6 +30,13 @@ from typing import Any
 import pytest
 
 from srv6ctl.dataplane.kernel_caps import LWTUNNEL_OPTION, probe_kernel
+from srv6ctl.hostvm import (
+    HostVmError,
+    ensure_guest_kernel,
+    guest_kernels,
+    run_in_vm,
+    vm_unavailable,
+)
 
 MARKER = "kernel_srv6"
 MODE_ENV = "SRV6CTL_KERNEL_TESTS"
@@ -88,8 +95,6 @@ class KernelTests:
         else:
             chosen = [i for i in marked if _in_vm_set(i)]
         if chosen:
-            from srv6ctl.hostvm import vm_unavailable
-
             self.vm_problem = vm_unavailable()
             if self.vm_problem is not None:
                 chosen = []
@@ -146,8 +151,6 @@ class KernelTests:
     # --- the VM run ---------------------------------------------------------------------
 
     def _run_in_vm(self) -> None:
-        from srv6ctl.hostvm import HostVmError, ensure_guest_kernel, guest_kernels, run_in_vm
-
         writer = self.config.pluginmanager.get_plugin("terminalreporter")
 
         def say(line: str) -> None:
