@@ -2,7 +2,7 @@
 
 Three runs of the same services, each into its own throw-away network namespace:
 
-- `ip_batch`: the kernel state DESIGN.md "Services without NAT" describes, loaded with
+- `ip_batch`: the kernel state README.md "Services without NAT" describes, loaded with
   `ip -batch` — one IPv6 seg6 nexthop per backend SID (shared by every service using that
   pod), one resilient nexthop group per service, one route `S/128 nhid G` per service;
 - `iptables_restore`: kube-proxy's iptables mode for the same services and endpoints

@@ -1,6 +1,6 @@
 """Inside a backend pod: its service ClusterIPs on loopback, and stateless port rewrites.
 
-This is the pod half of "services without NAT" (DESIGN.md): End.DX6/End.DX4 on the node
+This is the pod half of "services without NAT" (README.md): End.DX6/End.DX4 on the node
 hands the pod the *original* packet, destination still the ClusterIP `S`. The pod accepts
 it because `S` is on its loopback while it is an endpoint, and answers from `S` directly.
 Where a service's `port != targetPort`, the pod's own namespace rewrites the destination

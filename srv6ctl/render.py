@@ -6,7 +6,7 @@ events arrived in). `Renderer` computes the same result incrementally: the confi
 union of *fragments* — one per remote node, per service, per pod, and the local node's
 own — and a dirty key from `ClusterState` re-renders only the fragments it names.
 
-What a node gets (DESIGN.md, "Address and SID plan" and "Services without NAT"):
+What a node gets (README.md, "The address plan" and "Services without NAT"):
 
 - Its own SIDs on its locator `L`: End `L::1`, End.DT6 `L::6` (pod table, main by
   default), and End.DT4 `L::4` only in a dual-stack plan *and* when the backend can do it

@@ -279,10 +279,11 @@ def test_end_x_cross_connects_to_its_neighbour(lab: Lab) -> None:
 )
 @pytest.mark.kernel_srv6(vm=True)
 def test_decapsulation_delivers_the_inner_packet(lab: Lab, sid: LocalSid, inner: Packet) -> None:
-    # As DESIGN.md's backend pods do, the receiver holds the service address on its
-    # loopback. End.DX4 needs it: the kernel routes towards nh4, but on nh4's connected
-    # subnet it resolves the *inner* destination's link-layer address (ip_route_input
-    # with a gateway-less route), so the pod must answer ARP for the ClusterIP.
+    # As the backend pods do (README, "Services without NAT"), the receiver holds the
+    # service address on its loopback. End.DX4 needs it: the kernel routes towards nh4,
+    # but on nh4's connected subnet it resolves the *inner* destination's link-layer
+    # address (ip_route_input with a gateway-less route), so the pod must answer ARP for
+    # the ClusterIP.
     lab.peer.ip("addr", "add", "10.96.0.1/32", "dev", "lo")
     lab.program(local_sids=[sid])
     lab.send(

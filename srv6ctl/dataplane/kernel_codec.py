@@ -1,6 +1,6 @@
 """Translate between the dataplane model and kernel netlink messages, both ways (no I/O).
 
-The kernel shape of each model object (DESIGN.md, "Services without NAT"):
+The kernel shape of each model object (README.md, "Services without NAT: what a node gets"):
 
 - `LocalSid` → a seg6local route `sid/128` in the main table, on its `interface` or, for
   behaviours without one, on the SID device; per-SID counters switched on when the kernel
