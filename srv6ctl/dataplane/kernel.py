@@ -70,6 +70,7 @@ from srv6ctl.dataplane.kernel_codec import (
     RouteMessage,
     SegmentPath,
     Slot,
+    new_link,
     parse_nexthop,
     parse_route,
     vrf_device,
@@ -388,9 +389,9 @@ class KernelBackend:
         return result
 
     def _ensure_sid_device(self, name: str) -> None:
+        alias = "srv6ctl: local SIDs without an interface"
         self._ensure_link(
-            name,
-            [(f"SID device {name} ({kind})", _new_link(name, kind)) for kind in SID_DEVICE_KINDS],
+            name, [(f"SID device {name} ({k})", new_link(name, k, alias)) for k in SID_DEVICE_KINDS]
         )
 
     def _ensure_vrfs(self, changes: Iterable[Change]) -> None:
@@ -560,17 +561,6 @@ class KernelBackend:
         failures = genl.execute([Request(family, 0, request, f"encap source {address}")])
         if failures:
             raise ApplyError(failures)
-
-
-def _new_link(name: str, kind: str) -> Any:
-    request = ifinfmsg()
-    request["flags"], request["change"] = _IFF_UP, _IFF_UP
-    request["attrs"] = [
-        ("IFLA_IFNAME", name),
-        ("IFLA_IFALIAS", "srv6ctl: local SIDs without an interface"),
-        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]}),
-    ]
-    return request
 
 
 def _link_name(data: bytes) -> tuple[int, int, str]:

@@ -111,25 +111,27 @@ def vrf_device(table: int) -> str:
     return f"{VRF_DEVICE_PREFIX}{table}"
 
 
-def vrf_link(name: str, table: int, *, up: bool = False) -> Any:
-    """The RTM_NEWLINK message that creates VRF device `name` bound to `table`."""
+def new_link(name: str, kind: str, alias: str, *, data: Sequence[Any] = (), up: bool = True) -> Any:
+    """The RTM_NEWLINK message that creates device `name` of `kind` (with IFLA_INFO_DATA
+    attributes `data`), marked as ours by its alias."""
     msg = ifinfmsg()
     if up:
         msg["flags"] = msg["change"] = 1  # IFF_UP
+    info: list[Any] = [("IFLA_INFO_KIND", kind)]
+    if data:
+        info.append(("IFLA_INFO_DATA", {"attrs": list(data)}))
     msg["attrs"] = [
         ("IFLA_IFNAME", name),
-        ("IFLA_IFALIAS", "srv6ctl: the table End.DT4/DT46 decapsulate into"),
-        (
-            "IFLA_LINKINFO",
-            {
-                "attrs": [
-                    ("IFLA_INFO_KIND", "vrf"),
-                    ("IFLA_INFO_DATA", {"attrs": [("IFLA_VRF_TABLE", table)]}),
-                ]
-            },
-        ),
+        ("IFLA_IFALIAS", alias),
+        ("IFLA_LINKINFO", {"attrs": info}),
     ]
     return msg
+
+
+def vrf_link(name: str, table: int, *, up: bool = False) -> Any:
+    """The RTM_NEWLINK message that creates VRF device `name` bound to `table`."""
+    alias = "srv6ctl: the table End.DT4/DT46 decapsulate into"
+    return new_link(name, "vrf", alias, data=[("IFLA_VRF_TABLE", table)], up=up)
 
 
 class SegmentPath(NamedTuple):
