@@ -752,7 +752,7 @@ def test_the_backoff_starts_afresh_once_a_watch_opens(apiserver: FakeApiServer) 
     source.start()
     try:
         consumer.until(lambda s: len(s.pods) == 1)
-        wait_for(lambda: len(apiserver.watch_requests("pods")) == 1)
+        wait_for(lambda: apiserver.streams("pods") == 1)  # not just asked: end_watches ends it
         apiserver.fail_next("pods", 1, code=500)
         apiserver.end_watches(abruptly=True)  # broken; then the resumed watch fails once
         wait_for(lambda: source.errors[Kind.POD] == 7)
@@ -773,8 +773,7 @@ def test_stopping_is_quiet(apiserver: FakeApiServer, caplog: pytest.LogCaptureFi
     consumer = Consumer()
     source = start_source(apiserver, consumer, watch_timeout=(60, 60))
     assert source.wait_synced(timeout=15)
-    wait_for(lambda: all(apiserver.watch_requests(r.resource) for r in RESOURCES))
-    time.sleep(0.2)  # every watch streaming
+    wait_for(lambda: all(apiserver.streams(r.resource) for r in RESOURCES))
     with caplog.at_level(logging.INFO, logger="srv6ctl.sources.kubernetes"):
         source.stop()
     assert [r.getMessage() for r in caplog.records] == []

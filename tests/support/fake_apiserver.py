@@ -268,6 +268,9 @@ class FakeApiServer:
         self._connections: set[socket.socket] = set()
         self._watch_generation = 0
         self._cut: set[int] = set()  # watch generations ended without their last chunk
+        # Watches that have taken their generation, per resource: from then on
+        # end_watches() ends them (a request merely received may miss it).
+        self._streams: dict[str, int] = {}
         self._restarts = -1
         self._server = self._listen(0)
         self._port = self._server.server_port
@@ -409,6 +412,12 @@ class FakeApiServer:
     def watch_requests(self, resource: str) -> list[dict[str, str]]:
         path = COLLECTIONS[resource].path
         return [q for p, q in list(self.requests) if p == path and q.get("watch") == "true"]
+
+    def streams(self, resource: str) -> int:
+        """How many watches of `resource` have started streaming: each one started is
+        ended by the next end_watches() (a request in `requests` may not have yet)."""
+        with self._lock:
+            return self._streams.get(resource, 0)
 
     def list_requests(self, resource: str) -> list[dict[str, str]]:
         path = COLLECTIONS[resource].path
@@ -702,11 +711,14 @@ class FakeApiServer:
                 self.end_headers()
                 with server._lock:
                     generation = server._watch_generation
+                    streams = server._streams
+                    streams[collection.resource] = streams.get(collection.resource, 0) + 1
                 try:
                     if expired:
                         self._chunk({"type": "ERROR", "object": gone})
                     else:
-                        for event in server._events(collection, since, deadline, bookmarks):
+                        events = server._events(collection, since, deadline, bookmarks, generation)
+                        for event in events:
                             obj = event["object"]
                             if event["type"] != "BOOKMARK" and (
                                 not selected(obj)
@@ -731,12 +743,15 @@ class FakeApiServer:
         return Handler
 
     def _events(
-        self, collection: Collection, since: int, deadline: float, bookmarks: bool
+        self,
+        collection: Collection,
+        since: int,
+        deadline: float,
+        bookmarks: bool,
+        generation: int,
     ) -> Iterator[dict[str, Any]]:
         position = since
         last_bookmark = time.monotonic()
-        with self._lock:
-            generation = self._watch_generation
         while True:
             with self._lock:
                 if self._watch_generation != generation or self._stopping:
