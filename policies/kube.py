@@ -4,8 +4,10 @@ NetworkPolicies are read with the API server's validation and defaulting, so tha
 object written by hand (a test fixture, a lab file) means what the cluster would make of
 it: policyTypes defaults to Ingress plus Egress when there are egress rules, a port's
 protocol to TCP, and an invalid object is refused with `InvalidPolicy` naming the object
-and the field. Pods and Namespaces are read for the few fields policies depend on; a
-pod's service frontends are not in its object (they come from Services and
+and the field. This is the one NetworkPolicy reader: srv6ctl's sources use it too (the
+controller's state holds these model objects), with `mask_host_bits` for objects the API
+server already accepted. Pods and Namespaces are read for the few fields policies depend
+on; a pod's service frontends are not in its object (they come from Services and
 EndpointSlices) and are passed in by the caller.
 """
 
@@ -90,18 +92,21 @@ def selector_from_k8s(obj: Any, where: str = "selector") -> LabelSelector:
             raise InvalidPolicy(f"{at}.values: must be non-empty for {operator}")
         if operator in (Operator.EXISTS, Operator.DOES_NOT_EXIST) and values:
             raise InvalidPolicy(f"{at}.values: must be empty for {operator}")
-        requirements.append(Requirement(str(expr.get("key", "")), operator, values))
+        if not expr.get("key"):
+            # The API server refuses it too; an empty key would silently match nothing.
+            raise InvalidPolicy(f"{at}.key: required")
+        requirements.append(Requirement(str(expr["key"]), operator, values))
     return LabelSelector(Labels({str(k): str(v) for k, v in labels.items()}), tuple(requirements))
 
 
-def _cidr(value: Any, where: str) -> IPNetwork:
+def _cidr(value: Any, where: str, mask_host_bits: bool) -> IPNetwork:
     try:
-        return ipaddress.ip_network(str(value), strict=True)
+        return ipaddress.ip_network(str(value), strict=not mask_host_bits)
     except ValueError as exc:
         raise InvalidPolicy(f"{where}: {value!r} is not a CIDR ({exc})") from None
 
 
-def _peer(obj: Any, where: str) -> Peer:
+def _peer(obj: Any, where: str, mask_host_bits: bool) -> Peer:
     obj = _mapping(obj, where)
     block = obj.get("ipBlock")
     pod_selector = obj.get("podSelector")
@@ -110,9 +115,9 @@ def _peer(obj: Any, where: str) -> Peer:
         if pod_selector is not None or namespace_selector is not None:
             raise InvalidPolicy(f"{where}: ipBlock may not be combined with selectors")
         block = _mapping(block, f"{where}.ipBlock")
-        cidr = _cidr(block.get("cidr"), f"{where}.ipBlock.cidr")
+        cidr = _cidr(block.get("cidr"), f"{where}.ipBlock.cidr", mask_host_bits)
         excepted = tuple(
-            _cidr(e, f"{where}.ipBlock.except[{i}]")
+            _cidr(e, f"{where}.ipBlock.except[{i}]", mask_host_bits)
             for i, e in enumerate(_list(block.get("except"), f"{where}.ipBlock.except"))
         )
         return Peer(ip_block=IPBlock(cidr, excepted))
@@ -165,10 +170,10 @@ def _policy_port(obj: Any, where: str) -> PolicyPort:
     return PolicyPort(protocol, number, end)
 
 
-def _rule(obj: Any, peers_field: str, where: str) -> PolicyRule:
+def _rule(obj: Any, peers_field: str, where: str, mask_host_bits: bool) -> PolicyRule:
     obj = _mapping(obj, where)
     peers = tuple(
-        _peer(p, f"{where}.{peers_field}[{i}]")
+        _peer(p, f"{where}.{peers_field}[{i}]", mask_host_bits)
         for i, p in enumerate(_list(obj.get(peers_field), f"{where}.{peers_field}"))
     )
     ports = tuple(
@@ -178,19 +183,26 @@ def _rule(obj: Any, peers_field: str, where: str) -> PolicyRule:
     return PolicyRule(peers, ports)
 
 
-def policy_from_k8s(obj: Mapping[str, Any]) -> NetworkPolicy:
-    """One networking.k8s.io/v1 NetworkPolicy."""
+def policy_from_k8s(obj: Mapping[str, Any], *, mask_host_bits: bool = False) -> NetworkPolicy:
+    """One networking.k8s.io/v1 NetworkPolicy.
+
+    An ipBlock CIDR with host bits set ("10.0.0.1/8") is refused by default: written by
+    hand it is most likely a typo. The API server lets it through, though (it parses
+    CIDRs sloppily) and implementations read it as its network, so a reader of objects
+    the server already accepted passes `mask_host_bits=True` and gets that network:
+    refusing the object there would leave its pods unisolated.
+    """
     where = _where(obj, "NetworkPolicy")
     meta = _mapping(obj.get("metadata"), f"{where}: metadata")
     if not meta.get("name") or not meta.get("namespace"):
         raise InvalidPolicy(f"{where}: metadata.name and metadata.namespace are required")
     spec = _mapping(obj.get("spec"), f"{where}: spec")
     ingress = tuple(
-        _rule(r, "from", f"{where}: spec.ingress[{i}]")
+        _rule(r, "from", f"{where}: spec.ingress[{i}]", mask_host_bits)
         for i, r in enumerate(_list(spec.get("ingress"), f"{where}: spec.ingress"))
     )
     egress = tuple(
-        _rule(r, "to", f"{where}: spec.egress[{i}]")
+        _rule(r, "to", f"{where}: spec.egress[{i}]", mask_host_bits)
         for i, r in enumerate(_list(spec.get("egress"), f"{where}: spec.egress"))
     )
     types: set[PolicyType] = set()

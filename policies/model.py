@@ -14,8 +14,9 @@ why those exist). `PodRules.ingress_allows` / `egress_allows` define what any ba
 must enforce; the tests compare them with the Kubernetes semantics and the nftables
 data path with them.
 
-Nothing here imports the controller (`srv6ctl`) or the CNI: the agent converts its own
-state into these types (kube.py does it from API JSON).
+Nothing here imports the controller (`srv6ctl`) or the CNI. The controller's state holds
+this module's `NetworkPolicy` as it is (kube.py reads it from API JSON, for both); its
+pods, namespaces and nodes are its own objects, converted into these types by the agent.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def address_key(address: IPAddress) -> tuple[int, int]:
 def network(value: object) -> IPNetwork:
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return value
-    # strict: the API server refuses a CIDR with host bits set ("10.0.0.1/8").
+    # strict: a CIDR with host bits set ("10.0.0.1/8") is most likely a typo; kube.py masks
+    # them itself where it must read what the API server accepted.
     return ipaddress.ip_network(str(value), strict=True)
 
 

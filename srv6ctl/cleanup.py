@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from srv6ctl.dataplane.kernel import KernelBackend
 from srv6ctl.dataplane.kernel_codec import VRF_DEVICE_PREFIX
 from srv6ctl.dataplane.model import NodeConfig
 from srv6ctl.dataplane.nsenter import run_in_netns
@@ -76,8 +77,6 @@ def cleanup(
     directories: list[Path] | None = None,
 ) -> CleanupReport:
     """Remove srv6ctl's objects from `netns` (None: this namespace) and the given paths."""
-    from srv6ctl.dataplane.kernel import KernelBackend
-
     report = CleanupReport()
     with KernelBackend(netns or "/proc/self/ns/net", configure_sysctls=False) as backend:
         changes = plan(NodeConfig(), backend.dump())

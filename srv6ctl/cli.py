@@ -1,7 +1,8 @@
 """The `srv6ctl` command line: one entry point, subcommands in small functions.
 
-Heavy imports (rich, the stores) happen inside the subcommand that needs them, so
-`srv6ctl --help` stays instant.
+Any other import (even logging or the agent's API client, let alone rich, pydantic, the
+stores, pyroute2 or the agent) happens inside the subcommand that needs it, so `srv6ctl
+--help` stays instant; the modules imported below register their subcommands alike.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from srv6ctl import __version__
+from srv6ctl import __version__, trace
+from srv6ctl.lab import cli as lab_cli
+from srv6ctl.verify import cli as verify_cli
+from telemetry import top
 
 # `srv6ctl agent` exits with this when the chosen dataplane cannot work on this host (for
 # instance a kernel without SRv6 lightweight tunnels): restarting it will not help.
@@ -19,7 +24,7 @@ EXIT_DATAPLANE_UNAVAILABLE = 3
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from srv6ctl.config import InvalidConfig, load_config
+    from srv6ctl.config import InvalidConfig, load_config  # lazy: pydantic, the stores
 
     try:
         config, plan = load_config(args.file)
@@ -36,6 +41,7 @@ def _config_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
+    # Lazy (the docstring): rich only for a table.
     from rich.console import Console
     from rich.table import Table
 
@@ -49,6 +55,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
+    # Lazy (the docstring): the agent loads every dataplane, source and store library.
     import signal
 
     from srv6ctl.agent import Agent, AgentOptions, DataplaneUnavailable
@@ -85,7 +92,7 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from srv6ctl.show import show
+    from srv6ctl.show import show  # lazy: the agent's API client (the docstring)
 
     try:
         return show(args.what, args.api_socket, args.json)
@@ -95,9 +102,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from srv6ctl.cleanup import cleanup
+    from srv6ctl.cleanup import cleanup  # lazy: pyroute2 (the docstring)
 
     files = [Path(args.cni_conf_dir) / "10-srv6.conflist", Path(args.cni_bin_dir) / "srv6-cni"]
     report = cleanup(
@@ -170,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     clean.set_defaults(func=_cleanup)
 
-    show = commands.add_parser("show", help="ask a running agent what it holds")
-    show.add_argument(
+    show_ = commands.add_parser("show", help="ask a running agent what it holds")
+    show_.add_argument(
         "what",
         choices=(
             "nodes",
@@ -188,14 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         help="a table, desired vs programmed (exit 1 when anything drifted), or raw JSON",
     )
-    show.add_argument("--api-socket", default="/run/srv6ctl/agent.sock")
-    show.add_argument("--json", action="store_true", help="one line")
-    show.set_defaults(func=_show)
-
-    from srv6ctl import trace
-    from srv6ctl.lab import cli as lab_cli
-    from srv6ctl.verify import cli as verify_cli
-    from telemetry import top
+    show_.add_argument("--api-socket", default="/run/srv6ctl/agent.sock")
+    show_.add_argument("--json", action="store_true", help="one line")
+    show_.set_defaults(func=_show)
 
     for register in (lab_cli.register, verify_cli.register, trace.register, top.register):
         register(commands)

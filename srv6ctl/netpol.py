@@ -1,6 +1,10 @@
 """NetworkPolicy for the agent: its `ClusterState` as a `policies.model.Cluster`, and the
 compiled rules of this node's pods, in full or incrementally from the state's dirty keys.
 
+The state already holds NetworkPolicies as `policies.model` objects (one model, one reader:
+`policies.kube`), so they go into the snapshot as they are; only the state's own pods,
+namespaces and nodes are converted here.
+
 Pure: no I/O. The agent applies the result with `policies.nftables.NftablesBackend` (in
 each pod's namespace), or with `--dataplane vpp` as VPP ACLs on each pod's port
 (`policies.vpp_acl.translate`, `srv6ctl.dataplane.vpp_acl.VppAclBackend`).
@@ -55,42 +59,6 @@ def _frontends_with_services(
             )
             found.append((frontend, service.key))
     return found
-
-
-def _selector(selector: st.LabelSelector | None) -> model.LabelSelector | None:
-    if selector is None:
-        return None
-    return model.LabelSelector(
-        selector.match_labels,
-        tuple(model.Requirement(r.key, r.operator, r.values) for r in selector.match_expressions),
-    )
-
-
-def _peer(peer: st.PolicyPeer) -> model.Peer:
-    block = peer.ip_block
-    return model.Peer(
-        _selector(peer.pod_selector),
-        _selector(peer.namespace_selector),
-        None if block is None else model.IPBlock(block.cidr, block.excepted),
-    )
-
-
-def _rule(rule: st.PolicyRule) -> model.PolicyRule:
-    return model.PolicyRule(
-        tuple(_peer(p) for p in rule.peers),
-        tuple(model.PolicyPort(model.Protocol(p.protocol), p.port, p.end_port) for p in rule.ports),
-    )
-
-
-def policy_to_model(policy: st.NetworkPolicy) -> model.NetworkPolicy:
-    return model.NetworkPolicy(
-        policy.namespace,
-        policy.name,
-        _selector(policy.pod_selector) or model.EVERYTHING,
-        frozenset(model.PolicyType(t) for t in policy.policy_types),
-        tuple(_rule(r) for r in policy.ingress),
-        tuple(_rule(r) for r in policy.egress),
-    )
 
 
 def namespace_to_model(namespace: st.Namespace) -> model.Namespace:
@@ -149,7 +117,7 @@ class PolicyView:
         return model.Cluster.of(
             (namespace_to_model(n) for n in state.namespaces.values()),
             (p for p in pods if p is not None),
-            (policy_to_model(p) for p in state.network_policies.values()),
+            state.network_policies.values(),
             (node_to_model(n) for n in state.nodes.values()),
         )
 
@@ -192,11 +160,10 @@ class PolicyView:
                     delete,
                 )
             elif isinstance(key, st.NetworkPolicyKey):
-                policy = state.network_policies.get((key.namespace, key.name))
                 policy_key = model.PolicyKey(key.namespace, key.name)
                 _change(
                     before.policies.get(policy_key),
-                    None if policy is None else policy_to_model(policy),
+                    state.network_policies.get((key.namespace, key.name)),
                     policy_key,
                     upsert,
                     delete,

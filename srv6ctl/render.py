@@ -31,17 +31,8 @@ What a node gets (README.md, "The address plan" and "Services without NAT"):
   it; with no usable endpoint (or no BSID allocated yet) a PROHIBIT route instead, never
   a stale or empty policy. Endpoint choice follows kube-proxy (see `_usable_endpoints`).
 
-Node-local BSIDs. Node and pod policies need a BSID that is local to this node; they live in
-the node's own locator with a *tag in the top nibble of the function* — the plan's SIDs
-(`L::1`, `L::4`, `L::6`, `L::1:k`, `L::4:k`) all have a zero top nibble, so these can never
-collide with them, and the shape matches the plan's service BSIDs (family tag on top):
-
-    L::2000:<R>      function (0x2 << (bits-4)) | R            → [R::6]    (v6 to node R)
-    L::3000:<R>      function (0x3 << (bits-4)) | R            → [R::4]    (v4 to node R)
-    L::5<RRR>:<k>    function (0x5 << (bits-4)) | R << 16 | k  → [R::4:k]  (v4 to pod k on R)
-
-with `bits` the plan's function bits (32 by default: `fcbb:bb00:1::2000:3`,
-`fcbb:bb00:1::5003:2`). The per-pod form needs `R < 2**(bits - 20)` (4096 by default).
+Node and pod policies have node-local BSIDs in the node's own locator (`AddressPlan.
+node_policy_bsid`, `pod_policy_bsid_v4`: ipam6/plan.py has their layout and inverse).
 
 Encap source: the node's InternalIPv6, falling back to its End SID while the Node has no
 InternalIPv6. The outer source is where ICMPv6 errors for encapsulated packets go (Packet
@@ -68,7 +59,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias, cast
 
-from ipam6.plan import POD_INDEX_BITS, AddressPlan
+from ipam6.plan import AddressPlan, PodSids
 from srv6ctl.dataplane.model import (
     MAIN_TABLE,
     Capabilities,
@@ -109,9 +100,6 @@ from srv6ctl.state import (
 # table, which holds `local <ClusterIP>` for each service with a host-network endpoint on
 # the node — the main table cannot, it steers the ClusterIP into the service's policy.
 HOST_SERVICES_TABLE = 93
-NODE_POLICY_V6_TAG = 0x2
-NODE_POLICY_V4_TAG = 0x3
-POD_POLICY_V4_TAG = 0x5
 END_DT4 = EndDT4.behaviour
 
 BULK = 1000  # fragments re-rendered at once above which the cycle collector is paused
@@ -160,32 +148,6 @@ class RenderInputs:
     host_table: int = HOST_SERVICES_TABLE  # End.DT6 `L::7` lookup: ClusterIPs served here
 
 
-# --- node-local BSIDs -----------------------------------------------------------------
-
-
-def _local_function(plan: AddressPlan, node_id: int, function: int) -> IPv6Address:
-    return IPv6Address(int(plan.locator(node_id).network_address) | function)
-
-
-def node_policy_bsid(plan: AddressPlan, local_id: int, remote_id: int, family: int) -> IPv6Address:
-    """The BSID, on `local_id`'s locator, of its policy to node `remote_id`'s End.DT6/DT4."""
-    tag = NODE_POLICY_V6_TAG if family == 6 else NODE_POLICY_V4_TAG
-    return _local_function(plan, local_id, (tag << (plan.function_bits - 4)) | remote_id)
-
-
-def pod_policy_bsid_v4(plan: AddressPlan, local_id: int, remote_id: int, index: int) -> IPv6Address:
-    """The BSID, on `local_id`'s locator, of its policy to pod `index`'s End.DX4 on `remote_id`."""
-    node_bits = plan.function_bits - 4 - POD_INDEX_BITS
-    if remote_id >= 1 << node_bits:
-        raise ValueError(
-            f"node ID {remote_id} does not fit the {node_bits} bits that per-pod IPv4 policy "
-            f"BSIDs leave for it with functionBits {plan.function_bits}: give the plan more "
-            "function bits, or the nodes End.DT4"
-        )
-    function = (POD_POLICY_V4_TAG << (plan.function_bits - 4)) | remote_id << POD_INDEX_BITS
-    return _local_function(plan, local_id, function | index)
-
-
 # --- fragments and deltas -------------------------------------------------------------
 
 
@@ -223,58 +185,14 @@ class RenderDelta:
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.encap_source_changed)
 
-
-class PodSids:
-    """Endpoint address → pod SID, fast, with the plan as the only source of truth.
-
-    The plan's documented layout is linear in the pod index: pod `k` of node `N` has the
-    addresses `prefix(N) + k` and the SIDs `L(N)::1:k` / `L(N)::4:k`. So the plan is asked
-    once per node prefix (`pod_of_address`) and once per node and family (`pod_sid_*`), and
-    every other address of that prefix is located and given its SID by an offset: about a
-    microsecond instead of seven, which is most of a full render at 100,000 endpoints. A
-    property test checks both against the plan.
-    """
-
-    def __init__(self, plan: AddressPlan) -> None:
-        self._plan = plan
-        indexes = plan.pod_indexes
-        self._first, self._last = indexes.start, indexes.stop - 1
-        self._host_bits = {
-            6: 128 - plan.node_prefix_length_v6,
-            4: 32 - plan.node_prefix_length_v4,
-        }
-        self._node_of_prefix: dict[tuple[int, int], int] = {}  # (family, prefix) → node ID
-        self._sid_base: dict[tuple[int, int], int] = {}  # (node ID, family) → SID - k
-
-    def locate(self, address: IPAddress) -> tuple[int, int] | None:
-        """`AddressPlan.pod_of_address` for pod addresses: (node ID, pod index) or None."""
-        family = 6 if isinstance(address, ipaddress.IPv6Address) else 4
-        value = int(address)
-        bits = self._host_bits[family]
-        node_id = self._node_of_prefix.get((family, value >> bits))
-        if node_id is None:
-            located = self._plan.pod_of_address(address)
-            if located is not None and not (family == 6 and address in self._plan.sid_block):
-                self._node_of_prefix[(family, value >> bits)] = located[0]
-            return located
-        index = value & ((1 << bits) - 1)
-        return (node_id, index) if self._first <= index <= self._last else None
-
-    def sid(self, located: tuple[int, int], family: int) -> IPv6Address:
-        """`AddressPlan.pod_sid_dx6` (family 6) or `pod_sid_dx4` (family 4)."""
-        return IPv6Address(self.sid_value(located, family))
-
-    def sid_value(self, located: tuple[int, int], family: int) -> int:
-        node_id, index = located
-        base = self._sid_base.get((node_id, family))
-        if base is None:
-            plan, first = self._plan, self._first
-            if family == 6:
-                sid = plan.pod_sid_dx6(node_id, first)
-            else:
-                sid = plan.pod_sid_dx4(node_id, first)
-            base = self._sid_base[(node_id, family)] = int(sid) - first
-        return base + index
+    def then(self, later: RenderDelta) -> RenderDelta:
+        """This delta followed by `later`, as one: an object added by one and removed by
+        the other cancels out (either way round)."""
+        return RenderDelta(
+            added=(self.added - later.removed) | later.added,
+            removed=(self.removed - later.added) | later.removed,
+            encap_source_changed=self.encap_source_changed or later.encap_source_changed,
+        )
 
 
 class _Candidate(NamedTuple):
@@ -512,12 +430,12 @@ class Renderer:
             return EMPTY
         node, remote_id = reachable
         plan = self._plan
-        bsid = node_policy_bsid(plan, self._local_id, remote_id, 6)
+        bsid = plan.node_policy_bsid(self._local_id, remote_id, 6)
         policies = [self._policy(bsid, plan.dt6_sid(remote_id), f"node/{name}/v6")]
         steerings = [Steering(plan.pod_prefix_v6(remote_id), bsid)]
         prefix_v4 = plan.pod_prefix_v4(remote_id)
         if prefix_v4 is not None and self._can_dt4(node):
-            bsid_v4 = node_policy_bsid(plan, self._local_id, remote_id, 4)
+            bsid_v4 = plan.node_policy_bsid(self._local_id, remote_id, 4)
             policies.append(self._policy(bsid_v4, plan.dt4_sid(remote_id), f"node/{name}/v4"))
             steerings.append(Steering(prefix_v4, bsid_v4))
         return Fragment(
@@ -623,7 +541,7 @@ class Renderer:
         located = self._plan.pod_of_address(ipv4)
         if located is None or located[0] != remote_id:
             return EMPTY
-        bsid = pod_policy_bsid_v4(self._plan, self._local_id, *located)
+        bsid = self._plan.pod_policy_bsid_v4(self._local_id, *located)
         owner = f"pod/{pod.namespace}/{pod.name}/v4"
         return Fragment(
             policies=(self._policy(bsid, self._plan.pod_sid_dx4(*located), owner),),

@@ -13,6 +13,8 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from srv6ctl.agent_api import query_agent
+
 Row = dict[str, str]
 STATE_STYLE = {
     "ok": "green",
@@ -192,8 +194,6 @@ def ipam(allocations: Mapping[str, Any]) -> list[Row]:
 
 
 def show(what: str, api_socket: str, as_json: bool) -> int:
-    from srv6ctl.agent_api import query_agent
-
     raw = {"status", "desired", "actual", "drift", "allocations"}
     if what in raw:
         print(
@@ -235,6 +235,7 @@ def show(what: str, api_socket: str, as_json: bool) -> int:
 
 
 def _table(title: str, rows: list[Row]) -> None:
+    # Here, not above: `--json` and the CLI's start need no rich.
     from rich.console import Console
     from rich.table import Table
 

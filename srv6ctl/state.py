@@ -1,8 +1,10 @@
 """The cluster as the controller sees it: typed, immutable objects in one in-memory view.
 
 `ClusterState` holds the Kubernetes objects render needs (nodes, pods, services, endpoint
-slices) and those a later NetworkPolicy render needs (namespaces, network policies), each
-as a frozen dataclass with normalised addresses. Sources (`srv6ctl.sources`) turn the
+slices) and those NetworkPolicy needs (namespaces, network policies), each as a frozen
+dataclass with normalised addresses. NetworkPolicies are the policy compiler's own
+`policies.model.NetworkPolicy`: the agent hands them to it as they are, so there is one
+model of them (and one reader, `policies.kube`). Sources (`srv6ctl.sources`) turn the
 API's JSON into these objects; nothing here does I/O or knows about the API.
 
 Every mutation returns the *dirty keys* it affects: which parts of a node's config must
@@ -20,7 +22,8 @@ What dirties what (render's dependencies, kept next to the indexes that answer t
   endpoint's SID follows from its address alone (`ipam6.plan.pod_of_address`);
 - a Node dirties itself; render widens that to the node's pods and to services whose
   endpoints are node addresses (host-network pods), which only render can tell apart;
-- a Namespace or NetworkPolicy dirties itself (for the NetworkPolicy render to come).
+- a Namespace or NetworkPolicy dirties itself (the policy compiler's `recompile` works out
+  which pods that affects).
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ from typing import TypeAlias, TypeVar
 from policies.model import NO_LABELS as NO_LABELS
 from policies.model import Labels as Labels
 
+# The compiler's NetworkPolicy is the state's: it carries nothing the controller does not
+# need (no uid: a policy recreated with the same spec enforces the same thing).
+from policies.model import NetworkPolicy as NetworkPolicy
+
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 NamespacedName: TypeAlias = tuple[str, str]
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -238,7 +244,7 @@ class EndpointSlice:
         return None if self.service_name is None else (self.namespace, self.service_name)
 
 
-# --- namespaces and network policies (stored for the NetworkPolicy render) -------------
+# --- namespaces (NetworkPolicies are policies.model's, imported above) -----------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,82 +256,6 @@ class Namespace:
     @property
     def key(self) -> NamespacedName:
         return ("", self.name)
-
-
-@dataclass(frozen=True, slots=True)
-class LabelSelectorRequirement:
-    key: str
-    operator: str  # In, NotIn, Exists, DoesNotExist
-    values: frozenset[str] = frozenset()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        if self.operator == "In":
-            return labels.get(self.key) in self.values
-        if self.operator == "NotIn":
-            return labels.get(self.key) not in self.values
-        if self.operator == "Exists":
-            return self.key in labels
-        if self.operator == "DoesNotExist":
-            return self.key not in labels
-        raise ValueError(f"label selector operator {self.operator!r} is not one of Kubernetes'")
-
-
-@dataclass(frozen=True, slots=True)
-class LabelSelector:
-    """metav1.LabelSelector; the empty selector matches everything."""
-
-    match_labels: Labels = NO_LABELS
-    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        return all(labels.get(k) == v for k, v in self.match_labels.items()) and all(
-            r.matches(labels) for r in self.match_expressions
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class IPBlock:
-    cidr: IPNetwork
-    excepted: tuple[IPNetwork, ...] = ()  # the API's `except`
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyPeer:
-    """One `from`/`to` entry; the selectors are None when absent (absent ≠ empty)."""
-
-    pod_selector: LabelSelector | None = None
-    namespace_selector: LabelSelector | None = None
-    ip_block: IPBlock | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyPort:
-    protocol: str = "TCP"
-    port: int | str | None = None  # None: every port
-    end_port: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyRule:
-    """An ingress or egress rule; empty `peers`/`ports` mean "all" as in the API."""
-
-    peers: tuple[PolicyPeer, ...] = ()
-    ports: tuple[PolicyPort, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkPolicy:
-    uid: str
-    namespace: str
-    name: str
-    pod_selector: LabelSelector = LabelSelector()
-    policy_types: frozenset[str] = frozenset({"Ingress"})
-    ingress: tuple[PolicyRule, ...] = ()
-    egress: tuple[PolicyRule, ...] = ()
-
-    @property
-    def key(self) -> NamespacedName:
-        return (self.namespace, self.name)
 
 
 ClusterObject: TypeAlias = Node | Pod | Service | EndpointSlice | Namespace | NetworkPolicy
@@ -344,6 +274,14 @@ KIND_OF: Mapping[type, Kind] = MappingProxyType(
 
 def kind_of(obj: ClusterObject) -> Kind:
     return KIND_OF[type(obj)]
+
+
+def key_of(obj: ClusterObject) -> NamespacedName:
+    """(namespace, name); namespace "" for Nodes and Namespaces. A NetworkPolicy's own `key`
+    is the compiler's `PolicyKey`, so the state spells its key out here."""
+    if isinstance(obj, NetworkPolicy):
+        return (obj.namespace, obj.name)
+    return obj.key
 
 
 # --- dirty keys ------------------------------------------------------------------------
@@ -552,8 +490,8 @@ class ClusterState:
         seen: set[NamespacedName] = set()
         for obj in objects:
             if kind_of(obj) is not kind:
-                raise ValueError(f"replace({kind}) was given a {kind_of(obj)} {obj.key}")
-            seen.add(obj.key)
+                raise ValueError(f"replace({kind}) was given a {kind_of(obj)} {key_of(obj)}")
+            seen.add(key_of(obj))
             dirty |= self.upsert(obj)
         for namespace, name in sorted(set(self._keys(kind)) - seen):
             dirty |= self.delete(kind, namespace, name)
@@ -728,10 +666,11 @@ class ClusterState:
         return frozenset({NamespaceKey(name)})
 
     def upsert_network_policy(self, policy: NetworkPolicy) -> Dirty:
-        if self._network_policies.get(policy.key) == policy:
+        key = key_of(policy)
+        if self._network_policies.get(key) == policy:
             return NOTHING
-        self._network_policies[policy.key] = policy
-        return frozenset({NetworkPolicyKey(*policy.key)})
+        self._network_policies[key] = policy
+        return frozenset({NetworkPolicyKey(*key)})
 
     def delete_network_policy(self, namespace: str, name: str) -> Dirty:
         if self._network_policies.pop((namespace, name), None) is None:

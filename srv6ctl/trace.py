@@ -24,6 +24,10 @@ For a 5-tuple (SRC pod, DST pod/service/address, protocol, source and destinatio
 4. each SID of the chosen list: its node and behaviour (address plan + that node's
    agent), and the pod an End.DX6/End.DX4 SID delivers to, with the port the pod's
    stateless rewrite hands the flow to.
+
+Every `srv6ctl` command imports this module to register `trace`, so it stays light: the
+dataplane model (~15 ms to import), pyroute2, scapy, the lab's topology (pydantic, rich)
+and even subprocess are imported by the function that uses them.
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ import socket
 import struct
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+from srv6ctl.lab import DEFAULT_STATE_DIR
+
+if TYPE_CHECKING:  # for annotations only (the docstring)
     from srv6ctl.dataplane.model import IPAddress, SrPolicy
     from srv6ctl.verify.topology import NodeInfo, PodInfo, ServiceInfo, Topology
 
@@ -81,6 +87,7 @@ def route_get(
     dport: int,
 ) -> KernelRoute:
     """RTM_GETROUTE for this 5-tuple, as if it arrived on interface `iif`."""
+    # Lazy (the docstring): netlink_seg6 and nsenter load pyroute2.
     from srv6ctl.dataplane import netlink_seg6 as nl
     from srv6ctl.dataplane import netlink_wire as w
     from srv6ctl.dataplane.nsenter import run_in_netns
@@ -135,7 +142,7 @@ def _path(netns: str | None) -> str | None:
 
 
 def _ifindex(netns: str | None, ifname: str) -> int:
-    from srv6ctl.dataplane.nsenter import run_in_netns
+    from srv6ctl.dataplane.nsenter import run_in_netns  # lazy: pyroute2 (the docstring)
 
     return run_in_netns(_path(netns), lambda: socket.if_nametoindex(ifname))
 
@@ -267,7 +274,7 @@ def trace(
 
 
 def _hash_policy(node: NodeInfo) -> str:
-    from srv6ctl.verify.netinfo import sysctl
+    from srv6ctl.observe.netinfo import sysctl  # lazy: pyroute2 (the docstring)
 
     try:
         return sysctl(node.netns, "net.ipv6.fib_multipath_hash_policy")
@@ -277,7 +284,7 @@ def _hash_policy(node: NodeInfo) -> str:
 
 def _match(topo: Topology, node: NodeInfo, dst: IPAddress, result: Trace) -> SrPolicy | None:
     """The steering (or route) of the node's desired config that `dst` falls in."""
-    from srv6ctl.dataplane.model import Route, Steering
+    from srv6ctl.dataplane.model import Route, Steering  # lazy: ~15 ms (the docstring)
 
     desired = node.agent.desired
     best: Steering | Route | None = None
@@ -308,7 +315,7 @@ def _match(topo: Topology, node: NodeInfo, dst: IPAddress, result: Trace) -> SrP
     if policy is None:
         return None
     total = sum(sl.weight for sl in policy.segment_lists)
-    from srv6ctl.verify.netinfo import group_buckets
+    from srv6ctl.observe.netinfo import group_buckets  # lazy: pyroute2 (the docstring)
 
     buckets = group_buckets(node.netns, str(best.prefix))
     bucket_total = sum(buckets.values())
@@ -399,13 +406,14 @@ def probe_data_path(
     policy: SrPolicy,
 ) -> dict[str, Any]:
     """Send one packet with this 5-tuple out of the pod; see where the node puts it."""
+    # Lazy (the docstring): scapy, and pyroute2 for the taps.
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
 
+    from srv6ctl.observe.netinfo import link_mac
     from srv6ctl.verify.conformance import split
-    from srv6ctl.verify.netinfo import link_mac
     from srv6ctl.verify.packets import Capture, Tap, marker
 
     mark = marker()
@@ -532,8 +540,6 @@ def render(result: Trace) -> str:
 
 def register(commands: Any) -> None:
     """Add `trace` to the `srv6ctl` subparsers."""
-    from srv6ctl.lab import DEFAULT_STATE_DIR
-
     trace_ = commands.add_parser("trace", help="the path one flow takes (SIDs, nodes, pod)")
     trace_.add_argument("src", metavar="SRC", help="source pod (name or address)")
     trace_.add_argument("dst", metavar="DST", help="pod, service (name or ns/name) or address")
@@ -553,10 +559,9 @@ def register(commands: Any) -> None:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
+    # Lazy (the docstring): the topology loads the lab and the dataplane model.
     from srv6ctl.lab.netns import LabError
-    from srv6ctl.verify.agentview import AgentUnavailable
+    from srv6ctl.observe.agentview import AgentUnavailable
     from srv6ctl.verify.topology import from_lab
 
     try:

@@ -29,29 +29,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from srv6ctl.dataplane.model import Counters, NodeConfig
+from srv6ctl.dataplane.model import Counters, InterfaceCounters, NodeConfig
 from telemetry import metrics as m
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InterfaceCounters:
-    """A pod interface's counters from the pod's point of view (receive = to the pod)."""
-
-    receive_packets: int = 0
-    receive_bytes: int = 0
-    receive_drops: int = 0
-    transmit_packets: int = 0
-    transmit_bytes: int = 0
-    transmit_drops: int = 0
-
 
 CountersSource: TypeAlias = Callable[[], Mapping[Hashable, Any]]
 ConfigSource: TypeAlias = Callable[[], NodeConfig | None]

@@ -15,7 +15,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from telemetry.dataplane import InterfaceCounters
+from srv6ctl.dataplane.model import InterfaceCounters
 
 
 def from_node_side(stats: dict[str, Any]) -> InterfaceCounters:

@@ -230,7 +230,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _top(args: argparse.Namespace) -> int:
     url: str | None = args.url
     if url is None:
-        from srv6ctl.agent_api import query_agent  # telemetry does not import srv6ctl up front
+        # Here, not above: `srv6ctl --help` imports this module (see `scrape`).
+        from srv6ctl.agent_api import query_agent
 
         try:
             url = query_agent(args.api_socket, "status").get("metrics")

@@ -2,10 +2,13 @@
 
 from hypothesis import HealthCheck, settings
 
+# netns before the plugins that import it: pytest rewrites the asserts of a plugin module
+# only when it is the first to import it.
 pytest_plugins = [
     "tests.support.etcd",
     "tests.support.kernel",
     "tests.support.netns",
+    "tests.support.cni",
     "tests.support.vpp",
 ]
 

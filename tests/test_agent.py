@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from srv6ctl.dataplane.kernel_caps import LWTUNNEL_OPTION
 from tests.support.etcd import EtcdServer, require_etcd
 from tests.support.kernel import host_kernel_problem
 from tests.support.netns import Netns, NetnsFactory
+from tests.support.wait import wait_for
 
 BIN = Path(sys.executable).parent
 SERVICE_IP = "fd00:96::10"
@@ -52,15 +53,6 @@ import socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
 print(s.recv(200).decode(), s.getpeername()[0])
 """
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -93,7 +85,7 @@ class Node:
 
     def start_agent(self, resync: float = 1.0) -> None:
         self.spawn_agent(resync)
-        wait_for("the agent to be ready", lambda: self._ready())
+        wait_for(lambda: self._ready(), 20, "the agent to be ready")
 
     def spawn_agent(self, resync: float = 1.0) -> None:
         (self.tmp / "config.yaml").write_text(yaml.safe_dump(self.config))
@@ -294,8 +286,9 @@ def bring_up(node: Node) -> None:
         node.serve(backend)
     node.write_objects({"web-a": True, "web-b": True})
     wait_for(
-        "the service steering",
         lambda: any(str(s.prefix) == f"{SERVICE_IP}/128" for s in node.dump().steerings),
+        20,
+        "the service steering",
     )
     assert client_ip
 
@@ -341,7 +334,6 @@ def test_unready_endpoint_leaves_and_hand_deleted_route_comes_back(lab_node: Nod
     bring_up(lab_node)
     lab_node.write_objects({"web-a": True, "web-b": False})
     wait_for(
-        "web-b to leave the policy",
         lambda: all(
             len(p.segment_lists) == 1
             for p in lab_node.dump().policies
@@ -350,20 +342,24 @@ def test_unready_endpoint_leaves_and_hand_deleted_route_comes_back(lab_node: Nod
                 s.bsid for s in lab_node.dump().steerings if str(s.prefix) == f"{SERVICE_IP}/128"
             )
         ),
+        20,
+        "web-b to leave the policy",
     )
     assert {lab_node.connect("client", SERVICE_IP, 80)[0] for _ in range(8)} == {"web-a"}
 
     lab_node.node.ip("-6", "route", "del", f"{SERVICE_IP}/128")
     wait_for(
-        "the resync to restore the route",
         lambda: "nhid" in lab_node.node.ip("-6", "route", "show", f"{SERVICE_IP}/128"),
+        20,
+        "the resync to restore the route",
     )
     assert query_agent(lab_node.api, "status")["repairs"] >= 1
 
     lab_node.write_objects({"web-a": False, "web-b": False})
     wait_for(
-        "the reject route",
         lambda: "prohibit" in lab_node.node.ip("-6", "route", "show", f"{SERVICE_IP}/128"),
+        20,
+        "the reject route",
     )
     netns, _ = lab_node.pods["client"]
     refused = netns.exec(sys.executable, "-c", CLIENT, SERVICE_IP, "80", check=False)
@@ -396,13 +392,14 @@ def test_store_outage_keeps_the_dataplane_and_defers_cni_add(lab_node: Node) -> 
             # The cluster follows (web-b leaves the slice); render needs no store for that.
             lab_node.write_objects({"web-a": True})
             wait_for(
-                "web-b to leave the service",
                 lambda: all(
                     len(p.segment_lists) == 1
                     for p in lab_node.dump().policies
                     if "fd00:96::10/128"
                     in {str(s.prefix) for s in lab_node.dump().steerings if s.bsid == p.bsid}
                 ),
+                20,
+                "web-b to leave the service",
             )
             for _ in range(4):
                 backend, client, _, _ = lab_node.connect("client", SERVICE_IP, 80)
@@ -410,18 +407,14 @@ def test_store_outage_keeps_the_dataplane_and_defers_cni_add(lab_node: Node) -> 
         finally:
             etcd.resume()
         # The agent recovers by itself: ADD works again and the pod gets an address.
-        wait_for(
-            "CNI ADD to succeed again",
-            lambda: "ips" in lab_node.cni("ADD", "late", late),
-            timeout=30,
-        )
+        wait_for(lambda: "ips" in lab_node.cni("ADD", "late", late), 30, "CNI ADD to succeed again")
         lab_node.cni("DEL", "late", late)
 
         def released() -> bool:
             pods = query_agent(lab_node.api, "allocations")["pods"]
             return {p["container_id"] for p in pods} == {"ctr-client", "ctr-web-a"}
 
-        wait_for("the deferred release of web-b's address", released, timeout=30)
+        wait_for(released, 30, "the deferred release of web-b's address")
 
 
 HOST_SERVICE = (
@@ -459,11 +452,12 @@ def test_host_network_endpoint_is_reached_through_its_nodes_host_sid(lab_node: N
     bring_up(lab_node)
     lab_node.write_objects({"web-a": True, "web-b": True}, extra=HOST_SERVICE)
     wait_for(
-        "the host-services route",
         lambda: (
             "local fd00:96::20"
             in lab_node.node.ip("-6", "route", "show", "table", "93", check=False)
         ),
+        20,
+        "the host-services route",
     )
     # The "host-network pod": a server in the node's own namespace, on the node's address.
     server = subprocess.Popen(
@@ -502,10 +496,10 @@ def test_a_deleted_service_gives_its_bsid_index_back(lab_node: Node) -> None:
         return {s["uid"] for s in query_agent(lab_node.api, "allocations")["services"]}
 
     lab_node.write_objects({"web-a": True, "web-b": True}, (db,))
-    wait_for("db's allocation", lambda: services() == {"uid-svc-web", "uid-svc-db"})
+    wait_for(lambda: services() == {"uid-svc-web", "uid-svc-db"}, 20, "db's allocation")
     lab_node.write_objects({"web-a": True, "web-b": True})
     # Freed at the next full resync (every second here); web keeps its own.
-    wait_for("db's allocation to be freed", lambda: services() == {"uid-svc-web"})
+    wait_for(lambda: services() == {"uid-svc-web"}, 20, "db's allocation to be freed")
     assert any(str(s.prefix) == f"{SERVICE_IP}/128" for s in lab_node.dump().steerings)
 
 
@@ -557,7 +551,7 @@ def test_a_dataplane_that_cannot_be_programmed_says_why_everywhere(lab_node: Nod
             except OSError:
                 return {}
 
-        wait_for("a programming error", lambda: bool(status().get("programming_error")))
+        wait_for(lambda: bool(status().get("programming_error")), 20, "a programming error")
         state = status()
         error = state["programming_error"]
         assert state["rendered"] and not state["ready"]

@@ -18,7 +18,8 @@ from policies import model
 from policies.compiler import compile_node
 from srv6ctl import state as st
 from srv6ctl.netpol import PolicyView, frontends_of, pod_to_model
-from tests.test_agent import SERVICE_IP, Node, lab_node, wait_for
+from tests.support.wait import wait_for
+from tests.test_agent import SERVICE_IP, Node, lab_node
 
 __all__ = ["lab_node"]  # the fixture, re-exported for pytest
 
@@ -241,11 +242,14 @@ def test_agent_enforces_network_policy_on_service_and_pod_traffic(lab_node: Node
         node.serve(backend)
     write(node)
     wait_for(
-        "the service steering",
         lambda: any(str(s.prefix) == f"{SERVICE_IP}/128" for s in node.dump().steerings),
+        20,
+        "the service steering",
     )
     wait_for(
-        "web-a to answer", lambda: reach(node, "client", node.pods["web-a"][1], 8080) != "blocked"
+        lambda: reach(node, "client", node.pods["web-a"][1], 8080) != "blocked",
+        20,
+        "web-a to answer",
     )
     web_a = node.pods["web-a"][1]
     assert reach(node, "other", SERVICE_IP, 80) in {"web-a", "web-b"}
@@ -253,18 +257,18 @@ def test_agent_enforces_network_policy_on_service_and_pod_traffic(lab_node: Node
 
     # Default deny on the backends: the service and the pod's own address are closed.
     write(node, DENY_ALL)
-    wait_for("the tables", lambda: has_table(node, "web-a") and has_table(node, "web-b"))
+    wait_for(lambda: has_table(node, "web-a") and has_table(node, "web-b"), 20, "the tables")
     assert not has_table(node, "client")
     assert reach(node, "client", SERVICE_IP, 80) == "blocked"
     assert reach(node, "client", web_a, 8080) == "blocked"
     # A table deleted by hand comes back at the next full resync (every second here).
     node.pods["web-a"][0].exec("nft", "delete", "table", "inet", "srv6ctl_policy")
-    wait_for("the resync to restore web-a's table", lambda: has_table(node, "web-a"))
+    wait_for(lambda: has_table(node, "web-a"), 20, "the resync to restore web-a's table")
     assert reach(node, "client", web_a, 8080) == "blocked"
 
     # Allowing app=client on the targetPort opens the service (80 → 8080) for it alone.
     write(node, DENY_ALL, ALLOW_CLIENT)
-    wait_for("the client to pass", lambda: reach(node, "client", SERVICE_IP, 80) != "blocked")
+    wait_for(lambda: reach(node, "client", SERVICE_IP, 80) != "blocked", 20, "the client to pass")
     assert reaches_every_backend(node, "client", SERVICE_IP, 80, {"web-a", "web-b"})
     assert reach(node, "client", web_a, 8080) == "web-a"
     assert reach(node, "other", SERVICE_IP, 80) == "blocked"
@@ -273,7 +277,9 @@ def test_agent_enforces_network_policy_on_service_and_pod_traffic(lab_node: Node
     # No policy: everything reopens, and the tables go.
     write(node)
     wait_for(
-        "the tables to go", lambda: not has_table(node, "web-a") and not has_table(node, "web-b")
+        lambda: not has_table(node, "web-a") and not has_table(node, "web-b"),
+        20,
+        "the tables to go",
     )
     assert reach(node, "other", SERVICE_IP, 80) in {"web-a", "web-b"}
     assert reach(node, "other", web_a, 8080) == "web-a"

@@ -27,10 +27,12 @@ import pytest
 from cni.wiring import PodSpec, PodWiring, _tx_checksum
 from srv6ctl.agent import query_agent
 from srv6ctl.dataplane.model import EndDX6, NodeConfig
-from srv6ctl.dataplane.vpp import PodPort, VppBackend
+from srv6ctl.dataplane.vpp import VppBackend
+from srv6ctl.dataplane.vpp_pods import PodPort
 from tests.support.netns import NetnsFactory, open_in
 from tests.support.vpp import BIN_ENV, VppProcess, why_no_vpp
-from tests.test_agent import BIN, SERVICE_IP, Node, bring_up, wait_for
+from tests.support.wait import wait_for
+from tests.test_agent import BIN, SERVICE_IP, Node, bring_up
 
 
 class VppNode(Node):
@@ -150,7 +152,7 @@ def test_service_through_vpp_without_nat_and_a_restart_writes_nothing(vpp_node: 
     vpp_node.start_agent()
     status = _status(vpp_node)
     assert (status["changes"], status["dataplane_writes"]) == (0, 0), status
-    wait_for("a full resync after the restart", lambda: _status(vpp_node)["reconciles"] >= 2)
+    wait_for(lambda: _status(vpp_node)["reconciles"] >= 2, 20, "a full resync after the restart")
     status = _status(vpp_node)
     assert (status["changes"], status["dataplane_writes"]) == (0, 0), status
     shown = subprocess.run(
@@ -177,8 +179,8 @@ def test_vpp_killed_and_restarted_gets_everything_back_and_cni_del_never_waits(
     client_ip = vpp_node.pods["client"][1]
     vpp_node.add_pod("spare")  # deleted while VPP is down
     vpp_node.write_objects({"web-a": True, "web-b": True})
-    wait_for("the spare pod's port", lambda: len(vpp_node.pod_ports()) == 4)
-    wait_for("the spare pod's End.DX6", lambda: _dx6_count(vpp_node) == 4)
+    wait_for(lambda: len(vpp_node.pod_ports()) == 4, 20, "the spare pod's port")
+    wait_for(lambda: _dx6_count(vpp_node) == 4, 20, "the spare pod's End.DX6")
     assert vpp_node.connect("client", SERVICE_IP, 80)[1] == client_ip
     before = vpp_node.dump()
     ports = vpp_node.pod_ports()
@@ -192,11 +194,11 @@ def test_vpp_killed_and_restarted_gets_everything_back_and_cni_del_never_waits(
     # The agent answers, and its loop notices at the next resync (and backs off).
     assert _status(vpp_node)["dataplane"] == "vpp"
     log = vpp_node.tmp / "agent.log"
-    wait_for("the agent to notice", lambda: "VppUnavailable" in log.read_text())
+    wait_for(lambda: "VppUnavailable" in log.read_text(), 20, "the agent to notice")
 
     vpp_node.vpp.start()  # the same startup config: an empty VPP
     wanted = set(ports) - {spare_port}
-    wait_for("the pods' ports back", lambda: set(vpp_node.pod_ports()) == wanted, timeout=30)
+    wait_for(lambda: set(vpp_node.pod_ports()) == wanted, 30, "the pods' ports back")
     expected = NodeConfig(
         encap_source=before.encap_source,
         local_sids=frozenset(
@@ -208,7 +210,7 @@ def test_vpp_killed_and_restarted_gets_everything_back_and_cni_del_never_waits(
         steerings=before.steerings,
         routes=before.routes,
     )
-    wait_for("the whole NodeConfig back", lambda: vpp_node.dump() == expected, timeout=30)
+    wait_for(lambda: vpp_node.dump() == expected, 30, "the whole NodeConfig back")
     status = _status(vpp_node)
     assert status["dataplane_reconnects"] >= 1, status
     assert all(p.up for p in vpp_node.pod_ports().values())

@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import stat
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,7 @@ from cni import protocol
 from cni.server import CniServer
 from cni.wiring import PodWiring, host_ifname
 from ipam6.store.base import StoreError
-from tests.test_cni_support import (
+from tests.support.cni import (
     IPV6_ONLY,
     TINY,
     Harness,
@@ -33,8 +32,8 @@ from tests.test_cni_support import (
     run_cni,
     unique,
 )
+from tests.support.wait import wait_for
 
-pytest_plugins = ["tests.test_cni_support"]
 pytestmark = pytest.mark.netns
 
 
@@ -88,10 +87,11 @@ def test_add_wires_two_pods_that_ping_each_other_over_ipv6_and_ipv4(harness: Har
     pod_addresses = json.loads(ip(pod_a, "-j", "-6", "addr", "show", "dev", "eth0"))
     (global_,) = [a for a in pod_addresses[0]["addr_info"] if a["local"] == a6]
     assert global_["prefixlen"] == 128 and global_.get("nodad") and not global_.get("tentative")
-    deadline = time.monotonic() + 0.3
-    while "tentative" in ip(pod_a, "-6", "addr", "show", "dev", "eth0"):
-        assert time.monotonic() < deadline, "link-local address stuck in DAD"
-        time.sleep(0.01)
+    wait_for(
+        lambda: "tentative" not in ip(pod_a, "-6", "addr", "show", "dev", "eth0"),
+        0.3,
+        "the link-local address to leave DAD",
+    )
 
     assert ping(pod_a, b6) and ping(pod_b, a6)
     assert ping(pod_a, _address(b, 4)) and ping(pod_b, _address(a, 4))

@@ -12,9 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.test_cni_support import DUAL_STACK, CniRun, Harness, ip, node_veths, ping
+from tests.support.cni import DUAL_STACK, CniRun, Harness, ip, node_veths, ping
 
-pytest_plugins = ["tests.test_cni_support"]
 pytestmark = pytest.mark.netns
 
 PODS = 50

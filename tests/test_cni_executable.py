@@ -25,10 +25,9 @@ import yaml
 from cni import install, protocol
 from cni.freeze import elf_problems, shim_modules
 from cni.wiring import host_ifname
+from tests.support.cni import Harness, ip, node_veths, ping, unavailable
 from tests.test_cni_libcni import DAEMONSET, install_shipped_conflist
-from tests.test_cni_support import Harness, ip, node_veths, ping, unavailable
 
-pytest_plugins = ["tests.test_cni_support"]
 pytestmark = pytest.mark.netns
 
 # $1: the empty directory that becomes the node's root; $2: the host-side tree (opt/cni,

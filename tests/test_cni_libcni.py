@@ -29,9 +29,8 @@ import yaml
 from cni import protocol
 from cni.install import install
 from cni.wiring import host_ifname
-from tests.test_cni_support import Harness, ip, node_veths, ping, unavailable
+from tests.support.cni import Harness, ip, node_veths, ping, unavailable
 
-pytest_plugins = ["tests.test_cni_support"]
 pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,10 +14,9 @@ from ipaddress import IPv4Address, IPv6Address
 import pytest
 
 from cni.wiring import PodSpec, PodWiring, _tx_checksum, host_ifname
+from tests.support.cni import Namespaces, ip
 from tests.support.netns import open_in
-from tests.test_cni_support import Namespaces, ip
 
-pytest_plugins = ["tests.test_cni_support"]
 pytestmark = pytest.mark.netns
 
 

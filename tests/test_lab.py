@@ -32,6 +32,7 @@ from srv6ctl.lab.state import LabPaths, LabState, load_state
 from srv6ctl.verify.flows import Answer, tcp_flows
 from tests.support.kernel import host_kernel_problem
 from tests.support.netns import require_netns
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -240,9 +241,7 @@ def test_up_restores_a_killed_agent(lab: LabRun) -> None:
     victim = lab.state.node("n2").agent
     assert victim is not None
     os.kill(victim.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while processes.alive(victim) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: not processes.alive(victim), 5, "n2's agent to die of SIGKILL")
     seen = status(lab)
     assert seen["exit"] == 1
     assert [n["agent"] for n in seen["nodes"]][1] == "down"
@@ -312,10 +311,7 @@ def test_up_after_a_crashed_build_cleans_up_and_builds(lab_run: LabRun) -> None:
     build = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         logs = [lab_run.state_dir / f"n{i}" / "agent.log" for i in (1, 2)]
-        deadline = time.monotonic() + 30
-        while not all(log.exists() for log in logs) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert all(log.exists() for log in logs), "the build never started its agents"
+        wait_for(lambda: all(log.exists() for log in logs), 30, "the build to start its agents")
     finally:
         build.kill()  # the crash: agents and namespaces stay behind, unfinished
         build.wait()

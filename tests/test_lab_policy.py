@@ -16,9 +16,9 @@ import pytest
 
 from srv6ctl.lab.build import Lab
 from srv6ctl.lab.policy import lab_cluster
+from srv6ctl.lab.policy_verdicts import expected_flows, judge
 from srv6ctl.lab.progress import Steps, console
 from srv6ctl.verify.flows import Answer, tcp_flows, udp_flows
-from srv6ctl.verify.policy import expected_flows, judge
 from tests.test_lab import LabRun, lab_run_of, verify
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.kernel_srv6]

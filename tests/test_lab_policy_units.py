@@ -28,6 +28,7 @@ from srv6ctl.lab.policy import (
     selector_text,
     validate,
 )
+from srv6ctl.lab.policy_verdicts import Flow, Seen, Verdict, expected_flows, mismatch
 from srv6ctl.lab.state import (
     LabPaths,
     LabState,
@@ -39,7 +40,7 @@ from srv6ctl.lab.state import (
 from srv6ctl.netpol import PolicyView
 from srv6ctl.sources.lab import LabSource
 from srv6ctl.state import ClusterState, Kind, Upsert, kind_of
-from srv6ctl.verify.policy import SAMPLE_POLICY, Flow, Seen, Verdict, expected_flows, mismatch
+from srv6ctl.verify.policy import SAMPLE_POLICY
 from tests.test_lab_units import two_nodes
 
 WEB_FROM_CLIENTS = """

@@ -709,6 +709,10 @@ def test_policy_types_default_as_the_api_server_does() -> None:
             {"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
             "spec.podSelector.matchExpressions[0].values",
         ),
+        (
+            {"podSelector": {"matchExpressions": [{"key": "", "operator": "Exists"}]}},
+            "spec.podSelector.matchExpressions[0].key",
+        ),
     ],
 )
 def test_invalid_policies_are_refused_naming_object_and_field(

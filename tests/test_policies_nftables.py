@@ -64,6 +64,7 @@ from policies.nftables import (
     update_script,
 )
 from srv6ctl.dataplane.nsenter import run_in_netns
+from tests.support.netns import run
 from tests.test_policies_compiler import reference_egress, reference_ingress
 
 T = TypeVar("T")
@@ -92,13 +93,6 @@ def require_root() -> None:
 
 
 # --- a routed node with pods --------------------------------------------------------------
-
-
-def run(*argv: str, stdin: str | None = None) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
-    return done.stdout
 
 
 def in_netns(name: str, fn: Callable[[], T]) -> T:

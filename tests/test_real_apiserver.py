@@ -56,6 +56,7 @@ from tests.support.kube_apiserver import (
     KubeApiServer,
     why_no_kube_apiserver,
 )
+from tests.support.wait import wait_for
 
 DEPLOY = Path(__file__).parent.parent / "deploy" / "base" / "kubernetes"
 CONFIG = {
@@ -251,11 +252,13 @@ class Agents:
         started = RunningAgent(agent, thread, options.api_socket)
         thread.start()
         # The claim is the moment the others may learn of the node.
-        until(lambda: getattr(agent, "node_id", None) is not None, 30, f"{node} claimed")
+        wait_for(
+            lambda: getattr(agent, "node_id", None) is not None, 30, f"{node} to claim a node ID"
+        )
         started.claimed_at = time.monotonic()
         self.running[node] = started
         if ready:
-            until(agent.ready.is_set, 30, f"{node} ready")
+            wait_for(agent.ready.is_set, 30, f"{node} to be ready")
         return started
 
     def stop_all(self) -> None:
@@ -277,16 +280,6 @@ def agents(cluster: Cluster) -> Iterator[Agents]:
     finally:
         running.stop_all()
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait for `condition`; return when it first held (monotonic)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.02)
-    return time.monotonic()
 
 
 def converged(agents: Iterable[RunningAgent], holds: Callable[[dict[str, Any]], bool]) -> bool:
@@ -363,7 +356,7 @@ def test_a_node_joining_or_leaving_reaches_every_agent_within_a_second(
     store write no cluster object showed; they learnt of it at their 30 s resync)."""
     cluster.apply(node("node-1", "fd00:ff::1"), node("node-2", "fd00:ff::2"))
     first = [agents.start("node-1"), agents.start("node-2")]
-    until(
+    wait_for(
         lambda: (
             has_route_to(agents.locator("node-2"))(first[0].desired())
             and has_route_to(agents.locator("node-1"))(first[1].desired())
@@ -375,7 +368,7 @@ def test_a_node_joining_or_leaving_reaches_every_agent_within_a_second(
     cluster.apply(node("node-3", "fd00:ff::3"))
     time.sleep(0.5)  # every agent has the Node by now, and no ID for it
     third = agents.start("node-3", ready=False)
-    joined = until(
+    joined = wait_for(
         lambda: converged(first, has_route_to(agents.locator("node-3"))),
         30,
         "node-3's route on node-1 and node-2",
@@ -383,14 +376,14 @@ def test_a_node_joining_or_leaving_reaches_every_agent_within_a_second(
     took = joined - third.claimed_at
     print(f"\n{cluster.name}: node-3 joined every agent {took:.2f}s after its claim")
     assert took < GOAL_S
-    until(third.agent.ready.is_set, 30, "node-3 ready")
+    wait_for(third.agent.ready.is_set, 30, "node-3 to be ready")
     assert has_route_to(agents.locator("node-1"))(third.desired())
 
     locator = agents.locator("node-3")
     left = time.monotonic()
     cluster.delete("nodes", "", "node-3")
-    gone = until(
-        lambda: converged(first, lambda d: not has_route_to(locator)(d)), 30, "node-3 gone"
+    gone = wait_for(
+        lambda: converged(first, lambda d: not has_route_to(locator)(d)), 30, "node-3 to be gone"
     )
     print(f"{cluster.name}: node-3 left every agent {gone - left:.2f}s after its deletion")
     assert gone - left < GOAL_S
@@ -406,7 +399,7 @@ def test_after_an_api_server_outage_every_agent_converges_within_a_second(
     both = [agents.start("node-1"), agents.start("node-2")]
     backend_ip = str(plan().pod(both[0].agent.node_id, 5).ipv6)
     cluster.apply(*service("before", "fd00:10:96::10", backend_ip, "node-1"))
-    until(lambda: converged(both, steers("fd00:10:96::10")), 10, "the first Service")
+    wait_for(lambda: converged(both, steers("fd00:10:96::10")), 10, "the first Service")
 
     cluster.stop()
     time.sleep(outage_s)
@@ -414,7 +407,7 @@ def test_after_an_api_server_outage_every_agent_converges_within_a_second(
     logging.getLogger(__name__).info("the API server is back")
     cluster.apply(*service("after", "fd00:10:96::20", backend_ip, "node-1"))
     created = time.monotonic()
-    arrived = until(lambda: converged(both, steers("fd00:10:96::20")), 30, "the new Service")
+    arrived = wait_for(lambda: converged(both, steers("fd00:10:96::20")), 30, "the new Service")
     took = arrived - returned
     print(
         f"\n{cluster.name}: after a {outage_s:.0f}s outage, {took:.2f}s from the return "
@@ -445,7 +438,7 @@ def test_an_unverified_api_server_is_said_once(
         backend_ip = str(plan().pod(running.agent.node_id, 5).ipv6)
         for n in range(5):  # more requests: the store allocates a BSID per Service
             cluster.apply(*service(f"web-{n}", f"fd00:10:96::{n + 0x30:x}", backend_ip, "node-1"))
-        until(lambda: converged([running], steers("fd00:10:96::34")), 10, "the Services")
+        wait_for(lambda: converged([running], steers("fd00:10:96::34")), 10, "the Services")
     assert [w for w in seen if issubclass(w.category, urllib3.exceptions.HTTPWarning)] == []
     said = [r for r in caplog.records if "is not verified" in r.getMessage()]
     assert len(said) == 1

@@ -18,7 +18,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from ipam6.plan import AddressPlan
+from ipam6.plan import AddressPlan, PodSids
 from srv6ctl.dataplane.model import (
     Capabilities,
     DataplaneObject,
@@ -39,12 +39,9 @@ from srv6ctl.dataplane.model import (
 from srv6ctl.render import (
     HOST_SERVICES_TABLE,
     PodInterface,
-    PodSids,
     Renderer,
     RenderInputs,
     ServiceBsids,
-    node_policy_bsid,
-    pod_policy_bsid_v4,
     render,
 )
 from srv6ctl.state import (
@@ -579,11 +576,28 @@ def test_node_bsids_are_on_the_local_locator_and_never_a_plan_sid(
 ) -> None:
     plan = DUAL_STACK
     bsids = {
-        node_policy_bsid(plan, local, remote, 6),
-        node_policy_bsid(plan, local, remote, 4),
-        pod_policy_bsid_v4(plan, local, remote, index),
+        plan.node_policy_bsid(local, remote, 6),
+        plan.node_policy_bsid(local, remote, 4),
+        plan.pod_policy_bsid_v4(local, remote, index),
     }
     assert len(bsids) == 3
+    # Each one traced back by the plan's inverse.
+    assert plan.local_policy_of_bsid(plan.node_policy_bsid(local, remote, 6)) == (
+        local,
+        remote,
+        6,
+        None,
+    )
+    assert plan.local_policy_of_bsid(plan.node_policy_bsid(local, remote, 4)) == (
+        local,
+        remote,
+        4,
+        None,
+    )
+    bsid_v4 = plan.pod_policy_bsid_v4(local, remote, index)
+    assert plan.local_policy_of_bsid(bsid_v4) == (local, remote, 4, index)
+    assert plan.local_policy_of_bsid(plan.dt6_sid(local)) is None
+    assert plan.local_policy_of_bsid(plan.service_bsid_v6(index)) is None
     plan_sids = {
         plan.end_sid(local),
         plan.dt6_sid(local),
@@ -600,7 +614,7 @@ def test_node_bsids_are_on_the_local_locator_and_never_a_plan_sid(
         assert plan.service_of_bsid(bsid) is None
     # Injective in (remote, index): two pods never share a BSID.
     if remote > 1:
-        assert pod_policy_bsid_v4(plan, local, remote - 1, index) not in bsids
+        assert plan.pod_policy_bsid_v4(local, remote - 1, index) not in bsids
 
 
 def test_per_pod_bsids_refuse_node_ids_that_do_not_fit() -> None:
@@ -613,9 +627,9 @@ def test_per_pod_bsids_refuse_node_ids_that_do_not_fit() -> None:
             "sidBlock": "fcbb::/24",
         }
     )
-    assert pod_policy_bsid_v4(plan, 1, 4095, 2)
+    assert plan.pod_policy_bsid_v4(1, 4095, 2)
     with pytest.raises(ValueError, match="node ID 4096 does not fit"):
-        pod_policy_bsid_v4(plan, 1, 4096, 2)
+        plan.pod_policy_bsid_v4(1, 4096, 2)
 
 
 @settings(max_examples=300)

@@ -22,6 +22,8 @@ import urllib3
 from kubernetes import client
 
 from ipam6.store.kubernetes import KubernetesStore
+from policies.kube import policy_from_k8s
+from policies.model import InvalidPolicy, IPBlock, LabelSelector, PolicyKey
 from srv6ctl.sources import lab as lab_module
 from srv6ctl.sources.convert import ConversionError, from_json
 from srv6ctl.sources.kubernetes import (
@@ -39,7 +41,6 @@ from srv6ctl.state import (
     EndpointSlice,
     Kind,
     Labels,
-    LabelSelector,
     Namespace,
     NamespaceKey,
     NetworkPolicy,
@@ -55,9 +56,11 @@ from srv6ctl.state import (
     ServicePort,
     SourceEvent,
     Upsert,
+    key_of,
 )
 from tests.support.cluster import IPV6_ONLY, endpoint, endpoint_slice, node, pod, service
 from tests.support.fake_apiserver import FakeApiServer, self_signed_certificate
+from tests.support.wait import wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kube"
 V6 = ipaddress.IPv6Address
@@ -189,6 +192,38 @@ def test_namespace_and_network_policy_from_kubectl_json() -> None:
     (egress,) = policy.egress
     # An empty namespaceSelector ({}) selects every namespace; absent would mean "own".
     assert egress.peers[0].namespace_selector == LabelSelector()
+    # One reader: the sources' NetworkPolicy is the compiler's, as policies.kube reads it.
+    assert policy == policy_from_k8s(fixture("networkpolicy-web"))
+    assert policy.key == PolicyKey("default", "web-allow-frontend")
+
+
+def test_network_policy_conversion_follows_the_sources_conventions() -> None:
+    spec = {"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.1/8"}}]}]}
+    obj: dict[str, Any] = {"metadata": {"name": "out"}, "spec": spec}
+    # A lab file's missing namespace is "default", as for every namespaced kind.
+    policy = from_json(Kind.NETWORK_POLICY, obj)
+    assert isinstance(policy, NetworkPolicy) and policy.namespace == "default"
+    # The API server accepts host bits in an ipBlock CIDR: what it served is its network;
+    # only a hand-written policy (policies.kube's default) is refused for them.
+    (peer,) = policy.egress[0].peers
+    assert peer.ip_block == IPBlock(ipaddress.ip_network("10.0.0.0/8"))
+    obj["metadata"]["namespace"] = "default"
+    with pytest.raises(InvalidPolicy, match=r"spec\.egress\[0\]\.to\[0\]\.ipBlock\.cidr"):
+        policy_from_k8s(obj)
+    # A refusal is a ConversionError (what the sources catch), naming object and field.
+    bad = {"metadata": {"name": "bad"}, "spec": {"ingress": [{"from": [{}]}]}}
+    with pytest.raises(
+        ConversionError,
+        match=r"^NetworkPolicy default/bad: spec\.ingress\[0\]\.from\[0\]: must have",
+    ):
+        from_json(Kind.NETWORK_POLICY, bad)
+    no_key = {"podSelector": {"matchExpressions": [{"operator": "Exists"}]}}
+    with pytest.raises(
+        ConversionError, match=r"spec\.podSelector\.matchExpressions\[0\]\.key: required"
+    ):
+        from_json(Kind.NETWORK_POLICY, {"metadata": {"name": "k"}, "spec": no_key})
+    with pytest.raises(ConversionError, match=r"metadata\.name is missing"):
+        from_json(Kind.NETWORK_POLICY, {"metadata": {"namespace": "default"}})
 
 
 @pytest.mark.parametrize("obj", all_fixtures(), ids=lambda o: o["kind"])
@@ -303,9 +338,17 @@ def test_a_service_change_dirties_its_endpoint_pods_a_pod_change_only_itself() -
     assert state.delete_node("node-2") == {NodeKey("node-2")}
     assert state.delete_node("node-2") == frozenset()
     assert state.upsert_namespace(Namespace("default")) == {NamespaceKey("default")}
-    assert state.upsert_network_policy(NetworkPolicy("u", "default", "deny")) == {
+    assert state.upsert_network_policy(NetworkPolicy("default", "deny")) == {
         NetworkPolicyKey("default", "deny")
     }
+    assert state.upsert_network_policy(NetworkPolicy("default", "deny")) == frozenset()
+    assert set(state.network_policies) == {("default", "deny")}
+    assert state.replace(Kind.NETWORK_POLICY, [NetworkPolicy("default", "allow")]) == {
+        NetworkPolicyKey("default", "allow"),
+        NetworkPolicyKey("default", "deny"),
+    }
+    assert state.delete_network_policy("default", "allow") == {NetworkPolicyKey("default", "allow")}
+    assert state.network_policies == {}
 
 
 def test_endpoint_entries_follow_target_refs_with_uids_and_bare_addresses() -> None:
@@ -382,7 +425,7 @@ def objects_of(events: list[SourceEvent]) -> dict[tuple[str, str, str], Upsert |
     for event in events:
         if isinstance(event, Upsert):
             obj = event.obj
-            found[(type(obj).__name__, *obj.key)] = event
+            found[(type(obj).__name__, *key_of(obj))] = event
         elif isinstance(event, Delete):
             found[(event.kind.value, event.namespace, event.name)] = event
     return found
@@ -505,14 +548,6 @@ def drain(events: queue.Queue[SourceEvent], state: ClusterState) -> bool:
             state.apply(events.get_nowait())
         except queue.Empty:
             return False
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 class Consumer:

@@ -41,6 +41,7 @@ from ipam6.store import (
 from ipam6.store.kubernetes import KubernetesStore
 from tests.support.etcd import EtcdServer, require_etcd
 from tests.support.fake_apiserver import FakeApiServer
+from tests.support.wait import wait_for
 
 NAMESPACE = "srv6ctl"
 
@@ -629,9 +630,11 @@ def test_sqlite_survives_sigkill_during_transactions(tmp_path: Path) -> None:
         committed = context.Value("q", 0, lock=False)
         worker = context.Process(target=transfer_forever, args=(path, committed))
         worker.start()
-        deadline = time.monotonic() + 20
-        while committed.value == 0 and worker.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(
+            lambda: committed.value > 0 or not worker.is_alive(),  # noqa: B023 - polled at once
+            20,
+            "the worker's first commit",
+        )
         assert committed.value > 0, "the worker never committed"
         time.sleep(random.uniform(0.05, 0.25))
         assert worker.pid is not None

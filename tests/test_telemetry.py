@@ -34,6 +34,7 @@ from srv6ctl.dataplane.model import (
     Counters,
     EndDT6,
     EndDX6,
+    InterfaceCounters,
     NodeConfig,
     Op,
     PodAttachment,
@@ -44,7 +45,7 @@ from srv6ctl.dataplane.model import (
 from srv6ctl.dataplane.reconcile import drift
 from telemetry import metrics as m
 from telemetry.agent import Telemetry
-from telemetry.dataplane import InterfaceCounters, service_of
+from telemetry.dataplane import service_of
 from telemetry.linkstats import from_node_side
 from telemetry.pools import PoolUsage, allocator_pools
 from telemetry.server import MetricsServer, parse_address

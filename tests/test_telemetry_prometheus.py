@@ -26,6 +26,7 @@ from scapy.packet import Raw
 from srv6ctl.dataplane.model import (
     Counters,
     EndDX6,
+    InterfaceCounters,
     NodeConfig,
     PodAttachment,
     Route,
@@ -35,7 +36,6 @@ from srv6ctl.dataplane.model import (
 )
 from srv6ctl.dataplane.reconcile import plan
 from telemetry.agent import Telemetry
-from telemetry.dataplane import InterfaceCounters
 from telemetry.linkstats import LinkStats
 from telemetry.pools import PoolUsage
 from tests.support.netns import NetnsFactory, PacketPort

@@ -29,9 +29,9 @@ from srv6ctl.dataplane.model import (
     SrPolicy,
     Steering,
 )
+from srv6ctl.observe.agentview import config_from_json
 from srv6ctl.serialize import to_jsonable
 from srv6ctl.verify import connectivity
-from srv6ctl.verify.agentview import config_from_json
 from srv6ctl.verify.conformance import _judge_encap, hop_delta, split
 from srv6ctl.verify.flows import tcp_flows, udp_flows
 from srv6ctl.verify.packets import _is_icmp
@@ -218,7 +218,7 @@ def test_podserver_answers_who_it_is_and_whom_it_saw(podserver: Netns) -> None:
 
 
 def test_podserver_echo_port_keeps_the_connection(podserver: Netns) -> None:
-    from srv6ctl.verify.packets import sockets_in
+    from srv6ctl.observe.netinfo import sockets_in
 
     (sock,) = sockets_in(
         f"/var/run/netns/{podserver.name}",

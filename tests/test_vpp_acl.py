@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
@@ -46,9 +46,10 @@ from policies.vpp_acl import PodAcls, translate
 from srv6ctl.dataplane.model import Change, Op
 from srv6ctl.dataplane.vpp import VppBackend
 from srv6ctl.dataplane.vpp_acl import EGRESS, INGRESS, Outcome, VppAclBackend
-from tests.support.netns import open_in
-from tests.support.vpp import PEER, POD4, POD6, SOURCE, Lab, PodNs, Target, run, warm_up
-from tests.test_agent import SERVICE_IP, wait_for
+from tests.support.netns import open_in, run
+from tests.support.vpp import PEER, POD4, POD6, SOURCE, Lab, PodNs, Target, warm_up
+from tests.support.wait import wait_for
+from tests.test_agent import SERVICE_IP
 from tests.test_agent_policies import (
     ALLOW_CLIENT,
     DENY_ALL,
@@ -269,17 +270,13 @@ def flows(lab: Lab) -> Iterator[tuple[Lab, Servers, Servers]]:
         yield lab, in_pod, in_peer
 
 
-def eventually(what: str, check: Callable[[], bool]) -> None:
-    wait_for(what, check, timeout=10)
-
-
 def test_flows_through_vpp_follow_the_acls(
     flows: tuple[Lab, Servers, Servers], acl_backend: VppAclBackend
 ) -> None:
     lab, _, _ = flows
     pod_ns, peer = lab.pod.name, lab.peer
     interface = lab.pod.host_interface
-    eventually("the pod to answer through VPP", lambda: tcp_ok(peer, POD6, 9090))
+    wait_for(lambda: tcp_ok(peer, POD6, 9090), 10, "the pod to answer through VPP")
     assert tcp_ok(pod_ns, PEER, 7071)
 
     # Ingress isolated: TCP 8080 and UDP 5353 from the peer, nothing else; the replies
@@ -348,23 +345,24 @@ def test_agent_enforces_policies_in_vpp_through_a_cluster_ip(vpp_node: VppNode) 
         node.serve(backend)
     write(node)
     wait_for(
-        "the service steering",
         lambda: any(str(s.prefix) == f"{SERVICE_IP}/128" for s in node.dump().steerings),
+        20,
+        "the service steering",
     )
     web_a = node.pods["web-a"][1]
-    wait_for("web-a to answer", lambda: reach(node, "client", web_a, 8080) != "blocked")
+    wait_for(lambda: reach(node, "client", web_a, 8080) != "blocked", 20, "web-a to answer")
     assert reach(node, "other", SERVICE_IP, 80) in {"web-a", "web-b"}
     assert acls_of(node) == {}
 
     write(node, DENY_ALL)
-    wait_for("the ACLs", lambda: set(acls_of(node)) == {"web-a", "web-b"})
+    wait_for(lambda: set(acls_of(node)) == {"web-a", "web-b"}, 20, "the ACLs")
     assert acls_of(node)["web-a"] == {INGRESS, EGRESS}
     assert reach(node, "client", SERVICE_IP, 80) == "blocked"
     assert reach(node, "client", web_a, 8080) == "blocked"
 
     # Allowing app=client on targetPort 8080 opens ClusterIP:80 for it alone.
     write(node, DENY_ALL, ALLOW_CLIENT)
-    wait_for("the client to pass", lambda: reach(node, "client", SERVICE_IP, 80) != "blocked")
+    wait_for(lambda: reach(node, "client", SERVICE_IP, 80) != "blocked", 20, "the client to pass")
     assert reaches_every_backend(node, "client", SERVICE_IP, 80, {"web-a", "web-b"})
     assert reach(node, "client", web_a, 8080) == "web-a"
     assert reach(node, "other", SERVICE_IP, 80) == "blocked"
@@ -375,14 +373,14 @@ def test_agent_enforces_policies_in_vpp_through_a_cluster_ip(vpp_node: VppNode) 
     # A restart with nothing changed writes nothing, to the SR dataplane or the ACLs.
     node.stop_agent()
     node.start_agent()
-    wait_for("a full resync after the restart", lambda: _status(node)["reconciles"] >= 2)
+    wait_for(lambda: _status(node)["reconciles"] >= 2, 20, "a full resync after the restart")
     status = _status(node)
     assert (status["changes"], status["dataplane_writes"]) == (0, 0), status
     assert reach(node, "client", SERVICE_IP, 80) in {"web-a", "web-b"}
 
     # No policy: the ACLs go, everything reopens.
     write(node)
-    wait_for("the ACLs to go", lambda: acls_of(node) == {})
+    wait_for(lambda: acls_of(node) == {}, 20, "the ACLs to go")
     assert reach(node, "other", SERVICE_IP, 80) in {"web-a", "web-b"}
     assert reach(node, "other", web_a, 8080) == "web-a"
 

@@ -39,7 +39,7 @@ from srv6ctl.dataplane.vpp_acl import (
     decode_rule,
     parse_tag,
 )
-from srv6ctl.dataplane.vpp_codec import INVALID_INDEX
+from srv6ctl.dataplane.vpp_codec_base import INVALID_INDEX
 from tests.test_vpp_messages import api_dir, client, details, encode, enum
 
 __all__ = ["api_dir", "client"]  # fixtures, re-exported for pytest

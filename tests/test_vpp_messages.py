@@ -61,7 +61,8 @@ from srv6ctl.dataplane.vpp_api import (
     load_client,
     message_names,
 )
-from srv6ctl.dataplane.vpp_codec import InvalidObject, VppList, VppPolicy
+from srv6ctl.dataplane.vpp_codec_base import InvalidObject
+from srv6ctl.dataplane.vpp_sr_codec import VppList, VppPolicy
 
 BSID = IPv6Address("fcbb:bb00::1:5")
 A, B, C = (IPv6Address(f"fcbb:bb00:{n}::1:3") for n in (2, 3, 4))
@@ -817,7 +818,7 @@ def test_a_memif_annotation_becomes_a_memif_port_on_the_pods_own_socket(client: 
 
 
 def test_only_a_pod_ports_own_host_routes_are_left_out_of_the_routes(client: Any) -> None:
-    from srv6ctl.dataplane.vpp import _is_pod_host_route
+    from srv6ctl.dataplane.vpp_pods import is_pod_host_route as _is_pod_host_route
 
     port = INTERFACES["s6pod0"]
 

@@ -47,6 +47,7 @@ from srv6ctl.dataplane.model import (
 )
 from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.dataplane.vpp import VppBackend
+from tests.support.netns import run
 from tests.support.vpp import (
     BIN_ENV,
     BSID,
@@ -67,7 +68,6 @@ from tests.support.vpp import (
     marked,
     reconcile,
     require_netns,
-    run,
     warm_up,
 )
 

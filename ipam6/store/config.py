@@ -10,6 +10,8 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ipam6.store.base import Store
+from ipam6.store.etcd import EtcdStore
+from ipam6.store.sqlite import SqliteStore
 
 DEFAULT_DB_PATH = "/var/lib/srv6ctl/ipam.db"
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -92,11 +94,10 @@ def open_store(config: StoreConfig, *, kubeconfig: str | None = None) -> Store:
     flag serves the watches and the allocations alike (outside a pod there is no in-cluster
     configuration to fall back on)."""
     if config.type == "embedded":
-        from ipam6.store.sqlite import SqliteStore
-
         Path(config.path).parent.mkdir(parents=True, exist_ok=True)
         return SqliteStore(config.path)
     if config.type == "kubernetes":
+        # Here, not above: only this store needs the Kubernetes client (~0.3 s to import).
         from ipam6.store.kubernetes import KubernetesStore, default_namespace
 
         return KubernetesStore(
@@ -104,8 +105,6 @@ def open_store(config: StoreConfig, *, kubeconfig: str | None = None) -> Store:
             kubeconfig=config.kubernetes.kubeconfig or kubeconfig,
             timeout=config.kubernetes.timeout_seconds,
         )
-    from ipam6.store.etcd import EtcdStore
-
     password = None
     if config.etcd.password_file is not None:
         password = Path(config.etcd.password_file).read_text().strip()

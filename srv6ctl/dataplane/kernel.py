@@ -61,7 +61,9 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane.kernel_caps import KernelFeatures, probe_kernel
 from srv6ctl.dataplane.kernel_codec import (
+    TABLE_ATTRS,
     VRF_STRICT_MODE,
+    VRF_TABLE,
     Codec,
     DecodedNexthop,
     DecodedRoute,
@@ -78,19 +80,18 @@ from srv6ctl.dataplane.kernel_codec import (
 )
 from srv6ctl.dataplane.kernel_program import Compilation, IdAllocator, Inventory, Program, prepare
 from srv6ctl.dataplane.model import (
+    POD,
     Capabilities,
     Change,
     Counters,
-    EndDT4,
-    EndDT46,
+    DataplaneObject,
     IPv6Address,
-    LocalSid,
     NodeConfig,
-    PodAttachment,
-    Route,
     SegmentList,
     SrPolicy,
     Steering,
+    TableLookup,
+    kind_of,
 )
 from srv6ctl.dataplane.netlink_channel import (
     Failure,
@@ -234,24 +235,14 @@ class KernelBackend:
     def dump(self) -> NodeConfig:
         inventory, decoded = self._load()
         group_bsid = {group: bsid for bsid, group in inventory.anchors.items()}
-        local_sids: list[LocalSid] = []
-        routes: list[Route] = []
-        steerings: list[Steering] = []
+        objects: list[DataplaneObject] = list(inventory.policies.values())
         for route in decoded:
             table, prefix = route.slot
-            if isinstance(route.obj, LocalSid):
-                local_sids.append(route.obj)
-            elif isinstance(route.obj, Route):
-                routes.append(route.obj)
+            if route.obj is not None:  # a local SID or a plain route
+                objects.append(route.obj)
             elif route.nh_id in group_bsid and table != self._codec.policy_table:
-                steerings.append(Steering(prefix, group_bsid[route.nh_id], table))
-        return NodeConfig(
-            encap_source=self._tunnel_source(),
-            local_sids=frozenset(local_sids),
-            policies=frozenset(inventory.policies.values()),
-            steerings=frozenset(steerings),
-            routes=frozenset(routes),
-        )
+                objects.append(Steering(prefix, group_bsid[route.nh_id], table))
+        return NodeConfig.of(objects, self._tunnel_source())
 
     def apply(self, changes: Iterable[Change]) -> None:
         """Apply a plan in dependency stages, each one batched; see kernel_program.
@@ -261,7 +252,7 @@ class KernelBackend:
         lock released, so building the writes and the kernel's work overlap.
         """
         todo = list(changes)
-        if all(isinstance(c.obj, PodAttachment) for c in todo):
+        if all(kind_of(c.obj) is POD for c in todo):
             return  # nothing for this backend: not even a read
         self._ensure_vrfs(todo)
         with _gc_paused():
@@ -331,7 +322,7 @@ class KernelBackend:
         links = self._links()
         for msg in self._dump_routes(socket.AF_INET6):
             route = self._codec.decode_route(msg, links)
-            if isinstance(route.obj, LocalSid) and route.counters is not None:
+            if route.counters is not None and route.obj is not None:  # a local SID's
                 packets, octets, errors = route.counters
                 out[route.obj.key] = Counters(packets, octets, errors)
         if self.features.group_stats:
@@ -401,7 +392,9 @@ class KernelBackend:
         tables = {
             c.new.table
             for c in changes
-            if isinstance(c.new, EndDT4 | EndDT46) and c.new.behaviour in able
+            if isinstance(c.new, TableLookup)
+            and TABLE_ATTRS[type(c.new)] == VRF_TABLE
+            and c.new.behaviour in able
         }
         for table in sorted(tables):
             name = vrf_device(table)

@@ -38,6 +38,7 @@ from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane import netlink_wire as w
 from srv6ctl.dataplane.model import (
     MAIN_TABLE,
+    CrossConnect,
     EncapMode,
     End,
     EndDT4,
@@ -56,6 +57,7 @@ from srv6ctl.dataplane.model import (
     SegmentList,
     SrPolicy,
     Steering,
+    TableLookup,
 )
 
 ACTIONS: Mapping[type[LocalSid], int] = {
@@ -69,6 +71,17 @@ ACTIONS: Mapping[type[LocalSid], int] = {
     EndDT46: nl.SEG6_LOCAL_ACTION_END_DT46,
 }
 BEHAVIOUR_OF_ACTION: Mapping[int, type[LocalSid]] = {v: k for k, v in ACTIONS.items()}
+# The attribute a table-lookup behaviour's table travels in: End.T and End.DT6 take the
+# legacy `table` (End.DT6 in VRF mode, `vrftable`, would need a VRF device); End.DT4 and
+# End.DT46 exist only in VRF mode.
+VRF_TABLE = "SEG6_LOCAL_VRFTABLE"  # needs a VRF device for the table (KernelBackend)
+TABLE_ATTRS: Mapping[type[LocalSid], str] = {
+    EndT: "SEG6_LOCAL_TABLE",
+    EndDT6: "SEG6_LOCAL_TABLE",
+    EndDT4: VRF_TABLE,
+    EndDT46: VRF_TABLE,
+}
+NEXTHOP_ATTRS: Mapping[int, str] = {6: "SEG6_LOCAL_NH6", 4: "SEG6_LOCAL_NH4"}
 FLAVOUR_OPS: Mapping[Flavour, int] = {
     Flavour.PSP: nl.SEG6_LOCAL_FLV_OP_PSP,
     Flavour.USP: nl.SEG6_LOCAL_FLV_OP_USP,
@@ -275,22 +288,16 @@ class Codec:
         action = ACTIONS.get(type(sid))
         if action is None:
             raise InvalidObject(f"{sid}: behaviour {sid.behaviour!r} has no kernel action")
-        interface = getattr(sid, "interface", "")
+        interface = sid.interface if isinstance(sid, CrossConnect) else ""
         if interface == self.sid_device:
             raise InvalidObject(
                 f"{sid}: interface {interface!r} is the SID device; leave interface empty"
             )
         encap = [w.u32(S6L["SEG6_LOCAL_ACTION"], action)]
-        if isinstance(sid, EndX | EndDX6):
-            encap.append(w.address(S6L["SEG6_LOCAL_NH6"], sid.nexthop))
-        elif isinstance(sid, EndDX4):
-            encap.append(w.address(S6L["SEG6_LOCAL_NH4"], sid.nexthop))
-        elif isinstance(sid, EndT | EndDT6):
-            # The legacy `table` form: End.DT6 in VRF mode (`vrftable`) needs a VRF device.
-            encap.append(w.u32(S6L["SEG6_LOCAL_TABLE"], sid.table))
-        elif isinstance(sid, EndDT4 | EndDT46):
-            # These exist only in VRF mode.
-            encap.append(w.u32(S6L["SEG6_LOCAL_VRFTABLE"], sid.table))
+        if isinstance(sid, CrossConnect):
+            encap.append(w.address(S6L[NEXTHOP_ATTRS[sid.nexthop_version]], sid.nexthop))
+        elif isinstance(sid, TableLookup):
+            encap.append(w.u32(S6L[TABLE_ATTRS[type(sid)]], sid.table))
         if sid.flavours:
             unknown = sid.flavours - FLAVOUR_OPS.keys()
             if unknown:
@@ -483,19 +490,16 @@ class Codec:
         if interface == self.sid_device:
             interface = ""
         fields: dict[str, Any] = {}
-        if behaviour in (EndX, EndDX6):
-            fields["nexthop"] = encap.ip(S6L["SEG6_LOCAL_NH6"]) or "::"
-        elif behaviour is EndDX4:
-            fields["nexthop"] = encap.ip(S6L["SEG6_LOCAL_NH4"]) or "0.0.0.0"
-        elif behaviour in (EndT, EndDT6):
-            legacy = encap.uint(S6L["SEG6_LOCAL_TABLE"])
-            fields["table"] = (
-                legacy if legacy is not None else encap.uint(S6L["SEG6_LOCAL_VRFTABLE"])
-            )
-        elif behaviour in (EndDT4, EndDT46):
-            fields["table"] = encap.uint(S6L["SEG6_LOCAL_VRFTABLE"])
-        if behaviour in (EndX, EndDX6, EndDX4):
+        if issubclass(behaviour, CrossConnect):
+            nexthop = encap.ip(S6L[NEXTHOP_ATTRS[behaviour.nexthop_version]])
+            if nexthop is not None:
+                fields["nexthop"] = nexthop
             fields["interface"] = interface
+        elif issubclass(behaviour, TableLookup):
+            # Either attribute: a route made by hand may hold End.DT6 in VRF mode.
+            attrs = dict.fromkeys((TABLE_ATTRS[behaviour], VRF_TABLE))
+            tables = (encap.uint(S6L[name]) for name in attrs)
+            fields["table"] = next((t for t in tables if t is not None), None)
         obj = behaviour(IPv6Address(prefix.network_address), flavours, **fields)
         counters = None
         counter_attr = encap.nested(S6L["SEG6_LOCAL_COUNTERS"])

@@ -51,23 +51,27 @@ from srv6ctl.dataplane.kernel_codec import (
     pack_segments,
 )
 from srv6ctl.dataplane.model import (
+    ENCAP_SOURCE,
+    LOCAL_SID,
+    POD,
+    POLICY,
+    STEERING,
     Change,
     EncapSource,
     IPv6Address,
     LocalSid,
-    PodAttachment,
+    ObjectKind,
     Route,
     SrPolicy,
     Steering,
+    kind_of,
 )
 from srv6ctl.dataplane.netlink_channel import Writes
-from srv6ctl.dataplane.reconcile import route_slot
 
 _ADD = NLM_F_CREATE | NLM_F_EXCL
 _REPLACE = NLM_F_CREATE | NLM_F_REPLACE
 _UNCHANGED = object()
 _MISSING = object()
-_SLOT_KINDS = (Steering, Route, LocalSid)  # what occupies a route slot (reconcile.route_slot)
 
 
 @dataclass
@@ -196,22 +200,23 @@ class _Targets:
         for change in changes:
             new = change.new
             obj = new if new is not None else change.old
-            # Steerings and policies are nearly all of a large plan: test for them first.
-            if isinstance(obj, _SLOT_KINDS):
-                slot = route_slot(obj)
-                assert slot is not None
+            kind = kind_of(obj)
+            slot = kind.slot(obj)
+            if slot is not None:  # a local SID, route or steering: one route
                 if new is None:
                     out.slots[slot] = None
                 else:
-                    _check(obj, codec, features)
-                    out.slots[slot] = obj
-            elif isinstance(obj, SrPolicy):
+                    _check(kind, obj, codec, features)
+                    out.slots[slot] = obj  # type: ignore[assignment]
+            elif kind is POLICY:  # nexthops, a group and an anchor route
+                assert isinstance(obj, SrPolicy)
                 if new is not None:
                     _check_policy(obj, features)
                 out.policies[obj.bsid] = obj if new is not None else None
-            elif isinstance(obj, EncapSource):
+            elif kind is ENCAP_SOURCE:  # the namespace's `ip sr tunsrc`
+                assert isinstance(obj, EncapSource)
                 out.tunnel_source = obj.address if new is not None else None
-            elif not isinstance(obj, PodAttachment):
+            elif kind is not POD:
                 # Pods are wired by the CNI side of the agent (veth, addresses, the pod's
                 # loopback service addresses and port rewrites live in the pod's
                 # namespace); this backend neither creates nor dumps them. See KernelBackend.
@@ -225,12 +230,14 @@ class _Targets:
         if any(p is not None for p in gone.values()):
             links.index(codec.nexthop_device, "seg6 nexthops")
         for target in self.slots.values():
-            if isinstance(target, Steering):
-                bsid = target.bsid
+            if target is None:
+                continue
+            if kind_of(target) is STEERING:
+                bsid = target.bsid  # type: ignore[union-attr]
                 if gone.get(bsid) is None and (bsid in gone or bsid not in policies):
                     raise InvalidObject(f"{target}: policy {bsid} is not programmed")
-            elif target is not None:
-                codec.check_links(target, links)
+            else:
+                codec.check_links(target, links)  # type: ignore[arg-type]
 
 
 class _Compiler:
@@ -351,15 +358,17 @@ class _Compiler:
                 del after.slot_refs[slot]
             return
         ref: int | None = None
-        if isinstance(target, Steering):
+        kind = kind_of(target)
+        if kind is STEERING:
+            assert isinstance(target, Steering)
             ref = after.anchors.get(target.bsid)
             if ref is None or target.bsid not in after.policies:
                 raise InvalidObject(f"{target}: policy {target.bsid} is not programmed")
             msg = codec.steering(target, ref)
-        elif isinstance(target, LocalSid):
-            msg = codec.local_sid(target, self.links)
+        elif kind is LOCAL_SID:
+            msg = codec.local_sid(target, self.links)  # type: ignore[arg-type]
         else:
-            msg = codec.route(target, self.links)
+            msg = codec.route(target, self.links)  # type: ignore[arg-type]
         self.creates.add(nl.RTM_NEWROUTE, _REPLACE if owned else _ADD, msg, "", target)
         after.slot_refs[slot] = ref
 
@@ -391,12 +400,15 @@ class _Compiler:
             after.occupied.discard(nh_id)
 
 
-def _check(obj: LocalSid | Route | Steering, codec: Codec, features: KernelFeatures) -> None:
-    caps = features.capabilities
-    if isinstance(obj, Route | Steering) and obj.table == codec.policy_table:
-        raise InvalidObject(f"{obj}: table {obj.table} is reserved for policy anchors")
-    if not isinstance(obj, LocalSid):
+def _check(kind: ObjectKind, obj: object, codec: Codec, features: KernelFeatures) -> None:
+    """What the kernel would refuse of a local SID, route or steering, before any write."""
+    if kind is not LOCAL_SID:
+        table = obj.table  # type: ignore[attr-defined]
+        if table == codec.policy_table:
+            raise InvalidObject(f"{obj}: table {table} is reserved for policy anchors")
         return
+    assert isinstance(obj, LocalSid)
+    caps = features.capabilities
     if obj.behaviour not in caps.behaviours:
         why = [n for n in caps.notes if n.startswith(f"{obj.behaviour}:")]
         raise InvalidObject(f"{obj}: {why[0] if why else obj.behaviour + ' is unsupported'}")

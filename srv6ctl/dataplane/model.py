@@ -12,7 +12,7 @@ nexthops and a resilient group in the kernel, an `sr_policy_add` in VPP).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, TypeAlias, TypedDict
@@ -91,70 +91,81 @@ class LocalSid:
 
 
 @dataclass(frozen=True)
+class CrossConnect(LocalSid):
+    """A behaviour that hands the packet to a neighbour: `nexthop` on `interface`.
+
+    End.X forwards the SRv6 packet itself; End.DX6/End.DX4 the decapsulated inner packet,
+    whose family the nexthop has (`nexthop_version`)."""
+
+    nexthop_version: ClassVar[int] = 6
+    nexthop: IPAddress = IPv6Address("::")
+    interface: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        nexthop = ip(self.nexthop)
+        if nexthop.version != self.nexthop_version:
+            raise ValueError(
+                f"{self.behaviour} {self.sid}: nexthop {nexthop} is not IPv{self.nexthop_version}"
+            )
+        object.__setattr__(self, "nexthop", nexthop)
+
+
+@dataclass(frozen=True)
+class TableLookup(LocalSid):
+    """A behaviour that looks the next destination up in `table`: the next segment (End.T)
+    or the decapsulated inner packet (End.DT*), of the families `lookup_families`."""
+
+    lookup_families: ClassVar[frozenset[int]] = frozenset({6})
+    table: int = MAIN_TABLE
+
+
+@dataclass(frozen=True)
 class End(LocalSid):
     behaviour: ClassVar[str] = "End"
 
 
 @dataclass(frozen=True)
-class EndX(LocalSid):
+class EndX(CrossConnect):
     """End with cross-connect to an IPv6 neighbour."""
 
     behaviour: ClassVar[str] = "End.X"
-    nexthop: IPv6Address = IPv6Address("::")
-    interface: str = ""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "nexthop", v6(self.nexthop))
 
 
 @dataclass(frozen=True)
-class EndT(LocalSid):
+class EndT(TableLookup):
     behaviour: ClassVar[str] = "End.T"
-    table: int = MAIN_TABLE
 
 
 @dataclass(frozen=True)
-class EndDX6(LocalSid):
+class EndDX6(CrossConnect):
     """Decapsulate and cross-connect the inner IPv6 packet to a neighbour (a pod)."""
 
     behaviour: ClassVar[str] = "End.DX6"
-    nexthop: IPv6Address = IPv6Address("::")
-    interface: str = ""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "nexthop", v6(self.nexthop))
 
 
 @dataclass(frozen=True)
-class EndDX4(LocalSid):
+class EndDX4(CrossConnect):
     behaviour: ClassVar[str] = "End.DX4"
-    nexthop: IPv4Address = IPv4Address("0.0.0.0")
-    interface: str = ""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.nexthop, IPv4Address):
-            object.__setattr__(self, "nexthop", IPv4Address(self.nexthop))
+    nexthop_version: ClassVar[int] = 4
+    nexthop: IPAddress = IPv4Address("0.0.0.0")
 
 
 @dataclass(frozen=True)
-class EndDT6(LocalSid):
+class EndDT6(TableLookup):
     behaviour: ClassVar[str] = "End.DT6"
-    table: int = MAIN_TABLE
 
 
 @dataclass(frozen=True)
-class EndDT4(LocalSid):
+class EndDT4(TableLookup):
     behaviour: ClassVar[str] = "End.DT4"
-    table: int = MAIN_TABLE
+    lookup_families: ClassVar[frozenset[int]] = frozenset({4})
 
 
 @dataclass(frozen=True)
-class EndDT46(LocalSid):
+class EndDT46(TableLookup):
     behaviour: ClassVar[str] = "End.DT46"
-    table: int = MAIN_TABLE
+    lookup_families: ClassVar[frozenset[int]] = frozenset({4, 6})
 
 
 BEHAVIOURS: Mapping[str, type[LocalSid]] = {
@@ -344,6 +355,72 @@ class EncapSource:
 
 
 DataplaneObject: TypeAlias = LocalSid | SrPolicy | Steering | Route | PodAttachment | EncapSource
+Slot: TypeAlias = tuple[int, IPNetwork]
+
+
+# --- the kinds, declared once ---------------------------------------------------------
+
+
+def _no_slot(obj: Any) -> Slot | None:
+    return None
+
+
+@dataclass(frozen=True)
+class ObjectKind:
+    """One kind of dataplane object: what every layer needs to know of it, said here only.
+
+    `refers_to` names the kinds its objects point at (a steering names a policy's BSID, a
+    local SID or route a pod's interface); `KINDS` lists the kinds so that each refers only
+    to kinds before it, which is the order objects are created in (and deleted against).
+    `slot` is the FIB entry `(table, prefix)` an object occupies, if any: in both dataplanes
+    a route, a steering and a local SID (a route for `sid/128` in the main table) are FIB
+    entries of one table, so two of them cannot hold one prefix at once. `field` is the
+    `NodeConfig` attribute holding them ("" for the one encap source, `encap_source`).
+    """
+
+    name: str
+    model: type
+    field: str
+    refers_to: tuple[str, ...] = ()
+    slot: Callable[[Any], Slot | None] = _no_slot
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _route_slot(obj: Route | Steering) -> Slot:
+    return (obj.table, obj.prefix)
+
+
+def _sid_slot(obj: LocalSid) -> Slot:
+    return (MAIN_TABLE, ipaddress.IPv6Network(obj.sid))
+
+
+ENCAP_SOURCE = ObjectKind("EncapSource", EncapSource, "")
+POD = ObjectKind("PodAttachment", PodAttachment, "pods")
+LOCAL_SID = ObjectKind("LocalSid", LocalSid, "local_sids", ("PodAttachment",), _sid_slot)
+POLICY = ObjectKind("SrPolicy", SrPolicy, "policies", ("EncapSource",))
+STEERING = ObjectKind("Steering", Steering, "steerings", ("SrPolicy",), _route_slot)
+ROUTE = ObjectKind("Route", Route, "routes", ("PodAttachment",), _route_slot)
+
+# Dependency order: a kind refers only to kinds before it.
+KINDS: tuple[ObjectKind, ...] = (ENCAP_SOURCE, POD, LOCAL_SID, POLICY, STEERING, ROUTE)
+RANK: Mapping[ObjectKind, int] = {kind: rank for rank, kind in enumerate(KINDS)}
+_KIND_OF_TYPE: dict[type, ObjectKind] = {
+    **{kind.model: kind for kind in KINDS},
+    **{behaviour: LOCAL_SID for behaviour in BEHAVIOURS.values()},
+}
+for _kind in KINDS:
+    _earlier = {k.name for k in KINDS[: RANK[_kind]]}
+    assert set(_kind.refers_to) <= _earlier, f"{_kind} refers to a later kind"
+
+
+def kind_of(obj: object) -> ObjectKind:
+    """The kind of a dataplane object (a dict lookup: plans of 100,000 objects ask)."""
+    try:
+        return _KIND_OF_TYPE[type(obj)]
+    except KeyError:
+        raise TypeError(f"not a dataplane object: {obj!r}") from None
 
 
 @dataclass(frozen=True)
@@ -364,11 +441,26 @@ class NodeConfig:
             object.__setattr__(self, name, frozenset(getattr(self, name)))
 
     def objects(self) -> Iterable[DataplaneObject]:
-        yield from self.pods
-        yield from self.local_sids
-        yield from self.policies
-        yield from self.steerings
-        yield from self.routes
+        """Every object but the encap source (a field of its own), kind by kind."""
+        for kind in KINDS:
+            if kind.field:
+                yield from getattr(self, kind.field)
+
+    @classmethod
+    def of(
+        cls, objects: Iterable[DataplaneObject], encap_source: IPv6Address | None = None
+    ) -> NodeConfig:
+        """A NodeConfig holding `objects`, sorted into their kinds (an EncapSource among
+        them sets the encap source)."""
+        parts: dict[str, list[DataplaneObject]] = {k.field: [] for k in KINDS if k.field}
+        for obj in objects:
+            field_name = kind_of(obj).field
+            if field_name:
+                parts[field_name].append(obj)
+            else:
+                assert isinstance(obj, EncapSource)
+                encap_source = obj.address
+        return cls(encap_source=encap_source, **parts)  # type: ignore[arg-type]
 
     def by_key(self) -> dict[Any, DataplaneObject]:
         return {obj.key: obj for obj in self.objects()}
@@ -407,6 +499,18 @@ class Counters:
     packets: int = 0
     bytes: int = 0
     errors: int = 0
+
+
+@dataclass(frozen=True)
+class InterfaceCounters:
+    """A pod interface's counters from the pod's point of view (receive = to the pod)."""
+
+    receive_packets: int = 0
+    receive_bytes: int = 0
+    receive_drops: int = 0
+    transmit_packets: int = 0
+    transmit_bytes: int = 0
+    transmit_drops: int = 0
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 Pure: data in, data out. Objects are compared by `key` (which object) and by value (what it
 says); unchanged objects never appear in a plan. A backend applies the plan in list order.
 
-Order (`plan`), derived from what refers to what (a local SID or route names a pod
-interface, a steering names a policy's BSID):
+Order (`plan`), from what refers to what, as the model's kind table declares it
+(`model.KINDS`: a local SID or route names a pod interface, a steering a policy's BSID):
 
 1. the node's encap source, when set or changed (policies encapsulate with it);
 2. adds and replaces, dependencies first: pods → local SIDs → policies → steerings → routes,
@@ -18,18 +18,19 @@ Adds go before deletes so that, at every prefix of the plan, no steering points 
 policy and no SID or route names a missing pod interface, and a replaced value is live
 before the old one goes (make before break).
 
-One exception, the *address rule*: routes, steerings and local SIDs all occupy a route slot
-`(table, prefix)` in the kernel (a local SID is a seg6local route for `sid/128` in the main
-table). When an add takes a slot that a deleted object of another kind holds — typically a
-service losing its last endpoint (steering `S/128` → reject route `S/128`) or regaining one —
-the delete is pulled forward to just before that add, otherwise the kernel answers EEXIST
-and, worse, deleting the old object afterwards by prefix could remove the new one. Pulling
-these deletes forward is always safe: nothing in the model refers to a route, a steering or
-a local SID. A backend that can replace atomically (netlink NLM_F_REPLACE) may fuse a DELETE
-immediately followed by an ADD of the same slot into one replace, closing the short gap.
+One exception, the *address rule*: routes, steerings and local SIDs all occupy a FIB slot
+`(table, prefix)` (`ObjectKind.slot`; a local SID is a route for `sid/128` in the main
+table, a seg6local route in the kernel). When an add takes a slot that a deleted object of
+another kind holds — typically a service losing its last endpoint (steering `S/128` →
+reject route `S/128`) or regaining one — the delete is pulled forward to just before that
+add, otherwise the dataplane answers EEXIST and, worse, deleting the old object afterwards
+by prefix could remove the new one. Pulling these deletes forward is always safe: nothing in
+the model refers to a route, a steering or a local SID. A backend that can replace
+atomically (netlink NLM_F_REPLACE) may fuse a DELETE immediately followed by an ADD of the
+same slot into one replace, closing the short gap.
 
-Policies and BSIDs are not slots: in the kernel a policy is nexthops and a group, and BSIDs
-come from the reserved locator 0, so they cannot collide with a node's SIDs.
+Policies and BSIDs are not slots: a policy's BSID comes from the reserved locator 0 (in the
+kernel it is an anchor route in a table of its own), so it cannot collide with a node's SIDs.
 """
 
 from __future__ import annotations
@@ -42,30 +43,27 @@ from enum import StrEnum
 from typing import Any, TypeAlias
 
 from srv6ctl.dataplane.model import (
-    MAIN_TABLE,
+    RANK,
     Change,
     DataplaneObject,
     EncapSource,
-    IPNetwork,
     IPv6Address,
-    LocalSid,
     NodeConfig,
     Op,
-    PodAttachment,
-    Route,
     SegmentList,
+    Slot,
     SrPolicy,
-    Steering,
+    kind_of,
 )
 
 __all__ = [
-    "KIND_ORDER",
     "Drift",
     "ListEdit",
     "ListOp",
     "PlanError",
     "apply_list_edits",
     "apply_plan",
+    "config_of",
     "drift",
     "plan",
     "route_slot",
@@ -73,24 +71,13 @@ __all__ = [
 ]
 
 Key: TypeAlias = Hashable
-Slot: TypeAlias = tuple[int, IPNetwork]
-
-# Dependency order: a kind may refer only to kinds before it.
-KIND_ORDER: tuple[type, ...] = (EncapSource, PodAttachment, LocalSid, SrPolicy, Steering, Route)
 
 
 class PlanError(ValueError):
     """A config that cannot be keyed, or a plan that does not fit the config it is applied to."""
 
 
-# --- keys, kinds and slots ------------------------------------------------------------
-
-
-def _rank(obj: DataplaneObject) -> int:
-    for rank, kind in enumerate(KIND_ORDER):
-        if isinstance(obj, kind):
-            return rank
-    raise TypeError(f"not a dataplane object: {obj!r}")
+# --- keys and slots -------------------------------------------------------------------
 
 
 def _sortable(part: Any) -> Any:
@@ -105,16 +92,13 @@ def _sortable(part: Any) -> Any:
 
 
 def _order(change: Change) -> Any:
-    return (_rank(change.obj), _sortable(change.obj.key))
+    obj = change.obj
+    return (RANK[kind_of(obj)], _sortable(obj.key))
 
 
 def route_slot(obj: DataplaneObject) -> Slot | None:
-    """The kernel route `(table, prefix)` an object occupies, if any (see the address rule)."""
-    if isinstance(obj, Route | Steering):
-        return (obj.table, obj.prefix)
-    if isinstance(obj, LocalSid):
-        return (MAIN_TABLE, ipaddress.IPv6Network(obj.sid))
-    return None
+    """The FIB entry `(table, prefix)` an object occupies, if any (see the address rule)."""
+    return kind_of(obj).slot(obj)
 
 
 def _keyed(config: NodeConfig, name: str) -> dict[Key, DataplaneObject]:
@@ -191,34 +175,8 @@ def apply_plan(actual: NodeConfig, changes: Iterable[Change]) -> NodeConfig:
 def config_of(
     objects: Iterable[DataplaneObject], encap_source: IPv6Address | None = None
 ) -> NodeConfig:
-    """A NodeConfig holding `objects`, sorted into their kinds (an EncapSource among them
-    sets the encap source)."""
-    pods: list[PodAttachment] = []
-    local_sids: list[LocalSid] = []
-    policies: list[SrPolicy] = []
-    steerings: list[Steering] = []
-    routes: list[Route] = []
-    for obj in objects:
-        if isinstance(obj, EncapSource):
-            encap_source = obj.address
-        elif isinstance(obj, PodAttachment):
-            pods.append(obj)
-        elif isinstance(obj, LocalSid):
-            local_sids.append(obj)
-        elif isinstance(obj, SrPolicy):
-            policies.append(obj)
-        elif isinstance(obj, Steering):
-            steerings.append(obj)
-        else:
-            routes.append(obj)
-    return NodeConfig(
-        encap_source=encap_source,
-        pods=frozenset(pods),
-        local_sids=frozenset(local_sids),
-        policies=frozenset(policies),
-        steerings=frozenset(steerings),
-        routes=frozenset(routes),
-    )
+    """A NodeConfig holding `objects` (`NodeConfig.of`)."""
+    return NodeConfig.of(objects, encap_source)
 
 
 # --- drift ----------------------------------------------------------------------------

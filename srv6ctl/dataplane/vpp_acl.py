@@ -45,7 +45,8 @@ from srv6ctl.dataplane.vpp_api import (
     VppChannel,
     VppError,
 )
-from srv6ctl.dataplane.vpp_codec import INVALID_INDEX, pod_of_tag
+from srv6ctl.dataplane.vpp_codec_base import INVALID_INDEX
+from srv6ctl.dataplane.vpp_interface_codec import pod_of_tag
 
 log = logging.getLogger(__name__)
 

@@ -34,11 +34,16 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import yaml
 
+from ipam6.allocator import Allocator
+from ipam6.plan import AddressPlan
+from ipam6.store.config import open_store
+from srv6ctl.config import Config, load_config
 from srv6ctl.dataplane.kernel_caps import probe_kernel
+from srv6ctl.dataplane.nsenter import ensure_sysctls
 from srv6ctl.lab import netns, objects, processes, vpp
 from srv6ctl.lab.cni import cni_add, cni_del
 from srv6ctl.lab.netns import LabError
@@ -56,10 +61,8 @@ from srv6ctl.lab.state import (
     save_state,
     write_atomically,
 )
-
-if TYPE_CHECKING:
-    from ipam6.plan import AddressPlan
-    from srv6ctl.config import Config
+from srv6ctl.observe.agentview import AgentUnavailable, query, view
+from srv6ctl.observe.netinfo import sysctl
 
 T = TypeVar("T")
 
@@ -296,8 +299,6 @@ class Lab:
         self._save()
 
     def _write_config(self, options: LabOptions) -> None:
-        from srv6ctl.config import load_config
-
         plan = dict(PLAN_V6)
         if options.dual_stack:
             plan.update(PLAN_V4)
@@ -311,9 +312,6 @@ class Lab:
         """Claim node IDs 1..N for n1..nN in order, as an operator may pre-provision: the
         agents, started together, would otherwise race and n1 could get ID 3. Each agent's
         own claim then returns the ID held for its name."""
-        from ipam6.allocator import Allocator
-        from ipam6.store.config import open_store
-
         assert self.state is not None
         store = open_store(config.store)
         try:
@@ -403,15 +401,11 @@ class Lab:
             self._wait_agent_ready(node)
         assert self.state is not None
         if self._kernel_workarounds(self.state):
-            from srv6ctl.dataplane.nsenter import ensure_sysctls
-
             result = ensure_sysctls(netns.netns_path(node.netns), MULTIPATH_HASH_WORKAROUND)
             if result.refused:
                 raise LabError(f"{node.name}: {'; '.join(result.refused)}")
 
     def _wait_agent_ready(self, node: NodeRecord) -> None:
-        from srv6ctl.verify.agentview import AgentUnavailable, query
-
         deadline = time.monotonic() + AGENT_READY_TIMEOUT
         why = "its API never answered"
         failing_since: float | None = None
@@ -457,8 +451,6 @@ class Lab:
         """No IPv6 on the kernel's end of the uplink (set before the veth exists: as a
         default it also covers the eth0 about to be made), so it sends no RS/MLD/NA and
         does not answer for the node's addresses beside VPP."""
-        from srv6ctl.dataplane.nsenter import ensure_sysctls
-
         result = ensure_sysctls(
             netns.netns_path(node.netns), {"net.ipv6.conf.default.disable_ipv6": "1"}
         )
@@ -640,8 +632,6 @@ class Lab:
 
     def convergence_problems(self, state: LabState) -> list[str]:
         """What still differs between the lab's objects and the agents' dataplanes."""
-        from srv6ctl.verify.agentview import AgentUnavailable, view
-
         problems = []
         for node in state.nodes:
             try:
@@ -691,8 +681,6 @@ class Lab:
     # --- health and repair -------------------------------------------------------------------
 
     def inspect(self, state: LabState) -> Health:
-        from srv6ctl.verify.agentview import AgentUnavailable, query
-
         health = Health()
         health.missing_namespaces = [n for n in state.namespaces() if not netns.exists(n)]
         for node in state.nodes:
@@ -708,8 +696,6 @@ class Lab:
                 health.unready_agents.append(node.name)
         health.dead_servers = [p.name for p in state.pods if not processes.alive(p.server)]
         if self._kernel_workarounds(state):
-            from srv6ctl.verify.netinfo import sysctl
-
             for node in state.nodes:
                 if node.name in health.dead_agents or not netns.exists(node.netns):
                     continue
@@ -794,8 +780,6 @@ class Lab:
         return self.state
 
     def _plan(self) -> AddressPlan:
-        from srv6ctl.config import load_config
-
         return load_config(self.paths.config)[1]
 
 

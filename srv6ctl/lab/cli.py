@@ -1,7 +1,10 @@
 """`srv6ctl lab ...`: argparse wiring only; the work happens in `srv6ctl.lab.build`.
 
 `register(commands)` adds the `lab` command (with `demo`, which predates the lab) to the
-top-level subparsers. Nothing heavy is imported until a subcommand runs.
+top-level subparsers. Nothing heavy is imported until a subcommand runs: the commands
+import the lab's modules (pyroute2, rich, pydantic, PyYAML, or only subprocess) when they
+run, so that every `srv6ctl` command starts fast (test_lab_units: the CLI registers
+without heavy imports).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,19 +133,19 @@ def _command(args: argparse.Namespace) -> list[str]:
 
 
 def _session(args: argparse.Namespace) -> int:
-    from srv6ctl.lab.session import session
+    from srv6ctl.lab.session import session  # lazy: hostvm (~15 ms to import)
 
     return session(_up_argv(args), _command(args), args.state_dir)
 
 
 def _vm(args: argparse.Namespace) -> int:
-    from srv6ctl.lab.session import session_in_vm
+    from srv6ctl.lab.session import session_in_vm  # lazy: hostvm (~15 ms to import)
 
     return session_in_vm(_up_argv(args), _command(args), args.kernel)
 
 
 def _kernel(args: argparse.Namespace) -> int:
-    from srv6ctl.dataplane.kernel_caps import probe_kernel
+    from srv6ctl.dataplane.kernel_caps import probe_kernel  # lazy: pyroute2 (docstring)
 
     try:
         features = probe_kernel()
@@ -160,6 +164,7 @@ def _kernel(args: argparse.Namespace) -> int:
 
 
 def _lab(args: argparse.Namespace, *, quiet: bool = False) -> Any:
+    # Lazy (the docstring): the lab's life cycle loads pyroute2, pydantic and rich.
     from srv6ctl.lab.build import Lab
     from srv6ctl.lab.progress import Steps, console
 
@@ -167,6 +172,7 @@ def _lab(args: argparse.Namespace, *, quiet: bool = False) -> Any:
 
 
 def _up(args: argparse.Namespace) -> int:
+    # Lazy (the docstring): pydantic, and subprocess.
     from srv6ctl.lab.netns import LabError
     from srv6ctl.lab.state import LabOptions
 
@@ -215,7 +221,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from srv6ctl.lab.status import collect, render
+    from srv6ctl.lab.status import collect, render  # lazy: rich, pydantic (docstring)
 
     lab = _lab(args, quiet=True)
     if lab.state is None:
@@ -262,7 +268,7 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from srv6ctl.lab.netns import LabError
+    from srv6ctl.lab.netns import LabError  # lazy: subprocess (the docstring)
 
     lab = _lab(args)
     try:
@@ -335,9 +341,7 @@ def _policy_lab(args: argparse.Namespace) -> Any:
 
 
 def _policy_wait(lab: Any, timeout: float) -> int:
-    import time
-
-    from srv6ctl.lab.policy import wait_programmed
+    from srv6ctl.lab.policy_verdicts import wait_programmed  # lazy: pydantic, PyYAML
 
     out = lab.steps.out
     started = time.monotonic()
@@ -356,6 +360,7 @@ def _policy_wait(lab: Any, timeout: float) -> int:
 
 
 def _policy_apply(args: argparse.Namespace) -> int:
+    # Lazy (the docstring): policies are read and validated with PyYAML and pydantic.
     from srv6ctl.lab.policy import (
         PolicyError,
         PolicyStore,
@@ -385,7 +390,7 @@ def _policy_apply(args: argparse.Namespace) -> int:
 
 
 def _policy_delete(args: argparse.Namespace) -> int:
-    from srv6ctl.lab.policy import PolicyError, PolicyStore, keys_of
+    from srv6ctl.lab.policy import PolicyError, PolicyStore, keys_of  # lazy: PyYAML, pydantic
 
     lab = _policy_lab(args)
     if lab is None:
@@ -407,6 +412,7 @@ def _policy_delete(args: argparse.Namespace) -> int:
 
 
 def _policy_list(args: argparse.Namespace) -> int:
+    # Lazy (the docstring): rich, and PyYAML and pydantic for the policies.
     from rich.table import Table
 
     from srv6ctl.lab.policy import PolicyStore, describe, lab_cluster, namespaces_present
@@ -443,7 +449,7 @@ def _policy_list(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from srv6ctl.demo import run_ipam_demo
+    from srv6ctl.demo import run_ipam_demo  # lazy: the store's etcd3gw, pydantic, rich
 
     return run_ipam_demo(nodes=args.nodes, pods_per_node=args.pods_per_node)
 

@@ -19,6 +19,7 @@ import difflib
 import ipaddress
 import json
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from policies import model
 from policies.kube import namespace_from_k8s, pod_from_k8s, policy_from_k8s
 from srv6ctl.lab import objects
 from srv6ctl.lab.state import LabPaths, LabState, remove_file, write_atomically
+from srv6ctl.sources.convert import ConversionError, from_json
+from srv6ctl.state import Kind
 
 API_VERSION = "networking.k8s.io/v1"
 KIND = "NetworkPolicy"
@@ -175,9 +178,6 @@ def validate(obj: Any, where: str = "<input>") -> LabPolicy:
     except model.InvalidPolicy as err:
         raise PolicyError(_reword(str(err), where)) from None
     # The agents read it with srv6ctl's converter: what it refuses would never reach them.
-    from srv6ctl.sources.convert import ConversionError, from_json
-    from srv6ctl.state import Kind
-
     try:
         from_json(Kind.NETWORK_POLICY, document)
     except (ConversionError, ValueError) as err:
@@ -253,8 +253,6 @@ def policy_key(text: str) -> tuple[str, str]:
 def read_policy_file(path: str) -> list[LabPolicy]:
     """The policies of a file (`-`: standard input)."""
     if path == "-":
-        import sys
-
         return parse_policies(sys.stdin.read(), "<stdin>")
     try:
         text = Path(path).read_text()
@@ -272,17 +270,6 @@ def keys_of(targets: Iterable[str]) -> list[tuple[str, str]]:
         else:
             keys.append(policy_key(target))
     return list(dict.fromkeys(keys))
-
-
-def wait_programmed(paths: LabPaths, state: LabState, timeout: float) -> tuple[int, list[str]]:
-    """Until every pod → pod and pod → service verdict on the wire is the one the lab's
-    policies give (the agents have programmed them); the number of flows tried and the
-    ones still wrong at `timeout`."""
-    from srv6ctl.verify.policy import cluster_now, expected_flows, settle
-
-    cluster, _ = cluster_now(paths, state)
-    flows = expected_flows(state, cluster)
-    return len(flows), [f"{flow.label}: {problem}" for flow, problem in settle(flows, timeout)]
 
 
 # --- the lab's objects directory ---------------------------------------------------------------

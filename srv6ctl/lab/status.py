@@ -12,14 +12,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from srv6ctl.config import load_config
 from srv6ctl.lab import netns, processes
 from srv6ctl.lab.state import LabPaths, LabState
+from srv6ctl.observe.agentview import AgentUnavailable, AgentView, view
 
 
 def collect(paths: LabPaths, state: LabState) -> dict[str, Any]:
-    from srv6ctl.config import load_config
-    from srv6ctl.verify.agentview import AgentUnavailable, AgentView, view
-
     plan = load_config(paths.config)[1]
     views: dict[str, AgentView] = {}
     nodes = []

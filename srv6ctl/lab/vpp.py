@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from srv6ctl.dataplane.vpp_api import API_DIR_ENV, VppChannel, find_api_dir
 from srv6ctl.lab import processes
 from srv6ctl.lab.netns import LabError
 from srv6ctl.lab.state import ProcessRecord
@@ -82,10 +83,8 @@ def find_binary() -> str:
 
 def check_client() -> None:
     """The agents talk to VPP through vpp-papi and the API definitions of VPP 25.10."""
-    from srv6ctl.dataplane.vpp_api import API_DIR_ENV, find_api_dir
-
     try:
-        import vpp_papi  # noqa: F401
+        import vpp_papi  # noqa: F401  # here, not above: only asks whether it is installed
     except ImportError as err:
         raise NoVpp("--dataplane vpp: vpp-papi is not installed (pip install vpp-papi)") from err
     if find_api_dir() is None:
@@ -200,8 +199,6 @@ def wait_ready(node: VppNode, record: ProcessRecord, name: str) -> None:
 
 def cli(api_socket: str, command: str) -> str:
     """One VPP CLI command through the binary API (the lab's checks and diagnostics)."""
-    from srv6ctl.dataplane.vpp_api import VppChannel
-
     channel = VppChannel(
         api_socket, messages=("cli_inband", "show_version"), client_name="srv6ctl-lab"
     )

@@ -9,6 +9,10 @@ mean the same: a Service's targetPort defaults to its port, sessionAffinity to N
 internalTrafficPolicy to Cluster; an endpoint's ready/serving conditions to true and
 terminating to false (as kube-proxy reads them). Malformed values raise `ConversionError`
 naming the object and the field.
+
+NetworkPolicies are read by `policies.kube`, the compiler's own reader (the state holds its
+model), under this module's conventions: a missing namespace is "default" and a refusal
+is a `ConversionError`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from policies.kube import policy_from_k8s
+from policies.model import InvalidPolicy
 from srv6ctl.state import (
     BEHAVIOURS_ANNOTATION,
     CLUSTER_SCOPED,
@@ -29,20 +35,13 @@ from srv6ctl.state import (
     EndpointPort,
     EndpointSlice,
     IPAddress,
-    IPBlock,
-    IPNetwork,
     Kind,
     Labels,
-    LabelSelector,
-    LabelSelectorRequirement,
     Namespace,
     NetworkPolicy,
     Node,
     Pod,
     PodRef,
-    PolicyPeer,
-    PolicyPort,
-    PolicyRule,
     Service,
     ServicePort,
 )
@@ -86,12 +85,6 @@ class _Reader:
             return ipaddress.ip_address(str(value).strip())
         except ValueError:
             raise self.error(path, f"{value!r} is not an IP address") from None
-
-    def network(self, path: str, value: Any) -> IPNetwork:
-        try:
-            return ipaddress.ip_network(str(value).strip(), strict=False)
-        except ValueError:
-            raise self.error(path, f"{value!r} is not a CIDR") from None
 
     def port(self, path: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
@@ -297,85 +290,18 @@ def namespace_from_json(obj: JSON) -> Namespace:
     return Namespace(name=r.name, uid=_uid(obj), labels=_labels(obj))
 
 
-def _selector(r: _Reader, path: str, value: Any) -> LabelSelector | None:
-    if value is None:
-        return None
-    expressions = []
-    for i, e in enumerate(value.get("matchExpressions") or ()):
-        if not e.get("key") or e.get("operator") not in ("In", "NotIn", "Exists", "DoesNotExist"):
-            raise r.error(f"{path}.matchExpressions[{i}]", f"{e!r} is not a valid requirement")
-        expressions.append(
-            LabelSelectorRequirement(
-                key=str(e["key"]),
-                operator=str(e["operator"]),
-                values=frozenset(str(v) for v in e.get("values") or ()),
-            )
-        )
-    return LabelSelector(
-        match_labels=Labels({str(k): str(v) for k, v in (value.get("matchLabels") or {}).items()}),
-        match_expressions=tuple(expressions),
-    )
-
-
-def _rules(r: _Reader, spec: JSON, key: str, peers_key: str) -> tuple[PolicyRule, ...]:
-    rules = []
-    for i, rule in enumerate(r.items(spec, key)):
-        path = f"spec.{key}[{i}]"
-        peers = []
-        for j, peer in enumerate(rule.get(peers_key) or ()):
-            block = peer.get("ipBlock")
-            peers.append(
-                PolicyPeer(
-                    pod_selector=_selector(
-                        r, f"{path}.{peers_key}[{j}].podSelector", peer.get("podSelector")
-                    ),
-                    namespace_selector=_selector(
-                        r,
-                        f"{path}.{peers_key}[{j}].namespaceSelector",
-                        peer.get("namespaceSelector"),
-                    ),
-                    ip_block=None
-                    if block is None
-                    else IPBlock(
-                        cidr=r.network(f"{path}.{peers_key}[{j}].ipBlock.cidr", block.get("cidr")),
-                        excepted=tuple(
-                            r.network(f"{path}.{peers_key}[{j}].ipBlock.except", c)
-                            for c in block.get("except") or ()
-                        ),
-                    ),
-                )
-            )
-        ports = [
-            PolicyPort(
-                protocol=str(p.get("protocol") or "TCP"),
-                port=None
-                if p.get("port") is None
-                else r.int_or_name(f"{path}.ports[{k}].port", p["port"]),
-                end_port=p.get("endPort"),
-            )
-            for k, p in enumerate(rule.get("ports") or ())
-        ]
-        rules.append(PolicyRule(peers=tuple(peers), ports=tuple(ports)))
-    return tuple(rules)
-
-
 def network_policy_from_json(obj: JSON) -> NetworkPolicy:
     r = _Reader(Kind.NETWORK_POLICY, obj)
-    spec = obj.get("spec") or {}
-    types = spec.get("policyTypes")
-    if not types:
-        # The API's default: Ingress always, Egress when there are egress rules.
-        types = ["Ingress", *(["Egress"] if spec.get("egress") else [])]
-    return NetworkPolicy(
-        uid=_uid(obj),
-        namespace=r.namespace,
-        name=r.name,
-        pod_selector=_selector(r, "spec.podSelector", spec.get("podSelector") or {})
-        or LabelSelector(),
-        policy_types=frozenset(str(t) for t in types),
-        ingress=_rules(r, spec, "ingress", "from"),
-        egress=_rules(r, spec, "egress", "to"),
-    )
+    # policies.kube wants the namespace the API server always sets; a lab file may leave
+    # it out and mean "default", as everywhere in this module.
+    metadata = {**(obj.get("metadata") or {}), "namespace": r.namespace}
+    try:
+        # Sources hand over what the API server accepted: host bits in an ipBlock CIDR
+        # are its network there (refusing the object would leave its pods unisolated).
+        return policy_from_k8s({**obj, "metadata": metadata}, mask_host_bits=True)
+    except InvalidPolicy as err:
+        # Its message already names the object and the field, as a ConversionError does.
+        raise ConversionError(str(err)) from None
 
 
 CONVERTERS: Mapping[Kind, Callable[[JSON], ClusterObject]] = {

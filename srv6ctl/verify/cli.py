@@ -1,4 +1,9 @@
-"""`srv6ctl verify`: argparse wiring only; the checks live in `srv6ctl.verify.run`."""
+"""`srv6ctl verify`: argparse wiring only; the checks live in `srv6ctl.verify.run`.
+
+The checks (scapy, pyroute2, rich, the dataplane model, even the lab's subprocess) are
+imported when the command runs, not above, so that registering it keeps every `srv6ctl`
+command's start fast.
+"""
 
 from __future__ import annotations
 
@@ -40,9 +45,10 @@ def register(commands: Any) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    # Lazy (the docstring): the checks and rich load only when verify runs.
     from srv6ctl.lab.netns import LabError
     from srv6ctl.lab.progress import console
-    from srv6ctl.verify.agentview import AgentUnavailable
+    from srv6ctl.observe.agentview import AgentUnavailable
     from srv6ctl.verify.run import GROUPS, VerifyOptions, run
 
     groups = tuple(g.strip() for g in args.only.split(",") if g.strip())

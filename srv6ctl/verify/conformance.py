@@ -40,6 +40,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
 from srv6ctl.dataplane.model import EncapMode, IPv6Address, SrPolicy
+from srv6ctl.observe.netinfo import gateway_mac, link_mac
 from srv6ctl.verify.packets import Capture, Seen, Tap, marker
 from srv6ctl.verify.report import Report
 from srv6ctl.verify.topology import NodeInfo, PodInfo, Topology
@@ -508,8 +509,6 @@ class Conformance:
     def _from_pod(self, node: NodeInfo, pod: PodInfo, packet: Packet) -> Callable[[], None]:
         """Send `packet` out of the pod's eth0, as the pod's own stack would: to the MAC
         its default route resolves to (the node's veth end, or VPP's port on it)."""
-        from srv6ctl.verify.netinfo import gateway_mac, link_mac
-
         tap = self.pod_taps.get(pod.name)
         if tap is None:
             tap = self.pod_taps[pod.name] = Tap(pod.netns, pod.ifname, f"pod {pod.short}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import math
 import os
 import socket
@@ -30,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from srv6ctl.lab.objects import ECHO_PORT, HTTP_PORT, SERVICE_HTTP_PORT
+from srv6ctl.observe.netinfo import sockets_in
 from srv6ctl.verify.flows import Answer, answers, failures, tcp_flows, udp_flows
-from srv6ctl.verify.packets import sockets_in
 from srv6ctl.verify.report import Report
 from srv6ctl.verify.topology import PodInfo, ServiceInfo, Topology
 
@@ -360,8 +361,6 @@ class Connectivity:
 
 
 def _read_pod(sock: socket.socket) -> str:
-    import json
-
     line = b""
     while not line.endswith(b"\n"):
         chunk = sock.recv(4096)

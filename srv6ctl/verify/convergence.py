@@ -26,7 +26,9 @@ import random
 import time
 from typing import Any
 
+from srv6ctl.dataplane.vpp import VppBackend
 from srv6ctl.lab.objects import SERVICE_HTTP_PORT
+from srv6ctl.observe.netinfo import group_buckets
 from srv6ctl.verify.flows import answers, udp_flows
 from srv6ctl.verify.report import Report
 from srv6ctl.verify.topology import PodInfo, ServiceInfo, Topology
@@ -101,8 +103,6 @@ class Convergence:
         a bucket busy for the groups' idle timer, and only idle buckets go to a new member
         (FINDINGS.md, finding 2) — a verify that flooded the groups would starve the next
         one's new backend."""
-        from srv6ctl.verify.netinfo import group_buckets
-
         short = service.name.split("/", 1)[-1]
         located = self.topo.plan.pod_of_address(ipaddress.IPv6Address(pod.ipv6))
         assert located is not None
@@ -172,8 +172,6 @@ class Convergence:
     def _vpp_backends(self) -> dict[str, Any]:
         """A connection to each VPP node's VPP (named in the lab's state), to read its
         policies' lists as VPP holds them: VPP's counterpart of the kernel's groups."""
-        from srv6ctl.dataplane.vpp import VppBackend
-
         out = {}
         for node in self.topo.nodes:
             record = self.lab.state.node(node.name)

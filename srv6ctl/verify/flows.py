@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from srv6ctl.verify.packets import sockets_in
+from srv6ctl.observe.netinfo import sockets_in
 
 
 @dataclass(frozen=True)

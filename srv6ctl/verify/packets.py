@@ -23,9 +23,11 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from scapy.layers.l2 import Ether
 
 from srv6ctl.dataplane.nsenter import run_in_netns
 
@@ -121,8 +123,6 @@ class Capture:
     ) -> dict[bytes, list[Seen]]:
         """Frames holding any of `markers`, read until `timeout` — or, once `expect`
         frames have arrived, for `settle` more seconds (to catch duplicates and strays)."""
-        from scapy.layers.l2 import Ether
-
         wanted = list(markers)
         found: dict[bytes, list[Seen]] = {m: [] for m in wanted}
         by_fd = {tap.sock.fileno(): tap for tap in self.taps}
@@ -169,13 +169,6 @@ class Capture:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def sockets_in(
-    netns: str, make: Callable[[], socket.socket], count: int = 1
-) -> list[socket.socket]:
-    """`count` sockets created inside `netns` (they stay there, whoever uses them)."""
-    return run_in_netns(_netns_path(netns), lambda: [make() for _ in range(count)])
 
 
 @contextlib.contextmanager

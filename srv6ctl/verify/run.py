@@ -29,6 +29,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from srv6ctl.observe.netinfo import link_mac, sysctl
+from srv6ctl.verify.connectivity import Connectivity
+from srv6ctl.verify.convergence import Convergence
+from srv6ctl.verify.policy import PolicyChecks
 from srv6ctl.verify.report import Report
 from srv6ctl.verify.topology import Injector, Topology, from_lab, from_node
 
@@ -80,10 +84,8 @@ def _run_groups(
     groups: tuple[str, ...],
     flows: int = DEFAULT_FLOWS,
 ) -> None:
+    # Here, not above: only the conformance group needs scapy (~0.5 s to import).
     from srv6ctl.verify.conformance import Conformance
-    from srv6ctl.verify.connectivity import Connectivity
-    from srv6ctl.verify.convergence import Convergence
-    from srv6ctl.verify.netinfo import sysctl
 
     for node in topo.nodes:
         report.figures.setdefault("multipath_hash_policy", {})[node.name] = sysctl(
@@ -109,8 +111,6 @@ def _run_groups(
         except Exception as err:
             report.crashed("convergence", err)
     if "policy" in groups and lab is not None:
-        from srv6ctl.verify.policy import PolicyChecks
-
         try:
             PolicyChecks(lab, report).run()
         except Exception as err:
@@ -120,8 +120,6 @@ def _run_groups(
 @contextlib.contextmanager
 def node_injector(node: str) -> Iterator[Injector]:
     """A throw-away namespace joined to this one (the node's) by a veth."""
-    from srv6ctl.verify.netinfo import link_mac
-
     suffix = secrets.token_hex(4)
     probe_ns, node_side = f"s6verify-{suffix}", f"s6vp{suffix}"
     subprocess.run(["ip", "netns", "add", probe_ns], check=True)

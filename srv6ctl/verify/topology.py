@@ -19,6 +19,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ipam6.plan import AddressPlan
+from srv6ctl.config import load_config
 from srv6ctl.dataplane.model import (
     End,
     EndDT6,
@@ -28,8 +29,11 @@ from srv6ctl.dataplane.model import (
     IPv6Address,
     SrPolicy,
 )
+from srv6ctl.lab.build import PROBE_INDEX_V6, Lab, underlay_v6
+from srv6ctl.lab.netns import LabError, mac
+from srv6ctl.lab.progress import Steps, console
+from srv6ctl.observe.agentview import AgentView, view
 from srv6ctl.render import HOST_SERVICES_TABLE
-from srv6ctl.verify.agentview import AgentView, view
 
 UPLINK = "eth0"
 
@@ -179,11 +183,6 @@ class Topology:
 
 def from_lab(state_dir: str) -> tuple[Topology, object]:
     """The lab's topology, and the `Lab` object (verify's convergence checks drive it)."""
-    from srv6ctl.config import load_config
-    from srv6ctl.lab.build import PROBE_INDEX_V6, Lab, underlay_v6
-    from srv6ctl.lab.netns import LabError, mac
-    from srv6ctl.lab.progress import Steps, console
-
     lab = Lab(state_dir, Steps(console(), quiet=True))
     state = lab.state
     if state is None or not state.complete:
@@ -240,8 +239,6 @@ def from_lab(state_dir: str) -> tuple[Topology, object]:
 
 def from_node(node_name: str, api_socket: str, config: str, injector: Injector) -> Topology:
     """This namespace as node `node_name` (see the module docstring)."""
-    from srv6ctl.config import load_config
-
     plan = load_config(config)[1]
     agent = view(api_socket)
     if agent.node != node_name:

@@ -60,8 +60,12 @@ def require_netns() -> None:
     pytest.skip(reason)
 
 
-def run(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+def run(
+    *command: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` (its output captured, as text, `stdin` fed to it); with `check`, a
+    non-zero exit raises RuntimeError carrying the command and its stderr."""
+    done = subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip() or done.returncode}")
     return done

@@ -60,6 +60,7 @@ from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.dataplane.vpp import VppBackend
 from srv6ctl.dataplane.vpp_api import find_api_dir
 from srv6ctl.lab.vpp import BIN_ENV, plugin_path
+from tests.support.netns import run
 
 SOCKET_ENV = "SRV6CTL_VPP_API_SOCKET"
 STATS_ENV = "SRV6CTL_VPP_STATS_SOCKET"
@@ -112,13 +113,6 @@ def base_config(**extra: Any) -> NodeConfig:
 
 
 # --- a VPP to test against --------------------------------------------------------------
-
-
-def run(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip() or done.returncode}")
-    return done
 
 
 STARTUP = """

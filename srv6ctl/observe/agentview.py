@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from srv6ctl.agent_api import query_agent
 from srv6ctl.dataplane.model import (
     BEHAVIOURS,
     EndDX4,
@@ -34,8 +35,6 @@ class AgentUnavailable(RuntimeError):
 
 
 def query(api_socket: str, what: str, timeout: float = 5.0) -> Any:
-    from srv6ctl.agent_api import query_agent
-
     try:
         return query_agent(api_socket, what, timeout=timeout)
     except (OSError, RuntimeError, ValueError) as err:

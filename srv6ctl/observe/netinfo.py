@@ -1,4 +1,5 @@
-"""Small read-only look-ups inside a network namespace (MACs, sysctls), over netlink/procfs."""
+"""Small look-ups inside a network namespace (MACs, sysctls, nexthop buckets), over
+netlink, procfs and iproute2, and sockets made there for probes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +115,10 @@ def group_buckets(netns: str | None, prefix: str) -> dict[Segments, int]:
         if segments:
             out[segments] = out.get(segments, 0) + counts.get(nh_id, 0)
     return out
+
+
+def sockets_in(
+    netns: str, make: Callable[[], socket.socket], count: int = 1
+) -> list[socket.socket]:
+    """`count` sockets created inside `netns` (they stay there, whoever uses them)."""
+    return run_in_netns(_path(netns), lambda: [make() for _ in range(count)])

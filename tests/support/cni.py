@@ -1,15 +1,18 @@
 """Shared harness of the srv6-cni tests: throw-away namespaces, a real agent-side server,
 and the real `srv6-cni` executable run the way a container runtime runs it.
 
-Not a test module of its own (it holds no tests); the tests load it with
-`pytest_plugins = ["tests.test_cni_support"]`. Every namespace, socket and store it makes
-has a unique name and is removed at teardown, pass or fail. Fixture names carry `cni`
-where a generic name could clash with tests/support (loaded for every test).
+tests/conftest.py registers its fixtures for every test, as the other tests/support
+plugins': `cni_namespaces`, `make_cni_harness` (a started node per call) and `harness` (one
+dual-stack node), `cni_driver` and `cni_static_executable` (built once per session, when a
+test asks). Fixture names carry `cni` except `harness`, which only the srv6-cni tests use.
+Every namespace, socket and store it makes has a unique name and is removed at teardown,
+pass or fail. The srv6-cni executable is looked up at the first run, not at import: tests
+that never run it do not need it installed.
 """
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import json
 import os
 import secrets
@@ -34,6 +37,7 @@ from ipam6.allocator import Allocator
 from ipam6.plan import AddressPlan
 from ipam6.store.base import StoreError
 from ipam6.store.sqlite import SqliteStore
+from tests.support.netns import open_in, run
 
 DUAL_STACK = {"podCIDRv6": "fd00:10::/48", "podCIDRv4": "10.128.0.0/14"}
 IPV6_ONLY = {"podCIDRv6": "fd00:10::/48"}
@@ -41,14 +45,16 @@ IPV6_ONLY = {"podCIDRv6": "fd00:10::/48"}
 TINY = {"podCIDRv6": "fd00:10::/48", "podCIDRv4": "10.200.0.0/16", "nodePrefixLengthV4": 29}
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUILD_CNI = ROOT / "scripts" / "build-cni.sh"
-DRIVER_SOURCE = Path(__file__).parent / "cni_driver"
+DRIVER_SOURCE = ROOT / "tests" / "cni_driver"
 GOPATH_SYSTEM = "/usr/share/gocode"
 LIBCNI = Path(GOPATH_SYSTEM, "src/github.com/containernetworking/cni/libcni")
 
 
-def _executable() -> str:
+@functools.cache
+def srv6_cni() -> str:
+    """The srv6-cni executable the tests run."""
     # The whole suite can run against another build, e.g. the self-contained one:
     # SRV6_CNI_EXECUTABLE=build/cni/srv6-cni pytest tests/test_cni.py
     chosen = os.environ.get("SRV6_CNI_EXECUTABLE")
@@ -61,9 +67,6 @@ def _executable() -> str:
     if found is None:
         pytest.fail("srv6-cni is not installed: pip install -e . in the venv")
     return found
-
-
-SRV6_CNI = _executable()
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -135,19 +138,19 @@ class Namespaces:
 
     def add(self, prefix: str = "s6t") -> str:
         name = unique(prefix)
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        run("ip", "netns", "add", name)
         self.names.append(name)
         return f"/run/netns/{name}"
 
     def delete(self, path: str) -> None:
         name = os.path.basename(path)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        run("ip", "netns", "del", name, check=False)
         if name in self.names:
             self.names.remove(name)
 
     def cleanup(self) -> None:
         for name in reversed(self.names):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            run("ip", "netns", "del", name, check=False)
         self.names.clear()
 
 
@@ -173,10 +176,7 @@ def cni_namespaces() -> Iterator[Namespaces]:
 
 def ip(netns: str, *args: str) -> str:
     """`ip -n <netns> ...` output (tests inspect and break things by hand with it)."""
-    done = subprocess.run(
-        ["ip", "-n", os.path.basename(netns), *args], check=True, capture_output=True, text=True
-    )
-    return done.stdout
+    return run("ip", "-n", os.path.basename(netns), *args).stdout
 
 
 def node_veths(node_netns: str) -> list[str]:
@@ -185,23 +185,6 @@ def node_veths(node_netns: str) -> list[str]:
 
 
 # --- real packets -----------------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _socket_in(netns: str, family: int, kind: int, proto: int) -> socket.socket:
-    """A socket opened inside `netns` (this thread steps in and back out)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(netns, os.O_RDONLY)
-    try:
-        assert _libc.setns(target, 0x40000000) == 0, os.strerror(ctypes.get_errno())
-        try:
-            return socket.socket(family, kind, proto)
-        finally:
-            assert _libc.setns(own, 0x40000000) == 0, "could not return to our own netns"
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 def _checksum(data: bytes) -> int:
@@ -219,12 +202,9 @@ def ping(netns: str, destination: str, timeout: float = 2.0, attempts: int = 3) 
     Raw sockets rather than `ping`: iputils is not installed everywhere the tests run.
     """
     v6 = ":" in destination
-    sock = _socket_in(
-        netns,
-        socket.AF_INET6 if v6 else socket.AF_INET,
-        socket.SOCK_RAW,
-        socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP,
-    )
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    sock = open_in(netns, lambda: socket.socket(family, socket.SOCK_RAW, proto))
     ident = secrets.randbits(16)
     with sock:
         for seq in range(1, attempts + 1):
@@ -388,7 +368,7 @@ def run_cni(
     for name in drop:
         env.pop(name, None)
     stdin = config if isinstance(config, bytes) else json.dumps(config or {}).encode()
-    done = subprocess.run([SRV6_CNI], env=env, input=stdin, capture_output=True, timeout=60)
+    done = subprocess.run([srv6_cni()], env=env, input=stdin, capture_output=True, timeout=60)
     out = done.stdout.decode().strip()
     assert "Traceback" not in out + done.stderr.decode(), done.stderr.decode()
     return CniRun(done.returncode, json.loads(out) if out else None, done.stderr.decode())

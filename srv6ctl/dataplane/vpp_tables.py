@@ -1,0 +1,99 @@
+"""The VPP tables the backend reads and writes: table 0, and those it created.
+
+A VPP table must exist before a SID, steering, route or pod port names it, and VPP does
+not create one on first use as the kernel does. The backend creates them named
+`srv6ctl-<id>-ip6/ip4` (`vpp_fib_codec.table_add`), which is also how it tells its own
+tables, whose routes it reads and owns, from an operator's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from srv6ctl.dataplane.model import (
+    LOCAL_SID,
+    POD,
+    Change,
+    DataplaneObject,
+    TableLookup,
+    kind_of,
+)
+from srv6ctl.dataplane.vpp_api import Request, VppChannel
+from srv6ctl.dataplane.vpp_fib_codec import TABLE_NAME_PREFIX, table_add, vpp_table
+from srv6ctl.dataplane.vpp_sr_codec import BEHAVIOR_OF
+
+Table = tuple[int, bool]  # (VPP table id, ipv6)
+
+
+class Tables:
+    """Table 0 and ours, read through `channel` and kept until forgotten."""
+
+    def __init__(self, channel: VppChannel) -> None:
+        self.channel = channel
+        self._ours: set[Table] | None = None
+
+    def ours(self) -> set[Table]:
+        """(table id, ipv6) of table 0 and of the tables we created."""
+        if self._ours is None:
+            tables = {(0, False), (0, True)}
+            for details in self.channel.dump("ip_table_dump"):
+                table = details.table
+                if str(table.name).startswith(TABLE_NAME_PREFIX):
+                    tables.add((int(table.table_id), bool(table.is_ip6)))
+            self._ours = tables
+        return self._ours
+
+    def forget(self) -> None:
+        self._ours = None
+
+    def ensure(
+        self,
+        changes: Sequence[Change],
+        pod_table: int,
+        run: Callable[[Sequence[Request]], None],
+    ) -> None:
+        """Create (with `run`) the tables the new objects of `changes` need and VPP lacks;
+        an operator's table of the same id is used as it is."""
+        wanted: set[Table] = set()
+        for change in changes:
+            obj = change.new
+            if obj is None:
+                continue
+            for table, ipv6s in tables_of(obj, pod_table):
+                table_id = vpp_table(table)
+                if table_id != 0:
+                    wanted.update((table_id, ipv6) for ipv6 in ipv6s)
+        if not wanted:
+            return
+        missing = sorted(wanted - self._existing())
+        if missing:
+            run([table_add(table_id, ipv6) for table_id, ipv6 in missing])
+        self._ours = None
+
+    def _existing(self) -> set[Table]:
+        """Every table VPP has, ours or not."""
+        tables = set()
+        for details in self.channel.dump("ip_table_dump"):
+            tables.add((int(details.table.table_id), bool(details.table.is_ip6)))
+        return tables
+
+
+def tables_of(obj: DataplaneObject, pod_table: int) -> list[tuple[int, tuple[bool, ...]]]:
+    """The model tables an object needs to exist (table, families: is_ip6) before it is
+    written: a pod's port is in the pod table (both families), a route or steering is in
+    its own table, and a table-lookup SID VPP has looks up in its table."""
+    kind = kind_of(obj)
+    if kind is POD:
+        return [(pod_table, (False, True))]
+    if kind is LOCAL_SID:
+        if isinstance(obj, TableLookup) and type(obj) in BEHAVIOR_OF:
+            return [(obj.table, tuple(family == 6 for family in sorted(obj.lookup_families)))]
+        return []
+    slot = kind.slot(obj)
+    if slot is not None:
+        table, prefix = slot
+        return [(table, (prefix.version == 6,))]
+    return []
+
+
+__all__ = ["Table", "Tables", "tables_of"]

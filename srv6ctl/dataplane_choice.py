@@ -1,0 +1,66 @@
+"""The dataplane an agent runs: refused at start where it cannot work, made once chosen.
+
+`--dataplane kernel` needs seg6/seg6local lightweight tunnels: a kernel without them stops
+the agent before it claims anything, with one line naming what is missing
+(`DataplaneUnavailable`); optional features the kernel lacks are logged once and left out.
+`--dataplane vpp` programs FD.io VPP over its API socket; the CNI wiring makes each pod's
+veth pair and VPP takes the node end as an af_packet port.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ipam6.plan import AddressPlan
+from srv6ctl.dataplane.kernel import KernelBackend
+from srv6ctl.dataplane.kernel_caps import probe_kernel
+from srv6ctl.dataplane.model import Backend
+from srv6ctl.dataplane.vpp import VppBackend
+
+log = logging.getLogger("srv6ctl.agent")
+
+DATAPLANES = ("kernel", "vpp")
+
+
+class DataplaneUnavailable(RuntimeError):
+    """The chosen dataplane cannot work on this host: the one line to stop with."""
+
+
+def check_dataplane(dataplane: str) -> None:
+    """Refuse a kernel that cannot run the kernel dataplane, before anything is claimed
+    or written; say once what an able kernel runs without."""
+    if dataplane not in DATAPLANES:
+        raise DataplaneUnavailable(f"--dataplane {dataplane}: kernel or vpp")
+    if dataplane != "kernel":
+        return
+    features = probe_kernel()
+    problem = features.unsupported()
+    if problem is not None:
+        raise DataplaneUnavailable(problem)
+    if features.left_out():
+        log.info("kernel %s: running without %s", features.kernel, "; ".join(features.left_out()))
+
+
+def make_backend(
+    dataplane: str,
+    netns: str | None,
+    plan: AddressPlan,
+    node_id: int,
+    *,
+    vpp_api_socket: str,
+    vpp_stats_socket: str | None,
+) -> Backend:
+    """The backend for `dataplane` in the node namespace `netns` (a path; None: this one)."""
+    if dataplane == "vpp":
+        log.info("VPP dataplane on %s", vpp_api_socket)
+        return VppBackend(
+            vpp_api_socket,
+            stats_socket=vpp_stats_socket,
+            # The CNI wiring makes the veth pair; VPP takes its node end by af_packet.
+            pod_interface="af_packet",
+            pod_gateway_v6=plan.gateway_v6(node_id),
+            pod_gateway_v4=plan.gateway_v4(node_id),
+            vpp_netns=netns,
+        )
+    check_dataplane(dataplane)
+    return KernelBackend(netns or "/proc/self/ns/net")
