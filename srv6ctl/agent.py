@@ -43,7 +43,6 @@ from srv6ctl.agent_queries import AgentQueries
 from srv6ctl.allocations import AllocationCache
 from srv6ctl.config import Config
 from srv6ctl.dataplane.model import Backend, NodeConfig
-from srv6ctl.dataplane.vpp_acl import VppAclBackend
 from srv6ctl.dataplane_choice import DataplaneUnavailable as DataplaneUnavailable
 from srv6ctl.dataplane_choice import check_dataplane, make_backend
 from srv6ctl.podnet import PodNetworkProgrammer
@@ -134,6 +133,9 @@ class Agent:
         self.allocations = AllocationCache(self.allocator, self.plan, opts.node_name)
         acl_backend = None
         if self.vpp and self._backend_factory is None:
+            # Only VPP nodes load the VPP modules: an agent's start-up is its import time.
+            from srv6ctl.dataplane.vpp_acl import VppAclBackend
+
             acl_backend = VppAclBackend(self.options.vpp_api_socket)
         self.policies = PolicyPrograms(opts.node_name, acl_backend)
         podnet = PodNetworkProgrammer(

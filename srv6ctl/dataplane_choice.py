@@ -15,7 +15,6 @@ from ipam6.plan import AddressPlan
 from srv6ctl.dataplane.kernel import KernelBackend
 from srv6ctl.dataplane.kernel_caps import probe_kernel
 from srv6ctl.dataplane.model import Backend
-from srv6ctl.dataplane.vpp import VppBackend
 
 log = logging.getLogger("srv6ctl.agent")
 
@@ -52,6 +51,9 @@ def make_backend(
 ) -> Backend:
     """The backend for `dataplane` in the node namespace `netns` (a path; None: this one)."""
     if dataplane == "vpp":
+        # Only VPP nodes load the VPP modules: an agent's start-up is its import time.
+        from srv6ctl.dataplane.vpp import VppBackend
+
         log.info("VPP dataplane on %s", vpp_api_socket)
         return VppBackend(
             vpp_api_socket,
@@ -62,5 +64,6 @@ def make_backend(
             pod_gateway_v4=plan.gateway_v4(node_id),
             vpp_netns=netns,
         )
-    check_dataplane(dataplane)
+    if dataplane != "kernel":
+        raise DataplaneUnavailable(f"--dataplane {dataplane}: kernel or vpp")
     return KernelBackend(netns or "/proc/self/ns/net")

@@ -85,7 +85,11 @@ class Node:
 
     def start_agent(self, resync: float = 1.0) -> None:
         self.spawn_agent(resync)
-        wait_for(lambda: self._ready(), 20, "the agent to be ready")
+        try:
+            wait_for(lambda: self._ready(), 20, "the agent to be ready")
+        except AssertionError as err:  # say why: the agent's own words
+            log = (self.tmp / "agent.log").read_text()[-3000:]
+            raise AssertionError(f"{err}; its log ends:\n{log}") from None
 
     def spawn_agent(self, resync: float = 1.0) -> None:
         (self.tmp / "config.yaml").write_text(yaml.safe_dump(self.config))

@@ -9,7 +9,6 @@ import threading
 from typing import Protocol
 
 from srv6ctl.sources import EventSink
-from srv6ctl.sources.kubernetes import KubernetesSource
 from srv6ctl.sources.lab import LabSource
 
 log = logging.getLogger("srv6ctl.agent")
@@ -30,6 +29,9 @@ def start_source(
             sink(event)
         lab.start(sink)
         return lab
+    # The Kubernetes client is a fifth of an agent's start-up: the lab's agents skip it.
+    from srv6ctl.sources.kubernetes import KubernetesSource
+
     source = KubernetesSource(sink, kubeconfig=kubeconfig)
     source.start()
     while not stopping.is_set() and not source.wait_synced(timeout=5.0):
