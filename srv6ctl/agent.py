@@ -8,8 +8,8 @@ renderer and the collaborators below are only ever driven from that loop:
     events → ClusterState → Renderer (dirty keys only; inputs from `AllocationCache`)
            → `Reconciler`: plan and apply (the keys a render delta touched, or everything
              against a dump of the backend: a full resync, every `resync` seconds and
-             after any failure, which repairs drift and writes nothing when in sync)
-           → `PodPrograms`: the pods' loopback ClusterIPs, port rewrites and VPP ports
+             after any failure, which repairs drift and writes nothing when in sync),
+             pods too (their VPP ports, loopback ClusterIPs and port rewrites)
            → `PolicyPrograms`: NetworkPolicy per local pod (nftables, or VPP ACLs)
 
 The API thread reads through `AgentQueries`. Which dataplane, and refusing one that cannot
@@ -46,7 +46,6 @@ from srv6ctl.dataplane.model import Backend, NodeConfig
 from srv6ctl.dataplane_choice import DataplaneUnavailable as DataplaneUnavailable
 from srv6ctl.dataplane_choice import check_dataplane, make_backend
 from srv6ctl.podnet import PodNetworkProgrammer
-from srv6ctl.pods import PodPrograms
 from srv6ctl.policy_programs import PolicyPrograms
 from srv6ctl.reconciler import Reconciler
 from srv6ctl.render import Renderer
@@ -129,7 +128,10 @@ class Agent:
             self.plan.locator(self.node_id),
         )
         self.backend = self._make_backend()
-        self.reconciler = Reconciler(self.backend, self.telemetry.metrics)
+        podnet = PodNetworkProgrammer(
+            c for c in (self.plan.service_cidr_v6, self.plan.service_cidr_v4) if c is not None
+        )
+        self.reconciler = Reconciler(self.backend, self.telemetry.metrics, podnet)
         self.allocations = AllocationCache(self.allocator, self.plan, opts.node_name)
         acl_backend = None
         if self.vpp and self._backend_factory is None:
@@ -138,10 +140,6 @@ class Agent:
 
             acl_backend = VppAclBackend(self.options.vpp_api_socket)
         self.policies = PolicyPrograms(opts.node_name, acl_backend)
-        podnet = PodNetworkProgrammer(
-            c for c in (self.plan.service_cidr_v6, self.plan.service_cidr_v4) if c is not None
-        )
-        self.pods = PodPrograms(podnet, self.reconciler, vpp=self.vpp)
         self.cni = CniServer(
             opts.node_name,
             self.allocator,
@@ -150,12 +148,14 @@ class Agent:
             hooks=AgentCniHooks(
                 self.state,
                 self.allocations,
-                self.pods,
                 self.reconciler,
                 self.telemetry.metrics,
                 self.ready,
                 lambda: self.programming_error,
                 lambda: self._events.put(("inputs", None)),
+                # VPP owns the node ends of the pods' veths: ADD returns once the pod's
+                # port is there (the pod has a network when its containers start).
+                wait_for_port=self.vpp,
             ),
         )
         self.telemetry.add_dataplane(
@@ -184,7 +184,7 @@ class Agent:
             self._retry("reading this node's pods", lambda: self.allocator.pods(opts.node_name))
             or []
         ):
-            self.pods.known(self.allocations.pod_known(allocation))
+            self.allocations.pod_known(allocation)
         self.cni.start()
         self.query = AgentQueries(
             opts.node_name,
@@ -346,11 +346,9 @@ class Agent:
         with self.telemetry.metrics.reconcile():
             if full or delta is None:
                 self._release_pending_addresses()
-                changes = self.reconciler.full(desired)
-                self.pods.full(desired)
+                changes = self.reconciler.full(desired, self.allocations.known_interfaces())
             elif delta:
                 changes = self.reconciler.incremental(desired, delta)
-                self.pods.update(delta)
             else:
                 changes = []
             everything = full or delta is None

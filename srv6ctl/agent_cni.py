@@ -1,8 +1,9 @@
 """What the agent does for the CNI server (srv6-cni's requests arrive on its threads).
 
-A pod wired or removed changes render's inputs (its node-side interface), and in VPP mode
-its port is attached before ADD returns and detached on DEL (`PodPrograms`); the loop is
-then told to render. ADD is refused with "try again later" until the dataplane has been
+A pod wired or removed changes render's inputs (its node-side interface and what it was
+given), and the loop is told to render: its attachment then goes through the plan like any
+other object. In VPP mode, ADD waits for the loop to have attached the pod's port (or fails
+with why it could not: "try again later"). ADD is refused until the dataplane has been
 programmed once, and CHECK asks whether the pod's End.DX6 SID is.
 """
 
@@ -16,10 +17,13 @@ from cni.server import CniHooks
 from cni.wiring import Attachment
 from ipam6.allocator import PodAllocation
 from srv6ctl.allocations import AllocationCache
-from srv6ctl.pods import PodPrograms
 from srv6ctl.reconciler import Reconciler
 from srv6ctl.state import ClusterState
 from telemetry.metrics import AgentMetrics
+
+# How long ADD waits for the loop to attach a pod's VPP port: well inside the CNI request's
+# own time out (cni.protocol.DEFAULT_TIMEOUT_S), long enough for a full resync in progress.
+PORT_TIMEOUT_S = 30.0
 
 
 class AgentCniHooks(CniHooks):
@@ -27,17 +31,19 @@ class AgentCniHooks(CniHooks):
         self,
         state: ClusterState,
         allocations: AllocationCache,
-        pods: PodPrograms,
         reconciler: Reconciler,
         metrics: AgentMetrics,
         ready: threading.Event,
         programming_error: Callable[[], str | None],
         inputs_changed: Callable[[], None],
+        *,
+        wait_for_port: bool = False,
     ) -> None:
-        self.state, self.allocations, self.pods = state, allocations, pods
+        self.state, self.allocations = state, allocations
         self.reconciler, self.metrics = reconciler, metrics
         self.ready, self.programming_error = ready, programming_error
         self.inputs_changed = inputs_changed
+        self.wait_for_port = wait_for_port
 
     def readiness(self) -> tuple[int, str] | None:
         if not self.ready.is_set():
@@ -49,19 +55,22 @@ class AgentCniHooks(CniHooks):
         return None
 
     def on_pod_added(self, allocation: PodAllocation, attachment: Attachment) -> None:
-        interface, netns = attachment.host_ifname, attachment.netns
-        pod = self.state.pod_by_uid(allocation.uid) if allocation.uid else None
-        self.pods.wired(allocation, interface, netns, pod.interface_type if pod else "")
-        self.allocations.pod_wired(allocation, interface, netns)
+        interface = attachment.host_ifname
+        self.reconciler.expect_pod(interface)
+        self.allocations.pod_wired(allocation, interface, attachment.netns)
         self.inputs_changed()
+        if not self.wait_for_port:
+            return
+        why = self.reconciler.wait_pod(interface, PORT_TIMEOUT_S)
+        if why is not None:  # the server undoes the wiring: so does render
+            self.on_pod_deleted(allocation, interface)
+            raise RuntimeError(f"the pod's port {interface}: {why}")
 
     def on_pod_deleted(self, allocation: PodAllocation, host_ifname: str) -> None:
-        self.pods.unwired(host_ifname)
-        self.allocations.pod_gone(allocation.uid)
+        self.allocations.pod_gone(allocation.uid, host_ifname)
         self.inputs_changed()
 
     def on_interface_removed(self, host_ifname: str) -> None:
-        self.pods.unwired(host_ifname)
         self.allocations.interface_removed(host_ifname)
         self.inputs_changed()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
+from ipaddress import IPv4Interface, IPv6Interface
 from typing import Any
 
 from cni.wiring import host_ifname
@@ -37,34 +38,48 @@ class AllocationCache:
         self.node_ids: dict[str, int] = {}
         self.service_bsids: dict[str, tuple[Any, Any]] = {}
         self._pod_interfaces: dict[str, PodInterface] = {}  # pod UID → where it is wired
+        self._known: set[str] = set()  # node-side interfaces of this node's pods
         self._lock = threading.Lock()  # pods come from CNI threads
         self._node_ids_stale = False  # the store's node pool changed since it was read
         self._store_down = False
 
     # --- pods (CNI threads) -------------------------------------------------------------
 
-    def pod_known(self, allocation: PodAllocation) -> str:
-        """A pod the store says this node has (at start): its node-side interface name."""
+    def pod_known(self, allocation: PodAllocation) -> None:
+        """A pod the store says this node has (read at start)."""
         name = host_ifname(allocation.container_id, allocation.interface)
-        if allocation.uid:
-            self.pod_wired(allocation, name, allocation.netns)
-        return name
+        with self._lock:
+            self._known.add(name)  # a port of its is not a leftover, uid or not
+        self.pod_wired(allocation, name, allocation.netns)
 
     def pod_wired(self, allocation: PodAllocation, interface: str, netns: str) -> None:
-        if allocation.uid:
-            with self._lock:
-                self._pod_interfaces[allocation.uid] = PodInterface(
-                    interface, netns, allocation.interface
-                )
+        addresses: list[IPv4Interface | IPv6Interface] = [IPv6Interface(allocation.addresses.ipv6)]
+        if allocation.addresses.ipv4 is not None:
+            addresses.append(IPv4Interface(allocation.addresses.ipv4))
+        wiring = PodInterface(
+            interface, netns, allocation.interface, allocation.pod, frozenset(addresses)
+        )
+        with self._lock:
+            self._known.add(interface)
+            if allocation.uid:
+                self._pod_interfaces[allocation.uid] = wiring
 
-    def pod_gone(self, uid: str) -> None:
+    def pod_gone(self, uid: str, interface: str | None) -> None:
         with self._lock:
             self._pod_interfaces.pop(uid, None)
+            self._known.discard(interface or "")
 
     def interface_removed(self, interface: str) -> None:
         with self._lock:
+            self._known.discard(interface)
             for uid in [u for u, i in self._pod_interfaces.items() if i.interface == interface]:
                 del self._pod_interfaces[uid]
+
+    def known_interfaces(self) -> set[str]:
+        """The node ends of every pod this node has (the store's at start, and wired
+        since): what the dataplane must keep even while render does not show the pod."""
+        with self._lock:
+            return set(self._known)
 
     # --- the store ----------------------------------------------------------------------
 

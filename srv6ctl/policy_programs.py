@@ -17,7 +17,7 @@ from policies.model import PodKey, PodRules
 from policies.nftables import TABLE as POLICY_TABLE
 from policies.nftables import NftablesBackend, Outcome, tables_of
 from policies.vpp_acl import translate
-from srv6ctl.dataplane.model import POD, NodeConfig, PodAttachment, kind_of
+from srv6ctl.dataplane.model import POD, NodeConfig, PodAttachment, is_pod, kind_of
 from srv6ctl.netpol import PolicyView
 from srv6ctl.render import RenderDelta
 from srv6ctl.state import ClusterState, DirtyKey
@@ -150,5 +150,5 @@ def _removed_pods(delta: RenderDelta | None) -> list[PodAttachment]:
     """Pods whose attachment a delta removed and did not add again (deleted pods)."""
     if delta is None:
         return []
-    added = {p.pod for p in delta.added if isinstance(p, PodAttachment)}
-    return [p for p in delta.removed if isinstance(p, PodAttachment) and p.pod not in added]
+    added = {p.pod for p in delta.added if is_pod(p)}
+    return [p for p in delta.removed if is_pod(p) and p.pod not in added]

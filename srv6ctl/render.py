@@ -121,11 +121,15 @@ class ServiceBsids(NamedTuple):
 
 @dataclass(frozen=True)
 class PodInterface:
-    """Where a local pod is plugged in, as the CNI wiring made it."""
+    """Where a local pod is plugged in, as the CNI wiring made it, and what it was given:
+    its name and addresses (from the allocation), so that it is attached even before the
+    API shows the pod (in VPP mode, CNI ADD waits for its port)."""
 
     interface: str  # node-side name (veth peer / VPP interface tag)
     netns: str  # the pod's network namespace path
     container_interface: str = "eth0"
+    pod: str = ""  # "namespace/name"
+    addresses: frozenset[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,15 @@ class RenderDelta:
         )
 
 
+def _pod_name(name: str) -> NamespacedName:
+    namespace, _, pod = name.partition("/")
+    return (namespace, pod)
+
+
+def _by_pod_name(interfaces: Mapping[str, PodInterface]) -> dict[NamespacedName, PodInterface]:
+    return {_pod_name(i.pod): i for i in interfaces.values() if i.pod}
+
+
 class _Candidate(NamedTuple):
     endpoint: Endpoint
     sid: int
@@ -229,6 +242,7 @@ class Renderer:
         # be node addresses (host-network pods), so node changes re-render them.
         self._node_address_services: set[NamespacedName] = set()
         self._local_zone: str | None = None
+        self._wired: dict[NamespacedName, PodInterface] = _by_pod_name(inputs.pod_interfaces)
         self._configure(inputs)
         self._rerender(self._all_keys(), track=False)
 
@@ -300,10 +314,14 @@ class Renderer:
             uids = _changed(old.service_bsids, inputs.service_bsids)
             dirty.update(ServiceKey(*s.key) for s in self._state.services.values() if s.uid in uids)
         if old.pod_interfaces is not inputs.pod_interfaces:
+            self._wired = _by_pod_name(inputs.pod_interfaces)
             for uid in _changed(old.pod_interfaces, inputs.pod_interfaces):
                 pod = self._state.pod_by_uid(uid)
                 if pod is not None:
                     dirty.add(PodKey(*pod.key))
+                for wiring in (old.pod_interfaces.get(uid), inputs.pod_interfaces.get(uid)):
+                    if wiring is not None and wiring.pod:  # wired before the API shows it
+                        dirty.add(PodKey(*_pod_name(wiring.pod)))
         return self.update(dirty)
 
     # --- bookkeeping ------------------------------------------------------------------
@@ -334,6 +352,7 @@ class Renderer:
             keys.update(PodKey(*k) for k in state.pods)
         else:
             keys.update(PodKey(*p.key) for p in state.pods_on_node(self._node))
+        keys.update(PodKey(*name) for name in self._wired)
         return keys
 
     def _rerender(self, keys: Collection[FragmentKey], *, track: bool = True) -> RenderDelta:
@@ -458,7 +477,9 @@ class Renderer:
 
     def _pod_fragment(self, key: NamespacedName) -> Fragment:
         pod = self._state.pod(*key)
-        if pod is None or pod.finished or pod.host_network or pod.node_name is None:
+        if pod is None:
+            return self._wired_pod_fragment(key)
+        if pod.finished or pod.host_network or pod.node_name is None:
             return EMPTY
         if pod.node_name == self._node:
             return self._local_pod_fragment(pod)
@@ -497,6 +518,21 @@ class Renderer:
             **pod_interface_fields(pod.interface_type, pod.uid),
         )
         return Fragment(pods=(attachment,), local_sids=tuple(sids))
+
+    def _wired_pod_fragment(self, key: NamespacedName) -> Fragment:
+        """A pod wired here that the API does not show (yet): its attachment, from what the
+        CNI wiring gave it, and nothing that needs the pod's status (its SIDs, services)."""
+        wiring = self._wired.get(key)
+        if wiring is None or not wiring.addresses:
+            return EMPTY
+        attachment = PodAttachment(
+            interface=wiring.interface,
+            pod=wiring.pod,
+            netns=wiring.netns,
+            container_interface=wiring.container_interface,
+            addresses=wiring.addresses,
+        )
+        return Fragment(pods=(attachment,))
 
     def _service_membership(
         self, pod: Pod

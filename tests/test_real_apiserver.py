@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,9 @@ class RecordingBackend:
 
     def counters(self) -> Mapping[Any, Any]:
         return {}
+
+    def sweep_pods(self, keep: Collection[str]) -> list[str]:
+        return []
 
     def close(self) -> None:
         pass

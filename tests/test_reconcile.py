@@ -36,6 +36,7 @@ from srv6ctl.dataplane.reconcile import (
     apply_list_edits,
     apply_plan,
     drift,
+    dumpable,
     plan,
     route_slot,
     segment_list_edits,
@@ -510,3 +511,15 @@ def test_list_edits_never_empty_a_policy_and_end_at_the_new_lists(
     unchanged = sum((Counter(old) & Counter(new)).values())
     came, gone = len(new) - unchanged, len(old) - unchanged
     assert max(came, gone) <= len(edits) <= came + gone
+
+
+def test_a_dump_compares_with_the_dumpable_part_of_a_config() -> None:
+    """Pods are not read back by any backend (model.POD): `dumpable` leaves them out, and
+    keeps every other kind as it is."""
+    config = node()
+    assert config.pods
+    visible = dumpable(config)
+    assert not visible.pods
+    assert set(visible.objects()) == {o for o in config.objects() if o not in config.pods}
+    assert visible.encap_source == config.encap_source
+    assert drift(visible, visible) == {}

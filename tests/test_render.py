@@ -215,6 +215,41 @@ def test_a_local_pod_that_is_not_plugged_in_gets_nothing() -> None:
     assert {type(s) for s in config.local_sids} == {End, EndDT6}
 
 
+def test_a_pod_wired_before_the_api_shows_it_is_attached_from_its_wiring() -> None:
+    """CNI ADD comes before the API reports the pod's IPs (kubelet sends them after it):
+    the pod is attached from what the wiring gave it, with no SID until its status is
+    known; then the pod's own attachment (one, same key); unplugged, it goes."""
+    addresses = frozenset(
+        {ipaddress.ip_interface("fd00:10:0:1::2/128"), ipaddress.ip_interface("10.128.1.2/32")}
+    )
+    wiring = PodInterface(
+        "veth-web-0", "/var/run/netns/web-0", pod="default/web-0", addresses=addresses
+    )
+    state = state_of(node(1))
+    renderer = Renderer(
+        state, "node-1", dataclasses.replace(inputs(DUAL_STACK, [1]), pod_interfaces={})
+    )
+    delta = renderer.set_inputs(
+        dataclasses.replace(renderer.inputs, pod_interfaces={"uid-web-0": wiring})
+    )
+    bare = PodAttachment("veth-web-0", "default/web-0", "/var/run/netns/web-0", addresses=addresses)
+    assert (delta.added, delta.removed) == ({bare}, set())
+    assert not any(isinstance(s, EndDX6) for s in renderer.config().local_sids)
+
+    web_pod = pod(DUAL_STACK, "web-0", 1, 2, uid="uid-web-0")
+    delta = renderer.update(state.upsert_pod(web_pod))
+    # The same attachment (no services yet): nothing to replace, and now its SIDs.
+    assert delta.removed == set()
+    assert {type(o) for o in delta.added} == {EndDX6, EndDX4}
+    assert renderer.config().pods == {bare}
+    assert renderer.config() == render(state, "node-1", renderer.inputs)
+
+    renderer.update(state.delete_pod("default", "web-0"))
+    assert renderer.config().pods == {bare}  # still wired: CNI DEL has not come
+    delta = renderer.set_inputs(dataclasses.replace(renderer.inputs, pod_interfaces={}))
+    assert delta.removed == {bare} and not renderer.config().pods
+
+
 # --- services -------------------------------------------------------------------------
 
 
@@ -879,11 +914,26 @@ class IncrementalRender(RuleBasedStateMachine):
         delta = self.renderer.set_inputs(self.inputs)
         self._track(delta.added, delta.removed)
 
-    @rule(name=st.sampled_from(POD_NAMES), generation=st.integers(0, 1), plugged=st.booleans())
-    def plug_pod(self, name: str, generation: int, plugged: bool) -> None:
+    @rule(
+        name=st.sampled_from(POD_NAMES),
+        generation=st.integers(0, 1),
+        plugged=st.booleans(),
+        k=st.sampled_from([None, 2, 3]),  # with what CNI gave it: attached before it is seen
+    )
+    def plug_pod(self, name: str, generation: int, plugged: bool, k: int | None) -> None:
         uid = f"uid-{name}-{generation}"
         if plugged:
-            self.interfaces[uid] = PodInterface(f"veth-{name}", f"/var/run/netns/{name}")
+            given = self.plan.pod(1, k) if k is not None else None
+            self.interfaces[uid] = PodInterface(
+                f"veth-{name}",
+                f"/var/run/netns/{name}",
+                pod=f"default/{name}" if given else "",
+                addresses=frozenset(
+                    ipaddress.ip_interface(a) for a in (given.ipv6, given.ipv4) if a
+                )
+                if given
+                else frozenset(),
+            )
         else:
             self.interfaces.pop(uid, None)
         self._set_inputs()
@@ -918,6 +968,10 @@ class IncrementalRender(RuleBasedStateMachine):
         incremental = self.renderer.config()
         assert incremental == render(self.state, LOCAL, self.inputs)
         assert set(incremental.objects()) == self.applied
+        # One attachment per pod interface (wired before or after the API showed it), or
+        # plan would refuse the config. (Other kinds can collide here: the machine may give
+        # two pods one address, which no cluster does.)
+        assert len({p.key for p in incremental.pods}) == len(incremental.pods)
 
 
 IncrementalRender.TestCase.settings = settings(

@@ -41,7 +41,7 @@ import struct
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -243,6 +243,11 @@ class KernelBackend:
             elif route.nh_id in group_bsid and table != self._codec.policy_table:
                 objects.append(Steering(prefix, group_bsid[route.nh_id], table))
         return NodeConfig.of(objects, self._tunnel_source())
+
+    def sweep_pods(self, keep: Collection[str]) -> list[str]:
+        """Nothing: the kernel holds no pod state of ours (the CNI wiring owns the veths,
+        and a pod's own state goes with its netns)."""
+        return []
 
     def apply(self, changes: Iterable[Change]) -> None:
         """Apply a plan in dependency stages, each one batched; see kernel_program.

@@ -12,10 +12,10 @@ nexthops and a resilient group in the kernel, an `sr_policy_add` in VPP).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol, TypeAlias, TypedDict
+from typing import Any, ClassVar, Protocol, TypeAlias, TypedDict, TypeGuard
 
 IPv6Address = ipaddress.IPv6Address
 IPv4Address = ipaddress.IPv4Address
@@ -383,6 +383,7 @@ class ObjectKind:
     field: str
     refers_to: tuple[str, ...] = ()
     slot: Callable[[Any], Slot | None] = _no_slot
+    dumped: bool = True  # False: no backend can read the objects back whole (see POD)
 
     def __str__(self) -> str:
         return self.name
@@ -397,7 +398,11 @@ def _sid_slot(obj: LocalSid) -> Slot:
 
 
 ENCAP_SOURCE = ObjectKind("EncapSource", EncapSource, "")
-POD = ObjectKind("PodAttachment", PodAttachment, "pods")
+# A pod's attachment is not read back: its pod side (loopback ClusterIPs, port rewrites)
+# lives in the pod's own netns, and VPP's port keeps no record of the pod's name or
+# services. So reconcile takes pods as last applied, and applying a pod is an *ensure*: it
+# reads what the pod has and writes only what lacks (a full resync re-applies each one).
+POD = ObjectKind("PodAttachment", PodAttachment, "pods", dumped=False)
 LOCAL_SID = ObjectKind("LocalSid", LocalSid, "local_sids", ("PodAttachment",), _sid_slot)
 POLICY = ObjectKind("SrPolicy", SrPolicy, "policies", ("EncapSource",))
 STEERING = ObjectKind("Steering", Steering, "steerings", ("SrPolicy",), _route_slot)
@@ -413,6 +418,11 @@ _KIND_OF_TYPE: dict[type, ObjectKind] = {
 for _kind in KINDS:
     _earlier = {k.name for k in KINDS[: RANK[_kind]]}
     assert set(_kind.refers_to) <= _earlier, f"{_kind} refers to a later kind"
+
+
+def is_pod(obj: object) -> TypeGuard[PodAttachment]:
+    """`kind_of(obj) is POD`, for the type checker too."""
+    return _KIND_OF_TYPE.get(type(obj)) is POD
 
 
 def kind_of(obj: object) -> ObjectKind:
@@ -535,7 +545,16 @@ class Backend(Protocol):
         ...
 
     def apply(self, changes: Iterable[Change]) -> None:
-        """Apply an ordered plan; raises after applying the prefix it could."""
+        """Apply an ordered plan; raises after applying the prefix it could.
+
+        A pod (`PodAttachment`) is the node side of its wiring: the kernel holds none (the
+        CNI wiring owns the veth), VPP a port with its neighbours and host routes. Adding
+        one that is there is an ensure (`POD`)."""
+        ...
+
+    def sweep_pods(self, keep: Collection[str]) -> list[str]:
+        """Remove what this backend holds for pod interfaces not in `keep` (pods gone
+        while the agent was away); returns their names."""
         ...
 
     def counters(self) -> Mapping[Any, Counters]:

@@ -35,6 +35,7 @@ kernel it is an anchor route in a table of its own), so it cannot collide with a
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Sequence
@@ -43,6 +44,7 @@ from enum import StrEnum
 from typing import Any, TypeAlias
 
 from srv6ctl.dataplane.model import (
+    KINDS,
     RANK,
     Change,
     DataplaneObject,
@@ -65,6 +67,7 @@ __all__ = [
     "apply_plan",
     "config_of",
     "drift",
+    "dumpable",
     "plan",
     "route_slot",
     "segment_list_edits",
@@ -170,6 +173,13 @@ def apply_plan(actual: NodeConfig, changes: Iterable[Change]) -> NodeConfig:
                 raise PlanError(f"cannot {change.op} {change.new}: its key is taken")
             state[change.new.key] = change.new
     return config_of(state.values())
+
+
+def dumpable(config: NodeConfig) -> NodeConfig:
+    """The part of `config` a backend's dump can show: without the kinds no backend reads
+    back (`ObjectKind.dumped`: pods), so that a dump and a desired config compare."""
+    hidden: dict[str, Any] = {k.field: frozenset() for k in KINDS if k.field and not k.dumped}
+    return dataclasses.replace(config, **hidden) if hidden else config
 
 
 def config_of(

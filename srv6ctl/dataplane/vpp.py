@@ -60,7 +60,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
@@ -356,6 +356,13 @@ class VppBackend:
         with self._lock:
             self._ensure()
             return self._pods.ports()
+
+    def sweep_pods(self, keep: Collection[str]) -> list[str]:
+        """Remove our pod ports whose interface is not in `keep` (GC)."""
+        gone = sorted(set(self.pod_ports()) - set(keep))
+        for interface in gone:
+            self.detach_pod(interface)
+        return gone
 
     def detach_pod(self, interface: str) -> None:
         """Remove a pod's port (e.g. found by GC with no pod behind it)."""
