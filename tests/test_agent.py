@@ -86,7 +86,9 @@ class Node:
     def start_agent(self, resync: float = 1.0) -> None:
         self.spawn_agent(resync)
         try:
-            wait_for(lambda: self._ready(), 20, "the agent to be ready")
+            # 60 s, as `lab up` waits: in a TCG VM (make test-kernels) the agent's imports
+            # alone take ~20 s; natively it is ready in about a second.
+            wait_for(lambda: self._ready(), 60, "the agent to be ready")
         except AssertionError as err:  # say why: the agent's own words
             log = (self.tmp / "agent.log").read_text()[-3000:]
             raise AssertionError(f"{err}; its log ends:\n{log}") from None

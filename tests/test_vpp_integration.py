@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from srv6ctl.dataplane import vpp_codec as codec
+from srv6ctl.dataplane import vpp_fib_codec as fib_codec
 from srv6ctl.dataplane.model import (
     Change,
     EndDX6,
@@ -124,7 +124,9 @@ def test_drift_is_repaired(vpp: Target, backend: VppBackend) -> None:
     backend.cli(f"sr policy mod bsid {BSID} del sl index {lists[(B,)]}")
     backend.cli(f"sr localsid address {NODE}99 behavior end")
     channel = backend.channel
-    channel.call("ip_route_add_del", write=True, **codec.route_del(Route("fd00:96::11/128")).fields)
+    channel.call(
+        "ip_route_add_del", write=True, **fib_codec.route_del(Route("fd00:96::11/128")).fields
+    )
     with vpp.backend() as fresh:
         drifted = plan(desired, fresh.dump())
         kinds = collections.Counter((c.kind, str(c.op)) for c in drifted)
@@ -287,7 +289,7 @@ def test_a_pod_port_is_attached_by_af_packet_and_ensured_without_writes(
     leftover = [
         d
         for d in backend.channel.dump(
-            "ip_route_v2_dump", src=codec.FIB_SOURCE_API, table={"table_id": 0, "is_ip6": True}
+            "ip_route_v2_dump", src=fib_codec.FIB_SOURCE_API, table={"table_id": 0, "is_ip6": True}
         )
         if d.route.prefix.network_address == POD6
     ]

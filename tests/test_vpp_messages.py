@@ -22,7 +22,11 @@ from typing import Any
 
 import pytest
 
-from srv6ctl.dataplane import vpp_codec as codec
+from srv6ctl.dataplane import vpp_changes, vpp_packers
+from srv6ctl.dataplane import vpp_codec_base as codec_base
+from srv6ctl.dataplane import vpp_fib_codec as fib_codec
+from srv6ctl.dataplane import vpp_interface_codec as if_codec
+from srv6ctl.dataplane import vpp_sr_codec as sr_codec
 from srv6ctl.dataplane.model import (
     MAIN_TABLE,
     Change,
@@ -187,43 +191,49 @@ def test_crc_check_passes_on_the_same_release_and_names_both_crcs_on_a_mismatch(
 
 def test_codec_constants_are_the_enum_values_of_the_definitions(client: Any) -> None:
     behaviours = {
-        "SR_BEHAVIOR_API_END": codec.SR_BEHAVIOR_END,
-        "SR_BEHAVIOR_API_X": codec.SR_BEHAVIOR_X,
-        "SR_BEHAVIOR_API_T": codec.SR_BEHAVIOR_T,
-        "SR_BEHAVIOR_API_DX6": codec.SR_BEHAVIOR_DX6,
-        "SR_BEHAVIOR_API_DX4": codec.SR_BEHAVIOR_DX4,
-        "SR_BEHAVIOR_API_DT6": codec.SR_BEHAVIOR_DT6,
-        "SR_BEHAVIOR_API_DT4": codec.SR_BEHAVIOR_DT4,
+        "SR_BEHAVIOR_API_END": sr_codec.SR_BEHAVIOR_END,
+        "SR_BEHAVIOR_API_X": sr_codec.SR_BEHAVIOR_X,
+        "SR_BEHAVIOR_API_T": sr_codec.SR_BEHAVIOR_T,
+        "SR_BEHAVIOR_API_DX6": sr_codec.SR_BEHAVIOR_DX6,
+        "SR_BEHAVIOR_API_DX4": sr_codec.SR_BEHAVIOR_DX4,
+        "SR_BEHAVIOR_API_DT6": sr_codec.SR_BEHAVIOR_DT6,
+        "SR_BEHAVIOR_API_DT4": sr_codec.SR_BEHAVIOR_DT4,
     }
     for member, value in behaviours.items():
         assert enum(client, "vl_api_sr_behavior_t", member) == value, member
-    assert enum(client, "vl_api_sr_steer_t", "SR_STEER_API_IPV6") == codec.SR_STEER_IPV6
-    assert enum(client, "vl_api_sr_steer_t", "SR_STEER_API_IPV4") == codec.SR_STEER_IPV4
-    ops = {"ADD": codec.SR_POLICY_OP_ADD, "DEL": codec.SR_POLICY_OP_DEL}
-    ops["MOD"] = codec.SR_POLICY_OP_MOD
+    assert enum(client, "vl_api_sr_steer_t", "SR_STEER_API_IPV6") == sr_codec.SR_STEER_IPV6
+    assert enum(client, "vl_api_sr_steer_t", "SR_STEER_API_IPV4") == sr_codec.SR_STEER_IPV4
+    ops = {"ADD": sr_codec.SR_POLICY_OP_ADD, "DEL": sr_codec.SR_POLICY_OP_DEL}
+    ops["MOD"] = sr_codec.SR_POLICY_OP_MOD
     for member, value in ops.items():
         assert enum(client, "vl_api_sr_policy_op_t", f"SR_POLICY_OP_API_{member}") == value
     paths = {
-        "NORMAL": codec.FIB_PATH_TYPE_NORMAL,
-        "DROP": codec.FIB_PATH_TYPE_DROP,
-        "ICMP_UNREACH": codec.FIB_PATH_TYPE_ICMP_UNREACH,
-        "ICMP_PROHIBIT": codec.FIB_PATH_TYPE_ICMP_PROHIBIT,
+        "NORMAL": fib_codec.FIB_PATH_TYPE_NORMAL,
+        "DROP": fib_codec.FIB_PATH_TYPE_DROP,
+        "ICMP_UNREACH": fib_codec.FIB_PATH_TYPE_ICMP_UNREACH,
+        "ICMP_PROHIBIT": fib_codec.FIB_PATH_TYPE_ICMP_PROHIBIT,
     }
     for member, value in paths.items():
         assert enum(client, "vl_api_fib_path_type_t", f"FIB_API_PATH_TYPE_{member}") == value
     proto = "vl_api_fib_path_nh_proto_t"
-    assert enum(client, proto, "FIB_API_PATH_NH_PROTO_IP6") == codec.FIB_PATH_NH_PROTO_IP6
-    assert enum(client, proto, "FIB_API_PATH_NH_PROTO_IP4") == codec.FIB_PATH_NH_PROTO_IP4
+    assert enum(client, proto, "FIB_API_PATH_NH_PROTO_IP6") == fib_codec.FIB_PATH_NH_PROTO_IP6
+    assert enum(client, proto, "FIB_API_PATH_NH_PROTO_IP4") == fib_codec.FIB_PATH_NH_PROTO_IP4
     flags = "vl_api_if_status_flags_t"
-    assert enum(client, flags, "IF_STATUS_API_FLAG_ADMIN_UP") == codec.IF_STATUS_ADMIN_UP
+    assert enum(client, flags, "IF_STATUS_API_FLAG_ADMIN_UP") == if_codec.IF_STATUS_ADMIN_UP
     mode = "vl_api_af_packet_mode_t"
-    assert enum(client, mode, "AF_PACKET_API_MODE_ETHERNET") == codec.AF_PACKET_MODE_ETHERNET
+    assert enum(client, mode, "AF_PACKET_API_MODE_ETHERNET") == if_codec.AF_PACKET_MODE_ETHERNET
     af = "vl_api_af_packet_flags_t"
-    assert enum(client, af, "AF_PACKET_API_FLAG_QDISC_BYPASS") == codec.AF_PACKET_FLAG_QDISC_BYPASS
-    assert enum(client, "vl_api_memif_role_t", "MEMIF_ROLE_API_MASTER") == codec.MEMIF_ROLE_MASTER
-    assert enum(client, "vl_api_memif_mode_t", "MEMIF_MODE_API_IP") == codec.MEMIF_MODE_IP
+    assert (
+        enum(client, af, "AF_PACKET_API_FLAG_QDISC_BYPASS") == if_codec.AF_PACKET_FLAG_QDISC_BYPASS
+    )
+    assert (
+        enum(client, "vl_api_memif_role_t", "MEMIF_ROLE_API_MASTER") == if_codec.MEMIF_ROLE_MASTER
+    )
+    assert enum(client, "vl_api_memif_mode_t", "MEMIF_MODE_API_IP") == if_codec.MEMIF_MODE_IP
     # cksum-gso must stay off (see the vpp-api README): only qdisc bypass is set.
-    assert codec.AF_PACKET_FLAG_QDISC_BYPASS & enum(client, af, "AF_PACKET_API_FLAG_CKSUM_GSO") == 0
+    assert (
+        if_codec.AF_PACKET_FLAG_QDISC_BYPASS & enum(client, af, "AF_PACKET_API_FLAG_CKSUM_GSO") == 0
+    )
 
 
 # --- local SIDs -------------------------------------------------------------------------
@@ -245,11 +255,11 @@ def test_codec_constants_are_the_enum_values_of_the_definitions(client: Any) -> 
     ids=lambda sid: f"{sid.behaviour}-{sid.sid}",
 )
 def test_local_sid_encodes_and_reads_back_from_its_details(client: Any, sid: LocalSid) -> None:
-    data, sent = encode(client, codec.localsid_add(sid, ifindex))
+    data, sent = encode(client, sr_codec.localsid_add(sid, ifindex))
     assert sent.is_del is False
     assert sent.localsid == sid.sid
     assert sent.fib_table == 0  # installed in table 0
-    assert int(sent.behavior) == codec.BEHAVIOR_OF[type(sid)]
+    assert int(sent.behavior) == sr_codec.BEHAVIOR_OF[type(sid)]
     assert sent.end_psp == (Flavour.PSP in sid.flavours)
     # The SID travels as 16 network-order bytes right after the header and is_del.
     offset = 2 + 4 + 4 + 1
@@ -262,7 +272,7 @@ def test_local_sid_encodes_and_reads_back_from_its_details(client: Any, sid: Loc
         # VPP reads the lookup table from sw_if_index (sr_cli_localsid); main is 0.
         assert target == (0 if sid.table == MAIN_TABLE else sid.table)
     else:
-        assert target == codec.INVALID_INDEX
+        assert target == codec_base.INVALID_INDEX
 
     # What VPP reports for it in sr_localsids_dump, decoded back into the model.
     reply = details(
@@ -272,16 +282,16 @@ def test_local_sid_encodes_and_reads_back_from_its_details(client: Any, sid: Loc
         end_psp=sent.end_psp,
         behavior=int(sent.behavior),
         fib_table=0,
-        vlan_index=codec.INVALID_INDEX,
+        vlan_index=codec_base.INVALID_INDEX,
         xconnect_nh_addr=sent.nh_addr,
         xconnect_iface_or_vrf_table=target,
     )
-    assert codec.decode_localsid(reply, ifname) == sid
+    assert sr_codec.decode_localsid(reply, ifname) == sid
 
 
 def test_dx4_next_hop_is_encoded_as_an_ipv4_address(client: Any) -> None:
     sid = EndDX4("fcbb:bb00:1::4:3", nexthop="10.128.1.3", interface="s6pod0")
-    data, sent = encode(client, codec.localsid_add(sid, ifindex))
+    data, sent = encode(client, sr_codec.localsid_add(sid, ifindex))
     assert sent.nh_addr == IPv4Address("10.128.1.3")
     # vl_api_address_t at the end: af (ADDRESS_IP4 = 0) then the union (16 bytes).
     assert data[-17] == 0
@@ -290,26 +300,26 @@ def test_dx4_next_hop_is_encoded_as_an_ipv4_address(client: Any) -> None:
 
 def test_vpp_refuses_what_it_cannot_hold() -> None:
     with pytest.raises(InvalidObject, match=r"End\.DT46"):
-        codec.localsid_add(EndDT46("fcbb:bb00:1::46"), ifindex)
+        sr_codec.localsid_add(EndDT46("fcbb:bb00:1::46"), ifindex)
     with pytest.raises(InvalidObject, match="no usd flavour"):
-        codec.localsid_add(End("fcbb:bb00:1::1", frozenset({Flavour.USD})), ifindex)
+        sr_codec.localsid_add(End("fcbb:bb00:1::1", frozenset({Flavour.USD})), ifindex)
     with pytest.raises(InvalidObject, match="PSP only"):
-        codec.localsid_add(EndDT6("fcbb:bb00:1::6", frozenset({Flavour.PSP})), ifindex)
+        sr_codec.localsid_add(EndDT6("fcbb:bb00:1::6", frozenset({Flavour.PSP})), ifindex)
     with pytest.raises(InvalidObject, match=r"plain H\.Encaps"):
-        codec.policy_create(SrPolicy(BSID, (SegmentList((A,)),), mode=EncapMode.ENCAP))
+        sr_codec.policy_create(SrPolicy(BSID, (SegmentList((A,)),), mode=EncapMode.ENCAP))
     with pytest.raises(InvalidObject, match="at most 16"):
-        codec.policy_create(
+        sr_codec.policy_create(
             SrPolicy(BSID, (SegmentList(tuple([A] * 17)),), mode=EncapMode.ENCAP_RED)
         )
-    assert "End.DT46" not in codec.BEHAVIOURS
+    assert "End.DT46" not in sr_codec.BEHAVIOURS
 
 
 def test_local_sid_delete_names_the_sid(client: Any) -> None:
-    _, sent = encode(client, codec.localsid_del(EndDX6(f"{POD6}", nexthop=POD6, interface="x")))
+    _, sent = encode(client, sr_codec.localsid_del(EndDX6(f"{POD6}", nexthop=POD6, interface="x")))
     assert sent.is_del is True
     assert sent.localsid == POD6
     # Not the SID's own behaviour: VPP would validate the (unset) sw_if_index of a DX6.
-    assert int(sent.behavior) == codec.SR_BEHAVIOR_END
+    assert int(sent.behavior) == sr_codec.SR_BEHAVIOR_END
 
 
 # --- policies ---------------------------------------------------------------------------
@@ -344,7 +354,7 @@ def sent_lists(client: Any, requests: list[Request]) -> list[tuple[str, int, Any
 
 
 def test_sid_list_is_padded_to_sixteen_and_carries_the_weight(client: Any) -> None:
-    (request,) = codec.policy_create(red(SegmentList((A, B), 3)))
+    (request,) = sr_codec.policy_create(red(SegmentList((A, B), 3)))
     data, sent = encode(client, request)
     assert request.name == "sr_policy_add"
     assert sent.bsid_addr == BSID and sent.is_encap is True and sent.is_spray is False
@@ -362,52 +372,52 @@ def test_sid_list_is_padded_to_sixteen_and_carries_the_weight(client: Any) -> No
 
 def test_policy_with_two_lists_is_one_add_and_one_mod(client: Any) -> None:
     policy = red(SegmentList((A,), 2), SegmentList((B,), 1))
-    steps = sent_lists(client, codec.policy_create(policy))
+    steps = sent_lists(client, sr_codec.policy_create(policy))
     first, second = sorted(policy.segment_lists)
     assert steps == [
         ("sr_policy_add", 0, first.segments, first.weight, 0),
-        ("sr_policy_mod", codec.SR_POLICY_OP_ADD, second.segments, second.weight, 0),
+        ("sr_policy_mod", sr_codec.SR_POLICY_OP_ADD, second.segments, second.weight, 0),
     ]
 
 
 def test_insert_mode_policy_is_sent_without_encap(client: Any) -> None:
     policy = SrPolicy(BSID, (SegmentList((A, B)),), mode=EncapMode.INSERT)
-    _, sent = encode(client, codec.policy_create(policy)[0])
+    _, sent = encode(client, sr_codec.policy_create(policy)[0])
     assert sent.is_encap is False
 
 
 def test_replaced_list_is_added_before_the_old_one_is_deleted_by_sl_index(client: Any) -> None:
     state = held((SegmentList((A,)), 11), (SegmentList((B,)), 12))
     new = red(SegmentList((A,)), SegmentList((C,)))
-    steps = sent_lists(client, codec.policy_requests(new, state, None))
+    steps = sent_lists(client, sr_codec.policy_requests(new, state, None))
     assert steps == [
-        ("sr_policy_mod", codec.SR_POLICY_OP_ADD, (C,), 1, 0),
-        ("sr_policy_mod", codec.SR_POLICY_OP_DEL, (), 1, 12),
+        ("sr_policy_mod", sr_codec.SR_POLICY_OP_ADD, (C,), 1, 0),
+        ("sr_policy_mod", sr_codec.SR_POLICY_OP_DEL, (), 1, 12),
     ]
 
 
 def test_last_list_is_never_removed_first(client: Any) -> None:
     # [A] → [B]: VPP refuses to delete a policy's only list, so B goes in first.
     state = held((SegmentList((A,)), 4))
-    steps = sent_lists(client, codec.policy_requests(red(SegmentList((B,))), state, None))
+    steps = sent_lists(client, sr_codec.policy_requests(red(SegmentList((B,))), state, None))
     assert steps == [
-        ("sr_policy_mod", codec.SR_POLICY_OP_ADD, (B,), 1, 0),
-        ("sr_policy_mod", codec.SR_POLICY_OP_DEL, (), 1, 4),
+        ("sr_policy_mod", sr_codec.SR_POLICY_OP_ADD, (B,), 1, 0),
+        ("sr_policy_mod", sr_codec.SR_POLICY_OP_DEL, (), 1, 4),
     ]
 
 
 def test_weight_change_is_a_mod_of_that_list_in_place(client: Any) -> None:
     state = held((SegmentList((A,), 1), 3), (SegmentList((B,), 1), 8))
     new = red(SegmentList((A,), 1), SegmentList((B,), 5))
-    steps = sent_lists(client, codec.policy_requests(new, state, None))
-    assert steps == [("sr_policy_mod", codec.SR_POLICY_OP_MOD, (), 5, 8)]
+    steps = sent_lists(client, sr_codec.policy_requests(new, state, None))
+    assert steps == [("sr_policy_mod", sr_codec.SR_POLICY_OP_MOD, (), 5, 8)]
 
 
 def test_many_lists_changed_adds_all_then_modifies_then_deletes(client: Any) -> None:
     state = held((SegmentList((A,)), 1), (SegmentList((B,)), 2), (SegmentList((C,)), 3))
     d, e = IPv6Address("fcbb:bb00:5::1:1"), IPv6Address("fcbb:bb00:6::1:1")
     new = red(SegmentList((A,), 4), SegmentList((d,)), SegmentList((e,)))
-    steps = sent_lists(client, codec.policy_requests(new, state, None))
+    steps = sent_lists(client, sr_codec.policy_requests(new, state, None))
     operations = [step[1] for step in steps]
     assert operations == [1, 1, 3, 2, 2]
     assert {step[4] for step in steps if step[1] == 2} == {2, 3}
@@ -415,19 +425,19 @@ def test_many_lists_changed_adds_all_then_modifies_then_deletes(client: Any) -> 
 
 def test_duplicate_lists_are_deleted_by_their_own_sl_index(client: Any) -> None:
     state = held((SegmentList((A,)), 1), (SegmentList((A,)), 2))
-    steps = sent_lists(client, codec.policy_requests(red(SegmentList((A,))), state, None))
-    assert steps == [("sr_policy_mod", codec.SR_POLICY_OP_DEL, (), 1, 1)]
+    steps = sent_lists(client, sr_codec.policy_requests(red(SegmentList((A,))), state, None))
+    assert steps == [("sr_policy_mod", sr_codec.SR_POLICY_OP_DEL, (), 1, 1)]
 
 
 def test_unchanged_policy_sends_nothing() -> None:
     state = held((SegmentList((A,)), 1), (SegmentList((B,), 2), 2))
     new = red(SegmentList((A,)), SegmentList((B,), 2))
-    assert codec.policy_requests(new, state, None) == []
+    assert sr_codec.policy_requests(new, state, None) == []
 
 
 def test_mode_change_deletes_and_recreates(client: Any) -> None:
     state = VppPolicy(BSID, False, 0, (VppList((A,), 1, 1),))
-    requests = codec.policy_requests(red(SegmentList((A,))), state, None)
+    requests = sr_codec.policy_requests(red(SegmentList((A,))), state, None)
     assert [r.name for r in requests] == ["sr_policy_del", "sr_policy_add"]
     for request in requests:
         encode(client, request)
@@ -436,15 +446,15 @@ def test_mode_change_deletes_and_recreates(client: Any) -> None:
 def test_lists_built_with_another_encap_source_are_rebuilt_new_first(client: Any) -> None:
     state = held((SegmentList((A,)), 1), (SegmentList((B,)), 2), encap_src="2001:db8::1")
     new = red(SegmentList((A,)), SegmentList((B,)))
-    steps = sent_lists(client, codec.policy_requests(new, state, IPv6Address("2001:db8::2")))
+    steps = sent_lists(client, sr_codec.policy_requests(new, state, IPv6Address("2001:db8::2")))
     assert [s[1] for s in steps] == [1, 1, 2, 2]
     assert [s[4] for s in steps[2:]] == [1, 2]
-    assert codec.policy_requests(new, state, IPv6Address("2001:db8::1")) == []
+    assert sr_codec.policy_requests(new, state, IPv6Address("2001:db8::1")) == []
 
 
 def test_policy_with_its_own_source_uses_the_v2_messages(client: Any) -> None:
     policy = red(SegmentList((A,)), SegmentList((B,)), source="2001:db8::9")
-    add, mod = codec.policy_create(policy)
+    add, mod = sr_codec.policy_create(policy)
     assert (add.name, mod.name) == ("sr_policy_add_v2", "sr_policy_mod_v2")
     _, sent = encode(client, add)
     assert sent.encap_src == IPv6Address("2001:db8::9")
@@ -453,13 +463,13 @@ def test_policy_with_its_own_source_uses_the_v2_messages(client: Any) -> None:
 
 
 def test_policy_delete_names_the_bsid(client: Any) -> None:
-    _, sent = encode(client, codec.policy_del(BSID))
+    _, sent = encode(client, sr_codec.policy_del(BSID))
     assert sent.bsid_addr == BSID
 
 
 def test_policy_details_with_sl_index_decode_into_the_model(client: Any) -> None:
     def sid_list(sl: SegmentList, index: int) -> dict[str, Any]:
-        padded = codec.sid_list(sl.segments, sl.weight, "test")
+        padded = sr_codec.sid_list(sl.segments, sl.weight, "test")
         return {**padded, "sl_index": index}
 
     lists = [SegmentList((A,), 2), SegmentList((B, C), 1)]
@@ -484,15 +494,15 @@ def test_policy_details_with_sl_index_decode_into_the_model(client: Any) -> None
         num_sid_lists=0,
         sid_lists=[],
     )
-    state = codec.decode_policy(reply, v2)
+    state = sr_codec.decode_policy(reply, v2)
     assert [(sl.segments, sl.weight, sl.sl_index) for sl in state.lists] == [
         ((A,), 2, 7),
         ((B, C), 1, 9),
     ]
     node = IPv6Address("2001:db8::1")
-    assert codec.policy_as_model(state, node) == red(*lists)
+    assert sr_codec.policy_as_model(state, node) == red(*lists)
     # Built with another source than the node's: the model says so (reconcile rebuilds).
-    other = codec.policy_as_model(state, IPv6Address("2001:db8::2"))
+    other = sr_codec.policy_as_model(state, IPv6Address("2001:db8::2"))
     assert other is not None and other.encap_source == node
 
 
@@ -501,13 +511,13 @@ def test_policy_details_with_sl_index_decode_into_the_model(client: Any) -> None
 
 @pytest.mark.parametrize(
     ("prefix", "traffic_type", "family"),
-    [("fd00:96::1/128", codec.SR_STEER_IPV6, 1), ("10.96.0.1/32", codec.SR_STEER_IPV4, 0)],
+    [("fd00:96::1/128", sr_codec.SR_STEER_IPV6, 1), ("10.96.0.1/32", sr_codec.SR_STEER_IPV4, 0)],
 )
 def test_steering_encodes_prefix_family_and_reads_back(
     client: Any, prefix: str, traffic_type: int, family: int
 ) -> None:
     st = Steering(prefix, BSID)
-    data, sent = encode(client, codec.steering(st))
+    data, sent = encode(client, sr_codec.steering(st))
     assert int(sent.traffic_type) == traffic_type
     assert sent.prefix == ipaddress.ip_network(prefix)
     assert sent.table_id == 0 and sent.is_del is False and sent.bsid_addr == BSID
@@ -518,7 +528,7 @@ def test_steering_encodes_prefix_family_and_reads_back(
     packed = network.network_address.packed
     assert data[start + 1 : start + 1 + len(packed)] == packed
     assert data[start + 17] == network.prefixlen
-    _, removed = encode(client, codec.steering(st, delete=True))
+    _, removed = encode(client, sr_codec.steering(st, delete=True))
     assert removed.is_del is True
     reply = details(
         client,
@@ -529,11 +539,11 @@ def test_steering_encodes_prefix_family_and_reads_back(
         sw_if_index=0,
         bsid=BSID,
     )
-    assert codec.decode_steering(reply) == st
+    assert sr_codec.decode_steering(reply) == st
 
 
 def test_steering_in_a_pod_table_names_the_vpp_table(client: Any) -> None:
-    _, sent = encode(client, codec.steering(Steering("fd00:96::1/128", BSID, table=30)))
+    _, sent = encode(client, sr_codec.steering(Steering("fd00:96::1/128", BSID, table=30)))
     assert sent.table_id == 30
 
 
@@ -551,7 +561,7 @@ def test_steering_in_a_pod_table_names_the_vpp_table(client: Any) -> None:
     ids=str,
 )
 def test_route_encodes_one_path_and_reads_back(client: Any, route: Route) -> None:
-    _, sent = encode(client, codec.route_add(route, ifindex))
+    _, sent = encode(client, fib_codec.route_add(route, ifindex))
     assert sent.is_add is True and sent.is_multipath is False
     assert sent.route.prefix == route.prefix
     assert sent.route.table_id == (0 if route.table == MAIN_TABLE else route.table)
@@ -559,9 +569,11 @@ def test_route_encodes_one_path_and_reads_back(client: Any, route: Route) -> Non
     assert sent.route.n_paths == 1
     assert len(path.label_stack) == 16
     ipv6 = route.prefix.version == 6 if route.via is None else route.via.version == 6
-    assert int(path.proto) == (codec.FIB_PATH_NH_PROTO_IP6 if ipv6 else codec.FIB_PATH_NH_PROTO_IP4)
+    assert int(path.proto) == (
+        fib_codec.FIB_PATH_NH_PROTO_IP6 if ipv6 else fib_codec.FIB_PATH_NH_PROTO_IP4
+    )
     if route.kind is RouteKind.PROHIBIT:
-        assert int(path.type) == codec.FIB_PATH_TYPE_ICMP_PROHIBIT
+        assert int(path.type) == fib_codec.FIB_PATH_TYPE_ICMP_PROHIBIT
     # ip_route_v2_details, as VPP reports the route.
     reply = details(
         client,
@@ -571,24 +583,26 @@ def test_route_encodes_one_path_and_reads_back(client: Any, route: Route) -> Non
             "stats_index": 5,
             "prefix": route.prefix,
             "n_paths": 1,
-            "src": codec.FIB_SOURCE_API,
+            "src": fib_codec.FIB_SOURCE_API,
             "paths": [
-                codec.fib_path(
+                fib_codec.fib_path(
                     int(path.type), ipv6=ipv6, nexthop=route.via, sw_if_index=int(path.sw_if_index)
                 )
             ],
         },
     )
-    assert codec.decode_route(reply, ifname) == route
+    assert fib_codec.decode_route(reply, ifname) == route
 
 
 def test_route_delete_sends_no_path(client: Any) -> None:
-    _, sent = encode(client, codec.route_del(Route("fd00:96::7/128", kind=RouteKind.PROHIBIT)))
+    _, sent = encode(client, fib_codec.route_del(Route("fd00:96::7/128", kind=RouteKind.PROHIBIT)))
     assert sent.is_add is False and sent.route.n_paths == 0
 
 
 def test_multipath_route_reads_back_as_something_to_replace(client: Any) -> None:
-    path = codec.fib_path(codec.FIB_PATH_TYPE_NORMAL, ipv6=True, nexthop=IPv6Address("2001:db8::2"))
+    path = fib_codec.fib_path(
+        fib_codec.FIB_PATH_TYPE_NORMAL, ipv6=True, nexthop=IPv6Address("2001:db8::2")
+    )
     reply = details(
         client,
         "ip_route_v2_details",
@@ -597,26 +611,26 @@ def test_multipath_route_reads_back_as_something_to_replace(client: Any) -> None
             "stats_index": 0,
             "prefix": ipaddress.ip_network("fcbb:bb00:2::/48"),
             "n_paths": 2,
-            "src": codec.FIB_SOURCE_API,
+            "src": fib_codec.FIB_SOURCE_API,
             "paths": [path, path],
         },
     )
-    route = codec.decode_route(reply, ifname)
+    route = fib_codec.decode_route(reply, ifname)
     assert route is not None and route != Route("fcbb:bb00:2::/48", via="2001:db8::2")
 
 
 def test_encap_source_and_tables(client: Any) -> None:
-    _, sent = encode(client, codec.encap_source(IPv6Address("2001:db8::1")))
+    _, sent = encode(client, sr_codec.encap_source(IPv6Address("2001:db8::1")))
     assert sent.encaps_source == IPv6Address("2001:db8::1")
-    _, sent = encode(client, codec.encap_source(None))
+    _, sent = encode(client, sr_codec.encap_source(None))
     assert sent.encaps_source == IPv6Address("::")
-    _, sent = encode(client, codec.table_add(20, True))
+    _, sent = encode(client, fib_codec.table_add(20, True))
     assert sent.is_add is True and sent.table.table_id == 20 and sent.table.is_ip6 is True
-    assert sent.table.name.startswith(codec.TABLE_NAME_PREFIX)
-    assert codec.vpp_table(MAIN_TABLE) == 0 and codec.model_table(0) == MAIN_TABLE
+    assert sent.table.name.startswith(fib_codec.TABLE_NAME_PREFIX)
+    assert fib_codec.vpp_table(MAIN_TABLE) == 0 and fib_codec.model_table(0) == MAIN_TABLE
     answer = "SR encaps source addr = 2001:db8::1"
-    assert codec.parse_encap_source(answer) == IPv6Address("2001:db8::1")
-    assert codec.parse_encap_source("SR encaps source addr = ::") is None
+    assert sr_codec.parse_encap_source(answer) == IPv6Address("2001:db8::1")
+    assert sr_codec.parse_encap_source("SR encaps source addr = ::") is None
 
 
 # --- pods -------------------------------------------------------------------------------
@@ -631,20 +645,20 @@ POD = PodAttachment(
 
 
 def test_af_packet_port_keeps_checksum_offload_off_and_a_mac_of_its_own(client: Any) -> None:
-    _, sent = encode(client, codec.af_packet_create("s6pod0"))
+    _, sent = encode(client, if_codec.af_packet_create("s6pod0"))
     assert sent.host_if_name == "s6pod0"
-    assert int(sent.mode) == codec.AF_PACKET_MODE_ETHERNET
-    assert int(sent.flags) == codec.AF_PACKET_FLAG_QDISC_BYPASS
+    assert int(sent.mode) == if_codec.AF_PACKET_MODE_ETHERNET
+    assert int(sent.flags) == if_codec.AF_PACKET_FLAG_QDISC_BYPASS
     # A MAC of its own, the same after VPP restarts (the pods' neighbour caches hold it).
     assert sent.use_random_hw_addr is False
-    assert str(sent.hw_addr) == codec.port_mac("s6pod0") != codec.port_mac("s6pod1")
-    assert codec.port_mac("s6pod0") != codec.tap_host_mac("s6pod0")
-    _, sent = encode(client, codec.af_packet_delete("s6pod0"))
+    assert str(sent.hw_addr) == if_codec.port_mac("s6pod0") != if_codec.port_mac("s6pod1")
+    assert if_codec.port_mac("s6pod0") != if_codec.tap_host_mac("s6pod0")
+    _, sent = encode(client, if_codec.af_packet_delete("s6pod0"))
     assert sent.host_if_name == "s6pod0"
 
 
 def test_tap_is_created_into_the_pod_namespace_addressed(client: Any) -> None:
-    request = codec.tap_create(POD, IPv6Address("fe80::1"), IPv4Address("10.128.1.1"))
+    request = if_codec.tap_create(POD, IPv6Address("fe80::1"), IPv4Address("10.128.1.1"))
     _, sent = encode(client, request)
     assert sent.host_namespace_set and sent.host_namespace == POD.netns
     assert sent.host_if_name_set and sent.host_if_name == "eth0"
@@ -658,35 +672,35 @@ def test_tap_is_created_into_the_pod_namespace_addressed(client: Any) -> None:
 
 def test_pod_port_configuration_messages(client: Any) -> None:
     requests = [
-        codec.interface_tag(7, codec.pod_tag("s6pod0")),
-        codec.interface_table(7, 30, True),
-        codec.interface_ip6_enable(7),
-        codec.interface_link_local(7, IPv6Address("fe80::1")),
-        codec.interface_up(7),
-        codec.interface_unnumbered(7, 2),
-        codec.interface_address(2, ipaddress.IPv4Interface("10.128.1.1/32")),
-        codec.loopback_create("gw"),
-        codec.tap_delete(7, "s6pod0"),
+        if_codec.interface_tag(7, if_codec.pod_tag("s6pod0")),
+        if_codec.interface_table(7, 30, True),
+        if_codec.interface_ip6_enable(7),
+        if_codec.interface_link_local(7, IPv6Address("fe80::1")),
+        if_codec.interface_up(7),
+        if_codec.interface_unnumbered(7, 2),
+        if_codec.interface_address(2, ipaddress.IPv4Interface("10.128.1.1/32")),
+        if_codec.loopback_create("gw"),
+        if_codec.tap_delete(7, "s6pod0"),
     ]
     decoded = [encode(client, r)[1] for r in requests]
     assert decoded[0].tag == "srv6ctl:pod:s6pod0" and decoded[0].is_add
     assert decoded[1].vrf_id == 30 and decoded[1].is_ipv6
     assert decoded[3].ip == IPv6Address("fe80::1")
-    assert int(decoded[4].flags) == codec.IF_STATUS_ADMIN_UP
+    assert int(decoded[4].flags) == if_codec.IF_STATUS_ADMIN_UP
     # Unnumbered: the pod port borrows the gateway loopback's address.
     assert decoded[5].sw_if_index == 2 and decoded[5].unnumbered_sw_if_index == 7
-    assert codec.pod_of_tag(decoded[0].tag) == "s6pod0"
-    assert codec.pod_of_tag("someone-else") is None
+    assert if_codec.pod_of_tag(decoded[0].tag) == "s6pod0"
+    assert if_codec.pod_of_tag("someone-else") is None
 
 
 def test_pod_host_route_goes_through_the_port_to_the_pod(client: Any) -> None:
-    _, sent = encode(client, codec.pod_route(POD6, 7, 0, "s6pod0"))
+    _, sent = encode(client, if_codec.pod_route(POD6, 7, 0, "s6pod0"))
     (path,) = sent.route.paths
     assert sent.route.prefix == ipaddress.ip_network(f"{POD6}/128")
     assert path.sw_if_index == 7 and path.nh.address.ip6 == POD6
-    _, sent = encode(client, codec.pod_route(IPv4Address("10.128.1.3"), 7, 0, "s6pod0"))
-    assert int(sent.route.paths[0].proto) == codec.FIB_PATH_NH_PROTO_IP4
-    _, sent = encode(client, codec.pod_route(POD6, 7, 0, "s6pod0", delete=True))
+    _, sent = encode(client, if_codec.pod_route(IPv4Address("10.128.1.3"), 7, 0, "s6pod0"))
+    assert int(sent.route.paths[0].proto) == fib_codec.FIB_PATH_NH_PROTO_IP4
+    _, sent = encode(client, if_codec.pod_route(POD6, 7, 0, "s6pod0", delete=True))
     assert sent.is_add is False and sent.route.n_paths == 0
 
 
@@ -705,20 +719,20 @@ def test_a_service_losing_its_last_endpoint_becomes_a_prohibit_route(client: Any
     requests = [
         r
         for change in plan(after, before)
-        for r in codec.change_requests(change, ifindex, {}, None)
+        for r in vpp_changes.change_requests(change, ifindex, {}, None)
     ]
     names = [r.name for r in requests]
     # The steering goes before the reject route takes its prefix, the policy after both.
     assert names == ["sr_steering_add_del", "ip_route_add_del", "sr_policy_del"]
     decoded = [encode(client, r)[1] for r in requests]
     assert decoded[0].is_del is True
-    assert int(decoded[1].route.paths[0].type) == codec.FIB_PATH_TYPE_ICMP_PROHIBIT
+    assert int(decoded[1].route.paths[0].type) == fib_codec.FIB_PATH_TYPE_ICMP_PROHIBIT
 
 
 def test_a_local_sid_replace_is_delete_then_add(client: Any) -> None:
     old = EndDX6("fcbb:bb00:1::1:3", nexthop=POD6, interface="s6pod0")
     new = EndDX6("fcbb:bb00:1::1:3", nexthop=POD6, interface="host-eth1")
-    requests = codec.change_requests(Change(Op.REPLACE, old, new), ifindex, {}, None)
+    requests = vpp_changes.change_requests(Change(Op.REPLACE, old, new), ifindex, {}, None)
     decoded = [encode(client, r)[1] for r in requests]
     assert [d.is_del for d in decoded] == [True, False]
     assert decoded[1].sw_if_index == 1
@@ -728,7 +742,7 @@ def test_a_local_sid_replace_is_delete_then_add(client: Any) -> None:
 
 
 def test_fast_packers_are_written_for_these_definitions(client: Any) -> None:
-    for name, (crc, _) in codec.FAST_PACKERS.items():
+    for name, (crc, _) in vpp_packers.FAST_PACKERS.items():
         assert client.messages[name].crc == crc, name
 
 
@@ -736,22 +750,22 @@ def _bulk_requests() -> Iterator[Request]:
     lists = [SegmentList((A,), 3), SegmentList((B, C), 1), SegmentList(tuple([C] * 16), 7)]
     for bsid in (BSID, IPv6Address("fcbb:bb00::ffff:ffff")):
         for first in lists:
-            yield codec.policy_add(red(first), first)
-            yield codec.list_add(SrPolicy(bsid, (first,), mode=EncapMode.ENCAP_RED), first)
+            yield sr_codec.policy_add(red(first), first)
+            yield sr_codec.list_add(SrPolicy(bsid, (first,), mode=EncapMode.ENCAP_RED), first)
         held = VppList((A,), 3, 0xFFFF_FFFE)
-        yield codec.list_del(bsid, held)
-        yield codec.list_weight(bsid, held, 9)
+        yield sr_codec.list_del(bsid, held)
+        yield sr_codec.list_weight(bsid, held, 9)
         for prefix in ("fd00:96::10/128", "10.96.0.10/32", "fd00:96::/64", "0.0.0.0/0"):
             for table in (MAIN_TABLE, 77):
-                yield codec.steering(Steering(prefix, bsid, table))
-                yield codec.steering(Steering(prefix, bsid, table), delete=True)
+                yield sr_codec.steering(Steering(prefix, bsid, table))
+                yield sr_codec.steering(Steering(prefix, bsid, table), delete=True)
 
 
 def test_fast_packers_produce_vpp_papis_bytes(client: Any) -> None:
     count = 0
     for request in _bulk_requests():
         expected, _ = encode(client, request)
-        _, packer = codec.FAST_PACKERS[request.name]
+        _, packer = vpp_packers.FAST_PACKERS[request.name]
         header = struct.pack(">HII", 1, 0, 9)  # as encode() packs it
         assert header + packer(request.fields) == expected, request.describe()
         count += 1
@@ -759,17 +773,17 @@ def test_fast_packers_produce_vpp_papis_bytes(client: Any) -> None:
 
 
 def test_pod_neighbour_is_static_and_a_tap_gets_a_fixed_mac(client: Any) -> None:
-    mac = codec.tap_host_mac("s6pod0")
-    assert mac == codec.tap_host_mac("s6pod0") != codec.tap_host_mac("s6pod1")
+    mac = if_codec.tap_host_mac("s6pod0")
+    assert mac == if_codec.tap_host_mac("s6pod0") != if_codec.tap_host_mac("s6pod1")
     assert int(mac.split(":")[0], 16) & 0x03 == 0x02  # locally administered, unicast
-    _, sent = encode(client, codec.pod_neighbour(7, POD6, mac))
+    _, sent = encode(client, if_codec.pod_neighbour(7, POD6, mac))
     assert sent.is_add is True
-    assert int(sent.neighbor.flags) == codec.IP_NEIGHBOR_FLAG_STATIC
+    assert int(sent.neighbor.flags) == if_codec.IP_NEIGHBOR_FLAG_STATIC
     assert enum(client, "vl_api_ip_neighbor_flags_t", "IP_API_NEIGHBOR_FLAG_STATIC") == 1
     assert str(sent.neighbor.mac_address) == mac
     assert sent.neighbor.ip_address == POD6 and sent.neighbor.sw_if_index == 7
-    _, sent = encode(client, codec.tap_create(POD, IPv6Address("fe80::1"), None))
-    assert sent.host_mac_addr_set and str(sent.host_mac_addr) == codec.tap_host_mac("s6pod0")
+    _, sent = encode(client, if_codec.tap_create(POD, IPv6Address("fe80::1"), None))
+    assert sent.host_mac_addr_set and str(sent.host_mac_addr) == if_codec.tap_host_mac("s6pod0")
 
 
 # --- memif pods -------------------------------------------------------------------------
@@ -803,15 +817,15 @@ def test_a_memif_annotation_becomes_a_memif_port_on_the_pods_own_socket(client: 
     assert plain.interface_type == ""
 
     cnf = PodAttachment("s6cnf0", "default/cnf-0", "", addresses=POD.addresses, **fields)
-    _, sent = encode(client, codec.memif_socket_add(cnf.memif_socket))
-    assert sent.is_add is True and sent.socket_id == codec.INVALID_INDEX  # VPP picks the id
+    _, sent = encode(client, if_codec.memif_socket_add(cnf.memif_socket))
+    assert sent.is_add is True and sent.socket_id == codec_base.INVALID_INDEX  # VPP picks the id
     assert sent.socket_filename == cnf.memif_socket
-    _, sent = encode(client, codec.memif_create(7, cnf))
-    assert (int(sent.role), int(sent.mode)) == (codec.MEMIF_ROLE_MASTER, codec.MEMIF_MODE_IP)
+    _, sent = encode(client, if_codec.memif_create(7, cnf))
+    assert (int(sent.role), int(sent.mode)) == (if_codec.MEMIF_ROLE_MASTER, if_codec.MEMIF_MODE_IP)
     assert sent.socket_id == 7 and sent.id == 0 and sent.rx_queues == sent.tx_queues == 1
-    _, sent = encode(client, codec.memif_delete(12, "s6cnf0"))
+    _, sent = encode(client, if_codec.memif_delete(12, "s6cnf0"))
     assert sent.sw_if_index == 12
-    _, sent = encode(client, codec.memif_socket_del(7, cnf.memif_socket))
+    _, sent = encode(client, if_codec.memif_socket_del(7, cnf.memif_socket))
     assert sent.is_add is False and sent.socket_id == 7
     reply = details(client, "memif_socket_filename_details", socket_id=7, socket_filename="/x")
     assert (reply.socket_id, reply.socket_filename) == (7, "/x")
@@ -823,8 +837,8 @@ def test_only_a_pod_ports_own_host_routes_are_left_out_of_the_routes(client: Any
     port = INTERFACES["s6pod0"]
 
     def route(prefix: str, nexthop: str) -> Any:
-        path = codec.fib_path(
-            codec.FIB_PATH_TYPE_NORMAL,
+        path = fib_codec.fib_path(
+            fib_codec.FIB_PATH_TYPE_NORMAL,
             ipv6=True,
             nexthop=IPv6Address(nexthop),
             sw_if_index=port,
@@ -837,7 +851,7 @@ def test_only_a_pod_ports_own_host_routes_are_left_out_of_the_routes(client: Any
                 "stats_index": 0,
                 "prefix": ipaddress.ip_network(prefix),
                 "n_paths": 1,
-                "src": codec.FIB_SOURCE_API,
+                "src": fib_codec.FIB_SOURCE_API,
                 "paths": [path],
             },
         )

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from srv6ctl.dataplane import vpp_codec as codec
+from srv6ctl.dataplane import vpp_interface_codec as if_codec
 from srv6ctl.dataplane.model import (
     MAIN_TABLE,
     MEMIF,
@@ -303,7 +303,10 @@ def test_a_memif_pod_port_is_created_ensured_without_writes_and_deleted(
     port = backend.pod_ports()[memif_pod.interface]
     assert port.dev_type == "memif" and port.up
     details = _memif_details(backend, port.sw_if_index)
-    assert (int(details.role), int(details.mode)) == (codec.MEMIF_ROLE_MASTER, codec.MEMIF_MODE_IP)
+    assert (int(details.role), int(details.mode)) == (
+        if_codec.MEMIF_ROLE_MASTER,
+        if_codec.MEMIF_MODE_IP,
+    )
     sockets = {
         int(d.socket_id): d.socket_filename
         for d in backend.channel.dump("memif_socket_filename_dump")

@@ -3,9 +3,11 @@
 `VppBackend(api_socket)` implements the `Backend` protocol of `model.py` for VPP 25.10
 (`vpp_api.SUPPORTED_RELEASES`): it connects, reads VPP back as the model, applies plans,
 and replays what VPP lost after a restart. What each model object becomes in VPP is in
-the codec modules (`vpp_codec` names them); the socket, the CRC check and pipelining are
-in `vpp_api`; pod ports in `vpp_pods`; counters in `vpp_stats`; what it keeps of VPP's
-interfaces and tables between calls in `vpp_interfaces` and `vpp_tables`.
+the codec modules (`vpp_sr_codec`: local SIDs, policies, steerings; `vpp_fib_codec`:
+tables and routes; `vpp_interface_codec`: ports; `vpp_packers`: the bulk messages'
+packers; `vpp_changes`: the handler of each kind); the socket, the CRC check and
+pipelining are in `vpp_api`; pod ports in `vpp_pods`; counters in `vpp_stats`; what it
+keeps of VPP's interfaces and tables between calls in `vpp_interfaces` and `vpp_tables`.
 
 Ownership. VPP has no owner mark on SR objects or routes, so:
 - local SIDs, policies and steerings: all of VPP's are ours, or with `owned_prefixes`

@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from srv6ctl.dataplane import vpp_codec as codec
+from srv6ctl.dataplane import vpp_codec_base as codec_base
 from srv6ctl.dataplane.model import (
     Change,
     EncapMode,
@@ -398,7 +398,7 @@ def lab(vpp: Target, backend: VppBackend, pod: PodNs) -> Iterator[Lab]:
         ports = backend.pod_ports()
         uplink_index = next(
             int(d.sw_if_index)
-            for d in backend.channel.dump("sw_interface_dump", sw_if_index=codec.INVALID_INDEX)
+            for d in backend.channel.dump("sw_interface_dump", sw_if_index=codec_base.INVALID_INDEX)
             if d.interface_name == f"host-{uplink}"
         )
         yield Lab(
