@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from srv6ctl.lab import objects, processes
-from srv6ctl.lab.build import Lab, LabError, check_requirements
+from srv6ctl.lab.build import Lab
+from srv6ctl.lab.netns import LabError
 from srv6ctl.lab.progress import Steps, console
+from srv6ctl.lab.requirements import check_requirements
 from srv6ctl.lab.state import (
     LabOptions,
     LabPaths,

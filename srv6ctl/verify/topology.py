@@ -29,9 +29,10 @@ from srv6ctl.dataplane.model import (
     IPv6Address,
     SrPolicy,
 )
-from srv6ctl.lab.build import PROBE_INDEX_V6, Lab, underlay_v6
+from srv6ctl.lab.build import Lab
 from srv6ctl.lab.netns import LabError, mac
 from srv6ctl.lab.progress import Steps, console
+from srv6ctl.lab.shape import PROBE_INDEX_V6, underlay_v6
 from srv6ctl.observe.agentview import AgentView, view
 from srv6ctl.render import HOST_SERVICES_TABLE
 
