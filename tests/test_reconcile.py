@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from srv6ctl.dataplane import model
 from srv6ctl.dataplane.model import (
     MAIN_TABLE,
     Change,
@@ -523,3 +524,10 @@ def test_a_dump_compares_with_the_dumpable_part_of_a_config() -> None:
     assert set(visible.objects()) == {o for o in config.objects() if o not in config.pods}
     assert visible.encap_source == config.encap_source
     assert drift(visible, visible) == {}
+
+
+def test_the_kind_table_orders_every_kind_after_what_it_refers_to() -> None:
+    for rank, kind in enumerate(model.KINDS):
+        assert set(kind.refers_to) <= {k.name for k in model.KINDS[:rank]}
+    with pytest.raises(TypeError, match="refers to a kind after it"):
+        model._check_order((model.STEERING, model.POLICY))

@@ -415,9 +415,17 @@ _KIND_OF_TYPE: dict[type, ObjectKind] = {
     **{kind.model: kind for kind in KINDS},
     **{behaviour: LOCAL_SID for behaviour in BEHAVIOURS.values()},
 }
-for _kind in KINDS:
-    _earlier = {k.name for k in KINDS[: RANK[_kind]]}
-    assert set(_kind.refers_to) <= _earlier, f"{_kind} refers to a later kind"
+
+
+def _check_order(kinds: tuple[ObjectKind, ...]) -> None:
+    """A kind may refer only to kinds before it (plan creates in this order)."""
+    for rank, kind in enumerate(kinds):
+        earlier = {k.name for k in kinds[:rank]}
+        if not set(kind.refers_to) <= earlier:
+            raise TypeError(f"{kind} refers to a kind after it in KINDS")
+
+
+_check_order(KINDS)
 
 
 def is_pod(obj: object) -> TypeGuard[PodAttachment]:
