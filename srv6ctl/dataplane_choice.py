@@ -25,11 +25,15 @@ class DataplaneUnavailable(RuntimeError):
     """The chosen dataplane cannot work on this host: the one line to stop with."""
 
 
+def _require_known(dataplane: str) -> None:
+    if dataplane not in DATAPLANES:
+        raise DataplaneUnavailable(f"--dataplane {dataplane}: {' or '.join(DATAPLANES)}")
+
+
 def check_dataplane(dataplane: str) -> None:
     """Refuse a kernel that cannot run the kernel dataplane, before anything is claimed
     or written; say once what an able kernel runs without."""
-    if dataplane not in DATAPLANES:
-        raise DataplaneUnavailable(f"--dataplane {dataplane}: kernel or vpp")
+    _require_known(dataplane)
     if dataplane != "kernel":
         return
     features = probe_kernel()
@@ -64,6 +68,5 @@ def make_backend(
             pod_gateway_v4=plan.gateway_v4(node_id),
             vpp_netns=netns,
         )
-    if dataplane != "kernel":
-        raise DataplaneUnavailable(f"--dataplane {dataplane}: kernel or vpp")
+    _require_known(dataplane)
     return KernelBackend(netns or "/proc/self/ns/net")

@@ -17,7 +17,7 @@ from policies.model import PodKey, PodRules
 from policies.nftables import TABLE as POLICY_TABLE
 from policies.nftables import NftablesBackend, Outcome, tables_of
 from policies.vpp_acl import translate
-from srv6ctl.dataplane.model import POD, NodeConfig, PodAttachment, is_pod, kind_of
+from srv6ctl.dataplane.model import NodeConfig, PodAttachment, is_pod
 from srv6ctl.netpol import PolicyView
 from srv6ctl.render import RenderDelta
 from srv6ctl.state import ClusterState, DirtyKey
@@ -54,8 +54,8 @@ class PolicyPrograms:
                 updates = dict(self.view.update(state, dirty))
                 for obj in delta.added if delta is not None else ():
                     # A pod (re)attached, maybe in a new netns: give it its rules there.
-                    if kind_of(obj) is POD:
-                        key = _pod_key(obj.pod)  # type: ignore[union-attr]
+                    if is_pod(obj):
+                        key = _pod_key(obj.pod)
                         updates[key] = self.view.rules.get(key)
             self._stale = False
         except Exception as err:  # compile errors must not stop the loop

@@ -24,8 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Collection, Hashable, Iterable, Mapping
-from typing import Any
+from collections.abc import Collection, Hashable, Iterable
 
 from srv6ctl.dataplane.model import (
     Backend,
@@ -36,7 +35,7 @@ from srv6ctl.dataplane.model import (
     Op,
     is_pod,
 )
-from srv6ctl.dataplane.reconcile import Drift, config_of, drift, dumpable, plan
+from srv6ctl.dataplane.reconcile import Drift, config_of, drift, dumpable, plan, summarize
 from srv6ctl.podnet import PodNetworkProgrammer
 from srv6ctl.render import RenderDelta
 from telemetry.metrics import AgentMetrics
@@ -98,7 +97,7 @@ class Reconciler:
             actual = dumpable(self.backend.dump())
             changes = plan(target, actual)
             if changes:
-                found = drift(target, actual)
+                found = summarize(changes)  # what drift(target, actual) says, unplanned again
                 self.metrics.record_drift(found)
                 log.info("resync: %d change(s) to reach the desired state", len(changes))
                 self.stats["repairs"] += len(changes)
@@ -210,10 +209,6 @@ class Reconciler:
     def drift(self, desired: NodeConfig) -> Drift:
         with self.lock:
             return drift(dumpable(desired), dumpable(self.backend.dump()))
-
-    def counters(self) -> Mapping[Any, Any]:
-        with self.lock:
-            return self.backend.counters()
 
 
 __all__ = ["Reconciler"]

@@ -80,7 +80,6 @@ from srv6ctl.dataplane.kernel_codec import (
 )
 from srv6ctl.dataplane.kernel_program import Compilation, IdAllocator, Inventory, Program, prepare
 from srv6ctl.dataplane.model import (
-    POD,
     Capabilities,
     Change,
     Counters,
@@ -91,7 +90,7 @@ from srv6ctl.dataplane.model import (
     SrPolicy,
     Steering,
     TableLookup,
-    kind_of,
+    is_pod,
 )
 from srv6ctl.dataplane.netlink_channel import (
     Failure,
@@ -257,7 +256,7 @@ class KernelBackend:
         lock released, so building the writes and the kernel's work overlap.
         """
         todo = list(changes)
-        if all(kind_of(c.obj) is POD for c in todo):
+        if all(is_pod(c.obj) for c in todo):
             return  # nothing for this backend: not even a read
         self._ensure_vrfs(todo)
         with _gc_paused():

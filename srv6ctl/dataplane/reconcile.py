@@ -71,6 +71,7 @@ __all__ = [
     "plan",
     "route_slot",
     "segment_list_edits",
+    "summarize",
 ]
 
 Key: TypeAlias = Hashable
@@ -199,7 +200,12 @@ def drift(desired: NodeConfig, actual: NodeConfig) -> Drift:
 
     E.g. `{"SrPolicy": {"replace": 2}, "Route": {"delete": 1}}`; `{}` means in sync.
     """
-    counts = Counter((change.kind, str(change.op)) for change in plan(desired, actual))
+    return summarize(plan(desired, actual))
+
+
+def summarize(changes: Iterable[Change]) -> Drift:
+    """A plan counted as `drift` counts it, for a caller that has the plan already."""
+    counts = Counter((change.kind, str(change.op)) for change in changes)
     summary: Drift = {}
     for (kind, op), count in sorted(counts.items()):
         summary.setdefault(kind, {})[op] = count

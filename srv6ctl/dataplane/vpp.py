@@ -86,6 +86,7 @@ from srv6ctl.dataplane.model import (
     Op,
     PodAttachment,
     SrPolicy,
+    is_pod,
     kind_of,
 )
 from srv6ctl.dataplane.reconcile import config_of, plan
@@ -299,7 +300,7 @@ class VppBackend:
             try:
                 self._ensure()
             except VppUnavailable:
-                if all(c.op is Op.DELETE and kind_of(c.obj) is POD for c in todo):
+                if all(c.op is Op.DELETE and is_pod(c.obj) for c in todo):
                     # A pod going away while VPP is down: its port goes with VPP (or is
                     # removed by the next replay's GC); do not keep the caller waiting.
                     for change in todo:
@@ -498,7 +499,7 @@ class VppBackend:
             steerings=frozenset(steerings),
             routes=frozenset(routes),
         )
-        pods = [obj for obj in self._known.values() if kind_of(obj) is POD]
+        pods = [obj for obj in self._known.values() if is_pod(obj)]
         self._known = {obj.key: obj for obj in config.objects()}
         self._known.update({pod.key: pod for pod in pods})
         if config.encap_source is not None:
@@ -689,7 +690,7 @@ class VppBackend:
 
 def _ordered(changes: list[Change]) -> list[Change]:
     """Pods that are ensured go first (SIDs and routes name their ports)."""
-    pods = [c for c in changes if kind_of(c.obj) is POD and c.op is not Op.DELETE]
+    pods = [c for c in changes if is_pod(c.obj) and c.op is not Op.DELETE]
     rest = [c for c in changes if c not in pods]
     return pods + rest
 
