@@ -22,8 +22,16 @@ from srv6ctl.dataplane.kernel_codec import (
     SegmentPath,
     parse_route,
 )
-from srv6ctl.dataplane.kernel_program import IdAllocator, Inventory, compile_changes
+from srv6ctl.dataplane.kernel_program import (
+    HANDLERS,
+    IdAllocator,
+    Inventory,
+    check_handlers,
+    compile_changes,
+)
 from srv6ctl.dataplane.model import (
+    KINDS,
+    STEERING,
     Capabilities,
     Change,
     EncapMode,
@@ -32,6 +40,7 @@ from srv6ctl.dataplane.model import (
     Flavour,
     IPv6Address,
     Op,
+    PodAttachment,
     Route,
     RouteKind,
     SegmentList,
@@ -194,6 +203,19 @@ def test_a_policy_is_nexthops_then_a_group_then_its_anchor_and_steering() -> Non
     assert [w.split(" ")[0] for w in whats[:2]] == ["nexthop", "nexthop"]
     assert whats[2].startswith("group of policy") and whats[3].startswith("anchor of policy")
     assert "fd00:96::1/128" in whats[4]
+
+
+def test_every_kind_has_a_kernel_handler_and_a_missing_one_is_named() -> None:
+    assert set(HANDLERS) == set(KINDS)
+    with pytest.raises(TypeError, match="no handler for Steering"):
+        check_handlers({k: h for k, h in HANDLERS.items() if k is not STEERING})
+
+
+def test_a_pod_writes_nothing_and_an_unknown_object_is_refused() -> None:
+    pod = PodAttachment("veth-a", "default/a", "/run/netns/a")
+    assert compile_([Change(Op.ADD, new=pod)]) == []
+    with pytest.raises(TypeError, match="not a dataplane object"):
+        compile_([Change(Op.ADD, new="a string")])  # type: ignore[arg-type]
 
 
 def test_delete_then_add_of_one_slot_becomes_one_atomic_replace() -> None:

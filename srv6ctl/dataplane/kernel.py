@@ -78,19 +78,28 @@ from srv6ctl.dataplane.kernel_codec import (
     vrf_device,
     vrf_link,
 )
-from srv6ctl.dataplane.kernel_program import Compilation, IdAllocator, Inventory, Program, prepare
+from srv6ctl.dataplane.kernel_program import (
+    HANDLERS,
+    Compilation,
+    Found,
+    IdAllocator,
+    Inventory,
+    Program,
+    prepare,
+)
 from srv6ctl.dataplane.model import (
+    KINDS,
     Capabilities,
     Change,
     Counters,
-    DataplaneObject,
     IPv6Address,
     NodeConfig,
+    ObjectKind,
     SegmentList,
     SrPolicy,
-    Steering,
     TableLookup,
     is_pod,
+    kind_of,
 )
 from srv6ctl.dataplane.netlink_channel import (
     Failure,
@@ -233,15 +242,17 @@ class KernelBackend:
 
     def dump(self) -> NodeConfig:
         inventory, decoded = self._load()
-        group_bsid = {group: bsid for bsid, group in inventory.anchors.items()}
-        objects: list[DataplaneObject] = list(inventory.policies.values())
+        by_kind: dict[ObjectKind, list[Any]] = {}
+        group_routes: list[tuple[Slot, int]] = []
         for route in decoded:
-            table, prefix = route.slot
             if route.obj is not None:  # a local SID or a plain route
-                objects.append(route.obj)
-            elif route.nh_id in group_bsid and table != self._codec.policy_table:
-                objects.append(Steering(prefix, group_bsid[route.nh_id], table))
-        return NodeConfig.of(objects, self._tunnel_source())
+                by_kind.setdefault(kind_of(route.obj), []).append(route.obj)
+            elif route.nh_id is not None:
+                group_routes.append((route.slot, route.nh_id))
+        found = Found(inventory, by_kind, group_routes, self._tunnel_source())
+        return NodeConfig.of(
+            obj for kind in KINDS if kind.dumped for obj in HANDLERS[kind].dump(found)
+        )
 
     def sweep_pods(self, keep: Collection[str]) -> list[str]:
         """Nothing: the kernel holds no pod state of ours (the CNI wiring owns the veths,

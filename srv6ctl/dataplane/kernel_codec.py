@@ -276,14 +276,6 @@ class Codec:
             )
         )
 
-    def check_links(self, obj: LocalSid | Route, links: Links) -> None:
-        """Raise InvalidObject now if `obj` goes through an interface `links` lacks (its
-        encoding looks them up; a plan holds few of these, so encoding twice is cheap)."""
-        if isinstance(obj, LocalSid):
-            self.local_sid(obj, links)
-        else:
-            self.route(obj, links)
-
     def local_sid(self, sid: LocalSid, links: Links) -> bytes:
         action = ACTIONS.get(type(sid))
         if action is None:

@@ -34,8 +34,9 @@ BSID), building an IPv6Network, and an object per write (see Writes).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE
 
@@ -52,15 +53,19 @@ from srv6ctl.dataplane.kernel_codec import (
 )
 from srv6ctl.dataplane.model import (
     ENCAP_SOURCE,
+    KINDS,
     LOCAL_SID,
     POD,
     POLICY,
+    ROUTE,
     STEERING,
     Change,
+    DataplaneObject,
     EncapSource,
     IPv6Address,
     LocalSid,
     ObjectKind,
+    PodAttachment,
     Route,
     SrPolicy,
     Steering,
@@ -201,43 +206,22 @@ class _Targets:
             new = change.new
             obj = new if new is not None else change.old
             kind = kind_of(obj)
-            slot = kind.slot(obj)
-            if slot is not None:  # a local SID, route or steering: one route
-                if new is None:
-                    out.slots[slot] = None
-                else:
-                    _check(kind, obj, codec, features)
-                    out.slots[slot] = obj  # type: ignore[assignment]
-            elif kind is POLICY:  # nexthops, a group and an anchor route
-                assert isinstance(obj, SrPolicy)
-                if new is not None:
-                    _check_policy(obj, features)
-                out.policies[obj.bsid] = obj if new is not None else None
-            elif kind is ENCAP_SOURCE:  # the namespace's `ip sr tunsrc`
-                assert isinstance(obj, EncapSource)
-                out.tunnel_source = obj.address if new is not None else None
-            elif kind is not POD:
-                # Pods are wired by the CNI side of the agent (veth, addresses, the pod's
-                # loopback service addresses and port rewrites live in the pod's
-                # namespace); this backend neither creates nor dumps them. See KernelBackend.
+            handler = HANDLERS.get(kind)
+            if handler is None:
                 raise InvalidObject(f"{obj!r}: not a dataplane object the kernel backend knows")
+            handler.fold(out, kind, obj, new is not None, codec, features)
         return out
 
     def check_references(self, inventory: Inventory, codec: Codec, links: Links) -> None:
         """What the kernel would refuse for want of something: a steering into a policy
         that will not be there, a local SID or route through a missing interface."""
-        policies, gone = inventory.policies, self.policies
-        if any(p is not None for p in gone.values()):
+        if any(p is not None for p in self.policies.values()):
             links.index(codec.nexthop_device, "seg6 nexthops")
         for target in self.slots.values():
-            if target is None:
-                continue
-            if kind_of(target) is STEERING:
-                bsid = target.bsid  # type: ignore[union-attr]
-                if gone.get(bsid) is None and (bsid in gone or bsid not in policies):
-                    raise InvalidObject(f"{target}: policy {bsid} is not programmed")
-            else:
-                codec.check_links(target, links)  # type: ignore[arg-type]
+            if target is not None:
+                SLOT_HANDLERS[kind_of(target)].check_references(
+                    target, self, inventory, codec, links
+                )
 
 
 class _Compiler:
@@ -357,18 +341,7 @@ class _Compiler:
                 self.creates.add(nl.RTM_DELROUTE, 0, codec.route_delete(slot), "delete route", what)
                 del after.slot_refs[slot]
             return
-        ref: int | None = None
-        kind = kind_of(target)
-        if kind is STEERING:
-            assert isinstance(target, Steering)
-            ref = after.anchors.get(target.bsid)
-            if ref is None or target.bsid not in after.policies:
-                raise InvalidObject(f"{target}: policy {target.bsid} is not programmed")
-            msg = codec.steering(target, ref)
-        elif kind is LOCAL_SID:
-            msg = codec.local_sid(target, self.links)  # type: ignore[arg-type]
-        else:
-            msg = codec.route(target, self.links)  # type: ignore[arg-type]
+        msg, ref = SLOT_HANDLERS[kind_of(target)].write(target, self)
         self.creates.add(nl.RTM_NEWROUTE, _REPLACE if owned else _ADD, msg, "", target)
         after.slot_refs[slot] = ref
 
@@ -400,31 +373,221 @@ class _Compiler:
             after.occupied.discard(nh_id)
 
 
-def _check(kind: ObjectKind, obj: object, codec: Codec, features: KernelFeatures) -> None:
-    """What the kernel would refuse of a local SID, route or steering, before any write."""
-    if kind is not LOCAL_SID:
-        table = obj.table  # type: ignore[attr-defined]
+# --- the kinds: how the kernel holds each one -------------------------------------------
+
+
+class KindHandler:
+    """How the kernel backend programs one kind of model object (see model.KINDS).
+
+    `fold` checks an object against the kernel's features and records what the plan wants
+    of it in `targets` (`present`: it stays; otherwise it goes); `dump` reads the kind's
+    objects back from what the backend found in the namespace."""
+
+    def fold(
+        self,
+        targets: _Targets,
+        kind: ObjectKind,
+        obj: Any,
+        present: bool,
+        codec: Codec,
+        features: KernelFeatures,
+    ) -> None:
+        raise NotImplementedError
+
+    def dump(self, found: Found) -> Iterable[DataplaneObject]:
+        raise NotImplementedError
+
+
+class SlotHandler(KindHandler):
+    """A kind each object of which is one route in a FIB slot (local SID, route, steering):
+    the compiler adds it, replaces it in place, or deletes the slot's route."""
+
+    def fold(
+        self,
+        targets: _Targets,
+        kind: ObjectKind,
+        obj: Any,
+        present: bool,
+        codec: Codec,
+        features: KernelFeatures,
+    ) -> None:
+        slot = kind.slot(obj)
+        assert slot is not None, kind  # model.KINDS gives each of these kinds a slot
+        if present:
+            self.check(obj, codec, features)
+        targets.slots[slot] = obj if present else None
+
+    def check(self, obj: Any, codec: Codec, features: KernelFeatures) -> None:
+        """What the kernel would refuse of `obj` itself, before any write."""
+        table = obj.table
         if table == codec.policy_table:
             raise InvalidObject(f"{obj}: table {table} is reserved for policy anchors")
-        return
-    assert isinstance(obj, LocalSid)
-    caps = features.capabilities
-    if obj.behaviour not in caps.behaviours:
-        why = [n for n in caps.notes if n.startswith(f"{obj.behaviour}:")]
-        raise InvalidObject(f"{obj}: {why[0] if why else obj.behaviour + ' is unsupported'}")
-    unsupported = obj.flavours - features.flavours.get(obj.behaviour, frozenset())
-    if unsupported:
-        names = ", ".join(sorted(unsupported))
-        raise InvalidObject(f"{obj}: flavour {names} is not supported on {obj.behaviour} here")
+
+    def check_references(
+        self, obj: Any, targets: _Targets, inventory: Inventory, codec: Codec, links: Links
+    ) -> None:
+        """What the kernel would refuse for want of something `obj` names."""
+
+    def write(self, obj: Any, compiler: _Compiler) -> tuple[bytes, int | None]:
+        """The route message, and the nexthop id the route uses (None: none of ours)."""
+        raise NotImplementedError
 
 
-def _check_policy(policy: SrPolicy, features: KernelFeatures) -> None:
-    if policy.mode not in features.capabilities.encap_modes:
-        raise InvalidObject(f"policy {policy.bsid}: encap mode {policy.mode} is unsupported")
-    if policy.encap_source is not None and not features.route_tunnel_source:
-        raise InvalidObject(
-            f"policy {policy.bsid}: encap_source {policy.encap_source} needs a per-route "
-            "tunnel source (SEG6_IPTUNNEL_SRC), which this kernel lacks; "
-            "set the node's encap source instead"
-        )
-    # A segment list given twice is found by _Compiler._members, by nexthop id.
+class _LocalSids(SlotHandler):
+    def check(self, obj: LocalSid, codec: Codec, features: KernelFeatures) -> None:
+        caps = features.capabilities
+        if obj.behaviour not in caps.behaviours:
+            why = [n for n in caps.notes if n.startswith(f"{obj.behaviour}:")]
+            raise InvalidObject(f"{obj}: {why[0] if why else obj.behaviour + ' is unsupported'}")
+        unsupported = obj.flavours - features.flavours.get(obj.behaviour, frozenset())
+        if unsupported:
+            names = ", ".join(sorted(unsupported))
+            raise InvalidObject(f"{obj}: flavour {names} is not supported on {obj.behaviour} here")
+
+    def check_references(
+        self, obj: LocalSid, targets: _Targets, inventory: Inventory, codec: Codec, links: Links
+    ) -> None:
+        codec.local_sid(obj, links)  # it looks its interface up (a plan holds few SIDs)
+
+    def write(self, obj: LocalSid, compiler: _Compiler) -> tuple[bytes, int | None]:
+        return compiler.codec.local_sid(obj, compiler.links), None
+
+    def dump(self, found: Found) -> Iterable[DataplaneObject]:
+        return found.decoded.get(LOCAL_SID, ())
+
+
+class _Routes(SlotHandler):
+    def check_references(
+        self, obj: Route, targets: _Targets, inventory: Inventory, codec: Codec, links: Links
+    ) -> None:
+        codec.route(obj, links)  # it looks its interface up
+
+    def write(self, obj: Route, compiler: _Compiler) -> tuple[bytes, int | None]:
+        return compiler.codec.route(obj, compiler.links), None
+
+    def dump(self, found: Found) -> Iterable[DataplaneObject]:
+        return found.decoded.get(ROUTE, ())
+
+
+class _Steerings(SlotHandler):
+    def check_references(
+        self, obj: Steering, targets: _Targets, inventory: Inventory, codec: Codec, links: Links
+    ) -> None:
+        bsid, gone = obj.bsid, targets.policies
+        if gone.get(bsid) is None and (bsid in gone or bsid not in inventory.policies):
+            raise InvalidObject(f"{obj}: policy {bsid} is not programmed")
+
+    def write(self, obj: Steering, compiler: _Compiler) -> tuple[bytes, int | None]:
+        after = compiler.after
+        group_id = after.anchors.get(obj.bsid)
+        if group_id is None or obj.bsid not in after.policies:
+            raise InvalidObject(f"{obj}: policy {obj.bsid} is not programmed")
+        return compiler.codec.steering(obj, group_id), group_id
+
+    def dump(self, found: Found) -> Iterable[DataplaneObject]:
+        # A route to a group of ours outside the policy table: the anchor names the BSID.
+        group_bsid = {group: bsid for bsid, group in found.inventory.anchors.items()}
+        for (table, prefix), nh_id in found.group_routes:
+            if nh_id in group_bsid:
+                yield Steering(prefix, group_bsid[nh_id], table)
+
+
+class _Policies(KindHandler):
+    """Seg6 nexthops (one per segment path, shared between policies), a group and an
+    anchor route (bsid/128 in the policy table) that steerings route to; the compiler
+    writes them (_Compiler._program_policy)."""
+
+    def fold(
+        self,
+        targets: _Targets,
+        kind: ObjectKind,
+        obj: SrPolicy,
+        present: bool,
+        codec: Codec,
+        features: KernelFeatures,
+    ) -> None:
+        if present:
+            if obj.mode not in features.capabilities.encap_modes:
+                raise InvalidObject(f"policy {obj.bsid}: encap mode {obj.mode} is unsupported")
+            if obj.encap_source is not None and not features.route_tunnel_source:
+                raise InvalidObject(
+                    f"policy {obj.bsid}: encap_source {obj.encap_source} needs a per-route "
+                    "tunnel source (SEG6_IPTUNNEL_SRC), which this kernel lacks; "
+                    "set the node's encap source instead"
+                )
+            # A segment list given twice is found by _Compiler._members, by nexthop id.
+        targets.policies[obj.bsid] = obj if present else None
+
+    def dump(self, found: Found) -> Iterable[DataplaneObject]:
+        return found.inventory.policies.values()
+
+
+class _EncapSource(KindHandler):
+    """The namespace's `ip sr tunsrc` (one value, set through the seg6 genetlink family)."""
+
+    def fold(
+        self,
+        targets: _Targets,
+        kind: ObjectKind,
+        obj: EncapSource,
+        present: bool,
+        codec: Codec,
+        features: KernelFeatures,
+    ) -> None:
+        targets.tunnel_source = obj.address if present else None
+
+    def dump(self, found: Found) -> Iterable[DataplaneObject]:
+        return () if found.tunnel_source is None else (EncapSource(found.tunnel_source),)
+
+
+class _Pods(KindHandler):
+    """Nothing: the CNI side of the agent wires pods (veth, addresses, the pod's loopback
+    service addresses and port rewrites live in the pod's own namespace), and the kernel
+    holds nothing of a pod's the node side would have to create or could read back."""
+
+    def fold(
+        self,
+        targets: _Targets,
+        kind: ObjectKind,
+        obj: PodAttachment,
+        present: bool,
+        codec: Codec,
+        features: KernelFeatures,
+    ) -> None:
+        pass
+
+    def dump(self, found: Found) -> Iterable[DataplaneObject]:
+        return ()
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the backend read of ours from the namespace, for the kinds' `dump`."""
+
+    inventory: Inventory
+    decoded: Mapping[ObjectKind, list[Any]]  # local SIDs and plain routes, by kind
+    group_routes: list[tuple[Slot, int]]  # other routes to a nexthop of ours: (slot, id)
+    tunnel_source: IPv6Address | None
+
+
+SLOT_HANDLERS: Mapping[ObjectKind, SlotHandler] = {
+    LOCAL_SID: _LocalSids(),
+    ROUTE: _Routes(),
+    STEERING: _Steerings(),
+}
+HANDLERS: Mapping[ObjectKind, KindHandler] = {
+    ENCAP_SOURCE: _EncapSource(),
+    POD: _Pods(),
+    POLICY: _Policies(),
+    **SLOT_HANDLERS,
+}
+
+
+def check_handlers(handlers: Mapping[ObjectKind, KindHandler]) -> None:
+    """Raise unless `handlers` has one for every kind of the model."""
+    missing = [kind.name for kind in KINDS if kind not in handlers]
+    if missing:
+        raise TypeError(f"the kernel backend has no handler for {', '.join(missing)}")
+
+
+check_handlers(HANDLERS)
