@@ -22,9 +22,15 @@ collide with them, and the shape matches the plan's service BSIDs (family tag on
     L::2000:<R>      function (0x2 << (bits-4)) | R            → [R::6]    (v6 to node R)
     L::3000:<R>      function (0x3 << (bits-4)) | R            → [R::4]    (v4 to node R)
     L::5<RRR>:<k>    function (0x5 << (bits-4)) | R << 16 | k  → [R::4:k]  (v4 to pod k on R)
+    L::8000:<j>      function (0x8 << (bits-4)) | j            → service j's external v6
+    L::9000:<j>      function (0x9 << (bits-4)) | j            → service j's external v4
 
 with `bits` the plan's function bits (32 by default: `fcbb:bb00:1::2000:3`,
 `fcbb:bb00:1::5003:2`). The per-pod form needs `R < 2**(bits - 20)` (4096 by default).
+A service's external policy holds the endpoints its external traffic (load balancer IPs,
+externalIPs) goes to when they are not the ones its ClusterIP uses: this node's own with
+externalTrafficPolicy Local; every node's when internalTrafficPolicy Local narrows the
+ClusterIP's. Service indexes fit the bits below the tag, as in the service locator.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ HOST_FUNCTION = 0x7  # End.DT6 into the host-services table: host-network endpoi
 NODE_POLICY_V6_TAG = 0x2  # node-local BSIDs: the tag in the function's top nibble
 NODE_POLICY_V4_TAG = 0x3
 POD_POLICY_V4_TAG = 0x5
+SERVICE_EXTERNAL_V6_TAG = 0x8
+SERVICE_EXTERNAL_V4_TAG = 0x9
 
 
 class InvalidConfig(ValueError):
@@ -461,6 +469,32 @@ class AddressPlan:
             remote_id, index = rest >> POD_INDEX_BITS, rest & ((1 << POD_INDEX_BITS) - 1)
             if remote_id in self.node_ids and index in self.pod_indexes:
                 return (local_id, remote_id, 4, index)
+        return None
+
+    def service_external_bsid(self, local_id: int, index: int, family: int) -> IPv6Address:
+        """The BSID, on `local_id`'s locator, of service `index`'s external policy for IPv6
+        (family 6) or IPv4 (4) traffic."""
+        if index not in self.service_indexes:
+            raise ValueError(f"service index {index} is outside 1..{self.service_indexes[-1]}")
+        tag = SERVICE_EXTERNAL_V6_TAG if family == 6 else SERVICE_EXTERNAL_V4_TAG
+        return self._function(local_id, (tag << (self.function_bits - 4)) | index)
+
+    def service_of_external_bsid(self, bsid: IPv6Address) -> tuple[int, int, Literal[4, 6]] | None:
+        """The inverse: (local node ID, service index, family), or None."""
+        local_id = self.node_of_sid(bsid)
+        if local_id is None:
+            return None
+        function = int(bsid) & ((1 << (128 - self.locator_length)) - 1)
+        if function >> self.function_bits:
+            return None
+        shift = self.function_bits - 4
+        tag, index = function >> shift, function & ((1 << shift) - 1)
+        if index not in self.service_indexes:
+            return None
+        if tag == SERVICE_EXTERNAL_V6_TAG:
+            return local_id, index, 6
+        if tag == SERVICE_EXTERNAL_V4_TAG:
+            return local_id, index, 4
         return None
 
     # --- services ------------------------------------------------------------------

@@ -45,9 +45,23 @@ set once per node (`NodeConfig.encap_source`, kernel `ip sr tunsrc`, VPP
 source. Policies use H.Encaps.Red when the backend offers it (every list has one SID, so
 no SRH is needed at all), H.Encaps otherwise.
 
+External traffic (LoadBalancer ingress IPs with ipMode VIP, and externalIPs) works like
+the ClusterIP: each VIP /128 (/32) is steered into an SR policy, and every backend pod holds
+the VIPs on its loopback too (with the same port rewrites), so it answers the external
+client from the address the client used, straight back (direct server return): no node
+keeps NAT or conntrack state, and the backend sees the client's own address. The policy is
+the ClusterIP's when both kinds of traffic go to the same endpoints; otherwise
+(externalTrafficPolicy Local: this node's endpoints only; internalTrafficPolicy Local with
+a cluster-wide external policy) the service's *external* policy, at a node-local BSID
+(`AddressPlan.service_external_bsid`). With no endpoint for it, a VIP gets a BLACKHOLE
+route under externalTrafficPolicy Local (kube-proxy drops such traffic silently, so that
+the load balancer's health check steers it to other nodes) and a PROHIBIT route otherwise.
+Services kube-proxy skips are skipped: ExternalName, and those labelled with
+`service.kubernetes.io/service-proxy-name` or `service.kubernetes.io/headless`.
+
 Not rendered yet:
-- sessionAffinity (needs an L3-only hash on the service's group), externalIPs, NodePort
-  and LoadBalancer paths, and NetworkPolicy are not rendered.
+- NodePort, loadBalancerSourceRanges and sessionAffinity; NetworkPolicy is compiled
+  elsewhere (srv6ctl/policy_programs.py).
 """
 
 from __future__ import annotations
@@ -213,6 +227,23 @@ class _Candidate(NamedTuple):
     sid: int
 
 
+@dataclass
+class _ServiceParts:
+    """What one service renders to, gathered over its families and addresses."""
+
+    policies: dict[IPv6Address, SrPolicy] = field(default_factory=dict)
+    steerings: list[Steering] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+
+
+def _host(address: IPAddress) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """`address` as a /128 (/32): from the int, since given an address object ipaddress
+    formats and re-parses it."""
+    if isinstance(address, ipaddress.IPv6Address):
+        return ipaddress.IPv6Network((int(address), 128))
+    return ipaddress.IPv4Network((int(address), 32))
+
+
 # --- the renderer ---------------------------------------------------------------------
 
 
@@ -241,6 +272,9 @@ class Renderer:
         # Services whose endpoints include addresses that are not pod addresses: they may
         # be node addresses (host-network pods), so node changes re-render them.
         self._node_address_services: set[NamespacedName] = set()
+        # Services with external VIPs: a node taking one of them as its address changes
+        # whether they may be steered.
+        self._external_vip_services: set[NamespacedName] = set()
         self._local_zone: str | None = None
         self._wired: dict[NamespacedName, PodInterface] = _by_pod_name(inputs.pod_interfaces)
         self._configure(inputs)
@@ -285,6 +319,12 @@ class Renderer:
             # Namespaces and NetworkPolicies are not rendered yet.
         if nodes_changed:
             keys.update(ServiceKey(*k) for k in self._node_address_services)
+            for service_key in self._external_vip_services:
+                # Their pods hold the VIPs that no node has taken as its address.
+                keys.add(ServiceKey(*service_key))
+                keys.update(
+                    k for k in self._state.endpoint_pods(*service_key) if isinstance(k, PodKey)
+                )
             local = self._state.node(self._node)
             zone = None if local is None else local.zone
             if zone != self._local_zone:
@@ -544,7 +584,7 @@ class Renderer:
             if eps.service_name is None:
                 continue
             service = self._state.service(eps.namespace, eps.service_name)
-            if service is None or service.headless:
+            if service is None or service.headless or not service.proxied:
                 continue
             if eps.address_type == "IPv6":
                 cluster_ip: IPAddress | None = service.cluster_ip_v6
@@ -554,7 +594,10 @@ class Renderer:
                 cluster_ip = None
             if cluster_ip is None:
                 continue
-            addresses.add(cluster_ip)
+            # The pod answers external clients from the VIP they used, as it answers
+            # cluster clients from the ClusterIP (direct server return).
+            vips = (cluster_ip, *self._external_vips(service, cluster_ip.version))
+            addresses.update(vips)
             for port in service.ports:
                 if isinstance(port.target_port, int):
                     target: int | None = port.target_port
@@ -562,7 +605,7 @@ class Renderer:
                     target = pod.container_port(port.target_port, port.protocol)
                 # An unresolvable name is what Kubernetes does too: that port has no backend.
                 if target is not None and target != port.port:
-                    port_maps.add((port.protocol, cluster_ip, port.port, target))
+                    port_maps.update((port.protocol, vip, port.port, target) for vip in vips)
         return frozenset(addresses), frozenset(port_maps)
 
     def _remote_pod_fragment(self, pod: Pod) -> Fragment:
@@ -588,14 +631,15 @@ class Renderer:
 
     def _service_fragment(self, key: NamespacedName) -> Fragment:
         self._node_address_services.discard(key)
+        self._external_vip_services.discard(key)
         service = self._state.service(*key)
         if service is None or service.headless or not service.cluster_ips:
             return EMPTY
+        if not service.proxied:
+            return EMPTY  # another proxy's, or not a proxied kind: kube-proxy skips it too
         bsids = self._inputs.service_bsids.get(service.uid)
         slices = self._state.slices_of_service(*key)
-        policies: list[SrPolicy] = []
-        steerings: list[Steering] = []
-        routes: list[Route] = []
+        out = _ServiceParts()
         families = (
             (6, service.cluster_ip_v6, None if bsids is None else bsids[0]),
             (4, service.cluster_ip_v4, None if bsids is None else bsids[1]),
@@ -603,45 +647,98 @@ class Renderer:
         for family, cluster_ip, bsid in families:
             if cluster_ip is None:
                 continue
-            # From the int: given an address object, ipaddress formats and re-parses it.
-            host: ipaddress.IPv4Network | ipaddress.IPv6Network
-            if isinstance(cluster_ip, ipaddress.IPv6Address):
-                host = ipaddress.IPv6Network((int(cluster_ip), 128))
-            else:
-                host = ipaddress.IPv4Network((int(cluster_ip), 32))
-            sids = {c.sid for c in self._usable_endpoints(service, slices, family)}
-            if bsid is None or not sids:
-                # No backend (or no BSID allocated yet): reject explicitly rather than let
-                # the ClusterIP follow the default route out of the cluster.
-                routes.append(Route(host, kind=RouteKind.PROHIBIT))
+            candidates = self._candidates(service, slices, family)
+            internal = self._pick(service, candidates, service.internal_traffic_policy)
+            sids = {c.sid for c in internal}
+            self._serve(service, family, (cluster_ip,), bsid, sids, RouteKind.PROHIBIT, out)
+            vips = self._external_vips(service, family)
+            if not vips:
                 continue
-            if family == 6 and self._host_sid in sids:
-                # A host-network endpoint here: End.DT6 `L::7` must find the ClusterIP local.
-                routes.append(Route(host, kind=RouteKind.LOCAL, table=self._inputs.host_table))
+            external = self._pick(service, candidates, service.external_traffic_policy)
+            ext_sids = {c.sid for c in external}
+            if ext_sids != sids and bsid is not None:
+                # Other endpoints than the ClusterIP's: a policy of their own, local to
+                # this node (its endpoint set is this node's view).
+                index = self._plan.service_of_bsid(bsid)
+                bsid = (
+                    None
+                    if index is None
+                    else self._plan.service_external_bsid(self._local_id, index[0], family)
+                )
+            # No endpoint for external traffic: kube-proxy drops it silently under
+            # externalTrafficPolicy Local (the load balancer's health check moves traffic
+            # away from this node), and rejects it otherwise, as for a ClusterIP.
+            local = service.external_traffic_policy == "Local"
+            empty = RouteKind.BLACKHOLE if local else RouteKind.PROHIBIT
+            self._serve(service, family, vips, bsid, ext_sids, empty, out, external=True)
+        return Fragment(
+            policies=tuple(out.policies.values()),
+            steerings=tuple(out.steerings),
+            routes=tuple(out.routes),
+        )
+
+    def _external_vips(self, service: Service, version: int) -> tuple[IPAddress, ...]:
+        """The external VIPs of one IP version that `service` carries here: those it owns
+        (`ClusterState.vip_owner`: a VIP two services claim is steered once) and that are
+        nobody else's address. A node's own address (externalIPs set to a node IP, as
+        kube-proxy users do to expose a port on a node) or an address in the pod CIDRs or
+        the SID block is left alone: a steering takes every packet to the address, not only
+        the service's ports, so it would cut the node or the pod off."""
+        vips = service.external_vips(version)
+        if vips:
+            self._external_vip_services.add(service.key)
+        plan, state = self._plan, self._state
+        reserved = (plan.pod_cidr_v6, plan.pod_cidr_v4, plan.sid_block)
+        out = []
+        for vip in vips:
+            owner = state.vip_owner(vip)
+            if owner is None or owner.key != service.key or state.nodes_with_address(vip):
+                continue
+            if any(cidr is not None and vip in cidr for cidr in reserved):
+                continue
+            out.append(vip)
+        return tuple(out)
+
+    def _serve(
+        self,
+        service: Service,
+        family: int,
+        addresses: Iterable[IPAddress],
+        bsid: IPv6Address | None,
+        sids: set[int],
+        empty: RouteKind,
+        out: _ServiceParts,
+        *,
+        external: bool = False,
+    ) -> None:
+        """Steer `addresses` (ClusterIP, or external VIPs) into the policy at `bsid` with
+        one segment list per SID in `sids`; with no SID (or no BSID allocated yet) an
+        explicit `empty` route instead, rather than let the address follow the default
+        route out of the cluster."""
+        hosts = [_host(address) for address in addresses]
+        if bsid is None or not sids:
+            out.routes.extend(Route(host, kind=empty) for host in hosts)
+            return
+        if family == 6 and self._host_sid in sids:
+            # A host-network endpoint here: End.DT6 `L::7` must find the address local.
+            table = self._inputs.host_table
+            out.routes.extend(Route(host, kind=RouteKind.LOCAL, table=table) for host in hosts)
+        if bsid not in out.policies:
             # Sorted already, so the policy's own sort has nothing to do.
             segment_lists = tuple(SegmentList((IPv6Address(sid),)) for sid in sorted(sids))
-            owner = f"svc/{service.namespace}/{service.name}/v{family}"
-            policies.append(SrPolicy(bsid, segment_lists, mode=self._mode, owner=owner))
-            steerings.append(Steering(host, bsid))
-        return Fragment(policies=tuple(policies), steerings=tuple(steerings), routes=tuple(routes))
+            suffix = "/external" if external else ""
+            owner = f"svc/{service.namespace}/{service.name}/v{family}{suffix}"
+            out.policies[bsid] = SrPolicy(bsid, segment_lists, mode=self._mode, owner=owner)
+        out.steerings.extend(Steering(host, bsid) for host in hosts)
 
-    def _usable_endpoints(
+    def _candidates(
         self, service: Service, slices: list[EndpointSlice], family: int
     ) -> list[_Candidate]:
-        """The endpoints this node sends `service`'s traffic to, chosen as kube-proxy does:
-
-        1. one entry per address (an address can sit in two slices while the controller
-           moves it; the most usable entry wins), first address of each endpoint only;
-        2. only endpoints we can address with a SID (pods; host-network pods on nodes
-           with End.DT6/End.DT4);
-        3. internalTrafficPolicy Local: only this node's endpoints;
-        4. the ready ones, or when none is ready the serving-and-terminating ones (so a
-           rolling update's last pods keep serving while they drain);
-        5. topology: with trafficDistribution PreferClose (PreferSameZone) or zone hints
-           on the slices, only the endpoints for this node's zone (hints, else the
-           endpoint's zone) — unless there are none, then all (kube-proxy falls back the
-           same way); PreferSameNode first prefers this node's endpoints.
-        """
+        """The endpoints of `service` this node could send traffic to, chosen as kube-proxy
+        does: one entry per address (an address can sit in two slices while the controller
+        moves it; the most usable entry wins), the first address of each endpoint only,
+        and only endpoints we can address with a SID (pods; host-network pods on nodes
+        with End.DT6/End.DT4)."""
         address_type = "IPv6" if family == 6 else "IPv4"
         address_class = ipaddress.IPv6Address if family == 6 else ipaddress.IPv4Address
         best: dict[int, tuple[IPAddress, Endpoint]] = {}  # by int: hashing one is cheaper
@@ -663,14 +760,29 @@ class Renderer:
             sid = self._endpoint_sid(service, address, family)
             if sid is not None:
                 candidates.append(_Candidate(endpoint, sid))
-        if service.internal_traffic_policy == "Local":
+        return candidates
+
+    def _pick(
+        self, service: Service, candidates: list[_Candidate], traffic_policy: str
+    ) -> list[_Candidate]:
+        """The endpoints for one kind of traffic (kube-proxy's CategorizeEndpoints):
+        `traffic_policy` Local (internalTrafficPolicy for the ClusterIP,
+        externalTrafficPolicy for external VIPs) keeps only this node's endpoints; then the
+        ready ones, or when none is ready the serving-and-terminating ones (so a rolling
+        update's last pods keep serving while they drain); then, for cluster-wide traffic,
+        topology: with trafficDistribution PreferClose (PreferSameZone) or zone hints on
+        the slices, only the endpoints for this node's zone (hints, else the endpoint's
+        zone) — unless there are none, then all (kube-proxy falls back the same way);
+        PreferSameNode first prefers this node's endpoints."""
+        local = traffic_policy == "Local"
+        if local:
             candidates = [c for c in candidates if c.endpoint.node_name == self._node]
         ready = [c for c in candidates if c.endpoint.ready]
         if ready:
             candidates = ready
         else:
             candidates = [c for c in candidates if c.endpoint.serving and c.endpoint.terminating]
-        return self._prefer_close(service, candidates)
+        return candidates if local else self._prefer_close(service, candidates)
 
     def _prefer_close(self, service: Service, candidates: list[_Candidate]) -> list[_Candidate]:
         mode = service.traffic_distribution

@@ -17,7 +17,8 @@ What dirties what (render's dependencies, kept next to the indexes that answer t
 
 - an EndpointSlice dirties its service, and the pods whose endpoint entry changed (their
   loopback ClusterIPs and port rewrites depend on being an endpoint);
-- a Service dirties itself and every pod that is one of its endpoints;
+- a Service dirties itself and every pod that is one of its endpoints, and so does every
+  other Service claiming one of the same addresses (its VIPs may change hands);
 - a Pod dirties only itself: a service's policy never reads Pod objects, because an
   endpoint's SID follows from its address alone (`ipam6.plan.pod_of_address`);
 - a Node dirties itself; render widens that to the node's pods and to services whose
@@ -44,6 +45,7 @@ from policies.model import Labels as Labels
 from policies.model import NetworkPolicy as NetworkPolicy
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 NamespacedName: TypeAlias = tuple[str, str]
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -54,6 +56,10 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 BEHAVIOURS_ANNOTATION = "srv6ctl.io/behaviours"
 # A pod's VPP port type: "memif" for a CNF (README "memif pods"); absent: the usual port.
 POD_INTERFACE_ANNOTATION = "srv6ctl.io/pod-interface"
+# Services kube-proxy leaves alone, and so do we: one that names another proxy (any value:
+# we answer to no name, as kube-proxy does not), and one labelled headless.
+SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+HEADLESS_LABEL = "service.kubernetes.io/headless"
 
 
 class Kind(StrEnum):
@@ -152,6 +158,7 @@ class ServicePort:
     protocol: str = "TCP"
     name: str = ""
     target_port: int | str = 0  # a number, or the name of a container port
+    node_port: int = 0  # NodePort and LoadBalancer services: the port on every node address
 
     def __post_init__(self) -> None:
         # The API server defaults an unset targetPort to port.
@@ -172,10 +179,39 @@ class Service:
     traffic_distribution: str | None = None
     headless: bool = False  # clusterIP: None
     labels: Labels = NO_LABELS
+    external_ips: tuple[IPAddress, ...] = ()  # spec.externalIPs
+    # status.loadBalancer.ingress[].ip, those with ipMode VIP (the default): the ones the
+    # cluster must accept itself. ipMode Proxy means the load balancer rewrites the
+    # destination to a node, so the IP never reaches us as a destination (kube-proxy
+    # leaves those alone too).
+    load_balancer_ips: tuple[IPAddress, ...] = ()
+    load_balancer_source_ranges: tuple[IPNetwork, ...] = ()
+    external_traffic_policy: str = "Cluster"  # "Local": external traffic to local endpoints
+    health_check_node_port: int = 0  # LoadBalancer with externalTrafficPolicy Local
 
     @property
     def key(self) -> NamespacedName:
         return (self.namespace, self.name)
+
+    @property
+    def proxied(self) -> bool:
+        """Whether a service proxy programs it at all: not ExternalName (a DNS name), not
+        labelled for another proxy or as headless (kube-proxy's own label selector)."""
+        return (
+            self.type != "ExternalName"
+            and SERVICE_PROXY_NAME_LABEL not in self.labels
+            and HEADLESS_LABEL not in self.labels
+        )
+
+    def external_vips(self, version: int) -> tuple[IPAddress, ...]:
+        """The service's external addresses of one IP version (externalIPs, then the load
+        balancer's), each once: packets to these come from outside the cluster and follow
+        `external_traffic_policy`."""
+        seen: dict[IPAddress, None] = {}
+        for address in (*self.external_ips, *self.load_balancer_ips):
+            if address.version == version:
+                seen.setdefault(address, None)
+        return tuple(seen)
 
     @property
     def cluster_ip_v6(self) -> ipaddress.IPv6Address | None:
@@ -364,6 +400,10 @@ def _index_remove(index: dict[_K, set[_V]], key: _K, value: _V) -> None:
             del index[key]
 
 
+def _claimed(service: Service) -> tuple[IPAddress, ...]:
+    return (*service.cluster_ips, *service.external_ips, *service.load_balancer_ips)
+
+
 class ClusterState:
     """The in-memory view, with the indexes render's queries need. Not thread-safe: one
     consumer applies the events that sources put on a queue."""
@@ -383,6 +423,9 @@ class ClusterState:
         self._slices_of_service: dict[NamespacedName, set[NamespacedName]] = {}
         self._slices_by_target: dict[NamespacedName, set[NamespacedName]] = {}
         self._slices_by_address: dict[IPAddress, set[NamespacedName]] = {}
+        # Every address a service claims: its ClusterIPs (unique, the API allocates them)
+        # and its external VIPs (anyone may write any externalIP or LB status).
+        self._services_by_address: dict[IPAddress, set[NamespacedName]] = {}
 
     # --- reading ------------------------------------------------------------------------
 
@@ -568,22 +611,56 @@ class ClusterState:
 
     # --- services -----------------------------------------------------------------------
 
+    def endpoint_pods(self, namespace: str, name: str) -> Dirty:
+        """The keys of the pods that are endpoints of a service (in any of its slices)."""
+        dirty: set[DirtyKey] = set()
+        for slice_key in self._slices_of_service.get((namespace, name), ()):
+            dirty |= self._pods_of(self._slices[slice_key].endpoints)
+        return frozenset(dirty)
+
+    def vip_owner(self, address: IPAddress) -> Service | None:
+        """The service whose external traffic `address` carries, when two claim it: the
+        one with it as ClusterIP, else the first by namespace/name (as kube-proxy, that
+        makes every node pick the same one, whatever order the services came in)."""
+        keys = self._services_by_address.get(address)
+        if not keys:
+            return None
+        claimants = [self._services[k] for k in sorted(keys)]
+        for service in claimants:
+            if address in service.cluster_ips:
+                return service
+        return claimants[0]
+
     def upsert_service(self, service: Service) -> Dirty:
         old = self._services.get(service.key)
         if old == service:
             return NOTHING
         self._services[service.key] = service
-        return self._service_dirty(service.key)
+        return self._service_dirty(service.key, old, service)
 
     def delete_service(self, namespace: str, name: str) -> Dirty:
-        if self._services.pop((namespace, name), None) is None:
+        old = self._services.pop((namespace, name), None)
+        if old is None:
             return NOTHING
-        return self._service_dirty((namespace, name))
+        return self._service_dirty((namespace, name), old, None)
 
-    def _service_dirty(self, key: NamespacedName) -> Dirty:
-        dirty: set[DirtyKey] = {ServiceKey(*key)}
-        for slice_key in self._slices_of_service.get(key, ()):
-            dirty |= self._pods_of(self._slices[slice_key].endpoints)
+    def _service_dirty(
+        self, key: NamespacedName, old: Service | None, new: Service | None
+    ) -> Dirty:
+        addresses = {a for s in (old, new) if s is not None for a in _claimed(s)}
+        shared: set[NamespacedName] = set()  # services claiming one of them too
+        for address in addresses:
+            shared |= self._services_by_address.get(address, set())
+        if old is not None:
+            for address in _claimed(old):
+                _index_remove(self._services_by_address, address, key)
+        if new is not None:
+            for address in _claimed(new):
+                _index_add(self._services_by_address, address, key)
+        dirty: set[DirtyKey] = set()
+        for affected in {key, *shared}:
+            dirty.add(ServiceKey(*affected))
+            dirty |= self.endpoint_pods(*affected)
         return frozenset(dirty)
 
     # --- endpoint slices ----------------------------------------------------------------

@@ -49,6 +49,7 @@ from srv6ctl.state import (
     ContainerPort,
     Endpoint,
     EndpointSlice,
+    Labels,
     Node,
     NodeKey,
     Pod,
@@ -366,6 +367,143 @@ def test_internal_traffic_policy_local_uses_only_this_nodes_endpoints() -> None:
     # No local endpoint: traffic is dropped (kube-proxy does the same), explicitly.
     on_three = render(state, "node-3", the_inputs)
     assert Route(ipaddress.ip_network("fd00:96::1/128"), kind=RouteKind.PROHIBIT) in on_three.routes
+
+
+# --- external traffic: load balancer IPs and externalIPs --------------------------------
+
+LB_IP = "2001:db8:ee::10"
+EXTERNAL_IP = "2001:db8:ee::20"
+
+
+def test_load_balancer_and_external_ips_are_steered_into_the_services_policy() -> None:
+    state, web, pods = web_cluster(
+        type="LoadBalancer",
+        external_ips=(V6(EXTERNAL_IP), V4("192.0.2.20")),  # the IPv4 one: no v4 ClusterIP
+        load_balancer_ips=(V6(LB_IP), V6(EXTERNAL_IP)),  # listed twice: steered once
+    )
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))
+    found, steerings = service_objects(config, WEB_BSID)
+    assert found == policy(WEB_BSID, "fcbb:bb00:2::1:2", "fcbb:bb00:3::1:2")
+    assert steerings == {
+        steer("fd00:96::1/128", WEB_BSID),
+        steer(f"{EXTERNAL_IP}/128", WEB_BSID),
+        steer(f"{LB_IP}/128", WEB_BSID),
+    }
+    assert len(config.policies) == len({p.bsid for p in config.policies})
+    assert not [s for s in config.steerings if s.prefix.version == 4]
+
+    # Each backend holds the VIPs too and answers from them; port rewrites cover them.
+    state.upsert_service(dataclasses.replace(web, ports=(ServicePort(80, target_port=8080),)))
+    on_backend = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}, interfaces=pods))
+    (attachment,) = on_backend.pods
+    assert attachment.service_addresses == {V6("fd00:96::1"), V6(LB_IP), V6(EXTERNAL_IP)}
+    assert attachment.port_maps == {
+        ("TCP", address, 80, 8080) for address in attachment.service_addresses
+    }
+
+
+def test_external_traffic_policy_local_keeps_external_traffic_on_the_entry_node() -> None:
+    state, web, _ = web_cluster(
+        type="LoadBalancer", load_balancer_ips=(V6(LB_IP),), external_traffic_policy="Local"
+    )
+    the_inputs = inputs(IPV6_ONLY, [1, 2, 3], {web: 1})
+    on_two = render(state, "node-2", the_inputs)
+    # The ClusterIP still reaches every endpoint; the VIP only node-2's, through a policy
+    # of its own at a node-local BSID.
+    assert segment_ends(on_two, WEB_BSID) == {"fcbb:bb00:2::1:2", "fcbb:bb00:3::1:2"}
+    local_bsid = IPV6_ONLY.service_external_bsid(2, 1, 6)
+    assert str(local_bsid) == "fcbb:bb00:2::8000:1"
+    assert IPV6_ONLY.service_of_external_bsid(local_bsid) == (2, 1, 6)
+    assert IPV6_ONLY.local_policy_of_bsid(local_bsid) is None
+    assert segment_ends(on_two, str(local_bsid)) == {"fcbb:bb00:2::1:2"}
+    assert service_objects(on_two, str(local_bsid))[1] == {steer(f"{LB_IP}/128", str(local_bsid))}
+    (external,) = [p for p in on_two.policies if p.bsid == local_bsid]
+    assert external.owner == "svc/default/web/v6/external"
+
+    # A node without a local endpoint drops external traffic silently (the load
+    # balancer's health check sends it elsewhere); its ClusterIP still works.
+    on_one = render(state, "node-1", the_inputs)
+    assert Route(ipaddress.ip_network(f"{LB_IP}/128"), kind=RouteKind.BLACKHOLE) in on_one.routes
+    assert segment_ends(on_one, WEB_BSID) == {"fcbb:bb00:2::1:2", "fcbb:bb00:3::1:2"}
+    assert not [s for s in on_one.steerings if s.prefix == ipaddress.ip_network(f"{LB_IP}/128")]
+
+
+def test_internal_traffic_policy_local_does_not_narrow_external_traffic() -> None:
+    state, web, _ = web_cluster(external_ips=(V6(EXTERNAL_IP),), internal_traffic_policy="Local")
+    on_two = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))
+    assert segment_ends(on_two, WEB_BSID) == {"fcbb:bb00:2::1:2"}
+    external = str(IPV6_ONLY.service_external_bsid(2, 1, 6))
+    assert segment_ends(on_two, external) == {"fcbb:bb00:2::1:2", "fcbb:bb00:3::1:2"}
+    on_one = render(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))
+    assert Route(ipaddress.ip_network("fd00:96::1/128"), kind=RouteKind.PROHIBIT) in on_one.routes
+    assert segment_ends(on_one, str(IPV6_ONLY.service_external_bsid(1, 1, 6))) == {
+        "fcbb:bb00:2::1:2",
+        "fcbb:bb00:3::1:2",
+    }
+
+
+def test_external_vips_without_endpoints_are_refused_explicitly() -> None:
+    state, web, pods = web_cluster(external_ips=(V6(EXTERNAL_IP),))
+    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p, ready=False) for p in pods]))
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))
+    assert Route(ipaddress.ip_network(f"{EXTERNAL_IP}/128"), kind=RouteKind.PROHIBIT) in (
+        config.routes
+    )
+
+
+def test_a_vip_is_steered_once_and_never_when_it_is_a_nodes_or_a_pods_address() -> None:
+    plan = IPV6_ONLY
+    pods = [pod(plan, "web-a", 2, 2)]
+    vip, node_ip, pod_ip = V6(LB_IP), V6("2001:db8::3"), pods[0].ipv6
+    assert pod_ip is not None
+    web = service("web", 1, external_ips=(vip, node_ip, pod_ip))
+    other = service("other", 2, load_balancer_ips=(vip,))
+    state = state_of(node(1), node(2), node(3), *pods, web, other)
+    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p) for p in pods]))
+    state.upsert_endpoint_slice(endpoint_slice(other, [endpoint(p) for p in pods]))
+    the_inputs = inputs(plan, [1, 2, 3], {web: 1, other: 2}, interfaces=pods)
+    renderer = Renderer(state, "node-2", the_inputs)
+    config = renderer.config()
+    steered = {s.prefix: s.bsid for s in config.steerings if s.prefix.prefixlen == 128}
+    # default/other sorts before default/web: the shared VIP is other's.
+    assert steered == {
+        ipaddress.ip_network("fd00:96::1/128"): V6(WEB_BSID),
+        ipaddress.ip_network("fd00:96::2/128"): V6("fcbb:bb00::6000:2"),
+        ipaddress.ip_network(f"{LB_IP}/128"): V6("fcbb:bb00::6000:2"),
+    }
+    (attachment,) = config.pods
+    assert attachment.service_addresses == {V6("fd00:96::1"), V6("fd00:96::2"), vip}
+
+    # The owner goes: the VIP changes hands at once (incrementally as in full).
+    renderer.update(state.delete_service("default", "other"))
+    assert renderer.config() == render(state, "node-2", the_inputs)
+    steered = {s.prefix: s.bsid for s in renderer.config().steerings}
+    assert steered[ipaddress.ip_network(f"{LB_IP}/128")] == V6(WEB_BSID)
+    # node-3 leaves: its address is nobody's, and web may steer it now.
+    renderer.update(state.delete_node("node-3"))
+    assert renderer.config() == render(state, "node-2", the_inputs)
+    steered = {s.prefix: s.bsid for s in renderer.config().steerings}
+    assert steered[ipaddress.ip_network(f"{node_ip}/128")] == V6(WEB_BSID)
+    (attachment,) = renderer.config().pods
+    assert node_ip in attachment.service_addresses
+    assert pod_ip not in attachment.service_addresses
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"labels": Labels({"service.kubernetes.io/service-proxy-name": "other"})},
+        {"labels": Labels({"service.kubernetes.io/headless": ""})},
+        {"type": "ExternalName"},
+    ],
+)
+def test_services_kube_proxy_skips_are_skipped(fields: dict[str, object]) -> None:
+    state, web, pods = web_cluster(external_ips=(V6(EXTERNAL_IP),), **fields)
+    config = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}, interfaces=pods))
+    assert service_objects(config, WEB_BSID) == (None, set())
+    assert not [r for r in config.routes if r.prefix.prefixlen == 128]
+    (attachment,) = config.pods
+    assert attachment.service_addresses == frozenset()
 
 
 def test_prefer_close_keeps_traffic_in_the_zone_and_falls_back_to_all() -> None:
@@ -811,6 +949,13 @@ class IncrementalRender(RuleBasedStateMachine):
         itp=st.sampled_from(["Cluster", "Local"]),
         td=st.sampled_from([None, "PreferClose", "PreferSameNode"]),
         headless=st.booleans(),
+        # Shared by every service (steered once), IPv4 too, and node addresses: node-4's
+        # comes and goes, node-1's is this node's (neither may be steered).
+        vips=st.sampled_from(
+            [(), ("2001:db8:ee::1",), ("2001:db8:ee::1", "10.0.0.1"), ("2001:db8::4", "192.0.2.1")]
+        ),
+        etp=st.sampled_from(["Cluster", "Local"]),
+        other_proxy=st.booleans(),
     )
     def upsert_service(
         self,
@@ -820,8 +965,12 @@ class IncrementalRender(RuleBasedStateMachine):
         itp: str,
         td: str | None,
         headless: bool,
+        vips: tuple[str, ...],
+        etp: str,
+        other_proxy: bool,
     ) -> None:
         j = SERVICE_NAMES.index(name) + 1
+        proxy = {"service.kubernetes.io/service-proxy-name": "x"} if other_proxy else {}
         updated = service(
             name,
             j,
@@ -830,6 +979,10 @@ class IncrementalRender(RuleBasedStateMachine):
             internal_traffic_policy=itp,
             traffic_distribution=td,
             headless=headless,
+            # Every service shares these VIPs: steered once per service, the first wins.
+            load_balancer_ips=tuple(ipaddress.ip_address(v) for v in vips),
+            external_traffic_policy=etp,
+            labels=Labels(proxy),
         )
         self._apply(self.state.upsert_service(updated))
 
@@ -972,6 +1125,9 @@ class IncrementalRender(RuleBasedStateMachine):
         # plan would refuse the config. (Other kinds can collide here: the machine may give
         # two pods one address, which no cluster does.)
         assert len({p.key for p in incremental.pods}) == len(incremental.pods)
+        # Services never contend for an address: each VIP is steered once, at most.
+        steered = [s.key for s in incremental.steerings]
+        assert len(set(steered)) == len(steered)
 
 
 IncrementalRender.TestCase.settings = settings(

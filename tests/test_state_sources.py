@@ -143,6 +143,52 @@ def test_service_from_kubectl_json() -> None:
     )
 
 
+def test_load_balancer_service_from_kubectl_json() -> None:
+    converted = from_json(Kind.SERVICE, fixture("service-lb"))
+    assert isinstance(converted, Service)
+    assert converted.type == "LoadBalancer"
+    assert converted.ports == (
+        ServicePort(80, "TCP", "http", 8080, node_port=30080),
+        ServicePort(53, "UDP", "dns", 53, node_port=30053),
+    )
+    assert converted.external_ips == (V6("2001:db8:ee::20"), V4("198.51.100.20"))
+    # ipMode Proxy: the load balancer rewrites the destination; a hostname has no IP.
+    assert converted.load_balancer_ips == (V6("2001:db8:ee::10"), V4("198.51.100.10"))
+    assert converted.load_balancer_source_ranges == (
+        ipaddress.ip_network("2001:db8:c0::/48"),
+        ipaddress.ip_network("203.0.113.0/24"),
+    )
+    assert converted.external_traffic_policy == "Local"
+    assert converted.health_check_node_port == 31999
+    assert converted.external_vips(6) == (V6("2001:db8:ee::20"), V6("2001:db8:ee::10"))
+    assert converted.external_vips(4) == (V4("198.51.100.20"), V4("198.51.100.10"))
+    assert converted.proxied
+    broken = fixture("service-lb")
+    broken["spec"]["loadBalancerSourceRanges"][0] = "2001:db8:c0::/129"
+    with pytest.raises(
+        ConversionError, match=r"Service store/shop: spec.loadBalancerSourceRanges\[0\]"
+    ):
+        from_json(Kind.SERVICE, broken)
+
+
+def test_a_vip_two_services_claim_belongs_to_one_and_changes_hands_with_it() -> None:
+    state = ClusterState()
+    vip = V6("2001:db8:ee::1")
+    a = service("a", 1, external_ips=(vip,))
+    b = service("b", 2, load_balancer_ips=(vip,))
+    state.upsert(b)
+    assert state.vip_owner(vip) == b
+    # a claims it too and sorts first: both are dirtied, a owns it.
+    assert state.upsert(a) >= {ServiceKey("default", "a"), ServiceKey("default", "b")}
+    assert state.vip_owner(vip) == a
+    assert state.delete_service("default", "a") >= {ServiceKey("default", "b")}
+    assert state.vip_owner(vip) == b
+    # A ClusterIP is its service's, whoever else names it.
+    c = service("c", 3, external_ips=(V6("fd00:96::2"),))
+    state.upsert(c)
+    assert state.vip_owner(V6("fd00:96::2")) == b
+
+
 def test_endpoint_slices_from_kubectl_json() -> None:
     v6 = from_json(Kind.ENDPOINT_SLICE, fixture("endpointslice-web-v6"))
     assert isinstance(v6, EndpointSlice)
@@ -448,6 +494,7 @@ def test_lab_source_reads_every_object_and_then_only_changes(lab_dir: Path) -> N
         ("Node", "", "node-2"),
         ("Pod", "default", "web-7d9c8b6f5-x2v9k"),
         ("Service", "default", "web"),
+        ("Service", "store", "shop"),
         ("Service", "kube-system", "dns"),
         ("EndpointSlice", "default", "web-6xw4p"),
         ("EndpointSlice", "default", "web-k9r2d"),

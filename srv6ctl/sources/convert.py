@@ -35,6 +35,7 @@ from srv6ctl.state import (
     EndpointPort,
     EndpointSlice,
     IPAddress,
+    IPNetwork,
     Kind,
     Labels,
     Namespace,
@@ -85,6 +86,13 @@ class _Reader:
             return ipaddress.ip_address(str(value).strip())
         except ValueError:
             raise self.error(path, f"{value!r} is not an IP address") from None
+
+    def network(self, path: str, value: Any) -> IPNetwork:
+        # The API server accepts spaces around a source range (kube-proxy trims them).
+        try:
+            return ipaddress.ip_network(str(value).strip(), strict=False)
+        except ValueError:
+            raise self.error(path, f"{value!r} is not a CIDR") from None
 
     def port(self, path: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
@@ -213,8 +221,26 @@ def service_from_json(obj: JSON) -> Service:
                 target_port=number
                 if target is None
                 else r.int_or_name(f"spec.ports[{i}].targetPort", target),
+                node_port=0
+                if not port.get("nodePort")
+                else r.port(f"spec.ports[{i}].nodePort", port.get("nodePort")),
             )
         )
+    external_ips = tuple(
+        r.ip(f"spec.externalIPs[{i}]", a) for i, a in enumerate(r.items(spec, "externalIPs"))
+    )
+    status = obj.get("status") or {}
+    ingress = r.items(status.get("loadBalancer") or {}, "ingress")
+    load_balancer_ips = tuple(
+        r.ip(f"status.loadBalancer.ingress[{i}].ip", entry["ip"])
+        for i, entry in enumerate(ingress)
+        if entry.get("ip") and (entry.get("ipMode") or "VIP") == "VIP"
+    )
+    source_ranges = tuple(
+        r.network(f"spec.loadBalancerSourceRanges[{i}]", cidr)
+        for i, cidr in enumerate(r.items(spec, "loadBalancerSourceRanges"))
+    )
+    health_port = spec.get("healthCheckNodePort")
     return Service(
         uid=_uid(obj),
         namespace=r.namespace,
@@ -227,6 +253,13 @@ def service_from_json(obj: JSON) -> Service:
         traffic_distribution=spec.get("trafficDistribution") or None,
         headless=headless,
         labels=_labels(obj),
+        external_ips=external_ips,
+        load_balancer_ips=load_balancer_ips,
+        load_balancer_source_ranges=source_ranges,
+        external_traffic_policy=str(spec.get("externalTrafficPolicy") or "Cluster"),
+        health_check_node_port=0
+        if not health_port
+        else r.port("spec.healthCheckNodePort", health_port),
     )
 
 

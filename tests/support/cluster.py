@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ipam6.plan import AddressPlan
 from srv6ctl.dataplane.model import Capabilities, EncapMode
@@ -107,6 +108,7 @@ def service(
     internal_traffic_policy: str = "Cluster",
     traffic_distribution: str | None = None,
     headless: bool = False,
+    **fields: Any,
 ) -> Service:
     ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for family in families:
@@ -124,6 +126,7 @@ def service(
         internal_traffic_policy=internal_traffic_policy,
         traffic_distribution=traffic_distribution,
         headless=headless,
+        **fields,
     )
 
 
