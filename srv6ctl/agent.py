@@ -11,6 +11,7 @@ renderer and the collaborators below are only ever driven from that loop:
              after any failure, which repairs drift and writes nothing when in sync),
              pods too (their VPP ports, loopback ClusterIPs and port rewrites)
            → `PolicyPrograms`: NetworkPolicy per local pod (nftables, or VPP ACLs)
+           → `HealthChecks`: the healthCheckNodePorts of this node's services
 
 The API thread reads through `AgentQueries`. Which dataplane, and refusing one that cannot
 work here, is `srv6ctl.dataplane_choice`. Failures never tear the dataplane down: the
@@ -26,10 +27,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from cni import protocol as cni_protocol
 from cni.server import CniServer
 from cni.wiring import PodWiring
 from ipam6.allocator import Allocator, NodeWatch
@@ -39,6 +38,7 @@ from ipam6.store.config import open_store
 from srv6ctl.agent_api import AgentApiServer
 from srv6ctl.agent_api import query_agent as query_agent  # the client, for callers
 from srv6ctl.agent_cni import AgentCniHooks
+from srv6ctl.agent_options import AgentOptions as AgentOptions
 from srv6ctl.agent_queries import AgentQueries
 from srv6ctl.allocations import AllocationCache
 from srv6ctl.config import Config
@@ -49,6 +49,7 @@ from srv6ctl.podnet import PodNetworkProgrammer
 from srv6ctl.policy_programs import PolicyPrograms
 from srv6ctl.reconciler import Reconciler
 from srv6ctl.render import Renderer
+from srv6ctl.service_health import HealthChecks
 from srv6ctl.sources.start import start_source
 from srv6ctl.state import ClusterState, DirtyKey, NodeKey, Replace, ServiceKey, SourceEvent
 from telemetry.agent import Telemetry
@@ -58,21 +59,6 @@ from telemetry.pools import counted_pools
 log = logging.getLogger("srv6ctl.agent")
 
 MAX_BACKOFF_S = 30.0
-
-
-@dataclass(frozen=True)
-class AgentOptions:
-    node_name: str
-    netns: str | None = None  # the node's network namespace (the lab); None: this one
-    lab_dir: str | None = None  # the lab source's directory; None: Kubernetes
-    kubeconfig: str | None = None  # None with no lab_dir: in-cluster config
-    cni_socket: str = cni_protocol.DEFAULT_AGENT_SOCKET
-    api_socket: str = "/run/srv6ctl/agent.sock"
-    resync_seconds: float = 30.0
-    dataplane: str = "kernel"  # or "vpp"
-    vpp_api_socket: str = "/run/vpp/api.sock"  # --dataplane vpp: VPP's binary API socket
-    vpp_stats_socket: str | None = None  # --dataplane vpp: its stats socket (counters)
-    metrics_address: str | None = "127.0.0.1:9876"  # /metrics /healthz /readyz; None: off
 
 
 class Agent:
@@ -186,6 +172,10 @@ class Agent:
         ):
             self.allocations.pod_known(allocation)
         self.cni.start()
+        self.health_checks: HealthChecks | None = None
+        if opts.health_check_address is not None:
+            address, netns = opts.health_check_address, self._netns_path()
+            self.health_checks = HealthChecks(opts.node_name, netns, address, self._proxy_healthy)
         self.query = AgentQueries(
             opts.node_name,
             self.plan,
@@ -208,6 +198,8 @@ class Agent:
             node_watch.stop()
             source.stop()
             self.cni.stop()
+            if self.health_checks is not None:
+                self.health_checks.close()
             self._api.stop()
             self.telemetry.close()
             self.backend.close()
@@ -221,10 +213,7 @@ class Agent:
             check_dataplane(self.options.dataplane)
 
     def _netns_path(self) -> str | None:
-        netns = self.options.netns
-        if netns is None or netns.startswith("/"):
-            return netns
-        return f"/var/run/netns/{netns}"
+        return self.options.netns_path
 
     @property
     def vpp(self) -> bool:
@@ -354,6 +343,8 @@ class Agent:
             everything = full or delta is None
             if not self.policies.program(self.state, desired, dirty, everything, delta):
                 self._full_resync_due = min(self._full_resync_due, time.monotonic() + 1.0)
+        if self.health_checks is not None:
+            self.health_checks.refresh(self.state, dirty, everything)
         self.telemetry.metrics.changes_applied(changes)
         if self._first_event_at is not None and changes:
             # The SLI kube-proxy's network programming latency defines: from the change
@@ -363,6 +354,10 @@ class Agent:
         if not self.ready.is_set():
             self.ready.set()
             log.info("dataplane programmed: ready")
+
+    def _proxy_healthy(self) -> bool:
+        """kube-proxy's serviceProxyHealthy: the dataplane holds what was last rendered."""
+        return self.ready.is_set() and self.programming_error is None
 
     def _release_pending_addresses(self) -> None:
         try:

@@ -8,6 +8,7 @@ stores, pyroute2 or the agent) happens inside the subcommand that needs it, so `
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,15 @@ from telemetry import top
 # `srv6ctl agent` exits with this when the chosen dataplane cannot work on this host (for
 # instance a kernel without SRv6 lightweight tunnels): restarting it will not help.
 EXIT_DATAPLANE_UNAVAILABLE = 3
+
+
+def _listen_address(value: str) -> str | None:
+    if value == "off":
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address or 'off'") from None
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -80,6 +90,7 @@ def _agent(args: argparse.Namespace) -> int:
         vpp_api_socket=args.vpp_api_socket,
         vpp_stats_socket=args.vpp_stats_socket,
         metrics_address=None if args.metrics_address == "off" else args.metrics_address,
+        health_check_address=args.health_check_address,
     )
     agent = Agent(options, config, plan)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
@@ -157,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1:9876",
         help="where /metrics, /healthz and /readyz listen (host:port, [v6]:port, port 0 = any "
         "free port, 'off'); beyond loopback only when you say so",
+    )
+    agent.add_argument(
+        "--health-check-address",
+        default="::",
+        type=_listen_address,
+        help="where the healthCheckNodePorts of LoadBalancer services with "
+        "externalTrafficPolicy Local listen, as kube-proxy's (default '::': every node "
+        "address, both families; 'off': none)",
     )
     agent.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     agent.add_argument("--log-level", default="INFO")

@@ -69,3 +69,12 @@ def test_lab_demo_allocates_and_survives_a_restart() -> None:
     assert "every node ID and pod address unchanged: True" in result.stdout
     assert "fcbb:bb00:3::/48" in result.stdout
     assert "ctr-leaked/eth0" in result.stdout
+
+
+def test_a_bad_health_check_address_stops_the_agent_with_one_line() -> None:
+    result = run(
+        "agent", "--node-name", "n", "--config", str(SAMPLE), "--health-check-address", "nodes"
+    )
+    assert result.returncode == 2
+    assert "--health-check-address: 'nodes' is not an IP address or 'off'" in result.stderr
+    assert "Traceback" not in result.stderr
