@@ -726,8 +726,9 @@ class Renderer:
         if bsid not in out.policies:
             # Sorted already, so the policy's own sort has nothing to do.
             segment_lists = tuple(SegmentList((IPv6Address(sid),)) for sid in sorted(sids))
-            suffix = "/external" if external else ""
-            owner = f"svc/{service.namespace}/{service.name}/v{family}{suffix}"
+            # The external policy's owner is not "svc/...": that names the ClusterIP's.
+            kind = "svc-external" if external else "svc"
+            owner = f"{kind}/{service.namespace}/{service.name}/v{family}"
             out.policies[bsid] = SrPolicy(bsid, segment_lists, mode=self._mode, owner=owner)
         out.steerings.extend(Steering(host, bsid) for host in hosts)
 

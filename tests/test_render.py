@@ -418,7 +418,7 @@ def test_external_traffic_policy_local_keeps_external_traffic_on_the_entry_node(
     assert segment_ends(on_two, str(local_bsid)) == {"fcbb:bb00:2::1:2"}
     assert service_objects(on_two, str(local_bsid))[1] == {steer(f"{LB_IP}/128", str(local_bsid))}
     (external,) = [p for p in on_two.policies if p.bsid == local_bsid]
-    assert external.owner == "svc/default/web/v6/external"
+    assert external.owner == "svc-external/default/web/v6"
 
     # A node without a local endpoint drops external traffic silently (the load
     # balancer's health check sends it elsewhere); its ClusterIP still works.
