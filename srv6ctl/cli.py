@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
             "ipam",
             "status",
             "desired",
+            "held",
             "actual",
             "drift",
             "allocations",
