@@ -252,7 +252,7 @@ def sid_list(
 def held_policy(policy: SrPolicy) -> SrPolicy:
     """`policy` with the weights VPP is given for its lists (`vpp_weights`): what VPP holds,
     and a dump reads back, once it is programmed. The same policy when VPP already spreads
-    the model's weights fairly (equal weights of up to 8 lists, 3:1, ...)."""
+    the model's weights fairly (3:1; 1-5, 7-9, 16 or 32 equal lists; ...)."""
     weights = tuple(sl.weight for sl in policy.segment_lists)
     held = vpp_weights(weights)
     if held == weights:
