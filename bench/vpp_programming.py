@@ -55,6 +55,7 @@ from srv6ctl.dataplane.model import (
 )
 from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.dataplane.vpp import VppBackend
+from srv6ctl.dataplane.vpp_sr_codec import held_policy
 from srv6ctl.lab.vpp import plugin_path
 
 BSID_BASE = int(IPv6Address("fcbb:bb00::1:0"))
@@ -98,10 +99,13 @@ def make_config(services: int, backends: int, nodes: int) -> NodeConfig:
 
 
 def cli_script(config: NodeConfig) -> str:
+    """The same objects as CLI, with the weights the backend gives VPP (`held_policy`)."""
     lines = [f"set sr encaps source addr {config.encap_source}"]
     for policy in sorted(config.policies, key=lambda p: int(p.bsid)):
-        first, *rest = policy.segment_lists
-        lines.append(f"sr policy add bsid {policy.bsid} next {first.segments[0]} encap")
+        first, *rest = held_policy(policy).segment_lists
+        lines.append(
+            f"sr policy add bsid {policy.bsid} next {first.segments[0]} weight {first.weight} encap"
+        )
         for sl in rest:
             lines.append(
                 f"sr policy mod bsid {policy.bsid} add sl next {sl.segments[0]} weight {sl.weight}"
@@ -169,9 +173,10 @@ def empty(api_socket: str) -> None:
 
 
 def count(api_socket: str, config: NodeConfig) -> bool:
-    """VPP holds exactly `config` (as far as SR policies and steerings go)."""
+    """VPP holds exactly `config` (as far as SR policies and steerings go), with the
+    weights the backend gives VPP (`as_held`)."""
     with VppBackend(api_socket) as backend:
-        return not plan(config, backend.dump())
+        return not plan(backend.as_held(config), backend.dump())
 
 
 def bench_ours(api_socket: str, config: NodeConfig, window: int) -> dict[str, Any]:
@@ -217,7 +222,7 @@ def bench_reference(
 
 def restart_check(api_socket: str, config: NodeConfig) -> dict[str, Any]:
     with VppBackend(api_socket) as backend:
-        changes = plan(config, backend.dump())
+        changes = plan(backend.as_held(config), backend.dump())
         backend.apply(changes)
         return {"changes": len(changes), "writes": backend.writes}
 

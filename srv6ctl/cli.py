@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
             "ipam",
             "status",
             "desired",
+            "held",
             "actual",
             "drift",
             "allocations",

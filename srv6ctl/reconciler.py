@@ -95,7 +95,9 @@ class Reconciler:
         wired = {p.key for p in desired.pods if p.netns and os.path.exists(p.netns)}
         with self.lock:
             actual = dumpable(self.backend.dump())
-            changes = plan(target, actual)
+            # Against what the backend would hold of `desired` (VPP holds weights of its
+            # own); the changes still carry the model's, which the backend maps the same.
+            changes = plan(self.backend.as_held(target), actual)
             if changes:
                 found = summarize(changes)  # what drift(target, actual) says, unplanned again
                 self.metrics.record_drift(found)
@@ -206,9 +208,19 @@ class Reconciler:
         with self.lock:
             return self.backend.dump()
 
+    def held(self, desired: NodeConfig) -> NodeConfig:
+        """`desired` as the backend holds it once applied (what its dump is compared with)."""
+        return self.backend.as_held(desired)
+
     def drift(self, desired: NodeConfig) -> Drift:
         with self.lock:
-            return drift(dumpable(desired), dumpable(self.backend.dump()))
+            held = self.backend.as_held(dumpable(desired))
+            return drift(held, dumpable(self.backend.dump()))
+
+    def buckets(self, bsid: IPv6Address) -> dict[tuple[IPv6Address, ...], int]:
+        """The buckets the dataplane has for policy `bsid`, per segment list."""
+        with self.lock:
+            return dict(self.backend.buckets(bsid))
 
 
 __all__ = ["Reconciler"]

@@ -194,13 +194,15 @@ def ipam(allocations: Mapping[str, Any]) -> list[Row]:
 
 
 def show(what: str, api_socket: str, as_json: bool) -> int:
-    raw = {"status", "desired", "actual", "drift", "allocations"}
+    raw = {"status", "desired", "held", "actual", "drift", "allocations"}
     if what in raw:
         print(
             json.dumps(query_agent(api_socket, what), indent=None if as_json else 2, sort_keys=True)
         )
         return 0
-    desired = query_agent(api_socket, "desired")
+    # Desired as the backend holds it: VPP is given weights of its own for some policies
+    # (vpp_buckets), and a dump says those.
+    desired = query_agent(api_socket, "held")
     actual = query_agent(api_socket, "actual")
     if desired is None:
         print("the agent has not rendered yet")

@@ -5,7 +5,8 @@ For a 5-tuple (SRC pod, DST pod/service/address, protocol, source and destinatio
 1. the source pod, its node and the veth it enters the node by;
 2. what the source node's agent *wants* for DST (its desired config): the steering that
    matches, the SR policy behind it, every candidate segment list with its weight, and
-   the share of the kernel's resilient group buckets each list actually holds;
+   the buckets each list actually holds in the dataplane (the agent's `buckets` query:
+   the kernel's resilient group, or VPP's load balance);
 3. which list *this* flow gets. Two answers, with what each one is worth:
    - the kernel's FIB, asked with the whole 5-tuple (RTM_GETROUTE with RTA_IIF, RTA_SRC,
      RTA_IP_PROTO, RTA_SPORT, RTA_DPORT, over netlink in the node's namespace). The hash
@@ -315,10 +316,7 @@ def _match(topo: Topology, node: NodeInfo, dst: IPAddress, result: Trace) -> SrP
     if policy is None:
         return None
     total = sum(sl.weight for sl in policy.segment_lists)
-    from srv6ctl.observe.netinfo import group_buckets  # lazy: pyroute2 (the docstring)
-
-    buckets = group_buckets(node.netns, str(best.prefix))
-    bucket_total = sum(buckets.values())
+    buckets, bucket_total = agent_buckets(node.api_socket, policy.bsid)
     for sl in policy.segment_lists:
         pod = topo.pod_of_sid(sl.segments[-1])
         entry: dict[str, Any] = {
@@ -328,9 +326,21 @@ def _match(topo: Topology, node: NodeInfo, dst: IPAddress, result: Trace) -> SrP
             "ends_at": pod.name if pod else None,
         }
         if bucket_total:
-            entry["buckets"] = f"{buckets.get(sl.segments, 0)}/{bucket_total}"
+            entry["buckets"] = f"{buckets.get(tuple(map(str, sl.segments)), 0)}/{bucket_total}"
         result.candidates.append(entry)
     return policy
+
+
+def agent_buckets(
+    api_socket: str, bsid: ipaddress.IPv6Address
+) -> tuple[dict[tuple[str, ...], int], int]:
+    """The policy's buckets as the node's dataplane has them, asked of its agent (the
+    kernel's resilient group, or VPP's load balance): segments → buckets, and the total."""
+    from srv6ctl.observe.agentview import query  # lazy: the dataplane model (the docstring)
+
+    answer = query(api_socket, f"buckets {bsid}")
+    held = {tuple(entry["segments"]): int(entry["buckets"]) for entry in answer["lists"]}
+    return held, int(answer["total"])
 
 
 def _hop(topo: Topology, sid: ipaddress.IPv6Address) -> Hop:

@@ -136,6 +136,17 @@ def test_service_through_vpp_without_nat_and_a_restart_writes_nothing(vpp_node: 
         dx6 = {sid for sid in vpp.dump().local_sids if isinstance(sid, EndDX6)}
     assert len(dx6) == 3
     assert sum(counted[("localsid", sid.sid)].packets for sid in dx6) >= 12 * 2  # SYN, ACK...
+    # The agent's `buckets` query (what `srv6ctl trace` shows): VPP's own load balance of
+    # the service's policy, two equal lists of one bucket each (VPP's two-path fast path).
+    desired = query_agent(vpp_node.api, "desired")
+    (policy,) = [p for p in desired["policies"] if str(p["owner"]).startswith("svc/")]
+    held = query_agent(vpp_node.api, f"buckets {policy['bsid']}")
+    assert held["total"] == 2 and [sl["buckets"] for sl in held["lists"]] == [1, 1]
+    assert sorted(sl["segments"] for sl in held["lists"]) == sorted(
+        sl["segments"] for sl in policy["segment_lists"]
+    )
+    with pytest.raises(RuntimeError, match="not a BSID"):
+        query_agent(vpp_node.api, "buckets web")
 
     # The wiring's CHECK holds in VPP mode (no node-side address or route is expected).
     wiring = PodWiring(f"/var/run/netns/{vpp_node.node.name}", mode="vpp")

@@ -1,4 +1,5 @@
-"""The kernel backend's pure parts, no namespace needed: wire packing, staging, retries."""
+"""The kernel backend's pure parts, no namespace needed: wire packing, staging, retries;
+and one netlink read that needs a namespace but no SRv6 (a resilient group's buckets)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import socket
 import struct
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import pytest
-from pyroute2.netlink import NLM_F_REQUEST
+from pyroute2.netlink import NETLINK_ROUTE, NLM_F_REQUEST
 
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane.kernel_caps import KernelFeatures
@@ -20,6 +22,7 @@ from srv6ctl.dataplane.kernel_codec import (
     InvalidObject,
     Links,
     SegmentPath,
+    parse_bucket,
     parse_route,
 )
 from srv6ctl.dataplane.kernel_program import (
@@ -48,6 +51,7 @@ from srv6ctl.dataplane.model import (
     Steering,
 )
 from srv6ctl.dataplane.netlink_channel import Feed, NetlinkChannel, Request, Writes, _frame
+from tests.support.netns import Netns
 
 A, B, C = (IPv6Address(f"fcbb:bb00:{n}::1") for n in (2, 3, 4))
 BSID = IPv6Address("fcbb:bb00::1")
@@ -414,3 +418,24 @@ def test_writes_are_framed_once_numbered_by_row_and_ask_for_no_ack() -> None:
         (24, nl.RTM_DELNEXTHOP, NLM_F_REQUEST, 2, 0),
     ]
     assert [str(r.what) for r in writes] == ["route a", "delete nexthop 7"]
+
+
+def test_a_resilient_groups_buckets_are_read_member_by_member(netns: Netns) -> None:
+    """RTM_GETNEXTHOPBUCKET as KernelBackend.buckets sends it, on plain nexthops (the
+    group is what a policy's is, less the seg6 encap this host's kernel may lack)."""
+    netns.ip("link", "add", "d0", "type", "veth", "peer", "name", "d1")
+    netns.ip("link", "set", "d1", "up")
+    netns.ip("link", "set", "d0", "up")
+    netns.ip("addr", "add", "fd00:1::1/64", "dev", "d0", "nodad")
+    netns.ip("-6", "nexthop", "add", "id", "11", "via", "fd00:1::2", "dev", "d0")
+    netns.ip("-6", "nexthop", "add", "id", "12", "via", "fd00:1::3", "dev", "d0")
+    netns.ip(
+        "nexthop", "add", "id", "20", "group", "11,1/12,3", "type", "resilient", "buckets", "64"
+    )
+    netns.ip("nexthop", "add", "id", "21", "group", "11/12", "type", "resilient", "buckets", "32")
+    channel = NetlinkChannel(f"/var/run/netns/{netns.name}", NETLINK_ROUTE, strict_dumps=True)
+    try:
+        members = channel.dump(nl.RTM_GETNEXTHOPBUCKET, Codec.bucket_dump(20), parse_bucket)
+    finally:
+        channel.close()
+    assert Counter(members) == {11: 16, 12: 48}  # one group's only: 64, weights 1:3

@@ -44,6 +44,7 @@ from srv6ctl.dataplane.model import (
     DataplaneObject,
     EncapMode,
     Flavour,
+    IPv6Address,
     NodeConfig,
     Op,
 )
@@ -92,6 +93,12 @@ class RecordingBackend:
                 self._objects.pop(change.obj.key, None)
             else:
                 self._objects[change.obj.key] = change.obj
+
+    def as_held(self, desired: NodeConfig) -> NodeConfig:
+        return desired
+
+    def buckets(self, bsid: IPv6Address) -> dict[tuple[IPv6Address, ...], int]:
+        return {}
 
     def counters(self) -> Mapping[Any, Any]:
         return {}

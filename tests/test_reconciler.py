@@ -21,6 +21,7 @@ from srv6ctl.dataplane.model import (
     Change,
     DataplaneObject,
     EndDX6,
+    IPv6Address,
     NodeConfig,
     Op,
     PodAttachment,
@@ -67,6 +68,12 @@ class NodeSide:
         gone = sorted(self.ports - set(keep))
         self.ports -= set(gone)
         return gone
+
+    def as_held(self, desired: NodeConfig) -> NodeConfig:
+        return desired
+
+    def buckets(self, bsid: IPv6Address) -> dict[tuple[IPv6Address, ...], int]:
+        return {}
 
     def counters(self) -> Mapping[Any, Any]:
         return {}

@@ -9,6 +9,7 @@ any of it is missing.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import json
 import shutil
 import time
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from srv6ctl.dataplane import vpp_fib_codec as fib_codec
+from srv6ctl.dataplane import vpp_sr_codec as sr_codec
 from srv6ctl.dataplane.model import (
     Change,
     EndDX6,
@@ -27,11 +30,17 @@ from srv6ctl.dataplane.model import (
     Route,
     RouteKind,
     SegmentList,
+    SrPolicy,
     Steering,
 )
 from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.dataplane.vpp import VppBackend
 from srv6ctl.dataplane.vpp_api import VppApiError, VppChannel, VppUnavailable, find_api_dir
+from srv6ctl.dataplane.vpp_buckets import fair, vpp_buckets
+from srv6ctl.podnet import PodNetworkProgrammer
+from srv6ctl.reconciler import Reconciler
+from srv6ctl.render import RenderDelta
+from telemetry.metrics import AgentMetrics
 from tests.support.vpp import (
     BIN_ENV,
     BSID,
@@ -160,6 +169,103 @@ def test_policy_edits_are_made_in_place_and_never_empty_the_policy(backend: VppB
             if segments in now:
                 assert now[segments] == index
         first = now
+
+
+# --- weights and buckets (issue 17) ------------------------------------------------------
+
+
+def many_lists(weights: tuple[int, ...], bsid: IPv6Address = BSID) -> SrPolicy:
+    """A policy of len(weights) one-SID lists (their order sorted by SID, as in the model)."""
+    sids = [IPv6Address(f"fcbb:bb00:{n + 0x100:x}::1:3") for n in range(len(weights))]
+    return red(*(SegmentList((sid,), w) for sid, w in zip(sids, weights, strict=True)), bsid=bsid)
+
+
+def per_weight(policy: SrPolicy, buckets: dict[Any, int]) -> dict[int, list[int]]:
+    """weight → the sorted bucket counts of its lists (VPP's qsort orders equal weights its
+    own way: the counts per weight are what the port can be held to)."""
+    out: dict[int, list[int]] = {}
+    for sl in policy.segment_lists:
+        out.setdefault(sl.weight, []).append(buckets.get(sl.segments, 0))
+    return {weight: sorted(counts) for weight, counts in out.items()}
+
+
+def test_vpp_holds_the_buckets_the_port_predicts(backend: VppBackend) -> None:
+    """The model weights sent as they are (not through the backend, which would change
+    them): VPP's load balance is what vpp_buckets says, list by list."""
+    cases = [
+        (1, 2),
+        (3, 1),
+        (1, 2, 3),
+        (1,) * 40,
+        (1, 1, 1, 100),
+        tuple(range(1, 41)),
+        tuple((n * 37) % 100 + 1 for n in range(25)),
+    ]
+    for weights in cases:
+        policy = many_lists(weights)
+        for request in sr_codec.policy_create(policy):
+            backend.channel.call(request.name, write=True, what=request.what, **request.fields)
+        model = tuple(sl.weight for sl in policy.segment_lists)
+        predicted = dict(
+            zip((sl.segments for sl in policy.segment_lists), vpp_buckets(model), strict=True)
+        )
+        held = backend.buckets(BSID)
+        assert per_weight(policy, held) == per_weight(policy, predicted), weights
+        backend.channel.call("sr_policy_del", write=True, bsid_addr=BSID, sr_policy_index=0)
+    assert backend.buckets(BSID) == {}
+
+
+def test_forty_backends_hold_their_share_of_the_buckets_within_one(
+    vpp: Target, backend: VppBackend
+) -> None:
+    """Issue 17: 40 equal lists held 11 buckets for the first and 3 for every other; and
+    skewed weights. Each list now holds its share of VPP's buckets rounded down or up, and
+    a restarted agent reads the weights back and plans nothing."""
+    for weights in [(1,) * 40, tuple(range(1, 41)), (1, 1, 1, 100)]:
+        policy = many_lists(weights)
+        desired = base_config(policies=frozenset({policy}))
+        reconcile(backend, desired)
+        held = backend.buckets(BSID)
+        lists = policy.segment_lists
+        assert set(held) == {sl.segments for sl in lists}
+        counts = tuple(held[sl.segments] for sl in lists)
+        assert fair(counts, tuple(sl.weight for sl in lists)), (weights, counts)
+        if weights == (1,) * 40:
+            assert sum(counts) == 128 and collections.Counter(counts) == {3: 32, 4: 8}
+        # VPP holds weights of its own; the backend says which (as_held), and a dump
+        # compared with them plans nothing, here and after a restart.
+        assert backend.dump() != desired
+        assert backend.dump() == backend.as_held(desired)
+        with vpp.backend() as restarted:
+            assert plan(restarted.as_held(desired), restarted.dump()) == []
+            assert reconcile(restarted, restarted.as_held(desired)) == 0
+            assert restarted.writes == 0
+
+
+def test_the_incremental_path_and_the_full_pass_program_the_same(backend: VppBackend) -> None:
+    """The agent's two ways: an incremental pass sends the model's weights, a full pass
+    compares VPP's with a dump. Neither undoes the other."""
+    podnet = PodNetworkProgrammer([ipaddress.ip_network("fd00:96::/108")])
+    metrics = AgentMetrics(CollectorRegistry(), version="test")
+    reconciler = Reconciler(backend, metrics, podnet)
+    forty = base_config(policies=frozenset({many_lists((1,) * 40)}))
+    assert reconciler.full(forty, keep=())
+    assert reconciler.full(forty, keep=()) == []
+    (old,) = forty.policies
+    new = many_lists((1,) * 41)
+    scaled = base_config(policies=frozenset({new}))
+    changes = reconciler.incremental(scaled, RenderDelta(frozenset({new}), frozenset({old})))
+    assert [(c.kind, str(c.op)) for c in changes] == [("SrPolicy", "replace")]
+    writes = backend.writes
+    assert reconciler.full(scaled, keep=()) == []
+    assert backend.writes == writes
+    assert reconciler.drift(scaled) == {}
+    counts = backend.buckets(BSID)
+    assert fair(tuple(counts[sl.segments] for sl in new.segment_lists), (1,) * 41)
+    # And back, incrementally: the lists VPP holds are edited in place from its weights.
+    reconciler.incremental(forty, RenderDelta(frozenset({old}), frozenset({new})))
+    assert reconciler.full(forty, keep=()) == []
+    assert collections.Counter(backend.buckets(BSID).values()) == {3: 32, 4: 8}
 
 
 def test_a_steering_moves_to_another_policy_in_place(backend: VppBackend) -> None:

@@ -73,6 +73,7 @@ from srv6ctl.dataplane.kernel_codec import (
     SegmentPath,
     Slot,
     new_link,
+    parse_bucket,
     parse_nexthop,
     parse_route,
     vrf_device,
@@ -253,6 +254,29 @@ class KernelBackend:
         return NodeConfig.of(
             obj for kind in KINDS if kind.dumped for obj in HANDLERS[kind].dump(found)
         )
+
+    def as_held(self, desired: NodeConfig) -> NodeConfig:
+        """`desired` itself: the kernel holds the model's weights (its resilient group
+        spreads them over `group_buckets` buckets itself, within one bucket each)."""
+        return desired
+
+    def buckets(self, bsid: IPv6Address) -> dict[tuple[IPv6Address, ...], int]:
+        """The policy's resilient group, bucket by bucket (RTM_GETNEXTHOPBUCKET), counted
+        per member's segment list; {} without such a policy."""
+        inventory, _ = self._load()
+        group_id = inventory.anchors.get(bsid)
+        if group_id is None:
+            return {}
+        held = Counter(
+            self._route.dump(nl.RTM_GETNEXTHOPBUCKET, Codec.bucket_dump(group_id), parse_bucket)
+        )
+        path_of = {nh_id: SegmentPath(*path) for path, nh_id in inventory.paths.items()}
+        out: dict[tuple[IPv6Address, ...], int] = {}
+        for member, _ in inventory.groups[group_id]:
+            path = path_of.get(member)
+            if path is not None:
+                out[path.segments] = out.get(path.segments, 0) + held[member]
+        return out
 
     def sweep_pods(self, keep: Collection[str]) -> list[str]:
         """Nothing: the kernel holds no pod state of ours (the CNI wiring owns the veths,

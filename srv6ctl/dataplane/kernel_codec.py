@@ -430,6 +430,11 @@ class Codec:
             return header
         return header + w.u32(NHA["NHA_OP_FLAGS"], nl.NHA_OP_FLAG_DUMP_STATS)
 
+    @staticmethod
+    def bucket_dump(group_id: int) -> bytes:
+        """RTM_GETNEXTHOPBUCKET of one group's buckets (the kernel filters by NHA_ID)."""
+        return _NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + w.u32(NHA["NHA_ID"], group_id)
+
     # --- decoding ---------------------------------------------------------------------
 
     def decode_route(self, msg: RouteMessage, links: Links) -> DecodedRoute:
@@ -548,6 +553,7 @@ S6L_FLV = w.numbers(nl.seg6local_encap.flavors)
 S6T = w.numbers(nl.seg6_encap)
 NHA = w.numbers(nl.nhmsg)
 NHA_RES = w.numbers(nl.nhmsg.res_group)
+NHA_BUCKET = w.numbers(nl.nhmsg.res_bucket)
 NHA_STATS = w.numbers(nl.nhmsg.group_stats)
 NHA_ENTRY = w.numbers(nl.nhmsg.group_stats.entry)
 _COUNTERS = ("PACKETS", "BYTES", "ERRORS")
@@ -592,6 +598,14 @@ def parse_route(msg_type: int, data: bytes) -> RouteMessage | None:
     family, dst_len, _, _, table, protocol, _, rtype, _ = _RTMSG.unpack_from(data, _NLMSGHDR)
     attrs = w.Attrs(data, _NLMSGHDR + _RTMSG.size)
     return RouteMessage(family, dst_len, table, protocol, rtype, attrs)
+
+
+def parse_bucket(msg_type: int, data: bytes) -> int | None:
+    """The member nexthop an RTM_NEWNEXTHOPBUCKET's bucket points at (else None)."""
+    if msg_type != nl.RTM_NEWNEXTHOPBUCKET:
+        return None
+    bucket = w.Attrs(data, _NLMSGHDR + _NHMSG.size).nested(NHA["NHA_RES_BUCKET"])
+    return None if bucket is None else bucket.uint(NHA_BUCKET["NHA_RES_BUCKET_NH_ID"])
 
 
 def parse_nexthop(msg_type: int, data: bytes) -> NexthopMessage | None:

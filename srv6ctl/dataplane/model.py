@@ -552,6 +552,17 @@ class Backend(Protocol):
         """What the dataplane holds of ours (owned objects only)."""
         ...
 
+    def as_held(self, desired: NodeConfig) -> NodeConfig:
+        """`desired` as this backend would dump it once applied: what a dump is compared
+        with. The kernel holds the model's weights (`desired` itself); VPP holds weights of
+        its own for some policies (vpp_sr_codec.held_policy)."""
+        ...
+
+    def buckets(self, bsid: IPv6Address) -> Mapping[tuple[IPv6Address, ...], int]:
+        """The load-balance buckets the dataplane really has for policy `bsid`, per segment
+        list ({} without such a policy): the kernel's resilient group, VPP's load balance."""
+        ...
+
     def apply(self, changes: Iterable[Change]) -> None:
         """Apply an ordered plan; raises after applying the prefix it could.
 

@@ -30,6 +30,8 @@ RTM_GETROUTE = 26
 RTM_NEWNEXTHOP = 104
 RTM_DELNEXTHOP = 105
 RTM_GETNEXTHOP = 106
+RTM_NEWNEXTHOPBUCKET = 116  # kernel 5.13: a resilient group's buckets, one per message
+RTM_GETNEXTHOPBUCKET = 118
 RTN_UNICAST = 1
 RTN_LOCAL = 2
 RTN_BLACKHOLE = 6
@@ -205,7 +207,7 @@ class nhmsg(nlmsg):  # type: ignore[misc]
         (10, "NHA_MASTER", "uint32"),
         (11, "NHA_FDB", "flag"),
         (12, "NHA_RES_GROUP", "res_group"),  # kernel 5.13: resilient groups
-        (13, "NHA_RES_BUCKET", "cdata"),
+        (13, "NHA_RES_BUCKET", "res_bucket"),
         (14, "NHA_OP_FLAGS", "uint32"),  # kernel 6.7
         (15, "NHA_GROUP_STATS", "group_stats"),  # kernel 6.7
         (16, "NHA_HW_STATS_ENABLE", "uint32"),
@@ -231,6 +233,16 @@ class nhmsg(nlmsg):  # type: ignore[misc]
             (2, "NHA_RES_GROUP_IDLE_TIMER", "uint32"),  # clock_t (USER_HZ) units
             (3, "NHA_RES_GROUP_UNBALANCED_TIMER", "uint32"),
             (4, "NHA_RES_GROUP_UNBALANCED_TIME", "uint64"),
+        )
+
+    class res_bucket(nla):  # type: ignore[misc]
+        __slots__ = ()
+        nla_flags = NLA_F_NESTED
+        nla_map = (
+            (0, "NHA_RES_BUCKET_PAD", "none"),
+            (1, "NHA_RES_BUCKET_INDEX", "uint16"),
+            (2, "NHA_RES_BUCKET_IDLE_TIME", "uint64"),  # clock_t
+            (3, "NHA_RES_BUCKET_NH_ID", "uint32"),
         )
 
     class group_stats(nla):  # type: ignore[misc]

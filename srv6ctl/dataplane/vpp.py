@@ -128,12 +128,15 @@ from srv6ctl.dataplane.vpp_pods import (
 from srv6ctl.dataplane.vpp_sr_codec import (
     BEHAVIOURS,
     VppPolicy,
+    buckets_command,
     decode_localsid,
     decode_policy,
     decode_steering,
     encap_source,
+    held_policy,
     list_add,
     list_del,
+    parse_buckets,
     parse_encap_source,
     policy_as_model,
 )
@@ -292,6 +295,17 @@ class VppBackend:
             self._ensure()
             return self._dump()
 
+    def as_held(self, desired: NodeConfig) -> NodeConfig:
+        """Policies with the weights VPP is given (`held_policy`), the rest as they are."""
+        return replace(desired, policies=frozenset(held_policy(p) for p in desired.policies))
+
+    def buckets(self, bsid: IPv6Address) -> dict[tuple[IPv6Address, ...], int]:
+        """The buckets of the policy's load balance, per segment list, as VPP has them."""
+        with self._lock:
+            self._ensure()
+            reply = self.channel.call("cli_inband", cmd=buckets_command(bsid))
+            return parse_buckets(str(reply.reply))
+
     def apply(self, changes: Iterable[Change]) -> None:
         todo = list(changes)
         with self._lock:
@@ -447,7 +461,7 @@ class VppBackend:
         actual = self._dump()
         pods = known.pods
         self._known.update({pod.key: pod for pod in pods})
-        changes = plan(known, replace(actual, pods=pods))
+        changes = plan(self.as_held(known), replace(actual, pods=pods))
         changes += [Change(Op.ADD, new=pod) for pod in pods]  # ensure: writes only what lacks
         if changes:
             self.replays += 1

@@ -9,7 +9,9 @@ The VPP shape of each model object (VPP 25.10, `src/vnet/srv6/sr_api.c`):
   `xconnect_iface_or_vrf_table`. PSP is `end_psp`, for End and End.X only. No End.DT46.
 - `SrPolicy` → `sr_policy_add` with the first segment list, then one `sr_policy_mod`
   (operation ADD) per further list. VPP takes each list's weight from `sids.weight` (the
-  top-level `weight` is ignored). `srv6_sid_list.sids` is a fixed array of 16: padded
+  top-level `weight` is ignored). The weights sent are `held_policy`'s, not the model's:
+  those VPP spreads over its buckets within one bucket of each list's share
+  (`vpp_buckets`), and what a dump reads back. `srv6_sid_list.sids` is a fixed array of 16: padded
   with `::`. H.Encaps is `is_encap`: VPP puts no SRH on a one-SID list (which is exactly
   H.Encaps.Red) and the whole list in the SRH otherwise; `is_encap=0` is H.Insert.
 - `Steering` → `sr_steering_add_del` (traffic type IPV6/IPV4, `table_id`); adding a
@@ -23,8 +25,9 @@ Each kind's plan step is one function (`localsid_change`, `policy_change`,
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from srv6ctl.dataplane.model import BEHAVIOURS as MODEL_BEHAVIOURS
@@ -51,6 +54,7 @@ from srv6ctl.dataplane.model import (
 )
 from srv6ctl.dataplane.reconcile import ListOp, segment_list_edits
 from srv6ctl.dataplane.vpp_api import Request
+from srv6ctl.dataplane.vpp_buckets import vpp_weights
 from srv6ctl.dataplane.vpp_codec_base import (
     INVALID_INDEX,
     ZERO4,
@@ -245,6 +249,21 @@ def sid_list(
     return {"num_sids": len(segments), "weight": weight, "sids": padded}
 
 
+def held_policy(policy: SrPolicy) -> SrPolicy:
+    """`policy` with the weights VPP is given for its lists (`vpp_weights`): what VPP holds,
+    and a dump reads back, once it is programmed. The same policy when VPP already spreads
+    the model's weights fairly (3:1; 1-5, 7-9, 16 or 32 equal lists; ...)."""
+    weights = tuple(sl.weight for sl in policy.segment_lists)
+    held = vpp_weights(weights)
+    if held == weights:
+        return policy
+    lists = tuple(
+        SegmentList(sl.segments, weight)
+        for sl, weight in zip(policy.segment_lists, held, strict=True)
+    )
+    return replace(policy, segment_lists=lists)
+
+
 def policy_add(policy: SrPolicy, first: SegmentList) -> Request:
     encap = is_encap(policy.mode, policy.bsid)
     what = _lazy("add policy {}", policy.bsid)
@@ -370,7 +389,9 @@ def policy_as_model(policy: VppPolicy, node_source: IPv6Address | None) -> SrPol
 def policy_requests(
     new: SrPolicy, state: VppPolicy | None, node_source: IPv6Address | None
 ) -> list[Request]:
-    """What makes VPP's policy at `new.bsid` be `new`, given what VPP holds (`state`).
+    """What makes VPP's policy at `new.bsid` be `new` with its held weights
+    (`held_policy`), given what VPP holds (`state`, in VPP's weights too): so a change that
+    comes with the model's weights and one that comes with VPP's program the same lists.
 
     Hitless where VPP allows it: lists are added before any is deleted (so a policy's last
     list is never removed: [A] → [B] is "add B, delete A"), weights change in place, and
@@ -378,6 +399,7 @@ def policy_requests(
     edited in place: delete and re-create. A list built with another encap source than
     the one wanted (VPP bakes it in) is rebuilt, new lists first.
     """
+    new = held_policy(new)
     for sl in new.segment_lists:
         sid_list(sl.segments, sl.weight, _lazy("policy {}", new.bsid))
     encap = is_encap(new.mode, new.bsid)
@@ -416,6 +438,44 @@ def policy_requests(
         requests += [list_add(new, sl) for sl in new.segment_lists]
     requests += [list_del(new.bsid, held) for model, held in valid if model is None]
     return requests
+
+
+# --- the buckets of a policy's load balance ---------------------------------------------
+
+# `show ip6 fib` prints a load balance's buckets one by one, an SR list's as
+# "[3] [@19]: SR: Segment List index:[1]" then "\tSegments:< a, b, \b\b > - Weight: 2"
+# (src/vnet/srv6/sr_policy_rewrite.c, format_sr_segment_list_dpo).
+_SEGMENTS = re.compile(r"Segments:<([^>]*)>")
+
+
+def buckets_command(bsid: IPv6Address) -> str:
+    """The CLI that shows the policy's load balance. The API has no bucket dump (its
+    route dumps give paths and weights, not buckets), so it is read as the CLI prints it.
+    The BSID's entry in table 0 holds the policy's `bsid_dpo`; the load balances that
+    steered IPv6 and IPv4 traffic use are built from the same paths and weights
+    (`update_lb`), so they have the same buckets."""
+    return f"show ip6 fib table 0 {bsid}/128"
+
+
+def parse_buckets(shown: str) -> dict[tuple[IPv6Address, ...], int]:
+    """Segments → buckets from `buckets_command`'s reply: the forwarding section only (the
+    path above it shows the same load balance again); {} when it holds no SR list."""
+    out: dict[tuple[IPv6Address, ...], int] = {}
+    forwarding = False
+    for line in shown.splitlines():
+        if line.strip().startswith("forwarding:"):
+            forwarding = True
+            continue
+        if forwarding and line and not line[0].isspace():
+            break  # the next entry
+        found = _SEGMENTS.search(line) if forwarding else None
+        if found is None:
+            continue
+        # format_sr_segment_list_dpo ends the list with "\b\b" over its last ", ".
+        fields = (field.strip(" \t\b") for field in found.group(1).split(","))
+        segments = tuple(IPv6Address(field) for field in fields if field)
+        out[segments] = out.get(segments, 0) + 1
+    return out
 
 
 def _lazy(template: str, *values: object) -> Callable[[], str]:
@@ -528,10 +588,12 @@ __all__ = [
     "SR_STEER_IPV6",
     "VppList",
     "VppPolicy",
+    "buckets_command",
     "decode_localsid",
     "decode_policy",
     "decode_steering",
     "encap_source",
+    "held_policy",
     "is_encap",
     "list_add",
     "list_del",
@@ -539,6 +601,7 @@ __all__ = [
     "localsid_add",
     "localsid_change",
     "localsid_del",
+    "parse_buckets",
     "parse_encap_source",
     "policy_add",
     "policy_as_model",
