@@ -1,12 +1,18 @@
 """Benchmark: program N services x B backends into a fresh kernel netns, ours vs references.
 
-Three runs of the same services, each into its own throw-away network namespace:
+Four runs of the same services, each into its own throw-away network namespace:
 
 - `ip_batch`: the kernel state README.md "Services without NAT" describes, loaded with
   `ip -batch` — one IPv6 seg6 nexthop per backend SID (shared by every service using that
   pod), one resilient nexthop group per service, one route `S/128 nhid G` per service;
 - `iptables_restore`: kube-proxy's iptables mode for the same services and endpoints
   (KUBE-SERVICES → KUBE-SVC-* → KUBE-SEP-* with DNAT), as one `ip6tables-restore` input;
+- `nft`: kube-proxy's nftables mode (GA since Kubernetes 1.33) for the same services: the
+  transaction of its first full sync (table `ip6 kube-proxy`, the `service-ips` verdict
+  map → `service-*` chains with `numgen random mod N vmap` → `endpoint-*` chains with
+  DNAT), loaded with `nft -f -` as knftables does (bench/kube_proxy_nftables.py), then
+  checked against `nft -j list ruleset` (chains, rules, elements: `nft_expected` and
+  `nft_loaded` must be equal);
 - `ours`: `KernelBackend` from `srv6ctl.dataplane.kernel`, when that module exists, with
   the reference's bucket count, so that it creates the same nexthops, groups and routes —
   plus one anchor route `bsid/128 nhid G` per service in its policy table, which the
@@ -24,15 +30,29 @@ What is timed for ours:
   empty namespace, planning and applying.
 
 `ratio` is `ours_apply_s / ip_batch_s`: applying the same objects, ours against `ip
--batch`; `ratio_end_to_end` uses `ours_end_to_end_s`. The `*_cpu` fields split each side's
-time into user and system (kernel) CPU seconds. Then a restarted backend dumps the
-namespace and plans again: `ours_restart_changes` and `ours_restart_writes` must be 0.
+-batch`; `ratio_end_to_end` uses `ours_end_to_end_s`; `ratio_vs_iptables` and
+`ratio_nftables` divide `ours_apply_s` by the kube-proxy loads (`iptables_restore_s`,
+`nft_s`). The `*_cpu` fields split each side's time into user and system (kernel) CPU
+seconds. Then a restarted backend dumps the namespace and plans again:
+`ours_restart_changes` and `ours_restart_writes` must be 0.
 
-Needs root, iproute2 and ip6tables-restore (Debian package `iptables`). Only creates and
-deletes its own namespaces; after deleting one it waits until the CPUs are idle again, so
-that no run pays for the teardown of the one before it. Progress goes to stderr; the last
-stdout line is one JSON object. No timing is asserted: comparing is for the reader. The
-host is shared, so run it several times and compare ratios rather than seconds.
+`--mix` (off by default) makes 2 services in 10 NodePort and 1 in 10 LoadBalancer with
+one ingress IP (and no NodePort). The kube-proxy references then write what kube-proxy
+writes for those: iptables `KUBE-NODEPORTS` rules and `KUBE-EXT-*` chains, a `loadbalancer
+IP` rule in `KUBE-SERVICES`; nftables `service-nodeports` elements, `external-*` chains and
+`service-ips` elements for the ingress IPs (no loadBalancerSourceRanges, so no `firewall-*`
+chains). `ip -batch` adds `vip/128 nhid G` per ingress IP. Ours programs the ClusterIP
+objects plus, per LoadBalancer service, one more steering `vip/128` into the service's SR
+policy — how the agent is to render LB VIPs (issue 17); that is what ours measures with
+`--mix`. NodePort services cost ours nothing yet: the agent does not render them (TODO,
+issue 17), so with `--mix` the comparison favours ours by that much.
+
+Needs root, iproute2, ip6tables-restore (Debian package `iptables`) and nft (`nftables`).
+Only creates and deletes its own namespaces; after deleting one it waits until the CPUs
+are idle again, so that no run pays for the teardown of the one before it. Progress goes
+to stderr; the last stdout line is one JSON object. No timing is asserted: comparing is
+for the reader. The host is shared, so run it several times and compare ratios rather
+than seconds.
 """
 
 from __future__ import annotations
