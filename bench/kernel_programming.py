@@ -1,12 +1,18 @@
 """Benchmark: program N services x B backends into a fresh kernel netns, ours vs references.
 
-Three runs of the same services, each into its own throw-away network namespace:
+Four runs of the same services, each into its own throw-away network namespace:
 
 - `ip_batch`: the kernel state README.md "Services without NAT" describes, loaded with
   `ip -batch` — one IPv6 seg6 nexthop per backend SID (shared by every service using that
   pod), one resilient nexthop group per service, one route `S/128 nhid G` per service;
 - `iptables_restore`: kube-proxy's iptables mode for the same services and endpoints
   (KUBE-SERVICES → KUBE-SVC-* → KUBE-SEP-* with DNAT), as one `ip6tables-restore` input;
+- `nft`: kube-proxy's nftables mode (GA since Kubernetes 1.33) for the same services: the
+  transaction of its first full sync (table `ip6 kube-proxy`, the `service-ips` verdict
+  map → `service-*` chains with `numgen random mod N vmap` → `endpoint-*` chains with
+  DNAT), loaded with `nft -f -` as knftables does (bench/kube_proxy_nftables.py), then
+  checked against `nft -j list ruleset` (chains, rules, elements: `nft_expected` and
+  `nft_loaded` must be equal);
 - `ours`: `KernelBackend` from `srv6ctl.dataplane.kernel`, when that module exists, with
   the reference's bucket count, so that it creates the same nexthops, groups and routes —
   plus one anchor route `bsid/128 nhid G` per service in its policy table, which the
@@ -24,15 +30,29 @@ What is timed for ours:
   empty namespace, planning and applying.
 
 `ratio` is `ours_apply_s / ip_batch_s`: applying the same objects, ours against `ip
--batch`; `ratio_end_to_end` uses `ours_end_to_end_s`. The `*_cpu` fields split each side's
-time into user and system (kernel) CPU seconds. Then a restarted backend dumps the
-namespace and plans again: `ours_restart_changes` and `ours_restart_writes` must be 0.
+-batch`; `ratio_end_to_end` uses `ours_end_to_end_s`; `ratio_vs_iptables` and
+`ratio_nftables` divide `ours_apply_s` by the kube-proxy loads (`iptables_restore_s`,
+`nft_s`). The `*_cpu` fields split each side's time into user and system (kernel) CPU
+seconds. Then a restarted backend dumps the namespace and plans again:
+`ours_restart_changes` and `ours_restart_writes` must be 0.
 
-Needs root, iproute2 and ip6tables-restore (Debian package `iptables`). Only creates and
-deletes its own namespaces; after deleting one it waits until the CPUs are idle again, so
-that no run pays for the teardown of the one before it. Progress goes to stderr; the last
-stdout line is one JSON object. No timing is asserted: comparing is for the reader. The
-host is shared, so run it several times and compare ratios rather than seconds.
+`--mix` (off by default) makes 2 services in 10 NodePort and 1 in 10 LoadBalancer with
+one ingress IP (and no NodePort). The kube-proxy references then write what kube-proxy
+writes for those: iptables `KUBE-NODEPORTS` rules and `KUBE-EXT-*` chains, a `loadbalancer
+IP` rule in `KUBE-SERVICES`; nftables `service-nodeports` elements, `external-*` chains and
+`service-ips` elements for the ingress IPs (no loadBalancerSourceRanges, so no `firewall-*`
+chains). `ip -batch` adds `vip/128 nhid G` per ingress IP. Ours programs the ClusterIP
+objects plus, per LoadBalancer service, one more steering `vip/128` into the service's SR
+policy — how the agent is to render LB VIPs (issue 17); that is what ours measures with
+`--mix`. NodePort services cost ours nothing yet: the agent does not render them (TODO,
+issue 17), so with `--mix` the comparison favours ours by that much.
+
+Needs root, iproute2, ip6tables-restore (Debian package `iptables`) and nft (`nftables`).
+Only creates and deletes its own namespaces; after deleting one it waits until the CPUs
+are idle again, so that no run pays for the teardown of the one before it. Progress goes
+to stderr; the last stdout line is one JSON object. No timing is asserted: comparing is
+for the reader. The host is shared, so run it several times and compare ratios rather
+than seconds.
 """
 
 from __future__ import annotations
@@ -59,12 +79,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as bench/<file>.py
 
+from bench import kube_proxy_nftables
+
 UPLINK = "up0"  # the namespace's stand-in for a node uplink (one end of a veth pair)
 UPLINK_ADDRESS = "2001:db8:ffff::1/64"
 UPLINK_PEER = "2001:db8:ffff::2"
 SID_BLOCK = "fcbb:bb00::/32"
 POD_CIDR = "fd00:10::/48"
 SERVICE_BASE = int(ipaddress.IPv6Address("fd00:96::"))
+SERVICE_CIDR = "fd00:96::/108"  # the ServiceCIDR the cluster IPs come from
+LB_BASE = int(ipaddress.IPv6Address("2001:db8:1b::"))  # LoadBalancer ingress IPs (--mix)
+NODE_PORTS = range(30000, 32768)  # kube-apiserver's default --service-node-port-range
 BSID_BASE = int(ipaddress.IPv6Address("fcbb:bb00:0::"))
 GROUP_ID_BASE = 10_000_000  # nexthop ids: 1.. for backends, GROUP_ID_BASE.. for groups
 SYSCTLS = (
@@ -107,6 +132,8 @@ class Service:
     backends: tuple[Pod, ...]
     port: int = 80
     target_port: int = 8080
+    node_port: int | None = None  # NodePort Services (--mix)
+    lb_ip: str | None = None  # LoadBalancer Services' one ingress IP (--mix)
 
     @property
     def name(self) -> str:
@@ -125,14 +152,26 @@ class Service:
         return GROUP_ID_BASE + self.index
 
 
-def make_services(count: int, backends: int, pods: int, nodes: int, seed: int) -> list[Service]:
-    """`count` services, each with `backends` distinct pods drawn from a shared pool."""
+def make_services(
+    count: int, backends: int, pods: int, nodes: int, seed: int, mix: bool = False
+) -> list[Service]:
+    """`count` services, each with `backends` distinct pods drawn from a shared pool.
+
+    With `mix`, of every 10 services 2 are NodePort and 1 is LoadBalancer with one ingress
+    IP and no NodePort (`allocateLoadBalancerNodePorts: false`: with NodePorts, 30% of
+    10,000 services would overflow the 2,768 ports of the default range).
+    """
     pool = [Pod(index=i, node=1 + i % nodes, k=1 + i // nodes) for i in range(pods)]
     rng = random.Random(seed)
-    return [
-        Service(i, tuple(sorted(rng.sample(pool, backends), key=lambda p: p.index)))
-        for i in range(count)
-    ]
+    services = []
+    node_ports = iter(NODE_PORTS)
+    for i in range(count):
+        members = tuple(sorted(rng.sample(pool, backends), key=lambda p: p.index))
+        kind = i % 10 if mix else None
+        node_port = next(node_ports) if kind in (0, 1) else None
+        lb_ip = str(ipaddress.IPv6Address(LB_BASE + 1 + i)) if kind == 2 else None
+        services.append(Service(i, members, node_port=node_port, lb_ip=lb_ip))
+    return services
 
 
 def used_pods(services: Sequence[Service]) -> list[Pod]:
@@ -174,7 +213,10 @@ def ip_batch_files(services: Sequence[Service], directory: Path) -> tuple[Path, 
                 f" buckets {buckets_for(len(svc.backends))}\n"
             )
             out.write(f"route add {svc.cluster_ip}/128 nhid {svc.group_id}\n")
-    return nexthops, groups, len(pods) + 2 * len(services) + 2
+            if svc.lb_ip is not None:  # --mix: the same group behind the ingress IP
+                out.write(f"route add {svc.lb_ip}/128 nhid {svc.group_id}\n")
+    lb_routes = sum(1 for svc in services if svc.lb_ip is not None)
+    return nexthops, groups, len(pods) + 2 * len(services) + lb_routes + 2
 
 
 # --- reference 2: kube-proxy iptables mode --------------------------------------------
@@ -207,6 +249,25 @@ def iptables_restore_input(services: Sequence[Service]) -> tuple[str, int]:
             f"-A KUBE-SERVICES -d {svc.cluster_ip}/128 -p tcp -m comment"
             f' --comment "{port_name} cluster IP" -m tcp --dport {svc.port} -j {svc_chain}'
         )
+        if svc.node_port is not None or svc.lb_ip is not None:  # --mix
+            ext_chain = kube_hash("KUBE-EXT-", port_name, "tcp")
+            chains.append(ext_chain)
+            if svc.lb_ip is not None:
+                rules.append(
+                    f"-A KUBE-SERVICES -d {svc.lb_ip}/128 -p tcp -m comment --comment"
+                    f' "{port_name} loadbalancer IP" -m tcp --dport {svc.port} -j {ext_chain}'
+                )
+            if svc.node_port is not None:
+                rules.append(
+                    f'-A KUBE-NODEPORTS -p tcp -m comment --comment "{port_name}" -m tcp'
+                    f" --dport {svc.node_port} -j {ext_chain}"
+                )
+            # externalTrafficPolicy Cluster: masquerade, then the service's chain.
+            rules.append(
+                f'-A {ext_chain} -m comment --comment "masquerade traffic for {port_name}'
+                ' external destinations" -j KUBE-MARK-MASQ'
+            )
+            rules.append(f"-A {ext_chain} -j {svc_chain}")
         rules.append(
             f"-A {svc_chain} ! -s {POD_CIDR} -d {svc.cluster_ip}/128 -p tcp -m comment"
             f' --comment "{port_name} cluster IP" -m tcp --dport {svc.port} -j KUBE-MARK-MASQ'
@@ -263,12 +324,18 @@ def desired_config(services: Sequence[Service]) -> Any:
             )
             for svc in services
         ),
+        # A LoadBalancer Service's ingress IP is one more steering into the Service's
+        # policy (how the agent will render LB VIPs, issue 17).
+        # TODO(issue 17): NodePort Services: the agent does not render them yet; program
+        # them here as the agent will, so that --mix measures them for ours too.
         steerings=frozenset(
             Steering(
-                prefix=ipaddress.IPv6Network(f"{svc.cluster_ip}/128"),
+                prefix=ipaddress.IPv6Network(f"{address}/128"),
                 bsid=ipaddress.IPv6Address(svc.bsid),
             )
             for svc in services
+            for address in (svc.cluster_ip, svc.lb_ip)
+            if address is not None
         ),
         routes=frozenset(
             {
@@ -453,6 +520,31 @@ def bench_iptables(services: Sequence[Service], netns: str) -> dict[str, Any]:
     return {"seconds": seconds, "rules": rule_count, "loaded_rules": loaded, "error": None}
 
 
+def bench_nftables(services: Sequence[Service], netns: str) -> dict[str, Any]:
+    """kube-proxy's nftables mode: its first full sync, one `nft -f -` transaction."""
+    if shutil.which("nft") is None:
+        return {"seconds": None, "error": "nft missing: install Debian `nftables`"}
+    rules = kube_proxy_nftables.ruleset(
+        services, POD_CIDR, SERVICE_CIDR, UPLINK_ADDRESS.split("/")[0]
+    )
+    expected = rules.expected()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds, done = timed("ip", "netns", "exec", netns, "nft", "-f", "-", stdin=rules.text)
+    cpu = cpu_since(before, resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        return {"seconds": None, "expected": expected, "error": first_error(done.stderr)}
+    listing = json.loads(must("ip", "netns", "exec", netns, "nft", "-j", "list", "ruleset"))
+    loaded = kube_proxy_nftables.loaded_counts(listing)
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "lines": len(rules.lines),
+        "expected": expected,
+        "loaded": loaded,
+        "error": None if loaded == expected else "nft list ruleset differs from the input",
+    }
+
+
 def bench_ours(services: Sequence[Service], netns: str, backends: int) -> dict[str, Any]:
     backend_class, reason = kernel_backend_class()
     if backend_class is None:
@@ -545,16 +637,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="200 services x 4 backends")
     parser.add_argument("--skip-ours", action="store_true", help="references only")
+    parser.add_argument(
+        "--mix",
+        action="store_true",
+        help="20%% NodePort and 10%% LoadBalancer services (one ingress IP each)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.services, args.backends = 200, 4
+    node_ported = sum(1 for i in range(args.services) if i % 10 < 2) if args.mix else 0
+    if node_ported > len(NODE_PORTS):
+        parser.error(f"--mix: {node_ported} NodePort services, the range has {len(NODE_PORTS)}")
     pods = args.pods or max(args.backends, args.services * args.backends // 4)
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces)")
 
     # SIGTERM must still run the finally blocks that delete our namespaces.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    services = make_services(args.services, args.backends, pods, args.nodes, args.seed)
+    services = make_services(args.services, args.backends, pods, args.nodes, args.seed, args.mix)
     prefix = f"srv6bench-{os.getpid()}"
     log(f"{args.services} services x {args.backends} backends, {len(used_pods(services))} pods")
 
@@ -573,6 +673,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with namespace(f"{prefix}-iptables") as netns:
         iptables = bench_iptables(services, netns)
     log(f"ip6tables-restore: {iptables}")
+    with namespace(f"{prefix}-nft") as netns:
+        nftables = bench_nftables(services, netns)
+    log(f"nft -f: {nftables}")
 
     ours_s = ours["seconds"]
     objects = ip_batch["objects"]
@@ -582,12 +685,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backends": args.backends,
         "ip_batch_s": rounded(ip_batch["seconds"]),
         "iptables_restore_s": rounded(iptables["seconds"]),
+        "nft_s": rounded(nftables["seconds"]),
         "ours_apply_s": rounded(ours_s),
         "ours_plan_s": rounded(ours.get("plan_seconds")),
         "ours_end_to_end_s": rounded(ours.get("end_to_end_seconds")),
         "ratio": ratio(ours_s, ip_batch["seconds"]),
         "ratio_end_to_end": ratio(ours.get("end_to_end_seconds"), ip_batch["seconds"]),
         "ratio_vs_iptables": ratio(ours_s, iptables["seconds"]),
+        "ratio_nftables": ratio(ours_s, nftables["seconds"]),
         "ip_batch_cpu": ip_batch["cpu"],
         "ours_apply_cpu": ours.get("cpu"),
         "objects_per_s": round(objects / ours_s) if ours_s else None,
@@ -603,6 +708,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ip_batch_loaded": ip_batch["loaded"],
         "iptables_rules": iptables.get("rules"),
         "iptables_error": iptables.get("error"),
+        "nft_cpu": nftables.get("cpu"),
+        "nft_lines": nftables.get("lines"),
+        # What kube-proxy's transaction creates, and what `nft -j list ruleset` shows.
+        "nft_expected": nftables.get("expected"),
+        "nft_loaded": nftables.get("loaded"),
+        "nft_error": nftables.get("error"),
         "ours_reason": ours.get("reason"),
         "ours_loaded": ours.get("loaded"),
         # Same route and nexthop counts as the reference: ours really programmed it all.
@@ -612,6 +723,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ours_restart_writes": ours.get("restart_writes"),
         "ours_restart_error": ours.get("restart_error"),
     }
+    if args.mix:
+        result["mix"] = {
+            "nodeport": sum(1 for svc in services if svc.node_port is not None),
+            "loadbalancer": sum(1 for svc in services if svc.lb_ip is not None),
+        }
     print(json.dumps(result), flush=True)
     return 0
 
