@@ -33,6 +33,12 @@ included) sees the pod's own address and answers from `S`. What that needs besid
 - `net.ipv6.conf.<if>.use_oif_addrs_only=1`: IPv6 source selection otherwise considers
   every interface's addresses, and RFC 6724 rule 1 ("prefer the same address") would make
   `S` the source of a connection to `S`, so the answer would never come back to the pod.
+- `net.ipv6.conf.<if>.accept_redirects=0`: when a connection lands on the pod itself, the
+  kernel node's End.DX6 forwards the decapsulated packet out of the veth it came in on,
+  and `ip6_forward` answers that with a redirect saying `S` is on-link (IPv6 has no
+  send_redirects switch); a pod that took it would look `S` up by neighbour discovery on
+  its link from then on, and fail (seen on 6.1: 34 redirects, 36 of 60 connections
+  lost). The node is the pod's only router: it has nothing to learn from redirects.
 - `net.ipv4.conf.<if>.accept_local=1`: a hairpinned IPv4 packet that lands on the pod
   itself carries the pod's own address as its source, a martian without it (IPv6 has no
   such check).
@@ -43,8 +49,8 @@ puts a ClusterIP on a pod's `lo`); the rules are ours by their protocol, `RULE_P
 their destination, so VIPs outside the service CIDRs are covered too. The kernel's own
 `pref 0 lookup local` rule is deleted only after ours is in place and put back before ours
 is deleted, so a family always has one local rule, and ours present means we moved it. The
-two sysctls on the pod's interface are ours while the pod holds a VIP of that family and
-go back to the kernel's default (0) when it holds none. The rewrites live in one nftables
+sysctls above, on the pod's interface, are ours while the pod holds a VIP of that family
+and go back to the kernel's defaults when it holds none. The rewrites live in one nftables
 table, `inet srv6ctl_svc`, replaced atomically in one `nft -f` transaction and tagged with
 a digest of its content. An unchanged pod costs reads, not writes.
 """
@@ -80,8 +86,15 @@ MAIN_TABLE = 254
 _RTPROT_KERNEL = 2  # what the kernel's own `pref 0 lookup local` carries
 _IFA_F_NOPREFIXROUTE = 0x200
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
-# Per family: the sysctl on the pod's interface a hairpin needs (see above).
-_HAIRPIN_SYSCTL = {4: "net/ipv4/conf/{}/accept_local", 6: "net/ipv6/conf/{}/use_oif_addrs_only"}
+# Per family: the sysctls on the pod's interface a hairpin needs (see above), as
+# name: (value while the pod holds a VIP of that family, the kernel's default).
+_HAIRPIN_SYSCTLS = {
+    4: {"net/ipv4/conf/{}/accept_local": ("1", "0")},
+    6: {
+        "net/ipv6/conf/{}/use_oif_addrs_only": ("1", "0"),
+        "net/ipv6/conf/{}/accept_redirects": ("0", "1"),
+    },
+}
 
 
 class PodProgrammingError(RuntimeError):
@@ -236,17 +249,24 @@ class PodNetworkProgrammer:
                 )
             for address in removed:
                 ipr.addr("del", index=lo, address=str(address), prefixlen=address.max_prefixlen)
-            rules_added, rules_removed = self._sync_rules(ipr, hairpin_rules(wanted))
-            interface = ipr.link_lookup(ifname=attachment.container_interface)
-        sysctls = self._sync_sysctls(attachment, wanted, exists=bool(interface))
+            rules = self._read_rules(ipr)
+            families: set[int] = {a.version for a in wanted}
+            had = {version for version, (ours, _) in rules.items() if ours}
+            if ipr.link_lookup(ifname=attachment.container_interface):
+                # Before the rules: a hairpin never runs without what it needs.
+                sysctls = self._sync_sysctls(attachment.container_interface, families, had)
+            else:
+                # A memif pod (VPP) has no kernel interface of that name (its own data plane
+                # holds its addresses), or the pod is gone: nothing of the kernel's to tune.
+                sysctls = ()
+            rules_added, rules_removed = self._write_rules(ipr, rules, hairpin_rules(wanted))
         replaced = self._sync_rewrites(ruleset(attachment))
         return PodSync(tuple(added), tuple(removed), replaced, rules_added, rules_removed, sysctls)
 
-    def _sync_rules(
-        self, ipr: IPRoute, wanted: frozenset[PodRule]
-    ) -> tuple[tuple[PodRule, ...], tuple[PodRule, ...]]:
-        added: list[PodRule] = []
-        removed: list[PodRule] = []
+    @staticmethod
+    def _read_rules(ipr: IPRoute) -> dict[int, tuple[set[PodRule], bool]]:
+        """Per family: our rules, and whether the kernel's own local rule is there."""
+        found: dict[int, tuple[set[PodRule], bool]] = {}
         for version, family in _FAMILY.items():
             ours: set[PodRule] = set()
             kernel_local = False
@@ -258,6 +278,18 @@ class PodNetworkProgrammer:
                     ours.add(rule)
                 elif rule == KERNEL_LOCAL_RULES[version]:
                     kernel_local = True
+            found[version] = (ours, kernel_local)
+        return found
+
+    def _write_rules(
+        self,
+        ipr: IPRoute,
+        present: dict[int, tuple[set[PodRule], bool]],
+        wanted: frozenset[PodRule],
+    ) -> tuple[tuple[PodRule, ...], tuple[PodRule, ...]]:
+        added: list[PodRule] = []
+        removed: list[PodRule] = []
+        for version, (ours, kernel_local) in present.items():
             mine = {r for r in wanted if r.family == version}
             moved = PodRule(version, LOCAL_PRIORITY, LOCAL_TABLE) in ours
             # Never a moment without a local rule: ours goes in before the kernel's comes
@@ -292,19 +324,17 @@ class PodNetworkProgrammer:
         ipr.rule(command, **spec)
 
     @staticmethod
-    def _sync_sysctls(
-        attachment: PodAttachment, wanted: set[IPAddress], exists: bool
-    ) -> tuple[str, ...]:
-        if not exists:
-            # A memif pod (VPP) has no kernel interface of that name: its own data plane
-            # holds its addresses, and nothing of the kernel's to tune. Gone: nothing to do.
-            return ()
-        families = {a.version for a in wanted}
-        # Device names may hold dots: ensure_sysctls takes "/"-separated names.
-        values = {
-            name.format(attachment.container_interface): "1" if version in families else "0"
-            for version, name in _HAIRPIN_SYSCTL.items()
-        }
+    def _sync_sysctls(interface: str, families: set[int], had: set[int]) -> tuple[str, ...]:
+        """The hairpin's sysctls for the families the pod holds VIPs of; the kernel's
+        defaults back for those it held (our rules say so) and holds no more. A pod that
+        never held a VIP of a family is not touched: its settings are not ours."""
+        values = {}
+        for version, sysctls in _HAIRPIN_SYSCTLS.items():
+            if version not in families | had:
+                continue
+            for name, (hairpin, default) in sysctls.items():
+                # Device names may hold dots: ensure_sysctls takes "/"-separated names.
+                values[name.format(interface)] = hairpin if version in families else default
         done = ensure_sysctls(None, values)
         if done.refused:
             raise PodProgrammingError(f"pod sysctls refused: {'; '.join(done.refused)}")

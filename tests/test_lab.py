@@ -176,6 +176,7 @@ def test_verify_passes_every_check(lab: LabRun) -> None:
         "pod→pod across nodes",
         "no NAT",
         "spread over the backends by weight",
+        "a backend reaching its own Service default/web spreads over all backends (IPv6)",
         "port == targetPort",
         "without endpoints is refused",
         "keep their backend through RTOs",
@@ -185,6 +186,9 @@ def test_verify_passes_every_check(lab: LabRun) -> None:
         assert expected in names, expected
     figures = result["figures"]
     assert figures["service_flows_v6"] >= 200
+    # Issue 17: web-1's own connections to its Service reached all three backends.
+    hairpin = figures["hairpin_spread_v6"]
+    assert {"web-1", "web-2", "web-3"} <= set(hairpin), hairpin
     assert 0 < figures["withdraw_convergence_ms"] < 20_000
     assert 0 < figures["add_convergence_ms"] < 20_000
     # The convergence checks put the lab back in its shape.

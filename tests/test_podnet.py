@@ -306,6 +306,13 @@ def test_a_backend_reaching_its_own_vip_is_spread_over_all_backends(
     for pod in (web1, web2):
         route = pod.netns.ip("-6", "route", "get", V6)
         assert "dev eth0" in route and f"src {pod.v6}" in route, route
+    # The node is its only router: no redirect may teach it that the VIP is on-link.
+    sysctl = web1.netns.exec("sysctl", "-n", "net.ipv6.conf.eth0.accept_redirects")
+    assert sysctl.stdout.strip() == "0"
+    assert (
+        client.netns.exec("sysctl", "-n", "net.ipv6.conf.eth0.accept_redirects").stdout.strip()
+        == "1"
+    )
 
     servers = _serve([web1, web2], ("web-1", "web-2"))
     try:
@@ -333,11 +340,14 @@ def test_a_backend_reaching_its_own_vip_is_spread_over_all_backends(
         "-6 pref 0 lookup local",
         "-4 pref 0 lookup local",
     }
-    assert len(cleared.rules_removed) == 4 and len(cleared.sysctls) == 2
+    assert len(cleared.rules_removed) == 4 and len(cleared.sysctls) == 3
     for family in ("-4", "-6"):
         assert _rules(web1, family).splitlines()[0] == "0:\tfrom all lookup local"
         assert "proto 92" not in _rules(web1, family)
     assert web1.netns.exec("sysctl", "-n", "net.ipv4.conf.eth0.accept_local").stdout.strip() == "0"
+    assert (
+        web1.netns.exec("sysctl", "-n", "net.ipv6.conf.eth0.accept_redirects").stdout.strip() == "1"
+    )
     assert DUAL.clear(web1.path).writes == 0
 
 
