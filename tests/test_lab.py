@@ -337,6 +337,10 @@ def test_dual_stack_lab_passes_verify(lab_run: LabRun) -> None:
     names = " | ".join(c["name"] for c in result["checks"])
     assert "End.DX4" in names and "pod→pod across nodes (IPv4)" in names
     assert "10.96.0.10:80" in names and result["figures"]["service_flows_v4"] >= 200
+    # Issue 17 over End.DX4: a backend's own IPv4 connections to its Service spread too.
+    assert (
+        "a backend reaching its own Service default/web spreads over all backends (IPv4)" in names
+    )
 
 
 def test_vpp_dataplane_is_refused_without_vpp(tmp_path: Path) -> None:
