@@ -76,9 +76,8 @@ from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
 TABLE = "srv6ctl_svc"
 NFT = "nft"
 RULE_PROTOCOL = RTPROT_SRV6CTL
-# Before every other rule but the kernel's own local rule's old place (0): nothing else in
-# a pod has rules, and a pod's own rules (rare: it needs CAP_NET_ADMIN) keep their order
-# after ours.
+# Small, so ours come before any rule a pod may have of its own (rare: it needs
+# CAP_NET_ADMIN), main's 32766 included; 0 stays where the kernel's local rule goes back.
 HAIRPIN_PRIORITY = 100
 LOCAL_PRIORITY = 200
 LOCAL_TABLE = 255
