@@ -189,6 +189,7 @@ def test_verify_passes_every_check(lab: LabRun) -> None:
     # Issue 17: web-1's own connections to its Service reached all three backends.
     hairpin = figures["hairpin_spread_v6"]
     assert {"web-1", "web-2", "web-3"} <= set(hairpin), hairpin
+    print(f"hairpin spread: {hairpin}")
     assert 0 < figures["withdraw_convergence_ms"] < 20_000
     assert 0 < figures["add_convergence_ms"] < 20_000
     # The convergence checks put the lab back in its shape.
