@@ -42,7 +42,10 @@ packets in the *reply* direction by the rules of the other way with addresses an
 swapped (no NAT here, so a reply's source is the original destination). A policy change
 therefore cuts a now-denied flow at once, both ways, with no conntrack flush, while
 `ct state related` (ICMP errors, Packet Too Big) and neighbour discovery always pass.
-Traffic to and from the pod's node (kubelet probes) and on `lo` always passes.
+Traffic to and from the pod's node (kubelet probes), on `lo`, and from or to the pod's own
+addresses and the ClusterIPs it serves always passes (a pod cannot block itself; the last
+because a backend's connection to its own Service leaves through the node and may come
+back on the pod's interface: srv6ctl/podnet.py). As the VPP ACLs do.
 
 Atomicity: a pod's table has a fixed skeleton (two base chains with policy accept, four
 regular chains, three counters), made once and kept; a change is sets and rules only.
@@ -331,10 +334,10 @@ def _judge(sets: _Sets, direction: Direction, address: str, port: str) -> list[s
     return lines
 
 
-def _always(sets: _Sets, node: AddressSet, address: str) -> list[str]:
+def _always(sets: _Sets, node: AddressSet, address: str, prefix: str = "node") -> list[str]:
     return [
         f"{_family(version)} {address} @{name} accept"
-        for version, name in sets.addresses(node, "node").items()
+        for version, name in sets.addresses(node, prefix).items()
     ]
 
 
@@ -350,7 +353,15 @@ def render(rules: PodRules, table: str = TABLE) -> NftTable | None:
     icmpv6 = f"icmpv6 type {{ {', '.join(ICMPV6_ALWAYS)} }} accept"
     invalid = 'ct state invalid counter name "invalid_dropped" drop'
 
-    in_rules = ['iif "lo" accept', icmpv6, invalid, "ct state related accept"]
+    # The pod's own addresses and the ClusterIPs it serves pass like `lo`, and before the
+    # conntrack checks: a backend's connection to its own Service is hairpinned through
+    # the node (srv6ctl/podnet.py) and comes back on the pod's interface, from its own
+    # address when it lands on itself; where the port is rewritten, the client's side of
+    # that flow has a conntrack entry that never sees a reply (the reply takes `lo` with
+    # the server side's entry attached), so its later packets are `invalid`.
+    own = rules.own_addresses
+    in_rules = ['iif "lo" accept', *_always(sets, own, "saddr", "own")]
+    in_rules += [icmpv6, invalid, "ct state related accept"]
     in_rules.append(
         "ct direction reply goto ingress_replies"
         if egress.isolated
@@ -362,7 +373,8 @@ def render(rules: PodRules, table: str = TABLE) -> NftTable | None:
         in_rules.append('counter name "ingress_dropped" drop')
     chains["ingress"] = tuple(in_rules)
 
-    out_rules = ['oif "lo" accept', icmpv6, invalid, "ct state related accept"]
+    out_rules = ['oif "lo" accept', *_always(sets, own, "daddr", "own")]
+    out_rules += [icmpv6, invalid, "ct state related accept"]
     out_rules.append(
         "ct direction reply goto egress_replies"
         if ingress.isolated

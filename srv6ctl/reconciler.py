@@ -11,9 +11,10 @@ Pods go through the same plans, with what their kind says (`model.POD`): no back
 them back, so a full pass takes them as last applied and re-applies every one (an ensure:
 it writes only what lacks), which is not drift. A pod is applied on its own — its node side
 by the backend (a VPP port; nothing in the kernel), then its pod side here (`podnet`: its
-loopback ClusterIPs and port rewrites) — so that one pod that cannot be wired never stops
-the others or the rest of the plan: it is logged, left out of `applied`, and tried again at
-the next full pass. Then the backend sweeps pod state no pod of this node uses any more.
+loopback ClusterIPs, the hairpin rules for them and port rewrites) — so that one pod that
+cannot be wired never stops the others or the rest of the plan: it is logged, left out of
+`applied`, and tried again at the next full pass. Then the backend sweeps pod state no pod
+of this node uses any more.
 
 The backend is shared with the API thread and /metrics scrapes (one netlink socket or VPP
 connection), so every use of it goes through `lock`.
@@ -179,7 +180,7 @@ class Reconciler:
             return
         try:
             if change.new is None:
-                self.podnet.clear(pod.netns)
+                self.podnet.clear(pod.netns, pod.container_interface)
                 return
             done = self.podnet.sync(pod)
         except Exception as err:  # one pod must not stop the others
@@ -187,10 +188,12 @@ class Reconciler:
             return
         if done.writes:
             log.info(
-                "pod %s: service addresses +%s -%s, port rewrites %s",
+                "pod %s: service addresses +%s -%s, hairpin rules +%s -%s, port rewrites %s",
                 pod.pod,
                 [str(a) for a in done.added],
                 [str(a) for a in done.removed],
+                [str(r) for r in done.rules_added],
+                [str(r) for r in done.rules_removed],
                 "replaced" if done.rewrites_replaced else "unchanged",
                 extra={
                     "pod": pod.pod,

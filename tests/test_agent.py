@@ -372,6 +372,66 @@ def test_unready_endpoint_leaves_and_hand_deleted_route_comes_back(lab_node: Nod
     assert refused.returncode != 0 and "Permission denied" in refused.stderr
 
 
+# N new connections; per answer "backend client-it-saw its-local-address peer", counted.
+SPREAD = """
+import collections, json, socket, sys
+seen = collections.Counter()
+for _ in range(int(sys.argv[3])):
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+        seen[s.recv(200).decode() + " " + s.getpeername()[0]] += 1
+        s.close()
+    except OSError as err:
+        seen[type(err).__name__] += 1
+print(json.dumps(seen))
+"""
+
+
+def spread(node: Node, pod: str, count: int) -> dict[str, int]:
+    netns, _ = node.pods[pod]
+    done = netns.exec(sys.executable, "-c", SPREAD, SERVICE_IP, "80", str(count))
+    return dict(json.loads(done.stdout))
+
+
+@pytest.mark.kernel_srv6(vm=True)
+def test_a_backend_reaching_its_own_service_is_load_balanced(lab_node: Node) -> None:
+    """Issue 17: a backend's own connections to its Service's ClusterIP leave through the
+    node's SR policy like anyone's and reach every backend, itself included (port 80 is
+    rewritten to 8080 in whichever pod answers); no NAT: each backend sees web-a's own
+    address and answers from the ClusterIP. Traffic from elsewhere still reaches web-a."""
+    bring_up(lab_node)
+    web_a, ip_a = lab_node.pods["web-a"]
+    wait_for(
+        lambda: f"to {SERVICE_IP} iif lo lookup main proto 92" in web_a.ip("-6", "rule", "show"),
+        20,
+        "web-a's hairpin rule",
+    )
+    own = spread(lab_node, "web-a", 60)
+    print(f"web-a -> {SERVICE_IP}:80, 60 new connections: {own}")
+    assert set(own) == {f"{b} {ip_a} {SERVICE_IP} {SERVICE_IP}" for b in ("web-a", "web-b")}, own
+    client_ip = lab_node.pods["client"][1]
+    theirs = spread(lab_node, "client", 20)
+    print(f"client -> {SERVICE_IP}:80, 20 new connections: {theirs}")
+    assert set(theirs) == {f"{b} {client_ip} {SERVICE_IP} {SERVICE_IP}" for b in ("web-a", "web-b")}
+
+    # web-a not ready: still listed, so it keeps the VIP (and its rules), but the policy
+    # has web-b alone, so that is where web-a's own connections go, as kube-proxy would.
+    lab_node.write_objects({"web-a": False, "web-b": True})
+    wait_for(lambda: _segment_lists(lab_node) == 1, 20, "web-a to leave the policy")
+    assert set(spread(lab_node, "web-a", 6)) == {f"web-b {ip_a} {SERVICE_IP} {SERVICE_IP}"}
+    # Out of the slice: its VIP and rules go and the kernel's local rule is back at 0.
+    lab_node.write_objects({"web-b": True})
+    wait_for(lambda: "proto 92" not in web_a.ip("-6", "rule", "show"), 20, "the rules to go")
+    assert web_a.ip("-6", "rule", "show").startswith("0:\tfrom all lookup local")
+    assert SERVICE_IP not in web_a.ip("-6", "addr", "show", "dev", "lo")
+
+
+def _segment_lists(node: Node) -> int:
+    dump = node.dump()
+    (bsid,) = {s.bsid for s in dump.steerings if str(s.prefix) == f"{SERVICE_IP}/128"}
+    return sum(len(p.segment_lists) for p in dump.policies if p.bsid == bsid)
+
+
 @pytest.mark.etcd
 @pytest.mark.kernel_srv6
 def test_store_outage_keeps_the_dataplane_and_defers_cni_add(lab_node: Node) -> None:

@@ -176,6 +176,7 @@ def test_verify_passes_every_check(lab: LabRun) -> None:
         "pod→pod across nodes",
         "no NAT",
         "spread over the backends by weight",
+        "a backend reaching its own Service default/web spreads over all backends (IPv6)",
         "port == targetPort",
         "without endpoints is refused",
         "keep their backend through RTOs",
@@ -185,6 +186,10 @@ def test_verify_passes_every_check(lab: LabRun) -> None:
         assert expected in names, expected
     figures = result["figures"]
     assert figures["service_flows_v6"] >= 200
+    # Issue 17: web-1's own connections to its Service reached all three backends.
+    hairpin = figures["hairpin_spread_v6"]
+    assert {"web-1", "web-2", "web-3"} <= set(hairpin), hairpin
+    print(f"hairpin spread: {hairpin}")
     assert 0 < figures["withdraw_convergence_ms"] < 20_000
     assert 0 < figures["add_convergence_ms"] < 20_000
     # The convergence checks put the lab back in its shape.
@@ -333,6 +338,10 @@ def test_dual_stack_lab_passes_verify(lab_run: LabRun) -> None:
     names = " | ".join(c["name"] for c in result["checks"])
     assert "End.DX4" in names and "pod→pod across nodes (IPv4)" in names
     assert "10.96.0.10:80" in names and result["figures"]["service_flows_v4"] >= 200
+    # Issue 17 over End.DX4: a backend's own IPv4 connections to its Service spread too.
+    assert (
+        "a backend reaching its own Service default/web spreads over all backends (IPv4)" in names
+    )
 
 
 def test_vpp_dataplane_is_refused_without_vpp(tmp_path: Path) -> None:

@@ -199,4 +199,8 @@ def test_verify_passes_on_vpp(vpp_lab: LabRun) -> None:
     assert conformance and not any(c.get("skipped") for c in conformance), conformance
     # Flow affinity with two backends: VPP no longer hashes the flow label.
     assert "a TCP flow's backend is a function of its 5-tuple" in passed
+    # Issue 17: a backend's own connections to its Service go through VPP's SR policy too.
+    hairpin = "a backend reaching its own Service default/web spreads over all backends (IPv6)"
+    assert hairpin in passed
+    print(f"{hairpin}: {checks[('connectivity', hairpin)]['detail']}")
     assert "established TCP connections keep their backend through RTOs" in passed

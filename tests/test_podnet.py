@@ -3,7 +3,9 @@ alone and under the NetworkPolicy table that relies on the rewrite's placement."
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import json
 import subprocess
 import sys
 
@@ -11,8 +13,8 @@ from policies import model
 from policies.compiler import compile_node
 from policies.nftables import NftablesBackend
 from srv6ctl.dataplane.model import PodAttachment
-from srv6ctl.podnet import PodNetworkProgrammer, ruleset
-from tests.support.netns import NetnsFactory
+from srv6ctl.podnet import PodNetworkProgrammer, hairpin_rules, ruleset
+from tests.support.netns import Netns, NetnsFactory
 
 S1, S2 = "fd00:96::11", "fd00:96::22"
 SERVER = """
@@ -125,6 +127,16 @@ def test_each_clusterip_gets_its_own_rewrite_and_the_pod_ip_none(
     assert S1 not in pod.ip("addr", "show", "lo")
 
 
+def test_hairpin_rules_per_family() -> None:
+    rules = hairpin_rules([ipaddress.ip_address(S1), ipaddress.ip_address(S2)])
+    assert sorted(map(str, rules)) == [
+        "-6 pref 100 iif lo to fd00:96::11 lookup main",
+        "-6 pref 100 iif lo to fd00:96::22 lookup main",
+        "-6 pref 200 lookup local",
+    ]
+    assert hairpin_rules([]) == frozenset()
+
+
 def test_ruleset_is_empty_without_port_maps() -> None:
     assert ruleset(PodAttachment(interface="x", pod="p", netns="n", service_addresses={S1})) == ""
 
@@ -142,3 +154,283 @@ def test_ruleset_is_the_form_policies_rely_on() -> None:
     assert "notrack" not in text
     assert "hook prerouting priority -300" in text and "hook postrouting priority 100" in text
     assert 'comment "srv6ctl:' in text
+
+
+# --- hairpin: a backend is also a client (issue 17) ------------------------------------
+#
+# The node here is a stand-in: plain ECMP routes (L4 hash) for each VIP over the backends,
+# in place of the steering into an SR policy whose End.DX6/DX4 hand the pod the original
+# packet — the same packet (destination the VIP) reaches the pod either way, and the pod
+# side is what this file tests, on any kernel. tests/test_agent.py does it through SRv6.
+
+V6, V4 = "fd00:96::10", "10.96.0.10"
+HAIRPIN_SERVER = """
+import socket, sys, threading
+def serve(family, address, port):
+    s = socket.socket(family); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((address, port)); s.listen(256)
+    while True:
+        c, peer = s.accept()
+        c.sendall(f"{sys.argv[1]} {peer[0]} {c.getsockname()[0]}".encode()); c.close()
+for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+    for port in (8080, 8081):
+        threading.Thread(target=serve, args=(family, address, port), daemon=True).start()
+print("up", flush=True); threading.Event().wait()
+"""
+# N new connections to host:port; per answer: (backend, client it saw, its local address,
+# the peer port the client saw), counted.
+HAIRPIN_CLIENT = """
+import collections, json, socket, sys
+seen = collections.Counter()
+for _ in range(int(sys.argv[3])):
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
+        seen[s.recv(200).decode() + f" {s.getpeername()[1]}"] += 1; s.close()
+    except OSError as err:
+        seen[type(err).__name__] += 1
+print(json.dumps(seen))
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class MiniPod:
+    netns: Netns
+    v6: str
+    v4: str
+
+    @property
+    def path(self) -> str:
+        return f"/var/run/netns/{self.netns.name}"
+
+
+def _mini_cluster(netns_factory: NetnsFactory, count: int) -> tuple[Netns, list[MiniPod]]:
+    """A stand-in node routing pods 1..count (host routes, as srv6-cni wires them) and
+    spreading each VIP over pods 1 and 2 by an L4 hash."""
+    node = netns_factory()
+    node.exec(
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=1",
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.fib_multipath_hash_policy=1",
+        "net.ipv4.fib_multipath_hash_policy=1",
+    )
+    pods = []
+    for k in range(1, count + 1):
+        pod = MiniPod(netns_factory(), f"fd00:10::{k}", f"10.1.0.{k}")
+        netns_factory.veth(node, f"v{k}", pod.netns, "eth0")
+        node.ip("addr", "add", "fe80::1/64", "dev", f"v{k}", "nodad")
+        node.ip("addr", "add", "10.0.0.1/32", "dev", f"v{k}")
+        node.ip("route", "add", f"{pod.v6}/128", "dev", f"v{k}")
+        node.ip("route", "add", f"{pod.v4}/32", "dev", f"v{k}")
+        pod.netns.ip("addr", "add", f"{pod.v6}/128", "dev", "eth0", "nodad")
+        pod.netns.ip("addr", "add", f"{pod.v4}/32", "dev", "eth0")
+        pod.netns.ip("-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
+        pod.netns.ip("-4", "route", "add", "default", "via", "10.0.0.1", "dev", "eth0", "onlink")
+        pods.append(pod)
+    for vip, family in ((V6, "v6"), (V4, "v4")):
+        hops = []
+        for k, pod in enumerate(pods[:2], start=1):
+            hops += ["nexthop", "via", getattr(pod, family), "dev", f"v{k}"]
+        node.ip("route", "add", vip, *hops)
+    return node, pods
+
+
+def _backend(pod: MiniPod, rewrite: bool = True) -> PodAttachment:
+    """Pods 1 and 2 back the service: port 80 -> 8080 on both families (`rewrite`); 8081
+    is the port and the target alike."""
+    return PodAttachment(
+        interface="x",
+        pod="default/web",
+        netns=pod.path,
+        service_addresses={V6, V4},
+        port_maps={("TCP", V6, 80, 8080), ("TCP", V4, 80, 8080)} if rewrite else frozenset(),
+    )
+
+
+def _spread(
+    pod: MiniPod, host: str, port: int, count: int = 60, timeout: float = 2.0
+) -> dict[str, int]:
+    done = pod.netns.exec(
+        sys.executable, "-c", HAIRPIN_CLIENT, host, str(port), str(count), str(timeout)
+    )
+    return dict(json.loads(done.stdout))
+
+
+def _rules(pod: MiniPod, family: str) -> str:
+    return pod.netns.ip(family, "rule", "show")
+
+
+DUAL = PodNetworkProgrammer(
+    [ipaddress.ip_network("fd00:96::/108"), ipaddress.ip_network("10.96.0.0/16")]
+)
+
+
+def _serve(pods: list[MiniPod], names: tuple[str, ...]) -> list[subprocess.Popen[str]]:
+    servers = []
+    for pod, name in zip(pods, names, strict=True):
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", pod.netns.name, sys.executable, "-c", HAIRPIN_SERVER, name],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        servers.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "up"
+    return servers
+
+
+def test_a_backend_reaching_its_own_vip_is_spread_over_all_backends(
+    netns_factory: NetnsFactory,
+) -> None:
+    _, (web1, web2, client) = _mini_cluster(netns_factory, 3)
+    # As an agent from before hairpins left it: the VIP on lo with its prefix route in main.
+    web2.netns.ip("addr", "add", f"{V6}/128", "dev", "lo")
+    for pod in (web1, web2):
+        synced = DUAL.sync(_backend(pod))
+        assert {str(r) for r in synced.rules_added} == {
+            f"-6 pref 100 iif lo to {V6} lookup main",
+            "-6 pref 200 lookup local",
+            f"-4 pref 100 iif lo to {V4} lookup main",
+            "-4 pref 200 lookup local",
+        }
+        assert {str(r) for r in synced.rules_removed} == {
+            "-6 pref 0 lookup local",
+            "-4 pref 0 lookup local",
+        }
+        assert DUAL.sync(_backend(pod)).writes == 0  # unchanged: reads only
+    assert not _rules(web1, "-6").startswith("0:\t")
+    # IPv6: the VIP is not in `main` (noprefixroute), and a connection to it leaves from
+    # the pod's own address, not the VIP (RFC 6724 rule 1 would pick the VIP).
+    for pod in (web1, web2):
+        route = pod.netns.ip("-6", "route", "get", V6)
+        assert "dev eth0" in route and f"src {pod.v6}" in route, route
+    # The node is its only router: no redirect may teach it that the VIP is on-link.
+    sysctl = web1.netns.exec("sysctl", "-n", "net.ipv6.conf.eth0.accept_redirects")
+    assert sysctl.stdout.strip() == "0"
+    assert (
+        client.netns.exec("sysctl", "-n", "net.ipv6.conf.eth0.accept_redirects").stdout.strip()
+        == "1"
+    )
+
+    servers = _serve([web1, web2], ("web-1", "web-2"))
+    try:
+        for vip, family in ((V6, "v6"), (V4, "v4")):
+            for port in (80, 8081):  # with the port rewrite (80 -> 8080) and without
+                mine = getattr(web1, family)
+                own = _spread(web1, vip, port)
+                # Every backend, itself included; each saw web-1's own address and answered
+                # from the VIP (no NAT), on the port the client asked for.
+                assert set(own) == {f"web-1 {mine} {vip} {port}", f"web-2 {mine} {vip} {port}"}, own
+                print(f"web-1 -> {vip}:{port}: {own}")
+                theirs = _spread(client, vip, port)
+                seen = getattr(client, family)
+                assert set(theirs) == {
+                    f"web-1 {seen} {vip} {port}",
+                    f"web-2 {seen} {vip} {port}",
+                }, theirs
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+
+    cleared = DUAL.clear(web1.path)
+    assert {str(r) for r in cleared.rules_added} == {
+        "-6 pref 0 lookup local",
+        "-4 pref 0 lookup local",
+    }
+    assert len(cleared.rules_removed) == 4 and len(cleared.sysctls) == 3
+    for family in ("-4", "-6"):
+        assert _rules(web1, family).splitlines()[0] == "0:\tfrom all lookup local"
+        assert "proto 92" not in _rules(web1, family)
+    assert web1.netns.exec("sysctl", "-n", "net.ipv4.conf.eth0.accept_local").stdout.strip() == "0"
+    assert (
+        web1.netns.exec("sysctl", "-n", "net.ipv6.conf.eth0.accept_redirects").stdout.strip() == "1"
+    )
+    assert DUAL.clear(web1.path).writes == 0
+
+
+def _hairpin_policy(
+    pods: list[MiniPod], ingress_from: tuple[str, ...]
+) -> dict[str, model.PodRules]:
+    """web-1 and web-2 (app=web) isolated both ways: ingress on 8080 and 8081 from pods
+    labelled `ingress_from`, egress to app=web only; the third pod is app=client."""
+    frontends = tuple(
+        model.Frontend(ipaddress.ip_address(vip), model.Protocol.TCP, port, target)
+        for vip in (V6, V4)
+        for port, target in ((80, 8080), (8081, 8081))
+    )
+    web = model.LabelSelector({"app": "web"})
+    cluster = model.Cluster.of(
+        [model.Namespace("default")],
+        [
+            model.Pod(
+                "default",
+                name,
+                labels={"app": app},
+                ips=(pod.v6, pod.v4),
+                frontends=frontends if app == "web" else (),
+                node_name="n",
+            )
+            for pod, name, app in zip(
+                pods, ("web-1", "web-2", "client"), ("web", "web", "client"), strict=True
+            )
+        ],
+        [
+            model.NetworkPolicy(
+                "default",
+                "web",
+                web,
+                policy_types=("Ingress", "Egress"),
+                ingress=(
+                    model.PolicyRule(
+                        peers=tuple(
+                            model.Peer(model.LabelSelector({"app": a})) for a in ingress_from
+                        ),
+                        ports=(
+                            model.PolicyPort(model.Protocol.TCP, 8080),
+                            model.PolicyPort(model.Protocol.TCP, 8081),
+                        ),
+                    ),
+                ),
+                egress=(model.PolicyRule(peers=(model.Peer(web),)),),
+            )
+        ],
+        [model.Node("n")],
+    )
+    rules = compile_node(cluster, "n")
+    return {name: rules[model.PodKey("default", name)] for name in ("web-1", "web-2")}
+
+
+def test_a_hairpinned_flow_under_network_policy(netns_factory: NetnsFactory) -> None:
+    """The policy table judges a hairpinned flow as Kubernetes would after DNAT: landing on
+    another backend, by that backend's ingress; landing on the pod itself, it passes (a
+    pod cannot block itself) — port rewrite or not, although the client half of a
+    rewritten flow to itself is `invalid` to the pod's conntrack."""
+    _, pods = _mini_cluster(netns_factory, 3)
+    web1, web2, _ = pods
+    for pod in (web1, web2):
+        DUAL.sync(_backend(pod))
+    servers = _serve([web1, web2], ("web-1", "web-2"))
+    policies = NftablesBackend()
+    try:
+        for ingress_from, reached in (
+            (("web", "client"), {"web-1", "web-2"}),
+            (("client",), {"web-1"}),
+        ):
+            for name, rules in _hairpin_policy(pods, ingress_from).items():
+                policies.apply(f"/var/run/netns/{pods[int(name[-1]) - 1].netns.name}", rules)
+            for vip, family in ((V6, "v6"), (V4, "v4")):
+                for port in (80, 8081):
+                    seen = _spread(web1, vip, port, count=16, timeout=0.5)
+                    print(f"web ingress from {ingress_from}: web-1 -> {vip}:{port}: {seen}")
+                    mine = getattr(web1, family)
+                    answered = {k for k in seen if not k.endswith("Error")}
+                    assert answered == {f"{b} {mine} {vip} {port}" for b in reached}, seen
+                    if reached == {"web-1"}:  # those that landed on web-2: refused there
+                        assert seen.get("TimeoutError", 0) > 0, seen
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()

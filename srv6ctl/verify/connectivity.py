@@ -7,6 +7,9 @@
   weight in the node's policy, the backend saw the client's real address (no NAT) and was
   reached at the ClusterIP on the targetPort (the pod's stateless rewrite), and the client
   saw the answer come from the ClusterIP and the service port;
+- a backend reaching its own Service (issue 17): its connections spread over every
+  backend, itself included, by the weights, with no NAT (its own address seen, the
+  ClusterIP answering);
 - port == targetPort (8081), UDP, the IPv4 ClusterIP in dual-stack;
 - a service without endpoints is refused at once (ICMPv6 administratively prohibited →
   EACCES), not black-holed;
@@ -59,8 +62,10 @@ class Connectivity:
         for service in self.topo.services:
             if service.backends:
                 self.service(service, 6)
+                self.hairpin(service, 6)
                 if service.cluster_ipv4 is not None:
                     self.service(service, 4)
+                    self.hairpin(service, 4)
             else:
                 self.no_endpoints(service)
         web = next((s for s in self.topo.services if s.backends), None)
@@ -213,6 +218,56 @@ class Connectivity:
         self.report.add(GROUP, f"{label}: spread over the backends by weight", ok, detail)
         self._udp(service, family, clients)
         self._same_port(service, family, clients)
+
+    def hairpin(self, service: ServiceInfo, family: int, flows: int = 60) -> None:
+        """A backend's own connections to its Service (issue 17: etcd, Cassandra seeds,
+        Kafka call their own Service) are balanced like anyone's, over every backend and
+        itself among them, by the weights of its node's policy: the pod's hairpin rules
+        (srv6ctl/podnet.py) send them out through the node instead of to its loopback."""
+        ip = service.cluster_ip(family)
+        names = set(service.backends)
+        backend = next(
+            (p for p in self.topo.pods if p.name in names and (p.ipv6 if family == 6 else p.ipv4)),
+            None,
+        )
+        label = f"a backend reaching its own Service {service.name} spreads over all backends"
+        label += f" (IPv{family})"
+        if ip is None or backend is None:
+            self.report.skip(GROUP, label, "no backend pod of that family")
+            return
+        src = str(backend.ipv6 if family == 6 else backend.ipv4)
+        found = Findings()
+        results = tcp_flows(backend.netns, ip, SERVICE_HTTP_PORT, flows)
+        found.lost += [f"{backend.short}: {f.error}" for f in failures(results)]
+        counts: Counter[str] = Counter()
+        for answer in answers(results):
+            counts[answer.pod] += 1
+            found.add(answer, backend, src, str(ip), HTTP_PORT)
+        total = sum(counts.values())
+        shares = self._weights(service, family).get(backend.node, {})
+        self.report.figures[f"hairpin_spread_v{family}"] = {
+            "from": backend.short,
+            **dict(sorted(counts.items())),
+        }
+        problems = [*found.all]
+        problems += [f"{n} never reached" for n in sorted(shares) if not counts[n]]
+        problems += [f"{n} is not a backend" for n in sorted(set(counts) - set(shares))]
+        for name, share in sorted(shares.items()):
+            tolerance = _spread_tolerance(total, share)
+            if abs(counts[name] - total * share) > tolerance:
+                problems.append(
+                    f"{name}: {counts[name]} flows, expected {total * share:.0f}±{tolerance:.0f}"
+                )
+        spread = ", ".join(f"{n} {counts[n]} (≈{total * shares[n]:.0f})" for n in sorted(shares))
+        self.report.add(
+            GROUP,
+            label,
+            not problems and total == flows and backend.short in counts,
+            "; ".join(problems[:3])
+            if problems
+            else f"{flows} connections from {backend.short} to {ip}:{SERVICE_HTTP_PORT}: {spread}"
+            f" — itself included, each saw {src} and answered from the ClusterIP",
+        )
 
     def _udp(self, service: ServiceInfo, family: int, clients: list[PodInfo]) -> None:
         ip = service.cluster_ip(family)
