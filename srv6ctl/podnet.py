@@ -44,9 +44,15 @@ included) sees the pod's own address and answers from `S`. What that needs besid
   such check).
 
 Ownership: loopback addresses inside the configured service CIDRs are ours (nothing else
-puts a ClusterIP on a pod's `lo`); the rules are ours by their protocol, `RULE_PROTOCOL`
-(FRA_PROTOCOL, 4.17+: the same 0x5C the kernel backend tags its routes with), never by
-their destination, so VIPs outside the service CIDRs are covered too. The kernel's own
+puts a ClusterIP on a pod's `lo`), and so is every address carrying our protocol,
+`ADDRESS_PROTOCOL` (IFA_PROTO, kernel 6.1+), which each VIP is added with: LoadBalancer
+IPs and externalIPs lie outside the service CIDRs. An older kernel drops the tag: there a
+VIP outside the service CIDRs that stops being the pod's stays on its loopback until the
+pod goes, and the pod's own connections to that address then stay inside it (nothing
+else changes: no node routes the VIP to the pod any more). The rules are ours by their
+protocol, `RULE_PROTOCOL` (FRA_PROTOCOL, 4.17+: the same 0x5C the kernel backend tags its
+routes with), never by their destination, so VIPs outside the service CIDRs are covered
+too. The kernel's own
 `pref 0 lookup local` rule is deleted only after ours is in place and put back before ours
 is deleted, so a family always has one local rule, and ours present means we moved it. The
 sysctls above, on the pod's interface, are ours while the pod holds a VIP of that family
@@ -76,6 +82,7 @@ from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
 TABLE = "srv6ctl_svc"
 NFT = "nft"
 RULE_PROTOCOL = RTPROT_SRV6CTL
+ADDRESS_PROTOCOL = RTPROT_SRV6CTL  # IFA_PROTO (6.1+): the VIPs we put on lo
 # Small, so ours come before any rule a pod may have of its own (rare: it needs
 # CAP_NET_ADMIN), main's 32766 included; 0 stays where the kernel's local rule goes back.
 HAIRPIN_PRIORITY = 100
@@ -218,34 +225,24 @@ class PodNetworkProgrammer:
         wanted = set(attachment.service_addresses)
         with IPRoute() as ipr:
             lo = ipr.link_lookup(ifname="lo")[0]
-            present = set()
+            present = set()  # every address on lo: none is added twice
+            ours = set()
             flagless = set()  # IPv6 VIPs of ours the kernel also routes in `main`
             for msg in ipr.get_addr(index=lo):
                 address = ipaddress.ip_address(msg.get_attr("IFA_ADDRESS"))
-                if self._ours(address):
-                    present.add(address)
+                present.add(address)
+                if self._ours(address) or msg.get_attr("IFA_PROTO") == ADDRESS_PROTOCOL:
+                    ours.add(address)
                     flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
                     if address.version == 6 and not flags & _IFA_F_NOPREFIXROUTE:
                         flagless.add(address)
             added = sorted(wanted - present, key=str)
-            removed = sorted(present - wanted, key=str)
+            removed = sorted(ours - wanted, key=str)
             for address in added:
-                ipr.addr(
-                    "add",
-                    index=lo,
-                    address=str(address),
-                    prefixlen=address.max_prefixlen,
-                    flags=_IFA_F_NOPREFIXROUTE,
-                )
+                self._address(ipr, "add", lo, address)
             for address in sorted(flagless & wanted, key=str):
                 # An address added before hairpins existed: setting the flag drops its route.
-                ipr.addr(
-                    "replace",
-                    index=lo,
-                    address=str(address),
-                    prefixlen=address.max_prefixlen,
-                    flags=_IFA_F_NOPREFIXROUTE,
-                )
+                self._address(ipr, "replace", lo, address)
             for address in removed:
                 ipr.addr("del", index=lo, address=str(address), prefixlen=address.max_prefixlen)
             rules = self._read_rules(ipr)
@@ -261,6 +258,17 @@ class PodNetworkProgrammer:
             rules_added, rules_removed = self._write_rules(ipr, rules, hairpin_rules(wanted))
         replaced = self._sync_rewrites(ruleset(attachment))
         return PodSync(tuple(added), tuple(removed), replaced, rules_added, rules_removed, sysctls)
+
+    @staticmethod
+    def _address(ipr: IPRoute, command: str, lo: int, address: IPAddress) -> None:
+        ipr.addr(
+            command,
+            index=lo,
+            address=str(address),
+            prefixlen=address.max_prefixlen,
+            flags=_IFA_F_NOPREFIXROUTE,
+            IFA_PROTO=ADDRESS_PROTOCOL,  # ours, wherever it lies (kernels before 6.1 drop it)
+        )
 
     @staticmethod
     def _read_rules(ipr: IPRoute) -> dict[int, tuple[set[PodRule], bool]]:

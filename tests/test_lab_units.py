@@ -139,6 +139,41 @@ def test_service_without_backends_has_empty_slices(tmp_path: Path) -> None:
     assert "IPv4" not in documents  # single-stack: one slice, one family
 
 
+def test_a_load_balancer_service_shares_its_pods_and_reads_back_as_one(tmp_path: Path) -> None:
+    state = small_state(tmp_path)
+    local = ServiceRecord(
+        name="web-local",
+        uid="uid-local",
+        cluster_ipv6="fd00:96::12",
+        selects="web",
+        type="LoadBalancer",
+        load_balancer_ips=["fd00:ee::11", "198.51.100.11"],
+        external_ips=["fd00:ee::21"],
+        external_traffic_policy="Local",
+        health_check_node_port=32100,
+    )
+    state.services.append(local)
+    assert [p.name for p in state.backends("web-local")] == ["web-1"]
+    assert [s.name for s in state.services_of("web")] == ["web", "web-local"]
+    assert local.external_vips(6) == ["fd00:ee::11", "fd00:ee::21"]
+    assert local.external_vips(4) == ["198.51.100.11"]
+    directory = tmp_path / "objects"
+    directory.mkdir()
+    (directory / "local.yaml").write_text(objects.service_file(state, local))
+    cluster = ClusterState()
+    for event in LabSource(directory).poll():
+        cluster.apply(event)
+    service = cluster.service("default", "web-local")
+    assert service is not None
+    assert service.type == "LoadBalancer" and service.external_traffic_policy == "Local"
+    assert service.health_check_node_port == 32100
+    assert [str(a) for a in service.external_vips(6)] == ["fd00:ee::21", "fd00:ee::11"]
+    (eps,) = [
+        s for s in cluster.slices_of_service("default", "web-local") if s.address_type == "IPv6"
+    ]
+    assert [e.target.name for e in eps.endpoints if e.target] == ["web-1"]
+
+
 def test_state_round_trip_and_look_ups(tmp_path: Path) -> None:
     paths = LabPaths(tmp_path / "lab")
     state = small_state(tmp_path)

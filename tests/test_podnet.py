@@ -434,3 +434,29 @@ def test_a_hairpinned_flow_under_network_policy(netns_factory: NetnsFactory) -> 
         for server in servers:
             server.kill()
             server.wait()
+
+
+def test_vips_outside_the_service_cidrs_are_ours_by_their_protocol(netns: Netns) -> None:
+    """LoadBalancer IPs and externalIPs lie outside the service CIDRs: each is added with
+    our IFA_PROTO (kernel 6.1+), found again by it, and removed when it goes; an address
+    of someone else's on the pod's lo is left alone."""
+    netns.ip("addr", "add", "2001:db8:aa::1/128", "dev", "lo")  # not ours
+    path = f"/var/run/netns/{netns.name}"
+    vips = frozenset(ipaddress.ip_address(a) for a in (V6, "fd00:ee::10", "198.51.100.10"))
+    pod = PodAttachment(interface="x", pod="default/web", netns=path, service_addresses=vips)
+    first = DUAL.sync(pod)
+    assert set(first.added) == vips
+    again = DUAL.sync(pod)
+    assert (again.added, again.removed) == ((), ())  # found again, not added twice
+    fewer = dataclasses.replace(pod, service_addresses=frozenset({ipaddress.ip_address(V6)}))
+    gone = DUAL.sync(fewer)
+    assert set(gone.removed) == {
+        ipaddress.ip_address("fd00:ee::10"),
+        ipaddress.ip_address("198.51.100.10"),
+    }
+    cleared = DUAL.clear(path)
+    assert cleared.removed == (ipaddress.ip_address(V6),)
+    left = {
+        a["local"] for a in json.loads(netns.ip("-j", "addr", "show", "dev", "lo"))[0]["addr_info"]
+    }
+    assert "2001:db8:aa::1" in left and "fd00:ee::10" not in left

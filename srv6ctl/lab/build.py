@@ -40,7 +40,7 @@ from ipam6.allocator import Allocator
 from ipam6.plan import AddressPlan
 from ipam6.store.config import open_store
 from srv6ctl.config import Config, load_config
-from srv6ctl.lab import convergence, netns, objects, processes, scaling, vpp
+from srv6ctl.lab import convergence, external, netns, objects, processes, scaling, vpp
 from srv6ctl.lab.context import LabContext
 from srv6ctl.lab.convergence import CONVERGE_TIMEOUT
 from srv6ctl.lab.netns import LabError
@@ -201,6 +201,8 @@ class Lab:
             for service in state.services:
                 write_service(paths, state, service)
             convergence.wait_converged(paths, state)
+        with self.steps.step("the probe routes the external VIPs to the nodes"):
+            external.route_external(state)
         state.complete = True
         self._save()
 
@@ -234,14 +236,21 @@ class Lab:
                 node.vpp_dir = str(where.dir)
                 node.vpp_api_socket = where.api_socket
                 node.vpp_stats_socket = where.stats_socket
-        for name, v6, v4, with_backends in SERVICES:
+        for shape in SERVICES:
+            families = (6, 4) if options.dual_stack else (6,)
             state.services.append(
                 ServiceRecord(
-                    name=name,
+                    name=shape.name,
                     uid=str(uuid.uuid4()),
-                    cluster_ipv6=v6,
-                    cluster_ipv4=v4 if options.dual_stack else None,
-                    with_backends=with_backends,
+                    cluster_ipv6=shape.cluster_ipv6,
+                    cluster_ipv4=shape.cluster_ipv4 if options.dual_stack else None,
+                    with_backends=shape.with_backends,
+                    selects=shape.selects,
+                    type=shape.type,
+                    load_balancer_ips=[a for a in shape.load_balancer if _family(a) in families],
+                    external_ips=[a for a in shape.external if _family(a) in families],
+                    external_traffic_policy=shape.external_traffic_policy,
+                    health_check_node_port=shape.health_check_node_port,
                 )
             )
         return state
@@ -319,6 +328,10 @@ class Lab:
         if self.state is None:
             raise LabError(f"no lab in {self.paths.root} (run `srv6ctl lab up`)")
         return self.state
+
+
+def _family(address: str) -> int:
+    return 6 if ":" in address else 4
 
 
 def _claim_node_ids(state: LabState, config: Config, plan: AddressPlan) -> None:

@@ -104,23 +104,35 @@ def pod_object(pod: PodRecord) -> dict[str, Any]:
 def service_object(service: ServiceRecord) -> dict[str, Any]:
     cluster_ips = [ip for ip in (service.cluster_ipv6, service.cluster_ipv4) if ip]
     families = ["IPv6"] + (["IPv4"] if service.cluster_ipv4 else [])
-    return {
+    spec: dict[str, Any] = {
+        "type": service.type,
+        "selector": {APP_LABEL: service.label},
+        "clusterIP": cluster_ips[0],
+        "clusterIPs": cluster_ips,
+        "ipFamilies": families,
+        "ipFamilyPolicy": "PreferDualStack" if len(families) > 1 else "SingleStack",
+        "ports": [
+            {"name": name, "port": port, "targetPort": target, "protocol": protocol}
+            for name, port, target, protocol in SERVICE_PORTS
+        ],
+    }
+    obj: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": service.name, "namespace": service.namespace, "uid": service.uid},
-        "spec": {
-            "type": "ClusterIP",
-            "selector": {APP_LABEL: service.name},
-            "clusterIP": cluster_ips[0],
-            "clusterIPs": cluster_ips,
-            "ipFamilies": families,
-            "ipFamilyPolicy": "PreferDualStack" if len(families) > 1 else "SingleStack",
-            "ports": [
-                {"name": name, "port": port, "targetPort": target, "protocol": protocol}
-                for name, port, target, protocol in SERVICE_PORTS
-            ],
-        },
+        "spec": spec,
     }
+    if service.external_ips:
+        spec["externalIPs"] = list(service.external_ips)
+    if service.type == "LoadBalancer":
+        spec["externalTrafficPolicy"] = service.external_traffic_policy
+        if service.health_check_node_port:
+            spec["healthCheckNodePort"] = service.health_check_node_port
+        # What a load balancer controller (MetalLB, a cloud's) writes once it announces
+        # the addresses; the lab's probe is that load balancer's router (lab/build.py).
+        ingress = [{"ip": ip, "ipMode": "VIP"} for ip in service.load_balancer_ips]
+        obj["status"] = {"loadBalancer": {"ingress": ingress}}
+    return obj
 
 
 def endpoint_slices(service: ServiceRecord, backends: list[PodRecord]) -> list[dict[str, Any]]:
@@ -175,5 +187,5 @@ def node_file(state: LabState) -> str:
 
 
 def service_file(state: LabState, service: ServiceRecord) -> str:
-    backends = state.backends(service.name) if service.with_backends else []
+    backends = state.backends(service.name) if service.with_backends else []  # by its label
     return dump([service_object(service), *endpoint_slices(service, backends)])

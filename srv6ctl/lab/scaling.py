@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from srv6ctl.lab.context import LabContext
 from srv6ctl.lab.convergence import wait_converged
+from srv6ctl.lab.external import route_external
 from srv6ctl.lab.netns import LabError
 from srv6ctl.lab.parallel import in_parallel
 from srv6ctl.lab.state import PodRecord
@@ -25,13 +26,13 @@ def add_backends(
     for _ in range(count):
         load = {n.name: 0 for n in state.nodes}
         for pod in state.pods + added:
-            if pod.service == record.name:
+            if pod.service == record.label:
                 load[pod.node] += 1
         node = state.node(min(load, key=lambda n: (load[n], state.node_names.index(n))))
         taken = {p.name for p in state.pods + added}
-        k = next(k for k in range(1, 10_000) if f"{record.name}-{k}" not in taken)
-        pod = pod_record(state, f"{record.name}-{k}", node, "backend")
-        pod.service = record.name
+        k = next(k for k in range(1, 10_000) if f"{record.label}-{k}" not in taken)
+        pod = pod_record(state, f"{record.label}-{k}", node, "backend")
+        pod.service = record.label
         added.append(pod)
     try:
         in_parallel(lambda pod: create_pod(ctx.paths, state, pod), added)
@@ -45,18 +46,19 @@ def add_backends(
 
 
 def publish_slices(ctx: LabContext, service: str) -> None:
-    """Write the service's slices as the lab's pods say they are."""
-    write_service(ctx.paths, ctx.state, ctx.state.service(service))
+    """Write the slices of the service, and of every service selecting the same pods, as
+    the lab's pods say they are."""
+    for record in ctx.state.services_of(ctx.state.service(service).label):
+        write_service(ctx.paths, ctx.state, record)
 
 
 def withdraw_backends(ctx: LabContext, service: str, pods: Iterable[PodRecord]) -> None:
     """Drop pods from the service's slices, as the EndpointSlice controller does when a
     pod starts terminating; the pods themselves keep running (and serving)."""
-    record = ctx.state.service(service)
     for pod in pods:
         pod.service = None
     ctx.save()
-    write_service(ctx.paths, ctx.state, record)
+    publish_slices(ctx, service)
 
 
 def delete_pods(ctx: LabContext, pods: Sequence[PodRecord]) -> None:
@@ -81,11 +83,13 @@ def scale(ctx: LabContext, service: str, replicas: int) -> tuple[list[str], list
     if replicas > len(current):
         added = add_backends(ctx, record.name, replicas - len(current))
         wait_converged(ctx.paths, state)
+        route_external(state)  # nodes may have their first local backend now
         return [p.name for p in added], []
     victims = sorted(current, key=_pod_order)[replicas:]
     if victims:
         withdraw_backends(ctx, record.name, victims)
         wait_converged(ctx.paths, state)
+        route_external(state)  # before the pods go: make before break
         delete_pods(ctx, victims)
         wait_converged(ctx.paths, state)
     return [], [p.name for p in victims]

@@ -7,6 +7,7 @@ the dataplane.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 from srv6ctl.lab.state import NodeRecord
 
@@ -15,9 +16,50 @@ UNDERLAY_V4 = ipaddress.IPv4Network("192.0.2.0/24")  # TEST-NET-1 (RFC 5737)
 PROBE_INDEX_V6, PROBE_INDEX_V4 = 0xFFFF, 254
 PLAN_V6 = {"podCIDRv6": "fd00:10::/48", "serviceCIDRv6": "fd00:96::/108"}
 PLAN_V4 = {"podCIDRv4": "10.128.0.0/14", "serviceCIDRv4": "10.96.0.0/16"}
-SERVICES = (  # name, ClusterIPv6, ClusterIPv4, has backends
-    ("web", "fd00:96::10", "10.96.0.10", True),
-    ("empty", "fd00:96::11", "10.96.0.11", False),
+# External VIPs (LoadBalancer ingress IPs, externalIPs): outside every lab prefix, routed
+# from the probe — the lab's external client — to the nodes, as the router in front of a
+# cluster routes what its load balancer announces.
+EXTERNAL_V6 = ipaddress.IPv6Network("fd00:ee::/64")
+EXTERNAL_V4 = ipaddress.IPv4Network("198.51.100.0/24")  # TEST-NET-2 (RFC 5737)
+
+
+@dataclass(frozen=True)
+class LabService:
+    name: str
+    cluster_ipv6: str
+    cluster_ipv4: str
+    with_backends: bool = True
+    selects: str | None = None  # the backends' app label, when not the service's name
+    type: str = "ClusterIP"
+    load_balancer: tuple[str, ...] = ()  # its VIPs, IPv6 first
+    external: tuple[str, ...] = ()  # externalIPs
+    external_traffic_policy: str = "Cluster"
+    health_check_node_port: int = 0
+
+
+SERVICES = (
+    # The backends: a LoadBalancer (externalTrafficPolicy Cluster) with an externalIP too.
+    LabService(
+        "web",
+        "fd00:96::10",
+        "10.96.0.10",
+        type="LoadBalancer",
+        load_balancer=("fd00:ee::10", "198.51.100.10"),
+        external=("fd00:ee::20", "198.51.100.20"),
+    ),
+    LabService("empty", "fd00:96::11", "10.96.0.11", with_backends=False),
+    # The same backends, externalTrafficPolicy Local: external traffic stays on the node
+    # it enters, which the probe picks by the service's health check port.
+    LabService(
+        "web-local",
+        "fd00:96::12",
+        "10.96.0.12",
+        selects="web",
+        type="LoadBalancer",
+        load_balancer=("fd00:ee::11", "198.51.100.11"),
+        external_traffic_policy="Local",
+        health_check_node_port=32100,
+    ),
 )
 BACKEND_SERVICE = "web"
 

@@ -78,6 +78,22 @@ class ServiceRecord(_Model):
     cluster_ipv6: str
     cluster_ipv4: str | None = None
     with_backends: bool = True  # False: the lab's endpoint-less service
+    selects: str | None = None  # its pods' app label; None: its own name
+    type: str = "ClusterIP"
+    load_balancer_ips: list[str] = []  # status.loadBalancer.ingress[].ip
+    external_ips: list[str] = []
+    external_traffic_policy: str = "Cluster"
+    health_check_node_port: int = 0
+
+    @property
+    def label(self) -> str:
+        """The app label of the pods it selects."""
+        return self.selects or self.name
+
+    def external_vips(self, family: int) -> list[str]:
+        return [
+            a for a in (*self.load_balancer_ips, *self.external_ips) if (":" in a) == (family == 6)
+        ]
 
 
 class LabOptions(_Model):
@@ -131,7 +147,13 @@ class LabState(_Model):
         raise KeyError(f"no service {name!r} in the lab (services: {names})")
 
     def backends(self, service: str) -> list[PodRecord]:
-        return [p for p in self.pods if p.service == service]
+        """The pods `service` selects (by name; services may share their pods' label)."""
+        label = next((s.label for s in self.services if s.name == service), service)
+        return [p for p in self.pods if p.service == label]
+
+    def services_of(self, label: str) -> list[ServiceRecord]:
+        """Every service selecting pods labelled `label`."""
+        return [s for s in self.services if s.label == label]
 
     def namespaces(self) -> list[str]:
         """Every network namespace the lab holds, pods first (they hang off the nodes)."""

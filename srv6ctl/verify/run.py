@@ -2,7 +2,8 @@
 
 Lab mode (the default) reads the lab's state directory and runs every group:
 conformance (crafted SRv6 packets), connectivity (real flows between the lab's pods and
-services), convergence (it removes a backend and adds one back, leaving the lab in
+services), external (an external client reaching LoadBalancer IPs and externalIPs: see
+external.py), convergence (it removes a backend and adds one back, leaving the lab in
 the shape it found it) and policy (real flows judged against the NetworkPolicy
 compiler's verdicts; with no policy in the lab, around a sample policy it removes again).
 
@@ -32,11 +33,12 @@ from dataclasses import dataclass
 from srv6ctl.observe.netinfo import link_mac, sysctl
 from srv6ctl.verify.connectivity import Connectivity
 from srv6ctl.verify.convergence import Convergence
+from srv6ctl.verify.external import ExternalChecks
 from srv6ctl.verify.policy import PolicyChecks
 from srv6ctl.verify.report import Report
 from srv6ctl.verify.topology import Injector, Topology, from_lab, from_node
 
-GROUPS = ("conformance", "connectivity", "convergence", "policy")
+GROUPS = ("conformance", "connectivity", "external", "convergence", "policy")
 DEFAULT_FLOWS = 240
 NODE_PROBE_SOURCE = ipaddress.IPv6Address("2001:db8:5ec::1")  # documentation range
 
@@ -61,7 +63,7 @@ def run(options: VerifyOptions) -> Report:
             for node in topo.nodes:
                 node.uplink = options.uplink
             _run_groups(topo, None, report, ("conformance",))
-            for group in ("connectivity", "convergence", "policy"):
+            for group in ("connectivity", "external", "convergence", "policy"):
                 if group in options.groups:
                     report.skip(group, group, "needs the lab (its pod servers and objects)")
     else:
@@ -105,6 +107,11 @@ def _run_groups(
                 connectivity.rto_affinity(web)
         except Exception as err:
             report.crashed("connectivity", err)
+    if "external" in groups and lab is not None:
+        try:
+            ExternalChecks(topo, lab, report).run()
+        except Exception as err:
+            report.crashed("external", err)
     if "convergence" in groups and lab is not None:
         try:
             Convergence(topo, lab, report).run()

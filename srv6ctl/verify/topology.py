@@ -123,6 +123,10 @@ class ServiceInfo:
     cluster_ipv6: ipaddress.IPv6Address | None
     cluster_ipv4: ipaddress.IPv4Address | None
     backends: list[str] = field(default_factory=list)  # pod names ("namespace/name")
+    # Load balancer IPs and externalIPs, by IP version (the lab's; a node knows no intent).
+    external: dict[int, list[IPAddress]] = field(default_factory=dict)
+    external_traffic_policy: str = "Cluster"
+    health_check_node_port: int = 0
 
     def cluster_ip(self, family: int) -> IPAddress | None:
         return self.cluster_ipv6 if family == 6 else self.cluster_ipv4
@@ -225,6 +229,13 @@ def from_lab(state_dir: str) -> tuple[Topology, object]:
             cluster_ipv6=ipaddress.IPv6Address(s.cluster_ipv6),
             cluster_ipv4=ipaddress.IPv4Address(s.cluster_ipv4) if s.cluster_ipv4 else None,
             backends=[f"{p.namespace}/{p.name}" for p in state.backends(s.name)],
+            external={
+                family: [ipaddress.ip_address(a) for a in s.external_vips(family)]
+                for family in (6, 4)
+                if s.external_vips(family)
+            },
+            external_traffic_policy=s.external_traffic_policy,
+            health_check_node_port=s.health_check_node_port,
         )
         for s in state.services
     ]
@@ -272,6 +283,9 @@ def from_node(node_name: str, api_socket: str, config: str, injector: Injector) 
             f"{namespace}/{name}", ServiceInfo(f"{namespace}/{name}", None, None)
         )
         address = steering.prefix.network_address
+        cidrs = [c for c in (plan.service_cidr_v6, plan.service_cidr_v4) if c is not None]
+        if cidrs and not any(address in cidr for cidr in cidrs):
+            continue  # an external VIP steered into the ClusterIP's policy
         if isinstance(address, ipaddress.IPv6Address):
             service.cluster_ipv6 = address
         else:

@@ -1,0 +1,106 @@
+"""What a real cluster has in front of it: a router to the services' external VIPs.
+
+The lab's probe (`s6lab-probe`, a host on the underlay that is not a node) is the external
+client, and its routing table plays the router a load balancer (MetalLB in BGP mode, a
+cloud's) programs: each LoadBalancer ingress IP and externalIP of a service is routed to
+the nodes, ECMP over every node for externalTrafficPolicy Cluster, and for Local over the
+nodes whose `healthCheckNodePort` answers 200 — asked over HTTP from the probe, as a load
+balancer's health checker asks. The probe hashes flows on their 5-tuple (hash policy 1), so
+new connections spread over the entry nodes as they would behind a router.
+
+VPP mode: the node's kernel namespace has no underlay address (VPP owns the uplink), so the
+health check port, which the agent serves in that namespace, cannot be reached from the
+probe; there the router takes the nodes with a local backend from the lab's own record.
+
+`route_external` is called whenever the backends may have moved (build, `lab scale`).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+
+from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
+from srv6ctl.lab import netns
+from srv6ctl.lab.state import LabState, NodeRecord, ServiceRecord
+
+HASH_BY_PORTS = {
+    "net.ipv6.fib_multipath_hash_policy": "1",
+    "net.ipv4.fib_multipath_hash_policy": "1",
+}
+
+
+@dataclass(frozen=True)
+class HealthAnswer:
+    status: int
+    body: dict[str, object]
+
+
+def health_check(probe: str, address: str, port: int, timeout: float = 2.0) -> HealthAnswer:
+    """GET http://address:port/healthz from the probe's namespace (status 0: no answer)."""
+
+    def exchange() -> bytes:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+            sock.sendall(f"GET /healthz HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+            chunks = []
+            while chunk := sock.recv(4096):
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+    try:
+        raw = run_in_netns(netns.netns_path(probe), exchange)
+    except OSError:
+        return HealthAnswer(0, {})
+    head, _, body = raw.partition(b"\r\n\r\n")
+    try:
+        return HealthAnswer(int(head.split(b" ", 2)[1]), json.loads(body))
+    except (IndexError, ValueError):
+        return HealthAnswer(0, {})
+
+
+def node_address(node: NodeRecord, family: int) -> str | None:
+    return node.internal_ipv6 if family == 6 else node.internal_ipv4
+
+
+def entry_nodes(state: LabState, service: ServiceRecord) -> list[NodeRecord]:
+    """The nodes the router sends the service's external traffic to."""
+    if service.external_traffic_policy != "Local":
+        return list(state.nodes)
+    if state.options.dataplane == "vpp":
+        local = {p.node for p in state.backends(service.name)}
+        return [n for n in state.nodes if n.name in local]
+    port = service.health_check_node_port
+    return [
+        n
+        for n in state.nodes
+        if health_check(state.probe_netns, n.internal_ipv6, port).status == 200
+    ]
+
+
+def route_external(state: LabState) -> dict[str, list[str]]:
+    """Route every external VIP from the probe to its entry nodes; returns VIP → nodes."""
+    ensure_sysctls(netns.netns_path(state.probe_netns), HASH_BY_PORTS)
+    routed: dict[str, list[str]] = {}
+    commands = []
+    for service in state.services:
+        nodes = entry_nodes(state, service)
+        for family in (6, 4):
+            for vip in service.external_vips(family):
+                vias = [a for a in (node_address(n, family) for n in nodes) if a]
+                routed[vip] = [n.name for n in nodes]
+                host = f"{vip}/{128 if family == 6 else 32}"
+                if not vias:
+                    commands.append(f"route replace unreachable {host}")
+                else:
+                    hops = " ".join(f"nexthop via {via}" for via in vias)
+                    commands.append(f"route replace {host} {hops}")
+    if commands:
+        netns.ip_batch(state.probe_netns, commands)
+    return routed
+
+
+__all__ = ["HealthAnswer", "entry_nodes", "health_check", "route_external"]

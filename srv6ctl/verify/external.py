@@ -1,0 +1,207 @@
+"""External traffic: an external client reaching LoadBalancer IPs and externalIPs.
+
+The client is the lab's probe, a host on the underlay that is not a node; it routes each
+VIP to the nodes as a router in front of a cluster would (srv6ctl/lab/external.py). Over
+real TCP connections and UDP datagrams it checks, per service, VIP and family:
+
+- every flow is answered by one of the service's backends, which saw the **client's own
+  address** (no SNAT anywhere) and was reached at the VIP itself on the targetPort (the
+  packet arrived unchanged over SRv6; the pod rewrote only the port), and the client saw
+  the answer come **from the VIP and the service port** — the backend answered directly
+  (direct server return: no node kept NAT or conntrack state for the flow);
+- externalTrafficPolicy Cluster: the flows spread over every backend;
+- externalTrafficPolicy Local: each node's healthCheckNodePort answers 200 with its local
+  endpoint count where it has a backend and 503 where it has none (kube-proxy's answer),
+  and traffic entering a node (the probe's route pinned to it) never leaves it: only that
+  node's backends answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Any
+
+from srv6ctl.dataplane.model import IPAddress
+from srv6ctl.lab.external import health_check, route_external
+from srv6ctl.lab.netns import ip
+from srv6ctl.lab.objects import HTTP_PORT, SERVICE_HTTP_PORT
+from srv6ctl.lab.shape import PROBE_INDEX_V4, PROBE_INDEX_V6, underlay_v4, underlay_v6
+from srv6ctl.lab.state import LabState
+from srv6ctl.verify.flows import Answer, Result, answers, failures, tcp_flows, udp_flows
+from srv6ctl.verify.report import Report
+from srv6ctl.verify.topology import ServiceInfo, Topology
+
+GROUP = "external"
+FLOWS_PER_BACKEND = 20
+
+
+class ExternalChecks:
+    def __init__(self, topo: Topology, lab: Any, report: Report) -> None:
+        self.topo, self.report = topo, report
+        self.state: LabState = lab.state
+        self.client = self.state.probe_netns
+        self.address = {6: underlay_v6(PROBE_INDEX_V6), 4: underlay_v4(PROBE_INDEX_V4)}
+
+    def run(self) -> None:
+        services = [s for s in self.topo.services if s.external]
+        if not services:
+            self.report.skip(GROUP, "external traffic", "no service with an external VIP")
+            return
+        for service in services:
+            for family, vips in sorted(service.external.items(), reverse=True):
+                for vip in vips:
+                    self.vip(service, family, vip)
+            if service.external_traffic_policy == "Local":
+                self.local_policy(service)
+            else:
+                self.host_network(service)
+
+    # --- every VIP, from the external client --------------------------------------------
+
+    def vip(self, service: ServiceInfo, family: int, vip: IPAddress) -> None:
+        backends = {b.split("/", 1)[-1] for b in service.backends}
+        count = max(FLOWS_PER_BACKEND * len(backends), 30)
+        label = f"external client → {service.name} {_show(vip)}:{SERVICE_HTTP_PORT}"
+        tcp = tcp_flows(self.client, vip, SERVICE_HTTP_PORT, count)
+        udp = udp_flows(self.client, vip, SERVICE_HTTP_PORT, 8)
+        problems = self._problems(tcp + udp, family, vip, backends)
+        spread = Counter(a.pod for a in answers(tcp))
+        if service.external_traffic_policy != "Local":
+            missing = sorted(backends - set(spread))
+            if missing:
+                problems.append(f"no flow reached {', '.join(missing)}")
+        seen = sorted({a.peer for a in answers(tcp + udp)})
+        detail = (
+            f"{len(tcp)} TCP + {len(udp)} UDP flows; backends saw {', '.join(seen) or '-'} "
+            f"(the client's own address), replies from {_show(vip)}:{SERVICE_HTTP_PORT}; "
+            f"spread {_spread(spread)}"
+        )
+        self.report.add(
+            GROUP, f"{label} (IPv{family})", not problems, "; ".join(problems[:3]) or detail
+        )
+
+    def _problems(
+        self, results: list[Result], family: int, vip: IPAddress, backends: set[str]
+    ) -> list[str]:
+        client = self.address[family]
+        problems = [f"lost: {f.error}" for f in failures(results)]
+        for answer in answers(results):
+            problems += _wrong(answer, client, str(vip), backends)
+        return problems
+
+    # --- host-network clients: the node's own stack ---------------------------------------
+
+    def host_network(self, service: ServiceInfo) -> None:
+        """From each node's own namespace (a hostNetwork pod's view): the ClusterIP and
+        every VIP answer, from themselves, through the node's steering."""
+        name = f"host-network clients → {service.name} (ClusterIP and VIPs)"
+        if self.state.options.dataplane == "vpp":
+            self.report.skip(GROUP, name, "VPP owns the uplink: the node's kernel has no route")
+            return
+        backends = {b.split("/", 1)[-1] for b in service.backends}
+        problems, shown = [], []
+        for node in self.topo.nodes:
+            assert node.netns is not None
+            for family in (6, 4):
+                cluster_ip = service.cluster_ip(family)
+                targets = [cluster_ip] if cluster_ip is not None else []
+                for address in [*targets, *service.external.get(family, [])]:
+                    results = tcp_flows(node.netns, address, SERVICE_HTTP_PORT, 4)
+                    problems += [f"{node.name}: lost: {f.error}" for f in failures(results)]
+                    for answer in answers(results):
+                        if answer.pod not in backends:
+                            problems.append(f"{node.name}: {answer.pod} answered")
+                        if answer.reply_from != (str(address), SERVICE_HTTP_PORT):
+                            problems.append(f"{node.name}: reply from {answer.reply_from[0]}")
+                    seen = sorted({a.peer for a in answers(results)})
+                    shown.append(f"{node.name}→{_show(address)} seen as {', '.join(seen)}")
+        self.report.add(GROUP, name, not problems, "; ".join(problems[:3]) or "; ".join(shown))
+
+    # --- externalTrafficPolicy Local --------------------------------------------------------
+
+    def local_policy(self, service: ServiceInfo) -> None:
+        backends = {b.split("/", 1)[-1] for b in service.backends}
+        on_node = Counter(p.node for p in self.topo.pods if p.short in backends)
+        if self.state.options.dataplane == "vpp":
+            self.report.skip(
+                GROUP,
+                f"{service.name} healthCheckNodePort",
+                "VPP owns the uplink: the node's own namespace, where the agent serves the "
+                "port, has no underlay address (lab/external.py)",
+            )
+        else:
+            self._health_ports(service, on_node)
+        vips = service.external.get(6, [])
+        if not vips:
+            return
+        vip = vips[0]
+        problems: list[str] = []
+        shown: list[str] = []
+        try:
+            for node in self.state.nodes:
+                if not on_node.get(node.name):
+                    continue
+                # Pin the router's route for the VIP to this node alone.
+                ip(
+                    "-6",
+                    "route",
+                    "replace",
+                    f"{vip}/128",
+                    "via",
+                    node.internal_ipv6,
+                    netns=self.client,
+                )
+                results = tcp_flows(self.client, vip, SERVICE_HTTP_PORT, 10)
+                local = {p.short for p in self.topo.pods_on(node.name) if p.short in backends}
+                problems += [
+                    f"via {node.name}: {p}" for p in self._problems(results, 6, vip, local)
+                ]
+                shown.append(
+                    f"via {node.name}: {_spread(Counter(a.pod for a in answers(results)))}"
+                )
+        finally:
+            route_external(self.state)
+        name = f"{service.name} externalTrafficPolicy Local: traffic stays on its entry node"
+        self.report.add(GROUP, name, not problems, "; ".join(problems[:3]) or "; ".join(shown))
+
+    def _health_ports(self, service: ServiceInfo, on_node: Counter[str]) -> None:
+        port = service.health_check_node_port
+        problems, shown = [], []
+        for node in self.state.nodes:
+            answer = health_check(self.client, node.internal_ipv6, port)
+            local = on_node.get(node.name, 0)
+            want = 200 if local else 503
+            count = answer.body.get("localEndpoints")
+            shown.append(f"{node.name} {answer.status} ({count})")
+            if answer.status != want or count != local:
+                problems.append(
+                    f"{node.name}: {answer.status} with {count} local endpoints; "
+                    f"wanted {want} with {local}"
+                )
+        name = f"{service.name} healthCheckNodePort {port} answers as kube-proxy's"
+        self.report.add(GROUP, name, not problems, "; ".join(problems) or ", ".join(shown))
+
+
+def _wrong(answer: Answer, client: str, vip: str, backends: set[str]) -> list[str]:
+    out = []
+    if answer.pod not in backends:
+        out.append(f"{answer.pod} answered, not a backend here")
+    if answer.peer != client:
+        out.append(f"{answer.pod} saw {answer.peer}, not the client {client} (NAT?)")
+    if answer.local != vip or answer.local_port != HTTP_PORT:
+        out.append(f"{answer.pod} was reached at {answer.local}:{answer.local_port}")
+    if answer.reply_from != (vip, SERVICE_HTTP_PORT):
+        out.append(f"the reply came from {answer.reply_from[0]}:{answer.reply_from[1]}")
+    return out
+
+
+def _show(address: IPAddress) -> str:
+    return f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
+
+
+def _spread(counts: Counter[str]) -> str:
+    return ", ".join(f"{pod} {n}" for pod, n in sorted(counts.items())) or "-"
+
+
+__all__ = ["ExternalChecks"]
