@@ -1,7 +1,9 @@
-"""`srv6ctl cleanup` removes exactly what srv6ctl owns on a node, nothing else."""
+"""`srv6ctl cleanup` removes exactly what srv6ctl owns on a node, nothing else (kube-proxy's
+rules included: moving a cluster off kube-proxy is `kube-proxy --cleanup`, deploy/README.md)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -53,6 +55,43 @@ def test_cleanup_leaves_only_foreign_state(netns_factory: NetnsFactory, tmp_path
     state = tmp_path / "state"
     state.mkdir()
 
+    # kube-proxy's rules (nftables mode, and iptables mode where ip6tables is): not ours.
+    node.exec("nft", "add", "table", "ip6", "kube-proxy")
+    node.exec("nft", "add", "chain", "ip6", "kube-proxy", "services")
+    node.exec(
+        "nft",
+        "add",
+        "rule",
+        "ip6",
+        "kube-proxy",
+        "services",
+        "ip6",
+        "daddr",
+        "fd00:96::10",
+        "tcp",
+        "dport",
+        "80",
+        "counter",
+    )
+    kube_proxy_nft = node.exec("nft", "list", "table", "ip6", "kube-proxy").stdout
+    iptables = shutil.which("ip6tables") is not None
+    if iptables:
+        node.exec("ip6tables", "-t", "nat", "-N", "KUBE-SERVICES")
+        node.exec(
+            "ip6tables",
+            "-t",
+            "nat",
+            "-A",
+            "KUBE-SERVICES",
+            "-d",
+            "fd00:96::10/128",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "RETURN",
+        )
     before = node.ip("link", "show")
     done = subprocess.run(
         [
@@ -83,5 +122,9 @@ def test_cleanup_leaves_only_foreign_state(netns_factory: NetnsFactory, tmp_path
     assert not (conf / "10-srv6.conflist").exists() and (conf / "99-other.conflist").exists()
     assert not state.exists()
     assert "tunsrc addr ::" in node.exec("ip", "sr", "tunsrc", "show").stdout
+    assert node.exec("nft", "list", "table", "ip6", "kube-proxy").stdout == kube_proxy_nft
+    if iptables:
+        rules = node.exec("ip6tables", "-t", "nat", "-S", "KUBE-SERVICES").stdout
+        assert "-A KUBE-SERVICES -d fd00:96::10/128 -p tcp -m tcp --dport 80 -j RETURN" in rules
     with KernelBackend(node.name) as backend:
         assert backend.dump() == NodeConfig()
