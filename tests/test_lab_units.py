@@ -29,6 +29,8 @@ from srv6ctl.lab.state import (
 )
 from srv6ctl.sources.lab import LabSource
 from srv6ctl.state import ClusterState, Upsert
+from srv6ctl.verify.cli import DEFAULT_GROUPS
+from srv6ctl.verify.run import GROUPS
 
 
 def two_nodes(tmp_path: Path, dual_stack: bool = True, pods_per_node: int = 1) -> LabState:
@@ -273,3 +275,7 @@ def test_the_cli_registers_without_heavy_imports() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_verify_runs_every_group_by_default() -> None:
+    assert DEFAULT_GROUPS == GROUPS

@@ -14,6 +14,10 @@ from typing import Any
 
 from srv6ctl.lab import DEFAULT_STATE_DIR
 
+# Every group, in the order they run: `srv6ctl.verify.run.GROUPS` (a test keeps them equal;
+# importing run here would load the checks with every command).
+DEFAULT_GROUPS = ("conformance", "connectivity", "external", "convergence", "policy")
+
 
 def register(commands: Any) -> None:
     """Add `verify` to the `srv6ctl` subparsers."""
@@ -28,7 +32,7 @@ def register(commands: Any) -> None:
     )
     verify.add_argument(
         "--only",
-        default="conformance,connectivity,convergence,policy",
+        default=",".join(DEFAULT_GROUPS),
         help="comma-separated check groups to run",
     )
     verify.add_argument(
