@@ -54,8 +54,6 @@ class ExternalChecks:
                     self.vip(service, family, vip)
             if service.external_traffic_policy == "Local":
                 self.local_policy(service)
-            else:
-                self.host_network(service)
 
     # --- every VIP, from the external client --------------------------------------------
 
@@ -89,34 +87,6 @@ class ExternalChecks:
         for answer in answers(results):
             problems += _wrong(answer, client, str(vip), backends)
         return problems
-
-    # --- host-network clients: the node's own stack ---------------------------------------
-
-    def host_network(self, service: ServiceInfo) -> None:
-        """From each node's own namespace (a hostNetwork pod's view): the ClusterIP and
-        every VIP answer, from themselves, through the node's steering."""
-        name = f"host-network clients → {service.name} (ClusterIP and VIPs)"
-        if self.state.options.dataplane == "vpp":
-            self.report.skip(GROUP, name, "VPP owns the uplink: the node's kernel has no route")
-            return
-        backends = {b.split("/", 1)[-1] for b in service.backends}
-        problems, shown = [], []
-        for node in self.topo.nodes:
-            assert node.netns is not None
-            for family in (6, 4):
-                cluster_ip = service.cluster_ip(family)
-                targets = [cluster_ip] if cluster_ip is not None else []
-                for address in [*targets, *service.external.get(family, [])]:
-                    results = tcp_flows(node.netns, address, SERVICE_HTTP_PORT, 4)
-                    problems += [f"{node.name}: lost: {f.error}" for f in failures(results)]
-                    for answer in answers(results):
-                        if answer.pod not in backends:
-                            problems.append(f"{node.name}: {answer.pod} answered")
-                        if answer.reply_from != (str(address), SERVICE_HTTP_PORT):
-                            problems.append(f"{node.name}: reply from {answer.reply_from[0]}")
-                    seen = sorted({a.peer for a in answers(results)})
-                    shown.append(f"{node.name}→{_show(address)} seen as {', '.join(seen)}")
-        self.report.add(GROUP, name, not problems, "; ".join(problems[:3]) or "; ".join(shown))
 
     # --- externalTrafficPolicy Local --------------------------------------------------------
 
