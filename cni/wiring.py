@@ -360,7 +360,7 @@ class PodWiring:
             assert pod_ns is not None
             try:
                 with pod_ns.entered():
-                    _set_tx_checksum(spec.ifname, False)
+                    set_tx_checksum(spec.ifname, False)
             except OSError as err:
                 raise WiringError(
                     f"pod {spec.netns}: turning tx checksum offload off on {spec.ifname}: {err}"
@@ -482,7 +482,7 @@ class PodWiring:
                 problems = self._problems(node, pod, spec, host)
                 if self.mode == VPP and not problems:
                     with pod_ns.entered():
-                        if _tx_checksum(spec.ifname):
+                        if tx_checksum(spec.ifname):
                             problems.append(
                                 f"pod interface {spec.ifname} has tx checksum offload on"
                             )
@@ -546,12 +546,12 @@ def _ethtool_value(ifname: str, command: int, data: int = 0) -> int:
     return int(struct.unpack("II", value.raw[:8])[1])
 
 
-def _set_tx_checksum(ifname: str, on: bool) -> None:
+def set_tx_checksum(ifname: str, on: bool) -> None:
     """`ethtool -K <ifname> tx on|off` (TSO goes with it: the kernel needs csum for TSO)."""
     _ethtool_value(ifname, _ETHTOOL_STXCSUM, int(on))
 
 
-def _tx_checksum(ifname: str) -> bool:
+def tx_checksum(ifname: str) -> bool:
     return bool(_ethtool_value(ifname, _ETHTOOL_GTXCSUM))
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from cni.wiring import PodSpec, PodWiring, _tx_checksum
+from cni.wiring import PodSpec, PodWiring, tx_checksum
 from srv6ctl.agent import query_agent
 from srv6ctl.dataplane.model import EndDX6, NodeConfig
 from srv6ctl.dataplane.vpp import VppBackend
@@ -121,7 +121,7 @@ def test_service_through_vpp_without_nat_and_a_restart_writes_nothing(vpp_node: 
     assert "s6" not in vpp_node.node.ip("-6", "route", "show", "proto", "106")
     # The pod end sends frames with full checksums (VPP's af_packet reads no virtio header).
     for netns, _ in vpp_node.pods.values():
-        assert open_in(netns.name, lambda: _tx_checksum("eth0")) is False
+        assert open_in(netns.name, lambda: tx_checksum("eth0")) is False
 
     seen = set()
     for _ in range(12):

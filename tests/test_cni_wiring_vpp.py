@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
-from cni.wiring import PodSpec, PodWiring, _tx_checksum, host_ifname
+from cni.wiring import PodSpec, PodWiring, host_ifname, tx_checksum
 from tests.support.cni import Namespaces, ip
 from tests.support.netns import open_in
 
@@ -50,8 +50,8 @@ def test_vpp_mode_leaves_the_node_end_bare_and_turns_tx_checksum_offload_off(
     assert "fd00:10:0:1::3/128" in ip(pod, "-6", "addr", "show", "dev", "eth0")
     assert "default via fe80::1 dev eth0" in ip(pod, "-6", "route", "show")
     assert "default via 10.128.1.1 dev eth0" in ip(pod, "-4", "route", "show")
-    assert open_in(pod, lambda: _tx_checksum("eth0")) is False
-    assert open_in(node, lambda: _tx_checksum(host)) is True  # the node end is untouched
+    assert open_in(pod, lambda: tx_checksum("eth0")) is False
+    assert open_in(node, lambda: tx_checksum(host)) is True  # the node end is untouched
 
     # CHECK: all is well as wired; kernel mode's expectations do not apply to this end.
     assert wiring.check(spec) == []

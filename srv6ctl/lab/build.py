@@ -32,14 +32,17 @@ import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import yaml
 
+from cni.wiring import set_tx_checksum
 from ipam6.allocator import Allocator
 from ipam6.plan import AddressPlan
 from ipam6.store.config import open_store
 from srv6ctl.config import Config, load_config
+from srv6ctl.dataplane.nsenter import run_in_netns
 from srv6ctl.lab import convergence, external, netns, objects, processes, scaling, vpp
 from srv6ctl.lab.context import LabContext
 from srv6ctl.lab.convergence import CONVERGE_TIMEOUT
@@ -162,6 +165,13 @@ class Lab:
             netns.attach(
                 state.underlay_netns, state.bridge, "probe", state.probe_netns, "eth0", addresses
             )
+            if options.dataplane == "vpp":
+                # The probe is also the external client: its frames must carry their
+                # checksums, as a real NIC's do. A veth's offload leaves them to the
+                # receiver, and VPP's af_packet uplink forwards them unchecked.
+                run_in_netns(
+                    netns.netns_path(state.probe_netns), partial(set_tx_checksum, "eth0", False)
+                )
         with self.steps.step(f"{options.nodes} node namespaces on the underlay"):
             for node in state.nodes:
                 netns.add_netns(node.netns)
