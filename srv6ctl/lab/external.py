@@ -5,8 +5,8 @@ client, and its routing table plays the router a load balancer (MetalLB in BGP m
 cloud's) programs: each LoadBalancer ingress IP and externalIP of a service is routed to
 the nodes, ECMP over every node for externalTrafficPolicy Cluster, and for Local over the
 nodes whose `healthCheckNodePort` answers 200 — asked over HTTP from the probe, as a load
-balancer's health checker asks. The probe hashes flows on their 5-tuple (hash policy 1), so
-new connections spread over the entry nodes as they would behind a router.
+balancer's health checker asks. New connections spread over the entry nodes as they would
+behind a router (`SPREAD_CONNECTIONS`).
 
 VPP mode: the node's kernel namespace has no underlay address (VPP owns the uplink), so the
 health check port, which the agent serves in that namespace, cannot be reached from the
@@ -25,7 +25,11 @@ from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
 from srv6ctl.lab import netns
 from srv6ctl.lab.state import LabState, NodeRecord, ServiceRecord
 
-HASH_BY_PORTS = {
+# Flows spread over the entry nodes by their 5-tuple (hash policy 1), as a router's ECMP
+# hashes what it forwards. The probe is a host, though: an IPv6 connect() looks its route
+# up before the kernel picks a source port, so a client that wants its connections spread
+# binds the port first (verify's external checks do).
+SPREAD_CONNECTIONS = {
     "net.ipv6.fib_multipath_hash_policy": "1",
     "net.ipv4.fib_multipath_hash_policy": "1",
 }
@@ -83,7 +87,7 @@ def entry_nodes(state: LabState, service: ServiceRecord) -> list[NodeRecord]:
 
 def route_external(state: LabState) -> dict[str, list[str]]:
     """Route every external VIP from the probe to its entry nodes; returns VIP → nodes."""
-    ensure_sysctls(netns.netns_path(state.probe_netns), HASH_BY_PORTS)
+    ensure_sysctls(netns.netns_path(state.probe_netns), SPREAD_CONNECTIONS)
     routed: dict[str, list[str]] = {}
     commands = []
     for service in state.services:

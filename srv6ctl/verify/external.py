@@ -19,6 +19,7 @@ real TCP connections and UDP datagrams it checks, per service, VIP and family:
 from __future__ import annotations
 
 import ipaddress
+import random
 from collections import Counter
 from typing import Any
 
@@ -61,7 +62,9 @@ class ExternalChecks:
         backends = {b.split("/", 1)[-1] for b in service.backends}
         count = max(FLOWS_PER_BACKEND * len(backends), 30)
         label = f"external client → {service.name} {_show(vip)}:{SERVICE_HTTP_PORT}"
-        tcp = tcp_flows(self.client, vip, SERVICE_HTTP_PORT, count)
+        # Source ports bound before connect(): the probe's ECMP route then hashes them
+        # (lab/external.py), so the flows enter through every node.
+        tcp = tcp_flows(self.client, vip, SERVICE_HTTP_PORT, sports=_ports(count))
         udp = udp_flows(self.client, vip, SERVICE_HTTP_PORT, 8)
         problems = self._problems(tcp + udp, family, vip, backends)
         spread = Counter(a.pod for a in answers(tcp))
@@ -164,6 +167,11 @@ def _wrong(answer: Answer, client: str, vip: str, backends: set[str]) -> list[st
     if answer.reply_from != (vip, SERVICE_HTTP_PORT):
         out.append(f"the reply came from {answer.reply_from[0]}:{answer.reply_from[1]}")
     return out
+
+
+def _ports(count: int) -> list[int]:
+    """`count` distinct source ports, a fresh draw each time (no TIME_WAIT clash)."""
+    return random.sample(range(20000, 30000), count)
 
 
 def _show(address: IPAddress) -> str:
