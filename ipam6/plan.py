@@ -451,9 +451,8 @@ class AddressPlan:
         function = (POD_POLICY_V4_TAG << (self.function_bits - 4)) | remote_id << POD_INDEX_BITS
         return self._function(local_id, function | index)
 
-    def local_policy_of_bsid(self, bsid: IPv6Address) -> tuple[int, int, int, int | None] | None:
-        """The inverse of both: (local node ID, remote node ID, family, pod index or None),
-        or None when `bsid` is not a node-local BSID."""
+    def _tagged(self, bsid: IPv6Address) -> tuple[int, int, int] | None:
+        """A node-local BSID's (node ID, tag, what follows the tag), or None."""
         local_id = self.node_of_sid(bsid)
         if local_id is None:
             return None
@@ -461,7 +460,15 @@ class AddressPlan:
         if function >> self.function_bits:
             return None
         shift = self.function_bits - 4
-        tag, rest = function >> shift, function & ((1 << shift) - 1)
+        return local_id, function >> shift, function & ((1 << shift) - 1)
+
+    def local_policy_of_bsid(self, bsid: IPv6Address) -> tuple[int, int, int, int | None] | None:
+        """The inverse of both: (local node ID, remote node ID, family, pod index or None),
+        or None when `bsid` is not a node-local BSID."""
+        tagged = self._tagged(bsid)
+        if tagged is None:
+            return None
+        local_id, tag, rest = tagged
         if tag in (NODE_POLICY_V6_TAG, NODE_POLICY_V4_TAG):
             family = 6 if tag == NODE_POLICY_V6_TAG else 4
             return (local_id, rest, family, None) if rest in self.node_ids else None
@@ -481,14 +488,10 @@ class AddressPlan:
 
     def service_of_external_bsid(self, bsid: IPv6Address) -> tuple[int, int, Literal[4, 6]] | None:
         """The inverse: (local node ID, service index, family), or None."""
-        local_id = self.node_of_sid(bsid)
-        if local_id is None:
+        tagged = self._tagged(bsid)
+        if tagged is None:
             return None
-        function = int(bsid) & ((1 << (128 - self.locator_length)) - 1)
-        if function >> self.function_bits:
-            return None
-        shift = self.function_bits - 4
-        tag, index = function >> shift, function & ((1 << shift) - 1)
+        local_id, tag, index = tagged
         if index not in self.service_indexes:
             return None
         if tag == SERVICE_EXTERNAL_V6_TAG:

@@ -433,7 +433,30 @@ class SlotHandler(KindHandler):
         raise NotImplementedError
 
 
-class _LocalSids(SlotHandler):
+class _Encoded(SlotHandler):
+    """A kind the codec encodes as one route per object through an interface it looks up
+    (local SIDs, plain routes): encoding is also the check that the interface exists."""
+
+    kind: ObjectKind
+
+    def encode(self, obj: Any, codec: Codec, links: Links) -> bytes:
+        raise NotImplementedError
+
+    def check_references(
+        self, obj: Any, targets: _Targets, inventory: Inventory, codec: Codec, links: Links
+    ) -> None:
+        self.encode(obj, codec, links)  # encoded twice, but a plan holds few of these
+
+    def write(self, obj: Any, compiler: _Compiler) -> tuple[bytes, int | None]:
+        return self.encode(obj, compiler.codec, compiler.links), None
+
+    def dump(self, found: Found) -> Iterable[DataplaneObject]:
+        return found.decoded.get(self.kind, ())
+
+
+class _LocalSids(_Encoded):
+    kind = LOCAL_SID
+
     def check(self, obj: LocalSid, codec: Codec, features: KernelFeatures) -> None:
         caps = features.capabilities
         if obj.behaviour not in caps.behaviours:
@@ -444,29 +467,15 @@ class _LocalSids(SlotHandler):
             names = ", ".join(sorted(unsupported))
             raise InvalidObject(f"{obj}: flavour {names} is not supported on {obj.behaviour} here")
 
-    def check_references(
-        self, obj: LocalSid, targets: _Targets, inventory: Inventory, codec: Codec, links: Links
-    ) -> None:
-        codec.local_sid(obj, links)  # it looks its interface up (a plan holds few SIDs)
-
-    def write(self, obj: LocalSid, compiler: _Compiler) -> tuple[bytes, int | None]:
-        return compiler.codec.local_sid(obj, compiler.links), None
-
-    def dump(self, found: Found) -> Iterable[DataplaneObject]:
-        return found.decoded.get(LOCAL_SID, ())
+    def encode(self, obj: LocalSid, codec: Codec, links: Links) -> bytes:
+        return codec.local_sid(obj, links)
 
 
-class _Routes(SlotHandler):
-    def check_references(
-        self, obj: Route, targets: _Targets, inventory: Inventory, codec: Codec, links: Links
-    ) -> None:
-        codec.route(obj, links)  # it looks its interface up
+class _Routes(_Encoded):
+    kind = ROUTE
 
-    def write(self, obj: Route, compiler: _Compiler) -> tuple[bytes, int | None]:
-        return compiler.codec.route(obj, compiler.links), None
-
-    def dump(self, found: Found) -> Iterable[DataplaneObject]:
-        return found.decoded.get(ROUTE, ())
+    def encode(self, obj: Route, codec: Codec, links: Links) -> bytes:
+        return codec.route(obj, links)
 
 
 class _Steerings(SlotHandler):
