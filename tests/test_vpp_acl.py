@@ -27,7 +27,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from cni.wiring import _set_tx_checksum
+from cni.wiring import set_tx_checksum
 from policies.compiler import compile_node
 from policies.model import (
     Cluster,
@@ -255,8 +255,8 @@ def flows(lab: Lab) -> Iterator[tuple[Lab, Servers, Servers]]:
     run("ip", "-n", lab.peer, "-6", "route", "add", "fd00:10::/32", "via", str(SOURCE))
     # The kernel's own TCP/UDP: full checksums, as the CNI wiring sets it in VPP mode
     # (VPP's af_packet reads no virtio header).
-    open_in(lab.pod.name, lambda: _set_tx_checksum("eth0", False))
-    open_in(lab.peer, lambda: _set_tx_checksum("p0", False))
+    open_in(lab.pod.name, lambda: set_tx_checksum("eth0", False))
+    open_in(lab.peer, lambda: set_tx_checksum("p0", False))
     warm_up(lab)
     with ExitStack() as stack:
         in_pod, in_peer = Servers(lab.pod.name), Servers(lab.peer)
