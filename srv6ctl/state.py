@@ -621,11 +621,14 @@ class ClusterState:
     def vip_owner(self, address: IPAddress) -> Service | None:
         """The service whose external traffic `address` carries, when two claim it: the
         one with it as ClusterIP, else the first by namespace/name (as kube-proxy, that
-        makes every node pick the same one, whatever order the services came in)."""
+        makes every node pick the same one, whatever order the services came in). Only
+        services a proxy programs count (`Service.proxied`)."""
         keys = self._services_by_address.get(address)
         if not keys:
             return None
-        claimants = [self._services[k] for k in sorted(keys)]
+        claimants = [self._services[k] for k in sorted(keys) if self._services[k].proxied]
+        if not claimants:
+            return None
         for service in claimants:
             if address in service.cluster_ips:
                 return service

@@ -34,6 +34,7 @@ from srv6ctl.sources.kubernetes import (
 )
 from srv6ctl.sources.lab import LabSource, lab_uid
 from srv6ctl.state import (
+    SERVICE_PROXY_NAME_LABEL,
     ClusterState,
     ContainerPort,
     Delete,
@@ -182,6 +183,12 @@ def test_a_vip_two_services_claim_belongs_to_one_and_changes_hands_with_it() -> 
     assert state.upsert(a) >= {ServiceKey("default", "a"), ServiceKey("default", "b")}
     assert state.vip_owner(vip) == a
     assert state.delete_service("default", "a") >= {ServiceKey("default", "b")}
+    assert state.vip_owner(vip) == b
+    # A service no proxy of ours programs does not take it from one we do.
+    other_proxy = service(
+        "0-other", 4, external_ips=(vip,), labels=Labels({SERVICE_PROXY_NAME_LABEL: "x"})
+    )
+    state.upsert(other_proxy)
     assert state.vip_owner(vip) == b
     # A ClusterIP is its service's, whoever else names it.
     c = service("c", 3, external_ips=(V6("fd00:96::2"),))

@@ -379,8 +379,9 @@ class KubernetesSource:
             if not token:
                 version = str(metadata.get("resourceVersion") or "")
                 break
-        self._sink(Replace(resource.kind, tuple(objects)))
+        # Counted before it is handed on: whoever sees the relist's effect sees it counted.
         self.relists[resource.kind] += 1
+        self._sink(Replace(resource.kind, tuple(objects)))
         self.resource_versions[resource.kind] = version
         self._synced[resource.kind].set()
         return version
