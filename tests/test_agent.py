@@ -387,6 +387,25 @@ print(json.dumps(seen))
 """
 
 
+def assert_hairpin_spreads(node: Node, path: str = "") -> None:
+    """web-a's own 60 new connections to the ClusterIP reach both backends, web-a itself
+    included, each seeing web-a's address and answering from the ClusterIP; the client's
+    reach both too. `path` names the node side in the printed spread (" through VPP")."""
+    web_a, ip_a = node.pods["web-a"]
+    wait_for(
+        lambda: f"to {SERVICE_IP} iif lo lookup main proto 92" in web_a.ip("-6", "rule", "show"),
+        20,
+        "web-a's hairpin rule",
+    )
+    own = spread(node, "web-a", 60)
+    print(f"web-a -> {SERVICE_IP}:80{path}, 60 new connections: {own}")
+    assert set(own) == {f"{b} {ip_a} {SERVICE_IP} {SERVICE_IP}" for b in ("web-a", "web-b")}, own
+    client_ip = node.pods["client"][1]
+    theirs = spread(node, "client", 20)
+    print(f"client -> {SERVICE_IP}:80{path}, 20 new connections: {theirs}")
+    assert set(theirs) == {f"{b} {client_ip} {SERVICE_IP} {SERVICE_IP}" for b in ("web-a", "web-b")}
+
+
 def spread(node: Node, pod: str, count: int) -> dict[str, int]:
     netns, _ = node.pods[pod]
     done = netns.exec(sys.executable, "-c", SPREAD, SERVICE_IP, "80", str(count))
@@ -400,19 +419,8 @@ def test_a_backend_reaching_its_own_service_is_load_balanced(lab_node: Node) -> 
     rewritten to 8080 in whichever pod answers); no NAT: each backend sees web-a's own
     address and answers from the ClusterIP. Traffic from elsewhere still reaches web-a."""
     bring_up(lab_node)
+    assert_hairpin_spreads(lab_node)
     web_a, ip_a = lab_node.pods["web-a"]
-    wait_for(
-        lambda: f"to {SERVICE_IP} iif lo lookup main proto 92" in web_a.ip("-6", "rule", "show"),
-        20,
-        "web-a's hairpin rule",
-    )
-    own = spread(lab_node, "web-a", 60)
-    print(f"web-a -> {SERVICE_IP}:80, 60 new connections: {own}")
-    assert set(own) == {f"{b} {ip_a} {SERVICE_IP} {SERVICE_IP}" for b in ("web-a", "web-b")}, own
-    client_ip = lab_node.pods["client"][1]
-    theirs = spread(lab_node, "client", 20)
-    print(f"client -> {SERVICE_IP}:80, 20 new connections: {theirs}")
-    assert set(theirs) == {f"{b} {client_ip} {SERVICE_IP} {SERVICE_IP}" for b in ("web-a", "web-b")}
 
     # web-a not ready: still listed, so it keeps the VIP (and its rules), but the policy
     # has web-b alone, so that is where web-a's own connections go, as kube-proxy would.

@@ -32,7 +32,7 @@ from srv6ctl.dataplane.vpp_pods import PodPort
 from tests.support.netns import NetnsFactory, open_in
 from tests.support.vpp import BIN_ENV, VppProcess, why_no_vpp
 from tests.support.wait import wait_for
-from tests.test_agent import BIN, SERVICE_IP, Node, bring_up, spread
+from tests.test_agent import BIN, SERVICE_IP, Node, assert_hairpin_spreads, bring_up
 
 
 class VppNode(Node):
@@ -190,18 +190,7 @@ def test_a_backend_reaching_its_own_service_through_vpp_is_load_balanced(
     rules), the node side VPP: web-a's own connections to the ClusterIP go out of its
     veth into VPP's SR policy and come back to every backend, web-a included."""
     bring_up(vpp_node)
-    web_a, ip_a = vpp_node.pods["web-a"]
-    wait_for(
-        lambda: f"to {SERVICE_IP} iif lo lookup main proto 92" in web_a.ip("-6", "rule", "show"),
-        20,
-        "web-a's hairpin rule",
-    )
-    own = spread(vpp_node, "web-a", 60)
-    print(f"web-a -> {SERVICE_IP}:80 through VPP, 60 new connections: {own}")
-    assert set(own) == {f"{b} {ip_a} {SERVICE_IP} {SERVICE_IP}" for b in ("web-a", "web-b")}, own
-    client_ip = vpp_node.pods["client"][1]
-    theirs = spread(vpp_node, "client", 20)
-    assert set(theirs) == {f"{b} {client_ip} {SERVICE_IP} {SERVICE_IP}" for b in ("web-a", "web-b")}
+    assert_hairpin_spreads(vpp_node, " through VPP")
 
 
 def test_vpp_killed_and_restarted_gets_everything_back_and_cni_del_never_waits(

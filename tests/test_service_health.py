@@ -3,13 +3,13 @@ throw-away namespace."""
 
 from __future__ import annotations
 
-import json
 import random
 import socket
 from typing import Any
 
 import pytest
 
+from srv6ctl.lab.external import health_check
 from srv6ctl.service_health import HealthCheckServers, NodeHealth, ServiceHealth
 from srv6ctl.state import ClusterState, ServiceKey
 from tests.support.cluster import IPV6_ONLY, endpoint, endpoint_slice, node, pod, service
@@ -17,23 +17,11 @@ from tests.support.netns import Netns, open_in
 
 
 def get(netns: Netns, address: str, port: int) -> tuple[int, dict[str, str], Any]:
-    """One HTTP/1.0 GET from inside `netns`: status, headers, the JSON body."""
-
-    def exchange() -> bytes:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect((address, port))
-            sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: node\r\n\r\n")
-            chunks = []
-            while chunk := sock.recv(4096):
-                chunks.append(chunk)
-            return b"".join(chunks)
-
-    head, _, body = open_in(netns.name, exchange).partition(b"\r\n\r\n")
-    status_line, *lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    return int(status_line.split()[1]), headers, json.loads(body)
+    """One GET from inside `netns`, as the lab's load balancer asks: status, headers, the
+    JSON body."""
+    answer = health_check(netns.name, address, port, timeout=5)
+    assert answer.status, f"no answer from [{address}]:{port}"
+    return answer.status, answer.headers, answer.body
 
 
 def refused(netns: Netns, port: int) -> bool:

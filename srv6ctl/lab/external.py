@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
 from srv6ctl.lab import netns
@@ -39,6 +39,7 @@ SPREAD_CONNECTIONS = {
 class HealthAnswer:
     status: int
     body: dict[str, object]
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
 
 def health_check(probe: str, address: str, port: int, timeout: float = 2.0) -> HealthAnswer:
@@ -60,8 +61,10 @@ def health_check(probe: str, address: str, port: int, timeout: float = 2.0) -> H
     except OSError:
         return HealthAnswer(0, {})
     head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode(errors="replace").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
     try:
-        return HealthAnswer(int(head.split(b" ", 2)[1]), json.loads(body))
+        return HealthAnswer(int(status_line.split(" ", 2)[1]), json.loads(body), headers)
     except (IndexError, ValueError):
         return HealthAnswer(0, {})
 

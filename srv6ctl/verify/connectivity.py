@@ -163,7 +163,7 @@ class Connectivity:
                 counts[answer.pod] += 1
                 for name, share in shares.get(client.node, {}).items():
                     expected[name] = expected.get(name, 0.0) + share
-                found.add(answer, client, src, str(ip), HTTP_PORT)
+                found.add(answer, client.short, src, str(ip), HTTP_PORT)
         seconds = time.monotonic() - started
         key = f"v{family}"
         self.report.figures[f"service_flows_{key}"] = total
@@ -242,7 +242,7 @@ class Connectivity:
         counts: Counter[str] = Counter()
         for answer in answers(results):
             counts[answer.pod] += 1
-            found.add(answer, backend, src, str(ip), HTTP_PORT)
+            found.add(answer, backend.short, src, str(ip), HTTP_PORT)
         total = sum(counts.values())
         shares = self._weights(service, family).get(backend.node, {})
         self.report.figures[f"hairpin_spread_v{family}"] = {
@@ -279,7 +279,7 @@ class Connectivity:
             for answer in answers(results):
                 total += 1
                 pods.add(answer.pod)
-                found.add(answer, client, src, str(ip), HTTP_PORT)
+                found.add(answer, client.short, src, str(ip), HTTP_PORT)
         problems = found.all
         self.report.add(
             GROUP,
@@ -297,7 +297,7 @@ class Connectivity:
             found.lost += [f"{client.short}: {f.error}" for f in failures(results)]
             for answer in answers(results):
                 total += 1
-                found.add(answer, client, src, str(ip), ECHO_PORT)
+                found.add(answer, client.short, src, str(ip), ECHO_PORT)
         problems = found.all
         self.report.add(
             GROUP,
@@ -442,11 +442,11 @@ class Findings:
     rewrite: list[str] = field(default_factory=list)  # wrong address/port on either end
     lost: list[str] = field(default_factory=list)  # no answer at all
 
-    def add(
-        self, answer: Answer, client: PodInfo, src: str, cluster_ip: str, target_port: int
-    ) -> None:
+    def add(self, answer: Answer, client: str, src: str, cluster_ip: str, target_port: int) -> None:
+        """Check one answer to `client` (a name for messages), which called from `src`
+        the service address `cluster_ip` (a ClusterIP or an external VIP)."""
         if answer.peer != src:
-            self.nat.append(f"{answer.pod} saw {answer.peer}, not {client.short}'s {src}")
+            self.nat.append(f"{answer.pod} saw {answer.peer}, not {client}'s {src}")
         if answer.local != cluster_ip or answer.local_port != target_port:
             self.rewrite.append(
                 f"{answer.pod} was reached at {answer.local}:{answer.local_port}, "
@@ -455,7 +455,7 @@ class Findings:
         service_port = SERVICE_HTTP_PORT if target_port == HTTP_PORT else target_port
         if answer.reply_from != (cluster_ip, service_port):
             self.rewrite.append(
-                f"{client.short} was answered from {answer.reply_from[0]}:{answer.reply_from[1]}"
+                f"{client} was answered from {answer.reply_from[0]}:{answer.reply_from[1]}"
             )
 
     @property

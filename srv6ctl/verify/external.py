@@ -29,7 +29,8 @@ from srv6ctl.lab.netns import ip
 from srv6ctl.lab.objects import HTTP_PORT, SERVICE_HTTP_PORT
 from srv6ctl.lab.shape import PROBE_INDEX_V4, PROBE_INDEX_V6, underlay_v4, underlay_v6
 from srv6ctl.lab.state import LabState
-from srv6ctl.verify.flows import Answer, Result, answers, failures, tcp_flows, udp_flows
+from srv6ctl.verify.connectivity import Findings
+from srv6ctl.verify.flows import Result, answers, failures, tcp_flows, udp_flows
 from srv6ctl.verify.report import Report
 from srv6ctl.verify.topology import ServiceInfo, Topology
 
@@ -85,11 +86,13 @@ class ExternalChecks:
     def _problems(
         self, results: list[Result], family: int, vip: IPAddress, backends: set[str]
     ) -> list[str]:
-        client = self.address[family]
-        problems = [f"lost: {f.error}" for f in failures(results)]
+        found = Findings(lost=[f"lost: {f.error}" for f in failures(results)])
+        strangers = []
         for answer in answers(results):
-            problems += _wrong(answer, client, str(vip), backends)
-        return problems
+            if answer.pod not in backends:
+                strangers.append(f"{answer.pod} answered, not a backend here")
+            found.add(answer, "the external client", self.address[family], str(vip), HTTP_PORT)
+        return [*strangers, *found.all]
 
     # --- externalTrafficPolicy Local --------------------------------------------------------
 
@@ -154,19 +157,6 @@ class ExternalChecks:
                 )
         name = f"{service.name} healthCheckNodePort {port} answers as kube-proxy's"
         self.report.add(GROUP, name, not problems, "; ".join(problems) or ", ".join(shown))
-
-
-def _wrong(answer: Answer, client: str, vip: str, backends: set[str]) -> list[str]:
-    out = []
-    if answer.pod not in backends:
-        out.append(f"{answer.pod} answered, not a backend here")
-    if answer.peer != client:
-        out.append(f"{answer.pod} saw {answer.peer}, not the client {client} (NAT?)")
-    if answer.local != vip or answer.local_port != HTTP_PORT:
-        out.append(f"{answer.pod} was reached at {answer.local}:{answer.local_port}")
-    if answer.reply_from != (vip, SERVICE_HTTP_PORT):
-        out.append(f"the reply came from {answer.reply_from[0]}:{answer.reply_from[1]}")
-    return out
 
 
 def _ports(count: int) -> list[int]:
