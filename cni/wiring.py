@@ -67,7 +67,6 @@ _IFA_F_NODAD = 0x02
 _RTNH_F_ONLINK = 0x04
 _IFF_UP = 0x1
 _LOOPBACK_INDEX = 1  # the kernel registers lo first in every namespace (LOOPBACK_IFINDEX)
-_RT_SCOPE_LINK = 253
 _MAIN_TABLE = 254
 _SIOCETHTOOL = 0x8946
 _ETHTOOL_GTXCSUM = 0x16
@@ -328,6 +327,12 @@ class PodWiring:
                     if host_link is None or pod_link is None:
                         raise WiringError(f"veth {host} <-> {spec.ifname} vanished while wired")
                     self._wire(node, pod, spec, host, host_link["index"], pod_link["index"], pod_ns)
+                    if self.mode == KERNEL and spec.ipv4 is not None:
+                        # A pod answering a NodePort that entered on its own node sends
+                        # from the node's address (podnet): IPv4 drops that as a martian
+                        # unless the veth accepts local sources. Only the pod's veth: the
+                        # uplink still refuses the node's address from outside.
+                        node_ns.write_sysctls({f"net/ipv4/conf/{host}/accept_local": "1"})
                     return self._attachment(spec, host, host_link, pod_link)
                 except BaseException:
                     self._delete(node, host)
@@ -373,13 +378,19 @@ class PodWiring:
         with _step(f"node route to {spec.ipv6}/128 via {host}"):
             node.route("replace", dst=f"{spec.ipv6}/128", oif=host_index, proto=self.route_protocol)
         if spec.ipv4 is not None:
+            # Via the pod's own address, on-link, not a plain device route: the kernel
+            # resolves a device route's next hop from the *packet's* destination, and what
+            # End.DX4 hands a pod is not always addressed to the pod (a NodePort's packet
+            # is still addressed to the entry node: ARP for that on the veth goes
+            # unanswered). IPv6 needs nothing: End.DX6 looks its next hop up itself.
             with _step(f"node route to {spec.ipv4}/32 via {host}"):
                 node.route(
                     "replace",
                     dst=f"{spec.ipv4}/32",
+                    gateway=str(spec.ipv4),
                     oif=host_index,
                     proto=self.route_protocol,
-                    scope=_RT_SCOPE_LINK,
+                    flags=_RTNH_F_ONLINK,
                 )
 
     @staticmethod

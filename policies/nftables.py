@@ -93,6 +93,7 @@ REWRITE_TABLE = "srv6ctl_svc"
 FILTER_PRIORITY = 0  # ingress on input, egress on output
 REWRITE_IN_PRIORITY = -300  # prerouting "raw": before conntrack (-200)
 REWRITE_OUT_PRIORITY = 100  # postrouting "srcnat": after conntrack and our egress chain
+NODE_PORT_PRIORITY = -100  # prerouting "dstnat": a NodePort's DNAT, after conntrack
 
 # Neighbour discovery and MLD carry no connection: conntrack leaves them untracked, and a
 # pod that cannot resolve its gateway has no network at all.
@@ -238,6 +239,10 @@ def update_script(
 
 def _family(version: int) -> str:
     return "ip" if version == 4 else "ip6"
+
+
+def _bracketed(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def _address_type(version: int) -> str:
@@ -423,10 +428,34 @@ def render(rules: PodRules, table: str = TABLE) -> NftTable | None:
 # --- the stateless port rewrite the pod wiring applies ---------------------------------
 
 
-def port_rewrite_ruleset(frontends: Iterable[Frontend], table: str = REWRITE_TABLE) -> str | None:
+@dataclass(frozen=True, order=True)
+class NodePortTarget:
+    """A NodePort the pod serves: what arrives for `node_port` (of `protocol`, IP version
+    `version`) at an address that is not the pod's own goes to `address`:`target_port`."""
+
+    protocol: Protocol
+    version: int
+    node_port: int
+    address: str  # the pod's own address of that version
+    target_port: int
+
+
+def port_rewrite_ruleset(
+    frontends: Iterable[Frontend],
+    table: str = REWRITE_TABLE,
+    node_ports: Iterable[NodePortTarget] = (),
+) -> str | None:
     """The transaction (re)installing a backend pod's stateless port rewrite, in the form
     and at the priorities the policy table relies on (module docstring); None when no
     frontend needs one. Give resolved frontends (`Pod.resolved_frontends`).
+
+    `node_ports` add a DNAT chain at prerouting "dstnat" (after conntrack, before the
+    policy table's input at 0, which so judges the pod's own address and target port, as
+    Kubernetes judges a NodePort after kube-proxy's DNAT). It matches only packets whose
+    destination is not local in the pod (`fib daddr type != local`): a NodePort's packet
+    arrives for a node's address, while the pod's own and its ClusterIPs are local. Unlike
+    the rewrite this is stateful: the flow's conntrack entry, in the pod, gives the reply
+    the node's address and nodePort back as its source.
 
     Two frontends of one ClusterIP with one target port and different service ports
     cannot both be rewritten back statelessly (the reply from T cannot tell 80 from
@@ -449,7 +478,13 @@ def port_rewrite_ruleset(frontends: Iterable[Frontend], table: str = REWRITE_TAB
         outbound.setdefault(key, {}).setdefault(
             f"{frontend.cluster_ip} . {target}", str(frontend.port)
         )
-    if not inbound:
+    dnat = [
+        f"meta nfproto {'ipv4' if t.version == 4 else 'ipv6'} {_NFT_PROTOCOL[t.protocol]} "
+        f"dport {t.node_port} fib daddr type != local "
+        f"dnat {_family(t.version)} to {_bracketed(t.address)}:{t.target_port}"
+        for t in sorted(set(node_ports))
+    ]
+    if not inbound and not dnat:
         return None
     lines = [f"add table inet {table}", f"delete table inet {table}", f"table inet {table} {{"]
     rewrite: dict[str, list[str]] = {"in": [], "out": []}
@@ -472,10 +507,17 @@ def port_rewrite_ruleset(frontends: Iterable[Frontend], table: str = REWRITE_TAB
         ("rewrite_in", "prerouting", REWRITE_IN_PRIORITY, rewrite["in"]),
         ("rewrite_out", "postrouting", REWRITE_OUT_PRIORITY, rewrite["out"]),
     ):
+        if rules:
+            lines.append(
+                f"chain {chain} {{ type filter hook {hook} priority {priority}; policy accept;"
+            )
+            lines += [*rules, "}"]
+    if dnat:
         lines.append(
-            f"chain {chain} {{ type filter hook {hook} priority {priority}; policy accept;"
+            f"chain node_ports {{ type nat hook prerouting priority {NODE_PORT_PRIORITY}; "
+            "policy accept;"
         )
-        lines += [*rules, "}"]
+        lines += [*dnat, "}"]
     return "\n".join([*lines, "}", ""])
 
 

@@ -74,7 +74,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from policies.model import Frontend, Protocol
-from policies.nftables import port_rewrite_ruleset
+from policies.nftables import NodePortTarget, port_rewrite_ruleset
 from srv6ctl.dataplane.kernel import RTPROT_SRV6CTL
 from srv6ctl.dataplane.model import IPAddress, IPNetwork, PodAttachment
 from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
@@ -166,10 +166,21 @@ def frontends(attachment: PodAttachment) -> tuple[Frontend, ...]:
     )
 
 
+def node_port_targets(attachment: PodAttachment) -> tuple[NodePortTarget, ...]:
+    """The pod's node ports, each DNATed to the pod's own address of its IP version (none
+    for a version the pod has no address of)."""
+    own = {a.version: str(a.ip) for a in attachment.addresses}
+    return tuple(
+        NodePortTarget(Protocol(protocol), version, node_port, own[version], target)
+        for protocol, version, node_port, target in attachment.node_ports
+        if version in own
+    )
+
+
 def ruleset(attachment: PodAttachment) -> str:
     """The transaction (re)installing the `inet srv6ctl_svc` table for a pod's port maps
-    ('' when it needs none), tagged with a digest of its content."""
-    text = port_rewrite_ruleset(frontends(attachment), TABLE)
+    and node ports ('' when it needs none), tagged with a digest of its content."""
+    text = port_rewrite_ruleset(frontends(attachment), TABLE, node_port_targets(attachment))
     if text is None:
         return ""
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -59,9 +59,19 @@ the load balancer's health check steers it to other nodes) and a PROHIBIT route 
 Services kube-proxy skips are skipped: ExternalName, and those labelled with
 `service.kubernetes.io/service-proxy-name` or `service.kubernetes.io/headless`.
 
-Not rendered yet:
-- NodePort, loadBalancerSourceRanges and sessionAffinity; NetworkPolicy is compiled
-  elsewhere (srv6ctl/policy_programs.py).
+NodePorts (README.md, "NodePort"): the destination is a node's own address `N`, which no
+pod can hold, so the entry node steers by port: a `Rule` `to N/128 (/32) proto P dport
+nodePort lookup T`, with `T` the service's own table (`service_table`) holding `N` steered
+into the service's external policy (or the empty-service BLACKHOLE/PROHIBIT route). Only
+this node's InternalIPs, one per family (kube-proxy's nftables mode default,
+`--nodeport-addresses primary`). Each backend pod gets the (protocol, nodePort, target
+port) triples (`PodAttachment.node_ports`) and DNATs, in its own namespace, what arrives
+for an address that is not its own: the one conntrack entry of such a flow lives in the
+pod that serves it, and the reply leaves from `N:nodePort` straight to the client. Rules
+need the backend's `Capabilities.rules`; without it NodePorts are not rendered.
+
+Not rendered yet: loadBalancerSourceRanges and sessionAffinity; NetworkPolicy is compiled
+elsewhere (srv6ctl/policy_programs.py).
 """
 
 from __future__ import annotations
@@ -90,6 +100,7 @@ from srv6ctl.dataplane.model import (
     PodAttachment,
     Route,
     RouteKind,
+    Rule,
     SegmentList,
     SrPolicy,
     Steering,
@@ -114,6 +125,9 @@ from srv6ctl.state import (
 # table, which holds `local <ClusterIP>` for each service with a host-network endpoint on
 # the node — the main table cannot, it steers the ClusterIP into the service's policy.
 HOST_SERVICES_TABLE = 93
+# Service i's own table (NodePort steerings), after every table a node is likely to use:
+# 0x5C (92, our protocol) in the top byte, the service index below.
+SERVICE_TABLE_BASE = 0x5C00_0000
 END_DT4 = EndDT4.behaviour
 
 BULK = 1000  # fragments re-rendered at once above which the cycle collector is paused
@@ -178,6 +192,7 @@ class Fragment:
     policies: tuple[SrPolicy, ...] = ()
     steerings: tuple[Steering, ...] = ()
     routes: tuple[Route, ...] = ()
+    rules: tuple[Rule, ...] = ()
 
     def parts(self) -> Iterator[tuple[str, tuple[DataplaneObject, ...]]]:
         yield "pods", self.pods
@@ -185,11 +200,12 @@ class Fragment:
         yield "policies", self.policies
         yield "steerings", self.steerings
         yield "routes", self.routes
+        yield "rules", self.rules
 
 
 EMPTY = Fragment()
 FragmentKey: TypeAlias = NodeKey | ServiceKey | PodKey
-PARTS = ("pods", "local_sids", "policies", "steerings", "routes")
+PARTS = ("pods", "local_sids", "policies", "steerings", "routes", "rules")
 
 
 @dataclass(frozen=True)
@@ -234,6 +250,7 @@ class _ServiceParts:
     policies: dict[IPv6Address, SrPolicy] = field(default_factory=dict)
     steerings: list[Steering] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
 
 
 def _host(address: IPAddress) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -275,6 +292,8 @@ class Renderer:
         # Services with external VIPs: a node taking one of them as its address changes
         # whether they may be steered.
         self._external_vip_services: set[NamespacedName] = set()
+        # Services with node ports: they follow this node's own addresses.
+        self._node_port_services: set[NamespacedName] = set()
         self._local_zone: str | None = None
         self._wired: dict[NamespacedName, PodInterface] = _by_pod_name(inputs.pod_interfaces)
         self._configure(inputs)
@@ -301,6 +320,7 @@ class Renderer:
                 policies=cast(frozenset[SrPolicy], parts["policies"]),
                 steerings=cast(frozenset[Steering], parts["steerings"]),
                 routes=cast(frozenset[Route], parts["routes"]),
+                rules=cast(frozenset[Rule], parts["rules"]),
             )
         return self._config
 
@@ -319,6 +339,7 @@ class Renderer:
             # Namespaces and NetworkPolicies are not rendered yet.
         if nodes_changed:
             keys.update(ServiceKey(*k) for k in self._node_address_services)
+            keys.update(ServiceKey(*k) for k in self._node_port_services)
             for service_key in self._external_vip_services:
                 # Their pods hold the VIPs that no node has taken as its address.
                 keys.add(ServiceKey(*service_key))
@@ -546,7 +567,7 @@ class Renderer:
             addresses.append(ipaddress.IPv4Interface((ipv4, 32)))
         if not addresses:
             return EMPTY  # its addresses are not this node's: not ours to wire
-        service_addresses, port_maps = self._service_membership(pod)
+        service_addresses, port_maps, node_ports = self._service_membership(pod)
         attachment = PodAttachment(
             interface=wiring.interface,
             pod=f"{pod.namespace}/{pod.name}",
@@ -555,6 +576,7 @@ class Renderer:
             addresses=frozenset(addresses),
             service_addresses=service_addresses,
             port_maps=port_maps,
+            node_ports=node_ports,
             **pod_interface_fields(pod.interface_type, pod.uid),
         )
         return Fragment(pods=(attachment,), local_sids=tuple(sids))
@@ -576,10 +598,16 @@ class Renderer:
 
     def _service_membership(
         self, pod: Pod
-    ) -> tuple[frozenset[IPAddress], frozenset[tuple[str, IPAddress, int, int]]]:
-        """The ClusterIPs `pod` must accept and the port rewrites it must make."""
+    ) -> tuple[
+        frozenset[IPAddress],
+        frozenset[tuple[str, IPAddress, int, int]],
+        frozenset[tuple[str, int, int, int]],
+    ]:
+        """The ClusterIPs `pod` must accept, the port rewrites it must make, and the node
+        ports it must DNAT to itself."""
         addresses: set[IPAddress] = set()
         port_maps: set[tuple[str, IPAddress, int, int]] = set()
+        node_ports: set[tuple[str, int, int, int]] = set()
         for eps, _ in self._state.endpoint_entries(pod):
             if eps.service_name is None:
                 continue
@@ -606,7 +634,9 @@ class Renderer:
                 # An unresolvable name is what Kubernetes does too: that port has no backend.
                 if target is not None and target != port.port:
                     port_maps.update((port.protocol, vip, port.port, target) for vip in vips)
-        return frozenset(addresses), frozenset(port_maps)
+                if target is not None and port.node_port:
+                    node_ports.add((port.protocol, cluster_ip.version, port.node_port, target))
+        return frozenset(addresses), frozenset(port_maps), frozenset(node_ports)
 
     def _remote_pod_fragment(self, pod: Pod) -> Fragment:
         """A remote pod's IPv4 policy, needed only when its node lacks End.DT4."""
@@ -632,6 +662,7 @@ class Renderer:
     def _service_fragment(self, key: NamespacedName) -> Fragment:
         self._node_address_services.discard(key)
         self._external_vip_services.discard(key)
+        self._node_port_services.discard(key)
         service = self._state.service(*key)
         if service is None or service.headless or not service.cluster_ips:
             return EMPTY
@@ -652,7 +683,8 @@ class Renderer:
             sids = {c.sid for c in internal}
             self._serve(service, family, (cluster_ip,), bsid, sids, RouteKind.PROHIBIT, out)
             vips = self._external_vips(service, family)
-            if not vips:
+            node_address = self._node_port_address(service, family)
+            if not vips and node_address is None:
                 continue
             external = self._pick(service, candidates, service.external_traffic_policy)
             ext_sids = {c.sid for c in external}
@@ -671,11 +703,49 @@ class Renderer:
             local = service.external_traffic_policy == "Local"
             empty = RouteKind.BLACKHOLE if local else RouteKind.PROHIBIT
             self._serve(service, family, vips, bsid, ext_sids, empty, out, external=True)
+            service_index = self._service_index(bsids)
+            if node_address is not None and service_index is not None:
+                # Without BSIDs yet, no rule: the node's own stack refuses the port.
+                table = SERVICE_TABLE_BASE + service_index
+                self._serve(
+                    service,
+                    family,
+                    (node_address,),
+                    bsid,
+                    ext_sids,
+                    empty,
+                    out,
+                    external=True,
+                    table=table,
+                )
+                host = _host(node_address)
+                out.rules.extend(
+                    Rule(host, table, port.protocol, port.node_port)
+                    for port in service.ports
+                    if port.node_port
+                )
         return Fragment(
             policies=tuple(out.policies.values()),
             steerings=tuple(out.steerings),
             routes=tuple(out.routes),
+            rules=tuple(out.rules),
         )
+
+    def _node_port_address(self, service: Service, family: int) -> IPAddress | None:
+        """This node's InternalIP of `family` when `service` has node ports to serve on it
+        (and the backend can steer by port), else None."""
+        if not any(port.node_port for port in service.ports):
+            return None
+        self._node_port_services.add(service.key)
+        local = self._state.node(self._node)
+        if local is None or not self._inputs.capabilities.rules:
+            return None
+        return local.internal_ipv6 if family == 6 else local.internal_ipv4
+
+    def _service_index(self, bsids: tuple[IPv6Address, IPv6Address | None] | None) -> int | None:
+        """The service's index in the plan (its BSID says it); None without BSIDs yet."""
+        located = None if bsids is None else self._plan.service_of_bsid(bsids[0])
+        return None if located is None else located[0]
 
     def _external_vips(self, service: Service, version: int) -> tuple[IPAddress, ...]:
         """The external VIPs of one IP version that `service` carries here: those it owns
@@ -710,6 +780,7 @@ class Renderer:
         out: _ServiceParts,
         *,
         external: bool = False,
+        table: int = MAIN_TABLE,
     ) -> None:
         """Steer `addresses` (ClusterIP, or external VIPs) into the policy at `bsid` with
         one segment list per SID in `sids`; with no SID (or no BSID allocated yet) an
@@ -717,9 +788,9 @@ class Renderer:
         route out of the cluster."""
         hosts = [_host(address) for address in addresses]
         if bsid is None or not sids:
-            out.routes.extend(Route(host, kind=empty) for host in hosts)
+            out.routes.extend(Route(host, kind=empty, table=table) for host in hosts)
             return
-        if family == 6 and self._host_sid in sids:
+        if family == 6 and self._host_sid in sids and table == MAIN_TABLE:
             # A host-network endpoint here: End.DT6 `L::7` must find the address local.
             table = self._inputs.host_table
             out.routes.extend(Route(host, kind=RouteKind.LOCAL, table=table) for host in hosts)
@@ -730,7 +801,7 @@ class Renderer:
             kind = "svc-external" if external else "svc"
             owner = f"{kind}/{service.namespace}/{service.name}/v{family}"
             out.policies[bsid] = SrPolicy(bsid, segment_lists, mode=self._mode, owner=owner)
-        out.steerings.extend(Steering(host, bsid) for host in hosts)
+        out.steerings.extend(Steering(host, bsid, table) for host in hosts)
 
     def _candidates(
         self, service: Service, slices: list[EndpointSlice], family: int

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -95,6 +96,24 @@ def test_add_wires_two_pods_that_ping_each_other_over_ipv6_and_ipv4(harness: Har
 
     assert ping(pod_a, b6) and ping(pod_b, a6)
     assert ping(pod_a, _address(b, 4)) and ping(pod_b, _address(a, 4))
+    # IPv4 reaches the pod through its own address as the next hop (what End.DX4 hands
+    # it may be addressed elsewhere, e.g. a NodePort's packet), and its veth accepts the
+    # node's own address as a source (the pod answering a NodePort of its node).
+    a4 = _address(a, 4)
+    (route,) = json.loads(ip(harness.node_netns, "-j", "-4", "route", "show", f"{a4}/32"))
+    assert route["gateway"] == a4 and "onlink" in route["flags"], route
+    accept_local = subprocess.run(
+        [
+            "nsenter",
+            f"--net={harness.node_netns}",
+            "cat",
+            f"/proc/sys/net/ipv4/conf/{host['name']}/accept_local",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert accept_local == "1"
     # And nothing answers for an address nobody has.
     assert not ping(pod_a, str(plan.pod_prefix_v6(node_id)[999]), timeout=0.3, attempts=1)
 

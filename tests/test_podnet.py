@@ -127,6 +127,69 @@ def test_each_clusterip_gets_its_own_rewrite_and_the_pod_ip_none(
     assert S1 not in pod.ip("addr", "show", "lo")
 
 
+NODE = "fd00:ff::1"  # a node's address: the node port's destination, never the pod's
+SEEN = """
+import socket
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 8080)); s.listen()
+print("up", flush=True)
+while True:
+    c, peer = s.accept(); c.sendall(f"{peer[0]} {c.getsockname()[0]}".encode()); c.close()
+"""
+
+
+def test_a_node_port_is_dnated_in_the_pod_and_answered_from_the_nodes_address(
+    netns_factory: NetnsFactory,
+) -> None:
+    """What the entry node steers to a backend (the client's packet to N:nodePort, as
+    End.DX6 hands it over) is DNATed by the pod to itself; the client sees N:nodePort
+    answer, the pod sees the client's own address, and NetworkPolicy judges the target
+    port. Traffic to the pod's own address on the node port is not touched."""
+    client, pod = netns_factory(), netns_factory()
+    netns_factory.veth(client, "c0", pod, "eth0")
+    client.ip("addr", "add", "fd00:1::1/64", "dev", "c0", "nodad")
+    pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
+    client.ip("-6", "route", "add", f"{NODE}/128", "via", "fd00:1::2")  # as the node steers
+    pod.ip("-6", "route", "add", "default", "via", "fd00:1::1")
+    attachment = PodAttachment(
+        interface="x",
+        pod="default/web",
+        netns=f"/var/run/netns/{pod.name}",
+        addresses={ipaddress.ip_interface("fd00:1::2/128")},
+        node_ports={("TCP", 6, 30080, 8080)},
+    )
+    assert PROGRAMMER.sync(attachment).rewrites_replaced
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", pod.name, sys.executable, "-c", SEEN],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "up"
+
+        def ask(host: str, port: int) -> list[str]:
+            done = client.exec(sys.executable, "-c", CLIENT, host, str(port), check=False)
+            return done.stdout.split() if done.returncode == 0 else ["refused"]
+
+        # (the peer the pod saw, the pod's own address it answered on, the client's port)
+        assert ask(NODE, 30080) == ["fd00:1::1", "fd00:1::2", "30080"]
+        assert ask("fd00:1::2", 30080) == ["refused"]  # the pod's own address: no DNAT
+        # NetworkPolicy judges the target port (8080), as after kube-proxy's DNAT.
+        backend = NftablesBackend()
+        netns = f"/var/run/netns/{pod.name}"
+        backend.apply(netns, _web_rules(allow=8080))
+        assert ask(NODE, 30080) == ["fd00:1::1", "fd00:1::2", "30080"]
+        backend.apply(netns, _web_rules(allow=30080))
+        assert ask(NODE, 30080) == ["refused"]
+        backend.apply(netns, None)
+    finally:
+        server.kill()
+        server.wait()
+    cleared = PROGRAMMER.clear(f"/var/run/netns/{pod.name}")
+    assert cleared.rewrites_replaced
+    assert "srv6ctl_svc" not in pod.exec("nft", "list", "tables").stdout
+
+
 def test_hairpin_rules_per_family() -> None:
     rules = hairpin_rules([ipaddress.ip_address(S1), ipaddress.ip_address(S2)])
     assert sorted(map(str, rules)) == [

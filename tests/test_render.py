@@ -32,12 +32,14 @@ from srv6ctl.dataplane.model import (
     PodAttachment,
     Route,
     RouteKind,
+    Rule,
     SegmentList,
     SrPolicy,
     Steering,
 )
 from srv6ctl.render import (
     HOST_SERVICES_TABLE,
+    SERVICE_TABLE_BASE,
     PodInterface,
     Renderer,
     RenderInputs,
@@ -449,6 +451,97 @@ def test_external_vips_without_endpoints_are_refused_explicitly() -> None:
     assert Route(ipaddress.ip_network(f"{EXTERNAL_IP}/128"), kind=RouteKind.PROHIBIT) in (
         config.routes
     )
+
+
+NODE_PORT = 30080
+
+
+def node_port_cluster(**service_args: object) -> tuple[ClusterState, Service, list[Pod]]:
+    """web_cluster, dual-stack, with a node port and both families' endpoint slices."""
+    ports = (ServicePort(80, target_port=8080, node_port=NODE_PORT),)
+    state, web, pods = web_cluster(
+        DUAL_STACK, type="NodePort", ports=ports, families=(6, 4), **service_args
+    )
+    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p, 4) for p in pods], family=4))
+    return state, web, pods
+
+
+def test_node_ports_are_steered_by_port_from_this_nodes_own_addresses_only() -> None:
+    state, web, pods = node_port_cluster()
+    the_inputs = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, capabilities=KERNEL_WITH_VRF)
+    config = render(state, "node-1", the_inputs)
+    table = SERVICE_TABLE_BASE + 1
+    # Only node-1's InternalIPs, one per family, and only the node port: every other
+    # packet to them stays the node's.
+    assert config.rules == {
+        Rule("2001:db8::1/128", table, "TCP", NODE_PORT),
+        Rule("192.0.2.1/32", table, "TCP", NODE_PORT),
+    }
+    # In the service's table, the node's addresses go into the service's policies (the
+    # ClusterIP's, as external traffic goes to the same endpoints here).
+    in_table = {s for s in config.steerings if s.table == table}
+    assert in_table == {
+        Steering(ipaddress.ip_network("2001:db8::1/128"), V6(WEB_BSID), table),
+        Steering(ipaddress.ip_network("192.0.2.1/32"), V6(WEB_BSID_V4), table),
+    }
+    assert not [
+        s
+        for s in config.steerings
+        if s.prefix.network_address in (V6("2001:db8::1"),) and s.table != table
+    ]
+    # Each backend DNATs the node port to itself, per family, in its own namespace.
+    with_pods = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, KERNEL_WITH_VRF, interfaces=pods)
+    on_backend = render(state, "node-2", with_pods)
+    (attachment,) = on_backend.pods
+    assert attachment.node_ports == {("TCP", 6, NODE_PORT, 8080), ("TCP", 4, NODE_PORT, 8080)}
+    assert {r.destination for r in on_backend.rules} == {
+        ipaddress.ip_network("2001:db8::2/128"),
+        ipaddress.ip_network("192.0.2.2/32"),
+    }
+
+
+def test_node_ports_under_external_traffic_policy_local_and_without_endpoints() -> None:
+    state, web, pods = node_port_cluster(external_traffic_policy="Local")
+    the_inputs = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, capabilities=KERNEL_WITH_VRF)
+    table = SERVICE_TABLE_BASE + 1
+    # node-1 has no endpoint: its node port drops silently (the load balancer's health
+    # check moves traffic away), as kube-proxy does.
+    on_one = render(state, "node-1", the_inputs)
+    assert Route("2001:db8::1/128", kind=RouteKind.BLACKHOLE, table=table) in on_one.routes
+    assert Rule("2001:db8::1/128", table, "TCP", NODE_PORT) in on_one.rules
+    # node-2 sends its node port's traffic only to its own endpoint.
+    on_two = render(state, "node-2", the_inputs)
+    local_bsid = IPV6_ONLY.service_external_bsid(2, 1, 6)
+    (steering,) = [s for s in on_two.steerings if s.table == table and s.prefix.version == 6]
+    assert steering.bsid == local_bsid
+    assert segment_ends(on_two, str(local_bsid)) == {"fcbb:bb00:2::1:2"}
+    # No ready endpoint anywhere, externalTrafficPolicy Cluster: refused explicitly.
+    state, web, pods = node_port_cluster()
+    for family in (6, 4):
+        unready = [endpoint(p, family, ready=False) for p in pods]
+        state.upsert_endpoint_slice(endpoint_slice(web, unready, family=family))
+    on_one = render(state, "node-1", the_inputs)
+    assert Route("2001:db8::1/128", kind=RouteKind.PROHIBIT, table=table) in on_one.routes
+
+
+def test_node_ports_need_rules_and_follow_the_nodes_own_address() -> None:
+    state, web, _ = node_port_cluster()
+    without = inputs(
+        DUAL_STACK,
+        [1, 2, 3],
+        {web: 1},
+        capabilities=Capabilities(behaviours=KERNEL_WITH_VRF.behaviours),
+    )
+    config = render(state, "node-1", without)
+    assert not config.rules and all(s.table == 254 for s in config.steerings)
+    renderer = Renderer(
+        state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, capabilities=KERNEL_WITH_VRF)
+    )
+    moved = dataclasses.replace(node(1), internal_ipv6=V6("2001:db8::101"))
+    delta = renderer.update(state.upsert_node(moved))
+    assert Rule("2001:db8::101/128", SERVICE_TABLE_BASE + 1, "TCP", NODE_PORT) in delta.added
+    assert Rule("2001:db8::1/128", SERVICE_TABLE_BASE + 1, "TCP", NODE_PORT) in delta.removed
+    assert renderer.config() == render(state, "node-1", renderer.inputs)
 
 
 def test_a_vip_is_steered_once_and_never_when_it_is_a_nodes_or_a_pods_address() -> None:
@@ -956,6 +1049,7 @@ class IncrementalRender(RuleBasedStateMachine):
         ),
         etp=st.sampled_from(["Cluster", "Local"]),
         other_proxy=st.booleans(),
+        node_port=st.booleans(),  # the API server gives each service its own
     )
     def upsert_service(
         self,
@@ -968,6 +1062,7 @@ class IncrementalRender(RuleBasedStateMachine):
         vips: tuple[str, ...],
         etp: str,
         other_proxy: bool,
+        node_port: bool,
     ) -> None:
         j = SERVICE_NAMES.index(name) + 1
         proxy = {"service.kubernetes.io/service-proxy-name": "x"} if other_proxy else {}
@@ -975,7 +1070,11 @@ class IncrementalRender(RuleBasedStateMachine):
             name,
             j,
             families=families,
-            ports=[ServicePort(80, name="web", target_port=target_port)],
+            ports=[
+                ServicePort(
+                    80, name="web", target_port=target_port, node_port=30000 + j if node_port else 0
+                )
+            ],
             internal_traffic_policy=itp,
             traffic_distribution=td,
             headless=headless,

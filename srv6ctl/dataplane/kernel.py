@@ -88,6 +88,14 @@ from srv6ctl.dataplane.kernel_program import (
     Program,
     prepare,
 )
+from srv6ctl.dataplane.kernel_rules import (
+    LOCAL_RULE_PRIORITY,
+    LOCAL_TABLE,
+    RTM_GETRULE,
+    RULE_PRIORITY,
+    parse_rule,
+    rule_dump,
+)
 from srv6ctl.dataplane.model import (
     KINDS,
     Capabilities,
@@ -291,7 +299,7 @@ class KernelBackend:
         lock released, so building the writes and the kernel's work overlap.
         """
         todo = list(changes)
-        if all(is_pod(c.obj) for c in todo):
+        if todo and all(is_pod(c.obj) for c in todo):
             return  # nothing for this backend: not even a read
         self._ensure_vrfs(todo)
         with _gc_paused():
@@ -518,8 +526,24 @@ class KernelBackend:
             inventory.policies[bsid] = SrPolicy(
                 bsid, tuple(segment_lists), encap_source=source, mode=mode
             )
+        self._load_rules(inventory)
         self._inventory = inventory
         return inventory, [r for r in decoded if r.slot[0] != self._codec.policy_table]
+
+    def _load_rules(self, inventory: Inventory) -> None:
+        """Our rules, and where each family's local lookup is (kernel_rules)."""
+        protocol = self._codec.protocol
+        for version in (6, 4):
+            for msg in self._route.dump(RTM_GETRULE, rule_dump(version), parse_rule):
+                local = msg.plain and msg.table == LOCAL_TABLE
+                if local and msg.priority == 0 and msg.protocol != protocol:
+                    inventory.kernel_local.add(version)
+                elif msg.protocol != protocol:
+                    continue
+                elif local and msg.priority == LOCAL_RULE_PRIORITY:
+                    inventory.local_moved.add(version)
+                elif msg.rule is not None and msg.priority == RULE_PRIORITY:
+                    inventory.rules[msg.rule.key] = msg.rule
 
     def _dump_routes(self, family: int) -> list[RouteMessage]:
         msgs = self._route.dump(nl.RTM_GETROUTE, self._codec.route_dump(family), parse_route)

@@ -37,6 +37,13 @@ from srv6ctl.dataplane.kernel_codec import (
     parse_route,
     vrf_link,
 )
+from srv6ctl.dataplane.kernel_rules import (
+    RTM_GETRULE,
+    RTM_NEWRULE,
+    parse_rule,
+    rule_dump,
+    rule_message,
+)
 from srv6ctl.dataplane.model import (
     BEHAVIOURS,
     Capabilities,
@@ -52,6 +59,7 @@ from srv6ctl.dataplane.model import (
     Flavour,
     IPv6Address,
     LocalSid,
+    Rule,
 )
 from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Request
 from srv6ctl.dataplane.nsenter import ensure_sysctls
@@ -175,7 +183,9 @@ class _Probe:
             self.notes.append("resilient nexthop groups: unsupported")
         if not stats:
             self.notes.append("nexthop group statistics: unsupported, no per-policy counters")
+        rules = self._rule()
         capabilities = Capabilities(
+            rules=rules,
             behaviours=frozenset(behaviours),
             flavours=all_flavours,
             encap_modes=modes,
@@ -277,6 +287,19 @@ class _Probe:
         return resilient, bool(counted and counted.member_packets)
 
     # --- plumbing ---------------------------------------------------------------------
+
+    def _rule(self) -> bool:
+        """An ip rule by protocol and destination port (FRA_IP_PROTO, FRA_DPORT_RANGE:
+        4.17+), read back whole: an older kernel ignores attributes it does not know."""
+        rule = Rule(ipaddress.ip_network("fcbb:bb00:fffe::5/128"), 0x5C5D, "TCP", 30000)
+        error = self._write(
+            Request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, rule_message(rule, 0x5C), "rule")
+        )
+        found = [] if error else self.channel.dump(RTM_GETRULE, rule_dump(6), parse_rule)
+        if any(msg.rule == rule for msg in found):
+            return True
+        self.notes.append(f"ip rules by protocol and port: unsupported ({error or 'ignored'})")
+        return False
 
     def _write(self, request: Request) -> str | None:
         failures = self.channel.execute([request])

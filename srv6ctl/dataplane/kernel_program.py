@@ -9,7 +9,8 @@ writes in three stages, each sent in batched datagrams (`netlink_channel.Writes`
      seg6 nexthops (a segment path no policy used before), then its group — new, or
      replaced in place (NLM_F_REPLACE: atomic, same id, so the steering routes that use
      it are never touched) — and its anchor; then the routes: local SIDs, plain routes,
-     steerings — adds, replaces, deletes;
+     steerings — adds, replaces, deletes; then ip rules (kernel_rules), last because
+     they send packets to the tables the routes before them fill;
   2. groups of deleted policies, and orphans of ours no route uses;
   3. seg6 nexthops no group uses any more.
 
@@ -51,6 +52,15 @@ from srv6ctl.dataplane.kernel_codec import (
     Slot,
     pack_segments,
 )
+from srv6ctl.dataplane.kernel_rules import (
+    LOCAL_RULE_PRIORITY,
+    LOCAL_TABLE,
+    RTM_DELRULE,
+    RTM_NEWRULE,
+    RTPROT_KERNEL,
+    local_rule_message,
+    rule_message,
+)
 from srv6ctl.dataplane.model import (
     ENCAP_SOURCE,
     KINDS,
@@ -58,6 +68,7 @@ from srv6ctl.dataplane.model import (
     POD,
     POLICY,
     ROUTE,
+    RULE,
     STEERING,
     Change,
     DataplaneObject,
@@ -67,6 +78,7 @@ from srv6ctl.dataplane.model import (
     ObjectKind,
     PodAttachment,
     Route,
+    Rule,
     SrPolicy,
     Steering,
     kind_of,
@@ -94,6 +106,9 @@ class Inventory:
     slot_refs: dict[Slot, int | None] = field(default_factory=dict)
     other: set[int] = field(default_factory=set)  # our nexthops of no known shape
     occupied: set[int] = field(default_factory=set)  # every nexthop id, ours or not
+    rules: dict[Any, Rule] = field(default_factory=dict)  # ours, by Rule.key
+    local_moved: set[int] = field(default_factory=set)  # IP versions with our local rule
+    kernel_local: set[int] = field(default_factory=set)  # … with the kernel's, at 0
 
     def copy(self) -> Inventory:
         return Inventory(
@@ -105,6 +120,9 @@ class Inventory:
             dict(self.slot_refs),
             set(self.other),
             set(self.occupied),
+            dict(self.rules),
+            set(self.local_moved),
+            set(self.kernel_local),
         )
 
 
@@ -183,7 +201,8 @@ class Compilation:
 
     def __len__(self) -> int:
         """How many objects the plan touches (a measure of the work ahead)."""
-        return len(self._targets.policies) + len(self._targets.slots)
+        targets = self._targets
+        return len(targets.policies) + len(targets.slots) + len(targets.rules)
 
     def run(self, progress: Callable[[int], None] | None = None) -> Program:
         """Emit every write; `progress(n)` is told each time `creates` has grown by about
@@ -197,6 +216,7 @@ class _Targets:
 
     slots: dict[Slot, LocalSid | Route | Steering | None] = field(default_factory=dict)
     policies: dict[IPv6Address, SrPolicy | None] = field(default_factory=dict)
+    rules: dict[Any, Rule | None] = field(default_factory=dict)
     tunnel_source: object = _UNCHANGED
 
     @classmethod
@@ -261,6 +281,7 @@ class _Compiler:
         for slot, target in targets.slots.items():
             self._program_slot(slot, target)
             report()
+        self._program_rules(targets.rules)  # also puts a stray moved local rule back
         report(final=True)
         self._drop_unused()
         stages = [s for s in (creates, self.unused_groups, self.unused_nexthops) if s]
@@ -344,6 +365,43 @@ class _Compiler:
         msg, ref = SLOT_HANDLERS[kind_of(target)].write(target, self)
         self.creates.add(nl.RTM_NEWROUTE, _REPLACE if owned else _ADD, msg, "", target)
         after.slot_refs[slot] = ref
+
+    # --- rules, and the local rule they need moved (kernel_rules) -----------------------
+
+    def _program_rules(self, rules: Mapping[Any, Rule | None]) -> None:
+        """Rules last in stage 1 (their tables' routes are in by then); the kernel has no
+        rule replace, so a changed rule is deleted and added again."""
+        after, creates, protocol = self.after, self.creates, self.codec.protocol
+        changed = [(key, target) for key, target in rules.items() if after.rules.get(key) != target]
+        # Deletes first, and adds without NLM_F_EXCL: the kernel's "exists" test for rules
+        # treats a field the new rule leaves unset as matching anything, so a rule without
+        # a source "exists" while one with a source and otherwise the same fields does.
+        for key, _ in changed:
+            held = after.rules.pop(key, None)
+            if held is not None:
+                creates.add(RTM_DELRULE, 0, rule_message(held, protocol), "delete rule", held)
+        for key, target in changed:
+            if target is not None:
+                creates.add(
+                    RTM_NEWRULE, NLM_F_CREATE, rule_message(target, protocol), "rule", target
+                )
+                after.rules[key] = target
+        wanted = {rule.destination.version for rule in after.rules.values()}
+        for version in (6, 4):
+            ours = local_rule_message(version, LOCAL_RULE_PRIORITY, protocol)
+            kernels = local_rule_message(version, 0, RTPROT_KERNEL)
+            if version in wanted and version not in after.local_moved:
+                creates.add(RTM_NEWRULE, _ADD, ours, "move the local rule", version)
+                after.local_moved.add(version)
+                if version in after.kernel_local:
+                    creates.add(RTM_DELRULE, 0, kernels, "move the local rule", version)
+                    after.kernel_local.discard(version)
+            elif version not in wanted and version in after.local_moved:
+                if version not in after.kernel_local:
+                    creates.add(RTM_NEWRULE, _ADD, kernels, "restore the local rule", version)
+                    after.kernel_local.add(version)
+                creates.add(RTM_DELRULE, 0, ours, "restore the local rule", version)
+                after.local_moved.discard(version)
 
     # --- stages 2 and 3: what nothing uses any more ------------------------------------
 
@@ -549,6 +607,29 @@ class _EncapSource(KindHandler):
         return () if found.tunnel_source is None else (EncapSource(found.tunnel_source),)
 
 
+class _Rules(KindHandler):
+    """An ip rule each (kernel_rules), written by the compiler (_Compiler._program_rules)."""
+
+    def fold(
+        self,
+        targets: _Targets,
+        kind: ObjectKind,
+        obj: Rule,
+        present: bool,
+        codec: Codec,
+        features: KernelFeatures,
+    ) -> None:
+        if present:
+            if not features.capabilities.rules:
+                raise InvalidObject(f"{obj}: this kernel has no ip rules by protocol and port")
+            if obj.table in (codec.policy_table, LOCAL_TABLE):
+                raise InvalidObject(f"{obj}: table {obj.table} is not a table rules may name")
+        targets.rules[obj.key] = obj if present else None
+
+    def dump(self, found: Found) -> Iterable[DataplaneObject]:
+        return found.inventory.rules.values()
+
+
 class _Pods(KindHandler):
     """Nothing: the CNI side of the agent wires pods (veth, addresses, the pod's loopback
     service addresses and port rewrites live in the pod's own namespace), and the kernel
@@ -588,6 +669,7 @@ HANDLERS: Mapping[ObjectKind, KindHandler] = {
     ENCAP_SOURCE: _EncapSource(),
     POD: _Pods(),
     POLICY: _Policies(),
+    RULE: _Rules(),
     **SLOT_HANDLERS,
 }
 

@@ -451,7 +451,7 @@ def _frame(msg_type: int, flags: int, body: bytes | nlmsg) -> bytearray:
     return bytearray(body.data)
 
 
-_DELETES = frozenset({25, 105})  # RTM_DELROUTE, RTM_DELNEXTHOP
+_DELETES = frozenset({25, 33, 105})  # RTM_DELROUTE, RTM_DELRULE, RTM_DELNEXTHOP
 
 
 def _already_gone(msg_type: int, code: int) -> bool:

@@ -85,7 +85,10 @@ class PlanError(ValueError):
 
 
 def _sortable(part: Any) -> Any:
-    """A total order over key parts: IPv4 and IPv6 values do not compare with each other."""
+    """A total order over key parts: IPv4 and IPv6 values do not compare with each other,
+    and an absent part (a rule without a source) sorts first."""
+    if part is None:
+        return ()
     if isinstance(part, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return (part.version, int(part), 128)
     if isinstance(part, ipaddress.IPv4Network | ipaddress.IPv6Network):

@@ -261,6 +261,7 @@ class Lab:
                     external_ips=[a for a in shape.external if _family(a) in families],
                     external_traffic_policy=shape.external_traffic_policy,
                     health_check_node_port=shape.health_check_node_port,
+                    node_ports=list(shape.node_ports),
                 )
             )
         return state

@@ -116,6 +116,8 @@ def service_object(service: ServiceRecord) -> dict[str, Any]:
             for name, port, target, protocol in SERVICE_PORTS
         ],
     }
+    for entry, node_port in zip(spec["ports"], service.node_ports, strict=False):
+        entry["nodePort"] = node_port
     obj: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",

@@ -35,6 +35,9 @@ class LabService:
     external: tuple[str, ...] = ()  # externalIPs
     external_traffic_policy: str = "Cluster"
     health_check_node_port: int = 0
+    # One per lab service port (lab/objects.SERVICE_PORTS), in its order: a LoadBalancer
+    # gets node ports too (allocateLoadBalancerNodePorts defaults to true).
+    node_ports: tuple[int, ...] = ()
 
 
 SERVICES = (
@@ -46,6 +49,7 @@ SERVICES = (
         type="LoadBalancer",
         load_balancer=("fd00:ee::10", "198.51.100.10"),
         external=("fd00:ee::20", "198.51.100.20"),
+        node_ports=(30080, 30081, 30007, 30008),
     ),
     LabService("empty", "fd00:96::11", "10.96.0.11", with_backends=False),
     # The same backends, externalTrafficPolicy Local: external traffic stays on the node
@@ -59,6 +63,7 @@ SERVICES = (
         load_balancer=("fd00:ee::11", "198.51.100.11"),
         external_traffic_policy="Local",
         health_check_node_port=32100,
+        node_ports=(31080, 31081, 31007, 31008),
     ),
 )
 BACKEND_SERVICE = "web"

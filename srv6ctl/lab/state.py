@@ -84,6 +84,7 @@ class ServiceRecord(_Model):
     external_ips: list[str] = []
     external_traffic_policy: str = "Cluster"
     health_check_node_port: int = 0
+    node_ports: list[int] = []  # one per lab service port (lab/objects.SERVICE_PORTS)
 
     @property
     def label(self) -> str:

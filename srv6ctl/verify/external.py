@@ -14,6 +14,12 @@ real TCP connections and UDP datagrams it checks, per service, VIP and family:
   endpoint count where it has a backend and 503 where it has none (kube-proxy's answer),
   and traffic entering a node (the probe's route pinned to it) never leaves it: only that
   node's backends answer.
+- NodePorts, on every node's address of each family: the backend saw the client's own
+  address (kube-proxy SNATs here under externalTrafficPolicy Cluster; we do not), was
+  reached on its own address at the targetPort (its own namespace DNATed the node port),
+  and the client saw the answer come from the node's address and the nodePort; under
+  Cluster the flows entering each node spread over every backend, under Local they are
+  answered only by that node's backends and a node without one answers nothing.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ class ExternalChecks:
                     self.vip(service, family, vip)
             if service.external_traffic_policy == "Local":
                 self.local_policy(service)
+        for service in self.topo.services:
+            if service.node_ports:
+                self.node_ports(service)
 
     # --- every VIP, from the external client --------------------------------------------
 
@@ -93,6 +102,68 @@ class ExternalChecks:
                 strangers.append(f"{answer.pod} answered, not a backend here")
             found.add(answer, "the external client", self.address[family], str(vip), HTTP_PORT)
         return [*strangers, *found.all]
+
+    # --- NodePorts --------------------------------------------------------------------------
+
+    def node_ports(self, service: ServiceInfo) -> None:
+        backends = {b.split("/", 1)[-1] for b in service.backends}
+        tcp_port = service.node_ports.get(("TCP", SERVICE_HTTP_PORT))
+        udp_port = service.node_ports.get(("UDP", SERVICE_HTTP_PORT))
+        if tcp_port is None or udp_port is None:
+            return
+        ports = (tcp_port, udp_port)
+        for family in (f for f in (6, 4) if service.cluster_ip(f) is not None):
+            problems: list[str] = []
+            shown: list[str] = []
+            for node in self.state.nodes:
+                address = node.internal_ipv6 if family == 6 else node.internal_ipv4
+                if address is None:
+                    continue
+                here = {p.short for p in self.topo.pods_on(node.name) if p.short in backends}
+                local = service.external_traffic_policy == "Local"
+                expected = here if local else backends
+                found, spread = self._node_port(family, address, ports, expected, backends)
+                problems += [f"via {node.name}: {p}" for p in found]
+                shown.append(f"{node.name}: {spread if expected else 'none (no backend there)'}")
+            name = (
+                f"external client → {service.name} NodePort {tcp_port}/TCP {udp_port}/UDP "
+                f"on every node (IPv{family})"
+            )
+            detail = f"backends saw {self.address[family]} (the client's own address); "
+            detail += "; ".join(shown)
+            self.report.add(GROUP, name, not problems, "; ".join(problems[:3]) or detail)
+
+    def _node_port(
+        self,
+        family: int,
+        address: str,
+        ports: tuple[int, int],
+        expected: set[str],
+        backends: set[str],
+    ) -> tuple[list[str], str]:
+        """Flows from the client to one node's `address` at the TCP and UDP node ports:
+        what is wrong with them, and the TCP spread over backends."""
+        tcp = tcp_flows(self.client, address, ports[0], max(10 * len(expected), 10))
+        udp = udp_flows(self.client, address, ports[1], 4)
+        problems = [f"lost: {f.error}" for f in failures(tcp + udp)] if expected else []
+        own = {str(a) for p in self.topo.pods if p.short in backends for a in (p.ipv6, p.ipv4)}
+        for answer in answers(tcp + udp):
+            if answer.pod not in expected:
+                problems.append(f"{answer.pod} answered, not a backend for this node")
+            if answer.peer != self.address[family]:
+                problems.append(f"{answer.pod} saw {answer.peer}, not the client")
+            if answer.local not in own or answer.local_port != HTTP_PORT:
+                problems.append(
+                    f"{answer.pod} was reached at {answer.local}:{answer.local_port}, "
+                    f"not at its own address and {HTTP_PORT}"
+                )
+            if answer.reply_from[0] != address or answer.reply_from[1] not in ports:
+                problems.append("the client was answered from {}:{}".format(*answer.reply_from))
+        spread = Counter(a.pod for a in answers(tcp))
+        missing = sorted(expected - set(spread))
+        if missing:
+            problems.append(f"no flow reached {', '.join(missing)}")
+        return problems, _spread(spread)
 
     # --- externalTrafficPolicy Local --------------------------------------------------------
 

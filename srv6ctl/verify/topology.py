@@ -31,6 +31,7 @@ from srv6ctl.dataplane.model import (
 )
 from srv6ctl.lab.build import Lab
 from srv6ctl.lab.netns import LabError, mac
+from srv6ctl.lab.objects import SERVICE_PORTS
 from srv6ctl.lab.progress import Steps, console
 from srv6ctl.lab.shape import PROBE_INDEX_V6, underlay_v6
 from srv6ctl.observe.agentview import AgentView, view
@@ -127,6 +128,8 @@ class ServiceInfo:
     external: dict[int, list[IPAddress]] = field(default_factory=dict)
     external_traffic_policy: str = "Cluster"
     health_check_node_port: int = 0
+    # (protocol, service port) → nodePort (the lab's; a node knows no intent)
+    node_ports: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def cluster_ip(self, family: int) -> IPAddress | None:
         return self.cluster_ipv6 if family == 6 else self.cluster_ipv4
@@ -236,6 +239,12 @@ def from_lab(state_dir: str) -> tuple[Topology, object]:
             },
             external_traffic_policy=s.external_traffic_policy,
             health_check_node_port=s.health_check_node_port,
+            node_ports={
+                (protocol, port): node_port
+                for (_, port, _, protocol), node_port in zip(
+                    SERVICE_PORTS, s.node_ports, strict=False
+                )
+            },
         )
         for s in state.services
     ]

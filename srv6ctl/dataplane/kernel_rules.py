@@ -1,0 +1,144 @@
+"""The kernel shape of a `Rule`: an ip rule (RTM_NEWRULE), both ways, without I/O.
+
+`Rule(destination, table, protocol, port, source)` becomes
+
+    pref RULE_PRIORITY [from source] to destination [ipproto P dport N] lookup table
+
+with our protocol (FRA_PROTOCOL, kernel 4.17+, as are FRA_IP_PROTO and FRA_DPORT_RANGE),
+which is how a dump tells ours from anyone's.
+
+Why the kernel's `local` rule moves: a NodePort's destination is the node's own address,
+and the kernel's first rule, `pref 0 lookup local`, delivers every packet to a local
+address to the node's own stack before any later rule is consulted (rules of equal
+priority keep their order of insertion, so ours cannot go before it at 0 either). So
+while a family has a rule of ours, its local lookup sits at LOCAL_RULE_PRIORITY, just
+after ours, carrying our protocol: everything our rules do not match finds the local
+table first, as before. The move is make-before-break both ways (ours is added before the
+kernel's is deleted, and the kernel's is put back before ours goes), so a family always
+has a local rule. 1 and 2 are the smallest priorities after 0: a rule an operator keeps
+at 3 or more still comes after the local lookup, as it did.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+
+from pyroute2.netlink.rtnl.fibmsg import fibmsg
+
+from srv6ctl.dataplane import netlink_wire as w
+from srv6ctl.dataplane.model import Rule
+
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
+RULE_PRIORITY = 1
+LOCAL_RULE_PRIORITY = 2
+LOCAL_TABLE = 255
+RTPROT_KERNEL = 2  # what the kernel's own `pref 0 lookup local` carries
+FR_ACT_TO_TBL = 1
+FRA = w.numbers(fibmsg)
+IP_PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
+_PROTOCOL_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+_VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
+_NLMSGHDR = 16
+# struct fib_rule_hdr { family, dst_len, src_len, tos, table, res1, res2, action; u32 flags }
+_HEADER = struct.Struct("=BBBBBBBBI")
+_PORT_RANGE = struct.Struct("=HH")  # struct fib_rule_port_range { start; end }, host order
+
+
+def _header(
+    version: int, dst_len: int = 0, src_len: int = 0, table: int = 0, action: int = FR_ACT_TO_TBL
+) -> bytes:
+    short_table = table if table < 256 else 252  # RT_TABLE_COMPAT: the id is in FRA_TABLE
+    return _HEADER.pack(_FAMILY[version], dst_len, src_len, 0, short_table, 0, 0, action, 0)
+
+
+def rule_message(rule: Rule, protocol: int) -> bytes:
+    """The body of an RTM_NEWRULE (or RTM_DELRULE: the kernel deletes the rule that
+    matches every attribute given) for `rule`."""
+    destination, source = rule.destination, rule.source
+    attrs = [
+        w.u32(FRA["FRA_PRIORITY"], RULE_PRIORITY),
+        w.u32(FRA["FRA_TABLE"], rule.table),
+        w.u8(FRA["FRA_PROTOCOL"], protocol),
+        w.address(FRA["FRA_DST"], destination.network_address),
+    ]
+    if source is not None:
+        attrs.append(w.address(FRA["FRA_SRC"], source.network_address))
+    if rule.protocol:
+        attrs.append(w.u8(FRA["FRA_IP_PROTO"], IP_PROTOCOLS[rule.protocol]))
+    if rule.port:
+        attrs.append(w.attr(FRA["FRA_DPORT_RANGE"], _PORT_RANGE.pack(rule.port, rule.port)))
+    source_len = 0 if source is None else source.prefixlen
+    head = _header(destination.version, destination.prefixlen, source_len, rule.table)
+    return head + b"".join(attrs)
+
+
+def local_rule_message(version: int, priority: int, protocol: int) -> bytes:
+    """`pref priority lookup local`: the kernel's own at 0 (its protocol), or ours."""
+    return _header(version, table=LOCAL_TABLE) + b"".join(
+        (
+            w.u32(FRA["FRA_PRIORITY"], priority),
+            w.u32(FRA["FRA_TABLE"], LOCAL_TABLE),
+            w.u8(FRA["FRA_PROTOCOL"], protocol),
+        )
+    )
+
+
+def rule_dump(version: int) -> bytes:
+    # Strict dump checking refuses a request header with anything but the family set.
+    return _header(version, action=0)
+
+
+@dataclass(frozen=True)
+class RuleMessage:
+    version: int
+    priority: int
+    table: int
+    protocol: int
+    plain: bool  # only priority and table (no match, no goto, no other action)
+    rule: Rule | None  # the model rule, for one of our shape
+
+
+def parse_rule(msg_type: int, data: bytes) -> RuleMessage | None:
+    """An RTM_NEWRULE of a dump, as far as we need it (anything else: None)."""
+    if msg_type != RTM_NEWRULE:
+        return None
+    family, dst_len, src_len, _, table, _, _, action, _ = _HEADER.unpack_from(data, _NLMSGHDR)
+    version = _VERSION.get(family)
+    if version is None:
+        return None
+    attrs = w.Attrs(data, _NLMSGHDR + _HEADER.size)
+    table = attrs.uint(FRA["FRA_TABLE"]) or table
+    priority = attrs.uint(FRA["FRA_PRIORITY"]) or 0
+    protocol = attrs.uint(FRA["FRA_PROTOCOL"]) or 0
+    extra = ("FRA_IIFNAME", "FRA_OIFNAME", "FRA_FWMARK", "FRA_GOTO", "FRA_SPORT_RANGE")
+    matches = any(FRA[name] in attrs for name in extra) or action != FR_ACT_TO_TBL
+    destination = attrs.ip(FRA["FRA_DST"])
+    plain = not matches and destination is None and FRA["FRA_SRC"] not in attrs
+    rule = None
+    if destination is not None and not matches and table:
+        source_address = attrs.ip(FRA["FRA_SRC"])
+        ip_proto = attrs.uint(FRA["FRA_IP_PROTO"]) or 0
+        ports = attrs.raw(FRA["FRA_DPORT_RANGE"])
+        port = 0
+        if ports is not None:
+            start, end = _PORT_RANGE.unpack_from(ports)
+            port = start if start == end else -1
+        name = _PROTOCOL_NAMES.get(ip_proto, "") if ip_proto else ""
+        if port >= 0 and (name or not ip_proto):
+            try:
+                rule = Rule(
+                    ipaddress.ip_network((destination, dst_len)),
+                    table,
+                    protocol=name,
+                    port=port,
+                    source=None
+                    if source_address is None
+                    else ipaddress.ip_network((source_address, src_len)),
+                )
+            except ValueError:
+                rule = None  # a shape the model cannot say (e.g. a port without a protocol)
+    return RuleMessage(version, priority, table, protocol, plain, rule)
