@@ -269,6 +269,56 @@ class Route:
         return ("route", self.table, self.prefix)
 
 
+PROTOCOLS = ("TCP", "UDP", "SCTP")  # a Rule's `protocol`, as Kubernetes spells them
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Policy routing ahead of the node's own lookups: packets to `destination` (and from
+    `source`, and of `protocol` to destination `port`) are looked up in `table`.
+
+    It is how traffic is steered by more than its destination address: a NodePort is a
+    node's own address *and* a port (the rest of the node's traffic to that address must
+    stay the node's), and `loadBalancerSourceRanges` admits a VIP's traffic by its source.
+    The table holds what the matched packets get (a steering into a service's policy, or a
+    reject route); a packet the table has no route for falls through to the next rule, as
+    in ip-rule(8). No two rules of one plan match one packet (render keeps them apart:
+    distinct node ports, distinct VIPs), so they need no order among themselves; the key is
+    the match, and the table is the value.
+    """
+
+    destination: IPNetwork
+    table: int
+    protocol: str = ""  # "" (any), or one of PROTOCOLS
+    port: int = 0  # destination port; 0: any (a port needs a protocol)
+    source: IPNetwork | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "destination", net(self.destination))
+        if self.source is not None:
+            object.__setattr__(self, "source", net(self.source))
+            if self.source.version != self.destination.version:
+                raise ValueError(
+                    f"rule to {self.destination}: source {self.source} is of another family"
+                )
+        if self.protocol and self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"rule to {self.destination}: protocol {self.protocol!r} is not one of {PROTOCOLS}"
+            )
+        if not 0 <= self.port <= 65535 or (self.port and not self.protocol):
+            raise ValueError(
+                f"rule to {self.destination}: port {self.port} needs a protocol and 1..65535"
+            )
+        if self.table == MAIN_TABLE:
+            raise ValueError(
+                f"rule to {self.destination}: a rule sends packets to a table of its own, not main"
+            )
+
+    @property
+    def key(self) -> tuple[str, IPNetwork, IPNetwork | None, str, int]:
+        return ("rule", self.destination, self.source, self.protocol, self.port)
+
+
 @dataclass(frozen=True)
 class PodAttachment:
     """A pod's interface as the node sees it: the node-side end and the pod's addresses.
@@ -354,7 +404,9 @@ class EncapSource:
         return ("encap_source",)
 
 
-DataplaneObject: TypeAlias = LocalSid | SrPolicy | Steering | Route | PodAttachment | EncapSource
+DataplaneObject: TypeAlias = (
+    LocalSid | SrPolicy | Steering | Route | Rule | PodAttachment | EncapSource
+)
 Slot: TypeAlias = tuple[int, IPNetwork]
 
 
@@ -407,9 +459,12 @@ LOCAL_SID = ObjectKind("LocalSid", LocalSid, "local_sids", ("PodAttachment",), _
 POLICY = ObjectKind("SrPolicy", SrPolicy, "policies", ("EncapSource",))
 STEERING = ObjectKind("Steering", Steering, "steerings", ("SrPolicy",), _route_slot)
 ROUTE = ObjectKind("Route", Route, "routes", ("PodAttachment",), _route_slot)
+# A rule names a table, not an object; it comes last so that it is created once the
+# steerings and routes it sends packets to are there, and deleted before them.
+RULE = ObjectKind("Rule", Rule, "rules", ("Steering", "Route"))
 
 # Dependency order: a kind refers only to kinds before it.
-KINDS: tuple[ObjectKind, ...] = (ENCAP_SOURCE, POD, LOCAL_SID, POLICY, STEERING, ROUTE)
+KINDS: tuple[ObjectKind, ...] = (ENCAP_SOURCE, POD, LOCAL_SID, POLICY, STEERING, ROUTE, RULE)
 RANK: Mapping[ObjectKind, int] = {kind: rank for rank, kind in enumerate(KINDS)}
 _KIND_OF_TYPE: dict[type, ObjectKind] = {
     **{kind.model: kind for kind in KINDS},
@@ -451,11 +506,12 @@ class NodeConfig:
     policies: frozenset[SrPolicy] = frozenset()
     steerings: frozenset[Steering] = frozenset()
     routes: frozenset[Route] = frozenset()
+    rules: frozenset[Rule] = frozenset()
 
     def __post_init__(self) -> None:
         if self.encap_source is not None:
             object.__setattr__(self, "encap_source", v6(self.encap_source))
-        for name in ("pods", "local_sids", "policies", "steerings", "routes"):
+        for name in ("pods", "local_sids", "policies", "steerings", "routes", "rules"):
             object.__setattr__(self, name, frozenset(getattr(self, name)))
 
     def objects(self) -> Iterable[DataplaneObject]:
@@ -540,6 +596,7 @@ class Capabilities:
     encap_modes: frozenset[EncapMode] = frozenset()
     resilient_groups: bool = False
     sid_counters: bool = False
+    rules: bool = False  # `Rule`s (kernel 4.17+: ip rules by protocol and port; VPP: ABF)
     notes: tuple[str, ...] = field(default=())  # why something is missing, for humans
 
 
