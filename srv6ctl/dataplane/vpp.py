@@ -4,10 +4,11 @@
 (`vpp_api.SUPPORTED_RELEASES`): it connects, reads VPP back as the model, applies plans,
 and replays what VPP lost after a restart. What each model object becomes in VPP is in
 the codec modules (`vpp_sr_codec`: local SIDs, policies, steerings; `vpp_fib_codec`:
-tables and routes; `vpp_interface_codec`: ports; `vpp_packers`: the bulk messages'
-packers; `vpp_changes`: the handler of each kind); the socket, the CRC check and
-pipelining are in `vpp_api`; pod ports in `vpp_pods`; counters in `vpp_stats`; what it
-keeps of VPP's interfaces and tables between calls in `vpp_interfaces` and `vpp_tables`.
+tables and routes; `vpp_interface_codec`: ports; `vpp_rule_codec`: rules as ACLs and ABF
+policies; `vpp_packers`: the bulk messages' packers; `vpp_changes`: the handler of each
+kind); the socket, the CRC check and pipelining are in `vpp_api`; pod ports in
+`vpp_pods`; rules in `vpp_rules`; counters in `vpp_stats`; what it keeps of VPP's
+interfaces and tables between calls in `vpp_interfaces` and `vpp_tables`.
 
 Ownership. VPP has no owner mark on SR objects or routes, so:
 - local SIDs, policies and steerings: all of VPP's are ours, or with `owned_prefixes`
@@ -16,7 +17,9 @@ Ownership. VPP has no owner mark on SR objects or routes, so:
   created (named `srv6ctl-<id>-ip6/ip4`), restricted to `owned_prefixes` when given. Routes
   an operator adds from VPP's startup config or CLI have the FIB source CLI and are never
   read or touched; pod host routes belong to their pod port (below), not to `routes`;
-- interfaces: only those tagged `srv6ctl:` (`sw_interface_tag_add_del`).
+- interfaces: only those tagged `srv6ctl:` (`sw_interface_tag_add_del`);
+- rules: the ACLs tagged `srv6ctl:rule:`, the ABF policies using them and their
+  attachments (`vpp_rule_codec`).
 
 Pods. A `PodAttachment` is the *VPP side* of a pod: its port, with the port's addresses,
 neighbours and host routes (`vpp_pods`). `apply` handles ADD/REPLACE as "make it so",
@@ -72,6 +75,7 @@ from srv6ctl.dataplane.model import (
     MAIN_TABLE,
     POD,
     POLICY,
+    RULE,
     Capabilities,
     Change,
     DataplaneObject,
@@ -125,6 +129,8 @@ from srv6ctl.dataplane.vpp_pods import (
     is_pod_host_route,
     port_kind,
 )
+from srv6ctl.dataplane.vpp_rule_codec import RULE_MESSAGES
+from srv6ctl.dataplane.vpp_rules import Rules
 from srv6ctl.dataplane.vpp_sr_codec import (
     BEHAVIOURS,
     VppPolicy,
@@ -160,6 +166,16 @@ CAPABILITY_NOTES = (
     "no resilient hashing: VPP's policy load-balance rehashes when lists change",
     "counters: per SID from sr_localsids_with_packet_stats_dump; per policy only with a "
     "stats socket (the steering routes' counters)",
+)
+RULE_NOTES = (
+    "rules (ABF on the uplinks): not for traffic from this node's pods to its own "
+    "addresses; a packet the rule's table has no route for is dropped, not passed on to "
+    "the next rule; an SCTP rule with a port matches nothing (VPP's ACL plugin reads TCP "
+    "and UDP ports only)",
+)
+NO_RULE_NOTES = (
+    "no rules: VPP has no ABF plugin (abf_plugin.so, with acl_plugin.so), or the API "
+    "definitions lack abf.api.json",
 )
 
 
@@ -212,18 +228,10 @@ class VppBackend:
             api_socket,
             api_dir=api_dir,
             messages=messages,
-            optional_messages=(*POLICY_SOURCE_MESSAGES, *MEMIF_MESSAGES),
+            optional_messages=(*POLICY_SOURCE_MESSAGES, *MEMIF_MESSAGES, *RULE_MESSAGES),
             client_name=client_name,
             timeout=timeout,
             fast_packers=FAST_PACKERS,
-        )
-        self.capabilities = Capabilities(
-            behaviours=BEHAVIOURS,
-            flavours=frozenset({Flavour.PSP}),
-            encap_modes=frozenset({EncapMode.ENCAP_RED, EncapMode.INSERT}),
-            resilient_groups=False,
-            sid_counters=True,
-            notes=CAPABILITY_NOTES,
         )
         self._lock = threading.RLock()
         self._stats = StatsSegment(stats_socket)
@@ -250,17 +258,31 @@ class VppBackend:
             gateway_v4=gateway_v4,
             vpp_netns=vpp_netns,
         )
+        self._rules = Rules(self.channel, self._interfaces, self._run)
         self._policies: dict[IPv6Address, VppPolicy] | None = None
         self._stale: set[IPv6Address] = set()
         self._node_source: IPv6Address | None = None
         # The kinds applied one by one, not pipelined: a pod port's creation returns the
-        # sw_if_index later messages need, and the encap source changes which policies
-        # need rebuilding. Every other kind is plain requests (vpp_changes.HANDLERS).
+        # sw_if_index later messages need, the encap source changes which policies need
+        # rebuilding, and a rule group's ACL creation returns the index its ABF policy
+        # names. Every other kind is plain requests (vpp_changes.HANDLERS).
         self._synchronous: dict[ObjectKind, Callable[[Change], None]] = {
             POD: self._pods.apply,
             ENCAP_SOURCE: self._apply_encap_source,
+            RULE: self._rules.apply,
         }
         self._wait_connected(connect_timeout)
+        # Probed on the first connection: whether this VPP has the ABF plugin.
+        rules = self._rules.available
+        self.capabilities = Capabilities(
+            behaviours=BEHAVIOURS,
+            flavours=frozenset({Flavour.PSP}),
+            encap_modes=frozenset({EncapMode.ENCAP_RED, EncapMode.INSERT}),
+            resilient_groups=False,
+            sid_counters=True,
+            rules=rules,
+            notes=CAPABILITY_NOTES + (RULE_NOTES if rules else NO_RULE_NOTES),
+        )
 
     # --- settings (the pod ones are kept by the pod ports) ----------------------------
 
@@ -471,6 +493,7 @@ class VppBackend:
     def _forget_caches(self) -> None:
         self._interfaces.forget()
         self._tables.forget()
+        self._rules.forget()
         self._policies = None
         self._stale.clear()
         self._stats.disconnect()
@@ -512,6 +535,7 @@ class VppBackend:
             policies=frozenset(policies),
             steerings=frozenset(steerings),
             routes=frozenset(routes),
+            rules=frozenset(self._rules.held()),
         )
         pods = [obj for obj in self._known.values() if is_pod(obj)]
         self._known = {obj.key: obj for obj in config.objects()}
@@ -610,6 +634,7 @@ class VppBackend:
         except (ApplyError, VppError, VppUnavailable):
             self._policies = None  # whatever happened, read the lists again
             self._interfaces.forget()
+            self._rules.forget()
             raise
 
     def _record(self, change: Change) -> None:

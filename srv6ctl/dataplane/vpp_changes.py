@@ -1,9 +1,10 @@
 """One plan step as the VPP requests of its kind (no I/O).
 
-The backend pipelines these requests; pods and the encap source are not here, because
-they are synchronous steps of their own (see `VppBackend`): a pod port's creation returns
-the sw_if_index later messages need, and the encap source changes which policies need
-rebuilding.
+The backend pipelines these requests; pods, the encap source and rules are not here,
+because they are synchronous steps of their own (see `VppBackend`): a pod port's creation
+returns the sw_if_index later messages need, the encap source changes which policies need
+rebuilding, and a rule group's new ACL returns the index its ABF policy names
+(`vpp_rules`).
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from srv6ctl.dataplane.model import (
     LOCAL_SID,
     POD,
+    RULE,
     Change,
     DataplaneObject,
+    Rule,
     TableLookup,
     kind_of,
 )
@@ -81,10 +83,14 @@ class Tables:
 def tables_of(obj: DataplaneObject, pod_table: int) -> list[tuple[int, tuple[bool, ...]]]:
     """The model tables an object needs to exist (table, families: is_ip6) before it is
     written: a pod's port is in the pod table (both families), a route or steering is in
-    its own table, and a table-lookup SID VPP has looks up in its table."""
+    its own table, a table-lookup SID VPP has and a rule (its ABF policy's path) look up
+    in their table."""
     kind = kind_of(obj)
     if kind is POD:
         return [(pod_table, (False, True))]
+    if kind is RULE:
+        assert isinstance(obj, Rule)
+        return [(obj.table, (obj.destination.version == 6,))]
     if kind is LOCAL_SID:
         if isinstance(obj, TableLookup) and type(obj) in BEHAVIOR_OF:
             return [(obj.table, tuple(family == 6 for family in sorted(obj.lookup_families)))]

@@ -58,7 +58,7 @@ from srv6ctl.dataplane.model import (
 )
 from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.dataplane.vpp import VppBackend
-from srv6ctl.dataplane.vpp_api import find_api_dir
+from srv6ctl.dataplane.vpp_api import API_DIR_ENV, find_api_dir
 from srv6ctl.lab.vpp import BIN_ENV, plugin_path
 from tests.support.netns import run
 
@@ -218,6 +218,16 @@ def why_no_vpp() -> str | None:
         f"no VPP: set {SOCKET_ENV} to a running VPP 25.10's API socket, or {BIN_ENV} to a "
         "vpp binary these tests start themselves"
     )
+
+
+def own_api_dir() -> str | None:
+    """The API definitions the VPP of `SRV6CTL_VPP_BIN` ships (`share/vpp/api` of its
+    install), unless `SRV6CTL_VPP_API_DIR` says which: ../shared/vpp-api holds only some
+    plugins' (no abf), and a test of another plugin needs the binary's own."""
+    if os.environ.get(API_DIR_ENV) or not os.environ.get(BIN_ENV):
+        return None
+    found = Path(os.environ[BIN_ENV]).resolve().parent.parent / "share" / "vpp" / "api"
+    return str(found) if any(found.glob("**/*.api.json")) else None
 
 
 @pytest.fixture(scope="module")
@@ -437,6 +447,7 @@ __all__ = [
     "base_config",
     "clean",
     "lab",
+    "own_api_dir",
     "pod",
     "reconcile",
     "vpp",
