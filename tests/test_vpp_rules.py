@@ -28,6 +28,7 @@ from srv6ctl.dataplane.model import NodeConfig, Route, RouteKind, Rule, Steering
 from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.dataplane.vpp import VppBackend
 from srv6ctl.dataplane.vpp_api import find_api_dir
+from srv6ctl.observe.agentview import no_rules_reason
 from tests.support.vpp import (
     BSID,
     MARK,
@@ -239,7 +240,12 @@ def test_capabilities_say_whether_vpp_has_abf(
             shutil.copy(path, tmp_path / path.name)
     with vpp.backend(api_dir=tmp_path) as without:
         assert not without.capabilities.rules
-        assert any("ABF" in note for note in without.capabilities.notes)
+        assert any("lack abf.api.json" in note for note in without.capabilities.notes)
+        # What verify reads from such an agent's status to skip its NodePort checks.
+        status = {"rules": without.capabilities.rules, "notes": without.capabilities.notes}
+        reason = no_rules_reason(status)
+        assert reason is not None and reason.startswith("no rules (NodePorts")
+    assert no_rules_reason({"rules": True, "notes": backend.capabilities.notes}) is None
 
 
 # --- packets ------------------------------------------------------------------------------
