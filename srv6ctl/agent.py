@@ -124,7 +124,9 @@ class Agent:
             # Only VPP nodes load the VPP modules: an agent's start-up is its import time.
             from srv6ctl.dataplane.vpp_acl import VppAclBackend
 
-            acl_backend = VppAclBackend(self.options.vpp_api_socket)
+            acl_backend = VppAclBackend(
+                self.options.vpp_api_socket, api_dir=self.options.vpp_api_dir
+            )
         self.policies = PolicyPrograms(opts.node_name, acl_backend)
         self.cni = CniServer(
             opts.node_name,
@@ -232,6 +234,7 @@ class Agent:
             self.node_id,
             vpp_api_socket=opts.vpp_api_socket,
             vpp_stats_socket=opts.vpp_stats_socket,
+            vpp_api_dir=opts.vpp_api_dir,
         )
 
     def _source_event(self, event: SourceEvent) -> None:
@@ -381,6 +384,12 @@ class Agent:
             "programming_error": self.programming_error,
             "metrics": self.metrics_url,
             "dataplane": self.options.dataplane,
+            # What the dataplane cannot program, and why (verify skips its NodePort checks
+            # on a node without rules).
+            "capabilities": {
+                "rules": self.backend.capabilities.rules,
+                "notes": list(self.backend.capabilities.notes),
+            },
             # State-changing messages this agent sent to its dataplane (a restart with
             # nothing to change sends none).
             "dataplane_writes": _writes(self.backend, self.policies.acl_backend),

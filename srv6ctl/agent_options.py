@@ -19,6 +19,8 @@ class AgentOptions:
     dataplane: str = "kernel"  # or "vpp"
     vpp_api_socket: str = "/run/vpp/api.sock"  # --dataplane vpp: VPP's binary API socket
     vpp_stats_socket: str | None = None  # --dataplane vpp: its stats socket (counters)
+    # --dataplane vpp: its API definitions (*.api.json); None: vpp_api.find_api_dir's search
+    vpp_api_dir: str | None = None
     metrics_address: str | None = "127.0.0.1:9876"  # /metrics /healthz /readyz; None: off
     health_check_address: str | None = "::"  # healthCheckNodePorts (service_health); None: off
 

@@ -89,6 +89,7 @@ def _agent(args: argparse.Namespace) -> int:
         dataplane=args.dataplane,
         vpp_api_socket=args.vpp_api_socket,
         vpp_stats_socket=args.vpp_stats_socket,
+        vpp_api_dir=args.vpp_api_dir,
         metrics_address=None if args.metrics_address == "off" else args.metrics_address,
         health_check_address=args.health_check_address,
     )
@@ -161,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--vpp-stats-socket",
         help="VPP's stats socket (--dataplane vpp): per-policy and pod counters, restarts",
+    )
+    agent.add_argument(
+        "--vpp-api-dir",
+        help="the VPP's API definitions, *.api.json (--dataplane vpp); default: "
+        "$SRV6CTL_VPP_API_DIR, ../shared/vpp-api, /usr/share/vpp/api. NodePorts need "
+        "abf.api.json (the VPP's own share/vpp/api has it)",
     )
     agent.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs")
     agent.add_argument(

@@ -52,6 +52,7 @@ def make_backend(
     *,
     vpp_api_socket: str,
     vpp_stats_socket: str | None,
+    vpp_api_dir: str | None = None,
 ) -> Backend:
     """The backend for `dataplane` in the node namespace `netns` (a path; None: this one)."""
     if dataplane == "vpp":
@@ -61,6 +62,7 @@ def make_backend(
         log.info("VPP dataplane on %s", vpp_api_socket)
         return VppBackend(
             vpp_api_socket,
+            api_dir=vpp_api_dir,
             stats_socket=vpp_stats_socket,
             # The CNI wiring makes the veth pair; VPP takes its node end by af_packet.
             pod_interface="af_packet",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from srv6ctl.lab import objects, processes
+from srv6ctl.lab import objects, processes, vpp
 from srv6ctl.lab.build import Lab
 from srv6ctl.lab.netns import LabError
 from srv6ctl.lab.progress import Steps, console
@@ -190,6 +190,30 @@ def test_state_round_trip_and_look_ups(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="no pod 'web-9'"):
         again.pod("web-9")
     assert not list(tmp_path.glob("lab/.*tmp"))  # the atomic write left no temporary file
+
+
+def test_lab_vpps_load_abf_and_agents_get_the_binarys_own_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NodePorts on VPP are ABF policies: the lab's VPPs load the plugin, and the agents
+    speak the API definitions the binary ships (../shared/vpp-api has no abf.api.json)."""
+    node = vpp.VppNode(tmp_path / "n1" / "vpp", shm_prefix="s6lab-n1")
+    config = vpp.startup_config(node, plugins=None)
+    assert "plugin abf_plugin.so { enable }" in config
+    assert "plugin acl_plugin.so { enable }" in config  # ABF matches with ACLs
+
+    install = tmp_path / "install"
+    (install / "bin").mkdir(parents=True)
+    binary = install / "bin" / "vpp"
+    binary.write_text("")
+    monkeypatch.delenv("SRV6CTL_VPP_API_DIR", raising=False)
+    assert vpp.own_api_dir(str(binary)) is None  # ships none: the agent's own search
+    api = install / "share" / "vpp" / "api" / "plugins"
+    api.mkdir(parents=True)
+    (api / "abf.api.json").write_text("{}")
+    assert vpp.own_api_dir(str(binary)) == str(install / "share" / "vpp" / "api")
+    monkeypatch.setenv("SRV6CTL_VPP_API_DIR", str(tmp_path))  # an explicit choice wins
+    assert vpp.own_api_dir(str(binary)) is None
 
 
 def test_requirements_refuse_vpp_without_a_vpp_binary(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,8 +7,9 @@ nodes' uplinks and pods' ports are VPP's, where a pod reaches a pod on the other
 the ClusterIP through VPP — its counters show the packets —, the agents have VPP hash SR
 policies on the 5-tuple without the IPv6 flow label, the whole of `srv6ctl verify`
 (conformance's crafted SRv6 packets, connectivity with two backends, convergence,
-policy) passes but for checks skipped with their reason, and `lab down` leaves nothing:
-no VPP, no namespace, no shared-memory file, no state directory.
+policy, NodePorts from the external client under both traffic policies) passes but for
+checks skipped with their reason, and `lab down` leaves nothing: no VPP, no namespace, no
+shared-memory file, no state directory.
 """
 
 from __future__ import annotations
@@ -204,3 +205,8 @@ def test_verify_passes_on_vpp(vpp_lab: LabRun) -> None:
     assert hairpin in passed
     print(f"{hairpin}: {checks[('connectivity', hairpin)]['detail']}")
     assert "established TCP connections keep their backend through RTOs" in passed
+    # NodePorts from the external client through VPP (ABF on the uplink, the service's table,
+    # End.DX6 to a backend that DNATs to itself), both traffic policies.
+    for service, ports in (("web", "30080/TCP 30081/UDP"), ("web-local", "31080/TCP 31081/UDP")):
+        node_port = f"external client → default/{service} NodePort {ports} on every node (IPv6)"
+        assert node_port in passed, (node_port, checks.get(("external", node_port)))

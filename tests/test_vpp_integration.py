@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from srv6ctl.dataplane import vpp_fib_codec as fib_codec
 from srv6ctl.dataplane import vpp_sr_codec as sr_codec
 from srv6ctl.dataplane.model import (
+    MAIN_TABLE,
     Change,
     EndDX6,
     IPv6Address,
@@ -300,6 +301,48 @@ def test_a_service_without_endpoints_becomes_a_prohibit_route_and_back(backend: 
     assert not backend.dump().policies
     reconcile(backend, serving)
     assert plan(serving, backend.dump()) == []
+
+
+REJECT_KINDS = (RouteKind.PROHIBIT, RouteKind.UNREACHABLE, RouteKind.BLACKHOLE)
+
+
+def _alive(vpp: Target) -> bool:
+    """The VPP these tests started still runs (one given by socket: not ours to watch)."""
+    if vpp.process is None:
+        return True
+    return vpp.process.process is not None and vpp.process.process.poll() is None
+
+
+def test_reject_routes_in_any_table_are_read_back_and_vpp_lives(
+    vpp: Target, backend: VppBackend
+) -> None:
+    """Prohibit, unreachable and blackhole routes of both families in main and in a table
+    of ours (where VPP 25.10 crashed on an ICMP path as its API decodes it: see
+    vpp_fib_codec), then each turned into the next kind in place, then gone."""
+    base = base_config()
+
+    def rejects(shift: int) -> frozenset[Route]:
+        routes = set()
+        for n, (table, prefix) in enumerate(
+            (t, p)
+            for t in (MAIN_TABLE, 77)
+            for p in ("fd00:96::70/128", "fd00:97::/64", "10.96.0.70/32", "10.97.0.0/24")
+        ):
+            routes.add(Route(prefix, kind=REJECT_KINDS[(n + shift) % 3], table=table))
+        return frozenset(routes)
+
+    for shift in range(3):
+        desired = base_config(routes=base.routes | rejects(shift))
+        assert reconcile(backend, desired) > 0
+        assert _alive(vpp), "VPP died"
+        assert backend.dump().routes == desired.routes
+        assert plan(desired, backend.dump()) == []
+    # The prohibit path forwards, its DROP backstop does not: VPP's own word.
+    shown = backend.cli("show ip6 fib table 77 fd00:96::70/128")
+    assert "ip6-null action:send-" in shown.split("forwarding:")[1]
+    reconcile(backend, base)
+    assert backend.dump().routes == base.routes
+    assert backend.cli("show version").startswith("vpp")
 
 
 def test_changing_the_encap_source_rebuilds_the_lists(backend: VppBackend) -> None:

@@ -556,25 +556,33 @@ def test_steering_in_a_pod_table_names_the_vpp_table(client: Any) -> None:
         Route("10.96.0.7/32", kind=RouteKind.PROHIBIT),
         Route("fd00:96::8/128", kind=RouteKind.UNREACHABLE),
         Route("fd00:96::9/128", kind=RouteKind.BLACKHOLE, table=40),
+        Route("fd00:96::a/128", kind=RouteKind.PROHIBIT, table=40),
+        Route("10.96.0.10/32", kind=RouteKind.UNREACHABLE, table=41),
         Route("10.128.2.0/24", via="192.0.2.1"),
     ],
     ids=str,
 )
-def test_route_encodes_one_path_and_reads_back(client: Any, route: Route) -> None:
+def test_route_encodes_its_paths_and_reads_back(client: Any, route: Route) -> None:
     _, sent = encode(client, fib_codec.route_add(route, ifindex))
     assert sent.is_add is True and sent.is_multipath is False
     assert sent.route.prefix == route.prefix
     assert sent.route.table_id == (0 if route.table == MAIN_TABLE else route.table)
-    (path,) = sent.route.paths
-    assert sent.route.n_paths == 1
-    assert len(path.label_stack) == 16
+    paths = list(sent.route.paths)
+    assert sent.route.n_paths == len(paths)
+    assert all(len(path.label_stack) == 16 for path in paths)
     ipv6 = route.prefix.version == 6 if route.via is None else route.via.version == 6
-    assert int(path.proto) == (
+    assert {int(path.proto) for path in paths} == {
         fib_codec.FIB_PATH_NH_PROTO_IP6 if ipv6 else fib_codec.FIB_PATH_NH_PROTO_IP4
-    )
-    if route.kind is RouteKind.PROHIBIT:
-        assert int(path.type) == fib_codec.FIB_PATH_TYPE_ICMP_PROHIBIT
-    # ip_route_v2_details, as VPP reports the route.
+    }
+    types = [(int(path.type), int(path.preference)) for path in paths]
+    if route.kind in fib_codec.REJECT_KINDS:
+        # The ICMP path forwards; a DROP of a worse preference keeps VPP 25.10 from taking
+        # the route for an import from local0's table (vpp_fib_codec's docstring).
+        kind = fib_codec.ROUTE_PATH_TYPES[route.kind]
+        assert types == [(kind, 0), (fib_codec.FIB_PATH_TYPE_DROP, 1)]
+    else:
+        assert len(types) == 1 and types[0][1] == 0
+    # ip_route_v2_details, as VPP reports the route (its path list is sorted: either order).
     reply = details(
         client,
         "ip_route_v2_details",
@@ -582,12 +590,17 @@ def test_route_encodes_one_path_and_reads_back(client: Any, route: Route) -> Non
             "table_id": sent.route.table_id,
             "stats_index": 5,
             "prefix": route.prefix,
-            "n_paths": 1,
+            "n_paths": len(paths),
             "src": fib_codec.FIB_SOURCE_API,
             "paths": [
                 fib_codec.fib_path(
-                    int(path.type), ipv6=ipv6, nexthop=route.via, sw_if_index=int(path.sw_if_index)
+                    int(path.type),
+                    ipv6=ipv6,
+                    nexthop=route.via,
+                    sw_if_index=int(path.sw_if_index),
+                    preference=int(path.preference),
                 )
+                for path in reversed(paths)
             ],
         },
     )

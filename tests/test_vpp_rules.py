@@ -6,7 +6,9 @@ whose attachment went missing, or a new uplink, repaired by the next pass; a res
 agent that writes nothing. On the wire (`SRV6CTL_VPP_DATAPATH=1`): TCP to the node's own
 address and a rule's port is looked up in the rule's table and leaves H.Encaps'd, while
 the same address on another port stays the node's; UDP to a port whose table holds a
-blackhole is dropped, while another port gets the node's own "port unreachable".
+blackhole is dropped, one whose table holds a prohibit route is rejected (VPP makes the
+ICMP error, which that table has no route back for), while another port gets the node's
+own "port unreachable".
 
 The ABF plugin's API definitions are the VPP binary's own (`own_api_dir`): the shared
 definitions have no abf.api.json. Skipped with the reason when VPP, root or ABF is missing.
@@ -26,6 +28,7 @@ from srv6ctl.dataplane.model import NodeConfig, Route, RouteKind, Rule, Steering
 from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.dataplane.vpp import VppBackend
 from srv6ctl.dataplane.vpp_api import find_api_dir
+from srv6ctl.observe.agentview import no_rules_reason
 from tests.support.vpp import (
     BSID,
     MARK,
@@ -237,7 +240,12 @@ def test_capabilities_say_whether_vpp_has_abf(
             shutil.copy(path, tmp_path / path.name)
     with vpp.backend(api_dir=tmp_path) as without:
         assert not without.capabilities.rules
-        assert any("ABF" in note for note in without.capabilities.notes)
+        assert any("lack abf.api.json" in note for note in without.capabilities.notes)
+        # What verify reads from such an agent's status to skip its NodePort checks.
+        status = {"rules": without.capabilities.rules, "notes": without.capabilities.notes}
+        reason = no_rules_reason(status)
+        assert reason is not None and reason.startswith("no rules (NodePorts")
+    assert no_rules_reason({"rules": True, "notes": backend.capabilities.notes}) is None
 
 
 # --- packets ------------------------------------------------------------------------------
@@ -298,16 +306,8 @@ def test_a_node_port_follows_its_table_and_other_ports_stay_the_nodes(lab: Lab) 
 
 def test_a_drop_route_in_the_rules_table_takes_only_the_rules_port(lab: Lab) -> None:
     """A blackhole in the rule's table: the rule's port is dropped, another port reaches
-    the node's own stack, which answers "port unreachable". (Not a prohibit route: VPP
-    25.10 crashes on an ICMP unreachable/prohibit route in any table but 0 — the API
-    leaves such a path's interface at 0, local0 — so render's reject routes in a rule's
-    table cannot be programmed into VPP as they are.)"""
-    from scapy.layers.inet import UDP
-    from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
-    from scapy.layers.l2 import Ether
-    from scapy.packet import Raw
-
-    from tests.support.netns import PacketPort
+    the node's own stack, which answers "port unreachable"."""
+    from scapy.layers.inet6 import ICMPv6DestUnreach
 
     rule = Rule(f"{SOURCE}/128", 61, "UDP", 30053)
     drop = Route(f"{SOURCE}/128", kind=RouteKind.BLACKHOLE, table=61)
@@ -315,22 +315,69 @@ def test_a_drop_route_in_the_rules_table_takes_only_the_rules_port(lab: Lab) -> 
     reconcile(lab.backend, base_config(routes=base.routes | {drop}, rules=frozenset({rule})))
     warm_up(lab)
 
-    def unreachable(dport: int) -> list[Any]:
-        frames = [
-            Ether(src=lab.peer_mac, dst=lab.vpp_uplink_mac)
-            / IPv6(src=str(PEER), dst=str(SOURCE))
-            / UDP(sport=41000 + n, dport=dport)
-            / Raw(MARK)
-            for n in range(5)
-        ]
-        with PacketPort(lab.peer, "p0") as peer:
-            peer.drain()
-            peer.send(frames)
-            return peer.receive(lambda f: ICMPv6DestUnreach in f and marked(f), timeout=2)
-
     try:
-        assert unreachable(30053) == []  # table 61: dropped
-        answers = unreachable(30054)  # main: the node itself, no listener on that port
+        assert _unreachable(lab, 30053) == []  # table 61: dropped
+        answers = _unreachable(lab, 30054)  # main: the node itself, no listener on that port
         assert answers and {int(f[ICMPv6DestUnreach].code) for f in answers} == {4}
     finally:
         reconcile(lab.backend, base_config())
+
+
+def test_a_prohibit_route_in_the_rules_table_rejects_the_rules_port(lab: Lab) -> None:
+    """What render gives a NodePort without endpoints (externalTrafficPolicy Cluster): a
+    prohibit route in the rule's table, which crashed VPP 25.10 before vpp_fib_codec gave
+    it a DROP backstop. VPP now takes the rule's port to it and makes its "administratively
+    prohibited" error; that error is looked up in the same table (the packet's FIB after
+    ABF), which has no route back to the client, so the client sees a drop. Another port
+    is still the node's own ("port unreachable")."""
+    from scapy.layers.inet6 import ICMPv6DestUnreach
+
+    rule = Rule(f"{SOURCE}/128", 62, "UDP", 30053)
+    prohibit = Route(f"{SOURCE}/128", kind=RouteKind.PROHIBIT, table=62)
+    base = base_config()
+    desired = base_config(routes=base.routes | {prohibit}, rules=frozenset({rule}))
+    reconcile(lab.backend, desired)
+    warm_up(lab)
+    try:
+        assert lab.backend.dump().routes == desired.routes
+        lab.backend.cli("clear errors")
+        assert _unreachable(lab, 30053) == []
+        made = _icmp_errors_made(lab.backend)
+        assert made >= 1, "VPP made no ICMP error for the prohibit route"
+        answers = _unreachable(lab, 30054)
+        assert answers and {int(f[ICMPv6DestUnreach].code) for f in answers} == {4}
+        assert lab.backend.cli("show version").startswith("vpp")
+    finally:
+        reconcile(lab.backend, base_config())
+
+
+def _icmp_errors_made(backend: VppBackend) -> int:
+    """ip6-icmp-error's "destination unreachable response sent" count (`show errors`)."""
+    for line in backend.cli("show errors").splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == "ip6-icmp-error" and "unreachable" in line:
+            return int(fields[0])
+    return 0
+
+
+def _unreachable(lab: Lab, dport: int) -> list[Any]:
+    """The ICMPv6 destination-unreachable errors five UDP datagrams from the peer to the
+    node's address at `dport` bring back."""
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    from tests.support.netns import PacketPort
+
+    frames = [
+        Ether(src=lab.peer_mac, dst=lab.vpp_uplink_mac)
+        / IPv6(src=str(PEER), dst=str(SOURCE))
+        / UDP(sport=41000 + n, dport=dport)
+        / Raw(MARK)
+        for n in range(5)
+    ]
+    with PacketPort(lab.peer, "p0") as peer:
+        peer.drain()
+        peer.send(frames)
+        return peer.receive(lambda f: ICMPv6DestUnreach in f and marked(f), timeout=2)

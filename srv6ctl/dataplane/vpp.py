@@ -173,10 +173,7 @@ RULE_NOTES = (
     "the next rule; an SCTP rule with a port matches nothing (VPP's ACL plugin reads TCP "
     "and UDP ports only)",
 )
-NO_RULE_NOTES = (
-    "no rules: VPP has no ABF plugin (abf_plugin.so, with acl_plugin.so), or the API "
-    "definitions lack abf.api.json",
-)
+NO_RULES = "no rules (NodePorts, loadBalancerSourceRanges): "
 
 
 class ApplyError(RuntimeError):
@@ -273,7 +270,8 @@ class VppBackend:
         }
         self._wait_connected(connect_timeout)
         # Probed on the first connection: whether this VPP has the ABF plugin.
-        rules = self._rules.available
+        missing = self._rules.missing()
+        rules = missing is None
         self.capabilities = Capabilities(
             behaviours=BEHAVIOURS,
             flavours=frozenset({Flavour.PSP}),
@@ -281,7 +279,7 @@ class VppBackend:
             resilient_groups=False,
             sid_counters=True,
             rules=rules,
-            notes=CAPABILITY_NOTES + (RULE_NOTES if rules else NO_RULE_NOTES),
+            notes=CAPABILITY_NOTES + (RULE_NOTES if rules else (f"{NO_RULES}{missing}",)),
         )
 
     # --- settings (the pod ones are kept by the pod ports) ----------------------------

@@ -6,6 +6,14 @@
 - `Route` → `ip_route_add_del` with one path: NORMAL via a next hop (or attached to an
   interface), DROP (blackhole), ICMP_UNREACH, ICMP_PROHIBIT. An add with `is_multipath=0`
   replaces whatever paths the API had given the prefix, so it is also the replace.
+- A reject route (unreachable, prohibit) carries a second path, a DROP of a worse
+  preference that never forwards (VPP uses only the best preference's paths): VPP 25.10's
+  API decodes an ICMP path without its interface (`fib_api_path_decode` leaves it at 0,
+  local0), so the path reads as attached to local0; in any table but 0 that makes the
+  route a cross-table import, and VPP crashes (SIGSEGV in `fib_attached_export_import`).
+  A DROP path marks the entry no-attached-export and, being last and not attached,
+  clears the import flag (`fib_entry_flags_update`). A dump reads the pair back as the
+  one reject route.
 
 The `fib_path` built here is also what a pod port's host route uses (`vpp_interface_codec`).
 """
@@ -51,6 +59,8 @@ FIB_PATH_NH_PROTO_IP6 = 1
 # but what ip_route_v2_dump filters on and reports in `src`. Checked against a running VPP.
 FIB_SOURCE_SR = 5
 FIB_SOURCE_API = 8
+# The reject route's DROP path: any preference worse (higher) than the ICMP path's 0.
+BACKSTOP_PREFERENCE = 1
 
 TABLE_NAME_PREFIX = "srv6ctl-"
 
@@ -61,6 +71,7 @@ ROUTE_PATH_TYPES: Mapping[RouteKind, int] = {
     RouteKind.LOCAL: FIB_PATH_TYPE_LOCAL,
 }
 ROUTE_KIND_OF_PATH: Mapping[int, RouteKind] = {v: k for k, v in ROUTE_PATH_TYPES.items()}
+REJECT_KINDS = frozenset({RouteKind.UNREACHABLE, RouteKind.PROHIBIT})
 
 
 # --- tables ---------------------------------------------------------------------------
@@ -122,6 +133,7 @@ def fib_path(
     nexthop: IPAddress | None = None,
     sw_if_index: int = INVALID_INDEX,
     table_id: int = 0,
+    preference: int = 0,
 ) -> dict[str, Any]:
     """A `fib_path` with every field set (its label stack too: 16 empty labels)."""
     if nexthop is not None:
@@ -131,7 +143,7 @@ def fib_path(
         "table_id": table_id,
         "rpf_id": 0,
         "weight": 1,
-        "preference": 0,
+        "preference": preference,
         "type": path_type,
         "flags": 0,
         "proto": FIB_PATH_NH_PROTO_IP6 if ipv6 else FIB_PATH_NH_PROTO_IP4,
@@ -148,21 +160,26 @@ def route_add(route: Route, ifindex: InterfaceIndex) -> Request:
         if route.via is None and not route.interface:
             raise InvalidObject(f"route {route.prefix}: unicast needs a next hop or interface")
         sw_if_index = ifindex(route.interface) if route.interface else INVALID_INDEX
-        path = fib_path(
-            FIB_PATH_TYPE_NORMAL,
-            ipv6=ipv6,
-            nexthop=route.via,
-            sw_if_index=sw_if_index,
-            table_id=table_id,
-        )
+        paths = [
+            fib_path(
+                FIB_PATH_TYPE_NORMAL,
+                ipv6=ipv6,
+                nexthop=route.via,
+                sw_if_index=sw_if_index,
+                table_id=table_id,
+            )
+        ]
     else:
-        path = fib_path(ROUTE_PATH_TYPES[route.kind], ipv6=ipv6, table_id=table_id)
+        paths = [fib_path(ROUTE_PATH_TYPES[route.kind], ipv6=ipv6)]
+        if route.kind in REJECT_KINDS:
+            # Last: the entry's flags are those of its last path (module docstring).
+            paths.append(fib_path(FIB_PATH_TYPE_DROP, ipv6=ipv6, preference=BACKSTOP_PREFERENCE))
     return Request(
         "ip_route_add_del",
         {
             "is_add": True,
             "is_multipath": False,
-            "route": route_fields(table_id, route.prefix, [path]),
+            "route": route_fields(table_id, route.prefix, paths),
         },
         lambda: f"route {route.prefix} {_describe(route)} (table {route.table})",
     )
@@ -219,6 +236,20 @@ def path_nexthop(path: Any) -> IPAddress | None:
     return None if int(address) == 0 else address
 
 
+def _reject_kind(paths: list[Any]) -> RouteKind | None:
+    """The kind of a reject route as `route_add` writes it (its ICMP path, then a DROP of
+    a worse preference; VPP may dump them in either order), else None."""
+    if len(paths) != 2:
+        return None
+    by_type = {int(p.type): int(p.preference) for p in paths}
+    drop = by_type.pop(FIB_PATH_TYPE_DROP, None)
+    if drop is None or len(by_type) != 1:
+        return None
+    ((path_type, preference),) = by_type.items()
+    kind = ROUTE_KIND_OF_PATH.get(path_type)
+    return kind if kind in REJECT_KINDS and preference < drop else None
+
+
 def decode_route(details: Any, ifname: InterfaceName) -> Route | None:
     """A `ip_route_v2_details`' route as a model Route; None for shapes we never make."""
     route = details.route
@@ -227,6 +258,9 @@ def decode_route(details: Any, ifname: InterfaceName) -> Route | None:
     paths = list(route.paths[: route.n_paths])
     if not paths:
         return None
+    reject = _reject_kind(paths)
+    if reject is not None:
+        return Route(prefix, kind=reject, table=table)
     if len(paths) > 1:
         # We only ever install one path. Report a value no desired route has, so that
         # reconcile replaces it (an add with is_multipath=0 replaces all paths).
@@ -246,6 +280,7 @@ def decode_route(details: Any, ifname: InterfaceName) -> Route | None:
 
 
 __all__ = [
+    "BACKSTOP_PREFERENCE",
     "FIB_PATH_NH_PROTO_IP4",
     "FIB_PATH_NH_PROTO_IP6",
     "FIB_PATH_TYPE_DROP",
@@ -257,6 +292,7 @@ __all__ = [
     "FIB_SOURCE_SR",
     "FLOW_HASH_5_TUPLE",
     "LABEL_STACK_SLOTS",
+    "REJECT_KINDS",
     "ROUTE_KIND_OF_PATH",
     "ROUTE_PATH_TYPES",
     "TABLE_NAME_PREFIX",

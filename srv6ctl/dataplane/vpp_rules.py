@@ -92,6 +92,17 @@ class Rules:
         """Whether this VPP (and our API definitions) have the ACL and ABF plugins."""
         return set(RULE_MESSAGES) <= self.channel.available
 
+    def missing(self) -> str | None:
+        """Why rules cannot be programmed (None: they can): what a human has to add."""
+        if self.available:
+            return None
+        if not any(self.channel.api_dir.glob("**/abf.api.json")):
+            return (
+                f"the API definitions in {self.channel.api_dir} lack abf.api.json "
+                "(the VPP's own share/vpp/api has it)"
+            )
+        return "VPP has no ABF plugin (abf_plugin.so, with acl_plugin.so)"
+
     def forget(self) -> None:
         self._groups = None
 
@@ -155,11 +166,9 @@ class Rules:
 
     def apply(self, change: Change) -> None:
         """One plan step (see the module docstring: make the group so)."""
-        if not self.available:
-            raise InvalidObject(
-                f"{change.obj}: VPP has no ABF plugin (abf_plugin.so), or the API "
-                f"definitions in {self.channel.api_dir} lack abf.api.json"
-            )
+        missing = self.missing()
+        if missing is not None:
+            raise InvalidObject(f"{change.obj}: {missing}")
         old, new = change.old, change.new
         if new is not None:
             assert isinstance(new, Rule)

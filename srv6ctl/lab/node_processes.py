@@ -60,19 +60,24 @@ def _agent_argv(ctx: LabContext, node: NodeRecord) -> list[str]:
         str(RESYNC_SECONDS),
         "--dataplane",
         ctx.state.options.dataplane,
-        *_vpp_agent_args(node),
+        *_vpp_agent_args(ctx, node),
         # Several agents on one host: each takes a free port (`lab status` shows it).
         "--metrics-address",
         "127.0.0.1:0",
     ]
 
 
-def _vpp_agent_args(node: NodeRecord) -> list[str]:
+def _vpp_agent_args(ctx: LabContext, node: NodeRecord) -> list[str]:
     if node.vpp_api_socket is None:
         return []
     args = ["--vpp-api-socket", node.vpp_api_socket]
     if node.vpp_stats_socket is not None:
         args += ["--vpp-stats-socket", node.vpp_stats_socket]
+    # The running VPP's own definitions: ../shared/vpp-api has no abf.api.json, and an
+    # agent without it programs no NodePorts.
+    api_dir = vpp.own_api_dir(ctx.state.vpp_binary) if ctx.state.vpp_binary else None
+    if api_dir is not None:
+        args += ["--vpp-api-dir", api_dir]
     return args
 
 

@@ -22,8 +22,7 @@ def kernel_problem() -> str | None:
 def check_requirements(options: LabOptions) -> None:
     """Refuse early, with the reason, what the build would fail on half way."""
     if options.dataplane == "vpp":
-        vpp.find_binary()
-        vpp.check_client()
+        vpp.check_client(vpp.find_binary())
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, veth pairs, SRv6 routes)")
     for tool, why in (("ip", "iproute2"), ("nft", "nftables: the pods' port rewrites")):

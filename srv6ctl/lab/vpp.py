@@ -2,11 +2,14 @@
 
 Each node's VPP runs inside the node's network namespace with a startup config the lab
 writes into the node's directory (`<state dir>/<node>/vpp/`): no DPDK (plugins off but
-af_packet, ping, acl and memif), 4 KiB pages only (no hugepages to reserve), `poll-sleep-usec` so an
-idle VPP does not spin a core, and its API, stats and CLI sockets, its runtime directory
-and its log in that directory. Its shared-memory API segment is named after the lab's
-prefix and the node (`/dev/shm/<prefix>-<node>-*`); VPP removes it when it exits, and
-`remove_leftovers` does for one that was killed.
+af_packet, ping, acl, abf and memif), 4 KiB pages only (no hugepages to reserve),
+`poll-sleep-usec` so an idle VPP does not spin a core, and its API, stats and CLI
+sockets, its runtime directory and its log in that directory. Its shared-memory API
+segment is named after the lab's prefix and the node (`/dev/shm/<prefix>-<node>-*`); VPP
+removes it when it exits, and `remove_leftovers` does for one that was killed. Its agent
+speaks the API definitions the binary ships (`own_api_dir`): they are the running VPP's
+own, and they have abf.api.json, which NodePorts need (VPP's ABF plugin programs the
+`Rule`s).
 
 The node's uplink (`eth0`, its veth to the underlay bridge) belongs to VPP, as a NIC
 would on a real node: the startup config's CLI script makes it an af_packet interface
@@ -35,8 +38,15 @@ from srv6ctl.lab.state import ProcessRecord
 
 BIN_ENV = "SRV6CTL_VPP_BIN"
 PLUGINS_ENV = "SRV6CTL_VPP_PLUGIN_PATH"
-# Pod and uplink ports; ICMP echo; NetworkPolicy (the agent's ACLs); memif pods (CNFs).
-PLUGINS = ("af_packet_plugin.so", "ping_plugin.so", "acl_plugin.so", "memif_plugin.so")
+# Pod and uplink ports; ICMP echo; NetworkPolicy (the agent's ACLs); NodePorts (`Rule`s
+# are ACL-based forwarding); memif pods (CNFs).
+PLUGINS = (
+    "af_packet_plugin.so",
+    "ping_plugin.so",
+    "acl_plugin.so",
+    "abf_plugin.so",
+    "memif_plugin.so",
+)
 UPLINK = "eth0"
 READY_TIMEOUT = 30.0
 SHM_SUFFIXES = ("-global_vm", "-vpe-api")  # what api-segment { prefix P } puts in /dev/shm
@@ -81,13 +91,13 @@ def find_binary() -> str:
     return found
 
 
-def check_client() -> None:
+def check_client(binary: str) -> None:
     """The agents talk to VPP through vpp-papi and the API definitions of VPP 25.10."""
     try:
         import vpp_papi  # noqa: F401  # here, not above: only asks whether it is installed
     except ImportError as err:
         raise NoVpp("--dataplane vpp: vpp-papi is not installed (pip install vpp-papi)") from err
-    if find_api_dir() is None:
+    if own_api_dir(binary) is None and find_api_dir() is None:
         raise NoVpp(
             f"--dataplane vpp: no VPP API definitions (*.api.json): set ${API_DIR_ENV}, "
             "or install VPP's (/usr/share/vpp/api)"
@@ -102,6 +112,16 @@ def plugin_path(binary: str) -> str | None:
         return explicit
     found = next(Path(binary).resolve().parent.parent.glob("lib*/**/vpp_plugins"), None)
     return str(found) if found is not None else None
+
+
+def own_api_dir(binary: str) -> str | None:
+    """The API definitions `binary` ships (`share/vpp/api` of its install: a build tree's
+    or /usr/share/vpp/api of a package), unless `$SRV6CTL_VPP_API_DIR` names others; None
+    then, or without any (the agent's own search decides: vpp_api.find_api_dir)."""
+    if os.environ.get(API_DIR_ENV):
+        return None
+    found = Path(binary).resolve().parent.parent / "share" / "vpp" / "api"
+    return str(found) if find_api_dir(found) is not None else None
 
 
 @dataclass(frozen=True)

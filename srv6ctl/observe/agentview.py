@@ -108,6 +108,9 @@ class AgentView:
     stats: Mapping[str, int]
     metrics: str | None = None  # the agent's /metrics URL, when it serves one
     dataplane: str = "kernel"  # or "vpp": the node's kernel then forwards no pod traffic
+    # Why its dataplane programs no `Rule`s (NodePorts), or None when it does (or the agent
+    # predates the answer).
+    no_rules: str | None = None
 
     def policy(self, owner: str) -> SrPolicy | None:
         """The policy render labelled `owner` (e.g. "svc/default/web/v6")."""
@@ -158,4 +161,14 @@ def view(api_socket: str, *, with_drift: bool = True) -> AgentView:
         stats=stats,
         metrics=status.get("metrics"),
         dataplane=str(status.get("dataplane", "kernel")),
+        no_rules=no_rules_reason(status.get("capabilities")),
     )
+
+
+def no_rules_reason(capabilities: Mapping[str, Any] | None) -> str | None:
+    """Why an agent's dataplane programs no `Rule`s, from its status' "capabilities" (its
+    note on rules); None when it does, or when the agent does not say."""
+    if not capabilities or capabilities.get("rules", True):
+        return None
+    notes = [str(n) for n in capabilities.get("notes", ())]
+    return next((n for n in notes if "rule" in n), "its dataplane cannot program rules")

@@ -112,7 +112,16 @@ class ExternalChecks:
         if tcp_port is None or udp_port is None:
             return
         ports = (tcp_port, udp_port)
-        for family in (f for f in (6, 4) if service.cluster_ip(f) is not None):
+        families = [f for f in (6, 4) if service.cluster_ip(f) is not None]
+        # A node whose dataplane cannot steer by port serves no NodePort (render leaves
+        # them out): nothing to check, and the reason is the node's, not a failure.
+        unable = [f"{n.name}: {n.agent.no_rules}" for n in self.topo.nodes if n.agent.no_rules]
+        if unable:
+            for family in families:
+                name = _node_port_check(service, ports, family)
+                self.report.skip(GROUP, name, unable[0] + _more(unable))
+            return
+        for family in families:
             problems: list[str] = []
             shown: list[str] = []
             for node in self.state.nodes:
@@ -125,10 +134,7 @@ class ExternalChecks:
                 found, spread = self._node_port(family, address, ports, expected, backends)
                 problems += [f"via {node.name}: {p}" for p in found]
                 shown.append(f"{node.name}: {spread if expected else 'none (no backend there)'}")
-            name = (
-                f"external client → {service.name} NodePort {tcp_port}/TCP {udp_port}/UDP "
-                f"on every node (IPv{family})"
-            )
+            name = _node_port_check(service, ports, family)
             detail = f"backends saw {self.address[family]} (the client's own address); "
             detail += "; ".join(shown)
             self.report.add(GROUP, name, not problems, "; ".join(problems[:3]) or detail)
@@ -237,6 +243,17 @@ def _ports(count: int) -> list[int]:
 
 def _show(address: IPAddress) -> str:
     return f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
+
+
+def _node_port_check(service: ServiceInfo, ports: tuple[int, int], family: int) -> str:
+    return (
+        f"external client → {service.name} NodePort {ports[0]}/TCP {ports[1]}/UDP "
+        f"on every node (IPv{family})"
+    )
+
+
+def _more(items: list[str]) -> str:
+    return f" (and {len(items) - 1} more nodes)" if len(items) > 1 else ""
 
 
 def _spread(counts: Counter[str]) -> str:

@@ -58,7 +58,8 @@ from srv6ctl.dataplane.model import (
 )
 from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.dataplane.vpp import VppBackend
-from srv6ctl.dataplane.vpp_api import API_DIR_ENV, find_api_dir
+from srv6ctl.dataplane.vpp_api import find_api_dir
+from srv6ctl.lab import vpp as lab_vpp
 from srv6ctl.lab.vpp import BIN_ENV, plugin_path
 from tests.support.netns import run
 
@@ -224,10 +225,8 @@ def own_api_dir() -> str | None:
     """The API definitions the VPP of `SRV6CTL_VPP_BIN` ships (`share/vpp/api` of its
     install), unless `SRV6CTL_VPP_API_DIR` says which: ../shared/vpp-api holds only some
     plugins' (no abf), and a test of another plugin needs the binary's own."""
-    if os.environ.get(API_DIR_ENV) or not os.environ.get(BIN_ENV):
-        return None
-    found = Path(os.environ[BIN_ENV]).resolve().parent.parent / "share" / "vpp" / "api"
-    return str(found) if any(found.glob("**/*.api.json")) else None
+    binary = os.environ.get(BIN_ENV)
+    return lab_vpp.own_api_dir(binary) if binary else None
 
 
 @pytest.fixture(scope="module")
