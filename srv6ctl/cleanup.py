@@ -4,8 +4,9 @@ The agent itself never tears its dataplane down — on SIGTERM it cannot tell an
 from an uninstall, and pods must keep working across restarts. Uninstalling therefore
 ends with this command on each node (deploy/README.md runs it as a one-shot DaemonSet):
 it removes, by ownership mark only, the SRv6 routes and nexthops (protocol 92), the encap
-source, the pods' node-side routes (protocol 106), the SID device, the CNI config and
-executable, and the agent's local state. Foreign routes are never touched.
+source, the ip rules (protocol 92; the kernel's local rule goes back to priority 0), the
+pods' node-side routes (protocol 106), the SID device, the host loop, the CNI config and
+executable, and the agent's local state. Foreign routes and rules are never touched.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pyroute2 import IPRoute
 
 from srv6ctl.dataplane.kernel import KernelBackend
 from srv6ctl.dataplane.kernel_codec import VRF_DEVICE_PREFIX
-from srv6ctl.dataplane.model import NodeConfig
+from srv6ctl.dataplane.model import HOST_LOOP_DEVICE, NodeConfig
 from srv6ctl.dataplane.nsenter import run_in_netns
 from srv6ctl.dataplane.reconcile import plan
 
@@ -42,9 +43,10 @@ def _pod_routes_and_device(report: CleanupReport) -> None:
                     continue
                 ipr.route("del", **_route_key(route))
                 report.pod_routes += 1
-        for index in ipr.link_lookup(ifname=SID_DEVICE):
-            ipr.link("del", index=index)
-            report.devices.append(SID_DEVICE)
+        for name in (SID_DEVICE, HOST_LOOP_DEVICE):  # the loop's peer goes with it
+            for index in ipr.link_lookup(ifname=name):
+                ipr.link("del", index=index)
+                report.devices.append(name)
         # The VRF devices the kernel backend made for End.DT4/DT46 (srv6vrf<table>).
         for link in ipr.get_links():
             name = link.get_attr("IFLA_IFNAME")

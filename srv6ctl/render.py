@@ -70,8 +70,13 @@ for an address that is not its own: the one conntrack entry of such a flow lives
 pod that serves it, and the reply leaves from `N:nodePort` straight to the client. Rules
 need the backend's `Capabilities.rules`; without it NodePorts are not rendered.
 
-Not rendered yet: loadBalancerSourceRanges and sessionAffinity; NetworkPolicy is compiled
-elsewhere (srv6ctl/policy_programs.py).
+loadBalancerSourceRanges (of the load balancer IPs' family; kube-proxy applies them to
+load balancer IPs only) move those IPs' steering into the service's table too, reached
+through a `Rule` `from range to VIP` per range, and leave a BLACKHOLE for the VIP in the
+main table: other sources are dropped, in the cluster too, as kube-proxy drops them.
+
+Not rendered yet: sessionAffinity; NetworkPolicy is compiled elsewhere
+(srv6ctl/policy_programs.py).
 """
 
 from __future__ import annotations
@@ -85,6 +90,8 @@ from typing import NamedTuple, TypeAlias, cast
 
 from ipam6.plan import AddressPlan, PodSids
 from srv6ctl.dataplane.model import (
+    HOST_LOOP_DEVICE,
+    HOST_LOOP_GATEWAY,
     MAIN_TABLE,
     Capabilities,
     DataplaneObject,
@@ -94,6 +101,7 @@ from srv6ctl.dataplane.model import (
     EndDT6,
     EndDX4,
     EndDX6,
+    IPNetwork,
     IPv6Address,
     LocalSid,
     NodeConfig,
@@ -125,6 +133,8 @@ from srv6ctl.state import (
 # table, which holds `local <ClusterIP>` for each service with a host-network endpoint on
 # the node — the main table cannot, it steers the ClusterIP into the service's policy.
 HOST_SERVICES_TABLE = 93
+# The host loop's table (model.HOST_LOOP_DEVICE): the local locator, for locally made packets.
+HOST_LOOP_TABLE = 94
 # Service i's own table (NodePort steerings), after every table a node is likely to use:
 # 0x5C (92, our protocol) in the top byte, the service index below.
 SERVICE_TABLE_BASE = 0x5C00_0000
@@ -489,12 +499,24 @@ class Renderer:
         ]
         if self._local_dt4:
             sids.append(EndDT4(plan.dt4_sid(node_id), table=self._inputs.pod_table_v4))
+        routes: tuple[Route, ...] = ()
+        rules: tuple[Rule, ...] = ()
+        caps = self._inputs.capabilities
+        if caps.host_loop and caps.rules:
+            # The node's own packets to its own SIDs (its stack's connections to a Service
+            # backend here, to a NodePort of its own address) go round the host loop and
+            # come back in, where the SIDs act: only those (`iif lo`: locally made).
+            locator = plan.locator(node_id)
+            loop = Route(
+                locator, via=HOST_LOOP_GATEWAY, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE
+            )
+            routes, rules = (loop,), (Rule(locator, HOST_LOOP_TABLE, iif="lo"),)
         local = self._state.node(self._node)
         if local is not None and local.internal_ipv6 is not None:
             self._encap_source = local.internal_ipv6
         else:
             self._encap_source = plan.end_sid(node_id)
-        return Fragment(local_sids=tuple(sids))
+        return Fragment(local_sids=tuple(sids), routes=routes, rules=rules)
 
     def _remote_node(self, name: str) -> tuple[Node, int] | None:
         """A remote node we can reach: known, with an ID and an InternalIPv6 to route via."""
@@ -702,8 +724,33 @@ class Renderer:
             # away from this node), and rejects it otherwise, as for a ClusterIP.
             local = service.external_traffic_policy == "Local"
             empty = RouteKind.BLACKHOLE if local else RouteKind.PROHIBIT
-            self._serve(service, family, vips, bsid, ext_sids, empty, out, external=True)
             service_index = self._service_index(bsids)
+            ranges = self._source_ranges(service, family)
+            open_vips = [v for v in vips if not ranges or v not in service.load_balancer_ips]
+            self._serve(service, family, open_vips, bsid, ext_sids, empty, out, external=True)
+            if ranges:
+                # loadBalancerSourceRanges: the load balancer IPs are served from the
+                # service's table, to the allowed sources only; anyone else's packets
+                # find the main table's blackhole (kube-proxy drops them too).
+                fenced_vips = [v for v in vips if v in service.load_balancer_ips]
+                fenced = [_host(v) for v in fenced_vips]
+                out.routes.extend(Route(host, kind=RouteKind.BLACKHOLE) for host in fenced)
+            if ranges and service_index is not None and self._inputs.capabilities.rules:
+                table = SERVICE_TABLE_BASE + service_index
+                self._serve(
+                    service,
+                    family,
+                    fenced_vips,
+                    bsid,
+                    ext_sids,
+                    empty,
+                    out,
+                    external=True,
+                    table=table,
+                )
+                out.rules.extend(
+                    Rule(host, table, source=source) for host in fenced for source in ranges
+                )
             if node_address is not None and service_index is not None:
                 # Without BSIDs yet, no rule: the node's own stack refuses the port.
                 table = SERVICE_TABLE_BASE + service_index
@@ -741,6 +788,13 @@ class Renderer:
         if local is None or not self._inputs.capabilities.rules:
             return None
         return local.internal_ipv6 if family == 6 else local.internal_ipv4
+
+    def _source_ranges(self, service: Service, family: int) -> tuple[IPNetwork, ...]:
+        """The service's loadBalancerSourceRanges of `family` (none of a family leaves that
+        family's load balancer IPs open: kube-proxy filters the ranges by family). Where
+        they cannot be enforced (no rules in the backend, no BSIDs yet) the load balancer
+        IPs get only their blackhole: closed, never open to everyone."""
+        return tuple(r for r in service.load_balancer_source_ranges if r.version == family)
 
     def _service_index(self, bsids: tuple[IPv6Address, IPv6Address | None] | None) -> int | None:
         """The service's index in the plan (its BSID says it); None without BSIDs yet."""

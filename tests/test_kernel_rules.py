@@ -169,6 +169,27 @@ def test_a_source_rule_admits_only_its_range_and_a_table_change_is_applied(
     assert _rules(node, "-6")[0]["priority"] == 0
 
 
+def test_a_rule_by_input_interface_matches_only_the_nodes_own_packets(
+    wired: tuple[Netns, Netns],
+) -> None:
+    """`iif lo` (the host loop's rule): the node's own connections follow the table, a
+    client's packets to the same destination do not."""
+    node, client = wired
+    backend = KernelBackend(node.name, configure_sysctls=False)
+    if not backend.capabilities.rules:
+        pytest.skip(f"this kernel: {backend.capabilities.notes}")
+    host = ipaddress.ip_network(f"{NODE6}/128")
+    desired = NodeConfig(
+        routes=frozenset({Route(host, kind=RouteKind.PROHIBIT, table=TABLE)}),
+        rules=frozenset({Rule(host, TABLE, "TCP", NODE_PORT, iif="lo")}),
+    )
+    _apply(backend, desired)
+    assert backend.dump() == desired
+    assert _connect(node, NODE6, NODE_PORT) in (errno.EACCES, errno.EHOSTUNREACH)
+    assert _connect(client, NODE6, NODE_PORT) == 0
+    _apply(backend, NodeConfig())
+
+
 def test_cleanup_removes_the_rules_and_puts_the_local_rule_back(
     wired: tuple[Netns, Netns],
 ) -> None:

@@ -20,6 +20,8 @@ from hypothesis.stateful import (
 
 from ipam6.plan import AddressPlan, PodSids
 from srv6ctl.dataplane.model import (
+    HOST_LOOP_DEVICE,
+    HOST_LOOP_GATEWAY,
     Capabilities,
     DataplaneObject,
     EncapMode,
@@ -37,7 +39,9 @@ from srv6ctl.dataplane.model import (
     SrPolicy,
     Steering,
 )
+from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.render import (
+    HOST_LOOP_TABLE,
     HOST_SERVICES_TABLE,
     SERVICE_TABLE_BASE,
     PodInterface,
@@ -151,6 +155,22 @@ def test_three_node_ipv6_cluster_node_sids_routes_and_node_policies() -> None:
         EndDT6(V6("fcbb:bb00:2::7"), table=HOST_SERVICES_TABLE),
     }
     assert policy("fcbb:bb00:2::2000:1", "fcbb:bb00:1::6") in other.policies
+
+
+def test_with_a_host_loop_the_local_locator_goes_round_it_for_locally_made_packets() -> None:
+    state = state_of(node(1), node(2))
+    looped = dataclasses.replace(KERNEL, host_loop=True)
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2], capabilities=looped))
+    locator = IPV6_ONLY.locator(1)
+    assert Rule(locator, HOST_LOOP_TABLE, iif="lo") in config.rules
+    assert (
+        Route(locator, via=HOST_LOOP_GATEWAY, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE)
+        in config.routes
+    )
+    # Only this node's locator; without the loop, nothing of it.
+    assert not [r for r in config.rules if r.destination == IPV6_ONLY.locator(2)]
+    plain = render(state, "node-1", inputs(IPV6_ONLY, [1, 2]))
+    assert not plain.rules and not [r for r in plain.routes if r.table == HOST_LOOP_TABLE]
 
 
 def test_a_node_without_internal_ipv6_is_not_routed_and_sources_from_its_end_sid() -> None:
@@ -542,6 +562,34 @@ def test_node_ports_need_rules_and_follow_the_nodes_own_address() -> None:
     assert Rule("2001:db8::101/128", SERVICE_TABLE_BASE + 1, "TCP", NODE_PORT) in delta.added
     assert Rule("2001:db8::1/128", SERVICE_TABLE_BASE + 1, "TCP", NODE_PORT) in delta.removed
     assert renderer.config() == render(state, "node-1", renderer.inputs)
+
+
+def test_load_balancer_source_ranges_admit_only_their_sources_to_the_lb_ips() -> None:
+    allowed = ipaddress.ip_network("2001:db8:c::/48")
+    state, web, _ = web_cluster(
+        type="LoadBalancer",
+        load_balancer_ips=(V6(LB_IP),),
+        external_ips=(V6(EXTERNAL_IP),),
+        load_balancer_source_ranges=(allowed, ipaddress.ip_network("198.51.100.0/24")),
+    )
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))
+    table = SERVICE_TABLE_BASE + 1
+    lb = ipaddress.ip_network(f"{LB_IP}/128")
+    # The LB IP: served from the service's table to the range only (the IPv4 range has
+    # no IPv6 VIP to guard); everyone else finds the blackhole.
+    assert config.rules == {Rule(lb, table, source=allowed)}
+    assert Steering(lb, V6(WEB_BSID), table) in config.steerings
+    assert Route(lb, kind=RouteKind.BLACKHOLE) in config.routes
+    # externalIPs and the ClusterIP are not the load balancer's: left open, as kube-proxy.
+    assert steer(f"{EXTERNAL_IP}/128", WEB_BSID) in config.steerings
+    assert steer("fd00:96::1/128", WEB_BSID) in config.steerings
+    # Without rules the ranges cannot be enforced: the LB IP is closed, never open to all.
+    without = inputs(
+        IPV6_ONLY, [1, 2, 3], {web: 1}, capabilities=Capabilities(behaviours=KERNEL.behaviours)
+    )
+    config = render(state, "node-1", without)
+    assert not config.rules and not [s for s in config.steerings if s.prefix == lb]
+    assert Route(lb, kind=RouteKind.BLACKHOLE) in config.routes
 
 
 def test_a_vip_is_steered_once_and_never_when_it_is_a_nodes_or_a_pods_address() -> None:
@@ -1050,6 +1098,7 @@ class IncrementalRender(RuleBasedStateMachine):
         etp=st.sampled_from(["Cluster", "Local"]),
         other_proxy=st.booleans(),
         node_port=st.booleans(),  # the API server gives each service its own
+        ranges=st.sampled_from([(), ("2001:db8:c::/48",), ("2001:db8:c::/48", "10.1.0.0/16")]),
     )
     def upsert_service(
         self,
@@ -1063,6 +1112,7 @@ class IncrementalRender(RuleBasedStateMachine):
         etp: str,
         other_proxy: bool,
         node_port: bool,
+        ranges: tuple[str, ...],
     ) -> None:
         j = SERVICE_NAMES.index(name) + 1
         proxy = {"service.kubernetes.io/service-proxy-name": "x"} if other_proxy else {}
@@ -1081,6 +1131,7 @@ class IncrementalRender(RuleBasedStateMachine):
             # Every service shares these VIPs: steered once per service, the first wins.
             load_balancer_ips=tuple(ipaddress.ip_address(v) for v in vips),
             external_traffic_policy=etp,
+            load_balancer_source_ranges=tuple(ipaddress.ip_network(r) for r in ranges),
             labels=Labels(proxy),
         )
         self._apply(self.state.upsert_service(updated))
@@ -1219,6 +1270,11 @@ class IncrementalRender(RuleBasedStateMachine):
     def incremental_equals_full(self) -> None:
         incremental = self.renderer.config()
         assert incremental == render(self.state, LOCAL, self.inputs)
+        # And services render to what a backend can hold: no two routes, steerings or
+        # rules claim one key. (Pods are left out: the machine may give two pods one
+        # address, which ipam6 never does.)
+        services = dataclasses.replace(incremental, pods=frozenset(), local_sids=frozenset())
+        plan(services, NodeConfig())
         assert set(incremental.objects()) == self.applied
         # One attachment per pod interface (wired before or after the API showed it), or
         # plan would refuse the config. (Other kinds can collide here: the machine may give

@@ -32,6 +32,7 @@ to change must make none); `writes_by_type` splits them by message type.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import ipaddress
@@ -46,6 +47,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
+from pyroute2 import IPRoute
 from pyroute2.netlink import (
     CTRL_CMD_GETFAMILY,
     GENL_ID_CTRL,
@@ -56,6 +58,7 @@ from pyroute2.netlink import (
     ctrlmsg,
     nlmsg,
 )
+from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from srv6ctl.dataplane import netlink_seg6 as nl
@@ -97,6 +100,9 @@ from srv6ctl.dataplane.kernel_rules import (
     rule_dump,
 )
 from srv6ctl.dataplane.model import (
+    HOST_LOOP_DEVICE,
+    HOST_LOOP_GATEWAY,
+    HOST_LOOP_PEER,
     KINDS,
     Capabilities,
     Change,
@@ -117,7 +123,7 @@ from srv6ctl.dataplane.netlink_channel import (
     NetlinkError,
     Request,
 )
-from srv6ctl.dataplane.nsenter import SysctlResult, ensure_sysctls
+from srv6ctl.dataplane.nsenter import SysctlResult, ensure_sysctls, run_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +148,7 @@ NEXTHOP_DEVICE = "lo"
 # Plans touching this many objects are compiled on a second thread while being sent: below
 # it, a thread costs more than the overlap gains (an agent's incremental steps are small).
 STREAM_FROM = 1000
+_IFA_F_NODAD = 0x02
 _SWITCH_INTERVAL = 50e-6
 
 # What the dataplane needs in the namespace. `net.ipv6.route.max_size` is left alone: since
@@ -242,6 +249,10 @@ class KernelBackend:
         self._seg6_family: int | None = None
         self._inventory: Inventory | None = None
         self._ensure_sid_device(sid_device)
+        if self.capabilities.rules:
+            self.capabilities = dataclasses.replace(
+                self.capabilities, host_loop=self._ensure_host_loop()
+            )
         self._seg6_channel()  # now, not in the first apply (a socket and a family lookup)
         self.sysctls = SysctlResult()
         if configure_sysctls:
@@ -431,6 +442,53 @@ class KernelBackend:
         self._ensure_link(
             name, [(f"SID device {name} ({k})", new_link(name, k, alias)) for k in SID_DEVICE_KINDS]
         )
+
+    def _ensure_host_loop(self) -> bool:
+        """The veth pair HOST_LOOP_DEVICE ↔ HOST_LOOP_PEER, up, with HOST_LOOP_GATEWAY on
+        the peer: what the node's own stack sends to its own SIDs (a host-network client
+        reaching a Service backend on its node, a NodePort of its own address) leaves
+        through the first end and comes back in through the second, as input, where the
+        seg6local routes act (on output they would send it out of the SID device, lost).
+        Idempotent; False, logged, where the kernel refuses it."""
+
+        def create() -> None:
+            with IPRoute() as ipr:
+                if not ipr.link_lookup(ifname=HOST_LOOP_DEVICE):
+                    ipr.link("add", ifname=HOST_LOOP_DEVICE, kind="veth", peer=HOST_LOOP_PEER)
+
+        def address_and_up() -> None:
+            with IPRoute() as ipr:
+                (peer,) = ipr.link_lookup(ifname=HOST_LOOP_PEER)
+                gateway = str(HOST_LOOP_GATEWAY)
+                held = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=peer, family=6)}
+                if gateway not in held:
+                    ipr.addr("add", index=peer, address=gateway, prefixlen=64, flags=_IFA_F_NODAD)
+                for name in (HOST_LOOP_DEVICE, HOST_LOOP_PEER):
+                    (index,) = ipr.link_lookup(ifname=name)
+                    ipr.link("set", index=index, state="up")
+
+        try:
+            run_in_netns(self.netns, create)
+            # Before the pair is up: no DAD, so that the gateway answers at once and the
+            # first end's link-local (the source of its solicitations) is never tentative.
+            # IPv4 in SRv6 comes back with the node's own address as its source, which
+            # End.DX4's route lookup on the second end refuses as a martian unless that
+            # end accepts local sources (it only ever carries the node's own packets).
+            loop_sysctls = {
+                f"net/ipv6/conf/{n}/accept_dad": "0" for n in (HOST_LOOP_DEVICE, HOST_LOOP_PEER)
+            }
+            loop_sysctls[f"net/ipv4/conf/{HOST_LOOP_PEER}/accept_local"] = "1"
+            loop_sysctls[f"net/ipv4/conf/{HOST_LOOP_PEER}/rp_filter"] = "0"
+            ensure_sysctls(self.netns, loop_sysctls)
+            run_in_netns(self.netns, address_and_up)
+        except (Pyroute2Error, NetlinkError, OSError, ValueError) as err:
+            log.warning(
+                "netns %s: no host loop (%s): the node's own packets to its own SIDs are lost",
+                self.netns,
+                err,
+            )
+            return False
+        return True
 
     def _ensure_vrfs(self, changes: Iterable[Change]) -> None:
         """The VRF device of each table an End.DT4/DT46 being added decapsulates into, and

@@ -1,8 +1,8 @@
 """The kernel shape of a `Rule`: an ip rule (RTM_NEWRULE), both ways, without I/O.
 
-`Rule(destination, table, protocol, port, source)` becomes
+`Rule(destination, table, protocol, port, source, iif)` becomes
 
-    pref RULE_PRIORITY [from source] to destination [ipproto P dport N] lookup table
+    pref RULE_PRIORITY [from source] to destination [ipproto P dport N] [iif I] lookup table
 
 with our protocol (FRA_PROTOCOL, kernel 4.17+, as are FRA_IP_PROTO and FRA_DPORT_RANGE),
 which is how a dump tells ours from anyone's.
@@ -71,6 +71,8 @@ def rule_message(rule: Rule, protocol: int) -> bytes:
         attrs.append(w.u8(FRA["FRA_IP_PROTO"], IP_PROTOCOLS[rule.protocol]))
     if rule.port:
         attrs.append(w.attr(FRA["FRA_DPORT_RANGE"], _PORT_RANGE.pack(rule.port, rule.port)))
+    if rule.iif:
+        attrs.append(w.attr(FRA["FRA_IIFNAME"], rule.iif.encode() + b"\0"))
     source_len = 0 if source is None else source.prefixlen
     head = _header(destination.version, destination.prefixlen, source_len, rule.table)
     return head + b"".join(attrs)
@@ -114,10 +116,12 @@ def parse_rule(msg_type: int, data: bytes) -> RuleMessage | None:
     table = attrs.uint(FRA["FRA_TABLE"]) or table
     priority = attrs.uint(FRA["FRA_PRIORITY"]) or 0
     protocol = attrs.uint(FRA["FRA_PROTOCOL"]) or 0
-    extra = ("FRA_IIFNAME", "FRA_OIFNAME", "FRA_FWMARK", "FRA_GOTO", "FRA_SPORT_RANGE")
+    extra = ("FRA_OIFNAME", "FRA_FWMARK", "FRA_GOTO", "FRA_SPORT_RANGE")
     matches = any(FRA[name] in attrs for name in extra) or action != FR_ACT_TO_TBL
     destination = attrs.ip(FRA["FRA_DST"])
-    plain = not matches and destination is None and FRA["FRA_SRC"] not in attrs
+    iif_raw = attrs.raw(FRA["FRA_IIFNAME"])
+    iif = "" if iif_raw is None else iif_raw.split(b"\0", 1)[0].decode()
+    plain = not matches and not iif and destination is None and FRA["FRA_SRC"] not in attrs
     rule = None
     if destination is not None and not matches and table:
         source_address = attrs.ip(FRA["FRA_SRC"])
@@ -138,6 +142,7 @@ def parse_rule(msg_type: int, data: bytes) -> RuleMessage | None:
                     source=None
                     if source_address is None
                     else ipaddress.ip_network((source_address, src_len)),
+                    iif=iif,
                 )
             except ValueError:
                 rule = None  # a shape the model cannot say (e.g. a port without a protocol)

@@ -27,6 +27,13 @@ MAIN_TABLE = 254
 # <MEMIF_DIR>/<pod uid>/memif.sock, a directory the pod mounts (README, "memif pods").
 MEMIF = "memif"
 MEMIF_DIR = "/run/srv6ctl/memif"
+# The node's own traffic to its own SIDs needs an input path (a seg6local route acts on
+# input only): a veth pair inside the node, whose first end routes the locator back in
+# through the second (README, "Host-network clients"). `Capabilities.host_loop` says a
+# backend has it; render then routes the locator through it for locally made packets.
+HOST_LOOP_DEVICE = "srv6lp0"
+HOST_LOOP_PEER = "srv6lp1"
+HOST_LOOP_GATEWAY = ipaddress.IPv6Address("fe80::5c")  # on HOST_LOOP_PEER
 
 
 def v6(value: str | int | IPv6Address) -> IPv6Address:
@@ -292,6 +299,7 @@ class Rule:
     protocol: str = ""  # "" (any), or one of PROTOCOLS
     port: int = 0  # destination port; 0: any (a port needs a protocol)
     source: IPNetwork | None = None
+    iif: str = ""  # only packets that came in on this interface; "lo": the node's own
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "destination", net(self.destination))
@@ -315,8 +323,8 @@ class Rule:
             )
 
     @property
-    def key(self) -> tuple[str, IPNetwork, IPNetwork | None, str, int]:
-        return ("rule", self.destination, self.source, self.protocol, self.port)
+    def key(self) -> tuple[str, IPNetwork, IPNetwork | None, str, int, str]:
+        return ("rule", self.destination, self.source, self.protocol, self.port, self.iif)
 
 
 @dataclass(frozen=True)
@@ -602,6 +610,7 @@ class Capabilities:
     resilient_groups: bool = False
     sid_counters: bool = False
     rules: bool = False  # `Rule`s (kernel 4.17+: ip rules by protocol and port; VPP: ABF)
+    host_loop: bool = False  # HOST_LOOP_DEVICE is there (the kernel backend makes it)
     notes: tuple[str, ...] = field(default=())  # why something is missing, for humans
 
 

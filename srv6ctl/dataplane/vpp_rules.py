@@ -172,6 +172,9 @@ class Rules:
         old, new = change.old, change.new
         if new is not None:
             assert isinstance(new, Rule)
+            if new.iif:
+                # ABF attaches to interfaces, and this backend has no host loop to need it.
+                raise InvalidObject(f"{new}: a rule by input interface is not offered by VPP")
             vpp_table(new.table)  # a table VPP cannot hold fails before anything is written
             group = group_of(new)
             rules = dict(self._rules_of(group))

@@ -65,6 +65,8 @@ from srv6ctl.lab.shape import (
     PROBE_INDEX_V4,
     PROBE_INDEX_V6,
     SERVICES,
+    STRANGER_INDEX_V4,
+    STRANGER_INDEX_V6,
     node_addresses,
     underlay_v4,
     underlay_v6,
@@ -160,10 +162,22 @@ class Lab:
             netns.add_bridge(state.underlay_netns, state.bridge)
             netns.add_netns(state.probe_netns)
             addresses = [f"{underlay_v6(PROBE_INDEX_V6)}/64"]
+            strangers = [f"{underlay_v6(STRANGER_INDEX_V6)}/64"]
             if options.dual_stack:
                 addresses.append(f"{underlay_v4(PROBE_INDEX_V4)}/24")
+                strangers.append(f"{underlay_v4(STRANGER_INDEX_V4)}/24")
             netns.attach(
                 state.underlay_netns, state.bridge, "probe", state.probe_netns, "eth0", addresses
+            )
+            # The client's second address, for loadBalancerSourceRanges to refuse:
+            # deprecated (preferred_lft 0), so that no connection picks it as its source
+            # unless it binds it.
+            netns.ip_batch(
+                state.probe_netns,
+                [
+                    f"addr add {a} dev eth0 preferred_lft 0" + (" nodad" if ":" in a else "")
+                    for a in strangers
+                ],
             )
             if options.dataplane == "vpp":
                 # The probe is also the external client: its frames must carry their
@@ -262,6 +276,7 @@ class Lab:
                     external_traffic_policy=shape.external_traffic_policy,
                     health_check_node_port=shape.health_check_node_port,
                     node_ports=list(shape.node_ports),
+                    source_ranges=[r for r in shape.source_ranges if _family(r) in families],
                 )
             )
         return state

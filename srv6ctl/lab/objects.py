@@ -128,6 +128,8 @@ def service_object(service: ServiceRecord) -> dict[str, Any]:
         spec["externalIPs"] = list(service.external_ips)
     if service.type == "LoadBalancer":
         spec["externalTrafficPolicy"] = service.external_traffic_policy
+        if service.source_ranges:
+            spec["loadBalancerSourceRanges"] = list(service.source_ranges)
         if service.health_check_node_port:
             spec["healthCheckNodePort"] = service.health_check_node_port
         # What a load balancer controller (MetalLB, a cloud's) writes once it announces

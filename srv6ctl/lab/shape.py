@@ -14,6 +14,9 @@ from srv6ctl.lab.state import NodeRecord
 UNDERLAY_V6 = ipaddress.IPv6Network("fd00:ff::/64")  # ULA: never routed off the lab
 UNDERLAY_V4 = ipaddress.IPv4Network("192.0.2.0/24")  # TEST-NET-1 (RFC 5737)
 PROBE_INDEX_V6, PROBE_INDEX_V4 = 0xFFFF, 254
+# A second address of the external client, outside every loadBalancerSourceRanges: the
+# source the ranges must refuse.
+STRANGER_INDEX_V6, STRANGER_INDEX_V4 = 0xFFFE, 253
 PLAN_V6 = {"podCIDRv6": "fd00:10::/48", "serviceCIDRv6": "fd00:96::/108"}
 PLAN_V4 = {"podCIDRv4": "10.128.0.0/14", "serviceCIDRv4": "10.96.0.0/16"}
 # External VIPs (LoadBalancer ingress IPs, externalIPs): outside every lab prefix, routed
@@ -38,6 +41,7 @@ class LabService:
     # One per lab service port (lab/objects.SERVICE_PORTS), in its order: a LoadBalancer
     # gets node ports too (allocateLoadBalancerNodePorts defaults to true).
     node_ports: tuple[int, ...] = ()
+    source_ranges: tuple[str, ...] = ()  # loadBalancerSourceRanges
 
 
 SERVICES = (
@@ -64,6 +68,8 @@ SERVICES = (
         external_traffic_policy="Local",
         health_check_node_port=32100,
         node_ports=(31080, 31081, 31007, 31008),
+        # The external client's own addresses only: its second one is refused.
+        source_ranges=(f"{UNDERLAY_V6[PROBE_INDEX_V6]}/128", f"{UNDERLAY_V4[PROBE_INDEX_V4]}/32"),
     ),
 )
 BACKEND_SERVICE = "web"

@@ -85,6 +85,7 @@ class ServiceRecord(_Model):
     external_traffic_policy: str = "Cluster"
     health_check_node_port: int = 0
     node_ports: list[int] = []  # one per lab service port (lab/objects.SERVICE_PORTS)
+    source_ranges: list[str] = []  # loadBalancerSourceRanges
 
     @property
     def label(self) -> str:

@@ -26,6 +26,7 @@ import functools
 import json
 import math
 import os
+import random
 import socket
 import subprocess
 import time
@@ -71,6 +72,9 @@ class Connectivity:
         web = next((s for s in self.topo.services if s.backends), None)
         if web is not None:
             self.five_tuple(web)
+            for family in (6, 4):
+                if web.cluster_ip(family) is not None:
+                    self.host_network(web, family)
 
     # --- pod → pod -----------------------------------------------------------------------------
 
@@ -218,6 +222,38 @@ class Connectivity:
         self.report.add(GROUP, f"{label}: spread over the backends by weight", ok, detail)
         self._udp(service, family, clients)
         self._same_port(service, family, clients)
+
+    def host_network(self, service: ServiceInfo, family: int, flows: int = 20) -> None:
+        """A host-network client (the node's own namespace: kubelet probes, hostNetwork
+        pods) reaches the Service from every node, its own node's backends included:
+        those it reaches through the host loop (model.HOST_LOOP_DEVICE), since a SID acts
+        only on packets that come in."""
+        ip = service.cluster_ip(family)
+        label = f"host-network clients reach {service.name} from every node (IPv{family})"
+        if ip is None or any(n.agent.dataplane == "vpp" for n in self.topo.nodes):
+            self.report.skip(GROUP, label, "VPP lab: the node's kernel is not on the underlay")
+            return
+        names = {b.split("/", 1)[-1] for b in service.backends}
+        problems: list[str] = []
+        shown: list[str] = []
+        for node in self.topo.nodes:
+            if node.netns is None:
+                continue
+            # Source ports bound first: Linux looks a connection's route up before it
+            # picks an ephemeral port, so an unbound client's connections to one Service
+            # all hash to one backend (README, "Host-network clients").
+            sports = random.sample(range(20000, 30000), flows)
+            results = tcp_flows(node.netns, ip, SERVICE_HTTP_PORT, sports=sports)
+            problems += [f"{node.name}: lost: {f.error}" for f in failures(results)]
+            counts = Counter(a.pod for a in answers(results))
+            here = {p.short for p in self.topo.pods_on(node.name) if p.short in names}
+            problems += [
+                f"{node.name}: its own {n} never reached" for n in sorted(here - set(counts))
+            ]
+            shown.append(
+                f"{node.name}: " + ", ".join(f"{n} {c}" for n, c in sorted(counts.items()))
+            )
+        self.report.add(GROUP, label, not problems, "; ".join(problems[:3]) or "; ".join(shown))
 
     def hairpin(self, service: ServiceInfo, family: int, flows: int = 60) -> None:
         """A backend's own connections to its Service (issue 17: etcd, Cassandra seeds,

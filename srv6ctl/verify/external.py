@@ -20,6 +20,9 @@ real TCP connections and UDP datagrams it checks, per service, VIP and family:
   and the client saw the answer come from the node's address and the nodePort; under
   Cluster the flows entering each node spread over every backend, under Local they are
   answered only by that node's backends and a node without one answers nothing.
+- loadBalancerSourceRanges: the client's second address, outside the ranges, gets no
+  answer from the load balancer IPs (its flows from the allowed address are the VIP
+  checks above).
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ from srv6ctl.dataplane.model import IPAddress
 from srv6ctl.lab.external import health_check, route_external
 from srv6ctl.lab.netns import ip
 from srv6ctl.lab.objects import HTTP_PORT, SERVICE_HTTP_PORT
-from srv6ctl.lab.shape import PROBE_INDEX_V4, PROBE_INDEX_V6, underlay_v4, underlay_v6
+from srv6ctl.lab.shape import (
+    PROBE_INDEX_V4,
+    PROBE_INDEX_V6,
+    STRANGER_INDEX_V4,
+    STRANGER_INDEX_V6,
+    underlay_v4,
+    underlay_v6,
+)
 from srv6ctl.lab.state import LabState
 from srv6ctl.verify.connectivity import Findings
 from srv6ctl.verify.flows import Result, answers, failures, tcp_flows, udp_flows
@@ -65,6 +75,8 @@ class ExternalChecks:
         for service in self.topo.services:
             if service.node_ports:
                 self.node_ports(service)
+            if service.source_ranges:
+                self.source_ranges(service)
 
     # --- every VIP, from the external client --------------------------------------------
 
@@ -102,6 +114,33 @@ class ExternalChecks:
                 strangers.append(f"{answer.pod} answered, not a backend here")
             found.add(answer, "the external client", self.address[family], str(vip), HTTP_PORT)
         return [*strangers, *found.all]
+
+    # --- loadBalancerSourceRanges ------------------------------------------------------------
+
+    def source_ranges(self, service: ServiceInfo) -> None:
+        stranger = {6: underlay_v6(STRANGER_INDEX_V6), 4: underlay_v4(STRANGER_INDEX_V4)}
+        for vip in service.load_balancer_ips:
+            family = vip.version
+            ranges = [r for r in service.source_ranges if r.version == family]
+            if not ranges:
+                continue
+            # Short timeouts: every one of these is meant to go unanswered.
+            refused = tcp_flows(
+                self.client, vip, SERVICE_HTTP_PORT, 5, timeout=1.0, source=stranger[family]
+            )
+            allowed = tcp_flows(self.client, vip, SERVICE_HTTP_PORT, 5, source=self.address[family])
+            problems = [f"{a.pod} answered {stranger[family]}" for a in answers(refused)]
+            problems += [f"allowed source lost: {f.error}" for f in failures(allowed)]
+            shown = ", ".join(str(r) for r in ranges)
+            name = (
+                f"{service.name} loadBalancerSourceRanges {shown}: "
+                f"{_show(vip)} refuses {stranger[family]}"
+            )
+            detail = (
+                f"{len(refused)} flows from {stranger[family]} unanswered; "
+                f"{len(answers(allowed))}/{len(allowed)} from {self.address[family]} answered"
+            )
+            self.report.add(GROUP, name, not problems, "; ".join(problems[:3]) or detail)
 
     # --- NodePorts --------------------------------------------------------------------------
 

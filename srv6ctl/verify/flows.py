@@ -66,9 +66,11 @@ def tcp_flows(
     *,
     sports: list[int] | None = None,
     timeout: float = 3.0,
+    source: str | None = None,
 ) -> list[Result]:
     """`count` TCP connections (one each from a distinct source port; ephemeral ones
-    unless `sports` are given), each reading the server's one-line answer."""
+    unless `sports` are given; from `source`, else the address the kernel picks), each
+    reading the server's one-line answer."""
     family = _family(dst)
     total = len(sports) if sports is not None else count
     socks = sockets_in(netns, lambda: socket.socket(family, socket.SOCK_STREAM), total)
@@ -77,10 +79,11 @@ def tcp_flows(
         sport = 0
         try:
             sock.settimeout(timeout)
-            if sports is not None:
+            if sports is not None or source is not None:
                 # Reusing a 4-tuple whose last connection is in TIME_WAIT on our side.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", sports[i]))
+                anywhere = "::" if family == socket.AF_INET6 else "0.0.0.0"
+                sock.bind((source or anywhere, sports[i] if sports is not None else 0))
             sock.connect((str(dst), port))
             sport = int(sock.getsockname()[1])
             peer = sock.getpeername()

@@ -26,6 +26,7 @@ from srv6ctl.dataplane.model import (
     EndDX4,
     EndDX6,
     IPAddress,
+    IPNetwork,
     IPv6Address,
     SrPolicy,
 )
@@ -130,6 +131,8 @@ class ServiceInfo:
     health_check_node_port: int = 0
     # (protocol, service port) → nodePort (the lab's; a node knows no intent)
     node_ports: dict[tuple[str, int], int] = field(default_factory=dict)
+    load_balancer_ips: list[IPAddress] = field(default_factory=list)
+    source_ranges: list[IPNetwork] = field(default_factory=list)  # loadBalancerSourceRanges
 
     def cluster_ip(self, family: int) -> IPAddress | None:
         return self.cluster_ipv6 if family == 6 else self.cluster_ipv4
@@ -239,6 +242,8 @@ def from_lab(state_dir: str) -> tuple[Topology, object]:
             },
             external_traffic_policy=s.external_traffic_policy,
             health_check_node_port=s.health_check_node_port,
+            load_balancer_ips=[ipaddress.ip_address(a) for a in s.load_balancer_ips],
+            source_ranges=[ipaddress.ip_network(r) for r in s.source_ranges],
             node_ports={
                 (protocol, port): node_port
                 for (_, port, _, protocol), node_port in zip(
