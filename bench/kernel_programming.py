@@ -43,9 +43,10 @@ IP` rule in `KUBE-SERVICES`; nftables `service-nodeports` elements, `external-*`
 `service-ips` elements for the ingress IPs (no loadBalancerSourceRanges, so no `firewall-*`
 chains). `ip -batch` adds `vip/128 nhid G` per ingress IP. Ours programs the ClusterIP
 objects plus, per LoadBalancer service, one more steering `vip/128` into the service's SR
-policy — how the agent is to render LB VIPs (issue 17); that is what ours measures with
-`--mix`. NodePort services cost ours nothing yet: the agent does not render them (TODO,
-issue 17), so with `--mix` the comparison favours ours by that much.
+policy, as the agent renders LB VIPs, and per NodePort service what the agent renders for
+it (srv6ctl/render.py): a steering of the node's address into the service's policy in
+the service's own table, and a rule `to <node address> ipproto tcp dport <nodePort>
+lookup <that table>` (behind the kernel backend's gate; kernel_rules.py).
 
 Needs root, iproute2, ip6tables-restore (Debian package `iptables`) and nft (`nftables`).
 Only creates and deletes its own namespaces; after deleting one it waits until the CPUs
@@ -310,7 +311,18 @@ def iptables_restore_input(services: Sequence[Service]) -> tuple[str, int]:
 
 
 def desired_config(services: Sequence[Service]) -> Any:
-    from srv6ctl.dataplane.model import NodeConfig, Route, SegmentList, SrPolicy, Steering
+    from srv6ctl.dataplane.model import (
+        NodeConfig,
+        Route,
+        Rule,
+        SegmentList,
+        SrPolicy,
+        Steering,
+    )
+    from srv6ctl.render import SERVICE_TABLE_BASE
+
+    node = ipaddress.IPv6Network(f"{UPLINK_ADDRESS.split('/')[0]}/128")
+    node_ports = [svc for svc in services if svc.node_port is not None]
 
     return NodeConfig(
         encap_source=ipaddress.IPv6Address(UPLINK_ADDRESS.split("/")[0]),
@@ -325,17 +337,26 @@ def desired_config(services: Sequence[Service]) -> Any:
             for svc in services
         ),
         # A LoadBalancer Service's ingress IP is one more steering into the Service's
-        # policy (how the agent will render LB VIPs, issue 17).
-        # TODO(issue 17): NodePort Services: the agent does not render them yet; program
-        # them here as the agent will, so that --mix measures them for ours too.
+        # policy; a NodePort Service's node address one more, in the service's table.
         steerings=frozenset(
-            Steering(
-                prefix=ipaddress.IPv6Network(f"{address}/128"),
-                bsid=ipaddress.IPv6Address(svc.bsid),
-            )
-            for svc in services
-            for address in (svc.cluster_ip, svc.lb_ip)
-            if address is not None
+            [
+                Steering(
+                    prefix=ipaddress.IPv6Network(f"{address}/128"),
+                    bsid=ipaddress.IPv6Address(svc.bsid),
+                )
+                for svc in services
+                for address in (svc.cluster_ip, svc.lb_ip)
+                if address is not None
+            ]
+            + [
+                Steering(node, ipaddress.IPv6Address(svc.bsid), SERVICE_TABLE_BASE + svc.index)
+                for svc in node_ports
+            ]
+        ),
+        rules=frozenset(
+            Rule(node, SERVICE_TABLE_BASE + svc.index, "TCP", svc.node_port)
+            for svc in node_ports
+            if svc.node_port is not None
         ),
         routes=frozenset(
             {

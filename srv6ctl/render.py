@@ -81,6 +81,7 @@ Not rendered yet: sessionAffinity; NetworkPolicy is compiled elsewhere
 
 from __future__ import annotations
 
+import functools
 import gc
 import ipaddress
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -725,9 +726,21 @@ class Renderer:
             local = service.external_traffic_policy == "Local"
             empty = RouteKind.BLACKHOLE if local else RouteKind.PROHIBIT
             service_index = self._service_index(bsids)
+            # Its own table (node ports, source ranges); without BSIDs yet, none.
+            table = None if service_index is None else SERVICE_TABLE_BASE + service_index
+            serve_external = functools.partial(
+                self._serve,
+                service,
+                family,
+                bsid=bsid,
+                sids=ext_sids,
+                empty=empty,
+                out=out,
+                external=True,
+            )
             ranges = self._source_ranges(service, family)
             open_vips = [v for v in vips if not ranges or v not in service.load_balancer_ips]
-            self._serve(service, family, open_vips, bsid, ext_sids, empty, out, external=True)
+            serve_external(open_vips)
             if ranges:
                 # loadBalancerSourceRanges: the load balancer IPs are served from the
                 # service's table, to the allowed sources only; anyone else's packets
@@ -735,36 +748,14 @@ class Renderer:
                 fenced_vips = [v for v in vips if v in service.load_balancer_ips]
                 fenced = [_host(v) for v in fenced_vips]
                 out.routes.extend(Route(host, kind=RouteKind.BLACKHOLE) for host in fenced)
-            if ranges and service_index is not None and self._inputs.capabilities.rules:
-                table = SERVICE_TABLE_BASE + service_index
-                self._serve(
-                    service,
-                    family,
-                    fenced_vips,
-                    bsid,
-                    ext_sids,
-                    empty,
-                    out,
-                    external=True,
-                    table=table,
-                )
+            if ranges and table is not None and self._inputs.capabilities.rules:
+                serve_external(fenced_vips, table=table)
                 out.rules.extend(
                     Rule(host, table, source=source) for host in fenced for source in ranges
                 )
-            if node_address is not None and service_index is not None:
+            if node_address is not None and table is not None:
                 # Without BSIDs yet, no rule: the node's own stack refuses the port.
-                table = SERVICE_TABLE_BASE + service_index
-                self._serve(
-                    service,
-                    family,
-                    (node_address,),
-                    bsid,
-                    ext_sids,
-                    empty,
-                    out,
-                    external=True,
-                    table=table,
-                )
+                serve_external((node_address,), table=table)
                 host = _host(node_address)
                 out.rules.extend(
                     Rule(host, table, port.protocol, port.node_port)

@@ -17,7 +17,11 @@ import pytest
 
 from srv6ctl.cleanup import cleanup
 from srv6ctl.dataplane.kernel import POLICY_TABLE, InvalidObject, KernelBackend
-from srv6ctl.dataplane.kernel_rules import LOCAL_RULE_PRIORITY, RULE_PRIORITY
+from srv6ctl.dataplane.kernel_rules import (
+    GATE_PRIORITY,
+    LOCAL_RULE_PRIORITY,
+    PORT_RULE_PRIORITY,
+)
 from srv6ctl.dataplane.model import Change, NodeConfig, Op, Route, RouteKind, Rule
 from srv6ctl.dataplane.reconcile import plan
 from tests.support.netns import Netns, NetnsFactory, open_in
@@ -74,8 +78,22 @@ def _connect(ns: Netns, address: str, port: int, source: str | None = None) -> i
     return open_in(ns.name, attempt)
 
 
+def _backend(node: Netns) -> KernelBackend:
+    """The node's kernel backend; skips where the kernel has no rules by port."""
+    backend = KernelBackend(node.name, configure_sysctls=False)
+    if not backend.capabilities.rules:
+        pytest.skip(f"this kernel: {backend.capabilities.notes}")
+    return backend
+
+
 def _rules(ns: Netns, family: str) -> list[dict[str, object]]:
     return list(json.loads(ns.ip("-j", family, "rule", "show")))
+
+
+def _assert_local_rule_back(node: Netns, families: tuple[str, ...]) -> None:
+    for family in families:
+        shown = {(r["priority"], r.get("table")) for r in _rules(node, family)}
+        assert (0, "local") in shown and (LOCAL_RULE_PRIORITY, "local") not in shown
 
 
 def _apply(backend: KernelBackend, desired: NodeConfig) -> None:
@@ -86,9 +104,7 @@ def test_a_node_port_rule_steers_only_its_port_and_the_local_rule_moves_and_retu
     wired: tuple[Netns, Netns],
 ) -> None:
     node, client = wired
-    backend = KernelBackend(node.name, configure_sysctls=False)
-    if not backend.capabilities.rules:
-        pytest.skip(f"this kernel: {backend.capabilities.notes}")
+    backend = _backend(node)
     assert _connect(client, NODE6, NODE_PORT) == 0  # before: the node's own stack answers
     desired = NodeConfig(
         routes=frozenset(
@@ -112,7 +128,10 @@ def test_a_node_port_rule_steers_only_its_port_and_the_local_rule_moves_and_retu
         shown = {(r["priority"], r.get("table"), r.get("protocol")) for r in _rules(node, family)}
         assert (0, "local", "kernel") not in shown
         assert (LOCAL_RULE_PRIORITY, "local", "92") in shown
-        assert any(p == RULE_PRIORITY and t == str(TABLE) for p, t, _ in shown)
+        assert any(p == PORT_RULE_PRIORITY and t == str(TABLE) for p, t, _ in shown)
+        # The gate sends every packet not to the node's address past the port rules.
+        (gate,) = [r for r in _rules(node, family) if r["priority"] == GATE_PRIORITY]
+        assert "not" in gate and gate["dst"] in (NODE6, NODE4), gate
     # The node port's traffic follows the table (a prohibit route: refused), every other
     # port still reaches the node's own stack, both families.
     for address in (NODE6, NODE4):
@@ -123,9 +142,7 @@ def test_a_node_port_rule_steers_only_its_port_and_the_local_rule_moves_and_retu
         assert _connect(node, address, OTHER_PORT) == 0
     _apply(backend, NodeConfig())
     assert backend.dump() == NodeConfig()
-    for family in ("-6", "-4"):
-        shown = {(r["priority"], r.get("table")) for r in _rules(node, family)}
-        assert (0, "local") in shown and (LOCAL_RULE_PRIORITY, "local") not in shown
+    _assert_local_rule_back(node, ("-6", "-4"))
     assert _connect(client, NODE6, NODE_PORT) == 0
 
 
@@ -133,9 +150,7 @@ def test_a_source_rule_admits_only_its_range_and_a_table_change_is_applied(
     wired: tuple[Netns, Netns],
 ) -> None:
     node, client = wired
-    backend = KernelBackend(node.name, configure_sysctls=False)
-    if not backend.capabilities.rules:
-        pytest.skip(f"this kernel: {backend.capabilities.notes}")
+    backend = _backend(node)
     # Everything to NODE6:NODE_PORT is refused in `refuse`, except from CLIENT6, whose
     # rule (more specific: it has a source) sends it to an empty table, so it falls
     # through to the local lookup. Both at one priority: the key keeps them apart.
@@ -175,9 +190,7 @@ def test_a_rule_by_input_interface_matches_only_the_nodes_own_packets(
     """`iif lo` (the host loop's rule): the node's own connections follow the table, a
     client's packets to the same destination do not."""
     node, client = wired
-    backend = KernelBackend(node.name, configure_sysctls=False)
-    if not backend.capabilities.rules:
-        pytest.skip(f"this kernel: {backend.capabilities.notes}")
+    backend = _backend(node)
     host = ipaddress.ip_network(f"{NODE6}/128")
     desired = NodeConfig(
         routes=frozenset({Route(host, kind=RouteKind.PROHIBIT, table=TABLE)}),
@@ -194,9 +207,7 @@ def test_cleanup_removes_the_rules_and_puts_the_local_rule_back(
     wired: tuple[Netns, Netns],
 ) -> None:
     node, client = wired
-    backend = KernelBackend(node.name, configure_sysctls=False)
-    if not backend.capabilities.rules:
-        pytest.skip(f"this kernel: {backend.capabilities.notes}")
+    backend = _backend(node)
     host = ipaddress.ip_network(f"{NODE6}/128")
     _apply(
         backend,
@@ -207,10 +218,9 @@ def test_cleanup_removes_the_rules_and_puts_the_local_rule_back(
     )
     # Someone deletes our rule by hand: our moved local rule is stray, and an empty plan
     # (what cleanup applies when nothing else of ours is left) still puts it back.
-    node.ip("-6", "rule", "del", "pref", str(RULE_PRIORITY))
+    node.ip("-6", "rule", "del", "pref", str(PORT_RULE_PRIORITY))
     cleanup(f"/var/run/netns/{node.name}")
-    shown = {(r["priority"], r.get("table")) for r in _rules(node, "-6")}
-    assert (0, "local") in shown and (LOCAL_RULE_PRIORITY, "local") not in shown
+    _assert_local_rule_back(node, ("-6",))
     assert KernelBackend(node.name, configure_sysctls=False).dump() == NodeConfig()
     assert _connect(client, NODE6, NODE_PORT) == 0
 
@@ -219,9 +229,7 @@ def test_a_rule_into_a_reserved_table_is_refused_before_any_write(
     wired: tuple[Netns, Netns],
 ) -> None:
     node, _ = wired
-    backend = KernelBackend(node.name, configure_sysctls=False)
-    if not backend.capabilities.rules:
-        pytest.skip(f"this kernel: {backend.capabilities.notes}")
+    backend = _backend(node)
     bad = Rule(f"{NODE6}/128", POLICY_TABLE, "TCP", NODE_PORT)
     with pytest.raises(InvalidObject, match="not a table rules may name"):
         backend.apply([Change(Op.ADD, new=bad)])

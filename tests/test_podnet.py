@@ -3,11 +3,14 @@ alone and under the NetworkPolicy table that relies on the rewrite's placement."
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import ipaddress
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 
 from policies import model
 from policies.compiler import compile_node
@@ -37,6 +40,28 @@ print(s.recv(100).decode(), s.getpeername()[1])
 S1_CT = "fd00:0096:0000:0000:0000:0000:0000:0011"  # S1 as /proc/net/nf_conntrack writes it
 
 PROGRAMMER = PodNetworkProgrammer([ipaddress.ip_network("fd00:96::/108")])
+
+
+@contextlib.contextmanager
+def _serving(pod: Netns, script: str) -> Iterator[None]:
+    """`script` running in `pod` until the block ends (it prints "up" once listening)."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", pod.name, sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "up"
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _ask(client: Netns, host: str, port: int) -> list[str]:
+    """The server's answer to one connection from `client`, split; ["refused"] if none."""
+    done = client.exec(sys.executable, "-c", CLIENT, host, str(port), check=False)
+    return done.stdout.split() if done.returncode == 0 else ["refused"]
 
 
 def _web_rules(allow: int) -> model.PodRules:
@@ -81,17 +106,8 @@ def test_each_clusterip_gets_its_own_rewrite_and_the_pod_ip_none(
     assert set(map(str, first.added)) == {S1, S2} and first.rewrites_replaced
     assert PROGRAMMER.sync(attachment).writes == 0  # unchanged: a read, no write
 
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", pod.name, sys.executable, "-c", SERVER],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "up"
-
-        def ask(host: str, port: int) -> list[str]:
-            done = client.exec(sys.executable, "-c", CLIENT, host, str(port), check=False)
-            return done.stdout.split() if done.returncode == 0 else ["refused"]
+    with _serving(pod, SERVER):
+        ask = functools.partial(_ask, client)
 
         # (listener port that answered, its local address, the port the client talked to):
         # the client sees port P, the server T.
@@ -117,9 +133,6 @@ def test_each_clusterip_gets_its_own_rewrite_and_the_pod_ip_none(
         assert ask("fd00:1::2", 80) == ["80", "fd00:1::2", "80"]
         backend.apply(netns, None)
         assert ask(S2, 80) == ["9090", S2, "80"]
-    finally:
-        server.kill()
-        server.wait()
 
     cleared = PROGRAMMER.clear(f"/var/run/netns/{pod.name}")
     assert set(map(str, cleared.removed)) == {S1, S2} and cleared.rewrites_replaced
@@ -159,17 +172,8 @@ def test_a_node_port_is_dnated_in_the_pod_and_answered_from_the_nodes_address(
         node_ports={("TCP", 6, 30080, 8080)},
     )
     assert PROGRAMMER.sync(attachment).rewrites_replaced
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", pod.name, sys.executable, "-c", SEEN],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "up"
-
-        def ask(host: str, port: int) -> list[str]:
-            done = client.exec(sys.executable, "-c", CLIENT, host, str(port), check=False)
-            return done.stdout.split() if done.returncode == 0 else ["refused"]
+    with _serving(pod, SEEN):
+        ask = functools.partial(_ask, client)
 
         # (the peer the pod saw, the pod's own address it answered on, the client's port)
         assert ask(NODE, 30080) == ["fd00:1::1", "fd00:1::2", "30080"]
@@ -182,9 +186,6 @@ def test_a_node_port_is_dnated_in_the_pod_and_answered_from_the_nodes_address(
         backend.apply(netns, _web_rules(allow=30080))
         assert ask(NODE, 30080) == ["refused"]
         backend.apply(netns, None)
-    finally:
-        server.kill()
-        server.wait()
     cleared = PROGRAMMER.clear(f"/var/run/netns/{pod.name}")
     assert cleared.rewrites_replaced
     assert "srv6ctl_svc" not in pod.exec("nft", "list", "tables").stdout

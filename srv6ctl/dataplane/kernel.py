@@ -95,8 +95,8 @@ from srv6ctl.dataplane.kernel_rules import (
     LOCAL_RULE_PRIORITY,
     LOCAL_TABLE,
     RTM_GETRULE,
-    RULE_PRIORITY,
     parse_rule,
+    priority_of,
     rule_dump,
 )
 from srv6ctl.dataplane.model import (
@@ -600,7 +600,9 @@ class KernelBackend:
                     continue
                 elif local and msg.priority == LOCAL_RULE_PRIORITY:
                     inventory.local_moved.add(version)
-                elif msg.rule is not None and msg.priority == RULE_PRIORITY:
+                elif msg.gate is not None:
+                    inventory.gates[version] = msg.gate
+                elif msg.rule is not None and msg.priority == priority_of(msg.rule):
                     inventory.rules[msg.rule.key] = msg.rule
 
     def _dump_routes(self, family: int) -> list[RouteMessage]:

@@ -55,10 +55,13 @@ from srv6ctl.dataplane.kernel_codec import (
 from srv6ctl.dataplane.kernel_rules import (
     LOCAL_RULE_PRIORITY,
     LOCAL_TABLE,
+    PORT_RULE_PRIORITY,
     RTM_DELRULE,
     RTM_NEWRULE,
     RTPROT_KERNEL,
+    gate_message,
     local_rule_message,
+    priority_of,
     rule_message,
 )
 from srv6ctl.dataplane.model import (
@@ -73,6 +76,7 @@ from srv6ctl.dataplane.model import (
     Change,
     DataplaneObject,
     EncapSource,
+    IPNetwork,
     IPv6Address,
     LocalSid,
     ObjectKind,
@@ -109,6 +113,7 @@ class Inventory:
     rules: dict[Any, Rule] = field(default_factory=dict)  # ours, by Rule.key
     local_moved: set[int] = field(default_factory=set)  # IP versions with our local rule
     kernel_local: set[int] = field(default_factory=set)  # … with the kernel's, at 0
+    gates: dict[int, IPNetwork] = field(default_factory=dict)  # IP version → gated address
 
     def copy(self) -> Inventory:
         return Inventory(
@@ -123,6 +128,7 @@ class Inventory:
             dict(self.rules),
             set(self.local_moved),
             set(self.kernel_local),
+            dict(self.gates),
         )
 
 
@@ -387,7 +393,16 @@ class _Compiler:
                 )
                 after.rules[key] = target
         wanted = {rule.destination.version for rule in after.rules.values()}
+        gated: dict[int, set[IPNetwork]] = {}
+        for rule in after.rules.values():
+            if priority_of(rule) == PORT_RULE_PRIORITY:
+                gated.setdefault(rule.destination.version, set()).add(rule.destination)
         for version in (6, 4):
+            gate = after.gates.get(version)
+            want = next(iter(gated[version])) if len(gated.get(version, ())) == 1 else None
+            if gate is not None and gate != want:
+                creates.add(RTM_DELRULE, 0, gate_message(gate, protocol), "delete gate", gate)
+                del after.gates[version]
             ours = local_rule_message(version, LOCAL_RULE_PRIORITY, protocol)
             kernels = local_rule_message(version, 0, RTPROT_KERNEL)
             if version in wanted and version not in after.local_moved:
@@ -402,6 +417,10 @@ class _Compiler:
                     after.kernel_local.add(version)
                 creates.add(RTM_DELRULE, 0, ours, "restore the local rule", version)
                 after.local_moved.discard(version)
+            if want is not None and after.gates.get(version) != want:
+                # After the local rule it jumps to (a goto to a missing rule is skipped).
+                creates.add(RTM_NEWRULE, _ADD, gate_message(want, protocol), "gate", want)
+                after.gates[version] = want
 
     # --- stages 2 and 3: what nothing uses any more ------------------------------------
 
