@@ -75,8 +75,11 @@ load balancer IPs only) move those IPs' steering into the service's table too, r
 through a `Rule` `from range to VIP` per range, and leave a BLACKHOLE for the VIP in the
 main table: other sources are dropped, in the cluster too, as kube-proxy drops them.
 
-Not rendered yet: sessionAffinity; NetworkPolicy is compiled elsewhere
-(srv6ctl/policy_programs.py).
+sessionAffinity ClientIP is a property of the service's policies (`SrPolicy.affinity`,
+its timeout): the backend picks a segment list by the client's address (README,
+"sessionAffinity"); a backend without `Capabilities.affinity` balances per flow.
+
+NetworkPolicy is compiled elsewhere (srv6ctl/policy_programs.py).
 """
 
 from __future__ import annotations
@@ -845,8 +848,14 @@ class Renderer:
             # The external policy's owner is not "svc/...": that names the ClusterIP's.
             kind = "svc-external" if external else "svc"
             owner = f"{kind}/{service.namespace}/{service.name}/v{family}"
-            out.policies[bsid] = SrPolicy(bsid, segment_lists, mode=self._mode, owner=owner)
+            out.policies[bsid] = SrPolicy(
+                bsid, segment_lists, mode=self._mode, owner=owner, affinity=self._affinity(service)
+            )
         out.steerings.extend(Steering(host, bsid, table) for host in hosts)
+
+    def _affinity(self, service: Service) -> int:
+        """sessionAffinity ClientIP's timeout where the backend can keep it, else 0."""
+        return service.affinity if self._inputs.capabilities.affinity else 0
 
     def _candidates(
         self, service: Service, slices: list[EndpointSlice], family: int

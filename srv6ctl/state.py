@@ -175,6 +175,9 @@ class Service:
     ports: tuple[ServicePort, ...] = ()
     type: str = "ClusterIP"
     session_affinity: str = "None"
+    # spec.sessionAffinityConfig.clientIP.timeoutSeconds (the API server's default; it is
+    # kept under ClientIP only, and 1..86400)
+    session_affinity_timeout: int = 10800
     internal_traffic_policy: str = "Cluster"
     traffic_distribution: str | None = None
     headless: bool = False  # clusterIP: None
@@ -192,6 +195,12 @@ class Service:
     @property
     def key(self) -> NamespacedName:
         return (self.namespace, self.name)
+
+    @property
+    def affinity(self) -> int:
+        """Seconds a client stays with the backend it was given (sessionAffinity
+        ClientIP); 0: every new connection is balanced on its own."""
+        return self.session_affinity_timeout if self.session_affinity == "ClientIP" else 0
 
     @property
     def proxied(self) -> bool:

@@ -209,6 +209,11 @@ class SrPolicy:
     segment_lists: tuple[SegmentList, ...]
     encap_source: IPv6Address | None = None
     mode: EncapMode = EncapMode.ENCAP
+    # sessionAffinity ClientIP: seconds a client's source address keeps the segment list
+    # it was given (0: each flow is hashed on its own). The kernel remembers the choice
+    # that long (nftables, kernel_affinity); VPP hashes the source address alone, which
+    # holds while the lists do (vpp_sr_codec.held_policy says so).
+    affinity: int = 0
     # e.g. "svc/default/web/v6": a label for telemetry, neither identity nor value, so it is
     # left out of equality: a backend cannot dump it back, and a restarted agent must not
     # replace every policy because its dump says owner="".
@@ -222,6 +227,8 @@ class SrPolicy:
         if not self.segment_lists:
             raise ValueError(f"policy {self.bsid} has no segment list")
         object.__setattr__(self, "segment_lists", tuple(sorted(self.segment_lists)))
+        if not 0 <= self.affinity <= 86400:
+            raise ValueError(f"policy {self.bsid}: affinity {self.affinity} s is not in 0..86400")
 
     @property
     def key(self) -> tuple[str, IPv6Address]:
@@ -611,6 +618,7 @@ class Capabilities:
     sid_counters: bool = False
     rules: bool = False  # `Rule`s (kernel 4.17+: ip rules by protocol and port; VPP: ABF)
     host_loop: bool = False  # HOST_LOOP_DEVICE is there (the kernel backend makes it)
+    affinity: bool = False  # `SrPolicy.affinity` (kernel: nftables and fwmark rules; VPP)
     notes: tuple[str, ...] = field(default=())  # why something is missing, for humans
 
 

@@ -99,6 +99,12 @@ class _Reader:
             raise self.error(path, f"{value!r} is not a port number")
         return value
 
+    def timeout(self, path: str, value: Any) -> int:
+        # sessionAffinityConfig.clientIP.timeoutSeconds: the API server admits 1..86400.
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 86400:
+            raise self.error(path, f"{value!r} is not a number of seconds in 1..86400")
+        return value
+
     def int_or_name(self, path: str, value: Any) -> int | str:
         # IntOrString: a JSON number is a port, a string is a port *name* (API validation
         # requires names to contain a letter, so "8080" as a string is still a name).
@@ -241,6 +247,9 @@ def service_from_json(obj: JSON) -> Service:
         for i, cidr in enumerate(r.items(spec, "loadBalancerSourceRanges"))
     )
     health_port = spec.get("healthCheckNodePort")
+    affinity_timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get(
+        "timeoutSeconds"
+    )
     return Service(
         uid=_uid(obj),
         namespace=r.namespace,
@@ -249,6 +258,9 @@ def service_from_json(obj: JSON) -> Service:
         ports=tuple(ports),
         type=str(spec.get("type") or "ClusterIP"),
         session_affinity=str(spec.get("sessionAffinity") or "None"),
+        session_affinity_timeout=10800
+        if affinity_timeout is None
+        else r.timeout("spec.sessionAffinityConfig.clientIP.timeoutSeconds", affinity_timeout),
         internal_traffic_policy=str(spec.get("internalTrafficPolicy") or "Cluster"),
         traffic_distribution=spec.get("trafficDistribution") or None,
         headless=headless,
