@@ -40,6 +40,7 @@ from srv6ctl.dataplane.model import (
     NodeConfig,
     Route,
     RouteKind,
+    Rule,
     SegmentList,
     SrPolicy,
     Steering,
@@ -378,3 +379,60 @@ def test_resilient_group_spreads_flows_by_weight_and_keeps_them(lab: Lab) -> Non
         assert lab.backend.counters()[policy].packets >= len(second)
     else:
         assert policy not in lab.backend.counters()
+
+
+# --- sessionAffinity ClientIP (kernel_affinity) ------------------------------------------
+
+
+@pytest.mark.kernel_srv6(vm=True)
+def test_affinity_keeps_a_client_on_one_list_and_survives_a_restart(lab: Lab) -> None:
+    a, b, c = "fcbb:bb00:2:0:1::a", "fcbb:bb00:3:0:1::b", "fcbb:bb00:4:0:1::c"
+    node_port = "2001:db8:1::1"  # the node's own address on in0: a NodePort, UDP 80
+    lists = (sl(a), sl(b, weight=2), sl(c))
+
+    def config(affinity: int) -> dict[str, Any]:
+        return {
+            "policies": [SrPolicy("fcbb:bb00::1", lists, affinity=affinity)],
+            "steerings": [
+                Steering("fd00:96::1/128", "fcbb:bb00::1"),
+                Steering(f"{node_port}/128", "fcbb:bb00::1", table=0x5C000001),
+            ],
+            "rules": [Rule(f"{node_port}/128", 0x5C000001, "UDP", 80)],
+        }
+
+    def placement(destination: str, source: str = CLIENT6) -> set[str]:
+        lab.send(*(udp6(destination, sport=port, src=source) for port in range(30000, 30060)))
+        frames = lab.received(count=60, timeout=5.0)
+        assert len(frames) >= 55
+        return {f[IPv6].dst for f in frames}
+
+    lab.program(**config(30))
+    assert lab.backend.capabilities.affinity
+    # 60 flows of one client: one list, the same for the ClusterIP and the NodePort (one
+    # choice per client per policy); other clients are spread over the lists.
+    (chosen,) = placement("fd00:96::1")
+    got = placement(node_port)
+    assert got == {chosen}, (
+        lab.node.exec("nft", "list", "ruleset").stdout
+        + lab.node.ip("-6", "rule", "show")
+        + lab.node.ip("-6", "route", "show", "table", "all")
+    )
+    others = set().union(*(placement("fd00:96::1", f"2001:db8:1::{n:x}") for n in range(3, 23)))
+    assert len(others) >= 2
+    assert "fwmark" in lab.node.ip("-6", "rule", "show")
+
+    # A restarted agent reads the affinity back (its timeout from the nft set) and keeps
+    # the clients it remembered.
+    with KernelBackend(lab.node.name) as again:
+        from srv6ctl.dataplane.reconcile import plan
+
+        wanted = NodeConfig(encap_source=NODE_SOURCE, routes=frozenset(BASE_ROUTES), **config(30))
+        assert again.dump() == wanted
+        assert plan(wanted, again.dump()) == []
+    assert placement("fd00:96::1") == {chosen}
+
+    # Without affinity one client's flows spread again, and nothing of it is left.
+    lab.program(**config(0))
+    assert len(placement("fd00:96::1")) >= 2
+    assert "fwmark" not in lab.node.ip("-6", "rule", "show")
+    assert "srv6ctl_affinity" not in lab.node.exec("nft", "list", "tables").stdout

@@ -424,6 +424,28 @@ def test_load_balancer_and_external_ips_are_steered_into_the_services_policy() -
     }
 
 
+def test_session_affinity_is_a_property_of_the_services_policies() -> None:
+    state, web, _ = web_cluster(
+        type="LoadBalancer",
+        load_balancer_ips=(V6(LB_IP),),
+        external_traffic_policy="Local",
+        session_affinity="ClientIP",
+        session_affinity_timeout=600,
+    )
+    config = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))
+    services = [p for p in config.policies if p.owner.startswith("svc")]
+    assert len(services) == 2  # the ClusterIP's, and the external one (Local)
+    assert {p.affinity for p in services} == {600}
+    assert {p.affinity for p in config.policies} == {0, 600}  # the nodes' own: none
+    # A backend that cannot keep it balances per flow; so does a service without it.
+    without = Capabilities(behaviours=KERNEL.behaviours, rules=True)
+    config = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}, capabilities=without))
+    assert {p.affinity for p in config.policies} == {0}
+    state.upsert_service(dataclasses.replace(web, session_affinity="None"))
+    config = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))
+    assert {p.affinity for p in config.policies} == {0}
+
+
 def test_external_traffic_policy_local_keeps_external_traffic_on_the_entry_node() -> None:
     state, web, _ = web_cluster(
         type="LoadBalancer", load_balancer_ips=(V6(LB_IP),), external_traffic_policy="Local"

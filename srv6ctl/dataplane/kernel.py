@@ -61,6 +61,8 @@ from pyroute2.netlink import (
 from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
+from policies.nftables import NftError, run_nft
+from srv6ctl.dataplane import kernel_affinity as affinity
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane.kernel_caps import KernelFeatures, probe_kernel
 from srv6ctl.dataplane.kernel_codec import (
@@ -94,6 +96,8 @@ from srv6ctl.dataplane.kernel_program import (
 from srv6ctl.dataplane.kernel_rules import (
     LOCAL_RULE_PRIORITY,
     LOCAL_TABLE,
+    MARK_BASE,
+    MARK_MASK,
     RTM_GETRULE,
     parse_rule,
     priority_of,
@@ -334,6 +338,10 @@ class KernelBackend:
                     raise ApplyError(failures)
             if compilation.sets_tunnel_source and tunnel_source is None:
                 self._set_tunnel_source(None)
+            if program.nft_script is not None:
+                # After the routes and rules: a mark with nowhere to go is harmless (the
+                # packet falls through to the usual lookups), so any order is safe.
+                run_nft(self.netns, ["-f", "-"], program.nft_script)
             self._inventory = program.inventory
 
     def _stream_creates(self, compilation: Compilation) -> Program:
@@ -555,6 +563,9 @@ class KernelBackend:
         ]
         for route in decoded:
             table, prefix = route.slot
+            if table & MARK_MASK == MARK_BASE and route.nh_id is not None:
+                inventory.mark_routes[route.slot] = route.nh_id  # kernel_affinity's
+                continue
             is_anchor = isinstance(prefix, ipaddress.IPv6Network) and prefix.prefixlen == 128
             if table != self._codec.policy_table or not is_anchor:
                 inventory.slot_refs[route.slot] = route.nh_id
@@ -563,6 +574,7 @@ class KernelBackend:
             inventory.anchor_refs[bsid] = route.nh_id
             if route.nh_id in inventory.groups:
                 inventory.anchors[bsid] = route.nh_id
+        sticky = self._affinity_table()
         path_of = {nh_id: SegmentPath(*path) for path, nh_id in inventory.paths.items()}
         lists: dict[tuple[SegmentPath, int], SegmentList] = {}  # shared: 10x fewer objects
         for bsid, group_id in inventory.anchors.items():
@@ -582,8 +594,18 @@ class KernelBackend:
                     segment_list = lists[p, weight] = SegmentList(p.segments, weight)
                 segment_lists.append(segment_list)
             inventory.policies[bsid] = SrPolicy(
-                bsid, tuple(segment_lists), encap_source=source, mode=mode
+                bsid,
+                tuple(segment_lists),
+                encap_source=source,
+                mode=mode,
+                affinity=sticky.timeouts.get(bsid, 0),
             )
+            if bsid in sticky.timeouts:
+                inventory.affine.add(bsid)
+        inventory.marks = {
+            key: mark for key, mark in sticky.marks.items() if key[0] in inventory.affine
+        }
+        inventory.nft_names = sticky.names
         self._load_rules(inventory)
         self._inventory = inventory
         return inventory, [r for r in decoded if r.slot[0] != self._codec.policy_table]
@@ -602,8 +624,24 @@ class KernelBackend:
                     inventory.local_moved.add(version)
                 elif msg.gate is not None:
                     inventory.gates[version] = msg.gate
+                elif msg.mark is not None:
+                    inventory.mark_rules.add((version, msg.mark))
+                elif msg.mark_gate:
+                    inventory.mark_gates.add(version)
                 elif msg.rule is not None and msg.priority == priority_of(msg.rule):
                     inventory.rules[msg.rule.key] = msg.rule
+
+    def _affinity_table(self) -> affinity.Held:
+        """What the sessionAffinity table holds (kernel_affinity); nothing without one."""
+        if not self.capabilities.affinity:
+            return affinity.Held(frozenset(), {}, {})
+        try:
+            listing = run_nft(self.netns, ["-j", "list", "table", "inet", affinity.TABLE])
+        except NftError as error:
+            if "No such file or directory" not in str(error):
+                raise
+            listing = ""
+        return affinity.parse_listing(listing)
 
     def _dump_routes(self, family: int) -> list[RouteMessage]:
         msgs = self._route.dump(nl.RTM_GETROUTE, self._codec.route_dump(family), parse_route)

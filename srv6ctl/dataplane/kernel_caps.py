@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pyroute2.netlink import NETLINK_ROUTE, NLM_F_CREATE, NLM_F_EXCL
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
+from policies.nftables import NftError, run_nft
+from srv6ctl.dataplane import kernel_affinity as affinity
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane.kernel_codec import (
     VRF_STRICT_MODE,
@@ -38,6 +40,7 @@ from srv6ctl.dataplane.kernel_codec import (
     vrf_link,
 )
 from srv6ctl.dataplane.kernel_rules import (
+    MARK_BASE,
     RTM_GETRULE,
     RTM_NEWRULE,
     parse_rule,
@@ -186,6 +189,7 @@ class _Probe:
         rules = self._rule()
         capabilities = Capabilities(
             rules=rules,
+            affinity=rules and self._affinity(),
             behaviours=frozenset(behaviours),
             flavours=all_flavours,
             encap_modes=modes,
@@ -300,6 +304,23 @@ class _Probe:
             return True
         self.notes.append(f"ip rules by protocol and port: unsupported ({error or 'ignored'})")
         return False
+
+    def _affinity(self) -> bool:
+        """sessionAffinity's nftables table (kernel_affinity): the nft tool, and a kernel
+        with dynamic sets with timeouts, numgen and route chains — loaded here whole."""
+        sticky = affinity.Sticky(
+            IPv6Address("fcbb:bb00:fffe::6"),
+            10,
+            (affinity.Choice(MARK_BASE + 1, 1, 1), affinity.Choice(MARK_BASE + 2, 2, 2)),
+            (affinity.Selector(ipaddress.ip_network("fd00:5c::1/128"), None, "TCP", 80),),
+        )
+        try:
+            run_nft(self.netns, ["-f", "-"], affinity.script({sticky.bsid: sticky}, ()))
+        except (NftError, OSError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            self.notes.append(f"sessionAffinity: unsupported, connections balanced ({reason})")
+            return False
+        return True
 
     def _write(self, request: Request) -> str | None:
         failures = self.channel.execute([request])

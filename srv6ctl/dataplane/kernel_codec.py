@@ -343,6 +343,10 @@ class Codec:
     def anchor(self, bsid: IPv6Address, group_id: int) -> bytes:
         return self._nexthop_route(self.policy_table, bsid.packed, 128, group_id)
 
+    def nexthop_route(self, table: int, prefix: IPNetwork, nh_id: int) -> bytes:
+        """A route in `table` to one nexthop of ours (sessionAffinity's mark tables)."""
+        return self._nexthop_route(table, prefix.network_address.packed, prefix.prefixlen, nh_id)
+
     def _nexthop_route(self, table: int, address: bytes, prefix_len: int, nh_id: int) -> bytes:
         """A route to a nexthop object; one `pack` (these are most of a large plan)."""
         v6 = len(address) == 16

@@ -41,7 +41,9 @@ from typing import Any
 
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE
 
+from srv6ctl.dataplane import kernel_affinity as affinity
 from srv6ctl.dataplane import netlink_seg6 as nl
+from srv6ctl.dataplane.kernel_affinity import MarkKey, Sticky
 from srv6ctl.dataplane.kernel_caps import KernelFeatures
 from srv6ctl.dataplane.kernel_codec import (
     Codec,
@@ -59,8 +61,11 @@ from srv6ctl.dataplane.kernel_rules import (
     RTM_DELRULE,
     RTM_NEWRULE,
     RTPROT_KERNEL,
+    anchor_message,
     gate_message,
     local_rule_message,
+    mark_gate_message,
+    mark_rule_message,
     priority_of,
     rule_message,
 )
@@ -68,6 +73,7 @@ from srv6ctl.dataplane.model import (
     ENCAP_SOURCE,
     KINDS,
     LOCAL_SID,
+    MAIN_TABLE,
     POD,
     POLICY,
     ROUTE,
@@ -114,6 +120,16 @@ class Inventory:
     local_moved: set[int] = field(default_factory=set)  # IP versions with our local rule
     kernel_local: set[int] = field(default_factory=set)  # … with the kernel's, at 0
     gates: dict[int, IPNetwork] = field(default_factory=dict)  # IP version → gated address
+    # sessionAffinity (kernel_affinity): policies with affinity; marks by (policy, list);
+    # what the nft table holds (None: not known since the last read, so it is rewritten);
+    # the names in it; each mark's table routes; the mark rules; families with the gate.
+    affine: set[IPv6Address] = field(default_factory=set)
+    marks: dict[MarkKey, int] = field(default_factory=dict)
+    sticky: dict[IPv6Address, Sticky] | None = None
+    nft_names: frozenset[str] = frozenset()
+    mark_routes: dict[Slot, int] = field(default_factory=dict)
+    mark_rules: set[tuple[int, int]] = field(default_factory=set)  # (IP version, mark)
+    mark_gates: set[int] = field(default_factory=set)  # IP versions with gate and anchor
 
     def copy(self) -> Inventory:
         return Inventory(
@@ -129,6 +145,13 @@ class Inventory:
             set(self.local_moved),
             set(self.kernel_local),
             dict(self.gates),
+            set(self.affine),
+            dict(self.marks),
+            None if self.sticky is None else dict(self.sticky),
+            self.nft_names,
+            dict(self.mark_routes),
+            set(self.mark_rules),
+            set(self.mark_gates),
         )
 
 
@@ -137,6 +160,7 @@ class Program:
     stages: list[Writes]  # the non-empty ones of: creates, unused groups, unused nexthops
     inventory: Inventory  # what the namespace holds once every stage succeeded
     tunnel_source: object = _UNCHANGED  # IPv6Address | None when the plan changes it
+    nft_script: str | None = None  # for the affinity table, run after the stages
 
     @property
     def sets_tunnel_source(self) -> bool:
@@ -287,11 +311,12 @@ class _Compiler:
         for slot, target in targets.slots.items():
             self._program_slot(slot, target)
             report()
+        nft_script = self._program_affinity(self._rules_after(targets.rules))
         self._program_rules(targets.rules)  # also puts a stray moved local rule back
         report(final=True)
         self._drop_unused()
         stages = [s for s in (creates, self.unused_groups, self.unused_nexthops) if s]
-        return Program(stages, self.after, targets.tunnel_source)
+        return Program(stages, self.after, targets.tunnel_source, nft_script)
 
     # --- policies: new nexthops, the group and its anchor ------------------------------
 
@@ -308,6 +333,10 @@ class _Compiler:
             self.creates.add(nl.RTM_NEWNEXTHOP, _REPLACE, msg, "group of policy", bsid)
         after.groups[group_id] = members
         after.policies[bsid] = policy
+        if policy.affinity:
+            after.affine.add(bsid)
+        else:
+            after.affine.discard(bsid)
         after.anchors[bsid] = group_id
         anchored = after.anchor_refs.get(bsid, _MISSING)
         if anchored != group_id:
@@ -354,6 +383,7 @@ class _Compiler:
             del after.anchor_refs[bsid]
         after.anchors.pop(bsid, None)
         after.policies.pop(bsid, None)
+        after.affine.discard(bsid)
 
     # --- local SIDs, routes and steerings ----------------------------------------------
 
@@ -372,11 +402,74 @@ class _Compiler:
         self.creates.add(nl.RTM_NEWROUTE, _REPLACE if owned else _ADD, msg, "", target)
         after.slot_refs[slot] = ref
 
+    # --- sessionAffinity: the marks' tables and the nft table (kernel_affinity) ---------
+
+    def _rules_after(self, rules: Mapping[Any, Rule | None]) -> list[Rule]:
+        """The rules the node holds once the plan's are in."""
+        final = dict(self.after.rules)
+        for key, target in rules.items():
+            if target is None:
+                final.pop(key, None)
+            else:
+                final[key] = target
+        return list(final.values())
+
+    def _program_affinity(self, rules: list[Rule]) -> str | None:
+        """Routes of the marks' tables (their rules follow in `_program_rules`); the nft
+        script when the table must change. Nothing to do for a node without affinity."""
+        after = self.after
+        if not (after.affine or after.sticky or after.mark_routes or after.nft_names):
+            return None
+        held = affinity.stickies(
+            after.policies,
+            after.affine,
+            after.anchors,
+            after.groups,
+            after.slot_refs,
+            rules,
+            MAIN_TABLE,
+            after.marks,
+        )
+        want = affinity.routes(held)
+        for slot in sorted(after.mark_routes.keys() - want.keys(), key=_slot_order):
+            what = f"{slot[1]} table {slot[0]:#x}"
+            msg = self.codec.route_delete(slot)
+            self.creates.add(nl.RTM_DELROUTE, 0, msg, "delete affinity route", what)
+            del after.mark_routes[slot]
+        for slot, nexthop in sorted(want.items(), key=lambda item: _slot_order(item[0])):
+            held_nexthop = after.mark_routes.get(slot)
+            if held_nexthop == nexthop:
+                continue
+            table, prefix = slot
+            msg = self.codec.nexthop_route(table, prefix, nexthop)
+            flags = _ADD if held_nexthop is None else _REPLACE
+            self.creates.add(nl.RTM_NEWROUTE, flags, msg, "affinity route", f"{prefix} {table:#x}")
+            after.mark_routes[slot] = nexthop
+        if held == after.sticky:
+            return None
+        script = affinity.script(held, after.nft_names)
+        after.sticky = held
+        after.nft_names = affinity.names(held)
+        return script
+
     # --- rules, and the local rule they need moved (kernel_rules) -----------------------
 
     def _program_rules(self, rules: Mapping[Any, Rule | None]) -> None:
         """Rules last in stage 1 (their tables' routes are in by then); the kernel has no
-        rule replace, so a changed rule is deleted and added again."""
+        rule replace, so a changed rule is deleted and added again. Mark rules that go
+        leave first, and new ones come last, so that the mark gate is never before the
+        kernel's own local rule (it would jump over it)."""
+        marks = affinity.mark_rules(self.after.sticky or {})
+        self._drop_mark_rules(marks)
+        self._sync_rules(rules)
+        wanted: set[int] = {version for version, _ in marks}
+        wanted.update(rule.destination.version for rule in self.after.rules.values())
+        for version in (6, 4):
+            self._sync_local(version, version in wanted)
+            self._sync_gate(version)
+        self._add_mark_rules(marks)
+
+    def _sync_rules(self, rules: Mapping[Any, Rule | None]) -> None:
         after, creates, protocol = self.after, self.creates, self.codec.protocol
         changed = [(key, target) for key, target in rules.items() if after.rules.get(key) != target]
         # Deletes first, and adds without NLM_F_EXCL: the kernel's "exists" test for rules
@@ -392,35 +485,67 @@ class _Compiler:
                     RTM_NEWRULE, NLM_F_CREATE, rule_message(target, protocol), "rule", target
                 )
                 after.rules[key] = target
-        wanted = {rule.destination.version for rule in after.rules.values()}
-        gated: dict[int, set[IPNetwork]] = {}
-        for rule in after.rules.values():
-            if priority_of(rule) == PORT_RULE_PRIORITY:
-                gated.setdefault(rule.destination.version, set()).add(rule.destination)
-        for version in (6, 4):
-            gate = after.gates.get(version)
-            want = next(iter(gated[version])) if len(gated.get(version, ())) == 1 else None
-            if gate is not None and gate != want:
-                creates.add(RTM_DELRULE, 0, gate_message(gate, protocol), "delete gate", gate)
-                del after.gates[version]
-            ours = local_rule_message(version, LOCAL_RULE_PRIORITY, protocol)
-            kernels = local_rule_message(version, 0, RTPROT_KERNEL)
-            if version in wanted and version not in after.local_moved:
-                creates.add(RTM_NEWRULE, _ADD, ours, "move the local rule", version)
-                after.local_moved.add(version)
-                if version in after.kernel_local:
-                    creates.add(RTM_DELRULE, 0, kernels, "move the local rule", version)
-                    after.kernel_local.discard(version)
-            elif version not in wanted and version in after.local_moved:
-                if version not in after.kernel_local:
-                    creates.add(RTM_NEWRULE, _ADD, kernels, "restore the local rule", version)
-                    after.kernel_local.add(version)
-                creates.add(RTM_DELRULE, 0, ours, "restore the local rule", version)
-                after.local_moved.discard(version)
-            if want is not None and after.gates.get(version) != want:
-                # After the local rule it jumps to (a goto to a missing rule is skipped).
-                creates.add(RTM_NEWRULE, _ADD, gate_message(want, protocol), "gate", want)
-                after.gates[version] = want
+
+    def _sync_local(self, version: int, wanted: bool) -> None:
+        """The family's local lookup: ours at LOCAL_RULE_PRIORITY while it has rules of
+        ours, the kernel's at 0 otherwise (make-before-break both ways)."""
+        after, creates, protocol = self.after, self.creates, self.codec.protocol
+        ours = local_rule_message(version, LOCAL_RULE_PRIORITY, protocol)
+        kernels = local_rule_message(version, 0, RTPROT_KERNEL)
+        if wanted and version not in after.local_moved:
+            creates.add(RTM_NEWRULE, _ADD, ours, "move the local rule", version)
+            after.local_moved.add(version)
+            if version in after.kernel_local:
+                creates.add(RTM_DELRULE, 0, kernels, "move the local rule", version)
+                after.kernel_local.discard(version)
+        elif not wanted and version in after.local_moved:
+            if version not in after.kernel_local:
+                creates.add(RTM_NEWRULE, _ADD, kernels, "restore the local rule", version)
+                after.kernel_local.add(version)
+            creates.add(RTM_DELRULE, 0, ours, "restore the local rule", version)
+            after.local_moved.discard(version)
+
+    def _sync_gate(self, version: int) -> None:
+        """The node ports' gate: when the family's port rules share one destination."""
+        after, creates, protocol = self.after, self.creates, self.codec.protocol
+        gated = {
+            rule.destination
+            for rule in after.rules.values()
+            if rule.destination.version == version and priority_of(rule) == PORT_RULE_PRIORITY
+        }
+        want = next(iter(gated)) if len(gated) == 1 else None
+        gate = after.gates.get(version)
+        if gate is not None and gate != want:
+            creates.add(RTM_DELRULE, 0, gate_message(gate, protocol), "delete gate", gate)
+            del after.gates[version]
+        if want is not None and after.gates.get(version) != want:
+            # After the local rule it jumps to (a goto to a missing rule is skipped).
+            creates.add(RTM_NEWRULE, _ADD, gate_message(want, protocol), "gate", want)
+            after.gates[version] = want
+
+    def _drop_mark_rules(self, marks: set[tuple[int, int]]) -> None:
+        after, creates, protocol = self.after, self.creates, self.codec.protocol
+        for version, mark in sorted(after.mark_rules - marks):
+            msg = mark_rule_message(version, mark, protocol)
+            creates.add(RTM_DELRULE, 0, msg, "delete mark rule", f"{mark:#x}")
+            after.mark_rules.discard((version, mark))
+        for version in sorted(after.mark_gates - {v for v, _ in marks}):
+            creates.add(RTM_DELRULE, 0, mark_gate_message(version, protocol), "delete", "gate")
+            creates.add(RTM_DELRULE, 0, anchor_message(version, protocol), "delete", "anchor")
+            after.mark_gates.discard(version)
+
+    def _add_mark_rules(self, marks: set[tuple[int, int]]) -> None:
+        after, creates, protocol = self.after, self.creates, self.codec.protocol
+        for version in sorted({v for v, _ in marks} - after.mark_gates):
+            # The anchor first (the gate goes to it), and the gate before any mark rule:
+            # rules of one priority keep their order of insertion.
+            creates.add(RTM_NEWRULE, _ADD, anchor_message(version, protocol), "anchor", version)
+            creates.add(RTM_NEWRULE, _ADD, mark_gate_message(version, protocol), "gate", version)
+            after.mark_gates.add(version)
+        for version, mark in sorted(marks - after.mark_rules):
+            msg = mark_rule_message(version, mark, protocol)
+            creates.add(RTM_NEWRULE, _ADD, msg, "mark rule", f"{mark:#x}")
+            after.mark_rules.add((version, mark))
 
     # --- stages 2 and 3: what nothing uses any more ------------------------------------
 
@@ -691,6 +816,11 @@ HANDLERS: Mapping[ObjectKind, KindHandler] = {
     RULE: _Rules(),
     **SLOT_HANDLERS,
 }
+
+
+def _slot_order(slot: Slot) -> tuple[int, int, int]:
+    table, prefix = slot
+    return (table, prefix.version, int(prefix.network_address))
 
 
 def check_handlers(handlers: Mapping[ObjectKind, KindHandler]) -> None:

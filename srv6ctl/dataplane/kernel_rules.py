@@ -26,6 +26,14 @@ table first, as before. The move is make-before-break both ways (ours is added b
 kernel's is deleted, and the kernel's is put back before ours goes), so a family always
 has a local rule. 1 to 4 are the smallest priorities after 0: a rule an operator keeps at
 5 or more still comes after the local lookup, as it did.
+
+sessionAffinity (kernel_affinity) adds rules by firewall mark at priority 0, before all
+of these (a sticky client's packets to a NodePort must not be taken by the port rule):
+`pref 0 not fwmark MARK_BASE/MARK_MASK goto 1` (the gate: unmarked packets skip them),
+`pref 0 fwmark M lookup M` per chosen segment list, and `pref 1 nop`, an anchor that
+makes sure the gate has a rule to go to (a goto names a priority, and priority 1 holds no
+other rule in a family without source rules). They exist only while the family's local
+lookup is ours at LOCAL_RULE_PRIORITY: the gate would jump over the kernel's at 0.
 """
 
 from __future__ import annotations
@@ -41,13 +49,15 @@ from srv6ctl.dataplane import netlink_wire as w
 from srv6ctl.dataplane.model import Rule
 
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
+MARK_PRIORITY = 0
 RULE_PRIORITY = 1
 GATE_PRIORITY = 2
 PORT_RULE_PRIORITY = 3
 LOCAL_RULE_PRIORITY = 4
 LOCAL_TABLE = 255
 RTPROT_KERNEL = 2  # what the kernel's own `pref 0 lookup local` carries
-FR_ACT_TO_TBL, FR_ACT_GOTO = 1, 2
+FR_ACT_TO_TBL, FR_ACT_GOTO, FR_ACT_NOP = 1, 2, 3
+MARK_BASE, MARK_MASK = 0x5D00_0000, 0xFF00_0000  # sessionAffinity's marks (and tables)
 FIB_RULE_INVERT = 0x2
 FRA = w.numbers(fibmsg)
 IP_PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
@@ -92,6 +102,40 @@ def gate_message(
             w.u8(FRA["FRA_PROTOCOL"], protocol),
             w.address(FRA["FRA_DST"], destination.network_address),
         )
+    )
+
+
+def mark_rule_message(version: int, mark: int, protocol: int) -> bytes:
+    """`pref MARK_PRIORITY fwmark mark lookup mark`: a chosen segment list's table."""
+    return _header(version, table=mark) + b"".join(
+        (
+            w.u32(FRA["FRA_PRIORITY"], MARK_PRIORITY),
+            w.u32(FRA["FRA_TABLE"], mark),
+            w.u8(FRA["FRA_PROTOCOL"], protocol),
+            w.u32(FRA["FRA_FWMARK"], mark),
+            w.u32(FRA["FRA_FWMASK"], 0xFFFF_FFFF),
+        )
+    )
+
+
+def mark_gate_message(version: int, protocol: int) -> bytes:
+    """`pref MARK_PRIORITY not fwmark MARK_BASE/MARK_MASK goto RULE_PRIORITY`."""
+    head = _header(version, action=FR_ACT_GOTO, flags=FIB_RULE_INVERT)
+    return head + b"".join(
+        (
+            w.u32(FRA["FRA_PRIORITY"], MARK_PRIORITY),
+            w.u32(FRA["FRA_GOTO"], RULE_PRIORITY),
+            w.u8(FRA["FRA_PROTOCOL"], protocol),
+            w.u32(FRA["FRA_FWMARK"], MARK_BASE),
+            w.u32(FRA["FRA_FWMASK"], MARK_MASK),
+        )
+    )
+
+
+def anchor_message(version: int, protocol: int) -> bytes:
+    """`pref RULE_PRIORITY nop`: what the mark gate goes to."""
+    return _header(version, action=FR_ACT_NOP) + b"".join(
+        (w.u32(FRA["FRA_PRIORITY"], RULE_PRIORITY), w.u8(FRA["FRA_PROTOCOL"], protocol))
     )
 
 
@@ -143,6 +187,9 @@ class RuleMessage:
     plain: bool  # only priority and table (no match, no goto, no other action)
     rule: Rule | None  # the model rule, for one of our shape
     gate: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None  # `not to D goto`
+    mark: int | None = None  # `pref 0 fwmark M lookup M` (kernel_affinity)
+    mark_gate: bool = False  # `pref 0 not fwmark MARK_BASE/MARK_MASK goto 1`
+    anchor: bool = False  # `pref 1 nop`
 
 
 def parse_rule(msg_type: int, data: bytes) -> RuleMessage | None:
@@ -157,6 +204,20 @@ def parse_rule(msg_type: int, data: bytes) -> RuleMessage | None:
     table = attrs.uint(FRA["FRA_TABLE"]) or table
     priority = attrs.uint(FRA["FRA_PRIORITY"]) or 0
     protocol = attrs.uint(FRA["FRA_PROTOCOL"]) or 0
+    fwmark, fwmask = attrs.uint(FRA["FRA_FWMARK"]), attrs.uint(FRA["FRA_FWMASK"])
+    if priority == MARK_PRIORITY and fwmark is not None:
+        if action == FR_ACT_GOTO and flags & FIB_RULE_INVERT:
+            shaped = (fwmark, fwmask, attrs.uint(FRA["FRA_GOTO"])) == (
+                MARK_BASE,
+                MARK_MASK,
+                RULE_PRIORITY,
+            )
+            return RuleMessage(version, priority, table, protocol, False, None, mark_gate=shaped)
+        if action == FR_ACT_TO_TBL and fwmark == table and fwmask == 0xFFFF_FFFF:
+            return RuleMessage(version, priority, table, protocol, False, None, mark=fwmark)
+    if action == FR_ACT_NOP:
+        anchor = priority == RULE_PRIORITY
+        return RuleMessage(version, priority, table, protocol, False, None, anchor=anchor)
     extra = ("FRA_OIFNAME", "FRA_FWMARK", "FRA_GOTO", "FRA_SPORT_RANGE")
     matches = any(FRA[name] in attrs for name in extra) or action != FR_ACT_TO_TBL
     destination = attrs.ip(FRA["FRA_DST"])

@@ -39,14 +39,19 @@ IPV6_ONLY = AddressPlan.from_mapping(
     {"podCIDRv6": "fd00:10::/48", "serviceCIDRv6": "fd00:96::/108"}
 )
 
-KERNEL = Capabilities(behaviours=frozenset({"End", "End.DT6", "End.DX6", "End.DX4"}), rules=True)
+KERNEL = Capabilities(
+    behaviours=frozenset({"End", "End.DT6", "End.DX6", "End.DX4"}), rules=True, affinity=True
+)
 KERNEL_WITH_VRF = Capabilities(
-    behaviours=frozenset({"End", "End.DT6", "End.DT4", "End.DX6", "End.DX4"}), rules=True
+    behaviours=frozenset({"End", "End.DT6", "End.DT4", "End.DX6", "End.DX4"}),
+    rules=True,
+    affinity=True,
 )
 VPP = Capabilities(
     behaviours=frozenset({"End", "End.DT6", "End.DT4", "End.DX6", "End.DX4"}),
     encap_modes=frozenset({EncapMode.ENCAP, EncapMode.ENCAP_RED}),
     rules=True,
+    affinity=True,
 )
 
 
