@@ -320,6 +320,26 @@ def test_a_policy_with_affinity_is_made_in_its_table_and_back(
     assert table not in vpp_tables(backend)
 
 
+def test_the_agents_paths_change_the_timeout_without_a_write(backend: VppBackend) -> None:
+    """The model's timeouts reach the backend as they are (incremental) or as held (full):
+    a new timeout writes nothing either way, and drift sees none."""
+    podnet = PodNetworkProgrammer([ipaddress.ip_network("fd00:96::/108")])
+    reconciler = Reconciler(backend, AgentMetrics(CollectorRegistry(), version="t"), podnet)
+    lists = (SegmentList((A,)), SegmentList((B,)), SegmentList((C,)))
+    hour, minute = (replace(red(*lists), affinity=t) for t in (3600, 60))
+    assert reconciler.full(base_config(policies=frozenset({hour})), keep=())
+    writes = backend.writes
+    changes = reconciler.incremental(
+        base_config(policies=frozenset({minute})),
+        RenderDelta(frozenset({minute}), frozenset({hour})),
+    )
+    assert [(c.kind, str(c.op)) for c in changes] == [("SrPolicy", "replace")]
+    assert reconciler.full(base_config(policies=frozenset({minute})), keep=()) == []
+    assert backend.writes == writes
+    assert reconciler.drift(base_config(policies=frozenset({minute}))) == {}
+    assert policy_table(backend, BSID) == vpp_affinity.AFFINITY_TABLE
+
+
 def test_an_operators_table_of_the_affinity_id_is_refused_not_reconfigured(
     backend: VppBackend,
 ) -> None:

@@ -106,8 +106,8 @@ class Tables:
     def release_affinity(self, run: Callable[[Sequence[Request]], None]) -> bool:
         """Delete (with `run`) the affinity table if it holds no policy's BSID any more;
         whether it did. Any policy's: another srv6ctl on this VPP may own some."""
-        if (AFFINITY_TABLE, True) not in self._names():
-            return False
+        if self._names().get((AFFINITY_TABLE, True)) != vpp_affinity.AFFINITY_TABLE_NAME:
+            return False  # gone already, or an operator's
         table = {"table_id": AFFINITY_TABLE, "is_ip6": True, "name": ""}
         if any(True for _ in self.channel.dump("ip_route_v2_dump", src=FIB_SOURCE_SR, table=table)):
             return False
