@@ -6,15 +6,18 @@ update_lb, for the IPv4 load balance too), once, when it makes the policy. So a 
 with `affinity` is made in AFFINITY_TABLE, whose IPv6 flow hash is the source address
 alone: every flow of one client lands in the same bucket, hence the same segment list.
 
-What VPP cannot do is the timeout. The choice is stateless: it holds while the policy's
-lists do (adding or removing a list moves some clients, as it moves flows), never expires
-and outlives no list. So VPP holds every affinity as HELD_AFFINITY (`held_affinity`): a
-new timeoutSeconds is no change here, while affinity on ↔ off is, and re-creates the
-policy in the other table (VPP cannot move a policy between tables).
+What VPP cannot keep is the timeout. The choice is a hash, not a memory: it holds as
+long as the policy's lists stay as they are, however long the client is silent, and a
+list added or removed (an endpoint coming or going) moves some clients, as it moves
+flows without affinity. So VPP holds every affinity as HELD_AFFINITY (`held_affinity`):
+a new timeoutSeconds is no change here, while affinity on ↔ off is one, and re-creates
+the policy in the other table (VPP cannot move a policy between tables; not hitless).
 
 The table is more than the hash:
-- The BSID's own FIB entry is in it, not in table 0 (the policy's buckets are read there);
-  steering is not affected (sr_steering_add_del resolves BSIDs in SR's hidden tables).
+- The BSID's own FIB entry is in it, not in table 0 (the policy's buckets are read there;
+  a packet sent to the BSID itself in table 0 does not reach the policy, which nothing of
+  ours does: the kernel's BSIDs are not in its main table either). Steering is not
+  affected: sr_steering_add_del resolves BSIDs in SR's own hidden tables.
 - Each list's encapsulated packets are looked up in it (the list's `egress_fib_table`),
   so it holds one route of ours, `::/0` looked up again in table 0: they leave as every
   other policy's do, for the price of a second lookup.
