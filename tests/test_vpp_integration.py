@@ -13,12 +13,14 @@ import ipaddress
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from srv6ctl.dataplane import vpp_affinity
 from srv6ctl.dataplane import vpp_fib_codec as fib_codec
 from srv6ctl.dataplane import vpp_sr_codec as sr_codec
 from srv6ctl.dataplane.model import (
@@ -35,7 +37,7 @@ from srv6ctl.dataplane.model import (
     Steering,
 )
 from srv6ctl.dataplane.reconcile import plan
-from srv6ctl.dataplane.vpp import VppBackend
+from srv6ctl.dataplane.vpp import ApplyError, VppBackend
 from srv6ctl.dataplane.vpp_api import VppApiError, VppChannel, VppUnavailable, find_api_dir
 from srv6ctl.dataplane.vpp_buckets import fair, vpp_buckets
 from srv6ctl.podnet import PodNetworkProgrammer
@@ -241,6 +243,117 @@ def test_forty_backends_hold_their_share_of_the_buckets_within_one(
             assert plan(restarted.as_held(desired), restarted.dump()) == []
             assert reconcile(restarted, restarted.as_held(desired)) == 0
             assert restarted.writes == 0
+
+
+def vpp_tables(backend: VppBackend) -> dict[tuple[int, bool], str]:
+    """(table id, ipv6) → name of every table VPP has (straight from VPP)."""
+    return {
+        (int(d.table.table_id), bool(d.table.is_ip6)): str(d.table.name)
+        for d in backend.channel.dump("ip_table_dump")
+    }
+
+
+def policy_table(backend: VppBackend, bsid: IPv6Address) -> int | None:
+    """The table VPP made policy `bsid` in (straight from VPP)."""
+    for details in backend.channel.dump("sr_policies_with_sl_index_dump"):
+        if IPv6Address(details.bsid) == bsid:
+            return int(details.fib_table)
+    return None
+
+
+def test_a_policy_with_affinity_is_made_in_its_table_and_back(
+    vpp: Target, backend: VppBackend
+) -> None:
+    """sessionAffinity ClientIP: the policy is made in the affinity table (its flow hash
+    the source address), dumps back as `as_held` says whatever the timeout, and on ↔ off
+    re-creates it in the other table; the table goes with its last policy."""
+    assert backend.capabilities.affinity
+    table = (vpp_affinity.AFFINITY_TABLE, True)
+    lists = (SegmentList((A,)), SegmentList((B,)), SegmentList((C,)))
+    plain = red(*lists)
+    affine = replace(plain, affinity=10800)
+    desired = base_config(policies=frozenset({affine}))
+    assert table not in vpp_tables(backend)
+    reconcile(backend, backend.as_held(desired))
+    assert policy_table(backend, BSID) == vpp_affinity.AFFINITY_TABLE
+    assert vpp_tables(backend)[table] == vpp_affinity.AFFINITY_TABLE_NAME
+    summary = backend.cli(f"show ip6 fib table {vpp_affinity.AFFINITY_TABLE} summary")
+    assert "flow hash:[src ]" in summary, summary
+    # VPP keeps no timeout: held as one value, so a dump is as_held, not desired, and a
+    # new timeout plans nothing.
+    dumped = backend.dump()
+    assert dumped == backend.as_held(desired) and dumped != desired
+    (held,) = dumped.policies
+    assert held.affinity == vpp_affinity.HELD_AFFINITY
+    other_timeout = base_config(policies=frozenset({replace(plain, affinity=60)}))
+    assert plan(backend.as_held(other_timeout), dumped) == []
+    # Its BSID's entry is in the affinity table: the buckets are read there.
+    assert set(backend.buckets(BSID)) == {sl.segments for sl in lists}
+    # The routes of the table are not model routes: nothing else to plan.
+    assert {r.table for r in dumped.routes} == {r.table for r in desired.routes}
+    # A restarted agent (a new connection) reads it back and writes nothing.
+    with vpp.backend() as restarted:
+        assert reconcile(restarted, restarted.as_held(desired)) == 0
+        assert restarted.writes == 0
+
+    # Off: re-created in table 0 (steered as before), the empty table deleted.
+    reconcile(backend, base_config(policies=frozenset({plain})))
+    assert policy_table(backend, BSID) == 0
+    assert table not in vpp_tables(backend)
+    assert plan(base_config(policies=frozenset({plain})), backend.dump()) == []
+    assert set(backend.buckets(BSID)) == {sl.segments for sl in lists}
+    # On again, from a restarted agent (the table is made again, with its hash).
+    with vpp.backend() as restarted:
+        reconcile(restarted, restarted.as_held(desired))
+        assert policy_table(restarted, BSID) == vpp_affinity.AFFINITY_TABLE
+        assert plan(restarted.as_held(desired), restarted.dump()) == []
+        assert {s.bsid for s in restarted.dump().steerings} == {BSID}
+    # Two policies with affinity: the table stays until the last one goes.
+    second = replace(red(SegmentList((D,)), bsid=IPv6Address("fcbb:bb00::1:11")), affinity=5)
+    both = base_config(policies=frozenset({affine, second}))
+    reconcile(backend, backend.as_held(both))
+    reconcile(backend, backend.as_held(desired))
+    assert table in vpp_tables(backend)
+    # Cleaning up (the fixture's way: a plan to nothing) removes the table.
+    clean(backend)
+    assert policy_table(backend, BSID) is None
+    assert table not in vpp_tables(backend)
+
+
+def test_the_agents_paths_change_the_timeout_without_a_write(backend: VppBackend) -> None:
+    """The model's timeouts reach the backend as they are (incremental) or as held (full):
+    a new timeout writes nothing either way, and drift sees none."""
+    podnet = PodNetworkProgrammer([ipaddress.ip_network("fd00:96::/108")])
+    reconciler = Reconciler(backend, AgentMetrics(CollectorRegistry(), version="t"), podnet)
+    lists = (SegmentList((A,)), SegmentList((B,)), SegmentList((C,)))
+    hour, minute = (replace(red(*lists), affinity=t) for t in (3600, 60))
+    assert reconciler.full(base_config(policies=frozenset({hour})), keep=())
+    writes = backend.writes
+    changes = reconciler.incremental(
+        base_config(policies=frozenset({minute})),
+        RenderDelta(frozenset({minute}), frozenset({hour})),
+    )
+    assert [(c.kind, str(c.op)) for c in changes] == [("SrPolicy", "replace")]
+    assert reconciler.full(base_config(policies=frozenset({minute})), keep=()) == []
+    assert backend.writes == writes
+    assert reconciler.drift(base_config(policies=frozenset({minute}))) == {}
+    assert policy_table(backend, BSID) == vpp_affinity.AFFINITY_TABLE
+
+
+def test_an_operators_table_of_the_affinity_id_is_refused_not_reconfigured(
+    backend: VppBackend,
+) -> None:
+    table_id = vpp_affinity.AFFINITY_TABLE
+    backend.cli(f"ip6 table add {table_id}")
+    try:
+        affine = replace(red(SegmentList((A,))), affinity=30)
+        with pytest.raises(ApplyError, match=f"table {table_id} .* not ours"):
+            reconcile(backend, base_config(policies=frozenset({affine})))
+        assert policy_table(backend, BSID) is None
+        summary = backend.cli(f"show ip6 fib table {table_id} summary")
+        assert "flow hash:[src ]" not in summary
+    finally:
+        backend.cli(f"ip6 table del {table_id}")
 
 
 def test_the_incremental_path_and_the_full_pass_program_the_same(backend: VppBackend) -> None:

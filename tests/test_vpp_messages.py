@@ -17,12 +17,13 @@ import ipaddress
 import os
 import struct
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from srv6ctl.dataplane import vpp_changes, vpp_packers
+from srv6ctl.dataplane import vpp_affinity, vpp_changes, vpp_packers
 from srv6ctl.dataplane import vpp_codec_base as codec_base
 from srv6ctl.dataplane import vpp_fib_codec as fib_codec
 from srv6ctl.dataplane import vpp_interface_codec as if_codec
@@ -460,6 +461,80 @@ def test_policy_with_its_own_source_uses_the_v2_messages(client: Any) -> None:
     assert sent.encap_src == IPv6Address("2001:db8::9")
     _, sent = encode(client, mod)
     assert sent.encap_src == IPv6Address("2001:db8::9")
+
+
+def test_a_policy_with_affinity_is_made_in_the_affinity_table(client: Any) -> None:
+    affine = replace(red(SegmentList((A,)), SegmentList((B,))), affinity=600)
+    add, mod = sr_codec.policy_create(affine)
+    _, sent = encode(client, add)
+    assert sent.fib_table == vpp_affinity.AFFINITY_TABLE
+    _, sent = encode(client, mod)  # a list added to it names no table (VPP ignores it)
+    assert sent.fib_table == 0
+    _, sent = encode(client, sr_codec.policy_create(red(SegmentList((A,))))[0])
+    assert sent.fib_table == 0
+
+
+def test_any_affinity_is_held_as_one_and_on_off_recreates(client: Any) -> None:
+    plain = red(SegmentList((A,)), SegmentList((B,)))
+    short, long = replace(plain, affinity=1), replace(plain, affinity=10800)
+    assert sr_codec.held_policy(short) == sr_codec.held_policy(long) != plain
+    assert sr_codec.held_policy(plain) is plain
+    in_main = held((SegmentList((A,)), 1), (SegmentList((B,)), 2))
+    in_affinity = replace(in_main, fib_table=vpp_affinity.AFFINITY_TABLE)
+    # VPP reads back what as_held says, whatever the timeout asked.
+    assert sr_codec.policy_as_model(in_affinity, None) == sr_codec.held_policy(long)
+    assert sr_codec.policy_as_model(in_main, None) == plain
+    # A new timeout is no change; on ↔ off deletes and re-creates in the other table.
+    assert sr_codec.policy_requests(short, in_affinity, None) == []
+    for new, state, table in [
+        (long, in_main, vpp_affinity.AFFINITY_TABLE),
+        (plain, in_affinity, 0),
+    ]:
+        requests = sr_codec.policy_requests(new, state, None)
+        assert [r.name for r in requests] == ["sr_policy_del", "sr_policy_add", "sr_policy_mod"]
+        _, sent = encode(client, requests[1])
+        assert sent.fib_table == table
+    # A table that is neither: something we never made, rebuilt.
+    elsewhere = replace(in_main, fib_table=7)
+    assert sr_codec.policy_as_model(elsewhere, None) not in (plain, sr_codec.held_policy(long))
+
+
+def test_the_affinity_table_is_made_hashing_the_source_and_looking_up_table_0(
+    client: Any,
+) -> None:
+    add, flow_hash, route = (encode(client, r)[1] for r in vpp_affinity.setup())
+    assert add.is_add is True and add.table.table_id == vpp_affinity.AFFINITY_TABLE
+    assert add.table.is_ip6 is True and add.table.name == vpp_affinity.AFFINITY_TABLE_NAME
+    assert flow_hash.table_id == vpp_affinity.AFFINITY_TABLE
+    assert flow_hash.af == enum(client, "vl_api_address_family_t", "ADDRESS_IP6")
+    assert flow_hash.flow_hash_config == enum(
+        client, "vl_api_ip_flow_hash_config_t", "IP_API_FLOW_HASH_SRC_IP"
+    )
+    assert route.route.table_id == vpp_affinity.AFFINITY_TABLE
+    assert route.route.prefix == ipaddress.ip_network("::/0")
+    (path,) = route.route.paths[: route.route.n_paths]
+    # A deaggregation: neither next hop nor interface, the table to look up in.
+    assert path.sw_if_index == codec_base.INVALID_INDEX and path.table_id == 0
+    assert int(path.type) == fib_codec.FIB_PATH_TYPE_NORMAL
+    assert fib_codec.path_nexthop(path) is None
+    _, gone = encode(client, vpp_affinity.teardown())
+    assert gone.is_add is False and gone.table.table_id == vpp_affinity.AFFINITY_TABLE
+    # No model object may name the table.
+    with pytest.raises(InvalidObject, match="own"):
+        fib_codec.vpp_table(vpp_affinity.AFFINITY_TABLE)
+
+
+def test_which_changes_need_the_affinity_table_and_which_may_empty_it() -> None:
+    plain = red(SegmentList((A,)))
+    affine = replace(plain, affinity=60)
+    assert vpp_affinity.needs_table([Change(Op.ADD, new=affine)])
+    assert vpp_affinity.needs_table([Change(Op.REPLACE, old=plain, new=affine)])
+    assert not vpp_affinity.needs_table([Change(Op.REPLACE, old=affine, new=affine)])
+    assert not vpp_affinity.needs_table([Change(Op.ADD, new=plain)])
+    assert vpp_affinity.may_empty_table([Change(Op.DELETE, old=affine)])
+    assert vpp_affinity.may_empty_table([Change(Op.REPLACE, old=affine, new=plain)])
+    assert not vpp_affinity.may_empty_table([Change(Op.REPLACE, old=affine, new=affine)])
+    assert not vpp_affinity.may_empty_table([Change(Op.DELETE, old=plain)])
 
 
 def test_policy_delete_names_the_bsid(client: Any) -> None:

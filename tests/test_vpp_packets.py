@@ -5,7 +5,8 @@ dump), sends crafted frames with scapy from the peer (behind VPP's uplink) or fr
 (behind its af_packet pod port), and sniffs the far side: End.X forwards to its neighbour
 with Segments Left decremented and the destination updated; End.T looks the next segment
 up in its own table; End.DX4 and End.DT4 deliver the inner IPv4 packet to the pod; an IPv4
-ClusterIP steered into a policy is H.Encaps'd (IPv4-in-SRv6). VPP's per-SID counters
+ClusterIP steered into a policy is H.Encaps'd (IPv4-in-SRv6); with sessionAffinity every
+flow of one client leaves along one segment list. VPP's per-SID counters
 (`sr_localsids_with_packet_stats_dump`) and per-policy counters (the stats segment) must
 count what went through. H.Encaps of IPv6, End.DX6 and End.DT6 are in
 tests/test_vpp_integration.py.
@@ -22,6 +23,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from srv6ctl.dataplane.model import (
     MAIN_TABLE,
     MEMIF,
     Change,
+    EncapMode,
     EndDT4,
     EndDX4,
     EndDX6,
@@ -43,6 +46,8 @@ from srv6ctl.dataplane.model import (
     Op,
     PodAttachment,
     Route,
+    SegmentList,
+    SrPolicy,
     memif_socket_path,
 )
 from srv6ctl.dataplane.reconcile import plan
@@ -51,6 +56,7 @@ from tests.support.netns import run
 from tests.support.vpp import (
     BIN_ENV,
     BSID,
+    CLUSTER_IP,
     CLUSTER_IP4,
     DATAPATH_ENV,
     MARK,
@@ -61,6 +67,8 @@ from tests.support.vpp import (
     SOURCE,
     A,
     B,
+    C,
+    D,
     Lab,
     Target,
     VppProcess,
@@ -272,6 +280,77 @@ def test_an_ipv4_cluster_ip_steered_into_a_policy_is_encapsulated(lab: Lab) -> N
     assert segments <= {str(A), str(B)} and segments
     counted = lab.backend.counters()[("policy", BSID)].packets
     assert counted - (before.packets if before else 0) >= len(got)
+
+
+def _lists_by_client(lab: Lab, packets: list[Any]) -> dict[str, set[str]]:
+    """Send `packets` (IPv6 or IPv4, each a flow of its own) from the pod to the service;
+    the segment lists (outer destinations) each client's flows left with, by client."""
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    from tests.support.netns import PacketPort
+
+    frames = [Ether(src=lab.pod_mac, dst=lab.vpp_pod_mac) / packet for packet in packets]
+    with PacketPort(lab.peer, "p0") as peer, PacketPort(lab.pod.name, "eth0") as pod:
+        peer.drain()
+        pod.send(frames)
+        got = peer.receive(marked, count=len(frames), timeout=5)
+    assert len(got) >= len(frames) * 0.95, f"{len(got)} of {len(frames)} came out"
+    out: dict[str, set[str]] = {}
+    for frame in got:
+        outer = frame[IPv6]
+        out.setdefault(outer.payload.src, set()).add(outer.dst)
+    return out
+
+
+def test_affinity_keeps_every_flow_of_a_client_on_one_segment_list(lab: Lab) -> None:
+    """sessionAffinity ClientIP on the wire: many flows (source ports) of one client to a
+    ClusterIP leave along one list of four, several clients along several; without
+    affinity one client's flows spread. IPv6 and IPv4 (one hash config for both)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.packet import Raw
+
+    service6, service4 = CLUSTER_IP.split("/")[0], CLUSTER_IP4.split("/")[0]
+
+    def flows6(clients: list[str], per_client: int) -> list[Any]:
+        return [
+            IPv6(src=client, dst=service6) / UDP(sport=30000 + n, dport=80) / Raw(MARK)
+            for client in clients
+            for n in range(per_client)
+        ]
+
+    def flows4(clients: list[str], per_client: int) -> list[Any]:
+        return [
+            IP(src=client, dst=service4, ttl=64) / UDP(sport=30000 + n, dport=80) / Raw(MARK)
+            for client in clients
+            for n in range(per_client)
+        ]
+
+    lists = tuple(SegmentList((segment,)) for segment in (A, B, C, D))
+    plain = SrPolicy(BSID, lists, mode=EncapMode.ENCAP_RED)
+    clients6 = [str(POD6), *(f"fd00:10:0:1::{n:x}" for n in range(0x100, 0x11F))]
+    clients4 = [str(POD4), *(f"10.128.1.{n}" for n in range(100, 131))]
+
+    reconcile(lab.backend, base_config(policies=frozenset({plain})))
+    warm_up(lab)
+    spread = _lists_by_client(lab, flows6([str(POD6)], 64))
+    assert len(spread[str(POD6)]) >= 3, f"per-flow hashing spreads one client: {spread}"
+    spread = _lists_by_client(lab, flows4([str(POD4)], 64))
+    assert len(spread[str(POD4)]) >= 3, f"per-flow hashing spreads one client: {spread}"
+
+    # Affinity on: the policy is re-created in the affinity table, still steered into.
+    affine = replace(plain, affinity=10800)
+    reconcile(lab.backend, lab.backend.as_held(base_config(policies=frozenset({affine}))))
+    for one, many in [(flows6, clients6), (flows4, clients4)]:
+        single = _lists_by_client(lab, one([many[0]], 64))
+        assert len(single[many[0]]) == 1, f"one client, one list: {single}"
+        several = _lists_by_client(lab, one(many, 4))
+        assert set(several) == set(many)
+        assert all(len(held) == 1 for held in several.values()), several
+        used = set().union(*several.values())
+        assert len(used) >= 3, f"32 clients over 4 lists used {used}"
+    assert used <= {str(segment) for segment in (A, B, C, D)}
 
 
 # --- memif pods (CNFs) ------------------------------------------------------------------

@@ -6,9 +6,10 @@ and replays what VPP lost after a restart. What each model object becomes in VPP
 the codec modules (`vpp_sr_codec`: local SIDs, policies, steerings; `vpp_fib_codec`:
 tables and routes; `vpp_interface_codec`: ports; `vpp_rule_codec`: rules as ACLs and ABF
 policies; `vpp_packers`: the bulk messages' packers; `vpp_changes`: the handler of each
-kind); the socket, the CRC check and pipelining are in `vpp_api`; pod ports in
-`vpp_pods`; rules in `vpp_rules`; counters in `vpp_stats`; what it keeps of VPP's
-interfaces and tables between calls in `vpp_interfaces` and `vpp_tables`.
+kind; `vpp_affinity`: the table of the policies with sessionAffinity); the socket, the
+CRC check and pipelining are in `vpp_api`; pod ports in `vpp_pods`; rules in `vpp_rules`;
+counters in `vpp_stats`; what it keeps of VPP's interfaces and tables between calls in
+`vpp_interfaces` and `vpp_tables`.
 
 Ownership. VPP has no owner mark on SR objects or routes, so:
 - local SIDs, policies and steerings: all of VPP's are ours, or with `owned_prefixes`
@@ -38,6 +39,11 @@ the policy's lists are read again (one dump) the next time it is edited. Only a 
 mode (encap ↔ insert) deletes and re-creates a policy. VPP bakes the encap source into
 each list when the list is made, so changing the node's source rebuilds every list that
 used the old one (adds first, again).
+
+sessionAffinity. A policy with `affinity` is made in a table of its own whose flow hash
+is the client's address (`vpp_affinity`): made before the first such policy, deleted
+after the last. VPP keeps no timeout, so any affinity is held as one value (`as_held`);
+turning affinity on or off re-creates the policy in the other table (not hitless).
 
 VPP restarts. A lost API socket raises `VppUnavailable` from the call that noticed it;
 the next call reconnects (exponential back-off between attempts, never sleeping inside a
@@ -94,6 +100,12 @@ from srv6ctl.dataplane.model import (
     kind_of,
 )
 from srv6ctl.dataplane.reconcile import config_of, plan
+from srv6ctl.dataplane.vpp_affinity import (
+    AFFINITY_TABLE,
+    may_empty_table,
+    needs_table,
+    policy_table,
+)
 from srv6ctl.dataplane.vpp_api import (
     AF_PACKET_MESSAGES,
     CORE_MESSAGES,
@@ -164,6 +176,9 @@ CAPABILITY_NOTES = (
     "PSP only for End and End.X; VPP's API has no USP/USD",
     "encap.red: VPP puts no SRH on a one-SID list, and the whole list in the SRH otherwise",
     "no resilient hashing: VPP's policy load-balance rehashes when lists change",
+    "sessionAffinity ClientIP: by the client's address alone, without a timeout; a client "
+    "keeps its segment list while the policy's lists stay (a list added or removed moves "
+    "some clients)",
     "counters: per SID from sr_localsids_with_packet_stats_dump; per policy only with a "
     "stats socket (the steering routes' counters)",
 )
@@ -279,6 +294,7 @@ class VppBackend:
             resilient_groups=False,
             sid_counters=True,
             rules=rules,
+            affinity=True,
             notes=CAPABILITY_NOTES + (RULE_NOTES if rules else (f"{NO_RULES}{missing}",)),
         )
 
@@ -316,15 +332,22 @@ class VppBackend:
             return self._dump()
 
     def as_held(self, desired: NodeConfig) -> NodeConfig:
-        """Policies with the weights VPP is given (`held_policy`), the rest as they are."""
+        """Policies with the weights and affinity VPP holds (`held_policy`), the rest as
+        they are."""
         return replace(desired, policies=frozenset(held_policy(p) for p in desired.policies))
 
     def buckets(self, bsid: IPv6Address) -> dict[tuple[IPv6Address, ...], int]:
         """The buckets of the policy's load balance, per segment list, as VPP has them."""
         with self._lock:
             self._ensure()
-            reply = self.channel.call("cli_inband", cmd=buckets_command(bsid))
-            return parse_buckets(str(reply.reply))
+            # The BSID's entry is in the table the policy was made in: table 0, or the
+            # affinity table (asked second: a policy-wide dump would cost more).
+            for table in (0, AFFINITY_TABLE):
+                reply = self.channel.call("cli_inband", cmd=buckets_command(bsid, table))
+                held = parse_buckets(str(reply.reply))
+                if held:
+                    return held
+            return {}
 
     def apply(self, changes: Iterable[Change]) -> None:
         todo = list(changes)
@@ -459,7 +482,8 @@ class VppBackend:
             self._replay()
 
     def _hash_without_flow_label(self) -> None:
-        """Our policies' BSIDs live in the main table (fib_table 0), and VPP gives a policy's
+        """Our policies' BSIDs live in the main table (fib_table 0; those with affinity in
+        the affinity table, `vpp_affinity`), and VPP gives a policy's
         load-balance that table's flow-hash config when it makes the policy (VPP 25.10
         src/vnet/srv6/sr_policy_rewrite.c, update_lb). VPP's default hashes the IPv6 flow
         label, which Linux draws per connection and redraws on an RTO (sk_rethink_txhash):
@@ -613,6 +637,11 @@ class VppBackend:
 
         try:
             self._tables.ensure(changes, self.pod_table, self._run)
+            if needs_table(changes):
+                try:
+                    self._tables.ensure_affinity(self._run)
+                except InvalidObject as err:
+                    raise ApplyError([err]) from err
             for position, change in enumerate(changes):
                 step = self._synchronous.get(kind_of(change.obj))
                 if step is not None:
@@ -629,6 +658,8 @@ class VppBackend:
                 owner.extend([position] * len(requests))
                 queued.append(position)
             flush()
+            if may_empty_table(changes):
+                self._tables.release_affinity(self._run)
         except (ApplyError, VppError, VppUnavailable):
             self._policies = None  # whatever happened, read the lists again
             self._interfaces.forget()
@@ -662,6 +693,13 @@ class VppBackend:
                         "policy %s: VPP cannot change its mode in place; deleting and "
                         "re-creating it (not hitless)",
                         obj.bsid,
+                    )
+                elif held is not None and held.fib_table != policy_table(obj):
+                    log.info(
+                        "policy %s: affinity %s; re-creating it in table %d (not hitless)",
+                        obj.bsid,
+                        "on" if obj.affinity else "off",
+                        policy_table(obj),
                     )
             return change_requests(change, self._interfaces.index, inventory, self._node_source)
         return change_requests(change, self._interfaces.index, {}, self._node_source)

@@ -2,7 +2,8 @@
 
 - tables: the model's MAIN_TABLE (254, the kernel's main) is VPP's table 0; any other id
   is used as is and created (`ip_table_add_del`, both families, named
-  `srv6ctl-<id>-ip6/ip4` so that the backend knows its own) before first use.
+  `srv6ctl-<id>-ip6/ip4` so that the backend knows its own) before first use, except
+  AFFINITY_TABLE, which is the backend's own (`vpp_affinity`) and no model table.
 - `Route` → `ip_route_add_del` with one path: NORMAL via a next hop (or attached to an
   interface), DROP (blackhole), ICMP_UNREACH, ICMP_PROHIBIT. An add with `is_multipath=0`
   replaces whatever paths the API had given the prefix, so it is also the replace.
@@ -63,6 +64,9 @@ FIB_SOURCE_API = 8
 BACKSTOP_PREFERENCE = 1
 
 TABLE_NAME_PREFIX = "srv6ctl-"
+# The IPv6 table the policies with sessionAffinity are made in (`vpp_affinity`): 92, our
+# protocol number, as the kernel backend's table of BSID anchors.
+AFFINITY_TABLE = 0x5C
 
 ROUTE_PATH_TYPES: Mapping[RouteKind, int] = {
     RouteKind.BLACKHOLE: FIB_PATH_TYPE_DROP,
@@ -83,6 +87,8 @@ def vpp_table(table: int) -> int:
         return 0
     if not 0 < table < INVALID_INDEX:
         raise InvalidObject(f"table {table}: not a table VPP can hold (0 is the kernel's unspec)")
+    if table == AFFINITY_TABLE:
+        raise InvalidObject(f"table {table}: the VPP backend's own (sessionAffinity policies)")
     return table
 
 
@@ -90,9 +96,11 @@ def model_table(table_id: int) -> int:
     return MAIN_TABLE if table_id == 0 else table_id
 
 
-def table_add(table_id: int, ipv6: bool) -> Request:
+def table_add(table_id: int, ipv6: bool, name: str = "") -> Request:
+    """Create table `table_id` (an add of one that exists changes nothing), named
+    `srv6ctl-<id>-ip6/ip4` unless `name` says otherwise."""
     family = "ip6" if ipv6 else "ip4"
-    name = f"{TABLE_NAME_PREFIX}{table_id}-{family}"
+    name = name or f"{TABLE_NAME_PREFIX}{table_id}-{family}"
     return Request(
         "ip_table_add_del",
         {"is_add": True, "table": {"table_id": table_id, "is_ip6": ipv6, "name": name}},
@@ -100,9 +108,22 @@ def table_add(table_id: int, ipv6: bool) -> Request:
     )
 
 
+def table_del(table_id: int, ipv6: bool) -> Request:
+    """Delete table `table_id` with its API routes. VPP frees the table when its last lock
+    goes, whatever other sources' entries (SR's BSIDs) it still holds: the caller makes
+    sure none is left."""
+    family = "ip6" if ipv6 else "ip4"
+    return Request(
+        "ip_table_add_del",
+        {"is_add": False, "table": {"table_id": table_id, "is_ip6": ipv6, "name": ""}},
+        f"delete {family} table {table_id}",
+    )
+
+
 # vl_api_ip_flow_hash_config_t: src, dst, sport, dport, proto — VPP's default (0x9F) adds
 # the IPv6 flow label (0x80), which Linux draws anew per connection and on every RTO.
 FLOW_HASH_5_TUPLE = 0x1F
+FLOW_HASH_SOURCE = 0x01  # IP_API_FLOW_HASH_SRC_IP alone: one client, one bucket
 
 
 def flow_hash_5_tuple(table_id: int) -> Request:
@@ -113,6 +134,16 @@ def flow_hash_5_tuple(table_id: int) -> Request:
         "set_ip_flow_hash_v2",
         {"table_id": table_id, "af": ADDRESS_IP6, "flow_hash_config": FLOW_HASH_5_TUPLE},
         f"ip6 table {table_id}: flow hash on the 5-tuple",
+    )
+
+
+def flow_hash_source(table_id: int) -> Request:
+    """IPv6 table `table_id` hashes the source address only (sessionAffinity ClientIP:
+    `vpp_affinity`)."""
+    return Request(
+        "set_ip_flow_hash_v2",
+        {"table_id": table_id, "af": ADDRESS_IP6, "flow_hash_config": FLOW_HASH_SOURCE},
+        f"ip6 table {table_id}: flow hash on the source address",
     )
 
 
@@ -201,6 +232,18 @@ def route_change(change: Change, ifindex: InterfaceIndex) -> list[Request]:
     return [route_del(route)] if change.new is None else [route_add(route, ifindex)]
 
 
+def lookup_route(table_id: int, prefix: IPNetwork, into: int) -> Request:
+    """`prefix` in IPv6 table `table_id` looked up again in table `into` (a deaggregation:
+    a NORMAL path with neither next hop nor interface, VPP table `into` in `table_id`).
+    `decode_route` reads it as None: never a model route."""
+    path = fib_path(FIB_PATH_TYPE_NORMAL, ipv6=prefix.version == 6, table_id=into)
+    return Request(
+        "ip_route_add_del",
+        {"is_add": True, "is_multipath": False, "route": route_fields(table_id, prefix, [path])},
+        f"route {prefix} (table {table_id}) looked up in table {into}",
+    )
+
+
 def route_fields(table_id: int, prefix: IPNetwork, paths: list[dict[str, Any]]) -> dict[str, Any]:
     """The `ip_route` of a route message (also a pod's host route's)."""
     return {
@@ -280,6 +323,7 @@ def decode_route(details: Any, ifname: InterfaceName) -> Route | None:
 
 
 __all__ = [
+    "AFFINITY_TABLE",
     "BACKSTOP_PREFERENCE",
     "FIB_PATH_NH_PROTO_IP4",
     "FIB_PATH_NH_PROTO_IP6",
@@ -291,6 +335,7 @@ __all__ = [
     "FIB_SOURCE_API",
     "FIB_SOURCE_SR",
     "FLOW_HASH_5_TUPLE",
+    "FLOW_HASH_SOURCE",
     "LABEL_STACK_SLOTS",
     "REJECT_KINDS",
     "ROUTE_KIND_OF_PATH",
@@ -299,6 +344,8 @@ __all__ = [
     "decode_route",
     "fib_path",
     "flow_hash_5_tuple",
+    "flow_hash_source",
+    "lookup_route",
     "model_table",
     "path_nexthop",
     "route_add",
@@ -306,5 +353,6 @@ __all__ = [
     "route_del",
     "route_fields",
     "table_add",
+    "table_del",
     "vpp_table",
 ]

@@ -13,7 +13,9 @@ The VPP shape of each model object (VPP 25.10, `src/vnet/srv6/sr_api.c`):
   those VPP spreads over its buckets within one bucket of each list's share
   (`vpp_buckets`), and what a dump reads back. `srv6_sid_list.sids` is a fixed array of 16: padded
   with `::`. H.Encaps is `is_encap`: VPP puts no SRH on a one-SID list (which is exactly
-  H.Encaps.Red) and the whole list in the SRH otherwise; `is_encap=0` is H.Insert.
+  H.Encaps.Red) and the whole list in the SRH otherwise; `is_encap=0` is H.Insert. The
+  policy is made in table 0, or with `affinity` in the affinity table (`vpp_affinity`),
+  which is where its BSID's FIB entry goes and what a dump's `fib_table` gives back.
 - `Steering` → `sr_steering_add_del` (traffic type IPV6/IPV4, `table_id`); adding a
   steering that exists re-points it at the new BSID in place.
 - `EncapSource` → `sr_set_encap_source`; read back from the CLI (the API has no getter).
@@ -53,6 +55,12 @@ from srv6ctl.dataplane.model import (
     TableLookup,
 )
 from srv6ctl.dataplane.reconcile import ListOp, segment_list_edits
+from srv6ctl.dataplane.vpp_affinity import (
+    AFFINITY_TABLE,
+    HELD_AFFINITY,
+    held_affinity,
+    policy_table,
+)
 from srv6ctl.dataplane.vpp_api import Request
 from srv6ctl.dataplane.vpp_buckets import vpp_weights
 from srv6ctl.dataplane.vpp_codec_base import (
@@ -250,9 +258,15 @@ def sid_list(
 
 
 def held_policy(policy: SrPolicy) -> SrPolicy:
-    """`policy` with the weights VPP is given for its lists (`vpp_weights`): what VPP holds,
-    and a dump reads back, once it is programmed. The same policy when VPP already spreads
-    the model's weights fairly (3:1; 1-5, 7-9, 16 or 32 equal lists; ...)."""
+    """`policy` as VPP holds it, and a dump reads it back, once it is programmed: with the
+    weights VPP is given for its lists (`vpp_weights`) and its affinity as VPP keeps it,
+    by the client's address with no timeout (`vpp_affinity.held_affinity`: any timeout
+    is one value, so a new timeout is no change while affinity on ↔ off is). The same
+    policy when VPP already spreads the model's weights fairly (3:1; 1-5, 7-9, 16 or 32
+    equal lists; ...) and has no affinity or the held one."""
+    affinity = held_affinity(policy.affinity)
+    if affinity != policy.affinity:
+        policy = replace(policy, affinity=affinity)
     weights = tuple(sl.weight for sl in policy.segment_lists)
     held = vpp_weights(weights)
     if held == weights:
@@ -271,7 +285,7 @@ def policy_add(policy: SrPolicy, first: SegmentList) -> Request:
         "bsid_addr": policy.bsid,
         "weight": first.weight,  # ignored by VPP (it reads sids.weight); kept equal
         "is_encap": encap,
-        "fib_table": 0,
+        "fib_table": policy_table(policy),
         "sids": sid_list(first.segments, first.weight, what),
     }
     if policy.encap_source is None:
@@ -297,7 +311,7 @@ def policy_mod(
     fields: dict[str, Any] = {
         "bsid_addr": bsid,
         "sr_policy_index": 0,  # unused: VPP finds the policy by its BSID
-        "fib_table": 0,
+        "fib_table": 0,  # unused too: the policy stays in the table it was made in
         "operation": operation,
         "sl_index": sl_index,
         "weight": weight,  # ignored by VPP (it reads sids.weight); kept equal
@@ -375,7 +389,7 @@ def policy_as_model(policy: VppPolicy, node_source: IPv6Address | None) -> SrPol
     kept = tuple(sl for sl in lists if sl is not None)
     if not kept:
         return None
-    if len(kept) != len(lists) or policy.spray or policy.fib_table != 0:
+    if len(kept) != len(lists) or policy.spray or policy.fib_table not in (0, AFFINITY_TABLE):
         # Something we never program: say so with a value no desired policy has (an extra
         # list with the BSID as its only segment), so reconcile rebuilds it.
         kept = (*kept, SegmentList((policy.bsid,), 1))
@@ -383,7 +397,8 @@ def policy_as_model(policy: VppPolicy, node_source: IPv6Address | None) -> SrPol
     if source is not None and source in (ZERO6, node_source):
         source = None
     mode = EncapMode.ENCAP_RED if policy.is_encap else EncapMode.INSERT
-    return SrPolicy(policy.bsid, kept, encap_source=source, mode=mode)
+    affinity = HELD_AFFINITY if policy.fib_table == AFFINITY_TABLE else 0
+    return SrPolicy(policy.bsid, kept, encap_source=source, mode=mode, affinity=affinity)
 
 
 def policy_requests(
@@ -395,9 +410,9 @@ def policy_requests(
 
     Hitless where VPP allows it: lists are added before any is deleted (so a policy's last
     list is never removed: [A] → [B] is "add B, delete A"), weights change in place, and
-    old lists are named by their `sl_index`. A different mode (encap/insert) cannot be
-    edited in place: delete and re-create. A list built with another encap source than
-    the one wanted (VPP bakes it in) is rebuilt, new lists first.
+    old lists are named by their `sl_index`. A different mode (encap/insert) or table
+    (affinity on/off) cannot be edited in place: delete and re-create. A list built with
+    another encap source than the one wanted (VPP bakes it in) is rebuilt, new lists first.
     """
     new = held_policy(new)
     for sl in new.segment_lists:
@@ -405,7 +420,7 @@ def policy_requests(
     encap = is_encap(new.mode, new.bsid)
     if state is None:
         return policy_create(new)
-    if state.is_encap != encap or state.spray or state.fib_table != 0:
+    if state.is_encap != encap or state.spray or state.fib_table != policy_table(new):
         return [policy_del(new.bsid), *policy_create(new)]
     source = new.encap_source or node_source or ZERO6
     if encap and state.encap_src is not None and state.encap_src != source:
@@ -448,13 +463,13 @@ def policy_requests(
 _SEGMENTS = re.compile(r"Segments:<([^>]*)>")
 
 
-def buckets_command(bsid: IPv6Address) -> str:
+def buckets_command(bsid: IPv6Address, fib_table: int = 0) -> str:
     """The CLI that shows the policy's load balance. The API has no bucket dump (its
     route dumps give paths and weights, not buckets), so it is read as the CLI prints it.
-    The BSID's entry in table 0 holds the policy's `bsid_dpo`; the load balances that
-    steered IPv6 and IPv4 traffic use are built from the same paths and weights
-    (`update_lb`), so they have the same buckets."""
-    return f"show ip6 fib table 0 {bsid}/128"
+    The BSID's entry in the policy's table (0, or the affinity table) holds the policy's
+    `bsid_dpo`; the load balances that steered IPv6 and IPv4 traffic use are built from
+    the same paths and weights (`update_lb`), so they have the same buckets."""
+    return f"show ip6 fib table {fib_table} {bsid}/128"
 
 
 def parse_buckets(shown: str) -> dict[tuple[IPv6Address, ...], int]:

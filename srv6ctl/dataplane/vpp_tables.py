@@ -4,12 +4,17 @@ A VPP table must exist before a SID, steering, route or pod port names it, and V
 not create one on first use as the kernel does. The backend creates them named
 `srv6ctl-<id>-ip6/ip4` (`vpp_fib_codec.table_add`), which is also how it tells its own
 tables, whose routes it reads and owns, from an operator's.
+
+The affinity table (`vpp_affinity`) is the backend's own, not the model's: its route is
+never read as a model route, it is made before the first policy with affinity and
+deleted when the last one leaves it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from srv6ctl.dataplane import vpp_affinity
 from srv6ctl.dataplane.model import (
     LOCAL_SID,
     POD,
@@ -21,7 +26,14 @@ from srv6ctl.dataplane.model import (
     kind_of,
 )
 from srv6ctl.dataplane.vpp_api import Request, VppChannel
-from srv6ctl.dataplane.vpp_fib_codec import TABLE_NAME_PREFIX, table_add, vpp_table
+from srv6ctl.dataplane.vpp_codec_base import InvalidObject
+from srv6ctl.dataplane.vpp_fib_codec import (
+    AFFINITY_TABLE,
+    FIB_SOURCE_SR,
+    TABLE_NAME_PREFIX,
+    table_add,
+    vpp_table,
+)
 from srv6ctl.dataplane.vpp_sr_codec import BEHAVIOR_OF
 
 Table = tuple[int, bool]  # (VPP table id, ipv6)
@@ -33,20 +45,25 @@ class Tables:
     def __init__(self, channel: VppChannel) -> None:
         self.channel = channel
         self._ours: set[Table] | None = None
+        # Whether this connection made (or finished) the affinity table: VPP cannot be
+        # asked for a table's flow hash, so a table found made is set up again once.
+        self._affinity_ready = False
 
     def ours(self) -> set[Table]:
-        """(table id, ipv6) of table 0 and of the tables we created."""
+        """(table id, ipv6) of table 0 and of the model tables we created."""
         if self._ours is None:
             tables = {(0, False), (0, True)}
             for details in self.channel.dump("ip_table_dump"):
                 table = details.table
                 if str(table.name).startswith(TABLE_NAME_PREFIX):
                     tables.add((int(table.table_id), bool(table.is_ip6)))
+            tables.discard((AFFINITY_TABLE, True))
             self._ours = tables
         return self._ours
 
     def forget(self) -> None:
         self._ours = None
+        self._affinity_ready = False
 
     def ensure(
         self,
@@ -72,12 +89,42 @@ class Tables:
             run([table_add(table_id, ipv6) for table_id, ipv6 in missing])
         self._ours = None
 
+    def ensure_affinity(self, run: Callable[[Sequence[Request]], None]) -> None:
+        """Make (with `run`) the affinity table ready for policies, once per connection;
+        an operator's table of its id is refused (InvalidObject), never reconfigured."""
+        if self._affinity_ready:
+            return
+        name = self._names().get((AFFINITY_TABLE, True))
+        if name not in (None, vpp_affinity.AFFINITY_TABLE_NAME):
+            raise InvalidObject(
+                f"VPP table {AFFINITY_TABLE} (ip6) is {name!r}, not ours: policies with "
+                "sessionAffinity are made in it"
+            )
+        run(vpp_affinity.setup())
+        self._affinity_ready = True
+
+    def release_affinity(self, run: Callable[[Sequence[Request]], None]) -> bool:
+        """Delete (with `run`) the affinity table if it holds no policy's BSID any more;
+        whether it did. Any policy's: another srv6ctl on this VPP may own some."""
+        if self._names().get((AFFINITY_TABLE, True)) != vpp_affinity.AFFINITY_TABLE_NAME:
+            return False  # gone already, or an operator's
+        table = {"table_id": AFFINITY_TABLE, "is_ip6": True, "name": ""}
+        if any(True for _ in self.channel.dump("ip_route_v2_dump", src=FIB_SOURCE_SR, table=table)):
+            return False
+        self._affinity_ready = False
+        run([vpp_affinity.teardown()])
+        return True
+
     def _existing(self) -> set[Table]:
         """Every table VPP has, ours or not."""
-        tables = set()
-        for details in self.channel.dump("ip_table_dump"):
-            tables.add((int(details.table.table_id), bool(details.table.is_ip6)))
-        return tables
+        return set(self._names())
+
+    def _names(self) -> dict[Table, str]:
+        """Every table VPP has, with its name."""
+        return {
+            (int(d.table.table_id), bool(d.table.is_ip6)): str(d.table.name)
+            for d in self.channel.dump("ip_table_dump")
+        }
 
 
 def tables_of(obj: DataplaneObject, pod_table: int) -> list[tuple[int, tuple[bool, ...]]]:
