@@ -57,6 +57,8 @@ from srv6ctl.dataplane.kernel_codec import (
 from srv6ctl.dataplane.kernel_rules import (
     LOCAL_RULE_PRIORITY,
     LOCAL_TABLE,
+    MARK_BASE,
+    MARK_MASK,
     PORT_RULE_PRIORITY,
     RTM_DELRULE,
     RTM_NEWRULE,
@@ -624,6 +626,8 @@ class SlotHandler(KindHandler):
         table = obj.table
         if table == codec.policy_table:
             raise InvalidObject(f"{obj}: table {table} is reserved for policy anchors")
+        if table & MARK_MASK == MARK_BASE:
+            raise InvalidObject(f"{obj}: table {table:#x} is reserved for sessionAffinity")
 
     def check_references(
         self, obj: Any, targets: _Targets, inventory: Inventory, codec: Codec, links: Links
@@ -766,7 +770,7 @@ class _Rules(KindHandler):
         if present:
             if not features.capabilities.rules:
                 raise InvalidObject(f"{obj}: this kernel has no ip rules by protocol and port")
-            if obj.table in (codec.policy_table, LOCAL_TABLE):
+            if obj.table in (codec.policy_table, LOCAL_TABLE) or obj.table & MARK_MASK == MARK_BASE:
                 raise InvalidObject(f"{obj}: table {obj.table} is not a table rules may name")
         targets.rules[obj.key] = obj if present else None
 

@@ -277,6 +277,7 @@ class Lab:
                     health_check_node_port=shape.health_check_node_port,
                     node_ports=list(shape.node_ports),
                     source_ranges=[r for r in shape.source_ranges if _family(r) in families],
+                    affinity=shape.affinity,
                 )
             )
         return state

@@ -126,6 +126,9 @@ def service_object(service: ServiceRecord) -> dict[str, Any]:
     }
     if service.external_ips:
         spec["externalIPs"] = list(service.external_ips)
+    if service.affinity:
+        spec["sessionAffinity"] = "ClientIP"
+        spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": service.affinity}}
     if service.type == "LoadBalancer":
         spec["externalTrafficPolicy"] = service.external_traffic_policy
         if service.source_ranges:

@@ -42,6 +42,7 @@ class LabService:
     # gets node ports too (allocateLoadBalancerNodePorts defaults to true).
     node_ports: tuple[int, ...] = ()
     source_ranges: tuple[str, ...] = ()  # loadBalancerSourceRanges
+    affinity: int = 0  # sessionAffinity ClientIP with this timeoutSeconds; 0: None
 
 
 SERVICES = (
@@ -71,6 +72,8 @@ SERVICES = (
         # The external client's own addresses only: its second one is refused.
         source_ranges=(f"{UNDERLAY_V6[PROBE_INDEX_V6]}/128", f"{UNDERLAY_V4[PROBE_INDEX_V4]}/32"),
     ),
+    # The same backends again, sessionAffinity ClientIP: each client keeps its backend.
+    LabService("web-sticky", "fd00:96::13", "10.96.0.13", selects="web", affinity=600),
 )
 BACKEND_SERVICE = "web"
 

@@ -86,6 +86,7 @@ class ServiceRecord(_Model):
     health_check_node_port: int = 0
     node_ports: list[int] = []  # one per lab service port (lab/objects.SERVICE_PORTS)
     source_ranges: list[str] = []  # loadBalancerSourceRanges
+    affinity: int = 0  # sessionAffinity ClientIP's timeoutSeconds; 0: None
 
     @property
     def label(self) -> str:

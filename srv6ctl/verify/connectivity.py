@@ -61,7 +61,11 @@ class Connectivity:
     def run(self) -> None:
         self.pod_to_pod()
         for service in self.topo.services:
-            if service.backends:
+            if service.backends and service.affinity:
+                for family in (6, 4):
+                    if service.cluster_ip(family) is not None:
+                        self.affinity(service, family)
+            elif service.backends:
                 self.service(service, 6)
                 self.hairpin(service, 6)
                 if service.cluster_ipv4 is not None:
@@ -303,6 +307,40 @@ class Connectivity:
             if problems
             else f"{flows} connections from {backend.short} to {ip}:{SERVICE_HTTP_PORT}: {spread}"
             f" — itself included, each saw {src} and answered from the ClusterIP",
+        )
+
+    def affinity(self, service: ServiceInfo, family: int, flows: int = 100) -> None:
+        """sessionAffinity ClientIP: every client's new connections land on one backend
+        (kernel: the node's nftables sets remember its choice; VPP: the policy hashes the
+        source address alone), still without NAT."""
+        ip = service.cluster_ip(family)
+        label = (
+            f"session affinity keeps each client of {service.name} on one backend "
+            f"across {flows} new connections (IPv{family})"
+        )
+        clients = [c for c in self.clients if (c.ipv6 if family == 6 else c.ipv4)]
+        if ip is None or not clients:
+            self.report.skip(GROUP, label, "no client of that family")
+            return
+        found, shown = Findings(), []
+        problems: list[str] = []
+        for client in clients:
+            src = str(client.ipv6 if family == 6 else client.ipv4)
+            results = tcp_flows(client.netns, ip, SERVICE_HTTP_PORT, flows)
+            found.lost += [f"{client.short}: {f.error}" for f in failures(results)]
+            counts: Counter[str] = Counter()
+            for answer in answers(results):
+                counts[answer.pod] += 1
+                found.add(answer, client.short, src, str(ip), HTTP_PORT)
+            if len(counts) != 1:
+                problems.append(f"{client.short}: {dict(sorted(counts.items()))}")
+            shown.append(f"{client.short} → {', '.join(f'{p} {n}' for p, n in counts.items())}")
+        problems += found.all
+        self.report.add(
+            GROUP,
+            label,
+            not problems,
+            "; ".join(problems[:3]) or "; ".join(shown) + ", each saw the client, no NAT",
         )
 
     def _udp(self, service: ServiceInfo, family: int, clients: list[PodInfo]) -> None:

@@ -133,6 +133,7 @@ class ServiceInfo:
     node_ports: dict[tuple[str, int], int] = field(default_factory=dict)
     load_balancer_ips: list[IPAddress] = field(default_factory=list)
     source_ranges: list[IPNetwork] = field(default_factory=list)  # loadBalancerSourceRanges
+    affinity: int = 0  # sessionAffinity ClientIP's timeout (the lab's); 0: None
 
     def cluster_ip(self, family: int) -> IPAddress | None:
         return self.cluster_ipv6 if family == 6 else self.cluster_ipv4
@@ -244,6 +245,7 @@ def from_lab(state_dir: str) -> tuple[Topology, object]:
             health_check_node_port=s.health_check_node_port,
             load_balancer_ips=[ipaddress.ip_address(a) for a in s.load_balancer_ips],
             source_ranges=[ipaddress.ip_network(r) for r in s.source_ranges],
+            affinity=s.affinity,
             node_ports={
                 (protocol, port): node_port
                 for (_, port, _, protocol), node_port in zip(
