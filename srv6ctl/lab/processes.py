@@ -38,8 +38,9 @@ def alive(record: ProcessRecord | None) -> bool:
     started = start_time(record.pid)
     if started != record.start_time:
         return False
-    # A zombie (exited, not yet reaped by its parent) is not serving anything.
-    with contextlib.suppress(FileNotFoundError):
+    # A zombie (exited, not yet reaped by its parent) is not serving anything. A process
+    # reaped between the open and the read (another thread's `_reap`) reads as ESRCH.
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         state = Path(f"/proc/{record.pid}/stat").read_text()
         return state[state.rindex(")") + 2] != "Z"
     return False

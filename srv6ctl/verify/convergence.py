@@ -11,6 +11,11 @@ The lab plays the EndpointSlice controller, and verify leaves the lab as it foun
    ports, mapped before the change), and every other flow must stay where it was:
    resilient nexthop groups move only the removed member's buckets.
 
+3. at scale (issue 17): the service grows to SCALE_BACKENDS backends; every node's
+   buckets for it (the kernel's resilient group, VPP's load balance, as the dataplane has
+   them) give each backend its weight's share within one bucket, and new flows from
+   every client node follow; then the service shrinks back.
+
 Adding first and removing the same pod keeps the original backends *and* their share of
 the groups' buckets: the other order (remove an original backend, add a new one) would
 leave the new one only the buckets that were idle when it joined, for as long as the
@@ -24,11 +29,13 @@ from __future__ import annotations
 import ipaddress
 import random
 import time
+from collections import Counter
 from typing import Any
 
 from srv6ctl.dataplane.vpp import VppBackend
 from srv6ctl.lab.objects import SERVICE_HTTP_PORT
 from srv6ctl.observe.netinfo import group_buckets
+from srv6ctl.verify.connectivity import _spread_tolerance
 from srv6ctl.verify.flows import answers, udp_flows
 from srv6ctl.verify.report import Report
 from srv6ctl.verify.topology import PodInfo, ServiceInfo, Topology
@@ -38,6 +45,8 @@ PORTS_PER_CLIENT = 48
 FRESH_BATCH = 16
 FRESH_ROUNDS = 6
 TIMEOUT = 20.0
+SCALE_BACKENDS = 40
+SCALE_FLOWS = 600  # new UDP flows at scale, over the client nodes: 15 a backend
 
 
 def _vpp_weights(backend: Any, node: Any, service: ServiceInfo) -> dict[tuple[Any, ...], int]:
@@ -91,11 +100,104 @@ class Convergence:
             self._scale_down(service, clients, pod)
         finally:
             # Whatever failed above, the lab goes back to the shape verify found it in.
-            if any(p.name == pod.name for p in self.lab.state.pods):
-                self.lab.withdraw_backends(short, [pod])
-                self.lab.delete_pods([pod])
+            self._remove([pod], short)
+        self._at_scale(service, clients)
+
+    def _remove(self, pods: list[Any], short: str) -> None:
+        gone = {p.name for p in pods}
+        left = [p for p in self.lab.state.pods if p.name in gone]
+        if left:
+            self.lab.withdraw_backends(short, left)
+            self.lab.delete_pods(left)
+        self.lab.wait_converged(self.lab.state)
+        self.topo.refresh()
+
+    def _at_scale(self, service: ServiceInfo, clients: list[PodInfo]) -> None:
+        """SCALE_BACKENDS backends: each one's share of every node's buckets is within one
+        bucket of its weight's share, and new flows follow (the VPP lab once gave the first
+        of 40 lists 11 of 128 buckets and every other 3: 58 of 800 flows, not 20)."""
+        short = service.name.split("/", 1)[-1]
+        label = (
+            f"at {SCALE_BACKENDS} backends of {service.name}, every node's buckets give "
+            "each its weight's share within one bucket, and new flows follow"
+        )
+        grow = SCALE_BACKENDS - len(service.backends)
+        if grow <= 0:
+            self.report.skip(GROUP, label, f"{service.name} has {SCALE_BACKENDS} already")
+            return
+        added = self.lab.add_backends(short, grow)
+        try:
             self.lab.wait_converged(self.lab.state)
             self.topo.refresh()
+            problems, shown = self._scaled_buckets(service)
+            problems += self._scaled_flows(service, clients)
+            self.report.add(GROUP, label, not problems, "; ".join(problems[:3]) or shown)
+        finally:
+            self._remove(added, short)
+
+    def _scaled_buckets(self, service: ServiceInfo) -> tuple[list[str], str]:
+        problems: list[str] = []
+        shown: list[str] = []
+        vpp = self._vpp_backends()
+        try:
+            for node in self.topo.nodes:
+                policy = self.topo.policy(node.name, service.name, 6)
+                if policy is None:
+                    problems.append(f"{node.name}: no policy for {service.name}")
+                    continue
+                if node.name in vpp:
+                    held = vpp[node.name].buckets(policy.bsid)
+                else:
+                    held = group_buckets(node.netns, f"{service.cluster_ipv6}/128")
+                total = sum(held.values())
+                weights = {sl.segments: sl.weight for sl in policy.segment_lists}
+                if len(weights) != SCALE_BACKENDS:
+                    problems.append(f"{node.name}: {len(weights)} segment lists")
+                    continue
+                counts = []
+                for segments, weight in weights.items():
+                    expected = total * weight / sum(weights.values())
+                    got = held.get(segments, 0)
+                    counts.append(got)
+                    if abs(got - expected) > 1:
+                        problems.append(
+                            f"{node.name}: {segments[-1]} holds {got} of {total} buckets, "
+                            f"expected {expected:.1f}"
+                        )
+                shown.append(f"{node.name} {min(counts)} to {max(counts)} of {total}")
+        finally:
+            for backend in vpp.values():
+                backend.close()
+        return problems, "buckets a backend: " + ", ".join(shown)
+
+    def _scaled_flows(self, service: ServiceInfo, clients: list[PodInfo]) -> list[str]:
+        counts: Counter[str] = Counter()
+        each = SCALE_FLOWS // len(clients)
+        for client in clients:
+            sports = random.sample(range(10000, 60000), each)
+            found = udp_flows(
+                client.netns, service.cluster_ipv6, SERVICE_HTTP_PORT, sports=sports, timeout=1.0
+            )
+            counts.update(a.pod for a in answers(found))
+        total = sum(counts.values())
+        share = 1 / SCALE_BACKENDS
+        tolerance = _spread_tolerance(total, share)
+        problems = [
+            f"{pod}: {n} of {total} flows, expected {total * share:.0f}±{tolerance:.0f}"
+            for pod, n in sorted(counts.items())
+            if abs(n - total * share) > tolerance
+        ]
+        if len(counts) < SCALE_BACKENDS:
+            problems.append(f"only {len(counts)} of {SCALE_BACKENDS} backends reached")
+        if total < 0.9 * each * len(clients):
+            problems.append(f"{total} of {each * len(clients)} flows answered")
+        self.report.figures["scale_spread"] = {
+            "backends": len(counts),
+            "flows": total,
+            "min": min(counts.values(), default=0),
+            "max": max(counts.values(), default=0),
+        }
+        return problems
 
     def _scale_up(self, service: ServiceInfo, clients: list[PodInfo], pod: Any) -> None:
         """First the data plane (every node's group has the new SID as a member, read
