@@ -839,9 +839,10 @@ class Renderer:
             out.routes.extend(Route(host, kind=empty, table=table) for host in hosts)
             return
         if family == 6 and self._host_sid in sids and table == MAIN_TABLE:
-            # A host-network endpoint here: End.DT6 `L::7` must find the address local.
-            table = self._inputs.host_table
-            out.routes.extend(Route(host, kind=RouteKind.LOCAL, table=table) for host in hosts)
+            # A host-network endpoint here: End.DT6 `L::7` must find the address local (in
+            # the host-services table; the main table keeps steering it, for the others).
+            host_table = self._inputs.host_table
+            out.routes.extend(Route(h, kind=RouteKind.LOCAL, table=host_table) for h in hosts)
         if bsid not in out.policies:
             # Sorted already, so the policy's own sort has nothing to do.
             segment_lists = tuple(SegmentList((IPv6Address(sid),)) for sid in sorted(sids))

@@ -22,6 +22,7 @@ from ipam6.plan import AddressPlan, PodSids
 from srv6ctl.dataplane.model import (
     HOST_LOOP_DEVICE,
     HOST_LOOP_GATEWAY,
+    MAIN_TABLE,
     Capabilities,
     DataplaneObject,
     EncapMode,
@@ -785,6 +786,10 @@ def test_host_network_endpoints_end_at_their_nodes_dt_sids() -> None:
     )
     assert local in on_2.routes and local not in config.routes
     assert EndDT6(V6("fcbb:bb00:2::7"), table=HOST_SERVICES_TABLE) in on_2.local_sids
+    # The endpoint's own node still steers the ClusterIP for its pods, in the main table
+    # (a steering in the host-services table would take the local route's slot).
+    assert steer("fd00:96::2/128", "fcbb:bb00::6000:2") in on_2.steerings
+    assert all(s.table == MAIN_TABLE for s in on_2.steerings)
     # IPv4 to a host-network endpoint needs End.DT4 on its node: only node-3 has it.
     assert segment_ends(config, "fcbb:bb00::4000:2") == {"fcbb:bb00:3::4"}
 
