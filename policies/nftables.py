@@ -444,6 +444,7 @@ def port_rewrite_ruleset(
     frontends: Iterable[Frontend],
     table: str = REWRITE_TABLE,
     node_ports: Iterable[NodePortTarget] = (),
+    inbound_hook: str = "prerouting",
 ) -> str | None:
     """The transaction (re)installing a backend pod's stateless port rewrite, in the form
     and at the priorities the policy table relies on (module docstring); None when no
@@ -460,6 +461,9 @@ def port_rewrite_ruleset(
     Two frontends of one ClusterIP with one target port and different service ports
     cannot both be rewritten back statelessly (the reply from T cannot tell 80 from
     8000); the lower service port wins and the other one's replies would keep T.
+
+    `inbound_hook` "input" serves a node's own stack, where End.DT6 delivers a ClusterIP
+    without passing prerouting (unless `nf_hooks_lwtunnel` is set).
 
     This replaces the table in one transaction, which is right when the pod is wired; a
     change under traffic has the glitch `NftablesBackend` avoids (maps are sets): for an
@@ -504,7 +508,7 @@ def port_rewrite_ruleset(
                 f"{proto} {port} set {_family(version)} {address} . {proto} {port} map @{name}"
             )
     for chain, hook, priority, rules in (
-        ("rewrite_in", "prerouting", REWRITE_IN_PRIORITY, rewrite["in"]),
+        ("rewrite_in", inbound_hook, REWRITE_IN_PRIORITY, rewrite["in"]),
         ("rewrite_out", "postrouting", REWRITE_OUT_PRIORITY, rewrite["out"]),
     ):
         if rules:

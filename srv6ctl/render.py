@@ -110,6 +110,7 @@ from srv6ctl.dataplane.model import (
     LocalSid,
     NodeConfig,
     PodAttachment,
+    PortMap,
     Route,
     RouteKind,
     Rule,
@@ -207,6 +208,7 @@ class Fragment:
     steerings: tuple[Steering, ...] = ()
     routes: tuple[Route, ...] = ()
     rules: tuple[Rule, ...] = ()
+    port_maps: tuple[PortMap, ...] = ()
 
     def parts(self) -> Iterator[tuple[str, tuple[DataplaneObject, ...]]]:
         yield "pods", self.pods
@@ -215,11 +217,12 @@ class Fragment:
         yield "steerings", self.steerings
         yield "routes", self.routes
         yield "rules", self.rules
+        yield "port_maps", self.port_maps
 
 
 EMPTY = Fragment()
 FragmentKey: TypeAlias = NodeKey | ServiceKey | PodKey
-PARTS = ("pods", "local_sids", "policies", "steerings", "routes", "rules")
+PARTS = ("pods", "local_sids", "policies", "steerings", "routes", "rules", "port_maps")
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,9 @@ class _ServiceParts:
     steerings: list[Steering] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
+    port_maps: list[PortMap] = field(default_factory=list)
+    # A host-network endpoint's target port per (protocol, service port), from the slices.
+    host_targets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def _host(address: IPAddress) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -335,6 +341,7 @@ class Renderer:
                 steerings=cast(frozenset[Steering], parts["steerings"]),
                 routes=cast(frozenset[Route], parts["routes"]),
                 rules=cast(frozenset[Rule], parts["rules"]),
+                port_maps=cast(frozenset[PortMap], parts["port_maps"]),
             )
         return self._config
 
@@ -696,7 +703,7 @@ class Renderer:
             return EMPTY  # another proxy's, or not a proxied kind: kube-proxy skips it too
         bsids = self._inputs.service_bsids.get(service.uid)
         slices = self._state.slices_of_service(*key)
-        out = _ServiceParts()
+        out = _ServiceParts(host_targets=_host_targets(service, slices))
         families = (
             (6, service.cluster_ip_v6, None if bsids is None else bsids[0]),
             (4, service.cluster_ip_v4, None if bsids is None else bsids[1]),
@@ -770,6 +777,7 @@ class Renderer:
             steerings=tuple(out.steerings),
             routes=tuple(out.routes),
             rules=tuple(out.rules),
+            port_maps=tuple(dict.fromkeys(out.port_maps)),
         )
 
     def _node_port_address(self, service: Service, family: int) -> IPAddress | None:
@@ -843,6 +851,13 @@ class Renderer:
             # the host-services table; the main table keeps steering it, for the others).
             host_table = self._inputs.host_table
             out.routes.extend(Route(h, kind=RouteKind.LOCAL, table=host_table) for h in hosts)
+            if self._inputs.capabilities.port_maps:
+                # The node's own stack is the endpoint: it rewrites the port itself.
+                out.port_maps.extend(
+                    PortMap(protocol, address, port, target)
+                    for (protocol, port), target in out.host_targets.items()
+                    for address in addresses
+                )
         if bsid not in out.policies:
             # Sorted already, so the policy's own sort has nothing to do.
             segment_lists = tuple(SegmentList((IPv6Address(sid),)) for sid in sorted(sids))
@@ -944,6 +959,25 @@ class Renderer:
             # End.DT4 has nothing that decapsulates IPv4 into its own stack: skip it.
             return None
         return None
+
+
+def _host_targets(service: Service, slices: list[EndpointSlice]) -> dict[tuple[str, int], int]:
+    """(protocol, service port) → the port a host-network endpoint listens on, where the
+    two differ: the slices' port of the same name (what the EndpointSlice controller, or
+    the API server for `kubernetes`, wrote: 443 → 6443)."""
+    by_name = {
+        (p.protocol, p.name): p.port
+        for s in slices
+        if s.address_type == "IPv6"
+        for p in s.ports
+        if p.port is not None
+    }
+    out = {}
+    for port in service.ports:
+        target = by_name.get((port.protocol, port.name))
+        if target is not None and target != port.port:
+            out[(port.protocol, port.port)] = target
+    return out
 
 
 @contextmanager

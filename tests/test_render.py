@@ -33,6 +33,7 @@ from srv6ctl.dataplane.model import (
     EndDX6,
     NodeConfig,
     PodAttachment,
+    PortMap,
     Route,
     RouteKind,
     Rule,
@@ -55,6 +56,7 @@ from srv6ctl.state import (
     ClusterState,
     ContainerPort,
     Endpoint,
+    EndpointPort,
     EndpointSlice,
     Labels,
     Node,
@@ -747,6 +749,24 @@ def test_dual_stack_without_end_dt4_uses_per_pod_dx4_policies() -> None:
         steer("10.128.3.2/32", "fcbb:bb00:1::5003:2"),
     }
     assert not [s for s in config.steerings if s.prefix.version == 4 and s.prefix.prefixlen == 24]
+
+
+def test_a_host_network_endpoints_own_node_rewrites_the_service_port() -> None:
+    """The `kubernetes` Service: port 443, the API server on its node's stack at 6443 (the
+    slice's port of the same name); that node rewrites, nobody else does."""
+    api_2 = pod(IPV6_ONLY, "apiserver-2", 2, 0, host_network=True)
+    api = service("kubernetes", 2, ports=(ServicePort(443, name="https"),))
+    state = state_of(node(1), node(2), api_2, api)
+    eps = endpoint_slice(api, [endpoint(api_2)])
+    state.upsert_endpoint_slice(
+        dataclasses.replace(eps, ports=(EndpointPort(6443, "TCP", "https"),))
+    )
+    on_2 = render(state, "node-2", inputs(IPV6_ONLY, [1, 2], {api: 2}))
+    assert on_2.port_maps == {PortMap("TCP", V6("fd00:96::2"), 443, 6443)}
+    assert not render(state, "node-1", inputs(IPV6_ONLY, [1, 2], {api: 2})).port_maps
+    # A backend without port rewrites for its own stack gets none (VPP).
+    vpp = render(state, "node-2", inputs(IPV6_ONLY, [1, 2], {api: 2}, capabilities=VPP))
+    assert not vpp.port_maps
 
 
 def test_dual_stack_with_end_dt4_steers_whole_ipv4_pod_prefixes() -> None:

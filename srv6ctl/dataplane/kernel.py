@@ -62,6 +62,7 @@ from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from policies.nftables import NftError, run_nft
+from srv6ctl.dataplane import host_ports
 from srv6ctl.dataplane import kernel_affinity as affinity
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane.kernel_caps import KernelFeatures, probe_kernel
@@ -114,6 +115,7 @@ from srv6ctl.dataplane.model import (
     IPv6Address,
     NodeConfig,
     ObjectKind,
+    PortMap,
     SegmentList,
     SrPolicy,
     TableLookup,
@@ -606,6 +608,7 @@ class KernelBackend:
             key: mark for key, mark in sticky.marks.items() if key[0] in inventory.affine
         }
         inventory.nft_names = sticky.names
+        inventory.port_maps = {m.key: m for m in self._host_ports()}
         self._load_rules(inventory)
         self._inventory = inventory
         return inventory, [r for r in decoded if r.slot[0] != self._codec.policy_table]
@@ -642,6 +645,18 @@ class KernelBackend:
                 raise
             listing = ""
         return affinity.parse_listing(listing)
+
+    def _host_ports(self) -> list[PortMap]:
+        """The node's own port rewrites (host_ports); none without the table."""
+        if not self.capabilities.port_maps:
+            return []
+        try:
+            listing = run_nft(self.netns, ["-j", "list", "table", "inet", host_ports.TABLE])
+        except NftError as error:
+            if "No such file or directory" not in str(error):
+                raise
+            return []
+        return host_ports.parse_listing(listing)
 
     def _dump_routes(self, family: int) -> list[RouteMessage]:
         msgs = self._route.dump(nl.RTM_GETROUTE, self._codec.route_dump(family), parse_route)

@@ -26,6 +26,7 @@ from pyroute2.netlink import NETLINK_ROUTE, NLM_F_CREATE, NLM_F_EXCL
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from policies.nftables import NftError, run_nft
+from srv6ctl.dataplane import host_ports
 from srv6ctl.dataplane import kernel_affinity as affinity
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane.kernel_codec import (
@@ -62,6 +63,7 @@ from srv6ctl.dataplane.model import (
     Flavour,
     IPv6Address,
     LocalSid,
+    PortMap,
     Rule,
 )
 from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Request
@@ -190,6 +192,7 @@ class _Probe:
         capabilities = Capabilities(
             rules=rules,
             affinity=rules and self._affinity(),
+            port_maps=self._port_maps(),
             behaviours=frozenset(behaviours),
             flavours=all_flavours,
             encap_modes=modes,
@@ -319,6 +322,20 @@ class _Probe:
         except (NftError, OSError) as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             self.notes.append(f"sessionAffinity: unsupported, connections balanced ({reason})")
+            return False
+        return True
+
+    def _port_maps(self) -> bool:
+        """The host_ports table (`PortMap`s), loaded here whole."""
+        sample = PortMap("TCP", IPv6Address("fd00:5c::1"), 443, 6443)
+        try:
+            run_nft(self.netns, ["-f", "-"], host_ports.script([sample]))
+        except (NftError, OSError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            self.notes.append(
+                f"port rewrites for host-network endpoints: unsupported ({reason}); "
+                "a Service whose port differs from its host-network endpoint's is not served"
+            )
             return False
         return True
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE
 
+from srv6ctl.dataplane import host_ports
 from srv6ctl.dataplane import kernel_affinity as affinity
 from srv6ctl.dataplane import netlink_seg6 as nl
 from srv6ctl.dataplane.kernel_affinity import MarkKey, Sticky
@@ -78,6 +79,7 @@ from srv6ctl.dataplane.model import (
     MAIN_TABLE,
     POD,
     POLICY,
+    PORT_MAP,
     ROUTE,
     RULE,
     STEERING,
@@ -89,6 +91,7 @@ from srv6ctl.dataplane.model import (
     LocalSid,
     ObjectKind,
     PodAttachment,
+    PortMap,
     Route,
     Rule,
     SrPolicy,
@@ -132,6 +135,7 @@ class Inventory:
     mark_routes: dict[Slot, int] = field(default_factory=dict)
     mark_rules: set[tuple[int, int]] = field(default_factory=set)  # (IP version, mark)
     mark_gates: set[int] = field(default_factory=set)  # IP versions with gate and anchor
+    port_maps: dict[Any, PortMap] = field(default_factory=dict)  # host_ports, by key
 
     def copy(self) -> Inventory:
         return Inventory(
@@ -154,6 +158,7 @@ class Inventory:
             dict(self.mark_routes),
             set(self.mark_rules),
             set(self.mark_gates),
+            dict(self.port_maps),
         )
 
 
@@ -234,7 +239,9 @@ class Compilation:
     def __len__(self) -> int:
         """How many objects the plan touches (a measure of the work ahead)."""
         targets = self._targets
-        return len(targets.policies) + len(targets.slots) + len(targets.rules)
+        return (
+            len(targets.policies) + len(targets.slots) + len(targets.rules) + len(targets.port_maps)
+        )
 
     def run(self, progress: Callable[[int], None] | None = None) -> Program:
         """Emit every write; `progress(n)` is told each time `creates` has grown by about
@@ -249,6 +256,7 @@ class _Targets:
     slots: dict[Slot, LocalSid | Route | Steering | None] = field(default_factory=dict)
     policies: dict[IPv6Address, SrPolicy | None] = field(default_factory=dict)
     rules: dict[Any, Rule | None] = field(default_factory=dict)
+    port_maps: dict[Any, PortMap | None] = field(default_factory=dict)
     tunnel_source: object = _UNCHANGED
 
     @classmethod
@@ -314,6 +322,7 @@ class _Compiler:
             self._program_slot(slot, target)
             report()
         nft_script = self._program_affinity(self._rules_after(targets.rules))
+        nft_script = _joined(nft_script, self._program_port_maps(targets.port_maps))
         self._program_rules(targets.rules)  # also puts a stray moved local rule back
         report(final=True)
         self._drop_unused()
@@ -453,6 +462,23 @@ class _Compiler:
         after.sticky = held
         after.nft_names = affinity.names(held)
         return script
+
+    # --- the node's own port rewrites (host_ports) --------------------------------------
+
+    def _program_port_maps(self, port_maps: Mapping[Any, PortMap | None]) -> str | None:
+        """The host_ports table again, whole (stateless: nothing in it to keep), when the
+        plan changes any of its rewrites."""
+        after = self.after
+        changed = False
+        for key, target in port_maps.items():
+            if after.port_maps.get(key) == target:
+                continue
+            changed = True
+            if target is None:
+                del after.port_maps[key]
+            else:
+                after.port_maps[key] = target
+        return host_ports.script(after.port_maps.values()) if changed else None
 
     # --- rules, and the local rule they need moved (kernel_rules) -----------------------
 
@@ -778,6 +804,26 @@ class _Rules(KindHandler):
         return found.inventory.rules.values()
 
 
+class _PortMaps(KindHandler):
+    """The nftables table host_ports.TABLE, written whole by the compiler."""
+
+    def fold(
+        self,
+        targets: _Targets,
+        kind: ObjectKind,
+        obj: PortMap,
+        present: bool,
+        codec: Codec,
+        features: KernelFeatures,
+    ) -> None:
+        if present and not features.capabilities.port_maps:
+            raise InvalidObject(f"{obj}: this node has no nftables for port rewrites")
+        targets.port_maps[obj.key] = obj if present else None
+
+    def dump(self, found: Found) -> Iterable[DataplaneObject]:
+        return found.inventory.port_maps.values()
+
+
 class _Pods(KindHandler):
     """Nothing: the CNI side of the agent wires pods (veth, addresses, the pod's loopback
     service addresses and port rewrites live in the pod's own namespace), and the kernel
@@ -818,8 +864,16 @@ HANDLERS: Mapping[ObjectKind, KindHandler] = {
     POD: _Pods(),
     POLICY: _Policies(),
     RULE: _Rules(),
+    PORT_MAP: _PortMaps(),
     **SLOT_HANDLERS,
 }
+
+
+def _joined(first: str | None, second: str | None) -> str | None:
+    """Two nft scripts as one transaction (None: neither)."""
+    if first is None or second is None:
+        return first if second is None else second
+    return first + second
 
 
 def _slot_order(slot: Slot) -> tuple[int, int, int]:

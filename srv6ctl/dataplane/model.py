@@ -334,6 +334,34 @@ class Rule:
         return ("rule", self.destination, self.source, self.protocol, self.port, self.iif)
 
 
+@dataclass(frozen=True, order=True)
+class PortMap:
+    """A stateless port rewrite in the node's own stack, for a Service's host-network
+    endpoint on this node (kube-apiserver behind the `kubernetes` Service: port 443,
+    target 6443): what arrives for `address`:`port` (the ClusterIP, delivered locally by
+    End.DT6 `L::7`) goes to `target`, and the replies from `target` leave from `port`. A
+    pod endpoint rewrites in its own namespace (`PodAttachment.port_maps`); the node's
+    stack is the host-network endpoint's.
+    """
+
+    protocol: str  # one of PROTOCOLS
+    address: IPAddress
+    port: int
+    target: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", ip(self.address))
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"port map {self.protocol!r}: not one of {PROTOCOLS}")
+        for value in (self.port, self.target):
+            if not 0 < value < 65536:
+                raise ValueError(f"port map to {self.address}: port {value} is not 1..65535")
+
+    @property
+    def key(self) -> tuple[str, str, IPAddress, int]:
+        return ("portmap", self.protocol, self.address, self.port)
+
+
 @dataclass(frozen=True)
 class PodAttachment:
     """A pod's interface as the node sees it: the node-side end and the pod's addresses.
@@ -425,7 +453,7 @@ class EncapSource:
 
 
 DataplaneObject: TypeAlias = (
-    LocalSid | SrPolicy | Steering | Route | Rule | PodAttachment | EncapSource
+    LocalSid | SrPolicy | Steering | Route | Rule | PortMap | PodAttachment | EncapSource
 )
 Slot: TypeAlias = tuple[int, IPNetwork]
 
@@ -482,9 +510,20 @@ ROUTE = ObjectKind("Route", Route, "routes", ("PodAttachment",), _route_slot)
 # A rule names a table, not an object; it comes last so that it is created once the
 # steerings and routes it sends packets to are there, and deleted before them.
 RULE = ObjectKind("Rule", Rule, "rules", ("Steering", "Route"))
+# Refers to nothing: a rewrite of packets the node's local routes deliver.
+PORT_MAP = ObjectKind("PortMap", PortMap, "port_maps")
 
 # Dependency order: a kind refers only to kinds before it.
-KINDS: tuple[ObjectKind, ...] = (ENCAP_SOURCE, POD, LOCAL_SID, POLICY, STEERING, ROUTE, RULE)
+KINDS: tuple[ObjectKind, ...] = (
+    ENCAP_SOURCE,
+    POD,
+    LOCAL_SID,
+    POLICY,
+    STEERING,
+    ROUTE,
+    RULE,
+    PORT_MAP,
+)
 RANK: Mapping[ObjectKind, int] = {kind: rank for rank, kind in enumerate(KINDS)}
 _KIND_OF_TYPE: dict[type, ObjectKind] = {
     **{kind.model: kind for kind in KINDS},
@@ -527,11 +566,12 @@ class NodeConfig:
     steerings: frozenset[Steering] = frozenset()
     routes: frozenset[Route] = frozenset()
     rules: frozenset[Rule] = frozenset()
+    port_maps: frozenset[PortMap] = frozenset()
 
     def __post_init__(self) -> None:
         if self.encap_source is not None:
             object.__setattr__(self, "encap_source", v6(self.encap_source))
-        for name in ("pods", "local_sids", "policies", "steerings", "routes", "rules"):
+        for name in ("pods", "local_sids", "policies", "steerings", "routes", "rules", "port_maps"):
             object.__setattr__(self, name, frozenset(getattr(self, name)))
 
     def objects(self) -> Iterable[DataplaneObject]:
@@ -619,6 +659,7 @@ class Capabilities:
     rules: bool = False  # `Rule`s (kernel 4.17+: ip rules by protocol and port; VPP: ABF)
     host_loop: bool = False  # HOST_LOOP_DEVICE is there (the kernel backend makes it)
     affinity: bool = False  # `SrPolicy.affinity` (kernel: nftables and fwmark rules; VPP)
+    port_maps: bool = False  # `PortMap`s (the kernel backend: nftables in the node's stack)
     notes: tuple[str, ...] = field(default=())  # why something is missing, for humans
 
 

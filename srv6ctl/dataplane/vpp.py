@@ -81,6 +81,7 @@ from srv6ctl.dataplane.model import (
     MAIN_TABLE,
     POD,
     POLICY,
+    PORT_MAP,
     RULE,
     Capabilities,
     Change,
@@ -202,6 +203,14 @@ class ApplyError(RuntimeError):
         super().__init__(f"VPP refused {len(self.failures)} request(s): {lines}{more}")
 
 
+def _no_port_maps(change: Change) -> None:
+    """Refused (Capabilities.port_maps is False, so render makes none for VPP)."""
+    raise InvalidObject(
+        f"{change.obj}: VPP does not rewrite ports for the node's own stack (host-network "
+        "endpoints whose port differs from the Service's)"
+    )
+
+
 class VppBackend:
     """SRv6 in FD.io VPP 25.10, over the binary API socket `api_socket`."""
 
@@ -282,6 +291,7 @@ class VppBackend:
             POD: self._pods.apply,
             ENCAP_SOURCE: self._apply_encap_source,
             RULE: self._rules.apply,
+            PORT_MAP: _no_port_maps,
         }
         self._wait_connected(connect_timeout)
         # Probed on the first connection: whether this VPP has the ABF plugin.

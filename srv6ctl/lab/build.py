@@ -83,7 +83,14 @@ from srv6ctl.lab.state import (
     save_state,
     write_atomically,
 )
-from srv6ctl.lab.workload import create_pod, plan_pods, wait_server, write_service
+from srv6ctl.lab.workload import (
+    create_pod,
+    plan_pods,
+    start_host_server,
+    wait_host_server,
+    wait_server,
+    write_service,
+)
 
 
 @dataclass
@@ -214,6 +221,14 @@ class Lab:
                 node.agent = start_agent(ctx, node)
             self._save()
             in_parallel(lambda node: agent_ready(ctx, node), state.nodes)
+        hosts = [n for n in state.nodes if any(n.name in s.host_endpoints for s in state.services)]
+        if hosts and options.dataplane != "vpp":
+            with self.steps.step("host-network endpoints: a server on each one's node"):
+                for node in hosts:
+                    node.host_server = start_host_server(paths, node)
+                self._save()
+                for node in hosts:
+                    wait_host_server(paths, node)
         total = options.nodes * options.pods_per_node
         with self.steps.step(f"{total} pods through srv6-cni, each with its server"):
             planned = plan_pods(state)
@@ -261,13 +276,19 @@ class Lab:
                 node.vpp_api_socket = where.api_socket
                 node.vpp_stats_socket = where.stats_socket
         for shape in SERVICES:
+            if shape.host_endpoints and options.dataplane == "vpp":
+                # A host-network endpoint is the node's kernel stack, which the VPP lab's
+                # nodes keep off the underlay (VPP owns the uplink): not built there.
+                continue
             families = (6, 4) if options.dual_stack else (6,)
             state.services.append(
                 ServiceRecord(
                     name=shape.name,
                     uid=str(uuid.uuid4()),
                     cluster_ipv6=shape.cluster_ipv6,
-                    cluster_ipv4=shape.cluster_ipv4 if options.dual_stack else None,
+                    cluster_ipv4=shape.cluster_ipv4
+                    if options.dual_stack and shape.cluster_ipv4
+                    else None,
                     with_backends=shape.with_backends,
                     selects=shape.selects,
                     type=shape.type,
@@ -278,6 +299,7 @@ class Lab:
                     node_ports=list(shape.node_ports),
                     source_ranges=[r for r in shape.source_ranges if _family(r) in families],
                     affinity=shape.affinity,
+                    host_endpoints=[state.nodes[i].name for i in shape.host_endpoints],
                 )
             )
         return state

@@ -7,6 +7,7 @@ each service is one file: a change rewrites one file in one rename.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -142,12 +143,26 @@ def service_object(service: ServiceRecord) -> dict[str, Any]:
     return obj
 
 
-def endpoint_slices(service: ServiceRecord, backends: list[PodRecord]) -> list[dict[str, Any]]:
-    """One slice per address family, as the EndpointSlice controller writes them."""
+def endpoint_slices(
+    service: ServiceRecord, backends: list[PodRecord], hosts: Sequence[NodeRecord] = ()
+) -> list[dict[str, Any]]:
+    """One slice per address family, as the EndpointSlice controller writes them; a
+    host-network endpoint (`hosts`) as the API server writes `kubernetes`'s: the node's
+    address, no pod."""
     families = [("IPv6", "ipv6")] + ([("IPv4", "ipv4")] if service.cluster_ipv4 else [])
     slices = []
     for address_type, attribute in families:
-        endpoints = []
+        endpoints: list[dict[str, Any]] = []
+        for node in hosts:
+            address = getattr(node, f"internal_{attribute}")
+            if address:
+                endpoints.append(
+                    {
+                        "addresses": [address],
+                        "conditions": {"ready": True, "serving": True, "terminating": False},
+                        "nodeName": node.name,
+                    }
+                )
         for pod in backends:
             address = getattr(pod, attribute)
             if not address:
@@ -195,4 +210,5 @@ def node_file(state: LabState) -> str:
 
 def service_file(state: LabState, service: ServiceRecord) -> str:
     backends = state.backends(service.name) if service.with_backends else []  # by its label
-    return dump([service_object(service), *endpoint_slices(service, backends)])
+    hosts = [state.node(name) for name in service.host_endpoints]
+    return dump([service_object(service), *endpoint_slices(service, backends, hosts)])

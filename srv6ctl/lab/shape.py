@@ -43,6 +43,9 @@ class LabService:
     node_ports: tuple[int, ...] = ()
     source_ranges: tuple[str, ...] = ()  # loadBalancerSourceRanges
     affinity: int = 0  # sessionAffinity ClientIP with this timeoutSeconds; 0: None
+    # Endpoints on these nodes' own stacks (kube-apiserver's, behind `kubernetes`), by
+    # index into the lab's nodes: the node's InternalIP, a server in its namespace.
+    host_endpoints: tuple[int, ...] = ()
 
 
 SERVICES = (
@@ -74,6 +77,10 @@ SERVICES = (
     ),
     # The same backends again, sessionAffinity ClientIP: each client keeps its backend.
     LabService("web-sticky", "fd00:96::13", "10.96.0.13", selects="web", affinity=600),
+    # As kubeadm makes it: the service CIDR's first address, single-stack (the primary
+    # family), the API server on the first node's host network; the node rewrites the
+    # service port to its (80 → 8080, as 443 → 6443).
+    LabService("kubernetes", "fd00:96::1", "", with_backends=False, host_endpoints=(0,)),
 )
 BACKEND_SERVICE = "web"
 

@@ -55,6 +55,7 @@ class NodeRecord(_Model):
     vpp_dir: str | None = None
     vpp_api_socket: str | None = None
     vpp_stats_socket: str | None = None
+    host_server: ProcessRecord | None = None  # a host-network endpoint's (podserver)
 
 
 class PodRecord(_Model):
@@ -87,6 +88,7 @@ class ServiceRecord(_Model):
     node_ports: list[int] = []  # one per lab service port (lab/objects.SERVICE_PORTS)
     source_ranges: list[str] = []  # loadBalancerSourceRanges
     affinity: int = 0  # sessionAffinity ClientIP's timeoutSeconds; 0: None
+    host_endpoints: list[str] = []  # nodes whose own stack serves it (a server there)
 
     @property
     def label(self) -> str:

@@ -63,16 +63,31 @@ def create_pod(paths: LabPaths, state: LabState, pod: PodRecord) -> None:
 
 
 def start_server(paths: LabPaths, pod: PodRecord) -> ProcessRecord:
+    return _spawn_server(paths, pod.netns, pod.name)
+
+
+def host_server_name(node: NodeRecord) -> str:
+    """What a host-network endpoint's server says it is (as a pod says its name)."""
+    return f"{node.name}-host"
+
+
+def start_host_server(paths: LabPaths, node: NodeRecord) -> ProcessRecord:
+    """The server of a host-network endpoint, in the node's own namespace (as
+    kube-apiserver listens on its node's addresses)."""
+    return _spawn_server(paths, node.netns, host_server_name(node))
+
+
+def _spawn_server(paths: LabPaths, netns_name: str, name: str) -> ProcessRecord:
     argv = [
         "ip",
         "netns",
         "exec",
-        pod.netns,
+        netns_name,
         sys.executable,
         "-m",
         "srv6ctl.lab.podserver",
         "--pod",
-        pod.name,
+        name,
         "--http",
         str(objects.HTTP_PORT),
         "--echo",
@@ -80,21 +95,31 @@ def start_server(paths: LabPaths, pod: PodRecord) -> ProcessRecord:
         "--state-dir",
         str(paths.root),
     ]
-    log = paths.pod_log(pod.name)
+    log = paths.pod_log(name)
     remove_file(log)  # "listening" below must be this server's, not a previous one's
     return processes.spawn(argv, log, lab=paths.root)
 
 
 def wait_server(paths: LabPaths, pod: PodRecord, timeout: float = 20.0) -> None:
+    _wait_listening(paths, pod.name, pod.server, timeout)
+
+
+def wait_host_server(paths: LabPaths, node: NodeRecord, timeout: float = 20.0) -> None:
+    _wait_listening(paths, host_server_name(node), node.host_server, timeout)
+
+
+def _wait_listening(
+    paths: LabPaths, name: str, server: ProcessRecord | None, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
-    log = paths.pod_log(pod.name)
+    log = paths.pod_log(name)
     while time.monotonic() < deadline:
         if log.exists() and "listening" in log.read_text(errors="replace"):
             return
-        if not processes.alive(pod.server):
-            raise LabError(f"the server of pod {pod.name} exited:\n" + processes.log_tail(log))
+        if not processes.alive(server):
+            raise LabError(f"the server of {name} exited:\n" + processes.log_tail(log))
         time.sleep(0.05)
-    raise LabError(f"the server of pod {pod.name} did not start within {timeout:.0f} s")
+    raise LabError(f"the server of {name} did not start within {timeout:.0f} s")
 
 
 def _pod_file(paths: LabPaths, pod: PodRecord) -> Path:

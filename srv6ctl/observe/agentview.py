@@ -23,7 +23,9 @@ from srv6ctl.dataplane.model import (
     LocalSid,
     NodeConfig,
     PodAttachment,
+    PortMap,
     Route,
+    Rule,
     SegmentList,
     SrPolicy,
     Steering,
@@ -58,6 +60,7 @@ def config_from_json(data: Mapping[str, Any]) -> NodeConfig:
             encap_source=p.get("encap_source"),
             mode=p["mode"],
             owner=p.get("owner", ""),
+            affinity=int(p.get("affinity", 0)),
         )
         for p in data.get("policies") or ()
     ]
@@ -91,6 +94,21 @@ def config_from_json(data: Mapping[str, Any]) -> NodeConfig:
                 table=int(r.get("table", 254)),
             )
             for r in data.get("routes") or ()
+        ),
+        rules=frozenset(
+            Rule(
+                r["destination"],
+                int(r["table"]),
+                protocol=r.get("protocol", ""),
+                port=int(r.get("port", 0)),
+                source=r.get("source"),
+                iif=r.get("iif", ""),
+            )
+            for r in data.get("rules") or ()
+        ),
+        port_maps=frozenset(
+            PortMap(m["protocol"], m["address"], int(m["port"]), int(m["target"]))
+            for m in data.get("port_maps") or ()
         ),
     )
 

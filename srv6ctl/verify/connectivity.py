@@ -61,7 +61,9 @@ class Connectivity:
     def run(self) -> None:
         self.pod_to_pod()
         for service in self.topo.services:
-            if service.backends and service.affinity:
+            if service.host_endpoints:
+                self.host_endpoint(service)
+            elif service.backends and service.affinity:
                 for family in (6, 4):
                     if service.cluster_ip(family) is not None:
                         self.affinity(service, family)
@@ -307,6 +309,40 @@ class Connectivity:
             if problems
             else f"{flows} connections from {backend.short} to {ip}:{SERVICE_HTTP_PORT}: {spread}"
             f" — itself included, each saw {src} and answered from the ClusterIP",
+        )
+
+    def host_endpoint(self, service: ServiceInfo, flows: int = 8) -> None:
+        """A Service whose endpoint is a node's own stack, as `kubernetes` is kube-apiserver
+        on a control-plane node: every client pod reaches it through the ClusterIP, the
+        node's stack saw the pod's own address and answered from the ClusterIP, and the
+        service port was rewritten to the endpoint's by that node (`PortMap`)."""
+        ip = service.cluster_ipv6
+        hosts = {f"{name}-host" for name in service.host_endpoints}
+        label = (
+            f"pods reach {service.name} [{ip}]:{SERVICE_HTTP_PORT}, served by "
+            f"{', '.join(service.host_endpoints)}'s own stack (port rewritten there, no NAT)"
+        )
+        found, total = Findings(), 0
+        for client in self.clients:
+            if client.ipv6 is None:
+                continue
+            src = str(client.ipv6)
+            results = tcp_flows(client.netns, ip, SERVICE_HTTP_PORT, flows)
+            found.lost += [f"{client.short}: {f.error}" for f in failures(results)]
+            for answer in answers(results):
+                total += 1
+                if answer.pod not in hosts:
+                    found.lost.append(f"{client.short}: answered by {answer.pod}")
+                found.add(answer, client.short, src, str(ip), HTTP_PORT)
+        problems = found.all
+        self.report.add(
+            GROUP,
+            label,
+            not problems and total > 0,
+            "; ".join(problems[:3])
+            or f"{total} TCP flows from {len(self.clients)} client pods: the node saw each "
+            f"pod's own address at {ip} port {HTTP_PORT}, the pods saw {ip} port "
+            f"{SERVICE_HTTP_PORT} answer",
         )
 
     def affinity(self, service: ServiceInfo, family: int, flows: int = 100) -> None:

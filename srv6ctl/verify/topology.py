@@ -134,6 +134,7 @@ class ServiceInfo:
     load_balancer_ips: list[IPAddress] = field(default_factory=list)
     source_ranges: list[IPNetwork] = field(default_factory=list)  # loadBalancerSourceRanges
     affinity: int = 0  # sessionAffinity ClientIP's timeout (the lab's); 0: None
+    host_endpoints: list[str] = field(default_factory=list)  # nodes serving it (the lab's)
 
     def cluster_ip(self, family: int) -> IPAddress | None:
         return self.cluster_ipv6 if family == 6 else self.cluster_ipv4
@@ -246,6 +247,7 @@ def from_lab(state_dir: str) -> tuple[Topology, object]:
             load_balancer_ips=[ipaddress.ip_address(a) for a in s.load_balancer_ips],
             source_ranges=[ipaddress.ip_network(r) for r in s.source_ranges],
             affinity=s.affinity,
+            host_endpoints=list(s.host_endpoints),
             node_ports={
                 (protocol, port): node_port
                 for (_, port, _, protocol), node_port in zip(

@@ -40,12 +40,16 @@ IPV6_ONLY = AddressPlan.from_mapping(
 )
 
 KERNEL = Capabilities(
-    behaviours=frozenset({"End", "End.DT6", "End.DX6", "End.DX4"}), rules=True, affinity=True
+    behaviours=frozenset({"End", "End.DT6", "End.DX6", "End.DX4"}),
+    rules=True,
+    affinity=True,
+    port_maps=True,
 )
 KERNEL_WITH_VRF = Capabilities(
     behaviours=frozenset({"End", "End.DT6", "End.DT4", "End.DX6", "End.DX4"}),
     rules=True,
     affinity=True,
+    port_maps=True,
 )
 VPP = Capabilities(
     behaviours=frozenset({"End", "End.DT6", "End.DT4", "End.DX6", "End.DX4"}),

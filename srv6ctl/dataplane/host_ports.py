@@ -1,0 +1,47 @@
+"""The node's own stateless port rewrites (`PortMap`), as an nftables table (pure).
+
+A Service whose endpoint is the node's own stack (a host-network endpoint: kube-apiserver
+behind the `kubernetes` Service, 443 → 6443) gets its ClusterIP delivered locally by
+End.DT6 `L::7`; the port must still become the target port, as a backend pod does it in
+its own namespace (`policies.nftables.port_rewrite_ruleset`, the same rules). Here the
+inbound rewrite hooks `input`: a packet End.DT6 delivers locally does not pass
+`prerouting` (unless `net.netfilter.nf_hooks_lwtunnel` is set). Replies get their port
+back at `postrouting`. No state: the rewrite is a map lookup per packet.
+
+The table is rewritten whole when a rewrite changes (one transaction; few entries), and
+read back from its maps on restart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable
+
+from policies.model import Frontend, Protocol
+from policies.nftables import port_rewrite_ruleset
+from srv6ctl.dataplane.model import PortMap
+
+TABLE = "srv6ctl_host_ports"  # `inet`, in the node's namespace
+
+
+def script(port_maps: Iterable[PortMap]) -> str:
+    """The transaction that makes the table hold `port_maps` (none: no table)."""
+    frontends = [Frontend(m.address, Protocol(m.protocol), m.port, m.target) for m in port_maps]
+    text = port_rewrite_ruleset(frontends, TABLE, inbound_hook="input")
+    return text if text is not None else f"add table inet {TABLE}\ndelete table inet {TABLE}\n"
+
+
+def parse_listing(text: str) -> list[PortMap]:
+    """`nft -j list table inet TABLE` → the rewrites its inbound maps hold."""
+    out = []
+    for item in json.loads(text).get("nftables", []) if text.strip() else []:
+        entry = item.get("map")
+        if entry is None or not str(entry.get("name", "")).startswith("in_"):
+            continue
+        _, proto, _ = str(entry["name"]).split("_")
+        for key, target in entry.get("elem", []):
+            address, port = key["concat"]
+            protocol = proto.upper()
+            out.append(PortMap(protocol, ipaddress.ip_address(address), int(port), int(target)))
+    return out

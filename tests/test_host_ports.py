@@ -1,0 +1,93 @@
+"""`PortMap`s in the kernel backend: the node's own stack rewrites a Service's port to its
+host-network endpoint's (the `kubernetes` Service: 443 → 6443), without state.
+
+No SRv6 needed: the ClusterIP is a local address of the node here (End.DT6 `L::7` makes
+it one in the lab), and a client namespace connects to it over a veth with real sockets.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from srv6ctl.dataplane import host_ports
+from srv6ctl.dataplane.kernel import KernelBackend
+from srv6ctl.dataplane.model import NodeConfig, PortMap
+from srv6ctl.dataplane.reconcile import plan
+from tests.support.netns import Netns, NetnsFactory, open_in
+
+pytestmark = [pytest.mark.netns]
+
+CLUSTER6, CLUSTER4 = "fd00:96::1", "10.96.0.1"
+NODE6, CLIENT6 = "2001:db8:7::1", "2001:db8:7::2"
+NODE4, CLIENT4 = "192.0.2.1", "192.0.2.2"
+API_PORT, SERVICE_PORT = 6443, 443
+
+
+@pytest.fixture
+def wired(netns_factory: NetnsFactory) -> Iterator[tuple[Netns, Netns]]:
+    """A node holding the ClusterIPs as local addresses, a server on API_PORT (all
+    addresses, as kube-apiserver listens), and a client routed to the ClusterIPs."""
+    node, client = netns_factory(), netns_factory()
+    netns_factory.veth(node, "up0", client, "up1")
+    node.ip("addr", "add", f"{NODE6}/64", "dev", "up0", "nodad")
+    node.ip("addr", "add", f"{NODE4}/24", "dev", "up0")
+    node.ip("addr", "add", f"{CLUSTER6}/128", "dev", "lo")
+    node.ip("addr", "add", f"{CLUSTER4}/32", "dev", "lo")
+    client.ip("addr", "add", f"{CLIENT6}/64", "dev", "up1", "nodad")
+    client.ip("addr", "add", f"{CLIENT4}/24", "dev", "up1")
+    client.ip("route", "add", f"{CLUSTER6}/128", "via", NODE6)
+    client.ip("route", "add", f"{CLUSTER4}/32", "via", NODE4)
+
+    def listen() -> socket.socket:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", API_PORT))
+        sock.listen(16)
+        return sock
+
+    server = open_in(node.name, listen)
+    try:
+        yield node, client
+    finally:
+        server.close()
+
+
+def _connect(client: Netns, address: str, port: int) -> int:
+    def attempt() -> int:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            return sock.connect_ex((address, port))
+
+    return open_in(client.name, attempt)
+
+
+def test_the_nodes_stack_answers_the_service_port_for_its_endpoint(
+    wired: tuple[Netns, Netns],
+) -> None:
+    node, client = wired
+    with KernelBackend(node.name, configure_sysctls=False) as backend:
+        assert backend.capabilities.port_maps
+        for address in (CLUSTER6, CLUSTER4):
+            assert _connect(client, address, SERVICE_PORT) == errno.ECONNREFUSED
+        desired = NodeConfig(
+            port_maps=frozenset(
+                PortMap("TCP", address, SERVICE_PORT, API_PORT) for address in (CLUSTER6, CLUSTER4)
+            )
+        )
+        backend.apply(plan(desired, backend.dump()))
+        # The handshake completes: the SYN reached API_PORT, the SYN-ACK left from 443.
+        for address in (CLUSTER6, CLUSTER4):
+            assert _connect(client, address, SERVICE_PORT) == 0
+        assert backend.dump() == desired
+    # A restarted agent reads them back, and plans nothing.
+    with KernelBackend(node.name, configure_sysctls=False) as again:
+        assert again.dump() == desired
+        assert plan(desired, again.dump()) == []
+        again.apply(plan(NodeConfig(), again.dump()))
+        assert host_ports.TABLE not in node.exec("nft", "list", "tables").stdout
+    assert _connect(client, CLUSTER6, SERVICE_PORT) == errno.ECONNREFUSED
