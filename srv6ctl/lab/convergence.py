@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Mapping
 
 from ipam6.plan import AddressPlan
 from srv6ctl.config import load_config
@@ -16,10 +17,20 @@ CONVERGE_TIMEOUT = 30.0
 
 
 def expected_sids(
-    plan: AddressPlan, state: LabState, service: ServiceRecord, family: int
+    plan: AddressPlan,
+    state: LabState,
+    service: ServiceRecord,
+    family: int,
+    node_ids: Mapping[str, int],
 ) -> set[str]:
-    """The pod SIDs (End.DX6 or End.DX4) of the service's backends."""
+    """The pod SIDs (End.DX6 or End.DX4) of the service's backends, and the End.DT6
+    `L::7` of each node serving it on its own stack (IPv6: host-network endpoints)."""
     sids = set()
+    if family == 6:
+        for name in service.host_endpoints:
+            node_id = node_ids.get(name)
+            if node_id is not None:
+                sids.add(str(plan.host_sid(node_id)))
     for pod in state.backends(service.name):
         address = pod.ipv6 if family == 6 else pod.ipv4
         located = None if address is None else plan.pod_of_address(ipaddress.ip_address(address))
@@ -34,11 +45,16 @@ def convergence_problems(paths: LabPaths, state: LabState) -> list[str]:
     """What still differs between the lab's objects and the agents' dataplanes."""
     plan = load_config(paths.config)[1]
     problems = []
+    views = {}
     for node in state.nodes:
         try:
-            seen = view(node.api_socket)
+            views[node.name] = view(node.api_socket)
         except AgentUnavailable as err:
             problems.append(str(err))
+    node_ids = {name: seen.node_id for name, seen in views.items()}
+    for node in state.nodes:
+        seen = views.get(node.name)
+        if seen is None:
             continue
         if seen.drift:
             problems.append(f"{node.name}: drift {dict(seen.drift)}")
@@ -47,7 +63,9 @@ def convergence_problems(paths: LabPaths, state: LabState) -> list[str]:
                 if ip is None:
                     continue
                 want = (
-                    expected_sids(plan, state, service, family) if service.with_backends else set()
+                    expected_sids(plan, state, service, family, node_ids)
+                    if service.with_backends or service.host_endpoints
+                    else set()
                 )
                 policy = seen.policy(f"svc/{service.namespace}/{service.name}/v{family}")
                 have = (

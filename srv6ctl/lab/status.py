@@ -70,17 +70,19 @@ def collect(paths: LabPaths, state: LabState) -> dict[str, Any]:
     services = []
     for service in state.services:
         backends = state.backends(service.name)
+        # A host-network endpoint is its node's own stack ("n1 (host)").
+        names = [p.name for p in backends] + [f"{n} (host)" for n in service.host_endpoints]
         programmed = 0
         for seen in views.values():
             policy = seen.policy(f"svc/{service.namespace}/{service.name}/v6")
             count = 0 if policy is None else len(policy.segment_lists)
-            if count == len(backends):
+            if count == len(names):
                 programmed += 1
         services.append(
             {
                 "name": f"{service.namespace}/{service.name}",
                 "cluster_ips": [ip for ip in (service.cluster_ipv6, service.cluster_ipv4) if ip],
-                "backends": [p.name for p in backends],
+                "backends": names,
                 "nodes_in_sync": programmed,
                 "nodes": len(state.nodes),
             }
