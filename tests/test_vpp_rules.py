@@ -1,14 +1,18 @@
 """`Rule`s in a real VPP 25.10: ACLs and ABF policies on the uplinks, read back, and packets.
 
 Programmed as reconcile would (a plan against a dump): rules of both families, with a
-port and with a source, read back equal; a rule moving to another table; deleted; a group
-whose attachment went missing, or a new uplink, repaired by the next pass; a restarted
-agent that writes nothing. On the wire (`SRV6CTL_VPP_DATAPATH=1`): TCP to the node's own
-address and a rule's port is looked up in the rule's table and leaves H.Encaps'd, while
-the same address on another port stays the node's; UDP to a port whose table holds a
-blackhole is dropped, one whose table holds a prohibit route is rejected (VPP makes the
-ICMP error, which that table has no route back for), while another port gets the node's
-own "port unreachable".
+port and with a source, read back equal, each group's table falling back to table 0 (a
+route that is never read as a `Route`); a rule moving to another table; deleted, fallback
+too; a group whose attachment or fallback went missing, or a new uplink, repaired by the
+next pass; the fallback made before the ABF policy and deleted after it; a model route at
+the table's default prefix left alone; a restarted agent that writes nothing. On the wire
+(`SRV6CTL_VPP_DATAPATH=1`): TCP to the node's own address and a rule's port is looked up
+in the rule's table and leaves H.Encaps'd, while the same address on another port stays
+the node's; TCP and UDP to ports whose table holds a prohibit route get the ICMP
+"administratively prohibited" error back (IPv6 and IPv4: VPP makes it in that table, and
+the fallback takes it back to the client), a blackhole's port gets nothing, and a port no
+rule takes, or a rule's port its table has no route for, gets the node's own "port
+unreachable"; a fenced load balancer IP is steered for its allowed source only.
 
 The ABF plugin's API definitions are the VPP binary's own (`own_api_dir`): the shared
 definitions have no abf.api.json. Skipped with the reason when VPP, root or ABF is missing.
@@ -16,8 +20,10 @@ definitions have no abf.api.json. Skipped with the reason when VPP, root or ABF 
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +33,10 @@ from srv6ctl.dataplane import vpp_rule_codec as rule_codec
 from srv6ctl.dataplane.model import NodeConfig, Route, RouteKind, Rule, Steering
 from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.dataplane.vpp import VppBackend
-from srv6ctl.dataplane.vpp_api import find_api_dir
+from srv6ctl.dataplane.vpp_api import Request, find_api_dir
+from srv6ctl.dataplane.vpp_fib_codec import FIB_PATH_TYPE_NORMAL, FIB_SOURCE_API
 from srv6ctl.observe.agentview import no_rules_reason
+from tests.support.netns import run
 from tests.support.vpp import (
     BSID,
     MARK,
@@ -132,6 +140,23 @@ def _policies(backend: VppBackend) -> dict[int, tuple[int, list[int]]]:
     }
 
 
+def _fallbacks(backend: VppBackend) -> set[tuple[int, bool]]:
+    """(VPP table, ipv6) of every table whose default route the API made a lookup in table
+    0 (a NORMAL path with table 0, no next hop, no interface)."""
+    found = set()
+    for table in backend.channel.dump("ip_table_dump"):
+        table_id, ipv6 = int(table.table.table_id), bool(table.table.is_ip6)
+        selector = {"table_id": table_id, "is_ip6": ipv6, "name": ""}
+        for details in backend.channel.dump("ip_route_v2_dump", src=FIB_SOURCE_API, table=selector):
+            route = details.route
+            paths = route.paths[: int(route.n_paths)]
+            if ipaddress.ip_network(route.prefix).prefixlen == 0 and [
+                (int(p.type), int(p.table_id), int(p.sw_if_index)) for p in paths
+            ] == [(FIB_PATH_TYPE_NORMAL, 0, 0xFFFF_FFFF)]:
+                found.add((table_id, ipv6))
+    return found
+
+
 # --- programming and reading back ---------------------------------------------------------
 
 
@@ -158,6 +183,8 @@ def test_rules_are_read_back_as_programmed(backend: VppBackend, uplink: int, vpp
         assert policies[policy_id] == (acl, [group.table])
         assert (policy_id, uplink, rule_codec.RULE_PRIORITY, group.ipv6) in _attachments(backend)
     assert {a[1] for a in _attachments(backend)} == {uplink}
+    # Each group's table falls back to table 0 (read as no Route: the dump equals desired).
+    assert _fallbacks(backend) == {(50, True), (51, False), (52, True), (53, False)}
 
     # A restarted agent reads the same and writes nothing.
     with _rule_backend(vpp) as restarted:
@@ -188,6 +215,7 @@ def test_a_rule_moves_to_another_table_and_groups_go_with_their_last_rule(
     reconcile(backend, with_rules(rules))
     assert backend.dump().rules == rules
     assert "srv6ctl:rule:50:ip6" not in _groups(backend)
+    assert (50, True) not in _fallbacks(backend) and (54, True) in _fallbacks(backend)
     assert rule_codec.policy_id_of(old_acl) not in _policies(backend)
     assert not any(a[0] == rule_codec.policy_id_of(old_acl) for a in _attachments(backend))
 
@@ -197,6 +225,7 @@ def test_a_rule_moves_to_another_table_and_groups_go_with_their_last_rule(
     assert _groups(backend) == {}
     assert not any(p >= rule_codec.POLICY_ID_BASE for p in _policies(backend))
     assert _attachments(backend) == set()
+    assert _fallbacks(backend) == set()
 
 
 def test_a_missing_attachment_or_a_new_uplink_is_repaired_by_the_next_pass(
@@ -212,6 +241,16 @@ def test_a_missing_attachment_or_a_new_uplink_is_repaired_by_the_next_pass(
     assert (policy_id, uplink, rule_codec.RULE_PRIORITY, True) in _attachments(backend)
     assert reconcile(backend, desired) == 0
 
+    # The table's fallback deleted behind our back: the group reads as broken, and is
+    # repaired.
+    group = rule_codec.group_of(RANGE6)
+    request = rule_codec.fallback_route_del(group)
+    backend.channel.call(request.name, write=True, **request.fields)
+    assert RANGE6 not in backend.dump().rules
+    assert reconcile(backend, desired) > 0
+    assert (52, True) in _fallbacks(backend)
+    assert reconcile(backend, desired) == 0
+
     second = backend.cli("create loopback interface").strip()
     try:
         assert backend.dump().rules == frozenset()  # no group is on the new uplink yet
@@ -221,6 +260,54 @@ def test_a_missing_attachment_or_a_new_uplink_is_repaired_by_the_next_pass(
     finally:
         clean(backend)
         backend.cli(f"delete loopback interface intfc {second}")
+
+
+def test_the_fallback_is_made_before_the_policy_and_goes_after_it(
+    backend: VppBackend, uplink: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No packet is sent to a table that cannot send it on: the table's fallback route is
+    added before the ABF policy's path, and deleted after the policy."""
+    sent: list[str] = []
+    pipeline = backend.channel.pipeline
+
+    def recording(requests: Sequence[Request], **options: Any) -> Any:
+        sent.extend(_step(r) for r in requests)
+        return pipeline(requests, **options)
+
+    monkeypatch.setattr(backend.channel, "pipeline", recording)
+    reconcile(backend, with_rules(frozenset({NODEPORT6})))
+    assert sent.index("add fallback") < sent.index("add policy")
+    sent.clear()
+    reconcile(backend, base_config())
+    assert sent.index("delete policy") < sent.index("delete fallback") < sent.index("acl_del")
+
+
+def _step(request: Request) -> str:
+    fields = request.fields
+    if request.name == "abf_policy_add_del":
+        return f"{'add' if fields['is_add'] else 'delete'} policy"
+    if request.name == "ip_route_add_del" and fields["route"]["prefix"].prefixlen == 0:
+        return f"{'add' if fields['is_add'] else 'delete'} fallback"
+    return request.name
+
+
+def test_a_default_route_of_the_model_in_the_rules_table_is_left_to_decide(
+    backend: VppBackend, uplink: int
+) -> None:
+    """A model route at the table's default prefix is what the kernel's table would use
+    too: the group takes it as its fallback, neither replaces nor deletes it."""
+    default = Route("::/0", kind=RouteKind.BLACKHOLE, table=NODEPORT6.table)
+    base = base_config()
+    desired = with_rules(RULES, routes=base.routes | {default})
+    reconcile(backend, desired)
+    assert backend.dump() == backend.as_held(desired)
+    assert (50, True) not in _fallbacks(backend)
+    assert reconcile(backend, desired) == 0
+    # The rules go, the route stays.
+    without_rules = base_config(routes=base.routes | {default})
+    reconcile(backend, without_rules)
+    assert backend.dump() == backend.as_held(without_rules)
+    assert reconcile(backend, without_rules) == 0
 
 
 def _name(backend: VppBackend, sw_if_index: int) -> str:
@@ -304,80 +391,185 @@ def test_a_node_port_follows_its_table_and_other_ports_stay_the_nodes(lab: Lab) 
         reconcile(lab.backend, base_config())
 
 
-def test_a_drop_route_in_the_rules_table_takes_only_the_rules_port(lab: Lab) -> None:
-    """A blackhole in the rule's table: the rule's port is dropped, another port reaches
-    the node's own stack, which answers "port unreachable"."""
-    from scapy.layers.inet6 import ICMPv6DestUnreach
+# The node's IPv4 address on the uplink (NODEPORT4's destination) and the peer's, which
+# the `dual` fixture adds to the lab's IPv6-only link.
+NODE4 = IPv4Address("192.0.2.1")
+PEER4 = IPv4Address("192.0.2.2")
+# What VPP answers a prohibit route with: ICMPv6 "administratively prohibited", as the
+# kernel; for IPv4 "host administratively prohibited" (VPP 25.10 dpo/ip_null_dpo.c) where
+# the kernel says "communication administratively prohibited" (13): both are fatal to a
+# connect() (Linux icmp_err_convert: EHOSTUNREACH).
+PROHIBITED = {6: (1, 1), 4: (3, 10)}
+PORT_UNREACHABLE = {6: (1, 4), 4: (3, 3)}
+FAMILIES = pytest.mark.parametrize("version", [6, 4], ids=["ipv6", "ipv4"])
 
-    rule = Rule(f"{SOURCE}/128", 61, "UDP", 30053)
-    drop = Route(f"{SOURCE}/128", kind=RouteKind.BLACKHOLE, table=61)
-    base = base_config()
-    reconcile(lab.backend, base_config(routes=base.routes | {drop}, rules=frozenset({rule})))
+
+@pytest.fixture
+def dual(lab: Lab) -> Iterator[Lab]:
+    """The lab with IPv4 on the uplink too (VPP's side is the node's address)."""
+    lab.backend.cli(f"set interface ip address {lab.uplink} {NODE4}/24")
+    run("ip", "-n", lab.peer, "-4", "addr", "add", f"{PEER4}/24", "dev", "p0")
     warm_up(lab)
-
+    lab.backend.cli(f"ping {PEER4} repeat 2 interval 0.1")
     try:
-        assert _unreachable(lab, 30053) == []  # table 61: dropped
-        answers = _unreachable(lab, 30054)  # main: the node itself, no listener on that port
-        assert answers and {int(f[ICMPv6DestUnreach].code) for f in answers} == {4}
+        yield lab
     finally:
-        reconcile(lab.backend, base_config())
+        lab.backend.cli(f"set interface ip address del {lab.uplink} {NODE4}/24")
 
 
-def test_a_prohibit_route_in_the_rules_table_rejects_the_rules_port(lab: Lab) -> None:
-    """What render gives a NodePort without endpoints (externalTrafficPolicy Cluster): a
-    prohibit route in the rule's table, which crashed VPP 25.10 before vpp_fib_codec gave
-    it a DROP backstop. VPP now takes the rule's port to it and makes its "administratively
-    prohibited" error; that error is looked up in the same table (the packet's FIB after
-    ABF), which has no route back to the client, so the client sees a drop. Another port
-    is still the node's own ("port unreachable")."""
-    from scapy.layers.inet6 import ICMPv6DestUnreach
-
-    rule = Rule(f"{SOURCE}/128", 62, "UDP", 30053)
-    prohibit = Route(f"{SOURCE}/128", kind=RouteKind.PROHIBIT, table=62)
-    base = base_config()
-    desired = base_config(routes=base.routes | {prohibit}, rules=frozenset({rule}))
-    reconcile(lab.backend, desired)
-    warm_up(lab)
-    try:
-        assert lab.backend.dump().routes == desired.routes
-        lab.backend.cli("clear errors")
-        assert _unreachable(lab, 30053) == []
-        made = _icmp_errors_made(lab.backend)
-        assert made >= 1, "VPP made no ICMP error for the prohibit route"
-        answers = _unreachable(lab, 30054)
-        assert answers and {int(f[ICMPv6DestUnreach].code) for f in answers} == {4}
-        assert lab.backend.cli("show version").startswith("vpp")
-    finally:
-        reconcile(lab.backend, base_config())
+def _node(version: int) -> IPv4Address | IPv6Address:
+    return SOURCE if version == 6 else NODE4
 
 
-def _icmp_errors_made(backend: VppBackend) -> int:
-    """ip6-icmp-error's "destination unreachable response sent" count (`show errors`)."""
-    for line in backend.cli("show errors").splitlines():
-        fields = line.split()
-        if len(fields) > 2 and fields[1] == "ip6-icmp-error" and "unreachable" in line:
-            return int(fields[0])
-    return 0
+def _host(version: int) -> str:
+    """The node's own address as a host prefix (a rule's or route's destination)."""
+    return f"{_node(version)}/{128 if version == 6 else 32}"
 
 
-def _unreachable(lab: Lab, dport: int) -> list[Any]:
-    """The ICMPv6 destination-unreachable errors five UDP datagrams from the peer to the
-    node's address at `dport` bring back."""
-    from scapy.layers.inet import UDP
-    from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
+def _probes(
+    lab: Lab,
+    version: int,
+    protocol: str,
+    dport: int,
+    *,
+    source: str | None = None,
+    destination: str | None = None,
+) -> list[Any]:
+    """Five marked TCP SYNs or UDP datagrams from the peer (or `source` on its link) to the
+    node's address (or `destination`)."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
 
-    from tests.support.netns import PacketPort
-
-    frames = [
-        Ether(src=lab.peer_mac, dst=lab.vpp_uplink_mac)
-        / IPv6(src=str(PEER), dst=str(SOURCE))
-        / UDP(sport=41000 + n, dport=dport)
-        / Raw(MARK)
+    src = source or str(PEER if version == 6 else PEER4)
+    dst = destination or str(_node(version))
+    ip = IPv6(src=src, dst=dst) if version == 6 else IP(src=src, dst=dst)
+    layer4 = [
+        TCP(sport=42000 + n, dport=dport, flags="S")
+        if protocol == "TCP"
+        else UDP(sport=42000 + n, dport=dport)
         for n in range(5)
     ]
+    return [Ether(src=lab.peer_mac, dst=lab.vpp_uplink_mac) / ip / l4 / Raw(MARK) for l4 in layer4]
+
+
+def _errors(lab: Lab, frames: list[Any]) -> set[tuple[int, int]]:
+    """(type, code) of the ICMP destination-unreachable errors quoting `frames` that come
+    back to the peer."""
+    from scapy.layers.inet import ICMP
+    from scapy.layers.inet6 import ICMPv6DestUnreach
+
+    from tests.support.netns import PacketPort
+
+    def error(frame: Any) -> bool:
+        return (ICMPv6DestUnreach in frame or ICMP in frame) and marked(frame)
+
     with PacketPort(lab.peer, "p0") as peer:
         peer.drain()
         peer.send(frames)
-        return peer.receive(lambda f: ICMPv6DestUnreach in f and marked(f), timeout=2)
+        answers = peer.receive(error, timeout=2)
+    return {
+        (int(f[layer].type), int(f[layer].code))
+        for f in answers
+        for layer in (ICMPv6DestUnreach, ICMP)
+        if layer in f
+    }
+
+
+@FAMILIES
+def test_a_prohibit_route_in_the_rules_table_answers_administratively_prohibited(
+    dual: Lab, version: int
+) -> None:
+    """What render gives a NodePort without endpoints (externalTrafficPolicy Cluster): a
+    prohibit route in the rule's table (which crashed VPP 25.10 before vpp_fib_codec gave
+    it a DROP backstop). VPP takes the rule's ports to it and makes its error in that
+    table, whose fallback route looks it up again in table 0: the client is told, TCP and
+    UDP alike. Another port is still the node's own ("port unreachable")."""
+    table = 62 if version == 6 else 63
+    rules = frozenset(
+        {Rule(_host(version), table, "UDP", 30053), Rule(_host(version), table, "TCP", NODEPORT)}
+    )
+    prohibit = Route(_host(version), kind=RouteKind.PROHIBIT, table=table)
+    base = base_config()
+    desired = base_config(routes=base.routes | {prohibit}, rules=rules)
+    reconcile(dual.backend, desired)
+    try:
+        assert dual.backend.dump() == dual.backend.as_held(desired)  # the fallback is no Route
+        assert _errors(dual, _probes(dual, version, "UDP", 30053)) == {PROHIBITED[version]}
+        assert _errors(dual, _probes(dual, version, "TCP", NODEPORT)) == {PROHIBITED[version]}
+        other = _errors(dual, _probes(dual, version, "UDP", 30054))
+        assert other == {PORT_UNREACHABLE[version]}
+        assert dual.backend.cli("show version").startswith("vpp")
+    finally:
+        reconcile(dual.backend, base_config())
+
+
+@FAMILIES
+def test_a_drop_route_in_the_rules_table_takes_only_the_rules_port(dual: Lab, version: int) -> None:
+    """A blackhole in the rule's table: the rule's port is dropped, fallback or not (the
+    more specific route decides); another port reaches the node's own stack, which answers
+    "port unreachable"."""
+    table = 61 if version == 6 else 66
+    rule = Rule(_host(version), table, "UDP", 30053)
+    drop = Route(_host(version), kind=RouteKind.BLACKHOLE, table=table)
+    base = base_config()
+    reconcile(dual.backend, base_config(routes=base.routes | {drop}, rules=frozenset({rule})))
+    try:
+        assert _errors(dual, _probes(dual, version, "UDP", 30053)) == set()
+        other = _errors(dual, _probes(dual, version, "UDP", 30054))
+        assert other == {PORT_UNREACHABLE[version]}
+    finally:
+        reconcile(dual.backend, base_config())
+
+
+@FAMILIES
+def test_what_the_rules_table_has_no_route_for_goes_on_as_in_main(dual: Lab, version: int) -> None:
+    """A rule whose table holds nothing for the packet: VPP's default route would drop it;
+    the fallback looks it up in table 0, where the node's own stack answers, as for a port
+    no rule takes (the kernel passes it on to the next rule, in the end main)."""
+    table = 64 if version == 6 else 67
+    rule = Rule(_host(version), table, "UDP", 30053)
+    reconcile(dual.backend, base_config(rules=frozenset({rule})))
+    try:
+        assert rule in dual.backend.dump().rules
+        answers = _errors(dual, _probes(dual, version, "UDP", 30053))
+        assert answers == {PORT_UNREACHABLE[version]}
+    finally:
+        reconcile(dual.backend, base_config())
+
+
+def test_a_fenced_load_balancer_ip_is_steered_for_allowed_sources_only(lab: Lab) -> None:
+    """loadBalancerSourceRanges as render makes them: a blackhole for the VIP in main, a
+    steering in the service's table, a rule per allowed source. The allowed source's
+    packets are steered (the table's route is more specific than its fallback); another
+    source's never enter the table, and main's blackhole drops them."""
+    from scapy.layers.inet6 import IPv6
+
+    from tests.support.netns import PacketPort
+
+    vip, table = "fd00:96::20/128", 65
+    base = base_config()
+    desired = base_config(
+        routes=base.routes | {Route(vip, kind=RouteKind.BLACKHOLE)},
+        steerings=base.steerings | {Steering(vip, BSID, table=table)},
+        rules=frozenset({Rule(vip, table, source=f"{PEER}/128")}),
+    )
+    reconcile(lab.backend, desired)
+    warm_up(lab)
+    address = vip.split("/")[0]
+    try:
+        assert lab.backend.dump() == lab.backend.as_held(desired)
+        with PacketPort(lab.peer, "p0") as peer:
+            peer.drain()
+            peer.send(_probes(lab, 6, "TCP", 443, destination=address))
+            allowed = peer.receive(marked, count=5, timeout=5)
+            peer.drain()
+            stranger = "2001:db8:1::3"  # on the peer's link, in no range
+            peer.send(_probes(lab, 6, "TCP", 443, source=stranger, destination=address))
+            refused = peer.receive(marked, timeout=2)
+        assert len(allowed) >= 4, f"{len(allowed)} of 5 came back encapsulated"
+        assert all(f[IPv6].dst in (str(A), str(B)) for f in allowed)
+        assert refused == []
+    finally:
+        reconcile(lab.backend, base_config())

@@ -20,7 +20,8 @@ Ownership. VPP has no owner mark on SR objects or routes, so:
   read or touched; pod host routes belong to their pod port (below), not to `routes`;
 - interfaces: only those tagged `srv6ctl:` (`sw_interface_tag_add_del`);
 - rules: the ACLs tagged `srv6ctl:rule:`, the ABF policies using them and their
-  attachments (`vpp_rule_codec`).
+  attachments, and in each rule's table (ours) the default route looked up again in
+  table 0 (`vpp_rule_codec`, "Falling through"; never read as a `Route`).
 
 Pods. A `PodAttachment` is the *VPP side* of a pod: its port, with the port's addresses,
 neighbours and host routes (`vpp_pods`). `apply` handles ADD/REPLACE as "make it so",
@@ -185,9 +186,9 @@ CAPABILITY_NOTES = (
 )
 RULE_NOTES = (
     "rules (ABF on the uplinks): not for traffic from this node's pods to its own "
-    "addresses; a packet the rule's table has no route for is dropped, not passed on to "
-    "the next rule; an SCTP rule with a port matches nothing (VPP's ACL plugin reads TCP "
-    "and UDP ports only)",
+    "addresses; a packet the rule's table has no route for is looked up in the main "
+    "table, not passed on to the next rule; an SCTP rule with a port matches nothing "
+    "(VPP's ACL plugin reads TCP and UDP ports only)",
 )
 NO_RULES = "no rules (NodePorts, loadBalancerSourceRanges): "
 
@@ -279,7 +280,7 @@ class VppBackend:
             gateway_v4=gateway_v4,
             vpp_netns=vpp_netns,
         )
-        self._rules = Rules(self.channel, self._interfaces, self._run)
+        self._rules = Rules(self.channel, self._interfaces, self._tables, self._run)
         self._policies: dict[IPv6Address, VppPolicy] | None = None
         self._stale: set[IPv6Address] = set()
         self._node_source: IPv6Address | None = None

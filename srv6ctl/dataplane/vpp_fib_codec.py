@@ -233,14 +233,23 @@ def route_change(change: Change, ifindex: InterfaceIndex) -> list[Request]:
 
 
 def lookup_route(table_id: int, prefix: IPNetwork, into: int) -> Request:
-    """`prefix` in IPv6 table `table_id` looked up again in table `into` (a deaggregation:
-    a NORMAL path with neither next hop nor interface, VPP table `into` in `table_id`).
-    `decode_route` reads it as None: never a model route."""
+    """`prefix` in table `table_id` (of the prefix's family) looked up again in table
+    `into` (a deaggregation: a NORMAL path with neither next hop nor interface, VPP table
+    `into` in `table_id`). `decode_route` reads it as None: never a model route."""
     path = fib_path(FIB_PATH_TYPE_NORMAL, ipv6=prefix.version == 6, table_id=into)
     return Request(
         "ip_route_add_del",
         {"is_add": True, "is_multipath": False, "route": route_fields(table_id, prefix, [path])},
         f"route {prefix} (table {table_id}) looked up in table {into}",
+    )
+
+
+def lookup_route_del(table_id: int, prefix: IPNetwork) -> Request:
+    """Delete a `lookup_route` (what the API holds of `prefix` in table `table_id`)."""
+    return Request(
+        "ip_route_add_del",
+        {"is_add": False, "is_multipath": False, "route": route_fields(table_id, prefix, [])},
+        f"delete route {prefix} (table {table_id}) looked up in another table",
     )
 
 
@@ -346,6 +355,7 @@ __all__ = [
     "flow_hash_5_tuple",
     "flow_hash_source",
     "lookup_route",
+    "lookup_route_del",
     "model_table",
     "path_nexthop",
     "route_add",

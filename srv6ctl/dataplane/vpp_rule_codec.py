@@ -19,14 +19,27 @@ lookup, and a packet no attached ACL permits goes on to the lookup as usual.
   its groups again; the policy is ours when its ACL is, and its id is
   `POLICY_ID_BASE + acl_index` (unique among ours, since ACL indices are; no counter to
   keep). The pods' NetworkPolicy ACLs (`srv6ctl:acl:`, vpp_acl.py) are another namespace.
-- Differences from ip-rule(8): a packet the table has no route for is dropped by the
-  table's default route (VPP tables are born with one) instead of falling through to the
-  next rule; and the ACL plugin reads TCP and UDP ports only, so an SCTP rule with a port
-  matches nothing (its packets follow the main table).
+- Falling through. A VPP table is born with a default route that drops, and after ABF
+  the packet's table is the rule's: a packet that table has no route for would be
+  dropped, where ip-rule(8) passes it on to the next rule (in the end, main), and the
+  ICMP error of a reject route would find no route back to the client (ip6/ip4-icmp-error
+  hands it to the lookup with the buffer's table unchanged, the one ABF's lookup set:
+  VPP 25.10 dpo/lookup_dpo.c, sw_if_index[VLIB_TX]). So the group's table gets a route of
+  the group's own, its family's default (`::/0`, `0.0.0.0/0`) looked up again in table 0
+  (`fallback_route`, the deaggregation `vpp_affinity` uses too): the error reaches the
+  client, and a packet without a route goes on as in the main table. A more specific
+  route of the table (a steering, a blackhole) still decides first, so a fenced load
+  balancer IP (loadBalancerSourceRanges: a blackhole in main, a steering in the table)
+  stays steered for the allowed sources, and everyone else's packets never enter the
+  table. Not in table 0 itself (it would loop), nor in an operator's table, nor where a
+  model route already is the table's default (`Fallback`).
+- Difference from ip-rule(8): the ACL plugin reads TCP and UDP ports only, so an SCTP
+  rule with a port matches nothing (its packets follow the main table).
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -40,6 +53,8 @@ from srv6ctl.dataplane.vpp_fib_codec import (
     FIB_PATH_NH_PROTO_IP6,
     FIB_PATH_TYPE_NORMAL,
     fib_path,
+    lookup_route,
+    lookup_route_del,
     path_nexthop,
     vpp_table,
 )
@@ -89,6 +104,14 @@ class RuleGroup:
         return f"rules to table {self.table} (ip{self.version})"
 
 
+class Fallback(enum.Enum):
+    """What a group's table does with a packet it has no route for (module docstring)."""
+
+    DROP = "drop"  # VPP's default route: the table still needs ours
+    MAIN = "main"  # ours: looked up again in table 0
+    OTHER = "other"  # not ours to give: table 0 itself, an operator's table, a model route
+
+
 def group_of(rule: Rule) -> RuleGroup:
     return RuleGroup(rule.table, rule.destination.version)
 
@@ -110,9 +133,13 @@ def policy_id_of(acl_index: int) -> int:
 # --- the ACL ------------------------------------------------------------------------------
 
 
+def _anywhere(version: int) -> IPNetwork:
+    return ANY6 if version == 6 else ANY4
+
+
 def encode_rule(rule: Rule) -> dict[str, Any]:
     """A permit vl_api_acl_rule_t (permit, not permit+reflect: ABF makes no sessions)."""
-    anywhere = ANY6 if rule.destination.version == 6 else ANY4
+    anywhere = _anywhere(rule.destination.version)
     port = (rule.port, rule.port) if rule.port else ANY_PORT
     return {
         "is_permit": 1,
@@ -225,6 +252,34 @@ def attach(policy_id: int, sw_if_index: int, group: RuleGroup, is_add: bool,
     )
 
 
+# --- the table's fallback route ---------------------------------------------------------
+
+
+def fallback_route(group: RuleGroup) -> Request:
+    """The group's table's default route, looked up again in table 0."""
+    return lookup_route(vpp_table(group.table), _anywhere(group.version), into=0)
+
+
+def fallback_route_del(group: RuleGroup) -> Request:
+    return lookup_route_del(vpp_table(group.table), _anywhere(group.version))
+
+
+def fallback_of(routes: Iterable[Any], group: RuleGroup) -> Fallback:
+    """What the group's table does without a route, from the `ip_route_v2_details` of
+    the routes the API added to it: our fallback route, another default route (a model
+    route: it decides, as a default route in a kernel table does), or neither."""
+    anywhere = _anywhere(group.version)
+    for details in routes:
+        route = details.route
+        if ipaddress.ip_network(route.prefix, strict=False) != anywhere:
+            continue
+        paths = list(route.paths[: int(route.n_paths)])
+        if len(paths) == 1 and lookup_table(paths[0], group) == 0:
+            return Fallback.MAIN
+        return Fallback.OTHER
+    return Fallback.DROP
+
+
 def lookup_table(path: Any, group: RuleGroup) -> int | None:
     """The VPP table a dumped path looks up in, if it is a lookup of the group's family
     (a "deag" path); None for any other path."""
@@ -241,12 +296,16 @@ __all__ = [
     "RULE_MESSAGES",
     "RULE_PRIORITY",
     "TAG_PREFIX",
+    "Fallback",
     "RuleGroup",
     "acl_add_replace",
     "acl_del",
     "attach",
     "decode_rule",
     "encode_rule",
+    "fallback_of",
+    "fallback_route",
+    "fallback_route_del",
     "group_of",
     "group_of_tag",
     "lookup_path",

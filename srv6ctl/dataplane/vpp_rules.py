@@ -9,18 +9,24 @@ What a rule becomes is vpp_rule_codec's; this module keeps VPP's groups as the p
   node's pods to its own address (pod ports would need every policy attached to each new
   port, and VPP's attach cost grows with the policies an interface has: README), and
   packets VPP itself originates (ABF is an input feature).
+- The table's fallback. The group's table gets its family's default route, looked up
+  again in table 0 (`vpp_rule_codec`, "Falling through"): the group's, like its ACL and
+  policy. It is made before the policy's path (no packet is sent to the table before it
+  can find its way back) and deleted after the policy (no packet enters the table any
+  more); it is never read as a model `Route` (`decode_route` skips a deaggregation).
 - Changes. A rule change rewrites its group's ACL in place (`acl_add_replace` on the
   same index: the policy and its attachments stay, and VPP swaps the entries between two
-  packets); a new group gets its ACL, its policy and its attachments; the last rule of a
-  group takes them away (detach, policy, ACL). A rule moving to another table joins the
-  new group before it leaves the old one (make before break). Each change also repairs
-  what its group lacks (a missing policy, path or attachment, a new uplink), so applying
-  a change is "make the group so".
+  packets); a new group gets its ACL, its fallback, its policy and its attachments; the
+  last rule of a group takes them away (detach, policy, fallback, ACL). A rule moving to
+  another table joins the new group before it leaves the old one (make before break).
+  Each change also repairs what its group lacks (a missing fallback, policy, path or
+  attachment, a new uplink), so applying a change is "make the group so".
 - Reading. The groups are read once per connection (`acl_dump`, `abf_policy_dump`,
-  `abf_itf_attach_dump`) and kept up to date by our writes. `held()` reports the rules of
-  the groups that forward as they should (policy with the one lookup path, attached to
-  every uplink); a broken group's rules are left out, so that reconcile adds them again
-  and the add repairs the group.
+  `abf_itf_attach_dump`, the API routes of each group's table) and kept up to date by
+  our writes. `held()` reports the rules of the groups that forward as they should
+  (policy with the one lookup path, attached to every uplink, the table's fallback in
+  place); a broken group's rules are left out, so that reconcile adds them again and the
+  add repairs the group.
 """
 
 from __future__ import annotations
@@ -32,17 +38,21 @@ from typing import Any
 from srv6ctl.dataplane.model import Change, Rule
 from srv6ctl.dataplane.vpp_api import Request, VppChannel
 from srv6ctl.dataplane.vpp_codec_base import INVALID_INDEX, InvalidObject
-from srv6ctl.dataplane.vpp_fib_codec import vpp_table
+from srv6ctl.dataplane.vpp_fib_codec import FIB_SOURCE_API, vpp_table
 from srv6ctl.dataplane.vpp_interface_codec import TAG_PREFIX
 from srv6ctl.dataplane.vpp_interfaces import Interfaces
 from srv6ctl.dataplane.vpp_rule_codec import (
     RULE_MESSAGES,
     RULE_PRIORITY,
+    Fallback,
     RuleGroup,
     acl_add_replace,
     acl_del,
     attach,
     decode_rule,
+    fallback_of,
+    fallback_route,
+    fallback_route_del,
     group_of,
     group_of_tag,
     lookup_path,
@@ -50,13 +60,15 @@ from srv6ctl.dataplane.vpp_rule_codec import (
     policy_id_of,
     policy_paths,
 )
+from srv6ctl.dataplane.vpp_tables import Tables
 
 LOCAL0 = 0  # VPP's null interface: nothing enters there
 
 
 @dataclass(frozen=True)
 class HeldGroup:
-    """What VPP holds of one group: its ACL's rules, its policy's paths, its attachments."""
+    """What VPP holds of one group: its ACL's rules, its policy's paths, its attachments,
+    its table's fallback."""
 
     acl_index: int
     rules: Mapping[Any, Rule]  # by key
@@ -67,6 +79,7 @@ class HeldGroup:
     # broken, and reconcile keeps saying so).
     tables: tuple[int | None, ...] = ()
     attached: Mapping[int, int] = field(default_factory=dict)  # sw_if_index → priority
+    fallback: Fallback = Fallback.DROP  # what its table does with a packet without a route
 
     @property
     def policy_id(self) -> int:
@@ -80,10 +93,12 @@ class Rules:
         self,
         channel: VppChannel,
         interfaces: Interfaces,
+        tables: Tables,
         run: Callable[[Sequence[Request]], None],
     ) -> None:
         self.channel = channel
         self.interfaces = interfaces
+        self.tables = tables
         self.run = run
         self._groups: dict[RuleGroup, HeldGroup] | None = None
 
@@ -159,8 +174,19 @@ class Rules:
             held = groups[group]
             attached = {**held.attached, int(attachment.sw_if_index): int(attachment.priority)}
             groups[group] = replace(held, attached=attached)
+        for group, held in groups.items():
+            groups[group] = replace(held, fallback=self._fallback(group))
         self._groups = groups
         return groups
+
+    def _fallback(self, group: RuleGroup) -> Fallback:
+        """What the group's table does with a packet it has no route for (a fresh read)."""
+        table_id = vpp_table(group.table)
+        if table_id == 0 or (table_id, group.ipv6) not in self.tables.ours():
+            return Fallback.OTHER
+        table = {"table_id": table_id, "is_ip6": group.ipv6, "name": ""}
+        routes = self.channel.dump("ip_route_v2_dump", src=FIB_SOURCE_API, table=table)
+        return fallback_of(routes, group)
 
     # --- writing ----------------------------------------------------------------------
 
@@ -203,7 +229,7 @@ class Rules:
         if held is None:
             request = acl_add_replace(INVALID_INDEX, group, rules.values())
             reply = self.channel.call(request.name, write=True, what=request.what, **request.fields)
-            held = HeldGroup(int(reply.acl_index), dict(rules))
+            held = HeldGroup(int(reply.acl_index), dict(rules), fallback=self._fallback(group))
         elif not held.exact or held.rules != rules:
             self.run([acl_add_replace(held.acl_index, group, rules.values())])
             held = replace(held, rules=dict(rules), exact=True)
@@ -213,16 +239,20 @@ class Rules:
             self.run(requests)
             groups[group] = replace(
                 held,
+                fallback=Fallback.MAIN if held.fallback is Fallback.DROP else held.fallback,
                 policy=True,
                 tables=(vpp_table(group.table),),
                 attached={**held.attached, **dict.fromkeys(self.uplinks(), RULE_PRIORITY)},
             )
 
     def _repairs(self, group: RuleGroup, held: HeldGroup) -> list[Request]:
-        """What the group's policy and attachments lack: the policy with its lookup path
-        (a new path first, then the wrong ones: ABF adds paths to a policy, and removes
-        the policy with its last path), then the attachments to every uplink."""
+        """What the group lacks: its table's fallback (first: the policy may already send
+        packets there), the policy with its lookup path (a new path first, then the wrong
+        ones: ABF adds paths to a policy, and removes the policy with its last path), then
+        the attachments to every uplink."""
         requests = []
+        if held.fallback is Fallback.DROP:
+            requests.append(fallback_route(group))
         wanted = vpp_table(group.table)
         if not held.policy or wanted not in held.tables:
             path = lookup_path(group, wanted)
@@ -240,8 +270,9 @@ class Rules:
         return requests
 
     def _remove(self, group: RuleGroup, held: HeldGroup) -> None:
-        """Detach, remove the policy (with its paths), delete the ACL: VPP refuses to
-        delete an ACL a policy still uses."""
+        """Detach, remove the policy (with its paths), the table's fallback (no packet
+        enters the table any more), delete the ACL: VPP refuses to delete an ACL a policy
+        still uses."""
         requests = [
             attach(held.policy_id, index, group, False, priority)
             for index, priority in sorted(held.attached.items())
@@ -249,14 +280,18 @@ class Rules:
         paths = [lookup_path(group, t) for t in held.tables if t is not None]
         if held.policy and paths:
             requests.append(policy_paths(held.policy_id, held.acl_index, group, False, paths))
+        if held.fallback is Fallback.MAIN:
+            requests.append(fallback_route_del(group))
         requests.append(acl_del(held.acl_index, group))
         self.run(requests)
 
 
 def _forwards(group: RuleGroup, held: HeldGroup, uplinks: Sequence[int]) -> bool:
-    """The group's policy looks up in its table alone and is on every uplink."""
+    """The group's policy looks up in its table alone and is on every uplink, and the
+    table has its fallback."""
     return (
         held.exact
+        and held.fallback is not Fallback.DROP
         and held.policy
         and held.tables == (vpp_table(group.table),)
         and all(held.attached.get(index) == RULE_PRIORITY for index in uplinks)

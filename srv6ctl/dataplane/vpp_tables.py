@@ -5,6 +5,9 @@ not create one on first use as the kernel does. The backend creates them named
 `srv6ctl-<id>-ip6/ip4` (`vpp_fib_codec.table_add`), which is also how it tells its own
 tables, whose routes it reads and owns, from an operator's.
 
+A rule's table also holds a default route of the rule's group, looked up again in table
+0 (`vpp_rules`): like the affinity table's route, a deaggregation, never a model route.
+
 The affinity table (`vpp_affinity`) is the backend's own, not the model's: its route is
 never read as a model route, it is made before the first policy with affinity and
 deleted when the last one leaves it.
