@@ -445,6 +445,7 @@ def port_rewrite_ruleset(
     table: str = REWRITE_TABLE,
     node_ports: Iterable[NodePortTarget] = (),
     inbound_hook: str = "prerouting",
+    outbound_hook: str = "postrouting",
 ) -> str | None:
     """The transaction (re)installing a backend pod's stateless port rewrite, in the form
     and at the priorities the policy table relies on (module docstring); None when no
@@ -462,8 +463,10 @@ def port_rewrite_ruleset(
     cannot both be rewritten back statelessly (the reply from T cannot tell 80 from
     8000); the lower service port wins and the other one's replies would keep T.
 
-    `inbound_hook` "input" serves a node's own stack, where End.DT6 delivers a ClusterIP
-    without passing prerouting (unless `nf_hooks_lwtunnel` is set).
+    `inbound_hook` "input" and `outbound_hook` "output" serve a node's own stack: End.DT6
+    delivers a ClusterIP without passing prerouting (unless `nf_hooks_lwtunnel` is set),
+    and a reply to a pod on another node is encapsulated on its route's output, before
+    postrouting would see its ports.
 
     This replaces the table in one transaction, which is right when the pod is wired; a
     change under traffic has the glitch `NftablesBackend` avoids (maps are sets): for an
@@ -509,7 +512,7 @@ def port_rewrite_ruleset(
             )
     for chain, hook, priority, rules in (
         ("rewrite_in", inbound_hook, REWRITE_IN_PRIORITY, rewrite["in"]),
-        ("rewrite_out", "postrouting", REWRITE_OUT_PRIORITY, rewrite["out"]),
+        ("rewrite_out", outbound_hook, REWRITE_OUT_PRIORITY, rewrite["out"]),
     ):
         if rules:
             lines.append(

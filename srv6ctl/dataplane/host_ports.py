@@ -6,7 +6,9 @@ End.DT6 `L::7`; the port must still become the target port, as a backend pod doe
 its own namespace (`policies.nftables.port_rewrite_ruleset`, the same rules). Here the
 inbound rewrite hooks `input`: a packet End.DT6 delivers locally does not pass
 `prerouting` (unless `net.netfilter.nf_hooks_lwtunnel` is set). Replies get their port
-back at `postrouting`. No state: the rewrite is a map lookup per packet.
+back at `output`: one to a pod on another node is encapsulated by its route (seg6 on
+output), so `postrouting` would only see the outer packet. No state: the rewrite is a
+map lookup per packet.
 
 The table is rewritten whole when a rewrite changes (one transaction; few entries), and
 read back from its maps on restart.
@@ -28,7 +30,7 @@ TABLE = "srv6ctl_host_ports"  # `inet`, in the node's namespace
 def script(port_maps: Iterable[PortMap]) -> str:
     """The transaction that makes the table hold `port_maps` (none: no table)."""
     frontends = [Frontend(m.address, Protocol(m.protocol), m.port, m.target) for m in port_maps]
-    text = port_rewrite_ruleset(frontends, TABLE, inbound_hook="input")
+    text = port_rewrite_ruleset(frontends, TABLE, inbound_hook="input", outbound_hook="output")
     return text if text is not None else f"add table inet {TABLE}\ndelete table inet {TABLE}\n"
 
 

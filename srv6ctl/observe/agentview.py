@@ -160,10 +160,10 @@ class AgentView:
         return None
 
 
-def view(api_socket: str, *, with_drift: bool = True) -> AgentView:
-    status = query(api_socket, "status")
-    desired = query(api_socket, "desired")
-    drift = query(api_socket, "drift") if with_drift else {}
+def view(api_socket: str, *, with_drift: bool = True, timeout: float = 5.0) -> AgentView:
+    status = query(api_socket, "status", timeout)
+    desired = query(api_socket, "desired", timeout)
+    drift = query(api_socket, "drift", timeout) if with_drift else {}
     stats = {
         k: v
         for k, v in status.items()

@@ -189,9 +189,10 @@ class Topology:
         return next((n for n in self.nodes if n.agent.node_id == node_id), None)
 
     def refresh(self) -> None:
-        """Re-read every agent (after the lab changed)."""
+        """Re-read every agent (after the lab changed: an agent still catching up with
+        tens of pods answers late in a VM without KVM)."""
         for node in self.nodes:
-            node.agent = view(node.api_socket)
+            node.agent = view(node.api_socket, timeout=60.0)
 
 
 def from_lab(state_dir: str) -> tuple[Topology, object]:
