@@ -51,6 +51,20 @@ def _spread_tolerance(flows: int, share: float) -> float:
     return SIGMAS * math.sqrt(flows * share * (1 - share)) + flows / BUCKETS
 
 
+def _tcp_answers(pod: PodInfo, family: int, ip: Any, flows: int, found: Findings) -> Counter[str]:
+    """`flows` new TCP connections from `pod` to the service address `ip` (its HTTP port),
+    each answer checked into `found` (the pod's own address seen, answered from `ip`, the
+    port rewritten); how many each backend answered."""
+    src = str(pod.ipv6 if family == 6 else pod.ipv4)
+    results = tcp_flows(pod.netns, ip, SERVICE_HTTP_PORT, flows)
+    found.lost += [f"{pod.short}: {f.error}" for f in failures(results)]
+    counts: Counter[str] = Counter()
+    for answer in answers(results):
+        counts[answer.pod] += 1
+        found.add(answer, pod.short, src, str(ip), HTTP_PORT)
+    return counts
+
+
 class Connectivity:
     def __init__(self, topo: Topology, report: Report, flows: int) -> None:
         self.topo = topo
@@ -279,12 +293,7 @@ class Connectivity:
             return
         src = str(backend.ipv6 if family == 6 else backend.ipv4)
         found = Findings()
-        results = tcp_flows(backend.netns, ip, SERVICE_HTTP_PORT, flows)
-        found.lost += [f"{backend.short}: {f.error}" for f in failures(results)]
-        counts: Counter[str] = Counter()
-        for answer in answers(results):
-            counts[answer.pod] += 1
-            found.add(answer, backend.short, src, str(ip), HTTP_PORT)
+        counts = _tcp_answers(backend, family, ip, flows, found)
         total = sum(counts.values())
         shares = self._weights(service, family).get(backend.node, {})
         self.report.figures[f"hairpin_spread_v{family}"] = {
@@ -326,14 +335,9 @@ class Connectivity:
         for client in self.clients:
             if client.ipv6 is None:
                 continue
-            src = str(client.ipv6)
-            results = tcp_flows(client.netns, ip, SERVICE_HTTP_PORT, flows)
-            found.lost += [f"{client.short}: {f.error}" for f in failures(results)]
-            for answer in answers(results):
-                total += 1
-                if answer.pod not in hosts:
-                    found.lost.append(f"{client.short}: answered by {answer.pod}")
-                found.add(answer, client.short, src, str(ip), HTTP_PORT)
+            counts = _tcp_answers(client, 6, ip, flows, found)
+            total += sum(counts.values())
+            found.lost += [f"{client.short}: answered by {p}" for p in sorted(set(counts) - hosts)]
         problems = found.all
         self.report.add(
             GROUP,
@@ -361,13 +365,7 @@ class Connectivity:
         found, shown = Findings(), []
         problems: list[str] = []
         for client in clients:
-            src = str(client.ipv6 if family == 6 else client.ipv4)
-            results = tcp_flows(client.netns, ip, SERVICE_HTTP_PORT, flows)
-            found.lost += [f"{client.short}: {f.error}" for f in failures(results)]
-            counts: Counter[str] = Counter()
-            for answer in answers(results):
-                counts[answer.pod] += 1
-                found.add(answer, client.short, src, str(ip), HTTP_PORT)
+            counts = _tcp_answers(client, family, ip, flows, found)
             if len(counts) != 1:
                 problems.append(f"{client.short}: {dict(sorted(counts.items()))}")
             shown.append(f"{client.short} → {', '.join(f'{p} {n}' for p, n in counts.items())}")
