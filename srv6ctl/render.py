@@ -269,8 +269,7 @@ class _ServiceParts:
     routes: list[Route] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
     port_maps: list[PortMap] = field(default_factory=list)
-    # A host-network endpoint's target port per (protocol, service port), from the slices.
-    host_targets: dict[tuple[str, int], int] = field(default_factory=dict)
+    slices: list[EndpointSlice] = field(default_factory=list)  # the service's
 
 
 def _host(address: IPAddress) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -703,7 +702,7 @@ class Renderer:
             return EMPTY  # another proxy's, or not a proxied kind: kube-proxy skips it too
         bsids = self._inputs.service_bsids.get(service.uid)
         slices = self._state.slices_of_service(*key)
-        out = _ServiceParts(host_targets=_host_targets(service, slices))
+        out = _ServiceParts(slices=slices)
         families = (
             (6, service.cluster_ip_v6, None if bsids is None else bsids[0]),
             (4, service.cluster_ip_v4, None if bsids is None else bsids[1]),
@@ -855,7 +854,7 @@ class Renderer:
                 # The node's own stack is the endpoint: it rewrites the port itself.
                 out.port_maps.extend(
                     PortMap(protocol, address, port, target)
-                    for (protocol, port), target in out.host_targets.items()
+                    for (protocol, port), target in _host_targets(service, out.slices).items()
                     for address in addresses
                 )
         if bsid not in out.policies:

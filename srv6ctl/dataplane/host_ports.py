@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable
 
 from policies.model import Frontend, Protocol
-from policies.nftables import port_rewrite_ruleset
+from policies.nftables import port_rewrite_ruleset, removal_script
 from srv6ctl.dataplane.model import PortMap
 
 TABLE = "srv6ctl_host_ports"  # `inet`, in the node's namespace
@@ -31,7 +31,7 @@ def script(port_maps: Iterable[PortMap]) -> str:
     """The transaction that makes the table hold `port_maps` (none: no table)."""
     frontends = [Frontend(m.address, Protocol(m.protocol), m.port, m.target) for m in port_maps]
     text = port_rewrite_ruleset(frontends, TABLE, inbound_hook="input", outbound_hook="output")
-    return text if text is not None else f"add table inet {TABLE}\ndelete table inet {TABLE}\n"
+    return text if text is not None else removal_script(TABLE)
 
 
 def parse_listing(text: str) -> list[PortMap]:

@@ -97,9 +97,8 @@ from srv6ctl.dataplane.kernel_program import (
 from srv6ctl.dataplane.kernel_rules import (
     LOCAL_RULE_PRIORITY,
     LOCAL_TABLE,
-    MARK_BASE,
-    MARK_MASK,
     RTM_GETRULE,
+    is_mark_table,
     parse_rule,
     priority_of,
     rule_dump,
@@ -565,7 +564,7 @@ class KernelBackend:
         ]
         for route in decoded:
             table, prefix = route.slot
-            if table & MARK_MASK == MARK_BASE and route.nh_id is not None:
+            if is_mark_table(table) and route.nh_id is not None:
                 inventory.mark_routes[route.slot] = route.nh_id  # kernel_affinity's
                 continue
             is_anchor = isinstance(prefix, ipaddress.IPv6Network) and prefix.prefixlen == 128
@@ -636,27 +635,25 @@ class KernelBackend:
 
     def _affinity_table(self) -> affinity.Held:
         """What the sessionAffinity table holds (kernel_affinity); nothing without one."""
-        if not self.capabilities.affinity:
-            return affinity.Held(frozenset(), {}, {})
-        try:
-            listing = run_nft(self.netns, ["-j", "list", "table", "inet", affinity.TABLE])
-        except NftError as error:
-            if "No such file or directory" not in str(error):
-                raise
-            listing = ""
-        return affinity.parse_listing(listing)
+        return affinity.parse_listing(self._nft_table(affinity.TABLE, self.capabilities.affinity))
 
     def _host_ports(self) -> list[PortMap]:
         """The node's own port rewrites (host_ports); none without the table."""
-        if not self.capabilities.port_maps:
-            return []
+        return host_ports.parse_listing(
+            self._nft_table(host_ports.TABLE, self.capabilities.port_maps)
+        )
+
+    def _nft_table(self, table: str, able: bool) -> str:
+        """`nft -j list table inet TABLE` in the namespace; "" when there is none (or
+        this node cannot hold it)."""
+        if not able:
+            return ""
         try:
-            listing = run_nft(self.netns, ["-j", "list", "table", "inet", host_ports.TABLE])
+            return run_nft(self.netns, ["-j", "list", "table", "inet", table])
         except NftError as error:
             if "No such file or directory" not in str(error):
                 raise
-            return []
-        return host_ports.parse_listing(listing)
+            return ""
 
     def _dump_routes(self, family: int) -> list[RouteMessage]:
         msgs = self._route.dump(nl.RTM_GETROUTE, self._codec.route_dump(family), parse_route)

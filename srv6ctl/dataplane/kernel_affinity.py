@@ -32,6 +32,7 @@ import json
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from policies.nftables import removal_script
 from srv6ctl.dataplane.kernel_codec import Slot
 from srv6ctl.dataplane.kernel_rules import MARK_BASE, MARK_MASK
 from srv6ctl.dataplane.model import IPNetwork, IPv6Address, Rule, SrPolicy
@@ -179,7 +180,7 @@ def script(held: Mapping[IPv6Address, Sticky], existing: Collection[str]) -> str
     chain is rewritten, and the chains and sets in `existing` (names, from
     `held_names`) that are no longer wanted go last, once nothing refers to them."""
     if not held:
-        return cleanup_script()
+        return removal_script(TABLE)
     t = f"inet {TABLE}"
     lines = [f"add table {t}"]
     chains: list[tuple[str, list[str]]] = []
@@ -226,7 +227,7 @@ def script(held: Mapping[IPv6Address, Sticky], existing: Collection[str]) -> str
     for name, _ in chains:
         lines.append(f"add chain {t} {name}")
     wanted_chains = {name for name, _ in chains} | set(hooks)
-    for name in sorted(wanted_chains | (set(existing) & _chain_names(existing))):
+    for name in sorted(wanted_chains | _chain_names(existing)):
         lines.append(f"flush chain {t} {name}")
     for name in hooks:
         lines.extend(f"add rule {t} {name} {rule}" for rule in steer)
@@ -254,11 +255,6 @@ def names(held: Mapping[IPv6Address, Sticky]) -> frozenset[str]:
 def _chain_names(names: Collection[str]) -> set[str]:
     """Chains among our names (sets start with "m")."""
     return {name for name in names if not name.startswith("m")}
-
-
-def cleanup_script() -> str:
-    """Remove the whole table (its clients too)."""
-    return f"add table inet {TABLE}\ndelete table inet {TABLE}\n"
 
 
 @dataclass(frozen=True)

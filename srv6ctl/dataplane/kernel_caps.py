@@ -317,25 +317,25 @@ class _Probe:
             (affinity.Choice(MARK_BASE + 1, 1, 1), affinity.Choice(MARK_BASE + 2, 2, 2)),
             (affinity.Selector(ipaddress.ip_network("fd00:5c::1/128"), None, "TCP", 80),),
         )
-        try:
-            run_nft(self.netns, ["-f", "-"], affinity.script({sticky.bsid: sticky}, ()))
-        except (NftError, OSError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            self.notes.append(f"sessionAffinity: unsupported, connections balanced ({reason})")
-            return False
-        return True
+        script = affinity.script({sticky.bsid: sticky}, ())
+        return self._nft_loads(script, "sessionAffinity: unsupported, connections balanced")
 
     def _port_maps(self) -> bool:
         """The host_ports table (`PortMap`s), loaded here whole."""
         sample = PortMap("TCP", IPv6Address("fd00:5c::1"), 443, 6443)
+        return self._nft_loads(
+            host_ports.script([sample]),
+            "port rewrites for host-network endpoints: unsupported; a Service whose port "
+            "differs from its host-network endpoint's is not served",
+        )
+
+    def _nft_loads(self, script: str, missing: str) -> bool:
+        """Whether `nft -f` takes `script` here; `missing` (and nft's reason) noted if not."""
         try:
-            run_nft(self.netns, ["-f", "-"], host_ports.script([sample]))
+            run_nft(self.netns, ["-f", "-"], script)
         except (NftError, OSError) as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            self.notes.append(
-                f"port rewrites for host-network endpoints: unsupported ({reason}); "
-                "a Service whose port differs from its host-network endpoint's is not served"
-            )
+            self.notes.append(f"{missing} ({reason})")
             return False
         return True
 

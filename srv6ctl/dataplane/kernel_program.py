@@ -58,14 +58,13 @@ from srv6ctl.dataplane.kernel_codec import (
 from srv6ctl.dataplane.kernel_rules import (
     LOCAL_RULE_PRIORITY,
     LOCAL_TABLE,
-    MARK_BASE,
-    MARK_MASK,
     PORT_RULE_PRIORITY,
     RTM_DELRULE,
     RTM_NEWRULE,
     RTPROT_KERNEL,
     anchor_message,
     gate_message,
+    is_mark_table,
     local_rule_message,
     mark_gate_message,
     mark_rule_message,
@@ -167,7 +166,7 @@ class Program:
     stages: list[Writes]  # the non-empty ones of: creates, unused groups, unused nexthops
     inventory: Inventory  # what the namespace holds once every stage succeeded
     tunnel_source: object = _UNCHANGED  # IPv6Address | None when the plan changes it
-    nft_script: str | None = None  # for the affinity table, run after the stages
+    nft_script: str | None = None  # the affinity and host_ports tables, after the stages
 
     @property
     def sets_tunnel_source(self) -> bool:
@@ -652,7 +651,7 @@ class SlotHandler(KindHandler):
         table = obj.table
         if table == codec.policy_table:
             raise InvalidObject(f"{obj}: table {table} is reserved for policy anchors")
-        if table & MARK_MASK == MARK_BASE:
+        if is_mark_table(table):
             raise InvalidObject(f"{obj}: table {table:#x} is reserved for sessionAffinity")
 
     def check_references(
@@ -796,7 +795,7 @@ class _Rules(KindHandler):
         if present:
             if not features.capabilities.rules:
                 raise InvalidObject(f"{obj}: this kernel has no ip rules by protocol and port")
-            if obj.table in (codec.policy_table, LOCAL_TABLE) or obj.table & MARK_MASK == MARK_BASE:
+            if obj.table in (codec.policy_table, LOCAL_TABLE) or is_mark_table(obj.table):
                 raise InvalidObject(f"{obj}: table {obj.table} is not a table rules may name")
         targets.rules[obj.key] = obj if present else None
 

@@ -60,6 +60,13 @@ FR_ACT_TO_TBL, FR_ACT_GOTO, FR_ACT_NOP = 1, 2, 3
 # sessionAffinity's marks, which are also their tables' ids: below the services' own tables
 # (render.SERVICE_TABLE_BASE 0x5C000000 + a service index, which can pass 0x5D000000).
 MARK_BASE, MARK_MASK = 0x5B00_0000, 0xFF00_0000
+
+
+def is_mark_table(table: int) -> bool:
+    """Whether `table` is one of sessionAffinity's (a mark's own table)."""
+    return table & MARK_MASK == MARK_BASE
+
+
 FIB_RULE_INVERT = 0x2
 FRA = w.numbers(fibmsg)
 IP_PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}

@@ -76,22 +76,17 @@ def teardown() -> Request:
 
 def needs_table(changes: Iterable[Change]) -> bool:
     """Whether `changes` make a policy with affinity (the table must be there first)."""
-    return any(
-        isinstance(change.new, SrPolicy)
-        and change.new.affinity
-        and not (isinstance(change.old, SrPolicy) and change.old.affinity)
-        for change in changes
-    )
+    return any(_affine(c.new) and not _affine(c.old) for c in changes)
 
 
 def may_empty_table(changes: Iterable[Change]) -> bool:
     """Whether `changes` take a policy out of the table (it may be left empty)."""
-    return any(
-        isinstance(change.old, SrPolicy)
-        and change.old.affinity
-        and not (isinstance(change.new, SrPolicy) and change.new.affinity)
-        for change in changes
-    )
+    return any(_affine(c.old) and not _affine(c.new) for c in changes)
+
+
+def _affine(obj: object) -> bool:
+    """A policy with affinity (one that lives in the table)."""
+    return isinstance(obj, SrPolicy) and obj.affinity > 0
 
 
 __all__ = [
