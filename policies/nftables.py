@@ -440,12 +440,72 @@ class NodePortTarget:
     target_port: int
 
 
+@dataclass(frozen=True, order=True)
+class ClientTranslation:
+    """A Service frontend whose endpoints lie outside the cluster (neither pod nor node:
+    nothing there can hold the ClusterIP), as a client pod translates it: its own new
+    connections to `address`:`port` are DNATed to one of `targets` ((address, port),
+    chosen at random; with `affinity` seconds, a client keeps its choice that long)."""
+
+    protocol: Protocol
+    address: str  # the ClusterIP
+    port: int
+    targets: tuple[tuple[str, int], ...]
+    affinity: int = 0
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.address else 4
+
+
+def _translation_lines(translations: Iterable[ClientTranslation]) -> list[str]:
+    """The chains DNATing the pod's own connections (output "dstnat": before the policy
+    table's egress chain at 0, which so judges the endpoint, as Kubernetes judges a
+    Service's traffic after kube-proxy's DNAT; and a reply is translated back at input
+    "srcnat" (100), after the ingress chain, which therefore sees the endpoint too)."""
+    lines: list[str] = []
+    jumps: list[str] = []
+    for i, t in enumerate(sorted(set(translations))):
+        family, proto = _family(t.version), _NFT_PROTOCOL[t.protocol]
+        match = f"{family} daddr {t.address} {proto} dport {t.port}"
+        ends = [f"dnat {family} to {_bracketed(a)}:{p}" for a, p in t.targets]
+        if len(ends) == 1 and not t.affinity:
+            jumps.append(f"{match} {ends[0]}")
+            continue
+        # A chain of its own must name the protocol again for nft to map a port.
+        ends = [f"meta l4proto {proto} {end}" for end in ends]
+        jumps.append(f"{match} goto t{i}")
+        picks = ", ".join(f"{j} : goto t{i}e{j}" for j in range(len(ends)))
+        chooser = [f"numgen random mod {len(ends)} vmap {{ {picks} }}"]
+        for j, end in enumerate(ends):
+            body = [end]
+            if t.affinity:
+                # kube-proxy's shape: a set of clients per endpoint, refreshed per
+                # connection; a client found in one goes to that endpoint again.
+                chosen = f"t{i}a{j}"
+                lines.append(
+                    f"set {chosen} {{ type {_address_type(t.version)}; flags dynamic,timeout; "
+                    f"timeout {t.affinity}s; }}"
+                )
+                chooser.insert(j, f"{family} saddr @{chosen} goto t{i}e{j}")
+                body.insert(0, f"update @{chosen} {{ {family} saddr }}")
+            lines.append(f"chain t{i}e{j} {{ {'; '.join(body)}; }}")
+        lines.append(f"chain t{i} {{ {'; '.join(chooser)}; }}")
+    if jumps:
+        lines.append(
+            f"chain translate {{ type nat hook output priority {NODE_PORT_PRIORITY}; policy accept;"
+        )
+        lines += [*jumps, "}"]
+    return lines
+
+
 def port_rewrite_ruleset(
     frontends: Iterable[Frontend],
     table: str = REWRITE_TABLE,
     node_ports: Iterable[NodePortTarget] = (),
     inbound_hook: str = "prerouting",
     outbound_hook: str = "postrouting",
+    translations: Iterable[ClientTranslation] = (),
 ) -> str | None:
     """The transaction (re)installing a backend pod's stateless port rewrite, in the form
     and at the priorities the policy table relies on (module docstring); None when no
@@ -458,6 +518,10 @@ def port_rewrite_ruleset(
     arrives for a node's address, while the pod's own and its ClusterIPs are local. Unlike
     the rewrite this is stateful: the flow's conntrack entry, in the pod, gives the reply
     the node's address and nodePort back as its source.
+
+    `translations` DNAT the pod's own connections to Services whose endpoints are
+    outside the cluster (`ClientTranslation`): the one NAT a client pays, in its own
+    namespace, for an endpoint no SRv6 policy can reach with the ClusterIP intact.
 
     Two frontends of one ClusterIP with one target port and different service ports
     cannot both be rewritten back statelessly (the reply from T cannot tell 80 from
@@ -491,7 +555,8 @@ def port_rewrite_ruleset(
         f"dnat {_family(t.version)} to {_bracketed(t.address)}:{t.target_port}"
         for t in sorted(set(node_ports))
     ]
-    if not inbound and not dnat:
+    translate = _translation_lines(translations)
+    if not inbound and not dnat and not translate:
         return None
     lines = [f"add table inet {table}", f"delete table inet {table}", f"table inet {table} {{"]
     rewrite: dict[str, list[str]] = {"in": [], "out": []}
@@ -525,6 +590,7 @@ def port_rewrite_ruleset(
             "policy accept;"
         )
         lines += [*dnat, "}"]
+    lines += translate
     return "\n".join([*lines, "}", ""])
 
 

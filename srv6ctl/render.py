@@ -117,6 +117,7 @@ from srv6ctl.dataplane.model import (
     SegmentList,
     SrPolicy,
     Steering,
+    Translation,
     pod_interface_fields,
 )
 from srv6ctl.state import (
@@ -257,7 +258,9 @@ def _by_pod_name(interfaces: Mapping[str, PodInterface]) -> dict[NamespacedName,
 
 class _Candidate(NamedTuple):
     endpoint: Endpoint
-    sid: int
+    sid: int | None  # None: outside the cluster (neither pod nor node), `Translation`s only
+    address: IPAddress
+    slice: EndpointSlice  # its ports are the endpoint's target ports, by name
 
 
 @dataclass
@@ -313,6 +316,11 @@ class Renderer:
         self._external_vip_services: set[NamespacedName] = set()
         # Services with node ports: they follow this node's own addresses.
         self._node_port_services: set[NamespacedName] = set()
+        # Services with endpoints outside the cluster: what every local pod translates
+        # (`Translation`), per service and as one set, which pod fragments hold.
+        self._translations: dict[NamespacedName, tuple[Translation, ...]] = {}
+        self._translated: frozenset[Translation] = frozenset()
+        self._translations_changed = False
         self._local_zone: str | None = None
         self._wired: dict[NamespacedName, PodInterface] = _by_pod_name(inputs.pod_interfaces)
         self._configure(inputs)
@@ -442,6 +450,25 @@ class Renderer:
         with _collector_paused():
             return self._rerender_keys(keys, track)
 
+    def _ordered(self, keys: Iterable[FragmentKey]) -> Iterator[FragmentKey]:
+        """`keys` with the pods last, and every local pod among them when the services
+        before changed what pods translate (every local pod holds that one set)."""
+        pods = []
+        for key in keys:
+            if isinstance(key, PodKey):
+                pods.append(key)
+            else:
+                yield key
+        if self._translations_changed:
+            self._translations_changed = False
+            translated = frozenset(t for ts in self._translations.values() for t in ts)
+            if translated != self._translated:
+                self._translated = translated
+                pods.extend(PodKey(*p.key) for p in self._state.pods_on_node(self._node))
+                pods.extend(PodKey(*name) for name in self._wired)
+                pods = list(dict.fromkeys(pods))
+        yield from pods
+
     def _rerender_keys(self, keys: Iterable[FragmentKey], track: bool) -> RenderDelta:
         """Swap each key's fragment for a fresh one, keeping a count of every object (two
         fragments may hold an equal object) and, when `track`, what appeared and vanished.
@@ -451,7 +478,7 @@ class Renderer:
         removed: set[DataplaneObject] = set()
         encap_before = self._encap_source
         changed = False
-        for key in keys:
+        for key in self._ordered(keys):
             new = self._fragment(key)
             old = self._fragments.get(key, EMPTY)
             if new == old:
@@ -609,6 +636,7 @@ class Renderer:
             service_addresses=service_addresses,
             port_maps=port_maps,
             node_ports=node_ports,
+            translations=self._translated,
             **pod_interface_fields(pod.interface_type, pod.uid),
         )
         return Fragment(pods=(attachment,), local_sids=tuple(sids))
@@ -625,6 +653,7 @@ class Renderer:
             netns=wiring.netns,
             container_interface=wiring.container_interface,
             addresses=wiring.addresses,
+            translations=self._translated,  # it may connect before the API shows it
         )
         return Fragment(pods=(attachment,))
 
@@ -695,11 +724,15 @@ class Renderer:
         self._node_address_services.discard(key)
         self._external_vip_services.discard(key)
         self._node_port_services.discard(key)
+        if key in self._translations:
+            del self._translations[key]
+            self._translations_changed = True
         service = self._state.service(*key)
         if service is None or service.headless or not service.cluster_ips:
             return EMPTY
         if not service.proxied:
             return EMPTY  # another proxy's, or not a proxied kind: kube-proxy skips it too
+        translations: list[Translation] = []
         bsids = self._inputs.service_bsids.get(service.uid)
         slices = self._state.slices_of_service(*key)
         out = _ServiceParts(slices=slices)
@@ -712,14 +745,17 @@ class Renderer:
                 continue
             candidates = self._candidates(service, slices, family)
             internal = self._pick(service, candidates, service.internal_traffic_policy)
-            sids = {c.sid for c in internal}
+            sids = {c.sid for c in internal if c.sid is not None}
+            if len(sids) < len(internal):
+                translations.extend(_translations(service, cluster_ip, internal))
             self._serve(service, family, (cluster_ip,), bsid, sids, RouteKind.PROHIBIT, out)
             vips = self._external_vips(service, family)
             node_address = self._node_port_address(service, family)
             if not vips and node_address is None:
                 continue
             external = self._pick(service, candidates, service.external_traffic_policy)
-            ext_sids = {c.sid for c in external}
+            # Outside endpoints serve the pods' own connections only (`Translation`).
+            ext_sids = {c.sid for c in external if c.sid is not None}
             if ext_sids != sids and bsid is not None:
                 # Other endpoints than the ClusterIP's: a policy of their own, local to
                 # this node (its endpoint set is this node's view).
@@ -771,6 +807,9 @@ class Renderer:
                     for port in service.ports
                     if port.node_port
                 )
+        if translations:
+            self._translations[key] = tuple(translations)
+            self._translations_changed = True
         return Fragment(
             policies=tuple(out.policies.values()),
             steerings=tuple(out.steerings),
@@ -879,10 +918,10 @@ class Renderer:
         does: one entry per address (an address can sit in two slices while the controller
         moves it; the most usable entry wins), the first address of each endpoint only,
         and only endpoints we can address with a SID (pods; host-network pods on nodes
-        with End.DT6/End.DT4)."""
+        with End.DT6/End.DT4) or that are outside the cluster (sid None)."""
         address_type = "IPv6" if family == 6 else "IPv4"
         address_class = ipaddress.IPv6Address if family == 6 else ipaddress.IPv4Address
-        best: dict[int, tuple[IPAddress, Endpoint]] = {}  # by int: hashing one is cheaper
+        best: dict[int, tuple[IPAddress, Endpoint, EndpointSlice]] = {}  # by int: cheaper hash
         for eps in slices:
             if eps.address_type != address_type:
                 continue
@@ -895,12 +934,12 @@ class Renderer:
                 value = int(address)
                 seen = best.get(value)
                 if seen is None or _usability(endpoint) > _usability(seen[1]):
-                    best[value] = (address, endpoint)
+                    best[value] = (address, endpoint, eps)
         candidates = []
-        for address, endpoint in best.values():
+        for address, endpoint, eps in best.values():
             sid = self._endpoint_sid(service, address, family)
-            if sid is not None:
-                candidates.append(_Candidate(endpoint, sid))
+            if sid is not None or self._outside(address):
+                candidates.append(_Candidate(endpoint, sid, address, eps))
         return candidates
 
     def _pick(
@@ -938,6 +977,14 @@ class Renderer:
         close = [c for c in candidates if _for_zone(c.endpoint, zone)]
         return close or candidates
 
+    def _outside(self, address: IPAddress) -> bool:
+        """Whether `address` is outside the cluster: no pod's (by the plan: the pod CIDRs)
+        and no node's. Called after `_endpoint_sid`, which made node changes re-render the
+        service."""
+        return self._pod_sids.locate(address) is None and not self._state.nodes_with_address(
+            address
+        )
+
     def _endpoint_sid(self, service: Service, address: IPAddress, family: int) -> int | None:
         """The SID (as an int) that delivers to `address`: its pod's End.DX6/DX4, or for a
         host-network endpoint its node's End.DT6/DT4; None when there is none."""
@@ -958,6 +1005,26 @@ class Renderer:
             # End.DT4 has nothing that decapsulates IPv4 into its own stack: skip it.
             return None
         return None
+
+
+def _translations(
+    service: Service, cluster_ip: IPAddress, endpoints: list[_Candidate]
+) -> Iterator[Translation]:
+    """What a client pod translates `service`'s ClusterIP to, per port, when some of its
+    endpoints are outside the cluster: every endpoint (those in the cluster too: DNATed to
+    a pod's own address, the packet needs no SID), at the port its slice gives the service
+    port's name — as kube-proxy reads the ports, from the slice."""
+    for port in service.ports:
+        targets = {
+            (c.address, p.port)
+            for c in endpoints
+            for p in c.slice.ports
+            if p.port is not None and (p.protocol, p.name) == (port.protocol, port.name)
+        }
+        if targets:
+            yield Translation(
+                port.protocol, cluster_ip, port.port, tuple(targets), service.affinity
+            )
 
 
 def _host_targets(service: Service, slices: list[EndpointSlice]) -> dict[tuple[str, int], int]:

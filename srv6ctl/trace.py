@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from srv6ctl.lab import DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:  # for annotations only (the docstring)
-    from srv6ctl.dataplane.model import IPAddress, SrPolicy
+    from srv6ctl.dataplane.model import IPAddress, PodAttachment, SrPolicy, Translation
     from srv6ctl.verify.topology import NodeInfo, PodInfo, ServiceInfo, Topology
 
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
@@ -237,6 +237,16 @@ def trace(
             "interface": src_pod.host_ifname,
         },
     )
+    translation = _translation(node.agent.attachment(src_pod.name), dst, port, proto)
+    if translation is not None:
+        # Translated in the pod itself: the packet leaves it for an endpoint outside the
+        # cluster, with the pod's own address; no steering or SID takes part.
+        result.match = {
+            "kind": "translated",
+            "targets": [f"{_bracketed(a)}:{p}" for a, p in translation.targets],
+            "affinity": translation.affinity,
+        }
+        return result
     policy = _match(topo, node, dst, result)
     kernel = route_get(
         node.netns,
@@ -272,6 +282,20 @@ def trace(
         result.hops.append(_hop(topo, sid))
     _final(topo, result, dst, port, proto, service)
     return result
+
+
+def _translation(
+    attachment: PodAttachment | None, dst: IPAddress, port: int, proto: str
+) -> Translation | None:
+    """The source pod's translation of this flow (a Service outside the cluster), if any."""
+    for t in () if attachment is None else attachment.translations:
+        if t.address == dst and t.port == port and t.protocol.lower() == proto:
+            return t
+    return None
+
+
+def _bracketed(address: IPAddress) -> str:
+    return f"[{address}]" if address.version == 6 else str(address)
 
 
 def _hash_policy(node: NodeInfo) -> str:
@@ -511,6 +535,14 @@ def render(result: Trace) -> str:
                 f"   {mark} [{', '.join(c['segments'])}] weight {c['weight']} "
                 f"({c['share']:.0%}{buckets}){ends}"
             )
+    elif match.get("kind") == "translated":
+        sticky = f", a client keeps its choice {match['affinity']} s" if match["affinity"] else ""
+        lines.append(
+            f"2. translated in {result.source['pod']} itself (endpoints outside the cluster): "
+            f"DNAT to one of {', '.join(match['targets'])}{sticky}; the endpoint sees "
+            f"{flow['src']}, the pod's conntrack holds the one NAT entry"
+        )
+        return "\n".join(lines)
     else:
         lines.append(f"2. match      {json.dumps(match)}")
     kernel = result.kernel

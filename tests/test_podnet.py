@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from policies import model
 from policies.compiler import compile_node
 from policies.nftables import NftablesBackend
-from srv6ctl.dataplane.model import PodAttachment
+from srv6ctl.dataplane.model import PodAttachment, Translation
 from srv6ctl.podnet import PodNetworkProgrammer, hairpin_rules, ruleset
 from tests.support.netns import Netns, NetnsFactory
 
@@ -187,6 +187,100 @@ def test_a_node_port_is_dnated_in_the_pod_and_answered_from_the_nodes_address(
         assert ask(NODE, 30080) == ["refused"]
         backend.apply(netns, None)
     cleared = PROGRAMMER.clear(f"/var/run/netns/{pod.name}")
+    assert cleared.rewrites_replaced
+    assert "srv6ctl_svc" not in pod.exec("nft", "list", "tables").stdout
+
+
+DB1, DB2 = "fd00:2::5", "fd00:2::6"  # a Service's endpoints outside the cluster
+CLIENT_RUNS = """
+import socket, sys
+answers = []
+for _ in range(int(sys.argv[3])):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)
+    answers.append(f"{s.recv(100).decode()} {s.getpeername()[0]}")
+print("|".join(answers))
+"""
+PG = SEEN.replace("8080", "5432")
+
+
+def _client_policy(allowed: str) -> model.PodRules:
+    """A client pod's rules under a policy allowing egress to `allowed` on TCP 5432 only."""
+    client = model.Pod(
+        "default",
+        "client",
+        labels={"app": "client"},
+        ips=(ipaddress.ip_address("fd00:1::2"),),
+        node_name="n",
+    )
+    policy = model.NetworkPolicy(
+        "default",
+        "client-out",
+        model.LabelSelector({"app": "client"}),
+        policy_types={model.PolicyType.EGRESS},
+        egress=(
+            model.PolicyRule(
+                peers=(model.Peer(ip_block=model.IPBlock(ipaddress.ip_network(f"{allowed}/128"))),),
+                ports=(model.PolicyPort(model.Protocol.TCP, 5432),),
+            ),
+        ),
+    )
+    cluster = model.Cluster.of([model.Namespace("default")], [client], [policy], [model.Node("n")])
+    return compile_node(cluster, "n")[client.key]
+
+
+def test_a_client_pod_translates_a_service_outside_the_cluster(
+    netns_factory: NetnsFactory,
+) -> None:
+    """A Service whose endpoints are outside the cluster (no pod or node can hold its
+    ClusterIP): the client pod DNATs its own connections, in its own namespace. The
+    endpoint sees the pod's own address, the client sees the ClusterIP answer, egress
+    NetworkPolicy judges the endpoint, and affinity keeps a client on one endpoint."""
+    pod, outside = netns_factory(), netns_factory()
+    netns_factory.veth(pod, "eth0", outside, "o0")
+    pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
+    outside.ip("addr", "add", "fd00:1::1/64", "dev", "o0", "nodad")
+    for db in (DB1, DB2):
+        outside.ip("addr", "add", f"{db}/128", "dev", "lo")
+    pod.ip("-6", "route", "add", "default", "via", "fd00:1::1")
+    netns = f"/var/run/netns/{pod.name}"
+
+    def attach(*targets: str, affinity: int = 0) -> None:
+        translation = Translation("TCP", S1, 5432, tuple((t, 5432) for t in targets), affinity)
+        attachment = PodAttachment(
+            interface="x",
+            pod="default/client",
+            netns=netns,
+            addresses={ipaddress.ip_interface("fd00:1::2/128")},
+            translations={translation},
+        )
+        assert PROGRAMMER.sync(attachment).rewrites_replaced
+
+    def ask(count: int) -> list[tuple[str, str, str]]:
+        done = pod.exec(sys.executable, "-c", CLIENT_RUNS, S1, "5432", str(count), check=False)
+        if done.returncode:
+            return []
+        return [tuple(a.split()) for a in done.stdout.strip().split("|")]  # type: ignore[misc]
+
+    with _serving(outside, PG):
+        attach(DB1, DB2)
+        answers = ask(40)
+        # (the peer the endpoint saw, the endpoint's address, whom the client talked to)
+        assert {a[0] for a in answers} == {"fd00:1::2"}, answers  # no SNAT: the pod itself
+        assert {a[2] for a in answers} == {S1}, answers  # answered from the ClusterIP
+        assert {a[1] for a in answers} == {DB1, DB2}, answers  # both endpoints in 40
+
+        attach(DB1, DB2, affinity=60)
+        assert len({a[1] for a in ask(40)}) == 1  # one endpoint for this client
+
+        backend = NftablesBackend()
+        backend.apply(netns, _client_policy(allowed=DB1))
+        attach(DB1)
+        assert [a[1] for a in ask(1)] == [DB1]  # egress policy judges the endpoint
+        attach(DB2)
+        assert ask(1) == []
+        backend.apply(netns, None)
+        assert [a[1] for a in ask(1)] == [DB2]
+    cleared = PROGRAMMER.clear(netns)
     assert cleared.rewrites_replaced
     assert "srv6ctl_svc" not in pod.exec("nft", "list", "tables").stdout
 

@@ -40,6 +40,7 @@ from srv6ctl.dataplane.model import (
     SegmentList,
     SrPolicy,
     Steering,
+    Translation,
 )
 from srv6ctl.dataplane.reconcile import plan
 from srv6ctl.render import (
@@ -769,6 +770,85 @@ def test_a_host_network_endpoints_own_node_rewrites_the_service_port() -> None:
     assert not vpp.port_maps
 
 
+# --- endpoints outside the cluster: client pods translate -------------------------------
+
+DATABASE = "2001:db8:dd::5"  # neither a pod nor a node
+
+
+def outside_slice(svc: Service, *addresses: str, suffix: str = "out") -> EndpointSlice:
+    """A hand-made slice (no selector) naming addresses outside the cluster on 5432."""
+    endpoints = [Endpoint(addresses=(ipaddress.ip_address(a),)) for a in addresses]
+    eps = endpoint_slice(svc, endpoints, suffix=suffix)
+    return dataclasses.replace(eps, ports=(EndpointPort(5432, "TCP", "pg"),))
+
+
+def test_a_service_outside_the_cluster_is_translated_by_every_local_client_pod() -> None:
+    db = service(
+        "db",
+        2,
+        ports=(ServicePort(5432, name="pg"),),
+        session_affinity="ClientIP",
+        session_affinity_timeout=300,
+    )
+    client = pod(IPV6_ONLY, "client", 1, 2)
+    other = pod(IPV6_ONLY, "other", 1, 3)
+    host = pod(IPV6_ONLY, "host", 1, 0, host_network=True)
+    state = state_of(node(1), node(2), client, other, host, db)
+    state.upsert_endpoint_slice(outside_slice(db, DATABASE, "2001:db8:dd::6"))
+    the_inputs = inputs(IPV6_ONLY, [1, 2], {db: 2}, interfaces=[client, other])
+    renderer = Renderer(state, "node-1", the_inputs)
+    config = renderer.config()
+    expected = Translation(
+        "TCP", V6("fd00:96::2"), 5432, ((V6(DATABASE), 5432), (V6("2001:db8:dd::6"), 5432)), 300
+    )
+    assert {p.pod: p.translations for p in config.pods} == {
+        "default/client": {expected},
+        "default/other": {expected},
+    }
+    # The node has no SID to send it to: anyone else's packet (a host client's, an
+    # external one's) is refused, never routed out with the ClusterIP on it.
+    assert Route(ipaddress.ip_network("fd00:96::2/128"), kind=RouteKind.PROHIBIT) in config.routes
+    assert not [p for p in config.policies if p.owner.startswith("svc/")]
+    assert config == render(state, "node-1", the_inputs)
+
+    # One endpoint goes: every local pod's attachment changes, in the same update.
+    delta = renderer.update(state.upsert_endpoint_slice(outside_slice(db, DATABASE)))
+    moved = {p.pod for p in delta.added if isinstance(p, PodAttachment)}
+    assert moved == {"default/client", "default/other"}
+    assert {t.targets for p in renderer.config().pods for t in p.translations} == {
+        ((V6(DATABASE), 5432),)
+    }
+    # The last one goes: nothing to translate any more.
+    renderer.update(state.delete_endpoint_slice("default", "db-v6out"))
+    assert not [p for p in renderer.config().pods if p.translations]
+    assert renderer.config() == render(state, "node-1", the_inputs)
+
+
+def test_a_service_with_pods_and_outside_endpoints_translates_over_all_of_them() -> None:
+    """Pods' own connections go to any endpoint (a pod's is DNATed to its own address,
+    which needs no SID); everything that cannot translate (host clients, VIPs) is steered
+    to the pods only."""
+    db = service("db", 2, ports=(ServicePort(5432, name="pg"),))
+    member = pod(IPV6_ONLY, "db-a", 2, 2)
+    client = pod(IPV6_ONLY, "client", 1, 2)
+    state = state_of(node(1), node(2), member, client, db)
+    inside = dataclasses.replace(
+        endpoint_slice(db, [endpoint(member)]), ports=(EndpointPort(5433, "TCP", "pg"),)
+    )
+    state.upsert_endpoint_slice(inside)
+    state.upsert_endpoint_slice(outside_slice(db, DATABASE))
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2], {db: 2}, interfaces=[client]))
+    (attachment,) = config.pods
+    assert attachment.translations == {
+        Translation("TCP", V6("fd00:96::2"), 5432, ((V6(DATABASE), 5432), (member.ipv6, 5433)))
+    }
+    assert segment_ends(config, "fcbb:bb00::6000:2") == {"fcbb:bb00:2::1:2"}
+    # The member still holds the ClusterIP, for the node's steering.
+    on_2 = render(state, "node-2", inputs(IPV6_ONLY, [1, 2], {db: 2}, interfaces=[member]))
+    (held,) = on_2.pods
+    assert V6("fd00:96::2") in held.service_addresses
+
+
 def test_dual_stack_with_end_dt4_steers_whole_ipv4_pod_prefixes() -> None:
     state, web, _ = web_cluster(DUAL_STACK, families=(6, 4))
     state.upsert_node(node(3, behaviours={"End", "End.DT6", "End.DT4"}))
@@ -1198,12 +1278,38 @@ class IncrementalRender(RuleBasedStateMachine):
         self, name: str, family: int, suffix: str, data: st.DataObject
     ) -> tuple[str, str]:
         entries = [self._endpoint(family, data) for _ in range(data.draw(st.integers(0, 5)))]
+        # The service's port name (an outside endpoint is then translated), or another.
+        ports = data.draw(
+            st.sampled_from([(EndpointPort(8080, "TCP", "web"),)] * 3 + [(), (EndpointPort(81),)])
+        )
         eps = EndpointSlice(
             namespace="default",
             name=f"{name}-v{family}{suffix}",
             service_name=name,
             address_type="IPv6" if family == 6 else "IPv4",
             endpoints=tuple(entries),
+            ports=ports,
+        )
+        self._apply(self.state.upsert_endpoint_slice(eps))
+        return ("default", eps.name)
+
+    @rule(
+        target=slices,
+        name=st.sampled_from(SERVICE_NAMES),
+        family=st.sampled_from([6, 4]),
+        ready=st.booleans(),
+    )
+    def upsert_outside_slice(self, name: str, family: int, ready: bool) -> tuple[str, str]:
+        """A hand-made slice naming an address outside the cluster, with the service's
+        port: what client pods translate."""
+        address = V6("2001:db8:ffff::2") if family == 6 else V4("198.51.100.2")
+        eps = EndpointSlice(
+            namespace="default",
+            name=f"{name}-out{family}",
+            service_name=name,
+            address_type="IPv6" if family == 6 else "IPv4",
+            endpoints=(Endpoint(addresses=(address,), ready=ready),),
+            ports=(EndpointPort(5432, "TCP", "web"),),
         )
         self._apply(self.state.upsert_endpoint_slice(eps))
         return ("default", eps.name)
@@ -1211,9 +1317,7 @@ class IncrementalRender(RuleBasedStateMachine):
     def _endpoint(self, family: int, data: st.DataObject) -> Endpoint:
         """Mostly an existing pod (by its current address), sometimes a pod that is not
         there (yet), a node address (host-network) or an address nobody has."""
-        kind = data.draw(
-            st.sampled_from(["pod", "pod", "pod", "pod", "pod", "absent", "node", "stranger"])
-        )
+        kind = data.draw(st.sampled_from(["pod"] * 5 + ["absent", "node", "stranger", "stranger"]))
         name = data.draw(st.sampled_from(POD_NAMES))
         n = data.draw(st.integers(1, 4))
         existing = self.state.pod("default", name)

@@ -28,6 +28,7 @@ from srv6ctl.dataplane.model import (
     SegmentList,
     SrPolicy,
     Steering,
+    Translation,
 )
 from srv6ctl.observe.agentview import config_from_json
 from srv6ctl.serialize import to_jsonable
@@ -125,6 +126,10 @@ def test_agent_config_json_round_trips_into_the_model() -> None:
                 addresses=frozenset({ipaddress.ip_interface("fd00:10:0:1::2/128")}),
                 service_addresses=frozenset({ipaddress.ip_address("fd00:96::10")}),
                 port_maps=frozenset({("TCP", ipaddress.ip_address("fd00:96::10"), 80, 8080)}),
+                node_ports=frozenset({("TCP", 6, 30080, 8080)}),
+                translations=frozenset(
+                    {Translation("TCP", "fd00:96::20", 5432, (("2001:db8::5", 5432),), 60)}
+                ),
             )
         ],
         local_sids=[

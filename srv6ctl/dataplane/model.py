@@ -34,6 +34,8 @@ MEMIF_DIR = "/run/srv6ctl/memif"
 HOST_LOOP_DEVICE = "srv6lp0"
 HOST_LOOP_PEER = "srv6lp1"
 HOST_LOOP_GATEWAY = ipaddress.IPv6Address("fe80::5c")  # on HOST_LOOP_PEER
+# sessionAffinity's longest timeout (Kubernetes validates timeoutSeconds to 1..86400).
+MAX_AFFINITY = 86400
 
 
 def v6(value: str | int | IPv6Address) -> IPv6Address:
@@ -227,8 +229,10 @@ class SrPolicy:
         if not self.segment_lists:
             raise ValueError(f"policy {self.bsid} has no segment list")
         object.__setattr__(self, "segment_lists", tuple(sorted(self.segment_lists)))
-        if not 0 <= self.affinity <= 86400:
-            raise ValueError(f"policy {self.bsid}: affinity {self.affinity} s is not in 0..86400")
+        if not 0 <= self.affinity <= MAX_AFFINITY:
+            raise ValueError(
+                f"policy {self.bsid}: affinity {self.affinity} s is not in 0..{MAX_AFFINITY}"
+            )
 
     @property
     def key(self) -> tuple[str, IPv6Address]:
@@ -362,6 +366,45 @@ class PortMap:
         return ("portmap", self.protocol, self.address, self.port)
 
 
+@dataclass(frozen=True, order=True)
+class Translation:
+    """A Service frontend a client pod translates itself: its own new connections to
+    `address` (the ClusterIP) `protocol`/`port` are DNATed, in its own namespace, to one
+    of `targets` ((address, port), sorted), kept per client for `affinity` seconds when
+    non-zero (sessionAffinity ClientIP).
+
+    Only for endpoints outside the cluster (neither a pod nor a node): nothing there can
+    hold the ClusterIP, so no SRv6 policy can deliver the packet unchanged, and the one
+    NAT the Service needs lives with the client that opened the connection (podnet), not
+    on any node.
+    """
+
+    protocol: str  # one of PROTOCOLS
+    address: IPAddress
+    port: int
+    targets: tuple[tuple[IPAddress, int], ...]
+    affinity: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", ip(self.address))
+        targets = tuple(sorted((ip(a), int(p)) for a, p in self.targets))
+        object.__setattr__(self, "targets", targets)
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"translation {self.protocol!r}: not one of {PROTOCOLS}")
+        if not targets:
+            raise ValueError(f"translation of {self.address}: no target")
+        for address, port in ((self.address, self.port), *targets):
+            if not 0 < port < 65536:
+                raise ValueError(f"translation of {self.address}: port {port} is not 1..65535")
+            if address.version != self.address.version:
+                raise ValueError(f"translation of {self.address}: {address} is another family")
+        if not 0 <= self.affinity <= MAX_AFFINITY:
+            raise ValueError(
+                f"translation of {self.address}: affinity {self.affinity} s is not in "
+                f"0..{MAX_AFFINITY}"
+            )
+
+
 @dataclass(frozen=True)
 class PodAttachment:
     """A pod's interface as the node sees it: the node-side end and the pod's addresses.
@@ -372,7 +415,9 @@ class PodAttachment:
     traffic to the pod's own address, never share a rewrite. `node_ports` are (protocol, IP
     version, nodePort, target port): what arrives for an address that is not the pod's
     own (a node's, through a NodePort) is DNATed to the pod's address of that version and
-    the target port, in the pod's own namespace (podnet).
+    the target port, in the pod's own namespace (podnet). `translations` are the Services
+    with endpoints outside the cluster, which the pod DNATs its own connections to
+    (`Translation`): every pod on the node gets the same set.
 
     `interface_type` "memif" (VPP only) makes the pod's port a memif in IP mode, VPP the
     master listening on `memif_socket`: a CNF whose own data plane holds the pod's
@@ -387,6 +432,7 @@ class PodAttachment:
     service_addresses: frozenset[IPAddress] = frozenset()
     port_maps: frozenset[tuple[str, IPAddress, int, int]] = frozenset()
     node_ports: frozenset[tuple[str, int, int, int]] = frozenset()
+    translations: frozenset[Translation] = frozenset()
     interface_type: str = ""  # "" or MEMIF
     memif_socket: str = ""  # with MEMIF: the socket VPP listens on
 

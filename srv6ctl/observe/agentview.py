@@ -29,6 +29,7 @@ from srv6ctl.dataplane.model import (
     SegmentList,
     SrPolicy,
     Steering,
+    Translation,
 )
 
 
@@ -73,6 +74,17 @@ def config_from_json(data: Mapping[str, Any]) -> NodeConfig:
             addresses=frozenset(p.get("addresses") or ()),
             service_addresses=frozenset(p.get("service_addresses") or ()),
             port_maps=frozenset(tuple(m) for m in p.get("port_maps") or ()),
+            node_ports=frozenset(tuple(n) for n in p.get("node_ports") or ()),
+            translations=frozenset(
+                Translation(
+                    t["protocol"],
+                    t["address"],
+                    int(t["port"]),
+                    tuple((a, int(port)) for a, port in t["targets"]),
+                    int(t.get("affinity", 0)),
+                )
+                for t in p.get("translations") or ()
+            ),
         )
         for p in data.get("pods") or ()
     ]
