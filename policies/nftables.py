@@ -499,6 +499,50 @@ def _translation_lines(translations: Iterable[ClientTranslation]) -> list[str]:
     return lines
 
 
+def parse_translations(listing: str) -> list[ClientTranslation]:
+    """`nft -j list table inet T` of a table `_translation_lines` made → its translations
+    (the inverse, for a restarted agent to read back what it holds)."""
+    items = json.loads(listing).get("nftables", []) if listing.strip() else []
+    timeouts = {i["set"]["name"]: int(i["set"].get("timeout", 0)) for i in items if "set" in i}
+    dnats: dict[str, list[tuple[str, int]]] = {}
+    frontends: list[tuple[str, str, int, dict[str, Any]]] = []
+    for item in items:
+        rule = item.get("rule")
+        if rule is None:
+            continue
+        exprs = rule.get("expr", [])
+        action = next((e for e in exprs if "dnat" in e or "goto" in e), None)
+        if action is None:
+            continue
+        if rule["chain"] != "translate":
+            if "dnat" in action:
+                dnat = action["dnat"]
+                dnats.setdefault(rule["chain"], []).append((str(dnat["addr"]), int(dnat["port"])))
+            continue
+        address, protocol, port = "", "", 0
+        for e in exprs:
+            match = e.get("match", {})
+            payload = match.get("left", {}).get("payload", {})
+            if payload.get("field") == "daddr":
+                address = str(match["right"])
+            elif payload.get("field") == "dport":
+                protocol, port = str(payload["protocol"]), int(match["right"])
+        frontends.append((protocol, address, port, action))
+    out = []
+    for protocol, address, port, action in frontends:
+        if "dnat" in action:
+            targets = [(str(action["dnat"]["addr"]), int(action["dnat"]["port"]))]
+            affinity = 0
+        else:
+            chain = action["goto"]["target"]
+            ends = re.compile(rf"{re.escape(chain)}e[0-9]+")
+            targets = [t for name, ts in dnats.items() if ends.fullmatch(name) for t in ts]
+            affinity = timeouts.get(f"{chain}a0", 0)
+        proto = next(p for p, name in _NFT_PROTOCOL.items() if name == protocol)
+        out.append(ClientTranslation(proto, address, port, tuple(sorted(targets)), affinity))
+    return out
+
+
 def port_rewrite_ruleset(
     frontends: Iterable[Frontend],
     table: str = REWRITE_TABLE,

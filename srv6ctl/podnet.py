@@ -74,7 +74,8 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from policies.model import Frontend, Protocol
-from policies.nftables import ClientTranslation, NodePortTarget, port_rewrite_ruleset
+from policies.nftables import NodePortTarget, port_rewrite_ruleset
+from srv6ctl.dataplane.host_ports import client_translation
 from srv6ctl.dataplane.kernel import RTPROT_SRV6CTL
 from srv6ctl.dataplane.model import IPAddress, IPNetwork, PodAttachment
 from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
@@ -177,20 +178,6 @@ def node_port_targets(attachment: PodAttachment) -> tuple[NodePortTarget, ...]:
     )
 
 
-def client_translations(attachment: PodAttachment) -> tuple[ClientTranslation, ...]:
-    """The Services the pod translates its own connections to, in the policies' terms."""
-    return tuple(
-        ClientTranslation(
-            Protocol(t.protocol),
-            str(t.address),
-            t.port,
-            tuple((str(address), port) for address, port in t.targets),
-            t.affinity,
-        )
-        for t in attachment.translations
-    )
-
-
 def ruleset(attachment: PodAttachment) -> str:
     """The transaction (re)installing the `inet srv6ctl_svc` table for a pod's port maps,
     node ports and translations ('' when it needs none), tagged with a digest of its
@@ -199,7 +186,7 @@ def ruleset(attachment: PodAttachment) -> str:
         frontends(attachment),
         TABLE,
         node_port_targets(attachment),
-        translations=client_translations(attachment),
+        translations=[client_translation(t) for t in attachment.translations],
     )
     if text is None:
         return ""

@@ -210,6 +210,7 @@ class Fragment:
     routes: tuple[Route, ...] = ()
     rules: tuple[Rule, ...] = ()
     port_maps: tuple[PortMap, ...] = ()
+    translations: tuple[Translation, ...] = ()
 
     def parts(self) -> Iterator[tuple[str, tuple[DataplaneObject, ...]]]:
         yield "pods", self.pods
@@ -219,11 +220,21 @@ class Fragment:
         yield "routes", self.routes
         yield "rules", self.rules
         yield "port_maps", self.port_maps
+        yield "translations", self.translations
 
 
 EMPTY = Fragment()
 FragmentKey: TypeAlias = NodeKey | ServiceKey | PodKey
-PARTS = ("pods", "local_sids", "policies", "steerings", "routes", "rules", "port_maps")
+PARTS = (
+    "pods",
+    "local_sids",
+    "policies",
+    "steerings",
+    "routes",
+    "rules",
+    "port_maps",
+    "translations",
+)
 
 
 @dataclass(frozen=True)
@@ -349,6 +360,7 @@ class Renderer:
                 routes=cast(frozenset[Route], parts["routes"]),
                 rules=cast(frozenset[Rule], parts["rules"]),
                 port_maps=cast(frozenset[PortMap], parts["port_maps"]),
+                translations=cast(frozenset[Translation], parts["translations"]),
             )
         return self._config
 
@@ -807,16 +819,38 @@ class Renderer:
                     for port in service.ports
                     if port.node_port
                 )
+        node_translations: tuple[Translation, ...] = ()
         if translations:
             self._translations[key] = tuple(translations)
             self._translations_changed = True
+            node_translations = self._translate_here(translations, out)
         return Fragment(
             policies=tuple(out.policies.values()),
             steerings=tuple(out.steerings),
             routes=tuple(out.routes),
             rules=tuple(out.rules),
             port_maps=tuple(dict.fromkeys(out.port_maps)),
+            translations=node_translations,
         )
+
+    def _translate_here(
+        self, translations: list[Translation], out: _ServiceParts
+    ) -> tuple[Translation, ...]:
+        """The node's own connections (host-network clients) translate as pods do, where
+        the backend can. A connection's route is looked up before any netfilter hook, so
+        the ClusterIP must have one that is not the PROHIBIT or steering of the main table:
+        for locally made packets (`iif lo`) the host loop's table routes it onto the loop
+        device, and the output hook's DNAT then sends the packet to its endpoint (the kernel
+        routes it again). A port with no translation goes round the loop and meets the
+        main table's route like any other packet."""
+        caps = self._inputs.capabilities
+        if not (caps.translations and caps.host_loop and caps.rules):
+            return ()
+        for address in dict.fromkeys(t.address for t in translations):
+            host = _host(address)
+            out.rules.append(Rule(host, HOST_LOOP_TABLE, iif="lo"))
+            out.routes.append(Route(host, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE))
+        return tuple(translations)
 
     def _node_port_address(self, service: Service, family: int) -> IPAddress | None:
         """This node's InternalIP of `family` when `service` has node ports to serve on it

@@ -15,7 +15,15 @@ import pytest
 
 from srv6ctl.dataplane import host_ports
 from srv6ctl.dataplane.kernel import KernelBackend
-from srv6ctl.dataplane.model import NodeConfig, PortMap
+from srv6ctl.dataplane.model import (
+    HOST_LOOP_DEVICE,
+    NodeConfig,
+    PortMap,
+    Route,
+    RouteKind,
+    Rule,
+    Translation,
+)
 from srv6ctl.dataplane.reconcile import plan
 from tests.support.netns import Netns, NetnsFactory, open_in
 
@@ -91,3 +99,81 @@ def test_the_nodes_stack_answers_the_service_port_for_its_endpoint(
         again.apply(plan(NodeConfig(), again.dump()))
         assert host_ports.TABLE not in node.exec("nft", "list", "tables").stdout
     assert _connect(client, CLUSTER6, SERVICE_PORT) == errno.ECONNREFUSED
+
+
+DB6, DB4 = "2001:db8:9::5", "198.51.100.5"  # outside the cluster, beyond the node's uplink
+DB_PORT = 5432
+
+
+def test_the_nodes_own_connections_translate_to_endpoints_outside_the_cluster(
+    netns_factory: NetnsFactory,
+) -> None:
+    """A host-network client of a Service whose endpoint is outside the cluster: the
+    ClusterIP's route for locally made packets goes onto the host loop (render), the
+    output hook DNATs to the endpoint, and the endpoint sees the node's own address; the
+    main table's PROHIBIT still refuses everyone else."""
+    node, outside = netns_factory(), netns_factory()
+    netns_factory.veth(node, "up0", outside, "up1")
+    node.ip("addr", "add", "2001:db8:9::1/64", "dev", "up0", "nodad")
+    node.ip("addr", "add", "198.51.100.1/24", "dev", "up0")
+    outside.ip("addr", "add", f"{DB6}/64", "dev", "up1", "nodad")
+    outside.ip("addr", "add", f"{DB4}/24", "dev", "up1")
+    cluster_ips = (CLUSTER6, CLUSTER4)
+
+    def listen() -> socket.socket:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", DB_PORT))
+        sock.listen(16)
+        return sock
+
+    def peer_seen(server: socket.socket, address: str) -> str:
+        """Connect from the node to address:DB_PORT; the peer the server accepted."""
+
+        def attempt() -> int:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                return sock.connect_ex((address, DB_PORT))
+
+        assert open_in(node.name, attempt) == 0
+        server.settimeout(5)
+        accepted, peer = server.accept()
+        accepted.close()
+        return str(peer[0]).removeprefix("::ffff:")
+
+    server = open_in(outside.name, listen)
+    try:
+        with KernelBackend(node.name, configure_sysctls=False) as backend:
+            assert backend.capabilities.translations and backend.capabilities.host_loop
+            desired = NodeConfig(
+                translations=frozenset(
+                    Translation("TCP", address, DB_PORT, ((target, DB_PORT),), affinity)
+                    for address, target, affinity in ((CLUSTER6, DB6, 60), (CLUSTER4, DB4, 0))
+                ),
+                rules=frozenset(Rule(f"{a}/{_len(a)}", 94, iif="lo") for a in cluster_ips),
+                routes=frozenset(
+                    route
+                    for a in cluster_ips
+                    for route in (
+                        Route(f"{a}/{_len(a)}", kind=RouteKind.PROHIBIT),
+                        Route(f"{a}/{_len(a)}", interface=HOST_LOOP_DEVICE, table=94),
+                    )
+                ),
+            )
+            backend.apply(plan(desired, backend.dump()))
+            assert peer_seen(server, CLUSTER6) == "2001:db8:9::1"  # the node's own address
+            assert peer_seen(server, CLUSTER4) == "198.51.100.1"
+            assert backend.dump() == desired
+        # A restarted agent reads the translations back (and the affinity), plans nothing.
+        with KernelBackend(node.name, configure_sysctls=False) as again:
+            assert again.dump() == desired
+            assert plan(desired, again.dump()) == []
+            again.apply(plan(NodeConfig(), again.dump()))
+            assert host_ports.TABLE not in node.exec("nft", "list", "tables").stdout
+    finally:
+        server.close()
+
+
+def _len(address: str) -> int:
+    return 128 if ":" in address else 32

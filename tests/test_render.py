@@ -86,6 +86,8 @@ from tests.support.cluster import (
 
 V6 = ipaddress.IPv6Address
 V4 = ipaddress.IPv4Address
+# The kernel backend as the agent has it: with the host loop, which the backend makes.
+KERNEL_HOST = dataclasses.replace(KERNEL_WITH_VRF, host_loop=True, translations=True)
 
 
 def policy(bsid: str, *sids: str, mode: EncapMode = EncapMode.ENCAP) -> SrPolicy:
@@ -824,6 +826,27 @@ def test_a_service_outside_the_cluster_is_translated_by_every_local_client_pod()
     assert renderer.config() == render(state, "node-1", the_inputs)
 
 
+def test_the_nodes_own_connections_translate_where_the_backend_can() -> None:
+    """Host-network clients: the same translations at the node level, and for locally
+    made packets a route to the ClusterIP onto the host loop, so that their route lookup
+    (before any netfilter hook) succeeds; the main table keeps refusing everyone else."""
+    db = service("db", 2, ports=(ServicePort(5432, name="pg"),))
+    state = state_of(node(1), db)
+    state.upsert_endpoint_slice(outside_slice(db, DATABASE))
+    config = render(state, "node-1", inputs(IPV6_ONLY, [1], {db: 2}, capabilities=KERNEL_HOST))
+    host = ipaddress.ip_network("fd00:96::2/128")
+    assert config.translations == {
+        Translation("TCP", V6("fd00:96::2"), 5432, ((V6(DATABASE), 5432),))
+    }
+    assert Rule(host, HOST_LOOP_TABLE, iif="lo") in config.rules
+    assert Route(host, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE) in config.routes
+    assert Route(host, kind=RouteKind.PROHIBIT) in config.routes
+    # VPP cannot: nothing of it, and host clients are refused.
+    on_vpp = render(state, "node-1", inputs(IPV6_ONLY, [1], {db: 2}, capabilities=VPP))
+    assert not on_vpp.translations
+    assert not [r for r in on_vpp.rules if r.destination == host]
+
+
 def test_a_service_with_pods_and_outside_endpoints_translates_over_all_of_them() -> None:
     """Pods' own connections go to any endpoint (a pod's is DNATed to its own address,
     which needs no SID); everything that cannot translate (host clients, VIPs) is steered
@@ -1410,7 +1433,7 @@ class IncrementalRender(RuleBasedStateMachine):
         self._set_inputs()
 
     @precondition(lambda self: self.capability_changes < 2)  # each one re-renders it all
-    @rule(capabilities=st.sampled_from([KERNEL, KERNEL_WITH_VRF, VPP]))
+    @rule(capabilities=st.sampled_from([KERNEL, KERNEL_WITH_VRF, KERNEL_HOST, VPP]))
     def capabilities_change(self, capabilities: Capabilities) -> None:
         self.capability_changes += 1
         self.inputs = self._inputs(capabilities)

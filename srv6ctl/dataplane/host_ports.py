@@ -10,8 +10,12 @@ back at `output`: one to a pod on another node is encapsulated by its route (seg
 output), so `postrouting` would only see the outer packet. No state: the rewrite is a
 map lookup per packet.
 
-The table is rewritten whole when a rewrite changes (one transaction; few entries), and
-read back from its maps on restart.
+The same table translates the node's own connections to Services whose endpoints are
+outside the cluster (`Translation`, as client pods do in theirs: a DNAT at output, its
+state in the node's conntrack — the node's own connections are tracked there anyway).
+
+The table is rewritten whole when a rewrite or translation changes (one transaction; few
+entries), and read back from its maps and chains on restart.
 """
 
 from __future__ import annotations
@@ -21,17 +25,49 @@ import json
 from collections.abc import Iterable
 
 from policies.model import Frontend, Protocol
-from policies.nftables import port_rewrite_ruleset, removal_script
-from srv6ctl.dataplane.model import PortMap
+from policies.nftables import (
+    ClientTranslation,
+    parse_translations,
+    port_rewrite_ruleset,
+    removal_script,
+)
+from srv6ctl.dataplane.model import PortMap, Translation
 
 TABLE = "srv6ctl_host_ports"  # `inet`, in the node's namespace
 
 
-def script(port_maps: Iterable[PortMap]) -> str:
-    """The transaction that makes the table hold `port_maps` (none: no table)."""
+def script(port_maps: Iterable[PortMap], translations: Iterable[Translation] = ()) -> str:
+    """The transaction that makes the table hold `port_maps` and `translations` (none:
+    no table)."""
     frontends = [Frontend(m.address, Protocol(m.protocol), m.port, m.target) for m in port_maps]
-    text = port_rewrite_ruleset(frontends, TABLE, inbound_hook="input", outbound_hook="output")
+    text = port_rewrite_ruleset(
+        frontends,
+        TABLE,
+        inbound_hook="input",
+        outbound_hook="output",
+        translations=[client_translation(t) for t in translations],
+    )
     return text if text is not None else removal_script(TABLE)
+
+
+def client_translation(t: Translation) -> ClientTranslation:
+    """A `Translation` in the terms of the nftables rules (policies.nftables)."""
+    targets = tuple((str(address), port) for address, port in t.targets)
+    return ClientTranslation(Protocol(t.protocol), str(t.address), t.port, targets, t.affinity)
+
+
+def parse_translations_listing(text: str) -> list[Translation]:
+    """`nft -j list table inet TABLE` → the translations its chains make."""
+    return [
+        Translation(
+            str(t.protocol),
+            ipaddress.ip_address(t.address),
+            t.port,
+            tuple((ipaddress.ip_address(a), port) for a, port in t.targets),
+            t.affinity,
+        )
+        for t in parse_translations(text)
+    ]
 
 
 def parse_listing(text: str) -> list[PortMap]:

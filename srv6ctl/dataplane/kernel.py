@@ -114,7 +114,6 @@ from srv6ctl.dataplane.model import (
     IPv6Address,
     NodeConfig,
     ObjectKind,
-    PortMap,
     SegmentList,
     SrPolicy,
     TableLookup,
@@ -607,7 +606,11 @@ class KernelBackend:
             key: mark for key, mark in sticky.marks.items() if key[0] in inventory.affine
         }
         inventory.nft_names = sticky.names
-        inventory.port_maps = {m.key: m for m in self._host_ports()}
+        caps = self.capabilities
+        listing = self._nft_table(host_ports.TABLE, caps.port_maps or caps.translations)
+        inventory.port_maps = {m.key: m for m in host_ports.parse_listing(listing)}
+        translations = host_ports.parse_translations_listing(listing)
+        inventory.translations = {t.key: t for t in translations}
         self._load_rules(inventory)
         self._inventory = inventory
         return inventory, [r for r in decoded if r.slot[0] != self._codec.policy_table]
@@ -636,12 +639,6 @@ class KernelBackend:
     def _affinity_table(self) -> affinity.Held:
         """What the sessionAffinity table holds (kernel_affinity); nothing without one."""
         return affinity.parse_listing(self._nft_table(affinity.TABLE, self.capabilities.affinity))
-
-    def _host_ports(self) -> list[PortMap]:
-        """The node's own port rewrites (host_ports); none without the table."""
-        return host_ports.parse_listing(
-            self._nft_table(host_ports.TABLE, self.capabilities.port_maps)
-        )
 
     def _nft_table(self, table: str, able: bool) -> str:
         """`nft -j list table inet TABLE` in the namespace; "" when there is none (or

@@ -65,6 +65,7 @@ from srv6ctl.dataplane.model import (
     LocalSid,
     PortMap,
     Rule,
+    Translation,
 )
 from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Request
 from srv6ctl.dataplane.nsenter import ensure_sysctls
@@ -193,6 +194,7 @@ class _Probe:
             rules=rules,
             affinity=rules and self._affinity(),
             port_maps=self._port_maps(),
+            translations=self._translations(),
             behaviours=frozenset(behaviours),
             flavours=all_flavours,
             encap_modes=modes,
@@ -327,6 +329,17 @@ class _Probe:
             host_ports.script([sample]),
             "port rewrites for host-network endpoints: unsupported; a Service whose port "
             "differs from its host-network endpoint's is not served",
+        )
+
+    def _translations(self) -> bool:
+        """The node's own connections translated (`Translation`s in the host_ports table):
+        a NAT chain at output, with an affinity set — loaded here whole."""
+        targets = ((IPv6Address("fd00:5c::2"), 5432), (IPv6Address("fd00:5c::3"), 5432))
+        sample = Translation("TCP", IPv6Address("fd00:5c::1"), 5432, targets, 10)
+        return self._nft_loads(
+            host_ports.script([], [sample]),
+            "NAT of the node's own connections: unsupported; host-network clients cannot "
+            "reach Services whose endpoints are outside the cluster",
         )
 
     def _nft_loads(self, script: str, missing: str) -> bool:

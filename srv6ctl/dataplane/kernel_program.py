@@ -37,7 +37,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE
 
@@ -82,6 +82,7 @@ from srv6ctl.dataplane.model import (
     ROUTE,
     RULE,
     STEERING,
+    TRANSLATION,
     Change,
     DataplaneObject,
     EncapSource,
@@ -95,6 +96,7 @@ from srv6ctl.dataplane.model import (
     Rule,
     SrPolicy,
     Steering,
+    Translation,
     kind_of,
 )
 from srv6ctl.dataplane.netlink_channel import Writes
@@ -135,6 +137,7 @@ class Inventory:
     mark_rules: set[tuple[int, int]] = field(default_factory=set)  # (IP version, mark)
     mark_gates: set[int] = field(default_factory=set)  # IP versions with gate and anchor
     port_maps: dict[Any, PortMap] = field(default_factory=dict)  # host_ports, by key
+    translations: dict[Any, Translation] = field(default_factory=dict)  # host_ports, by key
 
     def copy(self) -> Inventory:
         return Inventory(
@@ -158,6 +161,7 @@ class Inventory:
             set(self.mark_rules),
             set(self.mark_gates),
             dict(self.port_maps),
+            dict(self.translations),
         )
 
 
@@ -239,7 +243,11 @@ class Compilation:
         """How many objects the plan touches (a measure of the work ahead)."""
         targets = self._targets
         return (
-            len(targets.policies) + len(targets.slots) + len(targets.rules) + len(targets.port_maps)
+            len(targets.policies)
+            + len(targets.slots)
+            + len(targets.rules)
+            + len(targets.port_maps)
+            + len(targets.translations)
         )
 
     def run(self, progress: Callable[[int], None] | None = None) -> Program:
@@ -256,6 +264,7 @@ class _Targets:
     policies: dict[IPv6Address, SrPolicy | None] = field(default_factory=dict)
     rules: dict[Any, Rule | None] = field(default_factory=dict)
     port_maps: dict[Any, PortMap | None] = field(default_factory=dict)
+    translations: dict[Any, Translation | None] = field(default_factory=dict)
     tunnel_source: object = _UNCHANGED
 
     @classmethod
@@ -321,7 +330,9 @@ class _Compiler:
             self._program_slot(slot, target)
             report()
         nft_script = self._program_affinity(self._rules_after(targets.rules))
-        nft_script = _joined(nft_script, self._program_port_maps(targets.port_maps))
+        nft_script = _joined(
+            nft_script, self._program_host_table(targets.port_maps, targets.translations)
+        )
         self._program_rules(targets.rules)  # also puts a stray moved local rule back
         report(final=True)
         self._drop_unused()
@@ -464,20 +475,20 @@ class _Compiler:
 
     # --- the node's own port rewrites (host_ports) --------------------------------------
 
-    def _program_port_maps(self, port_maps: Mapping[Any, PortMap | None]) -> str | None:
-        """The host_ports table again, whole (stateless: nothing in it to keep), when the
-        plan changes any of its rewrites."""
+    def _program_host_table(
+        self,
+        port_maps: Mapping[Any, PortMap | None],
+        translations: Mapping[Any, Translation | None],
+    ) -> str | None:
+        """The host_ports table again, whole, when the plan changes any of its rewrites or
+        translations (the rewrites are stateless; the translations' state is conntrack's,
+        which outlives the table, and their affinity sets are few clients: the node's own)."""
         after = self.after
-        changed = False
-        for key, target in port_maps.items():
-            if after.port_maps.get(key) == target:
-                continue
-            changed = True
-            if target is None:
-                del after.port_maps[key]
-            else:
-                after.port_maps[key] = target
-        return host_ports.script(after.port_maps.values()) if changed else None
+        changed = _apply(after.port_maps, port_maps)
+        changed = _apply(after.translations, translations) or changed
+        if not changed:
+            return None
+        return host_ports.script(after.port_maps.values(), after.translations.values())
 
     # --- rules, and the local rule they need moved (kernel_rules) -----------------------
 
@@ -803,6 +814,43 @@ class _Rules(KindHandler):
         return found.inventory.rules.values()
 
 
+_T = TypeVar("_T")
+
+
+def _apply(held: dict[Any, _T], wanted: Mapping[Any, _T | None]) -> bool:
+    """Make `held` what `wanted` says (None: gone); whether anything changed."""
+    changed = False
+    for key, target in wanted.items():
+        if held.get(key) == target:
+            continue
+        changed = True
+        if target is None:
+            del held[key]
+        else:
+            held[key] = target
+    return changed
+
+
+class _Translations(KindHandler):
+    """In the nftables table host_ports.TABLE too, written whole by the compiler."""
+
+    def fold(
+        self,
+        targets: _Targets,
+        kind: ObjectKind,
+        obj: Translation,
+        present: bool,
+        codec: Codec,
+        features: KernelFeatures,
+    ) -> None:
+        if present and not features.capabilities.translations:
+            raise InvalidObject(f"{obj}: this node has no nftables NAT for its own connections")
+        targets.translations[obj.key] = obj if present else None
+
+    def dump(self, found: Found) -> Iterable[DataplaneObject]:
+        return found.inventory.translations.values()
+
+
 class _PortMaps(KindHandler):
     """The nftables table host_ports.TABLE, written whole by the compiler."""
 
@@ -864,6 +912,7 @@ HANDLERS: Mapping[ObjectKind, KindHandler] = {
     POLICY: _Policies(),
     RULE: _Rules(),
     PORT_MAP: _PortMaps(),
+    TRANSLATION: _Translations(),
     **SLOT_HANDLERS,
 }
 

@@ -376,7 +376,8 @@ class Translation:
     Only for endpoints outside the cluster (neither a pod nor a node): nothing there can
     hold the ClusterIP, so no SRv6 policy can deliver the packet unchanged, and the one
     NAT the Service needs lives with the client that opened the connection (podnet), not
-    on any node.
+    on any node. As a node-level object (`NodeConfig.translations`) it is the same for the
+    node's own stack, whose connections are its host-network clients' (kernel backend).
     """
 
     protocol: str  # one of PROTOCOLS
@@ -403,6 +404,10 @@ class Translation:
                 f"translation of {self.address}: affinity {self.affinity} s is not in "
                 f"0..{MAX_AFFINITY}"
             )
+
+    @property
+    def key(self) -> tuple[str, str, IPAddress, int]:
+        return ("translation", self.protocol, self.address, self.port)
 
 
 @dataclass(frozen=True)
@@ -499,7 +504,15 @@ class EncapSource:
 
 
 DataplaneObject: TypeAlias = (
-    LocalSid | SrPolicy | Steering | Route | Rule | PortMap | PodAttachment | EncapSource
+    LocalSid
+    | SrPolicy
+    | Steering
+    | Route
+    | Rule
+    | PortMap
+    | Translation
+    | PodAttachment
+    | EncapSource
 )
 Slot: TypeAlias = tuple[int, IPNetwork]
 
@@ -558,6 +571,9 @@ ROUTE = ObjectKind("Route", Route, "routes", ("PodAttachment",), _route_slot)
 RULE = ObjectKind("Rule", Rule, "rules", ("Steering", "Route"))
 # Refers to nothing: a rewrite of packets the node's local routes deliver.
 PORT_MAP = ObjectKind("PortMap", PortMap, "port_maps")
+# Refers to nothing: a rewrite of the node's own connections (the route and rule that let
+# their lookup succeed are plain objects of their own).
+TRANSLATION = ObjectKind("Translation", Translation, "translations")
 
 # Dependency order: a kind refers only to kinds before it.
 KINDS: tuple[ObjectKind, ...] = (
@@ -569,6 +585,7 @@ KINDS: tuple[ObjectKind, ...] = (
     ROUTE,
     RULE,
     PORT_MAP,
+    TRANSLATION,
 )
 RANK: Mapping[ObjectKind, int] = {kind: rank for rank, kind in enumerate(KINDS)}
 _KIND_OF_TYPE: dict[type, ObjectKind] = {
@@ -613,12 +630,14 @@ class NodeConfig:
     routes: frozenset[Route] = frozenset()
     rules: frozenset[Rule] = frozenset()
     port_maps: frozenset[PortMap] = frozenset()
+    translations: frozenset[Translation] = frozenset()
 
     def __post_init__(self) -> None:
         if self.encap_source is not None:
             object.__setattr__(self, "encap_source", v6(self.encap_source))
-        for name in ("pods", "local_sids", "policies", "steerings", "routes", "rules", "port_maps"):
-            object.__setattr__(self, name, frozenset(getattr(self, name)))
+        for kind in KINDS:
+            if kind.field:
+                object.__setattr__(self, kind.field, frozenset(getattr(self, kind.field)))
 
     def objects(self) -> Iterable[DataplaneObject]:
         """Every object but the encap source (a field of its own), kind by kind."""
@@ -706,6 +725,7 @@ class Capabilities:
     host_loop: bool = False  # HOST_LOOP_DEVICE is there (the kernel backend makes it)
     affinity: bool = False  # `SrPolicy.affinity` (kernel: nftables and fwmark rules; VPP)
     port_maps: bool = False  # `PortMap`s (the kernel backend: nftables in the node's stack)
+    translations: bool = False  # `Translation`s of the node's own connections (kernel: NAT)
     notes: tuple[str, ...] = field(default=())  # why something is missing, for humans
 
 

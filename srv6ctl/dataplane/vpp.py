@@ -84,6 +84,7 @@ from srv6ctl.dataplane.model import (
     POLICY,
     PORT_MAP,
     RULE,
+    TRANSLATION,
     Capabilities,
     Change,
     DataplaneObject,
@@ -212,6 +213,14 @@ def _no_port_maps(change: Change) -> None:
     )
 
 
+def _no_translations(change: Change) -> None:
+    """Refused (Capabilities.translations is False, so render makes none for VPP)."""
+    raise InvalidObject(
+        f"{change.obj}: VPP does not translate the node's own connections (host-network "
+        "clients of Services whose endpoints are outside the cluster)"
+    )
+
+
 class VppBackend:
     """SRv6 in FD.io VPP 25.10, over the binary API socket `api_socket`."""
 
@@ -293,6 +302,7 @@ class VppBackend:
             ENCAP_SOURCE: self._apply_encap_source,
             RULE: self._rules.apply,
             PORT_MAP: _no_port_maps,
+            TRANSLATION: _no_translations,
         }
         self._wait_connected(connect_timeout)
         # Probed on the first connection: whether this VPP has the ABF plugin.

@@ -75,16 +75,7 @@ def config_from_json(data: Mapping[str, Any]) -> NodeConfig:
             service_addresses=frozenset(p.get("service_addresses") or ()),
             port_maps=frozenset(tuple(m) for m in p.get("port_maps") or ()),
             node_ports=frozenset(tuple(n) for n in p.get("node_ports") or ()),
-            translations=frozenset(
-                Translation(
-                    t["protocol"],
-                    t["address"],
-                    int(t["port"]),
-                    tuple((a, int(port)) for a, port in t["targets"]),
-                    int(t.get("affinity", 0)),
-                )
-                for t in p.get("translations") or ()
-            ),
+            translations=frozenset(map(_translation, p.get("translations") or ())),
         )
         for p in data.get("pods") or ()
     ]
@@ -122,6 +113,17 @@ def config_from_json(data: Mapping[str, Any]) -> NodeConfig:
             PortMap(m["protocol"], m["address"], int(m["port"]), int(m["target"]))
             for m in data.get("port_maps") or ()
         ),
+        translations=frozenset(map(_translation, data.get("translations") or ())),
+    )
+
+
+def _translation(t: dict[str, Any]) -> Translation:
+    return Translation(
+        t["protocol"],
+        t["address"],
+        int(t["port"]),
+        tuple((a, int(port)) for a, port in t["targets"]),
+        int(t.get("affinity", 0)),
     )
 
 

@@ -44,12 +44,14 @@ KERNEL = Capabilities(
     rules=True,
     affinity=True,
     port_maps=True,
+    translations=True,
 )
 KERNEL_WITH_VRF = Capabilities(
     behaviours=frozenset({"End", "End.DT6", "End.DT4", "End.DX6", "End.DX4"}),
     rules=True,
     affinity=True,
     port_maps=True,
+    translations=True,
 )
 VPP = Capabilities(
     behaviours=frozenset({"End", "End.DT6", "End.DT4", "End.DX6", "End.DX4"}),
