@@ -141,6 +141,39 @@ def test_service_without_backends_has_empty_slices(tmp_path: Path) -> None:
     assert "IPv4" not in documents  # single-stack: one slice, one family
 
 
+def test_a_service_outside_the_cluster_is_made_by_hand_and_reads_back(tmp_path: Path) -> None:
+    """No selector (or the EndpointSlice controller would own its slices), one slice per
+    family naming the probe's address alone: no node, no pod, ready."""
+    state = small_state(tmp_path)
+    outside = ServiceRecord(
+        name="outside",
+        uid="uid-outside",
+        cluster_ipv6="fd00:96::14",
+        cluster_ipv4="10.96.0.14",
+        with_backends=False,
+        outside_endpoints=["fd00:ff::ffff", "192.0.2.254"],
+    )
+    directory = tmp_path / "objects"
+    directory.mkdir()
+    text = objects.service_file(state, outside)
+    assert "selector" not in text
+    (directory / "outside.yaml").write_text(text)
+    cluster = ClusterState()
+    for event in LabSource(directory).poll():
+        cluster.apply(event)
+    service = cluster.service("default", "outside")
+    assert service is not None
+    slices = {s.address_type: s for s in cluster.slices_of_service("default", "outside")}
+    assert {t: [e.addresses for e in s.endpoints] for t, s in slices.items()} == {
+        "IPv6": [(ipaddress.ip_address("fd00:ff::ffff"),)],
+        "IPv4": [(ipaddress.ip_address("192.0.2.254"),)],
+    }
+    for eps in slices.values():
+        (endpoint,) = eps.endpoints
+        assert endpoint.ready and endpoint.node_name is None and endpoint.target is None
+        assert {p.name for p in eps.ports} >= {"http"}
+
+
 def test_a_load_balancer_service_shares_its_pods_and_reads_back_as_one(tmp_path: Path) -> None:
     state = small_state(tmp_path)
     local = ServiceRecord(

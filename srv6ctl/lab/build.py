@@ -87,7 +87,9 @@ from srv6ctl.lab.workload import (
     create_pod,
     plan_pods,
     start_host_server,
+    start_probe_server,
     wait_host_server,
+    wait_probe_server,
     wait_server,
     write_service,
 )
@@ -229,6 +231,11 @@ class Lab:
                 self._save()
                 for node in hosts:
                     wait_host_server(paths, node)
+        if any(s.outside_endpoints for s in state.services):
+            with self.steps.step("the probe's server: an endpoint outside the cluster"):
+                state.probe_server = start_probe_server(paths, state)
+                self._save()
+                wait_probe_server(paths, state)
         total = options.nodes * options.pods_per_node
         with self.steps.step(f"{total} pods through srv6-cni, each with its server"):
             planned = plan_pods(state)
@@ -240,7 +247,7 @@ class Lab:
             for service in state.services:
                 write_service(paths, state, service)
             convergence.wait_converged(paths, state)
-        with self.steps.step("the probe routes the external VIPs to the nodes"):
+        with self.steps.step("the probe routes the external VIPs and the pod CIDRs to the nodes"):
             external.route_external(state)
         state.complete = True
         self._save()
@@ -300,6 +307,11 @@ class Lab:
                     source_ranges=[r for r in shape.source_ranges if _family(r) in families],
                     affinity=shape.affinity,
                     host_endpoints=[state.nodes[i].name for i in shape.host_endpoints],
+                    outside_endpoints=[
+                        a
+                        for a in (underlay_v6(PROBE_INDEX_V6), underlay_v4(PROBE_INDEX_V4))
+                        if shape.outside and _family(a) in families
+                    ],
                 )
             )
         return state

@@ -1,14 +1,16 @@
 """When the lab has converged: every agent renders the lab's objects and its dataplane
-holds them (each service's SIDs, every local pod attached, no drift)."""
+holds them (each service's SIDs, every local pod attached and translating the Services
+outside the cluster, no drift)."""
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from ipam6.plan import AddressPlan
 from srv6ctl.config import load_config
+from srv6ctl.dataplane.model import PodAttachment
 from srv6ctl.lab.netns import LabError
 from srv6ctl.lab.state import LabPaths, LabState, ServiceRecord
 from srv6ctl.observe.agentview import AgentUnavailable, view
@@ -82,6 +84,26 @@ def convergence_problems(paths: LabPaths, state: LabState) -> list[str]:
         attached = {a.pod.split("/", 1)[1] for a in seen.desired.pods}
         if local - attached:
             problems.append(f"{node.name}: pods not attached yet: {sorted(local - attached)}")
+        problems += _untranslated(state, node.name, seen.desired.pods)
+    return problems
+
+
+def _untranslated(state: LabState, node: str, pods: Iterable[PodAttachment]) -> list[str]:
+    """Pods of `node` that do not translate yet a Service outside the cluster."""
+    wanted = {
+        ipaddress.ip_address(ip)
+        for s in state.services
+        if s.outside_endpoints
+        for ip in (s.cluster_ipv6, s.cluster_ipv4)
+        if ip
+    }
+    problems = []
+    for attachment in pods:
+        missing = wanted - {t.address for t in attachment.translations}
+        if missing:
+            problems.append(
+                f"{node}: {attachment.pod} does not translate {sorted(map(str, missing))} yet"
+            )
     return problems
 
 

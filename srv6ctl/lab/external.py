@@ -12,6 +12,11 @@ VPP mode: the node's kernel namespace has no underlay address (VPP owns the upli
 health check port, which the agent serves in that namespace, cannot be reached from the
 probe; there the router takes the nodes with a local backend from the lab's own record.
 
+The same router routes the pod CIDRs to the nodes (ECMP over all of them: each node sends
+a packet for another node's pod on through SRv6), as BGP would announce them (issue 20): a
+Service endpoint outside the cluster, which the probe's server plays, answers the client
+pod's own address.
+
 `route_external` is called whenever the backends may have moved (build, `lab scale`).
 """
 
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 
 from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
 from srv6ctl.lab import netns
+from srv6ctl.lab.shape import PLAN_V4, PLAN_V6
 from srv6ctl.lab.state import LabState, NodeRecord, ServiceRecord
 
 # Flows spread over the entry nodes by their 5-tuple (hash policy 1), as a router's ECMP
@@ -89,10 +95,16 @@ def entry_nodes(state: LabState, service: ServiceRecord) -> list[NodeRecord]:
 
 
 def route_external(state: LabState) -> dict[str, list[str]]:
-    """Route every external VIP from the probe to its entry nodes; returns VIP → nodes."""
+    """Route every external VIP from the probe to its entry nodes, and the pod CIDRs to
+    every node; returns VIP → nodes."""
     ensure_sysctls(netns.netns_path(state.probe_netns), SPREAD_CONNECTIONS)
     routed: dict[str, list[str]] = {}
     commands = []
+    for family, cidr in ((6, PLAN_V6["podCIDRv6"]), (4, PLAN_V4["podCIDRv4"])):
+        vias = [a for a in (node_address(n, family) for n in state.nodes) if a]
+        if vias:
+            hops = " ".join(f"nexthop via {via}" for via in vias)
+            commands.append(f"route replace {cidr} {hops}")
     for service in state.services:
         nodes = entry_nodes(state, service)
         for family in (6, 4):

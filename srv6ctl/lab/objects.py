@@ -107,7 +107,6 @@ def service_object(service: ServiceRecord) -> dict[str, Any]:
     families = ["IPv6"] + (["IPv4"] if service.cluster_ipv4 else [])
     spec: dict[str, Any] = {
         "type": service.type,
-        "selector": {APP_LABEL: service.label},
         "clusterIP": cluster_ips[0],
         "clusterIPs": cluster_ips,
         "ipFamilies": families,
@@ -117,6 +116,8 @@ def service_object(service: ServiceRecord) -> dict[str, Any]:
             for name, port, target, protocol in SERVICE_PORTS
         ],
     }
+    if not service.outside_endpoints:  # a Service of hand-made slices has no selector
+        spec["selector"] = {APP_LABEL: service.label}
     for entry, node_port in zip(spec["ports"], service.node_ports, strict=False):
         entry["nodePort"] = node_port
     obj: dict[str, Any] = {
@@ -148,11 +149,15 @@ def endpoint_slices(
 ) -> list[dict[str, Any]]:
     """One slice per address family, as the EndpointSlice controller writes them; a
     host-network endpoint (`hosts`) as the API server writes `kubernetes`'s: the node's
-    address, no pod."""
+    address, no pod; an endpoint outside the cluster as a user writes one by hand: its
+    address alone."""
     families = [("IPv6", "ipv6")] + ([("IPv4", "ipv4")] if service.cluster_ipv4 else [])
     slices = []
     for address_type, attribute in families:
         endpoints: list[dict[str, Any]] = []
+        for outside in service.outside_endpoints:
+            if (":" in outside) == (attribute == "ipv6"):
+                endpoints.append({"addresses": [outside], "conditions": {"ready": True}})
         for node in hosts:
             address = getattr(node, f"internal_{attribute}")
             if address:

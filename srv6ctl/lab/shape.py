@@ -46,6 +46,10 @@ class LabService:
     # Endpoints on these nodes' own stacks (kube-apiserver's, behind `kubernetes`), by
     # index into the lab's nodes: the node's InternalIP, a server in its namespace.
     host_endpoints: tuple[int, ...] = ()
+    # Its endpoint is outside the cluster, neither pod nor node (a database named by a
+    # hand-made EndpointSlice, a managed control plane): the probe's own addresses, a
+    # server there. No selector. Client pods translate it (model.Translation).
+    outside: bool = False
 
 
 SERVICES = (
@@ -81,7 +85,9 @@ SERVICES = (
     # family), the API server on the first node's host network; the node rewrites the
     # service port to its (80 → 8080, as 443 → 6443).
     LabService("kubernetes", "fd00:96::1", "", with_backends=False, host_endpoints=(0,)),
+    LabService("outside", "fd00:96::14", "10.96.0.14", with_backends=False, outside=True),
 )
+OUTSIDE_SERVER = "outside"  # the probe's server's name in its answers
 BACKEND_SERVICE = "web"
 
 

@@ -89,6 +89,7 @@ class ServiceRecord(_Model):
     source_ranges: list[str] = []  # loadBalancerSourceRanges
     affinity: int = 0  # sessionAffinity ClientIP's timeoutSeconds; 0: None
     host_endpoints: list[str] = []  # nodes whose own stack serves it (a server there)
+    outside_endpoints: list[str] = []  # addresses outside the cluster (the probe's server)
 
     @property
     def label(self) -> str:
@@ -119,6 +120,7 @@ class LabState(_Model):
     probe_netns: str
     bridge: str = "br0"
     vpp_binary: str | None = None  # --dataplane vpp: the VPP the nodes run
+    probe_server: ProcessRecord | None = None  # the endpoint outside the cluster (podserver)
     nodes: list[NodeRecord] = []
     pods: list[PodRecord] = []
     services: list[ServiceRecord] = []

@@ -73,11 +73,18 @@ def collect(paths: LabPaths, state: LabState) -> dict[str, Any]:
         # A host-network endpoint is its node's own stack ("n1 (host)").
         names = [p.name for p in backends] + [f"{n} (host)" for n in service.host_endpoints]
         programmed = 0
+        translated = {ipaddress.ip_address(service.cluster_ipv6)}
         for seen in views.values():
+            if service.outside_endpoints:
+                # Not steered: every pod translates it (model.Translation).
+                held = [{t.address for t in p.translations} for p in seen.desired.pods]
+                programmed += all(translated <= h for h in held)
+                continue
             policy = seen.policy(f"svc/{service.namespace}/{service.name}/v6")
             count = 0 if policy is None else len(policy.segment_lists)
             if count == len(names):
                 programmed += 1
+        names += [f"{a} (outside)" for a in service.outside_endpoints]
         services.append(
             {
                 "name": f"{service.namespace}/{service.name}",

@@ -12,7 +12,7 @@ from pathlib import Path
 from srv6ctl.lab import netns, objects, processes
 from srv6ctl.lab.cni import cni_add, cni_del
 from srv6ctl.lab.netns import LabError
-from srv6ctl.lab.shape import BACKEND_SERVICE
+from srv6ctl.lab.shape import BACKEND_SERVICE, OUTSIDE_SERVER
 from srv6ctl.lab.state import (
     LabPaths,
     LabState,
@@ -75,6 +75,16 @@ def start_host_server(paths: LabPaths, node: NodeRecord) -> ProcessRecord:
     """The server of a host-network endpoint, in the node's own namespace (as
     kube-apiserver listens on its node's addresses)."""
     return _spawn_server(paths, node.netns, host_server_name(node))
+
+
+def start_probe_server(paths: LabPaths, state: LabState) -> ProcessRecord:
+    """The server outside the cluster, on the probe (a database, a managed API server):
+    the endpoint of the lab's Service of hand-made slices (shape.OUTSIDE_SERVER)."""
+    return _spawn_server(paths, state.probe_netns, OUTSIDE_SERVER)
+
+
+def wait_probe_server(paths: LabPaths, state: LabState, timeout: float = 20.0) -> None:
+    _wait_listening(paths, OUTSIDE_SERVER, state.probe_server, timeout)
 
 
 def _spawn_server(paths: LabPaths, netns_name: str, name: str) -> ProcessRecord:

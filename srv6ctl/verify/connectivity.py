@@ -77,6 +77,11 @@ class Connectivity:
         for service in self.topo.services:
             if service.host_endpoints:
                 self.host_endpoint(service)
+            elif service.outside_endpoints:
+                for family in (6, 4):
+                    if service.cluster_ip(family) is not None:
+                        self.outside(service, family)
+                        self.outside_from_hosts(service, family)
             elif service.backends and service.affinity:
                 for family in (6, 4):
                     if service.cluster_ip(family) is not None:
@@ -347,6 +352,71 @@ class Connectivity:
             or f"{total} TCP flows from {len(self.clients)} client pods: the node saw each "
             f"pod's own address at {ip} port {HTTP_PORT}, the pods saw {ip} port "
             f"{SERVICE_HTTP_PORT} answer",
+        )
+
+    def outside(self, service: ServiceInfo, family: int, flows: int = 8) -> None:
+        """A Service whose endpoint is outside the cluster (neither pod nor node: here the
+        probe's server): each client pod translates its own connections (DNAT in its own
+        namespace, model.Translation), so the endpoint saw the pod's own address — no
+        SNAT anywhere — and the pod saw the ClusterIP and service port answer."""
+        ip = service.cluster_ip(family)
+        ends = {str(a) for a in service.outside_endpoints if a.version == family}
+        label = (
+            f"pods reach {service.name} [{ip}]:{SERVICE_HTTP_PORT}, whose endpoint "
+            f"{', '.join(sorted(ends))} is outside the cluster (translated in each pod)"
+        )
+        clients = [c for c in self.clients if (c.ipv6 if family == 6 else c.ipv4)]
+        if not clients or not ends:
+            self.report.skip(GROUP, label, "no client or endpoint of that family")
+            return
+        problems: list[str] = []
+        total = 0
+        for client in clients:
+            src = str(client.ipv6 if family == 6 else client.ipv4)
+            results = tcp_flows(client.netns, ip, SERVICE_HTTP_PORT, flows)
+            problems += [f"{client.short}: {f.error}" for f in failures(results)]
+            for a in answers(results):
+                total += 1
+                if a.peer != src:
+                    problems.append(f"{a.pod} saw {a.peer}, not {client.short}'s {src}")
+                if a.local not in ends or a.local_port != HTTP_PORT:
+                    problems.append(f"{client.short} reached {a.local}:{a.local_port}")
+                if a.reply_from != (str(ip), SERVICE_HTTP_PORT):
+                    problems.append(f"{client.short} was answered from {a.reply_from}")
+        self.report.add(
+            GROUP,
+            label,
+            not problems and total == flows * len(clients),
+            "; ".join(problems[:3])
+            or f"{total} TCP flows from {len(clients)} client pods: the endpoint saw each "
+            f"pod's own address at port {HTTP_PORT}, the pods saw {ip} port "
+            f"{SERVICE_HTTP_PORT} answer",
+        )
+
+    def outside_from_hosts(self, service: ServiceInfo, family: int) -> None:
+        """The node's own stack (host-network clients) translates the same Service: the
+        endpoint saw the node's InternalIP (kernel backend; VPP does not translate the
+        node's connections: README)."""
+        ip = service.cluster_ip(family)
+        label = f"host-network clients reach {service.name}, outside the cluster (IPv{family})"
+        if any(n.agent.dataplane == "vpp" for n in self.topo.nodes):
+            self.report.skip(GROUP, label, "VPP lab: the node's kernel is not on the underlay")
+            return
+        problems: list[str] = []
+        for node in self.topo.nodes:
+            if node.netns is None:
+                continue
+            results = tcp_flows(node.netns, ip, SERVICE_HTTP_PORT, 4)
+            problems += [f"{node.name}: {f.error}" for f in failures(results)]
+            own = node.internal_ips.get(family)
+            problems += [
+                f"{node.name}: seen as {a.peer}" for a in answers(results) if a.peer != own
+            ]
+        self.report.add(
+            GROUP,
+            label,
+            not problems,
+            "; ".join(problems[:3]) or "each node's connections: the endpoint saw its own address",
         )
 
     def affinity(self, service: ServiceInfo, family: int, flows: int = 100) -> None:

@@ -77,6 +77,7 @@ class NodeInfo:
     agent: AgentView
     api_socket: str
     uplink_peer: tuple[str, str] | None = None  # (netns, interface): the uplink's far end
+    internal_ips: dict[int, str] = field(default_factory=dict)  # IP version → InternalIP
 
     @property
     def watched_from_far_end(self) -> bool:
@@ -135,6 +136,8 @@ class ServiceInfo:
     source_ranges: list[IPNetwork] = field(default_factory=list)  # loadBalancerSourceRanges
     affinity: int = 0  # sessionAffinity ClientIP's timeout (the lab's); 0: None
     host_endpoints: list[str] = field(default_factory=list)  # nodes serving it (the lab's)
+    # Endpoints outside the cluster (the lab's: the probe's server), by hand-made slices.
+    outside_endpoints: list[IPAddress] = field(default_factory=list)
 
     def cluster_ip(self, family: int) -> IPAddress | None:
         return self.cluster_ipv6 if family == 6 else self.cluster_ipv4
@@ -213,6 +216,14 @@ def from_lab(state_dir: str) -> tuple[Topology, object]:
                 agent=view(node_record.api_socket),
                 api_socket=node_record.api_socket,
                 uplink_peer=(state.underlay_netns, node_record.uplink),
+                internal_ips={
+                    version: address
+                    for version, address in (
+                        (6, node_record.internal_ipv6),
+                        (4, node_record.internal_ipv4),
+                    )
+                    if address
+                },
             )
         )
     pods = []
@@ -249,6 +260,7 @@ def from_lab(state_dir: str) -> tuple[Topology, object]:
             source_ranges=[ipaddress.ip_network(r) for r in s.source_ranges],
             affinity=s.affinity,
             host_endpoints=list(s.host_endpoints),
+            outside_endpoints=[ipaddress.ip_address(a) for a in s.outside_endpoints],
             node_ports={
                 (protocol, port): node_port
                 for (_, port, _, protocol), node_port in zip(
