@@ -459,11 +459,6 @@ class KernelBackend:
         seg6local routes act (on output they would send it out of the SID device, lost).
         Idempotent; False, logged, where the kernel refuses it."""
 
-        def create() -> None:
-            with IPRoute() as ipr:
-                if not ipr.link_lookup(ifname=HOST_LOOP_DEVICE):
-                    ipr.link("add", ifname=HOST_LOOP_DEVICE, kind="veth", peer=HOST_LOOP_PEER)
-
         def address_and_up() -> None:
             with IPRoute() as ipr:
                 (peer,) = ipr.link_lookup(ifname=HOST_LOOP_PEER)
@@ -475,8 +470,12 @@ class KernelBackend:
                     (index,) = ipr.link_lookup(ifname=name)
                     ipr.link("set", index=index, state="up")
 
+        alias = "srv6ctl: the node's own packets to its own SIDs, back in as input"
+        peer = {"attrs": [("IFLA_IFNAME", HOST_LOOP_PEER), ("IFLA_IFALIAS", alias)]}
+        # Created down: its addresses and sysctls come first (below).
+        pair = new_link(HOST_LOOP_DEVICE, "veth", alias, data=[("VETH_INFO_PEER", peer)], up=False)
         try:
-            run_in_netns(self.netns, create)
+            self._ensure_link(HOST_LOOP_DEVICE, [(f"host loop {HOST_LOOP_DEVICE}", pair)])
             # Before the pair is up: no DAD, so that the gateway answers at once and the
             # first end's link-local (the source of its solicitations) is never tentative.
             # IPv4 in SRv6 comes back with the node's own address as its source, which
