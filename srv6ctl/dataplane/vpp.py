@@ -75,7 +75,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from srv6ctl.dataplane.model import (
     ENCAP_SOURCE,
@@ -124,6 +124,8 @@ from srv6ctl.dataplane.vpp_api import (
     VppUnavailable,
 )
 from srv6ctl.dataplane.vpp_changes import change_requests
+from srv6ctl.dataplane.vpp_classify_codec import CLASSIFY_MESSAGES
+from srv6ctl.dataplane.vpp_classify_rules import ClassifyRules
 from srv6ctl.dataplane.vpp_codec_base import ZERO6, InvalidObject
 from srv6ctl.dataplane.vpp_fib_codec import (
     FIB_SOURCE_API,
@@ -184,12 +186,24 @@ CAPABILITY_NOTES = (
     "counters: per SID from sr_localsids_with_packet_stats_dump; per policy only with a "
     "stats socket (the steering routes' counters)",
 )
-RULE_NOTES = (
-    "rules (ABF on the uplinks): not for traffic from this node's pods to its own "
-    "addresses; a packet the rule's table has no route for is looked up in the main "
-    "table, not passed on to the next rule; an SCTP rule with a port matches nothing "
-    "(VPP's ACL plugin reads TCP and UDP ports only)",
-)
+RULE_NOTES = {
+    "classify": (
+        "rules (classifier sessions, the uplinks' input ACL): not for traffic from this "
+        "node's pods to its own addresses; a packet the rule's table has no route for is "
+        "looked up in the main table, not passed on to the next rule; a rule with a port "
+        "misses IPv4 packets with options and IPv6 packets with extension headers",
+    ),
+    "abf": (
+        "rules (ABF on the uplinks): not for traffic from this node's pods to its own "
+        "addresses; a packet the rule's table has no route for is looked up in the main "
+        "table, not passed on to the next rule; an SCTP rule with a port matches nothing "
+        "(VPP's ACL plugin reads TCP and UDP ports only)",
+    ),
+}
+# How rules are programmed: VPP's classifier (the default: O(1) per rule), or the ACL and
+# ABF plugins (what this backend used before; its attach cost grows with the cube of the
+# policies, README "VPP backend", and it is kept as the benchmark's reference).
+RuleEngine = Literal["classify", "abf"]
 NO_RULES = "no rules (NodePorts, loadBalancerSourceRanges): "
 
 
@@ -232,8 +246,10 @@ class VppBackend:
         timeout: float = 10.0,
         connect_timeout: float = 30.0,
         client_name: str = "srv6ctl",
+        rule_engine: RuleEngine = "classify",
     ) -> None:
         kind = port_kind(pod_interface)
+        self.rule_engine = rule_engine
         self.pod_table = pod_table
         pod_table_id = vpp_table(pod_table)
         link_local = IPv6Address(pod_link_local)
@@ -250,7 +266,11 @@ class VppBackend:
             api_socket,
             api_dir=api_dir,
             messages=messages,
-            optional_messages=(*POLICY_SOURCE_MESSAGES, *MEMIF_MESSAGES, *RULE_MESSAGES),
+            optional_messages=(
+                *POLICY_SOURCE_MESSAGES,
+                *MEMIF_MESSAGES,
+                *(RULE_MESSAGES if rule_engine == "abf" else CLASSIFY_MESSAGES),
+            ),
             client_name=client_name,
             timeout=timeout,
             fast_packers=FAST_PACKERS,
@@ -280,20 +300,26 @@ class VppBackend:
             gateway_v4=gateway_v4,
             vpp_netns=vpp_netns,
         )
-        self._rules = Rules(self.channel, self._interfaces, self._tables, self._run)
+        self._rules: Rules | ClassifyRules
+        if rule_engine == "abf":
+            self._rules = Rules(self.channel, self._interfaces, self._tables, self._run)
+        else:
+            self._rules = ClassifyRules(self.channel, self._interfaces, self._tables, self._call)
         self._policies: dict[IPv6Address, VppPolicy] | None = None
         self._stale: set[IPv6Address] = set()
         self._node_source: IPv6Address | None = None
         # The kinds applied one by one, not pipelined: a pod port's creation returns the
         # sw_if_index later messages need, the encap source changes which policies need
-        # rebuilding, and a rule group's ACL creation returns the index its ABF policy
-        # names. Every other kind is plain requests (vpp_changes.HANDLERS).
+        # rebuilding, and (ABF) a rule group's ACL creation returns the index its ABF
+        # policy names. Every other kind is plain requests (vpp_changes.HANDLERS; a
+        # classifier rule's are `ClassifyRules.requests`, pipelined with the rest).
         self._synchronous: dict[ObjectKind, Callable[[Change], None]] = {
             POD: self._pods.apply,
             ENCAP_SOURCE: self._apply_encap_source,
-            RULE: self._rules.apply,
             PORT_MAP: _no_port_maps,
         }
+        if isinstance(self._rules, Rules):
+            self._synchronous[RULE] = self._rules.apply
         self._wait_connected(connect_timeout)
         # Probed on the first connection: whether this VPP has the ABF plugin.
         missing = self._rules.missing()
@@ -306,7 +332,8 @@ class VppBackend:
             sid_counters=True,
             rules=rules,
             affinity=True,
-            notes=CAPABILITY_NOTES + (RULE_NOTES if rules else (f"{NO_RULES}{missing}",)),
+            notes=CAPABILITY_NOTES
+            + (RULE_NOTES[rule_engine] if rules else (f"{NO_RULES}{missing}",)),
         )
 
     # --- settings (the pod ones are kept by the pod ports) ----------------------------
@@ -713,7 +740,12 @@ class VppBackend:
                         policy_table(obj),
                     )
             return change_requests(change, self._interfaces.index, inventory, self._node_source)
+        if isinstance(self._rules, ClassifyRules) and kind_of(obj) is RULE:
+            return self._rules.requests(change)
         return change_requests(change, self._interfaces.index, {}, self._node_source)
+
+    def _call(self, request: Request) -> Any:
+        return self.channel.call(request.name, write=True, what=request.what, **request.fields)
 
     def _run(self, requests: Sequence[Request]) -> None:
         failures = self._pipeline(requests)
