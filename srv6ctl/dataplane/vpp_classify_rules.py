@@ -34,7 +34,7 @@ packet's FIB); this module keeps VPP's tables, chains and attachments as the pla
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from srv6ctl.dataplane.model import Change, Rule
@@ -71,19 +71,20 @@ LOCAL0 = 0  # VPP's null interface: nothing enters there
 
 @dataclass(frozen=True)
 class HeldTable:
-    """One classifier table of ours: its shape, link and sessions (by rule key)."""
+    """One classifier table of ours: its shape and link."""
 
     index: int
     shape: Shape
     next_table: int
-    rules: Mapping[Any, Rule] = field(default_factory=dict)
 
 
 @dataclass
 class _State:
-    """What VPP holds of ours (kept up to date by queued writes)."""
+    """What VPP holds of ours (kept up to date by queued writes). The sessions are
+    dicts changed in place: copying one per change would make a plan of N rules N^2."""
 
     tables: dict[Shape, HeldTable]
+    rules: dict[Shape, dict[Any, Rule]]  # the sessions of each table, by rule key
     attached: dict[tuple[int, bool], int]  # (uplink, ipv6) → its input ACL table, if any
     fallbacks: dict[RuleGroup, Fallback]
     users: dict[RuleGroup, int]  # sessions sending packets to the group's table
@@ -127,9 +128,9 @@ class ClassifyRules:
         whole = {ipv6: self._whole(state, ipv6) for ipv6 in (False, True)}
         return [
             rule
-            for shape, table in state.tables.items()
+            for shape in state.tables
             if whole[shape.ipv6]
-            for rule in table.rules.values()
+            for rule in state.rules[shape].values()
             if state.fallbacks.get(group_of(rule)) is not Fallback.DROP
         ]
 
@@ -155,6 +156,7 @@ class ClassifyRules:
         if self._state is not None:
             return self._state
         tables: dict[Shape, HeldTable] = {}
+        sessions: dict[Shape, dict[Any, Rule]] = {}
         reply = self.channel.call("classify_table_ids")
         for index in list(reply.ids)[: int(reply.count)]:
             info = self.channel.call("classify_table_info", table_id=int(index))
@@ -168,10 +170,10 @@ class ClassifyRules:
                 decode_session(bytes(d.match)[: int(d.match_length)], int(d.opaque_index), shape)
                 for d in self.channel.dump("classify_session_dump", table_id=int(index))
             ]
-            rules = {rule.key: rule for rule in decoded if rule is not None}
             # A second table of one shape (two writers) replaces the first here: the first
             # is then off the chain as we know it, the family reads as broken.
-            tables[shape] = HeldTable(int(index), shape, int(info.next_table_index), rules)
+            sessions[shape] = {rule.key: rule for rule in decoded if rule is not None}
+            tables[shape] = HeldTable(int(index), shape, int(info.next_table_index))
         attached: dict[tuple[int, bool], int] = {}
         for uplink in self.uplinks(refresh):
             found = self.channel.call("classify_table_by_interface", sw_if_index=uplink)
@@ -179,11 +181,11 @@ class ClassifyRules:
                 if head != INVALID_INDEX:
                     attached[(uplink, ipv6)] = head
         users: dict[RuleGroup, int] = {}
-        for table in tables.values():
-            for rule in table.rules.values():
+        for rules in sessions.values():
+            for rule in rules.values():
                 users[group_of(rule)] = users.get(group_of(rule), 0) + 1
         fallbacks = {group: self._fallback(group) for group in users}
-        self._state = _State(tables, attached, fallbacks, users)
+        self._state = _State(tables, sessions, attached, fallbacks, users)
         return self._state
 
     def _fallback(self, group: RuleGroup) -> Fallback:
@@ -209,8 +211,7 @@ class ClassifyRules:
         state = self._load()
         requests: list[Request] = []
         if old is not None:
-            table = state.tables.get(shape_of(old))
-            held = None if table is None else table.rules.get(old.key)
+            held = state.rules.get(shape_of(old), {}).get(old.key)
             if held is not None and held != new:
                 # A table change keeps the shape's table (even emptied: the add follows).
                 moved = new is not None and shape_of(new) == shape_of(old)
@@ -246,13 +247,13 @@ class ClassifyRules:
         table = state.tables.get(shape)
         if table is None:
             table = self._new_table(state, shape, chain, requests)
-        held = table.rules.get(rule.key)
+        held = state.rules[shape].get(rule.key)
         if held is not None and held != rule:
             requests += self._remove(state, held, drop_empty=False)
-            table, held = state.tables[shape], None
+            held = None
         if held is None:
             requests.append(session(table.index, rule, True))
-            state.tables[shape] = replace(table, rules={**table.rules, rule.key: rule})
+            state.rules[shape][rule.key] = rule
             state.users[group] = state.users.get(group, 0) + 1
         head = _chain(state.tables, shape.ipv6)[0].index
         for uplink in uplinks:
@@ -269,6 +270,7 @@ class ClassifyRules:
         reply = self.call(table_add(shape, after))
         table = HeldTable(int(reply.new_table_index), shape, after)
         state.tables[shape] = table
+        state.rules[shape] = {}
         if head is not None:
             requests.append(table_relink(head.index, head.shape, table.index))
             state.tables[head.shape] = replace(head, next_table=table.index)
@@ -278,10 +280,9 @@ class ClassifyRules:
         """Delete a rule's session; its group's fallback after its last session, its
         table once empty (unlinked first), the chain's attachments with its last table."""
         shape = shape_of(rule)
-        table = state.tables[shape]
-        requests = [session(table.index, rule, False)]
-        rules = {k: r for k, r in table.rules.items() if k != rule.key}
-        state.tables[shape] = table = replace(table, rules=rules)
+        requests = [session(state.tables[shape].index, rule, False)]
+        rules = state.rules[shape]
+        del rules[rule.key]
         group = group_of(rule)
         state.users[group] = state.users.get(group, 1) - 1
         if state.users[group] <= 0:
@@ -298,23 +299,23 @@ class ClassifyRules:
         chain = _chain(state.tables, ipv6)
         kept = chain[:1]
         for table in chain[1:]:
-            if table.rules:
+            if state.rules[table.shape]:
                 kept.append(table)
                 continue
             before = state.tables[kept[-1].shape]
             requests.append(table_relink(before.index, before.shape, table.next_table))
             state.tables[before.shape] = replace(before, next_table=table.next_table)
             requests.append(table_del(table.index, table.shape))
-            del state.tables[table.shape]
+            del state.tables[table.shape], state.rules[table.shape]
         chain = _chain(state.tables, ipv6)
-        if len(chain) == 1 and not chain[0].rules:
+        if len(chain) == 1 and not state.rules[chain[0].shape]:
             head = chain[0]
             for (uplink, family), index in sorted(state.attached.items()):
                 if family == ipv6 and index == head.index:
                     requests.append(attach(uplink, head.index, ipv6, False))
                     del state.attached[(uplink, family)]
             requests.append(table_del(head.index, head.shape))
-            del state.tables[head.shape]
+            del state.tables[head.shape], state.rules[head.shape]
         return requests
 
 
