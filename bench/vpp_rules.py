@@ -39,11 +39,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as bench/<file>.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vpp_programming import log, vpp_target  # noqa: E402
+from vpp_programming import log, vpp_target
 
-from srv6ctl.dataplane.model import NodeConfig, Rule  # noqa: E402
-from srv6ctl.dataplane.reconcile import plan  # noqa: E402
-from srv6ctl.dataplane.vpp import RuleEngine, VppBackend  # noqa: E402
+from srv6ctl.dataplane.model import NodeConfig, Rule
+from srv6ctl.dataplane.reconcile import plan
+from srv6ctl.dataplane.vpp import RuleEngine, VppBackend
 
 NODEPORTS = 2768  # 30000-32767
 TABLE_BASE = 1000

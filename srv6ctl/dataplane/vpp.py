@@ -687,6 +687,8 @@ class VppBackend:
                     step(change)
                     self._record(change)
                     continue
+                if isinstance(self._rules, ClassifyRules) and self._rules.reads(change):
+                    flush()  # it reads its table's routes, which the batch may be changing
                 try:
                     requests = self._requests(change)
                 except InvalidObject as err:

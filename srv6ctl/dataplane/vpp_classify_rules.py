@@ -220,6 +220,15 @@ class ClassifyRules:
             requests += self._add(state, new)
         return requests
 
+    def reads(self, change: Change) -> bool:
+        """Whether `requests(change)` reads VPP (a rule table it has not seen yet: what its
+        default route is), so that what comes before it must be written first: a model
+        route at that prefix earlier in the plan is the table's fallback, not ours to add."""
+        new = change.new
+        if not isinstance(new, Rule) or not self.available:
+            return False
+        return group_of(new) not in self._load().fallbacks
+
     def _add(self, state: _State, rule: Rule) -> list[Request]:
         if rule.iif:
             # The input ACL is per interface, and this backend has no host loop to need it.

@@ -90,7 +90,10 @@ class Tables:
         missing = sorted(wanted - self._existing())
         if missing:
             run([table_add(table_id, ipv6) for table_id, ipv6 in missing])
-        self._ours = None
+        if self._ours is not None:
+            # Ours by name now; read again, every table's name would cost one dump of all
+            # tables per incremental change (thousands with a table per NodePort service).
+            self._ours.update(missing)
 
     def ensure_affinity(self, run: Callable[[Sequence[Request]], None]) -> None:
         """Make (with `run`) the affinity table ready for policies, once per connection;
