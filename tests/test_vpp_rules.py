@@ -384,6 +384,25 @@ def test_the_abf_engine_still_reads_back_and_cleans_up(
         assert _groups(abf) == {} and _attachments(abf) == set()
 
 
+def test_rules_an_abf_agent_left_move_to_the_classifier_on_connecting(
+    vpp: Target, uplink: int, backend: VppBackend
+) -> None:
+    """An upgrade: the ABF groups an older agent made become classifier sessions when
+    the new backend connects (sessions first, then the groups go, their tables' fallback
+    routes kept), and the first pass writes nothing."""
+    desired = with_rules(RULES)
+    with _rule_backend(vpp, rule_engine="abf") as abf:
+        reconcile(abf, desired)
+        assert len(_groups(abf)) == 4
+    with _rule_backend(vpp) as upgraded:
+        assert _groups(upgraded) == {} and _attachments(upgraded) == set()
+        assert not any(p >= rule_codec.POLICY_ID_BASE for p in _policies(upgraded))
+        assert upgraded.dump() == upgraded.as_held(desired)
+        assert reconcile(upgraded, desired) == 0
+        assert _fallbacks(upgraded) == {(50, True), (51, False), (52, True), (53, False)}
+        assert sum(sessions for _, _, sessions in _our_tables(upgraded).values()) == len(RULES)
+
+
 def test_a_default_route_of_the_model_in_the_rules_table_is_left_to_decide(
     backend: VppBackend, uplink: int
 ) -> None:

@@ -266,10 +266,12 @@ class VppBackend:
             api_socket,
             api_dir=api_dir,
             messages=messages,
+            # ABF's also for the classifier: to find the rules an older agent left there.
             optional_messages=(
                 *POLICY_SOURCE_MESSAGES,
                 *MEMIF_MESSAGES,
-                *(RULE_MESSAGES if rule_engine == "abf" else CLASSIFY_MESSAGES),
+                *RULE_MESSAGES,
+                *(CLASSIFY_MESSAGES if rule_engine == "classify" else ()),
             ),
             client_name=client_name,
             timeout=timeout,
@@ -300,11 +302,12 @@ class VppBackend:
             gateway_v4=gateway_v4,
             vpp_netns=vpp_netns,
         )
-        self._rules: Rules | ClassifyRules
-        if rule_engine == "abf":
-            self._rules = Rules(self.channel, self._interfaces, self._tables, self._run)
-        else:
+        abf = Rules(self.channel, self._interfaces, self._tables, self._run)
+        self._rules: Rules | ClassifyRules = abf
+        self._abf_left: Rules | None = None  # an older agent's ABF rules, moved on connecting
+        if rule_engine == "classify":
             self._rules = ClassifyRules(self.channel, self._interfaces, self._tables, self._call)
+            self._abf_left = abf
         self._policies: dict[IPv6Address, VppPolicy] | None = None
         self._stale: set[IPv6Address] = set()
         self._node_source: IPv6Address | None = None
@@ -516,6 +519,7 @@ class VppBackend:
         if previous_boot is not None and self._boot_time != previous_boot:
             log.warning("VPP restarted (boot time %s → %s)", previous_boot, self._boot_time)
         self._hash_without_flow_label()
+        self._migrate_abf_rules()
         if self._known:
             self._replay()
 
@@ -536,6 +540,31 @@ class VppBackend:
             self.channel.call(request.name, write=True, what=request.what, **request.fields)
         except VppError as err:
             log.warning("VPP keeps hashing the IPv6 flow label for SR policies: %s", err)
+
+    def _migrate_abf_rules(self) -> None:
+        """Rules an agent of the ABF engine left in VPP (its `srv6ctl:rule:` ACLs and their
+        policies) become classifier sessions, then the ABF groups go: each rule is in
+        the classifier before its ABF group is removed (make before break), and a dump
+        after this reads them as the classifier's, so cleanup and reconcile see them."""
+        abf = self._abf_left
+        if abf is None or not abf.available or not self._rules.available:
+            return
+        left = abf.every_rule()
+        if not left:
+            return
+        log.info("moving %d rule(s) from ABF to the classifier", len(left))
+        # What VPP holds of the model does not change (the rules forwarded before, and do
+        # after): `_known`, which the replay after this plans from, stays as it was.
+        known = dict(self._known)
+        try:
+            self._execute([Change(Op.ADD, new=rule) for rule in left])
+        except ApplyError as err:
+            # The ABF groups keep forwarding; reconcile says what the classifier lacks.
+            log.warning("rules left in ABF: the classifier refused them: %s", err)
+            return
+        finally:
+            self._known = known
+        abf.remove_all()
 
     def _replay(self) -> None:
         """Make VPP hold everything we know it held (after a reconnect)."""

@@ -136,6 +136,21 @@ class Rules:
             for rule in held.rules.values()
         ]
 
+    def every_rule(self) -> list[Rule]:
+        """The rules of every group of ours, forwarding or not (a fresh read)."""
+        if not self.available:
+            return []
+        self._groups = None
+        return [rule for held in self._load().values() for rule in held.rules.values()]
+
+    def remove_all(self) -> None:
+        """Remove every group of ours (attachments, policy, ACL), leaving their tables'
+        fallback routes: the classifier's sessions that took over send packets there."""
+        groups = self._load()
+        for group, held in sorted(groups.items()):
+            self._remove(group, replace(held, fallback=Fallback.OTHER))
+            del groups[group]
+
     def uplinks(self, refresh: bool = False) -> list[int]:
         """The interfaces rules are attached to: VPP's, not ours, local0 aside."""
         return sorted(
