@@ -4,12 +4,13 @@
 (`vpp_api.SUPPORTED_RELEASES`): it connects, reads VPP back as the model, applies plans,
 and replays what VPP lost after a restart. What each model object becomes in VPP is in
 the codec modules (`vpp_sr_codec`: local SIDs, policies, steerings; `vpp_fib_codec`:
-tables and routes; `vpp_interface_codec`: ports; `vpp_rule_codec`: rules as ACLs and ABF
-policies; `vpp_packers`: the bulk messages' packers; `vpp_changes`: the handler of each
-kind; `vpp_affinity`: the table of the policies with sessionAffinity); the socket, the
-CRC check and pipelining are in `vpp_api`; pod ports in `vpp_pods`; rules in `vpp_rules`;
-counters in `vpp_stats`; what it keeps of VPP's interfaces and tables between calls in
-`vpp_interfaces` and `vpp_tables`.
+tables and routes; `vpp_interface_codec`: ports; `vpp_classify_codec`: rules as
+classifier sessions, `vpp_rule_codec` as ACLs and ABF policies, the older engine;
+`vpp_packers`: the bulk messages' packers; `vpp_changes`: the handler of each kind;
+`vpp_affinity`: the table of the policies with sessionAffinity); the socket, the CRC
+check and pipelining are in `vpp_api`; pod ports in `vpp_pods`; rules in
+`vpp_classify_rules` (`vpp_rules` for ABF); counters in `vpp_stats`; what it keeps of
+VPP's interfaces and tables between calls in `vpp_interfaces` and `vpp_tables`.
 
 Ownership. VPP has no owner mark on SR objects or routes, so:
 - local SIDs, policies and steerings: all of VPP's are ours, or with `owned_prefixes`
@@ -19,9 +20,11 @@ Ownership. VPP has no owner mark on SR objects or routes, so:
   an operator adds from VPP's startup config or CLI have the FIB source CLI and are never
   read or touched; pod host routes belong to their pod port (below), not to `routes`;
 - interfaces: only those tagged `srv6ctl:` (`sw_interface_tag_add_del`);
-- rules: the ACLs tagged `srv6ctl:rule:`, the ABF policies using them and their
-  attachments, and in each rule's table (ours) the default route looked up again in
-  table 0 (`vpp_rule_codec`, "Falling through"; never read as a `Route`).
+- rules: the classifier tables whose miss_next_index is our mark, their sessions and
+  the uplinks' input ACL naming their chain (`vpp_classify_codec`; with the ABF engine,
+  the ACLs tagged `srv6ctl:rule:`, the ABF policies using them and their attachments),
+  and in each rule's table (ours) the default route looked up again in table 0
+  (`vpp_rule_codec`, "Falling through"; never read as a `Route`).
 
 Pods. A `PodAttachment` is the *VPP side* of a pod: its port, with the port's addresses,
 neighbours and host routes (`vpp_pods`). `apply` handles ADD/REPLACE as "make it so",
@@ -324,7 +327,7 @@ class VppBackend:
         if isinstance(self._rules, Rules):
             self._synchronous[RULE] = self._rules.apply
         self._wait_connected(connect_timeout)
-        # Probed on the first connection: whether this VPP has the ABF plugin.
+        # Probed on the first connection: whether VPP (and our definitions) can hold rules.
         missing = self._rules.missing()
         rules = missing is None
         self.capabilities = Capabilities(
@@ -610,9 +613,12 @@ class VppBackend:
             if st is not None and self._owns_address(st.bsid):
                 steerings.append(st)
         routes = []
+        api_routes: dict[tuple[int, bool], list[Any]] = {}
         for table_id, ipv6 in sorted(self._tables.ours()):
             table = {"table_id": table_id, "is_ip6": ipv6, "name": ""}
-            for details in self.channel.dump("ip_route_v2_dump", src=FIB_SOURCE_API, table=table):
+            found = self.channel.dump("ip_route_v2_dump", src=FIB_SOURCE_API, table=table)
+            api_routes[(table_id, ipv6)] = found
+            for details in found:
                 if is_pod_host_route(details.route, pod_ports):
                     continue  # part of its pod port, not of `routes`
                 route = decode_route(details, self._interfaces.model_name)
@@ -624,7 +630,11 @@ class VppBackend:
             policies=frozenset(policies),
             steerings=frozenset(steerings),
             routes=frozenset(routes),
-            rules=frozenset(self._rules.held()),
+            rules=frozenset(
+                self._rules.held(api_routes)
+                if isinstance(self._rules, ClassifyRules)
+                else self._rules.held()
+            ),
         )
         pods = [obj for obj in self._known.values() if is_pod(obj)]
         self._known = {obj.key: obj for obj in config.objects()}
@@ -733,6 +743,7 @@ class VppBackend:
             self._policies = None  # whatever happened, read the lists again
             self._interfaces.forget()
             self._rules.forget()
+            self._tables.doubt()
             raise
 
     def _record(self, change: Change) -> None:

@@ -67,6 +67,7 @@ from srv6ctl.dataplane.vpp_rule_codec import (
 from srv6ctl.dataplane.vpp_tables import Tables
 
 LOCAL0 = 0  # VPP's null interface: nothing enters there
+ApiRoutes = Mapping[tuple[int, bool], Sequence[Any]]  # (VPP table, ipv6) → ip_route_v2_details
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,13 @@ class ClassifyRules:
 
     # --- reading ----------------------------------------------------------------------
 
-    def held(self) -> list[Rule]:
-        """The rules that forward as they should (a fresh read)."""
+    def held(self, routes: ApiRoutes | None = None) -> list[Rule]:
+        """The rules that forward as they should (a fresh read; `routes`: the API routes
+        of our tables, if the caller has just read them: a table's fallback is there)."""
         if not self.available:
             return []
         self._state = None
-        state = self._load(refresh=True)
+        state = self._load(refresh=True, routes=routes)
         whole = {ipv6: self._whole(state, ipv6) for ipv6 in (False, True)}
         return [
             rule
@@ -152,7 +154,7 @@ class ClassifyRules:
             state.attached.get((index, ipv6)) == head for index in self.uplinks()
         )
 
-    def _load(self, refresh: bool = False) -> _State:
+    def _load(self, refresh: bool = False, routes: ApiRoutes | None = None) -> _State:
         if self._state is not None:
             return self._state
         tables: dict[Shape, HeldTable] = {}
@@ -184,18 +186,21 @@ class ClassifyRules:
         for rules in sessions.values():
             for rule in rules.values():
                 users[group_of(rule)] = users.get(group_of(rule), 0) + 1
-        fallbacks = {group: self._fallback(group) for group in users}
+        fallbacks = {group: self._fallback(group, routes) for group in users}
         self._state = _State(tables, sessions, attached, fallbacks, users)
         return self._state
 
-    def _fallback(self, group: RuleGroup) -> Fallback:
-        """What the group's table does with a packet it has no route for (a fresh read)."""
-        table_id = vpp_table(group.table)
-        if table_id == 0 or (table_id, group.ipv6) not in self.tables.ours():
+    def _fallback(self, group: RuleGroup, routes: ApiRoutes | None = None) -> Fallback:
+        """What the group's table does with a packet it has no route for (read afresh
+        unless `routes` has the table's)."""
+        key = (vpp_table(group.table), group.ipv6)
+        if key[0] == 0 or key not in self.tables.ours():
             return Fallback.OTHER
-        table = {"table_id": table_id, "is_ip6": group.ipv6, "name": ""}
-        routes = self.channel.dump("ip_route_v2_dump", src=FIB_SOURCE_API, table=table)
-        return fallback_of(routes, group)
+        found = None if routes is None else routes.get(key)
+        if found is None:
+            table = {"table_id": key[0], "is_ip6": group.ipv6, "name": ""}
+            found = self.channel.dump("ip_route_v2_dump", src=FIB_SOURCE_API, table=table)
+        return fallback_of(found, group)
 
     # --- writing ----------------------------------------------------------------------
 
