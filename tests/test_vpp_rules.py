@@ -421,6 +421,17 @@ def test_a_default_route_of_the_model_in_the_rules_table_is_left_to_decide(
     assert backend.dump() == backend.as_held(without_rules)
     assert reconcile(backend, without_rules) == 0
 
+    # A table made by the same plan as its default route and its rule (the backend knows
+    # it holds nothing else, and reads nothing): the model's route stays the fallback.
+    fresh = Rule(f"{SOURCE}/128", 70, "TCP", 30090)
+    fresh_default = Route("::/0", kind=RouteKind.BLACKHOLE, table=70)
+    together = with_rules(frozenset({fresh}), routes=base.routes | {fresh_default})
+    backend.dump()
+    reconcile(backend, together)
+    assert backend.dump() == backend.as_held(together)
+    assert (70, True) not in _fallbacks(backend)
+    assert reconcile(backend, together) == 0
+
 
 def _name(backend: VppBackend, sw_if_index: int) -> str:
     (details,) = backend.channel.dump("sw_interface_dump", sw_if_index=sw_if_index)

@@ -713,7 +713,9 @@ class VppBackend:
                 raise ApplyError(failures)
 
         try:
-            self._tables.ensure(changes, self.pod_table, self._run)
+            created = self._tables.ensure(changes, self.pod_table, self._run)
+            if isinstance(self._rules, ClassifyRules):
+                self._rules.made_tables(created, changes)
             if needs_table(changes):
                 try:
                     self._tables.ensure_affinity(self._run)

@@ -28,16 +28,19 @@ packet's FIB); this module keeps VPP's tables, chains and attachments as the pla
   this cache when a plan fails). `held()` reports the rules of tables whose chain is
   whole (every table of ours reachable from the head, the head on every uplink) and whose
   rule table has its fallback; the rest are left out, so reconcile adds them again and
-  the add repairs what lacks.
+  the add repairs what lacks. A rule table first met in a plan has its routes read
+  after what the plan queued before (a model default route there is the table's
+  fallback, not ours to add), except a table that plan made: it holds only what the plan
+  adds, which the backend tells (`made_tables`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from srv6ctl.dataplane.model import Change, Rule
+from srv6ctl.dataplane.model import Change, Route, Rule
 from srv6ctl.dataplane.vpp_api import Request, VppChannel
 from srv6ctl.dataplane.vpp_classify_codec import (
     CHAIN_MARK,
@@ -53,7 +56,7 @@ from srv6ctl.dataplane.vpp_classify_codec import (
     table_relink,
 )
 from srv6ctl.dataplane.vpp_codec_base import INVALID_INDEX, InvalidObject
-from srv6ctl.dataplane.vpp_fib_codec import FIB_SOURCE_API, vpp_table
+from srv6ctl.dataplane.vpp_fib_codec import FIB_SOURCE_API, model_table, vpp_table
 from srv6ctl.dataplane.vpp_interface_codec import TAG_PREFIX
 from srv6ctl.dataplane.vpp_interfaces import Interfaces
 from srv6ctl.dataplane.vpp_rule_codec import (
@@ -64,7 +67,7 @@ from srv6ctl.dataplane.vpp_rule_codec import (
     fallback_route_del,
     group_of,
 )
-from srv6ctl.dataplane.vpp_tables import Tables
+from srv6ctl.dataplane.vpp_tables import Table, Tables
 
 LOCAL0 = 0  # VPP's null interface: nothing enters there
 ApiRoutes = Mapping[tuple[int, bool], Sequence[Any]]  # (VPP table, ipv6) → ip_route_v2_details
@@ -233,6 +236,23 @@ class ClassifyRules:
         if not isinstance(new, Rule) or not self.available:
             return False
         return group_of(new) not in self._load().fallbacks
+
+    def made_tables(self, created: Iterable[Table], changes: Sequence[Change]) -> None:
+        """Tables just made hold no route but what this plan adds: those to which it
+        adds no default route need our fallback, known without reading them (which would
+        cost a round trip per NodePort service in a first sync: `reads`)."""
+        state = self._state
+        if state is None:
+            return  # read when needed
+        defaults = {
+            (vpp_table(obj.table), obj.prefix.version == 6)
+            for obj in (change.new for change in changes)
+            if isinstance(obj, Route) and obj.prefix.prefixlen == 0
+        }
+        for table_id, ipv6 in created:
+            if (table_id, ipv6) not in defaults:
+                group = RuleGroup(model_table(table_id), 6 if ipv6 else 4)
+                state.fallbacks[group] = Fallback.DROP
 
     def _add(self, state: _State, rule: Rule) -> list[Request]:
         if rule.iif:

@@ -78,9 +78,9 @@ class Tables:
         changes: Sequence[Change],
         pod_table: int,
         run: Callable[[Sequence[Request]], None],
-    ) -> None:
+    ) -> list[Table]:
         """Create (with `run`) the tables the new objects of `changes` need and VPP lacks;
-        an operator's table of the same id is used as it is."""
+        an operator's table of the same id is used as it is. The tables it created."""
         wanted: set[Table] = set()
         for change in changes:
             obj = change.new
@@ -91,7 +91,7 @@ class Tables:
                 if table_id != 0:
                     wanted.update((table_id, ipv6) for ipv6 in ipv6s)
         if not wanted or (self._seen is not None and wanted <= self._seen):
-            return
+            return []
         # Read afresh before making one: an add of a table that exists renames it
         # (fib_table_find_or_create_and_lock_w_name), which would make an operator's ours.
         self._seen = self._existing()
@@ -101,6 +101,7 @@ class Tables:
             self._seen.update(missing)
         if self._ours is not None:
             self._ours.update(missing)  # ours by name now
+        return missing
 
     def doubt(self) -> None:
         """A plan failed: the tables seen may be gone (an operator's delete), read again."""
