@@ -57,7 +57,6 @@ from srv6ctl.dataplane.vpp_classify_codec import (
 )
 from srv6ctl.dataplane.vpp_codec_base import INVALID_INDEX, InvalidObject
 from srv6ctl.dataplane.vpp_fib_codec import FIB_SOURCE_API, model_table, vpp_table
-from srv6ctl.dataplane.vpp_interface_codec import TAG_PREFIX
 from srv6ctl.dataplane.vpp_interfaces import Interfaces
 from srv6ctl.dataplane.vpp_rule_codec import (
     Fallback,
@@ -69,7 +68,6 @@ from srv6ctl.dataplane.vpp_rule_codec import (
 )
 from srv6ctl.dataplane.vpp_tables import Table, Tables
 
-LOCAL0 = 0  # VPP's null interface: nothing enters there
 ApiRoutes = Mapping[tuple[int, bool], Sequence[Any]]  # (VPP table, ipv6) → ip_route_v2_details
 
 
@@ -140,12 +138,7 @@ class ClassifyRules:
         ]
 
     def uplinks(self, refresh: bool = False) -> list[int]:
-        """The interfaces rules are attached to: VPP's, not ours, local0 aside."""
-        return sorted(
-            index
-            for index, iface in self.interfaces.load(refresh).items()
-            if index != LOCAL0 and not iface.tag.startswith(TAG_PREFIX)
-        )
+        return self.interfaces.uplinks(refresh)
 
     def _whole(self, state: _State, ipv6: bool) -> bool:
         chain = _chain(state.tables, ipv6)
