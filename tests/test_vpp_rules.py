@@ -16,7 +16,9 @@ on another port stays the node's; TCP and UDP to ports whose table holds a prohi
 get the ICMP "administratively prohibited" error back (IPv6 and IPv4: VPP makes it in that
 table, and the fallback takes it back to the client), a blackhole's port gets nothing, and
 a port no rule takes, or a rule's port its table has no route for, gets the node's own
-"port unreachable"; a fenced load balancer IP is steered for its allowed source only.
+"port unreachable"; an SCTP rule with a port takes its port; an IPv4 packet with options
+never gets a rule's table; a fenced load balancer IP is steered for its allowed source
+only.
 
 The API definitions are the VPP binary's own (`own_api_dir`): the ABF engine's test needs
 abf.api.json, which the shared definitions lack. Skipped with the reason when VPP or root
@@ -570,17 +572,16 @@ def _probes(
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
+    from scapy.layers.sctp import SCTP
     from scapy.packet import Raw
 
     src = source or str(PEER if version == 6 else PEER4)
     dst = destination or str(_node(version))
     ip = IPv6(src=src, dst=dst) if version == 6 else IP(src=src, dst=dst)
-    layer4 = [
-        TCP(sport=42000 + n, dport=dport, flags="S")
-        if protocol == "TCP"
-        else UDP(sport=42000 + n, dport=dport)
-        for n in range(5)
-    ]
+    layers = {"TCP": lambda n: TCP(sport=42000 + n, dport=dport, flags="S"),
+              "UDP": lambda n: UDP(sport=42000 + n, dport=dport),
+              "SCTP": lambda n: SCTP(sport=42000 + n, dport=dport)}  # fmt: skip
+    layer4 = [layers[protocol](n) for n in range(5)]
     return [Ether(src=lab.peer_mac, dst=lab.vpp_uplink_mac) / ip / l4 / Raw(MARK) for l4 in layer4]
 
 
@@ -631,6 +632,47 @@ def test_a_prohibit_route_in_the_rules_table_answers_administratively_prohibited
         other = _errors(dual, _probes(dual, version, "UDP", 30054))
         assert other == {PORT_UNREACHABLE[version]}
         assert dual.backend.cli("show version").startswith("vpp")
+    finally:
+        reconcile(dual.backend, base_config())
+
+
+@FAMILIES
+def test_an_sctp_rule_with_a_port_takes_its_port(dual: Lab, version: int) -> None:
+    """SCTP's destination port is where TCP's is, and the classifier matches bytes: an
+    SCTP rule with a port works (with ABF, whose ACL plugin reads TCP and UDP ports only,
+    it matched nothing). Its table's prohibit route answers; another SCTP port does not
+    reach that table."""
+    table = 68 if version == 6 else 69
+    rule = Rule(_host(version), table, "SCTP", 30200)
+    prohibit = Route(_host(version), kind=RouteKind.PROHIBIT, table=table)
+    base = base_config()
+    desired = base_config(routes=base.routes | {prohibit}, rules=frozenset({rule}))
+    reconcile(dual.backend, desired)
+    try:
+        assert dual.backend.dump() == dual.backend.as_held(desired)
+        assert _errors(dual, _probes(dual, version, "SCTP", 30200)) == {PROHIBITED[version]}
+        assert PROHIBITED[version] not in _errors(dual, _probes(dual, version, "SCTP", 30201))
+    finally:
+        reconcile(dual.backend, base_config())
+
+
+def test_an_ipv4_packet_with_options_misses_a_rule_with_a_port(dual: Lab) -> None:
+    """The classifier reads a port where it is without options (README): an IPv4
+    packet with options never gets the rule's table (here its prohibit route), where one
+    without options does. VPP 25.10 answers it nothing at all: ip4-input sends packets
+    with options to ip4-options, which punts them, before the unicast arc's input ACL."""
+    from scapy.layers.inet import IP, IPOption_Router_Alert
+
+    rule = Rule(_host(4), 71, "UDP", 30055)
+    prohibit = Route(_host(4), kind=RouteKind.PROHIBIT, table=71)
+    base = base_config()
+    reconcile(dual.backend, base_config(routes=base.routes | {prohibit}, rules=frozenset({rule})))
+    try:
+        assert _errors(dual, _probes(dual, 4, "UDP", 30055)) == {PROHIBITED[4]}
+        with_options = _probes(dual, 4, "UDP", 30055)
+        for frame in with_options:
+            frame[IP].options = [IPOption_Router_Alert()]
+        assert _errors(dual, with_options) == set()
     finally:
         reconcile(dual.backend, base_config())
 
