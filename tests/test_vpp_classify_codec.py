@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srv6ctl.dataplane.model import Rule
+from srv6ctl.dataplane.vpp_fib_codec import AFFINITY_TABLE
 from srv6ctl.dataplane.vpp_classify_codec import (
     Shape,
     decode_session,
@@ -61,6 +62,7 @@ def test_what_we_never_write_reads_as_nothing() -> None:
     assert shape_of_mask(b"\xff" * 48, 0) is None  # not a shape of ours
     assert shape_of_mask(shape_of(NODEPORT6).mask(), 1) is None  # skipped vectors
     assert decode_session(match_of(NODEPORT6), 0, shape_of(NODEPORT6)) is None  # main
+    assert decode_session(match_of(NODEPORT6), AFFINITY_TABLE, shape_of(NODEPORT6)) is None
 
 
 def test_a_delete_names_no_fib() -> None:
@@ -82,8 +84,8 @@ def test_a_delete_names_no_fib() -> None:
 def test_any_ipv6_rule_round_trips(
     address: int, length: int, source_len: int, protocol: str, port: int, table: int
 ) -> None:
-    if table == 254:
-        table = 1  # main: no rule's table
+    if table in (254, AFFINITY_TABLE):
+        table = 1  # main, and the backend's own: no rule's table
     destination = IPv6Network((address, length), strict=False)
     source = IPv6Network((address ^ 0xFFFF, source_len), strict=False) if source_len else None
     rule = Rule(destination, table, protocol, port if protocol else 0, source)

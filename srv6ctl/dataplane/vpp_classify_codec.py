@@ -186,6 +186,7 @@ def decode_session(match: bytes, table_id: int, shape: Shape) -> Rule | None:
         return ipaddress.ip_network((address, length), strict=False)
 
     try:
+        vpp_table(model_table(table_id))  # not one a rule can name (the affinity table)
         return Rule(
             network(destination, shape.destination_len),
             model_table(table_id),  # table 0 is main, which no rule names: None
@@ -193,7 +194,7 @@ def decode_session(match: bytes, table_id: int, shape: Shape) -> Rule | None:
             int.from_bytes(match[port : port + 2], "big") if shape.port else 0,
             network(source, shape.source_len) if shape.source_len else None,
         )
-    except ValueError:
+    except ValueError:  # InvalidObject is one
         return None
 
 
