@@ -8,7 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srv6ctl.dataplane.model import Rule
-from srv6ctl.dataplane.vpp_fib_codec import AFFINITY_TABLE
 from srv6ctl.dataplane.vpp_classify_codec import (
     Shape,
     decode_session,
@@ -17,6 +16,7 @@ from srv6ctl.dataplane.vpp_classify_codec import (
     shape_of,
     shape_of_mask,
 )
+from srv6ctl.dataplane.vpp_fib_codec import AFFINITY_TABLE
 
 NODEPORT6 = Rule("2001:db8::1/128", 50, "TCP", 30080)
 NODEPORT4 = Rule("192.0.2.1/32", 51, "UDP", 30053)
