@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--vpp-api-dir",
         help="the VPP's API definitions, *.api.json (--dataplane vpp); default: "
         "$SRV6CTL_VPP_API_DIR, ../shared/vpp-api, /usr/share/vpp/api. NodePorts need "
-        "abf.api.json (the VPP's own share/vpp/api has it)",
+        "classify.api.json (the VPP's own share/vpp/api has it, and abf.api.json, with "
+        "which rules an older agent left in ABF are moved)",
     )
     agent.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs")
     agent.add_argument(

@@ -205,7 +205,8 @@ def test_verify_passes_on_vpp(vpp_lab: LabRun) -> None:
     assert hairpin in passed
     print(f"{hairpin}: {checks[('connectivity', hairpin)]['detail']}")
     assert "established TCP connections keep their backend through RTOs" in passed
-    # NodePorts from the external client through VPP (ABF on the uplink, the service's table,
+    # NodePorts from the external client through VPP (a classifier session on the uplink's
+    # input ACL, the service's table,
     # End.DX6 to a backend that DNATs to itself), both traffic policies.
     for service, ports in (("web", "30080/TCP 30081/UDP"), ("web-local", "31080/TCP 31081/UDP")):
         node_port = f"external client → default/{service} NodePort {ports} on every node (IPv6)"

@@ -1,21 +1,28 @@
-"""`Rule`s in a real VPP 25.10: ACLs and ABF policies on the uplinks, read back, and packets.
+"""`Rule`s in a real VPP 25.10: classifier sessions on the uplinks' input ACL, read back,
+and packets.
 
 Programmed as reconcile would (a plan against a dump): rules of both families, with a
-port and with a source, read back equal, each group's table falling back to table 0 (a
-route that is never read as a `Route`); a rule moving to another table; deleted, fallback
-too; a group whose attachment or fallback went missing, or a new uplink, repaired by the
-next pass; the fallback made before the ABF policy and deleted after it; a model route at
-the table's default prefix left alone; a restarted agent that writes nothing. On the wire
-(`SRV6CTL_VPP_DATAPATH=1`): TCP to the node's own address and a rule's port is looked up
-in the rule's table and leaves H.Encaps'd, while the same address on another port stays
-the node's; TCP and UDP to ports whose table holds a prohibit route get the ICMP
-"administratively prohibited" error back (IPv6 and IPv4: VPP makes it in that table, and
-the fallback takes it back to the client), a blackhole's port gets nothing, and a port no
-rule takes, or a rule's port its table has no route for, gets the node's own "port
-unreachable"; a fenced load balancer IP is steered for its allowed source only.
+port and with a source, read back equal (one table per shape, chained per family, the
+head the uplink's input ACL), each rule's table falling back to table 0 (a route that is
+never read as a `Route`); a rule moving to another table; tables unlinked and deleted
+with their last rule, the attachments with the last table, fallbacks too; a chain whose
+attachment or fallback went missing, or a new uplink, repaired by the next pass; an
+operator's input ACL on an uplink refused, not taken over; the fallback made before the
+session and deleted after it; a model route at the table's default prefix left alone; a
+restarted agent that writes nothing; the ABF engine (the benchmark's reference) still
+round-trips. On the wire (`SRV6CTL_VPP_DATAPATH=1`): TCP to the node's own address and a
+rule's port is looked up in the rule's table and leaves H.Encaps'd, while the same address
+on another port stays the node's; TCP and UDP to ports whose table holds a prohibit route
+get the ICMP "administratively prohibited" error back (IPv6 and IPv4: VPP makes it in that
+table, and the fallback takes it back to the client), a blackhole's port gets nothing, and
+a port no rule takes, or a rule's port its table has no route for, gets the node's own
+"port unreachable"; an SCTP rule with a port takes its port; an IPv4 packet with options
+never gets a rule's table; a fenced load balancer IP is steered for its allowed source
+only.
 
-The ABF plugin's API definitions are the VPP binary's own (`own_api_dir`): the shared
-definitions have no abf.api.json. Skipped with the reason when VPP, root or ABF is missing.
+The API definitions are the VPP binary's own (`own_api_dir`): the ABF engine's test needs
+abf.api.json, which the shared definitions lack. Skipped with the reason when VPP or root
+is missing.
 """
 
 from __future__ import annotations
@@ -29,10 +36,11 @@ from typing import Any
 
 import pytest
 
+from srv6ctl.dataplane import vpp_classify_codec as codec
 from srv6ctl.dataplane import vpp_rule_codec as rule_codec
 from srv6ctl.dataplane.model import NodeConfig, Route, RouteKind, Rule, Steering
 from srv6ctl.dataplane.reconcile import plan
-from srv6ctl.dataplane.vpp import VppBackend
+from srv6ctl.dataplane.vpp import ApplyError, VppBackend
 from srv6ctl.dataplane.vpp_api import Request, find_api_dir
 from srv6ctl.dataplane.vpp_fib_codec import FIB_PATH_TYPE_NORMAL, FIB_SOURCE_API
 from srv6ctl.observe.agentview import no_rules_reason
@@ -70,8 +78,8 @@ def with_rules(rules: frozenset[Rule], **extra: Any) -> NodeConfig:
     return base_config(steerings=base.steerings | steerings, rules=rules, **extra)
 
 
-def _rule_backend(vpp: Target) -> VppBackend:
-    backend = vpp.backend(api_dir=own_api_dir())
+def _rule_backend(vpp: Target, **options: Any) -> VppBackend:
+    backend = vpp.backend(api_dir=own_api_dir(), **options)
     if not backend.capabilities.rules:
         backend.close()
         pytest.skip(f"no ABF in this VPP: {backend.capabilities.notes[-1]}")
@@ -160,30 +168,52 @@ def _fallbacks(backend: VppBackend) -> set[tuple[int, bool]]:
 # --- programming and reading back ---------------------------------------------------------
 
 
+def _our_tables(backend: VppBackend) -> dict[int, tuple[codec.Shape, int, int]]:
+    """Our classifier tables: index → (shape, next table, sessions)."""
+    found = {}
+    reply = backend.channel.call("classify_table_ids")
+    for index in list(reply.ids)[: int(reply.count)]:
+        info = backend.channel.call("classify_table_info", table_id=int(index))
+        if int(info.miss_next_index) != codec.CHAIN_MARK:
+            continue
+        shape = codec.shape_of_mask(bytes(info.mask), int(info.skip_n_vectors))
+        assert shape is not None
+        found[int(index)] = (shape, int(info.next_table_index), int(info.active_sessions))
+    return found
+
+
+def _chain(backend: VppBackend, head: int) -> list[codec.Shape]:
+    """The shapes of the chain from `head`, in order."""
+    tables, shapes = _our_tables(backend), []
+    while head != 0xFFFF_FFFF:
+        shape, head, _ = tables[head]
+        shapes.append(shape)
+    return shapes
+
+
+def _input_acl(backend: VppBackend, sw_if_index: int) -> tuple[int, int]:
+    """(ip4, ip6) input ACL tables of an interface (~0: none)."""
+    reply = backend.channel.call("classify_table_by_interface", sw_if_index=sw_if_index)
+    return int(reply.ip4_table_id), int(reply.ip6_table_id)
+
+
 def test_rules_are_read_back_as_programmed(backend: VppBackend, uplink: int, vpp: Target) -> None:
     desired = with_rules(RULES)
     assert reconcile(backend, desired) > 0
     assert backend.dump().rules == RULES
     assert backend.dump() == backend.as_held(desired)
 
-    # One ACL and one ABF policy per table and family, looking up in that table, attached
-    # to the uplink for its family (and to nothing of ours).
-    groups = _groups(backend)
-    assert set(groups) == {
-        "srv6ctl:rule:50:ip6",
-        "srv6ctl:rule:51:ip4",
-        "srv6ctl:rule:52:ip6",
-        "srv6ctl:rule:53:ip4",
-    }
-    policies = _policies(backend)
-    for tag, acl in groups.items():
-        group = rule_codec.group_of_tag(tag)
-        assert group is not None
-        policy_id = rule_codec.policy_id_of(acl)
-        assert policies[policy_id] == (acl, [group.table])
-        assert (policy_id, uplink, rule_codec.RULE_PRIORITY, group.ipv6) in _attachments(backend)
-    assert {a[1] for a in _attachments(backend)} == {uplink}
-    # Each group's table falls back to table 0 (read as no Route: the dump equals desired).
+    # One table per shape (the NodePorts of a family share one, the source ranges another),
+    # chained per family, the chain's head the uplink's input ACL; one session per rule.
+    ip4, ip6 = _input_acl(backend, uplink)
+    assert sorted(map(str, _chain(backend, ip6))) == sorted(
+        map(str, {codec.shape_of(NODEPORT6), codec.shape_of(RANGE6)})
+    )
+    assert sorted(map(str, _chain(backend, ip4))) == sorted(
+        map(str, {codec.shape_of(NODEPORT4), codec.shape_of(RANGE4)})
+    )
+    assert sum(sessions for _, _, sessions in _our_tables(backend).values()) == len(RULES)
+    # Each rule's table falls back to table 0 (read as no Route: the dump equals desired).
     assert _fallbacks(backend) == {(50, True), (51, False), (52, True), (53, False)}
 
     # A restarted agent reads the same and writes nothing.
@@ -192,39 +222,48 @@ def test_rules_are_read_back_as_programmed(backend: VppBackend, uplink: int, vpp
         assert reconcile(restarted, desired) == 0
 
 
-def test_a_rule_moves_to_another_table_and_groups_go_with_their_last_rule(
+def test_a_rule_moves_to_another_table_and_tables_go_with_their_last_rule(
     backend: VppBackend, uplink: int
 ) -> None:
     reconcile(backend, with_rules(RULES))
-    old_acl = _groups(backend)["srv6ctl:rule:50:ip6"]
+    before = _our_tables(backend)
 
-    # The TCP node port moves to table 54: its old group keeps the UDP one, in place.
+    # The TCP node port moves to table 54: its session is replaced, the tables stay.
     moved = Rule(NODEPORT6.destination, 54, "TCP", 30080)
     rules = (RULES - {NODEPORT6}) | {moved}
     changes = plan(with_rules(rules), backend.dump())
     assert [str(c.op) for c in changes if isinstance(c.obj, Rule)] == ["replace"]
     backend.apply(changes)
     assert backend.dump().rules == rules
-    groups = _groups(backend)
-    assert groups["srv6ctl:rule:50:ip6"] == old_acl  # replaced in place, same ACL
-    assert "srv6ctl:rule:54:ip6" in groups
+    assert _our_tables(backend).keys() == before.keys()
+    assert {(50, True), (54, True)} <= _fallbacks(backend)
 
-    # The UDP one follows: group 50 goes (detached, policy and ACL deleted).
+    # The UDP one follows: table 50 has no rule left, and loses its fallback.
     moved_udp = Rule(NODEPORT6_UDP.destination, 54, "UDP", 30053)
     rules = (rules - {NODEPORT6_UDP}) | {moved_udp}
     reconcile(backend, with_rules(rules))
     assert backend.dump().rules == rules
-    assert "srv6ctl:rule:50:ip6" not in _groups(backend)
     assert (50, True) not in _fallbacks(backend) and (54, True) in _fallbacks(backend)
-    assert rule_codec.policy_id_of(old_acl) not in _policies(backend)
-    assert not any(a[0] == rule_codec.policy_id_of(old_acl) for a in _attachments(backend))
 
-    # All gone: no ACL, policy or attachment of ours is left.
+    # The source ranges go: their shape's tables are unlinked and deleted, unless one is
+    # its chain's head (kept, empty, while a table follows: the uplinks stay as they are).
+    rules = rules - {RANGE6, RANGE4}
+    reconcile(backend, with_rules(rules))
+    assert backend.dump().rules == rules
+    tables = _our_tables(backend)
+    ip4, ip6 = _input_acl(backend, uplink)
+    for head, kept in ((ip6, codec.shape_of(moved)), (ip4, codec.shape_of(NODEPORT4))):
+        chain = _chain(backend, head)
+        assert chain[-1] == kept and len(chain) in (1, 2)
+        assert len(chain) == 1 or tables[head][2] == 0  # an empty head, then the rules'
+    assert len(tables) == len(_chain(backend, ip4)) + len(_chain(backend, ip6))
+    assert sum(sessions for _, _, sessions in tables.values()) == len(rules)
+
+    # All gone: no table of ours, no input ACL, no fallback is left.
     reconcile(backend, base_config())
     assert backend.dump().rules == frozenset()
-    assert _groups(backend) == {}
-    assert not any(p >= rule_codec.POLICY_ID_BASE for p in _policies(backend))
-    assert _attachments(backend) == set()
+    assert _our_tables(backend) == {}
+    assert _input_acl(backend, uplink) == (0xFFFF_FFFF, 0xFFFF_FFFF)
     assert _fallbacks(backend) == set()
 
 
@@ -233,16 +272,17 @@ def test_a_missing_attachment_or_a_new_uplink_is_repaired_by_the_next_pass(
 ) -> None:
     desired = with_rules(RULES)
     reconcile(backend, desired)
-    acl = _groups(backend)["srv6ctl:rule:52:ip6"]
-    policy_id = rule_codec.policy_id_of(acl)
-    backend.cli(f"abf attach ip6 del policy {policy_id} {_name(backend, uplink)}")
-    assert RANGE6 not in backend.dump().rules  # not forwarding: reported missing
+    ip4, ip6 = _input_acl(backend, uplink)
+    backend.cli(f"set interface input acl intfc {_name(backend, uplink)} ip6-table {ip6} del")
+    held = backend.dump().rules
+    assert RANGE6 not in held and NODEPORT6 not in held  # not forwarding: reported missing
+    assert RANGE4 in held  # the other family's chain is whole
     assert reconcile(backend, desired) > 0
-    assert (policy_id, uplink, rule_codec.RULE_PRIORITY, True) in _attachments(backend)
+    assert _input_acl(backend, uplink) == (ip4, ip6)
     assert reconcile(backend, desired) == 0
 
-    # The table's fallback deleted behind our back: the group reads as broken, and is
-    # repaired.
+    # The table's fallback deleted behind our back: its rules read as missing, and the
+    # fallback is repaired.
     group = rule_codec.group_of(RANGE6)
     request = rule_codec.fallback_route_del(group)
     backend.channel.call(request.name, write=True, **request.fields)
@@ -253,20 +293,42 @@ def test_a_missing_attachment_or_a_new_uplink_is_repaired_by_the_next_pass(
 
     second = backend.cli("create loopback interface").strip()
     try:
-        assert backend.dump().rules == frozenset()  # no group is on the new uplink yet
+        assert backend.dump().rules == frozenset()  # no chain is on the new uplink yet
         assert reconcile(backend, desired) > 0
         assert backend.dump().rules == RULES
-        assert {a[1] for a in _attachments(backend)} == {uplink, _index(backend, second)}
+        assert _input_acl(backend, _index(backend, second)) == (ip4, ip6)
     finally:
         clean(backend)
         backend.cli(f"delete loopback interface intfc {second}")
 
 
-def test_the_fallback_is_made_before_the_policy_and_goes_after_it(
+def test_an_operators_input_acl_on_an_uplink_is_not_taken_over(
+    backend: VppBackend, uplink: int
+) -> None:
+    """VPP gives an interface one input ACL per family, and says "done" to a second
+    attach: a rule of a family whose uplink has the operator's is refused, by name."""
+    shape = codec.shape_of(NODEPORT6)
+    reply = backend.channel.call("classify_add_del_table", **{
+        **codec.table_add(shape).fields, "miss_next_index": 0xFFFF_FFFF
+    })  # fmt: skip
+    theirs = int(reply.new_table_index)
+    name = _name(backend, uplink)
+    backend.cli(f"set interface input acl intfc {name} ip6-table {theirs}")
+    try:
+        with pytest.raises(ApplyError, match="not ours"):
+            reconcile(backend, with_rules(frozenset({NODEPORT6, NODEPORT4})))
+        assert _input_acl(backend, uplink)[1] == theirs
+        assert theirs not in _our_tables(backend)
+    finally:
+        backend.cli(f"set interface input acl intfc {name} ip6-table {theirs} del")
+        backend.cli(f"classify table del table {theirs}")
+
+
+def test_the_fallback_is_made_before_the_session_and_goes_after_it(
     backend: VppBackend, uplink: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No packet is sent to a table that cannot send it on: the table's fallback route is
-    added before the ABF policy's path, and deleted after the policy."""
+    added before the rule's session, and deleted after it."""
     sent: list[str] = []
     pipeline = backend.channel.pipeline
 
@@ -276,19 +338,71 @@ def test_the_fallback_is_made_before_the_policy_and_goes_after_it(
 
     monkeypatch.setattr(backend.channel, "pipeline", recording)
     reconcile(backend, with_rules(frozenset({NODEPORT6})))
-    assert sent.index("add fallback") < sent.index("add policy")
+    assert sent.index("add fallback") < sent.index("add session") < sent.index("attach")
     sent.clear()
     reconcile(backend, base_config())
-    assert sent.index("delete policy") < sent.index("delete fallback") < sent.index("acl_del")
+    assert sent.index("delete session") < sent.index("delete fallback")
+    assert sent.index("detach") < sent.index("delete table")
 
 
 def _step(request: Request) -> str:
     fields = request.fields
-    if request.name == "abf_policy_add_del":
-        return f"{'add' if fields['is_add'] else 'delete'} policy"
+    if request.name == "classify_add_del_session":
+        return f"{'add' if fields['is_add'] else 'delete'} session"
+    if request.name == "classify_add_del_table" and not fields["is_add"]:
+        return "delete table"
+    if request.name == "input_acl_set_interface":
+        return "attach" if fields["is_add"] else "detach"
     if request.name == "ip_route_add_del" and fields["route"]["prefix"].prefixlen == 0:
         return f"{'add' if fields['is_add'] else 'delete'} fallback"
     return request.name
+
+
+def test_the_abf_engine_still_reads_back_and_cleans_up(
+    vpp: Target, uplink: int, backend: VppBackend
+) -> None:
+    """The ACL+ABF engine (the benchmark's reference): one ACL and one ABF policy per
+    table and family, attached to the uplink; a restart writes nothing; all removed."""
+    desired = with_rules(RULES)
+    with _rule_backend(vpp, rule_engine="abf") as abf:
+        clean(abf)
+        try:
+            assert reconcile(abf, desired) > 0
+            assert abf.dump() == abf.as_held(desired)
+            groups = _groups(abf)
+            assert len(groups) == 4
+            policies = _policies(abf)
+            for tag, acl in groups.items():
+                group = rule_codec.group_of_tag(tag)
+                assert group is not None
+                policy_id = rule_codec.policy_id_of(acl)
+                assert policies[policy_id] == (acl, [group.table])
+                attached = (policy_id, uplink, rule_codec.RULE_PRIORITY, group.ipv6)
+                assert attached in _attachments(abf)
+            assert _our_tables(abf) == {}  # nothing of the classifier's
+            assert reconcile(abf, desired) == 0
+        finally:
+            clean(abf)
+        assert _groups(abf) == {} and _attachments(abf) == set()
+
+
+def test_rules_an_abf_agent_left_move_to_the_classifier_on_connecting(
+    vpp: Target, uplink: int, backend: VppBackend
+) -> None:
+    """An upgrade: the ABF groups an older agent made become classifier sessions when
+    the new backend connects (sessions first, then the groups go, their tables' fallback
+    routes kept), and the first pass writes nothing."""
+    desired = with_rules(RULES)
+    with _rule_backend(vpp, rule_engine="abf") as abf:
+        reconcile(abf, desired)
+        assert len(_groups(abf)) == 4
+    with _rule_backend(vpp) as upgraded:
+        assert _groups(upgraded) == {} and _attachments(upgraded) == set()
+        assert not any(p >= rule_codec.POLICY_ID_BASE for p in _policies(upgraded))
+        assert upgraded.dump() == upgraded.as_held(desired)
+        assert reconcile(upgraded, desired) == 0
+        assert _fallbacks(upgraded) == {(50, True), (51, False), (52, True), (53, False)}
+        assert sum(sessions for _, _, sessions in _our_tables(upgraded).values()) == len(RULES)
 
 
 def test_a_default_route_of_the_model_in_the_rules_table_is_left_to_decide(
@@ -309,30 +423,48 @@ def test_a_default_route_of_the_model_in_the_rules_table_is_left_to_decide(
     assert backend.dump() == backend.as_held(without_rules)
     assert reconcile(backend, without_rules) == 0
 
+    # A table made by the same plan as its default route and its rule (the backend knows
+    # it holds nothing else, and reads nothing): the model's route stays the fallback.
+    fresh = Rule(f"{SOURCE}/128", 70, "TCP", 30090)
+    fresh_default = Route("::/0", kind=RouteKind.BLACKHOLE, table=70)
+    together = with_rules(frozenset({fresh}), routes=base.routes | {fresh_default})
+    backend.dump()
+    reconcile(backend, together)
+    assert backend.dump() == backend.as_held(together)
+    assert (70, True) not in _fallbacks(backend)
+    assert reconcile(backend, together) == 0
+
 
 def _name(backend: VppBackend, sw_if_index: int) -> str:
     (details,) = backend.channel.dump("sw_interface_dump", sw_if_index=sw_if_index)
     return str(details.interface_name)
 
 
-def test_capabilities_say_whether_vpp_has_abf(
+def test_capabilities_say_whether_the_api_has_the_classifier(
     backend: VppBackend, vpp: Target, tmp_path: Path
 ) -> None:
     assert backend.capabilities.rules
-    # The same VPP through definitions without abf.api.json: rules off, and why.
+    assert any("classifier sessions" in note for note in backend.capabilities.notes)
+    # The same VPP through definitions without classify.api.json: rules off, and why.
     found = find_api_dir(backend.channel.api_dir)
     assert found is not None
     for path in found.glob("**/*.api.json"):
-        if path.name != "abf.api.json":
+        if path.name != "classify.api.json":
             shutil.copy(path, tmp_path / path.name)
     with vpp.backend(api_dir=tmp_path) as without:
         assert not without.capabilities.rules
-        assert any("lack abf.api.json" in note for note in without.capabilities.notes)
+        assert any("classify.api.json" in note for note in without.capabilities.notes)
         # What verify reads from such an agent's status to skip its NodePort checks.
         status = {"rules": without.capabilities.rules, "notes": without.capabilities.notes}
         reason = no_rules_reason(status)
         assert reason is not None and reason.startswith("no rules (NodePorts")
     assert no_rules_reason({"rules": True, "notes": backend.capabilities.notes}) is None
+    # The ABF engine says what it lacks the same way.
+    for path in tmp_path.glob("abf.api.json"):
+        path.unlink()
+    with vpp.backend(api_dir=tmp_path, rule_engine="abf") as without_abf:
+        assert not without_abf.capabilities.rules
+        assert any("lack abf.api.json" in note for note in without_abf.capabilities.notes)
 
 
 # --- packets ------------------------------------------------------------------------------
@@ -440,17 +572,16 @@ def _probes(
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
+    from scapy.layers.sctp import SCTP
     from scapy.packet import Raw
 
     src = source or str(PEER if version == 6 else PEER4)
     dst = destination or str(_node(version))
     ip = IPv6(src=src, dst=dst) if version == 6 else IP(src=src, dst=dst)
-    layer4 = [
-        TCP(sport=42000 + n, dport=dport, flags="S")
-        if protocol == "TCP"
-        else UDP(sport=42000 + n, dport=dport)
-        for n in range(5)
-    ]
+    layers = {"TCP": lambda n: TCP(sport=42000 + n, dport=dport, flags="S"),
+              "UDP": lambda n: UDP(sport=42000 + n, dport=dport),
+              "SCTP": lambda n: SCTP(sport=42000 + n, dport=dport)}  # fmt: skip
+    layer4 = [layers[protocol](n) for n in range(5)]
     return [Ether(src=lab.peer_mac, dst=lab.vpp_uplink_mac) / ip / l4 / Raw(MARK) for l4 in layer4]
 
 
@@ -501,6 +632,47 @@ def test_a_prohibit_route_in_the_rules_table_answers_administratively_prohibited
         other = _errors(dual, _probes(dual, version, "UDP", 30054))
         assert other == {PORT_UNREACHABLE[version]}
         assert dual.backend.cli("show version").startswith("vpp")
+    finally:
+        reconcile(dual.backend, base_config())
+
+
+@FAMILIES
+def test_an_sctp_rule_with_a_port_takes_its_port(dual: Lab, version: int) -> None:
+    """SCTP's destination port is where TCP's is, and the classifier matches bytes: an
+    SCTP rule with a port works (with ABF, whose ACL plugin reads TCP and UDP ports only,
+    it matched nothing). Its table's prohibit route answers; another SCTP port does not
+    reach that table."""
+    table = 68 if version == 6 else 69
+    rule = Rule(_host(version), table, "SCTP", 30200)
+    prohibit = Route(_host(version), kind=RouteKind.PROHIBIT, table=table)
+    base = base_config()
+    desired = base_config(routes=base.routes | {prohibit}, rules=frozenset({rule}))
+    reconcile(dual.backend, desired)
+    try:
+        assert dual.backend.dump() == dual.backend.as_held(desired)
+        assert _errors(dual, _probes(dual, version, "SCTP", 30200)) == {PROHIBITED[version]}
+        assert PROHIBITED[version] not in _errors(dual, _probes(dual, version, "SCTP", 30201))
+    finally:
+        reconcile(dual.backend, base_config())
+
+
+def test_an_ipv4_packet_with_options_misses_a_rule_with_a_port(dual: Lab) -> None:
+    """The classifier reads a port where it is without options (README): an IPv4
+    packet with options never gets the rule's table (here its prohibit route), where one
+    without options does. VPP 25.10 answers it nothing at all: ip4-input sends packets
+    with options to ip4-options, which punts them, before the unicast arc's input ACL."""
+    from scapy.layers.inet import IP, IPOption_Router_Alert
+
+    rule = Rule(_host(4), 71, "UDP", 30055)
+    prohibit = Route(_host(4), kind=RouteKind.PROHIBIT, table=71)
+    base = base_config()
+    reconcile(dual.backend, base_config(routes=base.routes | {prohibit}, rules=frozenset({rule})))
+    try:
+        assert _errors(dual, _probes(dual, 4, "UDP", 30055)) == {PROHIBITED[4]}
+        with_options = _probes(dual, 4, "UDP", 30055)
+        for frame in with_options:
+            frame[IP].options = [IPOption_Router_Alert()]
+        assert _errors(dual, with_options) == set()
     finally:
         reconcile(dual.backend, base_config())
 

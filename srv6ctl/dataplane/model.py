@@ -721,7 +721,7 @@ class Capabilities:
     encap_modes: frozenset[EncapMode] = frozenset()
     resilient_groups: bool = False
     sid_counters: bool = False
-    rules: bool = False  # `Rule`s (kernel 4.17+: ip rules by protocol and port; VPP: ABF)
+    rules: bool = False  # `Rule`s (kernel 4.17+: ip rules by protocol and port; VPP: classify)
     host_loop: bool = False  # HOST_LOOP_DEVICE is there (the kernel backend makes it)
     affinity: bool = False  # `SrPolicy.affinity` (kernel: nftables and fwmark rules; VPP)
     port_maps: bool = False  # `PortMap`s (the kernel backend: nftables in the node's stack)

@@ -4,12 +4,13 @@
 (`vpp_api.SUPPORTED_RELEASES`): it connects, reads VPP back as the model, applies plans,
 and replays what VPP lost after a restart. What each model object becomes in VPP is in
 the codec modules (`vpp_sr_codec`: local SIDs, policies, steerings; `vpp_fib_codec`:
-tables and routes; `vpp_interface_codec`: ports; `vpp_rule_codec`: rules as ACLs and ABF
-policies; `vpp_packers`: the bulk messages' packers; `vpp_changes`: the handler of each
-kind; `vpp_affinity`: the table of the policies with sessionAffinity); the socket, the
-CRC check and pipelining are in `vpp_api`; pod ports in `vpp_pods`; rules in `vpp_rules`;
-counters in `vpp_stats`; what it keeps of VPP's interfaces and tables between calls in
-`vpp_interfaces` and `vpp_tables`.
+tables and routes; `vpp_interface_codec`: ports; `vpp_classify_codec`: rules as
+classifier sessions, `vpp_rule_codec` as ACLs and ABF policies, the older engine;
+`vpp_packers`: the bulk messages' packers; `vpp_changes`: the handler of each kind;
+`vpp_affinity`: the table of the policies with sessionAffinity); the socket, the CRC
+check and pipelining are in `vpp_api`; pod ports in `vpp_pods`; rules in
+`vpp_classify_rules` (`vpp_rules` for ABF); counters in `vpp_stats`; what it keeps of
+VPP's interfaces and tables between calls in `vpp_interfaces` and `vpp_tables`.
 
 Ownership. VPP has no owner mark on SR objects or routes, so:
 - local SIDs, policies and steerings: all of VPP's are ours, or with `owned_prefixes`
@@ -19,9 +20,11 @@ Ownership. VPP has no owner mark on SR objects or routes, so:
   an operator adds from VPP's startup config or CLI have the FIB source CLI and are never
   read or touched; pod host routes belong to their pod port (below), not to `routes`;
 - interfaces: only those tagged `srv6ctl:` (`sw_interface_tag_add_del`);
-- rules: the ACLs tagged `srv6ctl:rule:`, the ABF policies using them and their
-  attachments, and in each rule's table (ours) the default route looked up again in
-  table 0 (`vpp_rule_codec`, "Falling through"; never read as a `Route`).
+- rules: the classifier tables whose miss_next_index is our mark, their sessions and
+  the uplinks' input ACL naming their chain (`vpp_classify_codec`; with the ABF engine,
+  the ACLs tagged `srv6ctl:rule:`, the ABF policies using them and their attachments),
+  and in each rule's table (ours) the default route looked up again in table 0
+  (`vpp_rule_codec`, "Falling through"; never read as a `Route`).
 
 Pods. A `PodAttachment` is the *VPP side* of a pod: its port, with the port's addresses,
 neighbours and host routes (`vpp_pods`). `apply` handles ADD/REPLACE as "make it so",
@@ -75,7 +78,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from srv6ctl.dataplane.model import (
     ENCAP_SOURCE,
@@ -125,6 +128,8 @@ from srv6ctl.dataplane.vpp_api import (
     VppUnavailable,
 )
 from srv6ctl.dataplane.vpp_changes import change_requests
+from srv6ctl.dataplane.vpp_classify_codec import CLASSIFY_MESSAGES
+from srv6ctl.dataplane.vpp_classify_rules import ClassifyRules
 from srv6ctl.dataplane.vpp_codec_base import ZERO6, InvalidObject
 from srv6ctl.dataplane.vpp_fib_codec import (
     FIB_SOURCE_API,
@@ -185,12 +190,24 @@ CAPABILITY_NOTES = (
     "counters: per SID from sr_localsids_with_packet_stats_dump; per policy only with a "
     "stats socket (the steering routes' counters)",
 )
-RULE_NOTES = (
-    "rules (ABF on the uplinks): not for traffic from this node's pods to its own "
-    "addresses; a packet the rule's table has no route for is looked up in the main "
-    "table, not passed on to the next rule; an SCTP rule with a port matches nothing "
-    "(VPP's ACL plugin reads TCP and UDP ports only)",
-)
+RULE_NOTES = {
+    "classify": (
+        "rules (classifier sessions, the uplinks' input ACL): not for traffic from this "
+        "node's pods to its own addresses; a packet the rule's table has no route for is "
+        "looked up in the main table, not passed on to the next rule; a rule with a port "
+        "misses IPv4 packets with options and IPv6 packets with extension headers",
+    ),
+    "abf": (
+        "rules (ABF on the uplinks): not for traffic from this node's pods to its own "
+        "addresses; a packet the rule's table has no route for is looked up in the main "
+        "table, not passed on to the next rule; an SCTP rule with a port matches nothing "
+        "(VPP's ACL plugin reads TCP and UDP ports only)",
+    ),
+}
+# How rules are programmed: VPP's classifier (the default: O(1) per rule), or the ACL and
+# ABF plugins (what this backend used before; its attach cost grows with the cube of the
+# policies, README "VPP backend", and it is kept as the benchmark's reference).
+RuleEngine = Literal["classify", "abf"]
 NO_RULES = "no rules (NodePorts, loadBalancerSourceRanges): "
 
 
@@ -241,8 +258,10 @@ class VppBackend:
         timeout: float = 10.0,
         connect_timeout: float = 30.0,
         client_name: str = "srv6ctl",
+        rule_engine: RuleEngine = "classify",
     ) -> None:
         kind = port_kind(pod_interface)
+        self.rule_engine = rule_engine
         self.pod_table = pod_table
         pod_table_id = vpp_table(pod_table)
         link_local = IPv6Address(pod_link_local)
@@ -259,7 +278,13 @@ class VppBackend:
             api_socket,
             api_dir=api_dir,
             messages=messages,
-            optional_messages=(*POLICY_SOURCE_MESSAGES, *MEMIF_MESSAGES, *RULE_MESSAGES),
+            # ABF's also for the classifier: to find the rules an older agent left there.
+            optional_messages=(
+                *POLICY_SOURCE_MESSAGES,
+                *MEMIF_MESSAGES,
+                *RULE_MESSAGES,
+                *(CLASSIFY_MESSAGES if rule_engine == "classify" else ()),
+            ),
             client_name=client_name,
             timeout=timeout,
             fast_packers=FAST_PACKERS,
@@ -289,23 +314,30 @@ class VppBackend:
             gateway_v4=gateway_v4,
             vpp_netns=vpp_netns,
         )
-        self._rules = Rules(self.channel, self._interfaces, self._tables, self._run)
+        abf = Rules(self.channel, self._interfaces, self._tables, self._run)
+        self._rules: Rules | ClassifyRules = abf
+        self._abf_left: Rules | None = None  # an older agent's ABF rules, moved on connecting
+        if rule_engine == "classify":
+            self._rules = ClassifyRules(self.channel, self._interfaces, self._tables, self._call)
+            self._abf_left = abf
         self._policies: dict[IPv6Address, VppPolicy] | None = None
         self._stale: set[IPv6Address] = set()
         self._node_source: IPv6Address | None = None
         # The kinds applied one by one, not pipelined: a pod port's creation returns the
         # sw_if_index later messages need, the encap source changes which policies need
-        # rebuilding, and a rule group's ACL creation returns the index its ABF policy
-        # names. Every other kind is plain requests (vpp_changes.HANDLERS).
+        # rebuilding, and (ABF) a rule group's ACL creation returns the index its ABF
+        # policy names. Every other kind is plain requests (vpp_changes.HANDLERS; a
+        # classifier rule's are `ClassifyRules.requests`, pipelined with the rest).
         self._synchronous: dict[ObjectKind, Callable[[Change], None]] = {
             POD: self._pods.apply,
             ENCAP_SOURCE: self._apply_encap_source,
-            RULE: self._rules.apply,
             PORT_MAP: _no_port_maps,
             TRANSLATION: _no_translations,
         }
+        if isinstance(self._rules, Rules):
+            self._synchronous[RULE] = self._rules.apply
         self._wait_connected(connect_timeout)
-        # Probed on the first connection: whether this VPP has the ABF plugin.
+        # Probed on the first connection: whether VPP (and our definitions) can hold rules.
         missing = self._rules.missing()
         rules = missing is None
         self.capabilities = Capabilities(
@@ -316,7 +348,8 @@ class VppBackend:
             sid_counters=True,
             rules=rules,
             affinity=True,
-            notes=CAPABILITY_NOTES + (RULE_NOTES if rules else (f"{NO_RULES}{missing}",)),
+            notes=CAPABILITY_NOTES
+            + (RULE_NOTES[rule_engine] if rules else (f"{NO_RULES}{missing}",)),
         )
 
     # --- settings (the pod ones are kept by the pod ports) ----------------------------
@@ -499,6 +532,7 @@ class VppBackend:
         if previous_boot is not None and self._boot_time != previous_boot:
             log.warning("VPP restarted (boot time %s → %s)", previous_boot, self._boot_time)
         self._hash_without_flow_label()
+        self._migrate_abf_rules()
         if self._known:
             self._replay()
 
@@ -519,6 +553,31 @@ class VppBackend:
             self.channel.call(request.name, write=True, what=request.what, **request.fields)
         except VppError as err:
             log.warning("VPP keeps hashing the IPv6 flow label for SR policies: %s", err)
+
+    def _migrate_abf_rules(self) -> None:
+        """Rules an agent of the ABF engine left in VPP (its `srv6ctl:rule:` ACLs and their
+        policies) become classifier sessions, then the ABF groups go: each rule is in
+        the classifier before its ABF group is removed (make before break), and a dump
+        after this reads them as the classifier's, so cleanup and reconcile see them."""
+        abf = self._abf_left
+        if abf is None or not abf.available or not self._rules.available:
+            return
+        left = abf.every_rule()
+        if not left:
+            return
+        log.info("moving %d rule(s) from ABF to the classifier", len(left))
+        # What VPP holds of the model does not change (the rules forwarded before, and do
+        # after): `_known`, which the replay after this plans from, stays as it was.
+        known = dict(self._known)
+        try:
+            self._execute([Change(Op.ADD, new=rule) for rule in left])
+        except ApplyError as err:
+            # The ABF groups keep forwarding; reconcile says what the classifier lacks.
+            log.warning("rules left in ABF: the classifier refused them: %s", err)
+            return
+        finally:
+            self._known = known
+        abf.remove_all()
 
     def _replay(self) -> None:
         """Make VPP hold everything we know it held (after a reconnect)."""
@@ -564,9 +623,12 @@ class VppBackend:
             if st is not None and self._owns_address(st.bsid):
                 steerings.append(st)
         routes = []
+        api_routes: dict[tuple[int, bool], list[Any]] = {}
         for table_id, ipv6 in sorted(self._tables.ours()):
             table = {"table_id": table_id, "is_ip6": ipv6, "name": ""}
-            for details in self.channel.dump("ip_route_v2_dump", src=FIB_SOURCE_API, table=table):
+            found = self.channel.dump("ip_route_v2_dump", src=FIB_SOURCE_API, table=table)
+            api_routes[(table_id, ipv6)] = found
+            for details in found:
                 if is_pod_host_route(details.route, pod_ports):
                     continue  # part of its pod port, not of `routes`
                 route = decode_route(details, self._interfaces.model_name)
@@ -578,7 +640,11 @@ class VppBackend:
             policies=frozenset(policies),
             steerings=frozenset(steerings),
             routes=frozenset(routes),
-            rules=frozenset(self._rules.held()),
+            rules=frozenset(
+                self._rules.held(api_routes)
+                if isinstance(self._rules, ClassifyRules)
+                else self._rules.held()
+            ),
         )
         pods = [obj for obj in self._known.values() if is_pod(obj)]
         self._known = {obj.key: obj for obj in config.objects()}
@@ -657,7 +723,9 @@ class VppBackend:
                 raise ApplyError(failures)
 
         try:
-            self._tables.ensure(changes, self.pod_table, self._run)
+            created = self._tables.ensure(changes, self.pod_table, self._run)
+            if isinstance(self._rules, ClassifyRules):
+                self._rules.made_tables(created, changes)
             if needs_table(changes):
                 try:
                     self._tables.ensure_affinity(self._run)
@@ -670,6 +738,8 @@ class VppBackend:
                     step(change)
                     self._record(change)
                     continue
+                if isinstance(self._rules, ClassifyRules) and self._rules.reads(change):
+                    flush()  # it reads its table's routes, which the batch may be changing
                 try:
                     requests = self._requests(change)
                 except InvalidObject as err:
@@ -685,6 +755,7 @@ class VppBackend:
             self._policies = None  # whatever happened, read the lists again
             self._interfaces.forget()
             self._rules.forget()
+            self._tables.doubt()
             raise
 
     def _record(self, change: Change) -> None:
@@ -723,7 +794,12 @@ class VppBackend:
                         policy_table(obj),
                     )
             return change_requests(change, self._interfaces.index, inventory, self._node_source)
+        if isinstance(self._rules, ClassifyRules) and kind_of(obj) is RULE:
+            return self._rules.requests(change)
         return change_requests(change, self._interfaces.index, {}, self._node_source)
+
+    def _call(self, request: Request) -> Any:
+        return self.channel.call(request.name, write=True, what=request.what, **request.fields)
 
     def _run(self, requests: Sequence[Request]) -> None:
         failures = self._pipeline(requests)

@@ -3,8 +3,9 @@
 The backend pipelines these requests; pods, the encap source and rules are not here,
 because they are synchronous steps of their own (see `VppBackend`): a pod port's creation
 returns the sw_if_index later messages need, the encap source changes which policies need
-rebuilding, and a rule group's new ACL returns the index its ABF policy names
-(`vpp_rules`).
+rebuilding, and (ABF engine) a rule group's new ACL returns the index its ABF policy
+names (`vpp_rules`). Classifier rules are pipelined, but their requests come from
+`vpp_classify_rules`, which keeps the chain of tables they depend on.
 """
 
 from __future__ import annotations

@@ -15,9 +15,12 @@ from srv6ctl.dataplane.vpp_codec_base import INVALID_INDEX, InvalidObject
 from srv6ctl.dataplane.vpp_interface_codec import (
     IF_STATUS_ADMIN_UP,
     POD_TAG_PREFIX,
+    TAG_PREFIX,
     pod_of_tag,
     pod_tag,
 )
+
+LOCAL0 = 0  # VPP's null interface: nothing enters there
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,15 @@ class Interfaces:
                 )
             self._cache = interfaces
         return self._cache
+
+    def uplinks(self, refresh: bool = False) -> list[int]:
+        """The interfaces traffic enters the node by, where rules apply: VPP's that are
+        not ours (pod ports, the pods' gateway), local0 aside."""
+        return sorted(
+            index
+            for index, iface in self.load(refresh).items()
+            if index != LOCAL0 and not iface.tag.startswith(TAG_PREFIX)
+        )
 
     def forget(self) -> None:
         """Read the list again next time (after writes that create or change interfaces)."""

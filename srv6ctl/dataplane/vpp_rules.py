@@ -39,7 +39,6 @@ from srv6ctl.dataplane.model import Change, Rule
 from srv6ctl.dataplane.vpp_api import Request, VppChannel
 from srv6ctl.dataplane.vpp_codec_base import INVALID_INDEX, InvalidObject
 from srv6ctl.dataplane.vpp_fib_codec import FIB_SOURCE_API, vpp_table
-from srv6ctl.dataplane.vpp_interface_codec import TAG_PREFIX
 from srv6ctl.dataplane.vpp_interfaces import Interfaces
 from srv6ctl.dataplane.vpp_rule_codec import (
     RULE_MESSAGES,
@@ -61,8 +60,6 @@ from srv6ctl.dataplane.vpp_rule_codec import (
     policy_paths,
 )
 from srv6ctl.dataplane.vpp_tables import Tables
-
-LOCAL0 = 0  # VPP's null interface: nothing enters there
 
 
 @dataclass(frozen=True)
@@ -136,13 +133,23 @@ class Rules:
             for rule in held.rules.values()
         ]
 
+    def every_rule(self) -> list[Rule]:
+        """The rules of every group of ours, forwarding or not (a fresh read)."""
+        if not self.available:
+            return []
+        self._groups = None
+        return [rule for held in self._load().values() for rule in held.rules.values()]
+
+    def remove_all(self) -> None:
+        """Remove every group of ours (attachments, policy, ACL), leaving their tables'
+        fallback routes: the classifier's sessions that took over send packets there."""
+        groups = self._load()
+        for group, held in sorted(groups.items()):
+            self._remove(group, replace(held, fallback=Fallback.OTHER))
+            del groups[group]
+
     def uplinks(self, refresh: bool = False) -> list[int]:
-        """The interfaces rules are attached to: VPP's, not ours, local0 aside."""
-        return sorted(
-            index
-            for index, iface in self.interfaces.load(refresh).items()
-            if index != LOCAL0 and not iface.tag.startswith(TAG_PREFIX)
-        )
+        return self.interfaces.uplinks(refresh)
 
     def _load(self) -> dict[RuleGroup, HeldGroup]:
         if self._groups is not None:

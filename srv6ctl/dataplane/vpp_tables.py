@@ -48,6 +48,10 @@ class Tables:
     def __init__(self, channel: VppChannel) -> None:
         self.channel = channel
         self._ours: set[Table] | None = None
+        # Every table VPP had at the last read, plus those we made since: a plan whose
+        # tables are all there reads nothing (with a table per NodePort service, a read is
+        # thousands of tables per change).
+        self._seen: set[Table] | None = None
         # Whether this connection made (or finished) the affinity table: VPP cannot be
         # asked for a table's flow hash, so a table found made is set up again once.
         self._affinity_ready = False
@@ -66,6 +70,7 @@ class Tables:
 
     def forget(self) -> None:
         self._ours = None
+        self._seen = None
         self._affinity_ready = False
 
     def ensure(
@@ -73,9 +78,9 @@ class Tables:
         changes: Sequence[Change],
         pod_table: int,
         run: Callable[[Sequence[Request]], None],
-    ) -> None:
+    ) -> list[Table]:
         """Create (with `run`) the tables the new objects of `changes` need and VPP lacks;
-        an operator's table of the same id is used as it is."""
+        an operator's table of the same id is used as it is. The tables it created."""
         wanted: set[Table] = set()
         for change in changes:
             obj = change.new
@@ -85,12 +90,22 @@ class Tables:
                 table_id = vpp_table(table)
                 if table_id != 0:
                     wanted.update((table_id, ipv6) for ipv6 in ipv6s)
-        if not wanted:
-            return
-        missing = sorted(wanted - self._existing())
+        if not wanted or (self._seen is not None and wanted <= self._seen):
+            return []
+        # Read afresh before making one: an add of a table that exists renames it
+        # (fib_table_find_or_create_and_lock_w_name), which would make an operator's ours.
+        self._seen = self._existing()
+        missing = sorted(wanted - self._seen)
         if missing:
             run([table_add(table_id, ipv6) for table_id, ipv6 in missing])
-        self._ours = None
+            self._seen.update(missing)
+        if self._ours is not None:
+            self._ours.update(missing)  # ours by name now
+        return missing
+
+    def doubt(self) -> None:
+        """A plan failed: the tables seen may be gone (an operator's delete), read again."""
+        self._seen = None
 
     def ensure_affinity(self, run: Callable[[Sequence[Request]], None]) -> None:
         """Make (with `run`) the affinity table ready for policies, once per connection;
@@ -133,8 +148,8 @@ class Tables:
 def tables_of(obj: DataplaneObject, pod_table: int) -> list[tuple[int, tuple[bool, ...]]]:
     """The model tables an object needs to exist (table, families: is_ip6) before it is
     written: a pod's port is in the pod table (both families), a route or steering is in
-    its own table, a table-lookup SID VPP has and a rule (its ABF policy's path) look up
-    in their table."""
+    its own table, a table-lookup SID VPP has and a rule (its session's FIB, or its ABF
+    policy's path) look up in their table."""
     kind = kind_of(obj)
     if kind is POD:
         return [(pod_table, (False, True))]

@@ -73,8 +73,8 @@ def _vpp_agent_args(ctx: LabContext, node: NodeRecord) -> list[str]:
     args = ["--vpp-api-socket", node.vpp_api_socket]
     if node.vpp_stats_socket is not None:
         args += ["--vpp-stats-socket", node.vpp_stats_socket]
-    # The running VPP's own definitions: ../shared/vpp-api has no abf.api.json, and an
-    # agent without it programs no NodePorts.
+    # The running VPP's own definitions: they are the running VPP's, and ../shared/vpp-api
+    # has no abf.api.json (which moves rules an older agent left in ABF).
     api_dir = vpp.own_api_dir(ctx.state.vpp_binary) if ctx.state.vpp_binary else None
     if api_dir is not None:
         args += ["--vpp-api-dir", api_dir]

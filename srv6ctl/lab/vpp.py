@@ -8,8 +8,8 @@ sockets, its runtime directory and its log in that directory. Its shared-memory 
 segment is named after the lab's prefix and the node (`/dev/shm/<prefix>-<node>-*`); VPP
 removes it when it exits, and `remove_leftovers` does for one that was killed. Its agent
 speaks the API definitions the binary ships (`own_api_dir`): they are the running VPP's
-own, and they have abf.api.json, which NodePorts need (VPP's ABF plugin programs the
-`Rule`s).
+own (NodePorts need classify.api.json, a core one; abf.api.json lets the agent move the
+`Rule`s an older agent programmed with ABF to the classifier).
 
 The node's uplink (`eth0`, its veth to the underlay bridge) belongs to VPP, as a NIC
 would on a real node: the startup config's CLI script makes it an af_packet interface
@@ -38,8 +38,8 @@ from srv6ctl.lab.state import ProcessRecord
 
 BIN_ENV = "SRV6CTL_VPP_BIN"
 PLUGINS_ENV = "SRV6CTL_VPP_PLUGIN_PATH"
-# Pod and uplink ports; ICMP echo; NetworkPolicy (the agent's ACLs); NodePorts (`Rule`s
-# are ACL-based forwarding); memif pods (CNFs).
+# Pod and uplink ports; ICMP echo; NetworkPolicy (the agent's ACLs); ABF (where an older
+# agent put its `Rule`s: NodePorts are classifier sessions now, VPP's own); memif pods.
 PLUGINS = (
     "af_packet_plugin.so",
     "ping_plugin.so",
