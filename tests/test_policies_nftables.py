@@ -55,16 +55,19 @@ from policies.nftables import (
     COUNTERS,
     REGULAR_CHAINS,
     TABLE,
+    ClientTranslation,
     NftablesBackend,
     NftSet,
     Outcome,
+    parse_translations,
     port_rewrite_ruleset,
     render,
+    run_nft,
     tables_of,
     update_script,
 )
 from srv6ctl.dataplane.nsenter import run_in_netns
-from tests.support.netns import run
+from tests.support.netns import NetnsFactory, run
 from tests.test_policies_compiler import reference_egress, reference_ingress
 
 T = TypeVar("T")
@@ -632,3 +635,31 @@ def test_a_pod_isolated_in_neither_way_gets_no_table_and_rules_name_only_declare
         }
         assert used == declared
         assert {chain for chain, _ in table.rules} == {"ingress", "egress", *REGULAR_CHAINS}
+
+
+@pytest.mark.netns
+def test_translations_load_into_nft_and_read_back_as_they_were(netns_factory: NetnsFactory) -> None:
+    """The client-side translation chains (Services outside the cluster) are what the
+    kernel takes, and a restarted agent reads them back: one target (a plain DNAT), several
+    (numgen), with affinity (a set per target), each protocol, both families."""
+    translations = [
+        ClientTranslation(Protocol.TCP, "fd00:96::20", 80, (("fd00:ff::fffe", 8080),)),
+        ClientTranslation(
+            Protocol.TCP,
+            "fd00:96::21",
+            443,
+            (("fd00:ff::fffd", 6443), ("fd00:ff::fffe", 6443), ("fd00:ff::ffff", 6443)),
+            600,
+        ),
+        ClientTranslation(Protocol.UDP, "10.96.0.20", 53, (("192.0.2.253", 5353),), 30),
+        ClientTranslation(
+            Protocol.SCTP, "10.96.0.21", 9, (("192.0.2.253", 9), ("192.0.2.254", 10))
+        ),
+    ]
+    script = port_rewrite_ruleset((), "srv6ctl_t", translations=translations)
+    assert script is not None
+    pod = netns_factory()
+    run_nft(f"/var/run/netns/{pod.name}", ["-f", "-"], script)
+    listing = pod.exec("nft", "-j", "list", "table", "inet", "srv6ctl_t").stdout
+    assert sorted(parse_translations(listing)) == sorted(translations)
+    assert parse_translations("") == []
