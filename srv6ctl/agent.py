@@ -118,7 +118,9 @@ class Agent:
             c for c in (self.plan.service_cidr_v6, self.plan.service_cidr_v4) if c is not None
         )
         self.reconciler = Reconciler(self.backend, self.telemetry.metrics, podnet)
-        self.allocations = AllocationCache(self.allocator, self.plan, opts.node_name)
+        self.allocations = AllocationCache(
+            self.allocator, self.plan, opts.node_name, opts.node_port_addresses
+        )
         acl_backend = None
         if self.vpp and self._backend_factory is None:
             # Only VPP nodes load the VPP modules: an agent's start-up is its import time.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cni import protocol as cni_protocol
+from srv6ctl.dataplane.model import IPNetwork
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class AgentOptions:
     vpp_api_dir: str | None = None
     metrics_address: str | None = "127.0.0.1:9876"  # /metrics /healthz /readyz; None: off
     health_check_address: str | None = "::"  # healthCheckNodePorts (service_health); None: off
+    # NodePorts on the Node's addresses in these prefixes; None: its InternalIPs ("primary")
+    node_port_addresses: tuple[IPNetwork, ...] | None = None
 
     @property
     def netns_path(self) -> str | None:

@@ -22,7 +22,7 @@ from cni.wiring import host_ifname
 from ipam6.allocator import Allocator, PodAllocation
 from ipam6.plan import AddressPlan
 from ipam6.store.base import StoreError
-from srv6ctl.dataplane.model import Capabilities
+from srv6ctl.dataplane.model import Capabilities, IPNetwork
 from srv6ctl.render import PodInterface, RenderInputs
 from srv6ctl.state import ClusterState, DirtyKey, NodeKey, ServiceKey
 
@@ -33,8 +33,15 @@ class AllocationCache:
     """Node IDs, service BSIDs and wired pods for render; pods are told from CNI threads,
     everything else is touched from the agent's loop only."""
 
-    def __init__(self, allocator: Allocator, plan: AddressPlan, node_name: str) -> None:
+    def __init__(
+        self,
+        allocator: Allocator,
+        plan: AddressPlan,
+        node_name: str,
+        node_port_addresses: tuple[IPNetwork, ...] | None = None,
+    ) -> None:
         self.allocator, self.plan, self.node_name = allocator, plan, node_name
+        self.node_port_addresses = node_port_addresses  # RenderInputs'; None: primary
         self.node_ids: dict[str, int] = {}
         self.service_bsids: dict[str, tuple[Any, Any]] = {}
         self._pod_interfaces: dict[str, PodInterface] = {}  # pod UID → where it is wired
@@ -118,6 +125,7 @@ class AllocationCache:
             service_bsids=dict(self.service_bsids),
             capabilities=capabilities,
             pod_interfaces=interfaces,
+            node_port_addresses=self.node_port_addresses,
         )
 
     def _read(self, state: ClusterState, dirty: set[DirtyKey], everything: bool) -> None:

@@ -33,6 +33,22 @@ def _listen_address(value: str) -> str | None:
         raise argparse.ArgumentTypeError(f"{value!r} is not an IP address or 'off'") from None
 
 
+def _node_port_addresses(
+    value: str,
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    if value.strip() == "primary":
+        return None
+    prefixes = []
+    for part in value.split(","):
+        try:
+            prefixes.append(ipaddress.ip_network(part.strip(), strict=False))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} is not a prefix (give 'primary' or prefixes, e.g. ::/0)"
+            ) from None
+    return tuple(prefixes)
+
+
 def _config_check(args: argparse.Namespace) -> int:
     from srv6ctl.config import InvalidConfig, load_config  # lazy: pydantic, the stores
 
@@ -92,6 +108,7 @@ def _agent(args: argparse.Namespace) -> int:
         vpp_api_dir=args.vpp_api_dir,
         metrics_address=None if args.metrics_address == "off" else args.metrics_address,
         health_check_address=args.health_check_address,
+        node_port_addresses=args.nodeport_addresses,
     )
     agent = Agent(options, config, plan)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
@@ -184,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the healthCheckNodePorts of LoadBalancer services with "
         "externalTrafficPolicy Local listen, as kube-proxy's (default '::': every node "
         "address, both families; 'off': none)",
+    )
+    agent.add_argument(
+        "--nodeport-addresses",
+        default=None,
+        type=_node_port_addresses,
+        help="which of the node's addresses serve NodePorts, as kube-proxy's option: "
+        "'primary' (default: its InternalIP of each family) or comma-separated prefixes "
+        "(e.g. '0.0.0.0/0,::/0': every InternalIP and ExternalIP its Node lists)",
     )
     agent.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     agent.add_argument("--log-level", default="INFO")

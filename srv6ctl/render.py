@@ -62,13 +62,15 @@ Services kube-proxy skips are skipped: ExternalName, and those labelled with
 NodePorts (README.md, "NodePort"): the destination is a node's own address `N`, which no
 pod can hold, so the entry node steers by port: a `Rule` `to N/128 (/32) proto P dport
 nodePort lookup T`, with `T` the service's own table (`service_table`) holding `N` steered
-into the service's external policy (or the empty-service BLACKHOLE/PROHIBIT route). Only
-this node's InternalIPs, one per family (kube-proxy's nftables mode default,
-`--nodeport-addresses primary`). Each backend pod gets the (protocol, nodePort, target
-port) triples (`PodAttachment.node_ports`) and DNATs, in its own namespace, what arrives
-for an address that is not its own: the one conntrack entry of such a flow lives in the
-pod that serves it, and the reply leaves from `N:nodePort` straight to the client. Rules
-need the backend's `Capabilities.rules`; without it NodePorts are not rendered.
+into the service's external policy (or the empty-service BLACKHOLE/PROHIBIT route). By
+default this node's InternalIPs, one per family (kube-proxy's nftables mode default,
+`--nodeport-addresses primary`); with `RenderInputs.node_port_addresses`, every address
+its Node lists (InternalIPs, ExternalIPs) inside those prefixes. Each backend pod gets the
+(protocol, nodePort, target port) triples (`PodAttachment.node_ports`) and DNATs, in its
+own namespace, what arrives for an address that is not its own: the one conntrack entry of
+such a flow lives in the pod that serves it, and the reply leaves from `N:nodePort`
+straight to the client. Rules need the backend's `Capabilities.rules`; without it
+NodePorts are not rendered.
 
 loadBalancerSourceRanges (of the load balancer IPs' family; kube-proxy applies them to
 load balancer IPs only) move those IPs' steering into the service's table too, reached
@@ -194,6 +196,10 @@ class RenderInputs:
     pod_table: int = MAIN_TABLE  # End.DT6 lookup table
     pod_table_v4: int = MAIN_TABLE  # End.DT4 lookup table (a VRF's table on the kernel)
     host_table: int = HOST_SERVICES_TABLE  # End.DT6 `L::7` lookup: ClusterIPs served here
+    # Which of this node's addresses serve node ports (kube-proxy's --nodeport-addresses):
+    # None, "primary", its InternalIP of each family; else those of its InternalIPs and
+    # ExternalIPs inside one of these prefixes.
+    node_port_addresses: tuple[IPNetwork, ...] | None = None
 
 
 # --- fragments and deltas -------------------------------------------------------------
@@ -399,8 +405,13 @@ class Renderer:
         if (
             old.plan != inputs.plan
             or old.capabilities != inputs.capabilities
-            or (old.pod_table, old.pod_table_v4, old.host_table)
-            != (inputs.pod_table, inputs.pod_table_v4, inputs.host_table)
+            or (old.pod_table, old.pod_table_v4, old.host_table, old.node_port_addresses)
+            != (
+                inputs.pod_table,
+                inputs.pod_table_v4,
+                inputs.host_table,
+                inputs.node_port_addresses,
+            )
             or old.node_ids.get(self._node) != inputs.node_ids.get(self._node)
         ):
             self._configure(inputs)  # raises, changing nothing, when the node has no ID
@@ -762,8 +773,8 @@ class Renderer:
                 translations.extend(_translations(service, cluster_ip, internal))
             self._serve(service, family, (cluster_ip,), bsid, sids, RouteKind.PROHIBIT, out)
             vips = self._external_vips(service, family)
-            node_address = self._node_port_address(service, family)
-            if not vips and node_address is None:
+            node_addresses = self._node_port_addresses(service, family)
+            if not vips and not node_addresses:
                 continue
             external = self._pick(service, candidates, service.external_traffic_policy)
             # Outside endpoints serve the pods' own connections only (`Translation`).
@@ -810,12 +821,12 @@ class Renderer:
                 out.rules.extend(
                     Rule(host, table, source=source) for host in fenced for source in ranges
                 )
-            if node_address is not None and table is not None:
+            if node_addresses and table is not None:
                 # Without BSIDs yet, no rule: the node's own stack refuses the port.
-                serve_external((node_address,), table=table)
-                host = _host(node_address)
+                serve_external(node_addresses, table=table)
                 out.rules.extend(
-                    Rule(host, table, port.protocol, port.node_port)
+                    Rule(_host(address), table, port.protocol, port.node_port)
+                    for address in node_addresses
                     for port in service.ports
                     if port.node_port
                 )
@@ -852,16 +863,25 @@ class Renderer:
             out.routes.append(Route(host, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE))
         return tuple(translations)
 
-    def _node_port_address(self, service: Service, family: int) -> IPAddress | None:
-        """This node's InternalIP of `family` when `service` has node ports to serve on it
-        (and the backend can steer by port), else None."""
+    def _node_port_addresses(self, service: Service, family: int) -> tuple[IPAddress, ...]:
+        """This node's addresses of `family` that serve `service`'s node ports (none when
+        it has none, or the backend cannot steer by port): its InternalIP, or with
+        `node_port_addresses` those of its Node's addresses inside the prefixes."""
         if not any(port.node_port for port in service.ports):
-            return None
+            return ()
         self._node_port_services.add(service.key)
         local = self._state.node(self._node)
         if local is None or not self._inputs.capabilities.rules:
-            return None
-        return local.internal_ipv6 if family == 6 else local.internal_ipv4
+            return ()
+        prefixes = self._inputs.node_port_addresses
+        if prefixes is None:
+            primary = local.internal_ipv6 if family == 6 else local.internal_ipv4
+            return () if primary is None else (primary,)
+        return tuple(
+            a
+            for a in local.addresses
+            if a.version == family and any(a in p for p in prefixes if p.version == family)
+        )
 
     def _source_ranges(self, service: Service, family: int) -> tuple[IPNetwork, ...]:
         """The service's loadBalancerSourceRanges of `family` (none of a family leaves that

@@ -86,6 +86,9 @@ class Node:
     zone: str | None = None  # label topology.kubernetes.io/zone
     labels: Labels = NO_LABELS
     sr_behaviours: frozenset[str] = frozenset()  # from BEHAVIOURS_ANNOTATION
+    # status.addresses: every InternalIP and ExternalIP, in the API's order (the primary
+    # InternalIPs above are among them). Empty: just the primary ones.
+    all_addresses: tuple[IPAddress, ...] = ()
 
     @property
     def key(self) -> NamespacedName:
@@ -93,7 +96,9 @@ class Node:
 
     @property
     def addresses(self) -> tuple[IPAddress, ...]:
-        return tuple(a for a in (self.internal_ipv6, self.internal_ipv4) if a is not None)
+        """Every address the Node lists (InternalIPs first, ExternalIPs)."""
+        primary = tuple(a for a in (self.internal_ipv6, self.internal_ipv4) if a is not None)
+        return primary + tuple(a for a in self.all_addresses if a not in primary)
 
 
 # --- pods ------------------------------------------------------------------------------
@@ -479,7 +484,8 @@ class ClusterState:
         return [self._pods[k] for k in sorted(self._pods_on_node.get(node_name, ()))]
 
     def nodes_with_address(self, address: IPAddress) -> list[Node]:
-        """Nodes whose InternalIP is `address` (one, unless the cluster is misconfigured)."""
+        """Nodes with `address` among theirs (InternalIP or ExternalIP; one, unless the
+        cluster is misconfigured)."""
         return [self._nodes[n] for n in sorted(self._nodes_by_address.get(address, ()))]
 
     def slices_of_service(self, namespace: str, name: str) -> list[EndpointSlice]:

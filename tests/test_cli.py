@@ -71,6 +71,15 @@ def test_lab_demo_allocates_and_survives_a_restart() -> None:
     assert "ctr-leaked/eth0" in result.stdout
 
 
+def test_a_bad_nodeport_addresses_stops_the_agent_with_one_line() -> None:
+    result = run(
+        "agent", "--node-name", "n", "--config", str(SAMPLE), "--nodeport-addresses", "::/0,lan"
+    )
+    assert result.returncode == 2
+    assert "--nodeport-addresses: 'lan' is not a prefix" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_bad_health_check_address_stops_the_agent_with_one_line() -> None:
     result = run(
         "agent", "--node-name", "n", "--config", str(SAMPLE), "--health-check-address", "nodes"

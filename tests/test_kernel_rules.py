@@ -234,3 +234,40 @@ def test_a_rule_into_a_reserved_table_is_refused_before_any_write(
     with pytest.raises(InvalidObject, match="not a table rules may name"):
         backend.apply([Change(Op.ADD, new=bad)])
     assert backend.dump() == NodeConfig()
+
+
+def test_node_ports_on_two_addresses_of_a_family_go_ungated_and_the_gate_comes_back(
+    wired: tuple[Netns, Netns],
+) -> None:
+    """--nodeport-addresses with an ExternalIP too: two destinations in one family cannot
+    share the gate (`not to N`), so that family has none and its packets walk the rules;
+    with one destination again the gate returns."""
+    node, client = wired
+    second = "2001:db8:5::10"
+    node.ip("addr", "add", f"{second}/64", "dev", "up0", "nodad")
+    listener = open_in(node.name, lambda: _listen(socket.AF_INET6, second, NODE_PORT))
+    backend = _backend(node)
+    both = NodeConfig(
+        routes=frozenset(
+            Route(f"{a}/128", kind=RouteKind.PROHIBIT, table=TABLE) for a in (NODE6, second)
+        ),
+        rules=frozenset(Rule(f"{a}/128", TABLE, "TCP", NODE_PORT) for a in (NODE6, second)),
+    )
+    try:
+        _apply(backend, both)
+        assert backend.dump() == both
+        assert not [r for r in _rules(node, "-6") if r["priority"] == GATE_PRIORITY]
+        for address in (NODE6, second):
+            assert _connect(client, address, NODE_PORT) in (errno.EACCES, errno.EHOSTUNREACH)
+        assert _connect(client, NODE6, OTHER_PORT) == 0
+        one = NodeConfig(
+            routes=frozenset(r for r in both.routes if str(r.prefix.network_address) == NODE6),
+            rules=frozenset(r for r in both.rules if str(r.destination.network_address) == NODE6),
+        )
+        _apply(backend, one)
+        (gate,) = [r for r in _rules(node, "-6") if r["priority"] == GATE_PRIORITY]
+        assert gate["dst"] == NODE6
+        assert _connect(client, second, NODE_PORT) == 0  # the node's own again
+        _apply(backend, NodeConfig())
+    finally:
+        listener.close()

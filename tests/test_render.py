@@ -548,6 +548,46 @@ def test_node_ports_are_steered_by_port_from_this_nodes_own_addresses_only() -> 
     }
 
 
+def test_node_ports_on_the_addresses_nodeport_addresses_selects() -> None:
+    """kube-proxy's --nodeport-addresses: 'primary' (the default) is the InternalIP of each
+    family; prefixes select among every address the Node lists, its ExternalIPs too."""
+    state, web, _ = node_port_cluster()
+    external = (V6("2001:db8:e::1"), V4("203.0.113.1"))
+    state.upsert_node(dataclasses.replace(node(1), all_addresses=external))
+    table = SERVICE_TABLE_BASE + 1
+
+    def rule_destinations(prefixes: tuple[str, ...] | None) -> set[str]:
+        the_inputs = dataclasses.replace(
+            inputs(DUAL_STACK, [1, 2, 3], {web: 1}, capabilities=KERNEL_WITH_VRF),
+            node_port_addresses=None
+            if prefixes is None
+            else tuple(ipaddress.ip_network(p) for p in prefixes),
+        )
+        config = render(state, "node-1", the_inputs)
+        steered = {str(s.prefix) for s in config.steerings if s.table == table}
+        destinations = {str(r.destination) for r in config.rules if r.port == NODE_PORT}
+        assert steered == destinations  # each is steered in the service's table
+        return destinations
+
+    assert rule_destinations(None) == {"2001:db8::1/128", "192.0.2.1/32"}
+    assert rule_destinations(("::/0", "0.0.0.0/0")) == {
+        "2001:db8::1/128",
+        "192.0.2.1/32",
+        "2001:db8:e::1/128",
+        "203.0.113.1/32",
+    }
+    assert rule_destinations(("2001:db8:e::/48",)) == {"2001:db8:e::1/128"}
+    assert rule_destinations(("198.51.100.0/24",)) == set()
+    # Incrementally: a Renderer switched to other prefixes equals a fresh render.
+    renderer = Renderer(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, KERNEL_WITH_VRF))
+    wider = dataclasses.replace(
+        renderer.inputs, node_port_addresses=(ipaddress.ip_network("::/0"),)
+    )
+    renderer.set_inputs(wider)
+    assert renderer.config() == render(state, "node-1", wider)
+    assert Rule("2001:db8:e::1/128", table, "TCP", NODE_PORT) in renderer.config().rules
+
+
 def test_node_ports_under_external_traffic_policy_local_and_without_endpoints() -> None:
     state, web, pods = node_port_cluster(external_traffic_policy="Local")
     the_inputs = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, capabilities=KERNEL_WITH_VRF)
@@ -862,6 +902,7 @@ def test_a_service_with_pods_and_outside_endpoints_translates_over_all_of_them()
     state.upsert_endpoint_slice(outside_slice(db, DATABASE))
     config = render(state, "node-1", inputs(IPV6_ONLY, [1, 2], {db: 2}, interfaces=[client]))
     (attachment,) = config.pods
+    assert member.ipv6 is not None
     assert attachment.translations == {
         Translation("TCP", V6("fd00:96::2"), 5432, ((V6(DATABASE), 5432), (member.ipv6, 5433)))
     }
@@ -1152,6 +1193,8 @@ class IncrementalRender(RuleBasedStateMachine):
         }
         self.node_ids = dict(NODE_IDS)
         self.capability_changes = 0
+        self.node_port_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None
+        self.node_port_addresses = None
         self.inputs = self._inputs(KERNEL)
         self.renderer = Renderer(self.state, LOCAL, self.inputs)
         self.applied: set[DataplaneObject] = set(self.renderer.config().objects())
@@ -1163,7 +1206,17 @@ class IncrementalRender(RuleBasedStateMachine):
             service_bsids=dict(self.bsids),
             capabilities=capabilities,
             pod_interfaces=dict(self.interfaces),
+            node_port_addresses=self.node_port_addresses,
         )
+
+    @precondition(lambda self: self.capability_changes < 2)  # each one re-renders it all
+    @rule(wide=st.booleans())
+    def nodeport_addresses(self, wide: bool) -> None:
+        self.capability_changes += 1
+        self.node_port_addresses = (
+            (ipaddress.ip_network("::/0"), ipaddress.ip_network("0.0.0.0/0")) if wide else None
+        )
+        self._set_inputs()
 
     def _apply(self, dirty: frozenset[object]) -> None:
         delta = self.renderer.update(dirty)  # type: ignore[arg-type]
@@ -1187,11 +1240,23 @@ class IncrementalRender(RuleBasedStateMachine):
         dt4=st.booleans(),
         ipv6=st.booleans(),
         moved=st.booleans(),
+        # An ExternalIP: its own, or one of the machine's shared VIPs (never steered then).
+        external=st.sampled_from([(), ("2001:db8:e::{n}",), ("10.0.0.1",)]),
     )
-    def upsert_node(self, n: int, zone: str | None, dt4: bool, ipv6: bool, moved: bool) -> None:
+    def upsert_node(
+        self,
+        n: int,
+        zone: str | None,
+        dt4: bool,
+        ipv6: bool,
+        moved: bool,
+        external: tuple[str, ...],
+    ) -> None:
         updated = node(n, zone=zone, behaviours={"End.DT4"} if dt4 else (), ipv6=ipv6)
         if moved:
             updated = dataclasses.replace(updated, internal_ipv4=V4(f"192.0.2.{n + 10}"))
+        extra = tuple(ipaddress.ip_address(a.format(n=n)) for a in external)
+        updated = dataclasses.replace(updated, all_addresses=extra)
         self._apply(self.state.upsert_node(updated))
 
     @rule(n=st.integers(1, 4))

@@ -100,8 +100,37 @@ def test_node_from_kubectl_json() -> None:
         zone="lab-a",
         labels=Labels(fixture("node-1")["metadata"]["labels"]),
         sr_behaviours=frozenset({"End", "End.DT6", "End.DX6", "End.DX4"}),
+        all_addresses=(V6("2001:db8::1"), V4("192.0.2.1")),
     )
     assert isinstance(converted, Node) and converted.labels["kubernetes.io/hostname"] == "node-1"
+
+
+def test_a_nodes_external_ips_are_its_addresses_and_a_bad_one_is_left_out() -> None:
+    """ExternalIPs (a second NIC, a cloud's public address) are the node's too: node ports
+    may serve them (--nodeport-addresses) and no VIP may take them. Hostnames are not
+    addresses; an ExternalIP that is none is dropped, not the Node."""
+    obj = fixture("node-1")
+    obj["status"]["addresses"] = [
+        {"type": "Hostname", "address": "node-1"},
+        {"type": "ExternalIP", "address": "2001:db8:e::1"},
+        {"type": "InternalIP", "address": "2001:db8::1"},
+        {"type": "ExternalIP", "address": "203.0.113.7"},
+        {"type": "ExternalIP", "address": "node-1.example.com"},
+        {"type": "InternalIP", "address": "192.0.2.1"},
+    ]
+    node = from_json(Kind.NODE, obj)
+    assert isinstance(node, Node)
+    assert (node.internal_ipv6, node.internal_ipv4) == (V6("2001:db8::1"), V4("192.0.2.1"))
+    # The primary InternalIPs first, then the rest in the API's order.
+    assert node.addresses == (
+        V6("2001:db8::1"),
+        V4("192.0.2.1"),
+        V6("2001:db8:e::1"),
+        V4("203.0.113.7"),
+    )
+    state = ClusterState()
+    state.upsert_node(node)
+    assert [n.name for n in state.nodes_with_address(V4("203.0.113.7"))] == ["node-1"]
 
 
 def test_pod_from_kubectl_json() -> None:

@@ -138,10 +138,24 @@ def node_from_json(obj: JSON) -> Node:
     r = _Reader(Kind.NODE, obj)
     internal_v6: ipaddress.IPv6Address | None = None
     internal_v4: ipaddress.IPv4Address | None = None
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for i, entry in enumerate(r.items(obj.get("status") or {}, "addresses")):
-        if entry.get("type") != "InternalIP":
+        kind = entry.get("type")
+        if kind not in ("InternalIP", "ExternalIP"):
+            continue  # Hostname, InternalDNS, ExternalDNS: names, not addresses
+        if kind == "ExternalIP":
+            # Node ports and the node-address checks use these; one that is no address is
+            # left out, not the whole Node.
+            try:
+                external = ipaddress.ip_address(str(entry.get("address")).strip())
+            except ValueError:
+                continue
+            if external not in addresses:
+                addresses.append(external)
             continue
         address = r.ip(f"status.addresses[{i}].address", entry.get("address"))
+        if address not in addresses:
+            addresses.append(address)
         # The first of each family, as the kubelet orders them (primary first).
         if isinstance(address, ipaddress.IPv6Address) and internal_v6 is None:
             internal_v6 = address
@@ -158,6 +172,7 @@ def node_from_json(obj: JSON) -> Node:
         zone=labels.get(ZONE_LABEL),
         labels=labels,
         sr_behaviours=frozenset(b.strip() for b in behaviours.split(",") if b.strip()),
+        all_addresses=tuple(addresses),
     )
 
 
