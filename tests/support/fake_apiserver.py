@@ -414,8 +414,8 @@ class FakeApiServer:
         return [q for p, q in list(self.requests) if p == path and q.get("watch") == "true"]
 
     def streams(self, resource: str) -> int:
-        """How many watches of `resource` have started streaming: each one started is
-        ended by the next end_watches() (a request in `requests` may not have yet)."""
+        """How many watches of `resource` the server has accepted (to answer with a stream):
+        each one is ended by the next end_watches() (a request in `requests` may not be yet)."""
         with self._lock:
             return self._streams.get(resource, 0)
 
@@ -698,9 +698,19 @@ class FakeApiServer:
                 since = int(query.get("resourceVersion") or 0)
                 bookmarks = query.get("allowWatchBookmarks") == "true"
                 deadline = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
+                # Whether the version is still in the history and which watches this one
+                # joins, in one step: kube-apiserver registers a watcher at the version it
+                # validated, and from then on delivers every later event or ends the watch.
+                # Taken apart, a lose_events() between them (while the headers go out) made
+                # a watch that passed the check join the watches after the loss: it skipped
+                # the lost events and bookmarked past them, and its client never saw a 410.
                 with server._lock:
                     expired = since < server._compacted
                     oldest = server._compacted
+                    generation = server._watch_generation
+                    if not (expired and server.gone_as_status):
+                        streams = server._streams
+                        streams[collection.resource] = streams.get(collection.resource, 0) + 1
                 gone = status(410, "Expired", f"too old resource version: {since} ({oldest})")
                 if expired and server.gone_as_status:
                     self._json(410, gone)
@@ -709,10 +719,6 @@ class FakeApiServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                with server._lock:
-                    generation = server._watch_generation
-                    streams = server._streams
-                    streams[collection.resource] = streams.get(collection.resource, 0) + 1
                 try:
                     if expired:
                         self._chunk({"type": "ERROR", "object": gone})
