@@ -64,6 +64,15 @@ def wired(netns_factory: NetnsFactory) -> Iterator[tuple[Netns, Netns]]:
         server.close()
 
 
+def _restart_reads_back_then_clears(node: Netns, desired: NodeConfig) -> None:
+    """A restarted agent reads the table back and plans nothing; clearing removes it."""
+    with KernelBackend(node.name, configure_sysctls=False) as again:
+        assert again.dump() == desired
+        assert plan(desired, again.dump()) == []
+        again.apply(plan(NodeConfig(), again.dump()))
+        assert host_ports.TABLE not in node.exec("nft", "list", "tables").stdout
+
+
 def _connect(client: Netns, address: str, port: int) -> int:
     def attempt() -> int:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -92,12 +101,7 @@ def test_the_nodes_stack_answers_the_service_port_for_its_endpoint(
         for address in (CLUSTER6, CLUSTER4):
             assert _connect(client, address, SERVICE_PORT) == 0
         assert backend.dump() == desired
-    # A restarted agent reads them back, and plans nothing.
-    with KernelBackend(node.name, configure_sysctls=False) as again:
-        assert again.dump() == desired
-        assert plan(desired, again.dump()) == []
-        again.apply(plan(NodeConfig(), again.dump()))
-        assert host_ports.TABLE not in node.exec("nft", "list", "tables").stdout
+    _restart_reads_back_then_clears(node, desired)
     assert _connect(client, CLUSTER6, SERVICE_PORT) == errno.ECONNREFUSED
 
 
@@ -165,12 +169,7 @@ def test_the_nodes_own_connections_translate_to_endpoints_outside_the_cluster(
             assert peer_seen(server, CLUSTER6) == "2001:db8:9::1"  # the node's own address
             assert peer_seen(server, CLUSTER4) == "198.51.100.1"
             assert backend.dump() == desired
-        # A restarted agent reads the translations back (and the affinity), plans nothing.
-        with KernelBackend(node.name, configure_sysctls=False) as again:
-            assert again.dump() == desired
-            assert plan(desired, again.dump()) == []
-            again.apply(plan(NodeConfig(), again.dump()))
-            assert host_ports.TABLE not in node.exec("nft", "list", "tables").stdout
+        _restart_reads_back_then_clears(node, desired)  # the translations' affinity too
     finally:
         server.close()
 

@@ -831,44 +831,30 @@ def _apply(held: dict[Any, _T], wanted: Mapping[Any, _T | None]) -> bool:
     return changed
 
 
-class _Translations(KindHandler):
-    """In the nftables table host_ports.TABLE too, written whole by the compiler."""
+class _HostTable(KindHandler):
+    """A kind held in the nftables table host_ports.TABLE, which the compiler writes whole
+    (`Program.nft_script`): `field` names the kind's dict in `_Targets` and `Inventory`
+    and the capability it needs; `missing` says what a node without it lacks."""
+
+    def __init__(self, field: str, missing: str) -> None:
+        self.field, self.missing = field, missing
 
     def fold(
         self,
         targets: _Targets,
         kind: ObjectKind,
-        obj: Translation,
+        obj: PortMap | Translation,
         present: bool,
         codec: Codec,
         features: KernelFeatures,
     ) -> None:
-        if present and not features.capabilities.translations:
-            raise InvalidObject(f"{obj}: this node has no nftables NAT for its own connections")
-        targets.translations[obj.key] = obj if present else None
+        if present and not getattr(features.capabilities, self.field):
+            raise InvalidObject(f"{obj}: this node has no {self.missing}")
+        getattr(targets, self.field)[obj.key] = obj if present else None
 
     def dump(self, found: Found) -> Iterable[DataplaneObject]:
-        return found.inventory.translations.values()
-
-
-class _PortMaps(KindHandler):
-    """The nftables table host_ports.TABLE, written whole by the compiler."""
-
-    def fold(
-        self,
-        targets: _Targets,
-        kind: ObjectKind,
-        obj: PortMap,
-        present: bool,
-        codec: Codec,
-        features: KernelFeatures,
-    ) -> None:
-        if present and not features.capabilities.port_maps:
-            raise InvalidObject(f"{obj}: this node has no nftables for port rewrites")
-        targets.port_maps[obj.key] = obj if present else None
-
-    def dump(self, found: Found) -> Iterable[DataplaneObject]:
-        return found.inventory.port_maps.values()
+        held: dict[Any, DataplaneObject] = getattr(found.inventory, self.field)
+        return held.values()
 
 
 class _Pods(KindHandler):
@@ -911,8 +897,8 @@ HANDLERS: Mapping[ObjectKind, KindHandler] = {
     POD: _Pods(),
     POLICY: _Policies(),
     RULE: _Rules(),
-    PORT_MAP: _PortMaps(),
-    TRANSLATION: _Translations(),
+    PORT_MAP: _HostTable("port_maps", "nftables for port rewrites"),
+    TRANSLATION: _HostTable("translations", "nftables NAT for its own connections"),
     **SLOT_HANDLERS,
 }
 
