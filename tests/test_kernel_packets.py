@@ -14,6 +14,7 @@ tells our packets from the kernel's own chatter (MLD, ND).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6, IPv6ExtHdrSegmentRouting
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
+from srv6ctl.dataplane import kernel_affinity
 from srv6ctl.dataplane.kernel import KernelBackend
 from srv6ctl.dataplane.kernel_codec import InvalidObject
 from srv6ctl.dataplane.model import (
@@ -385,7 +387,9 @@ def test_resilient_group_spreads_flows_by_weight_and_keeps_them(lab: Lab) -> Non
 
 
 @pytest.mark.kernel_srv6(vm=True)
-def test_affinity_keeps_a_client_on_one_list_and_survives_a_restart(lab: Lab) -> None:
+def test_affinity_keeps_a_client_on_one_list_and_survives_a_restart(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a, b, c = "fcbb:bb00:2:0:1::a", "fcbb:bb00:3:0:1::b", "fcbb:bb00:4:0:1::c"
     node_port = "2001:db8:1::1"  # the node's own address on in0: a NodePort, UDP 80
     lists = (sl(a), sl(b, weight=2), sl(c))
@@ -430,6 +434,32 @@ def test_affinity_keeps_a_client_on_one_list_and_survives_a_restart(lab: Lab) ->
         assert again.dump() == wanted
         assert plan(wanted, again.dump()) == []
     assert placement("fd00:96::1") == {chosen}
+
+    # Incremental: a plan that steers into the policy recomputes what the table holds (and
+    # the new address keeps the client's list); one that touches nothing of the affinity
+    # leaves it be (the computation walks every route slot and rule of the node). Planned
+    # from the last config, as the agent's deltas are: a dump (a resync) forgets the
+    # table's content, and the plan after it recomputes once.
+    calls: list[int] = []
+    real = kernel_affinity.stickies
+    monkeypatch.setattr(kernel_affinity, "stickies", lambda *args: calls.append(1) or real(*args))
+    held = lab.program(**config(30))
+    steered = dataclasses.replace(
+        held, steerings=held.steerings | {Steering("fd00:96::3/128", "fcbb:bb00::1")}
+    )
+    lab.backend.apply(plan(steered, held))
+    assert calls
+    assert placement("fd00:96::3") == {chosen}
+    other = SrPolicy("fcbb:bb00::2", (sl(a),))
+    unrelated = dataclasses.replace(
+        steered,
+        policies=steered.policies | {other},
+        steerings=steered.steerings | {Steering("fd00:96::2/128", other.bsid)},
+    )
+    calls.clear()
+    lab.backend.apply(plan(unrelated, steered))
+    assert calls == []
+    assert placement("fd00:96::3") == {chosen}
 
     # Without affinity one client's flows spread again, and nothing of it is left.
     lab.program(**config(0))

@@ -320,6 +320,8 @@ class _Compiler:
                 reported = len(creates)
                 progress(reported)
 
+        # Before the slots change: a steering into an affine policy that goes counts too.
+        sticky_changes = self._touches_affinity(targets)
         for bsid, policy in targets.policies.items():
             if policy is None:
                 self._drop_policy(bsid)
@@ -329,7 +331,9 @@ class _Compiler:
         for slot, target in targets.slots.items():
             self._program_slot(slot, target)
             report()
-        nft_script = self._program_affinity(self._rules_after(targets.rules))
+        nft_script = None
+        if sticky_changes or self._steers_affine(targets.slots):
+            nft_script = self._program_affinity(self._rules_after(targets.rules))
         nft_script = _joined(
             nft_script, self._program_host_table(targets.port_maps, targets.translations)
         )
@@ -424,6 +428,30 @@ class _Compiler:
         after.slot_refs[slot] = ref
 
     # --- sessionAffinity: the marks' tables and the nft table (kernel_affinity) ---------
+
+    def _touches_affinity(self, targets: _Targets) -> bool:
+        """Whether the plan may change what sessionAffinity holds: it changes a policy with
+        affinity (or gives one affinity), a rule (a selector of a NodePort), or a steering
+        into an affine policy; or the table's content is not known. Other plans leave it
+        alone, at the cost of their own changes only (the whole computation walks every
+        route slot and rule of the node)."""
+        after = self.after
+        if after.sticky is None and (after.affine or after.mark_routes or after.nft_names):
+            return True
+        if targets.rules and after.affine:
+            return True
+        for bsid, policy in targets.policies.items():
+            if bsid in after.affine or (policy is not None and policy.affinity):
+                return True
+        return self._steers_affine(targets.slots)
+
+    def _steers_affine(self, slots: Iterable[Slot]) -> bool:
+        """Whether one of `slots` now steers into a policy with affinity."""
+        after = self.after
+        if not after.affine:
+            return False
+        groups = {after.anchors[b] for b in after.affine if b in after.anchors}
+        return any(after.slot_refs.get(slot) in groups for slot in slots)
 
     def _rules_after(self, rules: Mapping[Any, Rule | None]) -> list[Rule]:
         """The rules the node holds once the plan's are in."""
