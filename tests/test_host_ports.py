@@ -50,18 +50,20 @@ def wired(netns_factory: NetnsFactory) -> Iterator[tuple[Netns, Netns]]:
     client.ip("route", "add", f"{CLUSTER6}/128", "via", NODE6)
     client.ip("route", "add", f"{CLUSTER4}/32", "via", NODE4)
 
-    def listen() -> socket.socket:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::", API_PORT))
-        sock.listen(16)
-        return sock
-
-    server = open_in(node.name, listen)
+    server = open_in(node.name, lambda: _listen_everywhere(API_PORT))
     try:
         yield node, client
     finally:
         server.close()
+
+
+def _listen_everywhere(port: int) -> socket.socket:
+    """A TCP listener on every address, both families (as kube-apiserver listens)."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", port))
+    sock.listen(16)
+    return sock
 
 
 def _restart_reads_back_then_clears(node: Netns, desired: NodeConfig) -> None:
@@ -124,13 +126,6 @@ def test_the_nodes_own_connections_translate_to_endpoints_outside_the_cluster(
     outside.ip("addr", "add", f"{DB4}/24", "dev", "up1")
     cluster_ips = (CLUSTER6, CLUSTER4)
 
-    def listen() -> socket.socket:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::", DB_PORT))
-        sock.listen(16)
-        return sock
-
     def peer_seen(server: socket.socket, address: str) -> str:
         """Connect from the node to address:DB_PORT; the peer the server accepted."""
 
@@ -146,7 +141,7 @@ def test_the_nodes_own_connections_translate_to_endpoints_outside_the_cluster(
         accepted.close()
         return str(peer[0]).removeprefix("::ffff:")
 
-    server = open_in(outside.name, listen)
+    server = open_in(outside.name, lambda: _listen_everywhere(DB_PORT))
     try:
         with KernelBackend(node.name, configure_sysctls=False) as backend:
             assert backend.capabilities.translations and backend.capabilities.host_loop
