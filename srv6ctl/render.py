@@ -850,17 +850,22 @@ class Renderer:
         """The node's own connections (host-network clients) translate as pods do, where
         the backend can. A connection's route is looked up before any netfilter hook, so
         the ClusterIP must have one that is not the PROHIBIT or steering of the main table:
-        for locally made packets (`iif lo`) the host loop's table routes it onto the loop
-        device, and the output hook's DNAT then sends the packet to its endpoint (the kernel
-        routes it again). A port with no translation goes round the loop and meets the
-        main table's route like any other packet."""
+        for locally made packets (`iif lo`) the host loop's table routes it round the loop
+        (as the locator), and the output hook's DNAT then sends the packet to its endpoint
+        (the kernel routes it again). A port with no translation goes round the loop and
+        comes back in to meet the main table's route like anyone's packet: refused at once
+        (IPv4 goes via the loop's IPv6 gateway, RFC 5549)."""
         caps = self._inputs.capabilities
         if not (caps.translations and caps.host_loop and caps.rules):
             return ()
         for address in dict.fromkeys(t.address for t in translations):
             host = _host(address)
             out.rules.append(Rule(host, HOST_LOOP_TABLE, iif="lo"))
-            out.routes.append(Route(host, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE))
+            out.routes.append(
+                Route(
+                    host, via=HOST_LOOP_GATEWAY, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE
+                )
+            )
         return tuple(translations)
 
     def _node_port_addresses(self, service: Service, family: int) -> tuple[IPAddress, ...]:

@@ -17,6 +17,7 @@ from srv6ctl.dataplane import host_ports
 from srv6ctl.dataplane.kernel import KernelBackend
 from srv6ctl.dataplane.model import (
     HOST_LOOP_DEVICE,
+    HOST_LOOP_GATEWAY,
     NodeConfig,
     PortMap,
     Route,
@@ -156,13 +157,23 @@ def test_the_nodes_own_connections_translate_to_endpoints_outside_the_cluster(
                     for a in cluster_ips
                     for route in (
                         Route(f"{a}/{_len(a)}", kind=RouteKind.PROHIBIT),
-                        Route(f"{a}/{_len(a)}", interface=HOST_LOOP_DEVICE, table=94),
+                        Route(
+                            f"{a}/{_len(a)}",
+                            via=HOST_LOOP_GATEWAY,
+                            interface=HOST_LOOP_DEVICE,
+                            table=94,
+                        ),
                     )
                 ),
             )
             backend.apply(plan(desired, backend.dump()))
             assert peer_seen(server, CLUSTER6) == "2001:db8:9::1"  # the node's own address
             assert peer_seen(server, CLUSTER4) == "198.51.100.1"
+            # A port it does not translate goes round the loop to the main table's
+            # prohibit route: refused by ICMP (IPv6: administratively prohibited, EACCES;
+            # a device route would leave it to neighbour discovery, EHOSTUNREACH).
+            assert _connect(node, CLUSTER6, DB_PORT + 1) == errno.EACCES
+            assert _connect(node, CLUSTER4, DB_PORT + 1) == errno.EHOSTUNREACH
             assert backend.dump() == desired
         _restart_reads_back_then_clears(node, desired)  # the translations' affinity too
     finally:

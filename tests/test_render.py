@@ -879,7 +879,8 @@ def test_the_nodes_own_connections_translate_where_the_backend_can() -> None:
         Translation("TCP", V6("fd00:96::2"), 5432, ((V6(DATABASE), 5432),))
     }
     assert Rule(host, HOST_LOOP_TABLE, iif="lo") in config.rules
-    assert Route(host, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE) in config.routes
+    loop = Route(host, via=HOST_LOOP_GATEWAY, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE)
+    assert loop in config.routes
     assert Route(host, kind=RouteKind.PROHIBIT) in config.routes
     # VPP cannot: nothing of it, and host clients are refused.
     on_vpp = render(state, "node-1", inputs(IPV6_ONLY, [1], {db: 2}, capabilities=VPP))
