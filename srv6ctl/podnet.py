@@ -13,6 +13,11 @@ policies/README.md): `P -> T` in prerouting at priority -300, before conntrack, 
 does after DNAT. The rewrite does not `notrack`: an untracked packet could not be
 recognised as a reply by the policy table.
 
+A client too: every pod DNATs its own connections to Services whose endpoints are outside
+the cluster (`PodAttachment.translations`, chain `translate` at output in the same table):
+nothing there can hold the ClusterIP, so the one NAT lives with the client (README,
+"Endpoints outside the cluster").
+
 Hairpin (issue 17, "a backend is also a client"): with `S` on its loopback, the pod's own
 connections to `S` would never leave it — the `local` table, consulted first, says `S` is
 here — so a backend calling its own Service (etcd, Cassandra seeds, Kafka) would always
