@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
 from srv6ctl.dataplane.model import IPNetwork, Rule
 from srv6ctl.dataplane.vpp_api import Request
@@ -201,62 +202,57 @@ def decode_session(match: bytes, table_id: int, shape: Shape) -> Rule | None:
 # --- requests -----------------------------------------------------------------------------
 
 
-def table_add(shape: Shape, next_table: int = INVALID_INDEX) -> Request:
-    """A new table for one shape (its index comes back in the reply), chained to
-    `next_table` and marked ours."""
+def _table(index: int, shape: Shape, is_add: bool, what: str, **fields: Any) -> Request:
+    """A classify_add_del_table of one shape: what every such message gives (the table,
+    its mask) and `fields`, the rest."""
     return Request(
         "classify_add_del_table",
         {
-            "is_add": True,
+            "is_add": is_add,
             "del_chain": False,
-            "table_index": INVALID_INDEX,
-            "nbuckets": TABLE_BUCKETS,
-            "memory_size": TABLE_MEMORY,
-            "skip_n_vectors": 0,
+            "table_index": index,
             "match_n_vectors": _VECTORS[shape.version],
-            "next_table_index": next_table,
-            "miss_next_index": CHAIN_MARK,
-            "current_data_flag": USE_CURRENT_DATA,
-            "current_data_offset": 0,
             "mask_len": shape.width,
             "mask": shape.mask(),
+            **fields,
         },
+        what,
+    )
+
+
+def table_add(shape: Shape, next_table: int = INVALID_INDEX) -> Request:
+    """A new table for one shape (its index comes back in the reply), chained to
+    `next_table` and marked ours."""
+    return _table(
+        INVALID_INDEX,
+        shape,
+        True,
         f"classifier table for rules of shape {shape}",
+        nbuckets=TABLE_BUCKETS,
+        memory_size=TABLE_MEMORY,
+        skip_n_vectors=0,
+        next_table_index=next_table,
+        miss_next_index=CHAIN_MARK,
+        current_data_flag=USE_CURRENT_DATA,
+        current_data_offset=0,
     )
 
 
 def table_relink(index: int, shape: Shape, next_table: int) -> Request:
     """Point a table of ours at another next table (VPP's "update": only the link
     changes; the mask must still be given, and fit)."""
-    return Request(
-        "classify_add_del_table",
-        {
-            "is_add": True,
-            "del_chain": False,
-            "table_index": index,
-            "match_n_vectors": _VECTORS[shape.version],
-            "next_table_index": next_table,
-            "miss_next_index": CHAIN_MARK,
-            "mask_len": shape.width,
-            "mask": shape.mask(),
-        },
+    return _table(
+        index,
+        shape,
+        True,
         f"classifier table {index} ({shape}) chained to {_index(next_table)}",
+        next_table_index=next_table,
+        miss_next_index=CHAIN_MARK,
     )
 
 
 def table_del(index: int, shape: Shape) -> Request:
-    return Request(
-        "classify_add_del_table",
-        {
-            "is_add": False,
-            "del_chain": False,
-            "table_index": index,
-            "match_n_vectors": _VECTORS[shape.version],
-            "mask_len": shape.width,
-            "mask": shape.mask(),
-        },
-        f"delete classifier table {index} ({shape})",
-    )
+    return _table(index, shape, False, f"delete classifier table {index} ({shape})")
 
 
 def session(index: int, rule: Rule, is_add: bool) -> Request:
