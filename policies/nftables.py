@@ -659,6 +659,16 @@ def run_nft(
     return done.stdout
 
 
+def list_table(netns: str | None, table: str, family: str = "inet") -> str:
+    """`nft -j list table FAMILY TABLE` in `netns`; "" when there is no such table."""
+    try:
+        return run_nft(netns, ["-j", "list", "table", family, table])
+    except NftError as error:
+        if "No such file or directory" not in str(error):
+            raise
+        return ""
+
+
 def _in_netns(netns: str, fn: Any) -> Any:
     """Call `fn` in a fresh thread that entered `netns`: a namespace is a per-thread
     attribute, and the nft child process inherits its thread's."""

@@ -237,6 +237,7 @@ class Agent:
             vpp_api_socket=opts.vpp_api_socket,
             vpp_stats_socket=opts.vpp_stats_socket,
             vpp_api_dir=opts.vpp_api_dir,
+            vpp_host_interface=opts.vpp_host_interface,
         )
 
     def _source_event(self, event: SourceEvent) -> None:

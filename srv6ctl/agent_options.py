@@ -22,6 +22,8 @@ class AgentOptions:
     vpp_stats_socket: str | None = None  # --dataplane vpp: its stats socket (counters)
     # --dataplane vpp: its API definitions (*.api.json); None: vpp_api.find_api_dir's search
     vpp_api_dir: str | None = None
+    # --dataplane vpp: the kernel end of the host interconnect (vpp_host); None: none
+    vpp_host_interface: str | None = "vpphost0"
     metrics_address: str | None = "127.0.0.1:9876"  # /metrics /healthz /readyz; None: off
     health_check_address: str | None = "::"  # healthCheckNodePorts (service_health); None: off
     # NodePorts on the Node's addresses in these prefixes; None: its InternalIPs ("primary")

@@ -33,6 +33,19 @@ def _listen_address(value: str) -> str | None:
         raise argparse.ArgumentTypeError(f"{value!r} is not an IP address or 'off'") from None
 
 
+def _host_interface(value: str) -> str:
+    """An interface name for the host interconnect, or "none"."""
+    if value == "none":
+        return value
+    from srv6ctl.dataplane.vpp_host import HostInterconnect
+
+    try:
+        HostInterconnect(name=value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
 def _node_port_addresses(
     value: str,
 ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
@@ -106,6 +119,7 @@ def _agent(args: argparse.Namespace) -> int:
         vpp_api_socket=args.vpp_api_socket,
         vpp_stats_socket=args.vpp_stats_socket,
         vpp_api_dir=args.vpp_api_dir,
+        vpp_host_interface=None if args.vpp_host_interface == "none" else args.vpp_host_interface,
         metrics_address=None if args.metrics_address == "off" else args.metrics_address,
         health_check_address=args.health_check_address,
         node_port_addresses=args.nodeport_addresses,
@@ -186,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
         "$SRV6CTL_VPP_API_DIR, ../shared/vpp-api, /usr/share/vpp/api. NodePorts need "
         "classify.api.json (the VPP's own share/vpp/api has it, and abf.api.json, with "
         "which rules an older agent left in ABF are moved)",
+    )
+    agent.add_argument(
+        "--vpp-host-interface",
+        default="vpphost0",
+        type=_host_interface,
+        help="the node's own stack behind VPP (--dataplane vpp): the veth the agent makes "
+        "for it, holding the node's addresses and routing the cluster's prefixes (and, at "
+        "metric 4096, everything else) through VPP, which hands the node what is addressed "
+        "to it (default vpphost0; 'none': no interconnect, the node's stack is cut off)",
     )
     agent.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs")
     agent.add_argument(

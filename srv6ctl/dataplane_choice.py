@@ -14,7 +14,7 @@ import logging
 from ipam6.plan import AddressPlan
 from srv6ctl.dataplane.kernel import KernelBackend
 from srv6ctl.dataplane.kernel_caps import probe_kernel
-from srv6ctl.dataplane.model import Backend
+from srv6ctl.dataplane.model import Backend, IPNetwork
 
 log = logging.getLogger("srv6ctl.agent")
 
@@ -53,11 +53,14 @@ def make_backend(
     vpp_api_socket: str,
     vpp_stats_socket: str | None,
     vpp_api_dir: str | None = None,
+    vpp_host_interface: str | None = None,
 ) -> Backend:
     """The backend for `dataplane` in the node namespace `netns` (a path; None: this one)."""
     if dataplane == "vpp":
         # Only VPP nodes load the VPP modules: an agent's start-up is its import time.
+        from srv6ctl.dataplane.host_link import default_routes
         from srv6ctl.dataplane.vpp import VppBackend
+        from srv6ctl.dataplane.vpp_host import DEFAULT_ROUTE_METRIC, HostInterconnect
 
         log.info("VPP dataplane on %s", vpp_api_socket)
         return VppBackend(
@@ -69,6 +72,17 @@ def make_backend(
             pod_gateway_v6=plan.gateway_v6(node_id),
             pod_gateway_v4=plan.gateway_v4(node_id),
             vpp_netns=netns,
+            host=None
+            if vpp_host_interface is None
+            else HostInterconnect(
+                vpp_host_interface, default_routes(_cluster_prefixes(plan), DEFAULT_ROUTE_METRIC)
+            ),
         )
     _require_known(dataplane)
     return KernelBackend(netns or "/proc/self/ns/net")
+
+
+def _cluster_prefixes(plan: AddressPlan) -> list[IPNetwork]:
+    """What the node's own stack always sends through VPP: the pods and the Services."""
+    found = (plan.pod_cidr_v6, plan.pod_cidr_v4, plan.service_cidr_v6, plan.service_cidr_v4)
+    return [prefix for prefix in found if prefix is not None]

@@ -856,7 +856,13 @@ class Renderer:
         comes back in to meet the main table's route like anyone's packet: refused at once
         (IPv4 goes via the loop's IPv6 gateway, RFC 5549)."""
         caps = self._inputs.capabilities
-        if not (caps.translations and caps.host_loop and caps.rules):
+        if not caps.translations:
+            return ()
+        if not caps.host_loop:
+            # No host loop and no refusing route (a VPP node: its kernel routes every
+            # ClusterIP through the host interconnect, dataplane/vpp_host.py).
+            return tuple(translations)
+        if not caps.rules:
             return ()
         for address in dict.fromkeys(t.address for t in translations):
             host = _host(address)

@@ -80,6 +80,15 @@ def test_a_bad_nodeport_addresses_stops_the_agent_with_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_bad_vpp_host_interface_stops_the_agent_with_one_line() -> None:
+    result = run(
+        "agent", "--node-name", "n", "--config", str(SAMPLE), "--vpp-host-interface", "x" * 15
+    )
+    assert result.returncode == 2
+    assert "--vpp-host-interface: host interface 'xxxxxxxxxxxxxxx': 1 to 14" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_bad_health_check_address_stops_the_agent_with_one_line() -> None:
     result = run(
         "agent", "--node-name", "n", "--config", str(SAMPLE), "--health-check-address", "nodes"

@@ -88,6 +88,8 @@ V6 = ipaddress.IPv6Address
 V4 = ipaddress.IPv4Address
 # The kernel backend as the agent has it: with the host loop, which the backend makes.
 KERNEL_HOST = dataclasses.replace(KERNEL_WITH_VRF, host_loop=True, translations=True)
+# VPP with the host interconnect (dataplane/vpp_host.py): the node's kernel translates.
+VPP_HOST = dataclasses.replace(VPP, translations=True)
 
 
 def policy(bsid: str, *sids: str, mode: EncapMode = EncapMode.ENCAP) -> SrPolicy:
@@ -882,10 +884,16 @@ def test_the_nodes_own_connections_translate_where_the_backend_can() -> None:
     loop = Route(host, via=HOST_LOOP_GATEWAY, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE)
     assert loop in config.routes
     assert Route(host, kind=RouteKind.PROHIBIT) in config.routes
-    # VPP cannot: nothing of it, and host clients are refused.
+    # VPP without a host interconnect cannot: nothing of it, and host clients are refused.
     on_vpp = render(state, "node-1", inputs(IPV6_ONLY, [1], {db: 2}, capabilities=VPP))
     assert not on_vpp.translations
     assert not [r for r in on_vpp.rules if r.destination == host]
+    # With one, the node's kernel translates: its route to the ClusterIP is the
+    # interconnect's already, so no host loop rule or route.
+    on_vpp = render(state, "node-1", inputs(IPV6_ONLY, [1], {db: 2}, capabilities=VPP_HOST))
+    assert on_vpp.translations == config.translations
+    assert not [r for r in on_vpp.rules if r.destination == host]
+    assert not [r for r in on_vpp.routes if r.table == HOST_LOOP_TABLE]
 
 
 def test_a_service_with_pods_and_outside_endpoints_translates_over_all_of_them() -> None:
@@ -1499,7 +1507,7 @@ class IncrementalRender(RuleBasedStateMachine):
         self._set_inputs()
 
     @precondition(lambda self: self.capability_changes < 2)  # each one re-renders it all
-    @rule(capabilities=st.sampled_from([KERNEL, KERNEL_WITH_VRF, KERNEL_HOST, VPP]))
+    @rule(capabilities=st.sampled_from([KERNEL, KERNEL_WITH_VRF, KERNEL_HOST, VPP, VPP_HOST]))
     def capabilities_change(self, capabilities: Capabilities) -> None:
         self.capability_changes += 1
         self.inputs = self._inputs(capabilities)

@@ -52,6 +52,7 @@ from tests.support.vpp import (
     MARK,
     NODE,
     PEER,
+    POD4,
     POD6,
     SOURCE,
     A,
@@ -556,6 +557,13 @@ def test_a_pod_port_is_attached_by_af_packet_and_ensured_without_writes(
         if d.route.prefix.network_address == POD6
     ]
     assert leftover == []
+    # Nor its static neighbours: VPP keeps them past the interface ("DELETED"), and the
+    # next neighbour of the same address on another port then crashed VPP.
+    shown = backend.cli("show ip neighbors")
+    assert str(POD6) not in shown and str(POD4) not in shown
+    backend.apply([Change(Op.ADD, new=pod.attachment)])  # the same pod, a new port
+    backend.apply([Change(Op.DELETE, old=pod.attachment)])
+    assert "DELETED" not in backend.cli("show ip neighbors")
 
 
 # --- real packets -----------------------------------------------------------------------

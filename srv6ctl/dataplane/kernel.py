@@ -61,7 +61,7 @@ from pyroute2.netlink import (
 from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from policies.nftables import NftError, run_nft
+from policies.nftables import list_table, run_nft
 from srv6ctl.dataplane import host_ports
 from srv6ctl.dataplane import kernel_affinity as affinity
 from srv6ctl.dataplane import netlink_seg6 as nl
@@ -642,14 +642,7 @@ class KernelBackend:
     def _nft_table(self, table: str, able: bool) -> str:
         """`nft -j list table inet TABLE` in the namespace; "" when there is none (or
         this node cannot hold it)."""
-        if not able:
-            return ""
-        try:
-            return run_nft(self.netns, ["-j", "list", "table", "inet", table])
-        except NftError as error:
-            if "No such file or directory" not in str(error):
-                raise
-            return ""
+        return list_table(self.netns, table) if able else ""
 
     def _dump_routes(self, family: int) -> list[RouteMessage]:
         msgs = self._route.dump(nl.RTM_GETROUTE, self._codec.route_dump(family), parse_route)

@@ -137,6 +137,12 @@ from srv6ctl.dataplane.vpp_fib_codec import (
     flow_hash_5_tuple,
     vpp_table,
 )
+from srv6ctl.dataplane.vpp_host import (
+    HOST_MESSAGES,
+    HostInterconnect,
+    HostPort,
+    HostTranslations,
+)
 from srv6ctl.dataplane.vpp_interface_codec import pod_of_tag
 from srv6ctl.dataplane.vpp_interfaces import Interfaces
 from srv6ctl.dataplane.vpp_packers import FAST_PACKERS
@@ -209,6 +215,9 @@ RULE_NOTES = {
 # policies, README "VPP backend", and it is kept as the benchmark's reference).
 RuleEngine = Literal["classify", "abf"]
 NO_RULES = "no rules (NodePorts, loadBalancerSourceRanges): "
+NO_HOST_TRANSLATIONS = (
+    "host-network clients cannot reach Services whose endpoints are outside the cluster: "
+)
 
 
 class ApplyError(RuntimeError):
@@ -231,10 +240,11 @@ def _no_port_maps(change: Change) -> None:
 
 
 def _no_translations(change: Change) -> None:
-    """Refused (Capabilities.translations is False, so render makes none for VPP)."""
+    """Refused without the host interconnect (Capabilities.translations is False then, so
+    render makes none)."""
     raise InvalidObject(
-        f"{change.obj}: VPP does not translate the node's own connections (host-network "
-        "clients of Services whose endpoints are outside the cluster)"
+        f"{change.obj}: this VPP node does not translate its own connections (no host "
+        "interconnect, or its kernel has no nftables NAT)"
     )
 
 
@@ -259,6 +269,7 @@ class VppBackend:
         connect_timeout: float = 30.0,
         client_name: str = "srv6ctl",
         rule_engine: RuleEngine = "classify",
+        host: HostInterconnect | None = None,
     ) -> None:
         kind = port_kind(pod_interface)
         self.rule_engine = rule_engine
@@ -274,6 +285,8 @@ class VppBackend:
         messages = [*CORE_MESSAGES, *EXTRA_MESSAGES]
         messages += AF_PACKET_MESSAGES if kind == "af_packet" else TAP_MESSAGES
         messages += GATEWAY_MESSAGES
+        if host is not None:
+            messages += HOST_MESSAGES
         self.channel = VppChannel(
             api_socket,
             api_dir=api_dir,
@@ -314,6 +327,20 @@ class VppBackend:
             gateway_v4=gateway_v4,
             vpp_netns=vpp_netns,
         )
+        # The node's own stack behind VPP (`vpp_host`), set up on every connection.
+        self._host = (
+            None
+            if host is None
+            else HostPort(
+                self.channel,
+                self._interfaces,
+                self._run,
+                self._pods.gateway_loopback,
+                host,
+                vpp_netns,
+            )
+        )
+        self._host_translations = None if host is None else HostTranslations(vpp_netns)
         abf = Rules(self.channel, self._interfaces, self._tables, self._run)
         self._rules: Rules | ClassifyRules = abf
         self._abf_left: Rules | None = None  # an older agent's ABF rules, moved on connecting
@@ -340,6 +367,20 @@ class VppBackend:
         # Probed on the first connection: whether VPP (and our definitions) can hold rules.
         missing = self._rules.missing()
         rules = missing is None
+        notes: tuple[str, ...] = CAPABILITY_NOTES + (
+            RULE_NOTES[rule_engine] if rules else (f"{NO_RULES}{missing}",)
+        )
+        unable = (
+            "no host interconnect"
+            if self._host_translations is None
+            else self._host_translations.able()
+        )
+        if unable is None:
+            assert self._host_translations is not None
+            self._synchronous[TRANSLATION] = self._host_translations.apply
+        else:
+            self._host_translations = None
+            notes += (f"{NO_HOST_TRANSLATIONS}{unable}",)
         self.capabilities = Capabilities(
             behaviours=BEHAVIOURS,
             flavours=frozenset({Flavour.PSP}),
@@ -348,8 +389,8 @@ class VppBackend:
             sid_counters=True,
             rules=rules,
             affinity=True,
-            notes=CAPABILITY_NOTES
-            + (RULE_NOTES[rule_engine] if rules else (f"{NO_RULES}{missing}",)),
+            translations=unable is None,
+            notes=notes,
         )
 
     # --- settings (the pod ones are kept by the pod ports) ----------------------------
@@ -532,6 +573,8 @@ class VppBackend:
         if previous_boot is not None and self._boot_time != previous_boot:
             log.warning("VPP restarted (boot time %s → %s)", previous_boot, self._boot_time)
         self._hash_without_flow_label()
+        if self._host is not None:
+            self._host.ensure()
         self._migrate_abf_rules()
         if self._known:
             self._replay()
@@ -644,6 +687,9 @@ class VppBackend:
                 self._rules.held(api_routes)
                 if isinstance(self._rules, ClassifyRules)
                 else self._rules.held()
+            ),
+            translations=frozenset(
+                () if self._host_translations is None else self._host_translations.held()
             ),
         )
         pods = [obj for obj in self._known.values() if is_pod(obj)]

@@ -32,7 +32,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from srv6ctl.dataplane import vpp_interface_codec as codec
-from srv6ctl.dataplane.model import MEMIF, Change, IPv4Address, IPv6Address, PodAttachment
+from srv6ctl.dataplane.model import (
+    MEMIF,
+    Change,
+    IPAddress,
+    IPv4Address,
+    IPv6Address,
+    PodAttachment,
+)
 from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
 from srv6ctl.dataplane.vpp_api import MEMIF_MESSAGES, Request, VppApiError, VppChannel, VppError
 from srv6ctl.dataplane.vpp_codec_base import ADDRESS_IP4, ADDRESS_IP6, InvalidObject
@@ -159,7 +166,7 @@ class PodPorts:
         if link_local != self.link_local:
             steps.append(codec.interface_ip6_enable(index))
             steps.append(codec.interface_link_local(index, self.link_local))
-        gateway = self._gateway_loopback()
+        gateway = self.gateway_loopback()
         if gateway is not None:
             borrowed = self.channel.dump("ip_unnumbered_dump", sw_if_index=index)
             if not any(int(d.ip_sw_if_index) == gateway for d in borrowed):
@@ -184,11 +191,7 @@ class PodPorts:
         mac = self._mac(pod)
         if mac is None:
             return []
-        held = set()
-        for af in (ADDRESS_IP6, ADDRESS_IP4):
-            for details in self.channel.dump("ip_neighbor_dump", sw_if_index=index, af=af):
-                neighbour = details.neighbor
-                held.add((ipaddress.ip_address(neighbour.ip_address), str(neighbour.mac_address)))
+        held = neighbours(self.channel, index)
         steps = [
             codec.pod_neighbour(index, address, held_mac, delete=True)
             for address, held_mac in sorted(held, key=lambda h: (h[0].version, int(h[0])))
@@ -298,7 +301,7 @@ class PodPorts:
             and (path_nexthop(paths[0]) == address)
         )
 
-    def _gateway_loopback(self) -> int | None:
+    def gateway_loopback(self) -> int | None:
         """The loopback holding the pods' gateway addresses (made when missing), or None
         without gateways. Pod ports are unnumbered to it: VPP sources its neighbour
         solicitations and ICMPv6 errors towards a pod from an address of the egress
@@ -346,7 +349,14 @@ class PodPorts:
         if port is None:
             return
         index = port.sw_if_index
-        steps: list[Request] = []
+        # Its static neighbours first: VPP 25.10 keeps them (and their adjacency routes,
+        # through the deleted interface) after the interface goes, and the next neighbour
+        # of the same address on another port resolves that stale path and crashes VPP
+        # (fib_table_get_table_id_for_sw_if_index on a deleted interface).
+        steps: list[Request] = [
+            codec.pod_neighbour(index, address, mac, delete=True)
+            for address, mac in sorted(neighbours(self.channel, index), key=_neighbour_order)
+        ]
         for table_id, ipv6 in sorted(self.tables.ours()):
             table = {"table_id": table_id, "is_ip6": ipv6, "name": ""}
             for details in self.channel.dump("ip_route_v2_dump", src=FIB_SOURCE_API, table=table):
@@ -368,6 +378,22 @@ class PodPorts:
         self.interfaces.forget()
         while self._memif_sockets:
             _remove_memif_socket(self._memif_sockets.pop())
+
+
+def neighbours(channel: VppChannel, sw_if_index: int) -> set[tuple[IPAddress, str]]:
+    """The static neighbours VPP holds on an interface: (address, MAC)."""
+    held = set()
+    for af in (ADDRESS_IP6, ADDRESS_IP4):
+        for details in channel.dump("ip_neighbor_dump", sw_if_index=sw_if_index, af=af):
+            neighbour = details.neighbor
+            if int(neighbour.flags) & codec.IP_NEIGHBOR_FLAG_STATIC:
+                address = ipaddress.ip_address(str(neighbour.ip_address))
+                held.add((address, str(neighbour.mac_address).lower()))
+    return held
+
+
+def _neighbour_order(item: tuple[IPAddress, str]) -> tuple[int, int]:
+    return (item[0].version, int(item[0]))
 
 
 def is_pod_host_route(route: Any, pod_ports: set[int]) -> bool:
@@ -413,5 +439,6 @@ __all__ = [
     "PodPorts",
     "PortKind",
     "is_pod_host_route",
+    "neighbours",
     "port_kind",
 ]

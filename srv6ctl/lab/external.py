@@ -8,9 +8,9 @@ nodes whose `healthCheckNodePort` answers 200 — asked over HTTP from the probe
 balancer's health checker asks. New connections spread over the entry nodes as they would
 behind a router (`SPREAD_CONNECTIONS`).
 
-VPP mode: the node's kernel namespace has no underlay address (VPP owns the uplink), so the
-health check port, which the agent serves in that namespace, cannot be reached from the
-probe; there the router takes the nodes with a local backend from the lab's own record.
+VPP mode: VPP owns the node's uplink, and hands the node's kernel namespace (where the agent
+serves the health check port) what it has no use for through the host interconnect
+(srv6ctl/dataplane/vpp_host.py): the probe asks the same port the same way.
 
 The same router routes the pod CIDRs to the nodes (ECMP over all of them: each node sends
 a packet for another node's pod on through SRv6), as BGP would announce them (issue 20): a
@@ -83,9 +83,6 @@ def entry_nodes(state: LabState, service: ServiceRecord) -> list[NodeRecord]:
     """The nodes the router sends the service's external traffic to."""
     if service.external_traffic_policy != "Local":
         return list(state.nodes)
-    if state.options.dataplane == "vpp":
-        local = {p.node for p in state.backends(service.name)}
-        return [n for n in state.nodes if n.name in local]
     port = service.health_check_node_port
     return [
         n

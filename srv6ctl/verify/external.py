@@ -215,15 +215,7 @@ class ExternalChecks:
     def local_policy(self, service: ServiceInfo) -> None:
         backends = {b.split("/", 1)[-1] for b in service.backends}
         on_node = Counter(p.node for p in self.topo.pods if p.short in backends)
-        if self.state.options.dataplane == "vpp":
-            self.report.skip(
-                GROUP,
-                f"{service.name} healthCheckNodePort",
-                "VPP owns the uplink: the node's own namespace, where the agent serves the "
-                "port, has no underlay address (lab/external.py)",
-            )
-        else:
-            self._health_ports(service, on_node)
+        self._health_ports(service, on_node)
         vips = service.external.get(6, [])
         if not vips:
             return
