@@ -756,6 +756,7 @@ class Renderer:
         if not service.proxied:
             return EMPTY  # another proxy's, or not a proxied kind: kube-proxy skips it too
         translations: list[Translation] = []
+        own_ports: list[Translation] = []  # this node's NodePorts, for its own stack
         bsids = self._inputs.service_bsids.get(service.uid)
         slices = self._state.slices_of_service(*key)
         out = _ServiceParts(slices=slices)
@@ -821,6 +822,7 @@ class Renderer:
                 out.rules.extend(
                     Rule(host, table, source=source) for host in fenced for source in ranges
                 )
+            own_ports += self._own_node_ports(service, cluster_ip, node_addresses)
             if node_addresses and table is not None:
                 # Without BSIDs yet, no rule: the node's own stack refuses the port.
                 serve_external(node_addresses, table=table)
@@ -830,11 +832,11 @@ class Renderer:
                     for port in service.ports
                     if port.node_port
                 )
-        node_translations: tuple[Translation, ...] = ()
+        node_translations: tuple[Translation, ...] = tuple(own_ports)
         if translations:
             self._translations[key] = tuple(translations)
             self._translations_changed = True
-            node_translations = self._translate_here(translations, out)
+            node_translations += self._translate_here(translations, out)
         return Fragment(
             policies=tuple(out.policies.values()),
             steerings=tuple(out.steerings),
@@ -843,6 +845,26 @@ class Renderer:
             port_maps=tuple(dict.fromkeys(out.port_maps)),
             translations=node_translations,
         )
+
+    def _own_node_ports(
+        self, service: Service, cluster_ip: IPAddress, addresses: Iterable[IPAddress]
+    ) -> list[Translation]:
+        """The node's own connections to its own NodePorts, where its kernel sits behind
+        the dataplane (a VPP node's host interconnect, dataplane/vpp_host.py): the kernel
+        delivers a packet to its own address locally, before any route could take it to
+        VPP's rules, so it translates the node port to the ClusterIP's port itself, and the
+        ClusterIP's route takes the connection into VPP's steering (the endpoint sees the
+        node's address, as from a kernel node). A kernel node serves them by its rules
+        and host loop instead."""
+        caps = self._inputs.capabilities
+        if not caps.translations or caps.host_loop:
+            return []
+        return [
+            Translation(port.protocol, address, port.node_port, ((cluster_ip, port.port),))
+            for address in addresses
+            for port in service.ports
+            if port.node_port
+        ]
 
     def _translate_here(
         self, translations: list[Translation], out: _ServiceParts

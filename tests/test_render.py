@@ -550,6 +550,22 @@ def test_node_ports_are_steered_by_port_from_this_nodes_own_addresses_only() -> 
     }
 
 
+def test_a_vpp_nodes_own_stack_translates_its_own_node_ports_to_the_cluster_ip() -> None:
+    """Behind VPP the node's kernel delivers a packet to its own address locally, out of
+    reach of VPP's rules: it DNATs its own connections to its node ports to the ClusterIP
+    (which VPP steers). Only this node's addresses; a kernel node has its host loop."""
+    state, web, _ = node_port_cluster()
+    config = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP_HOST))
+    assert config.translations == {
+        Translation("TCP", V6("2001:db8::1"), NODE_PORT, ((V6("fd00:96::1"), 80),)),
+        Translation("TCP", V4("192.0.2.1"), NODE_PORT, ((V4("10.96.0.1"), 80),)),
+    }
+    on_kernel = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, KERNEL_HOST))
+    assert not on_kernel.translations
+    on_vpp = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP))
+    assert not on_vpp.translations
+
+
 def test_node_ports_on_the_addresses_nodeport_addresses_selects() -> None:
     """kube-proxy's --nodeport-addresses: 'primary' (the default) is the InternalIP of each
     family; prefixes select among every address the Node lists, its ExternalIPs too."""

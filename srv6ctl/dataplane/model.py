@@ -377,7 +377,9 @@ class Translation:
     hold the ClusterIP, so no SRv6 policy can deliver the packet unchanged, and the one
     NAT the Service needs lives with the client that opened the connection (podnet), not
     on any node. As a node-level object (`NodeConfig.translations`) it is the same for the
-    node's own stack, whose connections are its host-network clients' (kernel backend).
+    node's own stack, whose connections are its host-network clients'; where that stack
+    sits behind VPP (its host interconnect) also for its own NodePorts, translated to the
+    ClusterIP (`address` a node address, one target: render `_own_node_ports`).
     """
 
     protocol: str  # one of PROTOCOLS

@@ -33,7 +33,7 @@ from collections import Counter
 from typing import Any
 
 from srv6ctl.dataplane.model import IPAddress
-from srv6ctl.lab.external import health_check, route_external
+from srv6ctl.lab.external import health_check, node_address, route_external
 from srv6ctl.lab.netns import ip
 from srv6ctl.lab.objects import HTTP_PORT, SERVICE_HTTP_PORT
 from srv6ctl.lab.shape import (
@@ -75,6 +75,8 @@ class ExternalChecks:
         for service in self.topo.services:
             if service.node_ports:
                 self.node_ports(service)
+            if service.node_ports and service.external_traffic_policy != "Local":
+                self.host_clients(service)
             if service.source_ranges:
                 self.source_ranges(service)
 
@@ -177,6 +179,45 @@ class ExternalChecks:
             detail = f"backends saw {self.address[family]} (the client's own address); "
             detail += "; ".join(shown)
             self.report.add(GROUP, name, not problems, "; ".join(problems[:3]) or detail)
+
+    def host_clients(self, service: ServiceInfo) -> None:
+        """Host-network clients reach every type (issue 17), not only the ClusterIP: from
+        each node's own namespace, the service's load balancer IP and its TCP node port on
+        the node's own address and on the next node's; the backend saw the node's own
+        address (no SNAT). A node's own node port: its host loop (kernel), or its kernel's
+        DNAT to the ClusterIP behind the host interconnect (VPP, render `_own_node_ports`)."""
+        tcp_port = service.node_ports.get(("TCP", SERVICE_HTTP_PORT))
+        nodes = self.state.nodes
+        unable = [f"{n.name}: {n.agent.no_rules}" for n in self.topo.nodes if n.agent.no_rules]
+        for family in [f for f in (6, 4) if service.cluster_ip(f) is not None]:
+            label = (
+                f"host-network clients reach {service.name}'s load balancer IP and NodePort "
+                f"{tcp_port}/TCP on their own node and the next (IPv{family})"
+            )
+            if unable or tcp_port is None or len(nodes) < 2:
+                self.report.skip(GROUP, label, unable[0] if unable else "no node port")
+                continue
+            problems: list[str] = []
+            reached: Counter[str] = Counter()
+            for index, node in enumerate(nodes):
+                own = node_address(node, family)
+                other = node_address(nodes[(index + 1) % len(nodes)], family)
+                if own is None or other is None:
+                    continue
+                targets = [(own, tcp_port, "its own NodePort"), (other, tcp_port, "the next's")]
+                targets += [
+                    (str(v), SERVICE_HTTP_PORT, "the VIP")
+                    for v in service.external.get(family, [])[:1]
+                ]
+                for address, port, what in targets:
+                    results = tcp_flows(node.netns, address, port, 4)
+                    problems += [f"{node.name} → {what}: {f.error}" for f in failures(results)]
+                    for answer in answers(results):
+                        reached[answer.pod] += 1
+                        if answer.peer != own:
+                            problems.append(f"{node.name} → {what}: {answer.pod} saw {answer.peer}")
+            detail = f"backends saw each node's own address; reached {_spread(reached)}"
+            self.report.add(GROUP, label, not problems, "; ".join(problems[:3]) or detail)
 
     def _node_port(
         self,
