@@ -833,9 +833,13 @@ class Renderer:
                     if port.node_port
                 )
         node_translations: tuple[Translation, ...] = tuple(own_ports)
-        if translations:
-            self._translations[key] = tuple(translations)
+        if translations or own_ports:
+            # The node's pods translate its own NodePorts too: VPP's rules sit on the
+            # uplinks, so a pod's packet to this node's address would reach the node's
+            # kernel instead (`_own_node_ports`).
+            self._translations[key] = (*translations, *own_ports)
             self._translations_changed = True
+        if translations:
             node_translations += self._translate_here(translations, out)
         return Fragment(
             policies=tuple(out.policies.values()),
@@ -849,13 +853,15 @@ class Renderer:
     def _own_node_ports(
         self, service: Service, cluster_ip: IPAddress, addresses: Iterable[IPAddress]
     ) -> list[Translation]:
-        """The node's own connections to its own NodePorts, where its kernel sits behind
-        the dataplane (a VPP node's host interconnect, dataplane/vpp_host.py): the kernel
-        delivers a packet to its own address locally, before any route could take it to
-        VPP's rules, so it translates the node port to the ClusterIP's port itself, and the
-        ClusterIP's route takes the connection into VPP's steering (the endpoint sees the
-        node's address, as from a kernel node). A kernel node serves them by its rules
-        and host loop instead."""
+        """Connections to this node's own NodePorts that the dataplane's rules never see,
+        where the node's kernel sits behind it (a VPP node's host interconnect,
+        dataplane/vpp_host.py): the node's own (its kernel delivers its own address
+        locally, before any route could take it to VPP) and its pods' (VPP's rules sit on
+        the uplinks; what a pod sends to the node's address VPP hands to the node's
+        kernel). The client translates the node port to the ClusterIP's port itself, and
+        the ClusterIP's steering takes the connection on (the endpoint sees the client's
+        address, as anywhere else). A kernel node serves both by its rules (and its host
+        loop for its own connections) instead."""
         caps = self._inputs.capabilities
         if not caps.translations or caps.host_loop:
             return []

@@ -554,7 +554,7 @@ def test_a_vpp_nodes_own_stack_translates_its_own_node_ports_to_the_cluster_ip()
     """Behind VPP the node's kernel delivers a packet to its own address locally, out of
     reach of VPP's rules: it DNATs its own connections to its node ports to the ClusterIP
     (which VPP steers). Only this node's addresses; a kernel node has its host loop."""
-    state, web, _ = node_port_cluster()
+    state, web, pods = node_port_cluster()
     config = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP_HOST))
     assert config.translations == {
         Translation("TCP", V6("2001:db8::1"), NODE_PORT, ((V6("fd00:96::1"), 80),)),
@@ -564,6 +564,16 @@ def test_a_vpp_nodes_own_stack_translates_its_own_node_ports_to_the_cluster_ip()
     assert not on_kernel.translations
     on_vpp = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP))
     assert not on_vpp.translations
+    # Its pods too (VPP's rules sit on the uplinks): node-2's pod translates node-2's.
+    with_pods = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP_HOST, interfaces=pods)
+    (attachment,) = render(state, "node-2", with_pods).pods
+    assert attachment.translations == {
+        Translation("TCP", V6("2001:db8::2"), NODE_PORT, ((V6("fd00:96::1"), 80),)),
+        Translation("TCP", V4("192.0.2.2"), NODE_PORT, ((V4("10.96.0.1"), 80),)),
+    }
+    with_pods = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, KERNEL_HOST, interfaces=pods)
+    (attachment,) = render(state, "node-2", with_pods).pods
+    assert not attachment.translations
 
 
 def test_node_ports_on_the_addresses_nodeport_addresses_selects() -> None:
