@@ -335,7 +335,8 @@ class VppBackend:
                 self.channel,
                 self._interfaces,
                 self._run,
-                self._pods.gateway_loopback,
+                self._pods.gateway_steps,
+                link_local,
                 host,
                 vpp_netns,
             )

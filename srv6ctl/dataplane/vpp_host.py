@@ -47,11 +47,11 @@ from srv6ctl.dataplane import host_link, host_ports
 from srv6ctl.dataplane import vpp_interface_codec as codec
 from srv6ctl.dataplane.host_link import HostLink, HostRoute
 from srv6ctl.dataplane.model import Change, IPAddress, IPv4Address, IPv6Address, Translation
-from srv6ctl.dataplane.vpp_api import Request, VppChannel, VppError
+from srv6ctl.dataplane.vpp_api import Request, VppChannel
 from srv6ctl.dataplane.vpp_codec_base import ADDRESS_IP4, ADDRESS_IP6, INVALID_INDEX
 from srv6ctl.dataplane.vpp_fib_codec import FIB_PATH_TYPE_NORMAL, fib_path, path_nexthop
 from srv6ctl.dataplane.vpp_interfaces import Interfaces
-from srv6ctl.dataplane.vpp_pods import POD_LINK_LOCAL, neighbours
+from srv6ctl.dataplane.vpp_pods import neighbours
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +91,25 @@ class HostInterconnect:
 class HostPort:
     """The interconnect of one VPP, over the backend's channel and interface list.
 
-    `gateway` returns the pods' gateway loopback (made when missing; None without
-    gateways); `run` pipelines requests and raises on refusals."""
+    `gateway_steps(index, up)` says what a port of ours lacks of being the pods' gateway
+    (`PodPorts.gateway_steps`: link-local, unnumbered, up); `run` pipelines requests and
+    raises on refusals."""
 
     def __init__(
         self,
         channel: VppChannel,
         interfaces: Interfaces,
         run: Callable[[Sequence[Request]], None],
-        gateway: Callable[[], int | None],
+        gateway_steps: Callable[[int, bool], list[Request]],
+        link_local: IPv6Address,
         settings: HostInterconnect,
         netns: str | None,
     ) -> None:
         self.channel = channel
         self.interfaces = interfaces
         self._run = run
-        self._gateway = gateway
+        self._gateway_steps = gateway_steps
+        self.link_local = link_local  # VPP's on its end (the pods' gateway's)
         self.settings = settings
         self.netns = netns
         self.mac = codec.tap_host_mac(settings.name)
@@ -118,7 +121,7 @@ class HostPort:
             name=self.settings.name,
             peer=self.settings.peer,
             mac=self.mac,
-            gateway=POD_LINK_LOCAL,
+            gateway=self.link_local,
             gateway_mac=codec.port_mac(self.settings.peer),
             addresses=addresses,
             routes=self.settings.routes,
@@ -193,22 +196,7 @@ class HostPort:
             index = int(reply.sw_if_index)
             self._run([codec.interface_tag(index, HOST_TAG)])
         iface = self.interfaces.load(refresh=True)[index]
-        steps: list[Request] = []
-        try:
-            reply = self.channel.call("sw_interface_ip6_get_link_local_address", sw_if_index=index)
-            link_local: IPv6Address | None = IPv6Address(reply.ip)
-        except VppError:
-            link_local = None  # IPv6 not enabled on it yet
-        if link_local != POD_LINK_LOCAL:
-            steps.append(codec.interface_ip6_enable(index))
-            steps.append(codec.interface_link_local(index, POD_LINK_LOCAL))
-        gateway = self._gateway()
-        if gateway is not None:
-            borrowed = self.channel.dump("ip_unnumbered_dump", sw_if_index=index)
-            if not any(int(d.ip_sw_if_index) == gateway for d in borrowed):
-                steps.append(codec.interface_unnumbered(index, gateway))
-        if not iface.up:
-            steps.append(codec.interface_up(index))
+        steps = self._gateway_steps(index, iface.up)
         held = neighbours(self.channel, index)
         for version in sorted(families, reverse=True):
             hop = next_hop(version)

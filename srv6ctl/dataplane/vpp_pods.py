@@ -158,6 +158,22 @@ class PodPorts:
                 reply = self.channel.call("sw_interface_get_table", sw_if_index=index, is_ipv6=ipv6)
                 if int(reply.vrf_id) != self.table_id:
                     steps.append(codec.interface_table(index, self.table_id, ipv6))
+        steps += self.gateway_steps(index, port.up)
+        if not memif:  # IP mode: no L2, no neighbours
+            steps += self._neighbours(pod, index, stale)
+        for address in sorted(stale, key=lambda a: (a.version, int(a))):
+            steps.append(codec.pod_route(address, index, self.table_id, pod.interface, delete=True))
+        for address in sorted((a.ip for a in pod.addresses), key=lambda a: (a.version, int(a))):
+            if not self._has_pod_route(address, index):
+                steps.append(codec.pod_route(address, index, self.table_id, pod.interface))
+        self._run(steps)
+        self.interfaces.forget()
+
+    def gateway_steps(self, index: int, up: bool) -> list[Request]:
+        """What a port of ours (a pod's, the host interconnect's) lacks of being the
+        pods' gateway: IPv6 on with `link_local`, unnumbered to the gateway loopback (made
+        when missing), up."""
+        steps: list[Request] = []
         try:
             reply = self.channel.call("sw_interface_ip6_get_link_local_address", sw_if_index=index)
             link_local: IPv6Address | None = IPv6Address(reply.ip)
@@ -171,17 +187,9 @@ class PodPorts:
             borrowed = self.channel.dump("ip_unnumbered_dump", sw_if_index=index)
             if not any(int(d.ip_sw_if_index) == gateway for d in borrowed):
                 steps.append(codec.interface_unnumbered(index, gateway))
-        if not port.up:
+        if not up:
             steps.append(codec.interface_up(index))
-        if not memif:  # IP mode: no L2, no neighbours
-            steps += self._neighbours(pod, index, stale)
-        for address in sorted(stale, key=lambda a: (a.version, int(a))):
-            steps.append(codec.pod_route(address, index, self.table_id, pod.interface, delete=True))
-        for address in sorted((a.ip for a in pod.addresses), key=lambda a: (a.version, int(a))):
-            if not self._has_pod_route(address, index):
-                steps.append(codec.pod_route(address, index, self.table_id, pod.interface))
-        self._run(steps)
-        self.interfaces.forget()
+        return steps
 
     def _neighbours(self, pod: PodAttachment, index: int, stale: Iterable[Any]) -> list[Request]:
         """Static neighbours for the pod's addresses. End.DX6/DX4 hand a packet straight to
