@@ -247,3 +247,20 @@ def test_the_node_stack_translates_services_outside_the_cluster(host: Host) -> N
     assert seen == str(SOURCE)
     host.backend.apply([Change(Op.DELETE, old=translation)])
     assert not host.backend.dump().translations
+
+
+def test_the_kernel_side_follows_the_node_addresses_at_each_dump(host: Host) -> None:
+    """An address VPP's uplink gains after the agent connected (an operator's, a
+    renumbered node) reaches the kernel side at the next full read, and goes with it."""
+    extra = "2001:db8:1::99"
+    host.backend.cli(f"set interface ip address {host.lab.uplink} {extra}/64")
+    host.backend.dump()
+    shown = run("ip", "-n", host.netns, "addr", "show", "dev", SETTINGS.name).stdout
+    assert f"{extra}/128" in shown
+    host.backend.cli(f"set interface ip address del {host.lab.uplink} {extra}/64")
+    before = host.backend.writes
+    host.backend.dump()
+    shown = run("ip", "-n", host.netns, "addr", "show", "dev", SETTINGS.name).stdout
+    assert f"{extra}/128" not in shown and f"{SOURCE}/128" in shown
+    host.backend.dump()
+    assert host.backend.writes == before  # nothing of VPP's changed: nothing written

@@ -425,6 +425,11 @@ class VppBackend:
     def dump(self) -> NodeConfig:
         with self._lock:
             self._ensure()
+            if self._host is not None:
+                # Each full read (the agent's resync) keeps the interconnect as VPP's
+                # addresses say (an uplink addressed after VPP came up, a renumbered
+                # node): reads only when nothing changed.
+                self._host.ensure()
             return self._dump()
 
     def as_held(self, desired: NodeConfig) -> NodeConfig:

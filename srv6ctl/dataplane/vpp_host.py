@@ -31,7 +31,8 @@ So a connection of the node's goes out through VPP like a pod's (to a ClusterIP:
 into the Service's SR policy, no NAT; the endpoint sees the node's address), and its
 replies come back to the node's address, which VPP punts to the kernel. `ensure` is "make
 it so", read first and written only where it differs (a restarted agent writes nothing);
-it runs on every connection to VPP, before the replay, so a restarted VPP gets it again.
+it runs on every connection to VPP, before the replay, so a restarted VPP gets it again,
+and at every full read (`VppBackend.dump`), so the kernel side follows VPP's addresses.
 """
 
 from __future__ import annotations
