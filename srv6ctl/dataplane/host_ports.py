@@ -50,6 +50,17 @@ def script(port_maps: Iterable[PortMap], translations: Iterable[Translation] = (
     return text if text is not None else removal_script(TABLE)
 
 
+def probe_script() -> str:
+    """A table with one translation (two endpoints, an affinity set): what a kernel must
+    load to translate the node's own connections (kernel_caps, vpp_host check it)."""
+    targets = (
+        (ipaddress.IPv6Address("fd00:5c::2"), 5432),
+        (ipaddress.IPv6Address("fd00:5c::3"), 5432),
+    )
+    sample = Translation("TCP", ipaddress.IPv6Address("fd00:5c::1"), 5432, targets, 10)
+    return script([], [sample])
+
+
 def client_translation(t: Translation) -> ClientTranslation:
     """A `Translation` in the terms of the nftables rules (policies.nftables)."""
     targets = tuple((str(address), port) for address, port in t.targets)

@@ -65,7 +65,6 @@ from srv6ctl.dataplane.model import (
     LocalSid,
     PortMap,
     Rule,
-    Translation,
 )
 from srv6ctl.dataplane.netlink_channel import NetlinkChannel, Request
 from srv6ctl.dataplane.nsenter import ensure_sysctls
@@ -334,10 +333,8 @@ class _Probe:
     def _translations(self) -> bool:
         """The node's own connections translated (`Translation`s in the host_ports table):
         a NAT chain at output, with an affinity set — loaded here whole."""
-        targets = ((IPv6Address("fd00:5c::2"), 5432), (IPv6Address("fd00:5c::3"), 5432))
-        sample = Translation("TCP", IPv6Address("fd00:5c::1"), 5432, targets, 10)
         return self._nft_loads(
-            host_ports.script([], [sample]),
+            host_ports.probe_script(),
             "NAT of the node's own connections: unsupported; host-network clients cannot "
             "reach Services whose endpoints are outside the cluster",
         )

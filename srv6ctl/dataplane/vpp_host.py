@@ -13,8 +13,9 @@ interconnect") and Calico-VPP a tap that replaces the uplink in the kernel; here
   and service CIDRs) and, at a low preference, everything else to VPP's link-local
   `fe80::1` on the other end;
 - VPP's end, an af_packet port tagged `srv6ctl:host` (not an uplink: no rule applies to
-  what the node sends), in the main table, IPv6 on with `fe80::1`, unnumbered to the pods'
-  gateway loopback so that IPv4 is enabled on it, up;
+  what the node sends), in the main table, IPv6 on with the pods' gateway link-local
+  (`fe80::1`), unnumbered to the pods' gateway loopback so that IPv4 is enabled on it, up
+  (`PodPorts.gateway_steps`, as a pod port);
 - what VPP receives for its own addresses and has no use for is handed to the kernel
   (`ip punt redirect`, each family, from any interface): TCP and SCTP (VPP runs no session
   layer: unknown protocols are punted), and UDP to ports VPP does not serve (`set punt udp
@@ -117,6 +118,7 @@ class HostPort:
 
     def ensure(self) -> int:
         """Make the interconnect so on both sides; the number of VPP messages that wrote."""
+        self.interfaces.load(refresh=True)  # once: the reads below use this list
         addresses = self.node_addresses()
         link = HostLink(
             name=self.settings.name,
@@ -141,7 +143,7 @@ class HostPort:
         """The global addresses VPP holds on the interfaces that are not ours (the node's
         uplinks; the pods' gateway loopback is ours): the node's addresses."""
         found: list[IPAddress] = []
-        for index in self.interfaces.uplinks(refresh=True):
+        for index in self.interfaces.uplinks():
             for ipv6 in (True, False):
                 for details in self.channel.dump(
                     "ip_address_dump", sw_if_index=index, is_ipv6=ipv6
@@ -160,7 +162,7 @@ class HostPort:
         )
 
     def port(self) -> int | None:
-        for iface in self.interfaces.load(refresh=True).values():
+        for iface in self.interfaces.load().values():
             if iface.tag == HOST_TAG:
                 return iface.sw_if_index
         return None
@@ -168,11 +170,13 @@ class HostPort:
     def remove(self) -> bool:
         """Take the interconnect away (cleanup): punts, VPP's port, the veth pair."""
         steps: list[Request] = []
+        self.interfaces.load(refresh=True)
         index = self.port()
+        punted = self._udp_punted()
         for version in (6, 4):
             if self._redirect(version) is not None:
                 steps.append(punt_redirect(version, None))
-            if self._punting_udp(version):
+            if version in punted:
                 steps += punt_unknown(version, add=False)
         if index is not None:
             # Its neighbours first: VPP keeps static ones past the interface (vpp_pods).
@@ -196,16 +200,18 @@ class HostPort:
             reply = self.channel.call(request.name, write=True, what=request.what, **request.fields)
             index = int(reply.sw_if_index)
             self._run([codec.interface_tag(index, HOST_TAG)])
-        iface = self.interfaces.load(refresh=True)[index]
+            self.interfaces.load(refresh=True)
+        iface = self.interfaces.load()[index]
         steps = self._gateway_steps(index, iface.up)
         held = neighbours(self.channel, index)
+        punted = self._udp_punted()
         for version in sorted(families, reverse=True):
             hop = next_hop(version)
             if (hop, self.mac) not in held:
                 steps.append(codec.pod_neighbour(index, hop, self.mac))
             if self._redirect(version) != (index, hop):
                 steps.append(punt_redirect(version, (index, hop)))
-            if not self._punting_udp(version):
+            if version not in punted:
                 steps += punt_unknown(version, add=True)
         return steps
 
@@ -224,10 +230,11 @@ class HostPort:
             return (int(paths[0].sw_if_index), path_nexthop(paths[0]))
         return None
 
-    def _punting_udp(self, version: int) -> bool:
-        """Whether VPP punts UDP to ports it does not serve (no API reads it back)."""
+    def _udp_punted(self) -> set[int]:
+        """The families whose UDP to ports VPP does not serve it punts (no API reads it
+        back: its CLI says)."""
         shown = str(self.channel.call("cli_inband", cmd="show udp punt").reply)
-        return f"IPv{version} UDP punt: enabled" in shown
+        return {v for v in (6, 4) if f"IPv{v} UDP punt: enabled" in shown}
 
 
 class HostTranslations:
@@ -242,10 +249,8 @@ class HostTranslations:
     def able(self) -> str | None:
         """None if the kernel here takes the table (`nft -c`: checked, not loaded), else
         why not."""
-        targets = ((IPv6Address("fd00:5c::2"), 5432), (IPv6Address("fd00:5c::3"), 5432))
-        sample = Translation("TCP", IPv6Address("fd00:5c::1"), 5432, targets, 10)
         try:
-            run_nft(self.netns, ["-c", "-f", "-"], host_ports.script([], [sample]))
+            run_nft(self.netns, ["-c", "-f", "-"], host_ports.probe_script())
         except (NftError, OSError) as error:
             return str(error).splitlines()[0] if str(error) else type(error).__name__
         return None
