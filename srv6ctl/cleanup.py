@@ -5,8 +5,13 @@ from an uninstall, and pods must keep working across restarts. Uninstalling ther
 ends with this command on each node (deploy/README.md runs it as a one-shot DaemonSet):
 it removes, by ownership mark only, the SRv6 routes and nexthops (protocol 92), the encap
 source, the ip rules (protocol 92; the kernel's local rule goes back to priority 0), the
-pods' node-side routes (protocol 106), the SID device, the host loop, the CNI config and
-executable, and the agent's local state. Foreign routes and rules are never touched.
+pods' node-side routes (protocol 106), every device marked ours by its alias
+(`srv6ctl: …`: the SID device, the host loop, End.DT4/DT46's VRF devices, a VPP node's host
+interconnect), the nftables tables by their names (`inet srv6ctl_host_ports`, a VPP node's
+`netdev srv6ctl_uplinks`, whose ingress drop would otherwise keep the kernel off its own
+uplinks), the uplinks' `accept_local` where the agent turned it on (with its guard,
+`local_sources`), the CNI config and executable, and the agent's local state. Foreign
+routes, rules, devices and tables are never touched.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from policies.nftables import run_nft
+from srv6ctl.dataplane import local_sources
+from srv6ctl.dataplane.host_link import UPLINKS_TABLE
 from srv6ctl.dataplane.kernel import KernelBackend
-from srv6ctl.dataplane.kernel_codec import VRF_DEVICE_PREFIX
+from srv6ctl.dataplane.kernel_codec import OWN_ALIAS, VRF_DEVICE_PREFIX
 from srv6ctl.dataplane.model import HOST_LOOP_DEVICE, NodeConfig
 from srv6ctl.dataplane.nsenter import run_in_netns
 from srv6ctl.dataplane.reconcile import plan
@@ -32,6 +40,8 @@ class CleanupReport:
     dataplane_changes: int = 0
     pod_routes: int = 0
     devices: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    uplinks: list[str] = field(default_factory=list)  # accept_local turned off again
     files: list[str] = field(default_factory=list)
 
 
@@ -43,16 +53,24 @@ def _pod_routes_and_device(report: CleanupReport) -> None:
                     continue
                 ipr.route("del", **_route_key(route))
                 report.pod_routes += 1
-        for name in (SID_DEVICE, HOST_LOOP_DEVICE):  # the loop's peer goes with it
-            for index in ipr.link_lookup(ifname=name):
-                ipr.link("del", index=index)
-                report.devices.append(name)
-        # The VRF devices the kernel backend made for End.DT4/DT46 (srv6vrf<table>).
         for link in ipr.get_links():
             name = link.get_attr("IFLA_IFNAME")
-            if name.startswith(VRF_DEVICE_PREFIX) and name[len(VRF_DEVICE_PREFIX) :].isdigit():
+            alias = link.get_attr("IFLA_IFALIAS") or ""
+            # By name too: what releases before the alias mark made (a veth's peer goes
+            # with it, and may be gone by the time the list reaches it).
+            named = name in (SID_DEVICE, HOST_LOOP_DEVICE) or (
+                name.startswith(VRF_DEVICE_PREFIX) and name[len(VRF_DEVICE_PREFIX) :].isdigit()
+            )
+            if (named or alias.startswith(OWN_ALIAS)) and ipr.link_lookup(ifname=name):
                 ipr.link("del", index=link["index"])
                 report.devices.append(name)
+
+
+def _tables(netns: str | None, report: CleanupReport) -> None:
+    report.uplinks = local_sources.remove(netns)
+    if f"table netdev {UPLINKS_TABLE}\n" in run_nft(netns, ["list", "tables", "netdev"]):
+        run_nft(netns, ["delete", "table", "netdev", UPLINKS_TABLE])
+        report.tables.append(f"netdev {UPLINKS_TABLE}")
 
 
 def _route_key(route: object) -> dict[str, object]:
@@ -85,6 +103,8 @@ def cleanup(
         backend.apply(changes)
         report.dataplane_changes = len(changes)
     run_in_netns(netns, lambda: _pod_routes_and_device(report))
+    if shutil.which("nft") is not None:  # without it, no table of ours can exist
+        _tables(netns, report)
     for path in files or []:
         if path.exists() or path.is_symlink():
             path.unlink()

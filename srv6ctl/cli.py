@@ -155,7 +155,8 @@ def _cleanup(args: argparse.Namespace) -> int:
     )
     print(
         f"removed {report.dataplane_changes} SRv6 object(s), {report.pod_routes} pod route(s), "
-        f"devices {report.devices or '-'}, files {report.files or '-'}"
+        f"devices {report.devices or '-'}, tables {report.tables or '-'}, "
+        f"accept_local off on {report.uplinks or '-'}, files {report.files or '-'}"
     )
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from ipam6.plan import AddressPlan
+from srv6ctl.dataplane import local_sources
 from srv6ctl.dataplane.kernel import KernelBackend
 from srv6ctl.dataplane.kernel_caps import probe_kernel
 from srv6ctl.dataplane.model import Backend, IPNetwork
@@ -79,7 +80,12 @@ def make_backend(
             ),
         )
     _require_known(dataplane)
-    return KernelBackend(netns or "/proc/self/ns/net")
+    backend = KernelBackend(netns or "/proc/self/ns/net")
+    if plan.pod_cidr_v4 is not None:  # IPv6 has no martian check to relax
+        turned = local_sources.ensure(netns, _cluster_prefixes(plan))
+        if turned:
+            log.info("uplinks %s accept the node's own IPv4 addresses from SRv6", turned)
+    return backend
 
 
 def _cluster_prefixes(plan: AddressPlan) -> list[IPNetwork]:

@@ -3,6 +3,7 @@ rules included: moving a cluster off kube-proxy is `kube-proxy --cleanup`, deplo
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from srv6ctl.dataplane import host_link, local_sources
 from srv6ctl.dataplane.kernel import KernelBackend
 from srv6ctl.dataplane.model import (
     End,
@@ -128,3 +130,46 @@ def test_cleanup_leaves_only_foreign_state(netns_factory: NetnsFactory, tmp_path
         assert "-A KUBE-SERVICES -d fd00:96::10/128 -p tcp -m tcp --dport 80 -j RETURN" in rules
     with KernelBackend(node.name) as backend:
         assert backend.dump() == NodeConfig()
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft")
+def test_cleanup_takes_the_host_interconnect_and_the_uplinks_back(
+    netns_factory: NetnsFactory, tmp_path: Path
+) -> None:
+    """What a node's kernel keeps around its dataplane beside SRv6 objects (any kernel):
+    a VPP node's host interconnect and the ingress drop on VPP's af_packet uplinks (left
+    behind, the node's kernel would stay off its own uplinks), and the accept_local the
+    kernel backend turns on for its uplinks (left behind, unguarded)."""
+    node, outside = netns_factory(), netns_factory()
+    netns_factory.veth(outside, "o0", node, "eth0")
+    netns_factory.veth(outside, "o1", node, "eth1")
+    node.ip("addr", "add", "192.0.2.1/24", "dev", "eth0")
+    node.ip("link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
+    link = host_link.HostLink(
+        name="vpphost0",
+        peer="vpphost0v",
+        mac="02:fe:00:00:00:01",
+        gateway=ipaddress.IPv6Address("fe80::1"),
+        gateway_mac="02:fe:00:00:00:02",
+        addresses=(ipaddress.ip_address("192.0.2.1"),),
+        routes=(),
+    )
+    host_link.ensure(link, node.name)
+    host_link.quiet_uplinks(["eth1"], node.name)
+    assert local_sources.ensure(node.name, []) == ["eth0"]
+    node.exec("nft", "add", "table", "netdev", "other")  # foreign
+
+    dirs = [(f"--{d}", str(tmp_path / d)) for d in ("cni-conf-dir", "cni-bin-dir", "cni-lib-dir")]
+    done = subprocess.run(
+        [SRV6CTL, "cleanup", "--netns", node.name, *(a for pair in dirs for a in pair)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "vpphost0" in done.stdout and "netdev srv6ctl_uplinks" in done.stdout
+    links = node.ip("link", "show")
+    assert "vpphost0" not in links and "foreign0" in links and "eth1" in links
+    assert node.exec("nft", "list", "tables").stdout.split("\n")[:-1] == ["table netdev other"]
+    assert node.exec("sysctl", "-n", "net.ipv4.conf.eth0.accept_local").stdout.strip() == "0"

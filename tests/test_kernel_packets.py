@@ -26,7 +26,7 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6, IPv6ExtHdrSegmentRouting
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
-from srv6ctl.dataplane import kernel_affinity
+from srv6ctl.dataplane import kernel_affinity, local_sources
 from srv6ctl.dataplane.kernel import KernelBackend
 from srv6ctl.dataplane.kernel_codec import InvalidObject
 from srv6ctl.dataplane.model import (
@@ -299,6 +299,37 @@ def test_decapsulation_delivers_the_inner_packet(lab: Lab, sid: LocalSid, inner:
         assert frame[Ether].dst == lab.peer.mac("dst0")
         same_inner(frame[Ether].payload, inner)
     assert lab.backend.counters()[sid.key].packets == 2
+
+
+@pytest.mark.kernel_srv6(vm=True)
+def test_end_dx4_takes_the_nodes_own_address_back_only_from_srv6(lab: Lab) -> None:
+    """IPv4 coming back over SRv6 with the node's own address as its source (a host's
+    connection to another node's NodePort landing here; a remote backend's direct reply to
+    a pod that asked its own node's NodePort) is a martian on the uplink unless the uplink
+    accepts local sources; `local_sources` turns that on and guards everything else."""
+    own = "198.51.100.1"  # the node's address on in0, the uplink
+    sid = EndDX4("fcbb:bb00:1:0:1::2", nexthop=PEER4, interface="out0")
+    lab.peer.ip("addr", "add", "10.96.0.1/32", "dev", "lo")
+    lab.node.ip("route", "add", "10.96.0.1/32", "via", PEER4)  # for the plain packets
+    lab.program(local_sids=[sid])
+    inner = IP(src=own, dst="10.96.0.1", ttl=64) / UDP(sport=4242, dport=80) / Raw(MARK)
+    srv6_packet = IPv6(src="fcbb:bb00:9::", dst=str(sid.sid)) / inner
+    lab.send(srv6_packet)
+    assert lab.received(count=1, timeout=0.5) == []  # the martian, as the kernel has it
+
+    turned = local_sources.ensure(lab.node.name, [])
+    assert turned == ["in0", "out0"]
+    lab.send(srv6_packet)
+    (frame,) = lab.received()
+    same_inner(frame[Ether].payload, inner)
+    # The same packet without SRv6 around it claims the node's address from the underlay:
+    # the guard drops it (its counter says so), while another source's goes through.
+    lab.send(inner)
+    assert lab.received(count=1, timeout=0.5) == []
+    assert "packets 1 " in lab.node.exec("nft", "list", "table", "ip", local_sources.TABLE).stdout
+    lab.send(udp4("10.96.0.1"))
+    assert len(lab.received()) == 1
+    local_sources.remove(lab.node.name)
 
 
 @pytest.mark.parametrize("cls", [EndDT4, EndDT46], ids=["End.DT4", "End.DT46"])

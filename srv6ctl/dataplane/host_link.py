@@ -30,12 +30,15 @@ from pyroute2 import IPRoute
 from cni.wiring import set_tx_checksum, tx_checksum
 from policies.nftables import list_table, run_nft
 from srv6ctl.dataplane.kernel import RTPROT_SRV6CTL
+from srv6ctl.dataplane.kernel_codec import OWN_ALIAS
 from srv6ctl.dataplane.model import IPAddress, IPNetwork
 from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
 
 _IFA_F_NODAD = 0x02
 _IFF_UP = 0x1
 _NUD_PERMANENT = 0x80
+# Ours by this mark, as every device the agent makes (`srv6ctl cleanup` goes by it).
+ALIAS = f"{OWN_ALIAS} the node's own stack to VPP and back"
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,9 @@ def _ensure_pair(link: HostLink) -> bool:
         (msg,) = ipr.get_links(index)
         if str(msg.get_attr("IFLA_ADDRESS")).lower() != link.mac:
             ipr.link("set", index=index, address=link.mac)
+            wrote = True
+        if msg.get_attr("IFLA_IFALIAS") != ALIAS:
+            ipr.link("set", index=index, ifalias=ALIAS)
             wrote = True
         for name in (link.name, link.peer):
             found = ipr.link_lookup(ifname=name)
@@ -271,6 +277,7 @@ def default_routes(cluster: Sequence[IPNetwork], metric: int) -> tuple[HostRoute
 
 
 __all__ = [
+    "ALIAS",
     "UPLINKS_TABLE",
     "HostLink",
     "HostRoute",

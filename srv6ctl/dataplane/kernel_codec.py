@@ -124,9 +124,16 @@ def vrf_device(table: int) -> str:
     return f"{VRF_DEVICE_PREFIX}{table}"
 
 
+# Every device the agent makes carries an alias starting so: ours by that mark (`srv6ctl
+# cleanup` deletes by it; `local_sources` never takes one for an uplink).
+OWN_ALIAS = "srv6ctl:"
+
+
 def new_link(name: str, kind: str, alias: str, *, data: Sequence[Any] = (), up: bool = True) -> Any:
     """The RTM_NEWLINK message that creates device `name` of `kind` (with IFLA_INFO_DATA
-    attributes `data`), marked as ours by its alias."""
+    attributes `data`), marked as ours by its alias (OWN_ALIAS first)."""
+    if not alias.startswith(OWN_ALIAS):
+        raise ValueError(f"device {name}: alias {alias!r} lacks {OWN_ALIAS!r}")
     msg = ifinfmsg()
     if up:
         msg["flags"] = msg["change"] = 1  # IFF_UP

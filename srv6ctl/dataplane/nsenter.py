@@ -70,6 +70,19 @@ def _sysctl_path(name: str) -> str:
     return f"{root}/" + (name if "/" in name else name.replace(".", "/"))
 
 
+def read_sysctl(netns: str | None, name: str) -> str | None:
+    """The value of sysctl `name` in `netns`; None where the kernel has no such entry."""
+
+    def body() -> str | None:
+        try:
+            with open(_sysctl_path(name)) as current:
+                return current.read().strip()
+        except FileNotFoundError:
+            return None
+
+    return run_in_netns(netns, body)
+
+
 def ensure_sysctls(netns: str | None, values: Mapping[str, str]) -> SysctlResult:
     """Write each sysctl whose value differs; report refusals instead of raising."""
 
