@@ -563,14 +563,24 @@ class Renderer:
         rules: tuple[Rule, ...] = ()
         caps = self._inputs.capabilities
         if caps.host_loop and caps.rules:
-            # The node's own packets to its own SIDs (its stack's connections to a Service
-            # backend here, to a NodePort of its own address) go round the host loop and
-            # come back in, where the SIDs act: only those (`iif lo`: locally made).
-            locator = plan.locator(node_id)
-            loop = Route(
-                locator, via=HOST_LOOP_GATEWAY, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE
+            # Only the node's own packets (`iif lo`: locally made) go round the host loop
+            # and come back in: those to its own SIDs (its stack's connections to a Service
+            # backend here, to a NodePort of its own address), where the SIDs act; and
+            # those to the service CIDRs, plain, to be steered as they come back in, as a
+            # pod's are. So a connection to a ClusterIP is hashed with its ports known (on
+            # output the route is looked up before the source port is picked: every
+            # connection of an unbound client took one backend, lab FINDINGS 6); one the
+            # node DNATs to a ClusterIP (its own NodePorts, `_own_node_ports`) keeps its
+            # conntrack entry (seg6 encapsulation on output drops an entry not yet
+            # confirmed, which postrouting would confirm); and a translated Service's
+            # ClusterIP, which the main table refuses, has a route to connect by.
+            found = (plan.locator(node_id), plan.service_cidr_v6, plan.service_cidr_v4)
+            prefixes: list[IPNetwork] = [p for p in found if p is not None]
+            routes = tuple(
+                Route(p, via=HOST_LOOP_GATEWAY, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE)
+                for p in prefixes
             )
-            routes, rules = (loop,), (Rule(locator, HOST_LOOP_TABLE, iif="lo"),)
+            rules = tuple(Rule(p, HOST_LOOP_TABLE, iif="lo") for p in prefixes)
         local = self._state.node(self._node)
         if local is not None and local.internal_ipv6 is not None:
             self._encap_source = local.internal_ipv6
@@ -833,14 +843,15 @@ class Renderer:
                     if port.node_port
                 )
         node_translations: tuple[Translation, ...] = tuple(own_ports)
-        if translations or own_ports:
-            # The node's pods translate its own NodePorts too: VPP's rules sit on the
-            # uplinks, so a pod's packet to this node's address would reach the node's
-            # kernel instead (`_own_node_ports`).
-            self._translations[key] = (*translations, *own_ports)
+        # The node's pods translate its own NodePorts too where its rules cannot see them
+        # (VPP's sit on the uplinks, so a pod's packet to this node's address would reach
+        # the node's kernel instead); a kernel node's rules see its pods' packets.
+        pod_own_ports = [] if self._inputs.capabilities.host_loop else own_ports
+        if translations or pod_own_ports:
+            self._translations[key] = (*translations, *pod_own_ports)
             self._translations_changed = True
         if translations:
-            node_translations += self._translate_here(translations, out)
+            node_translations += self._translate_here(translations)
         return Fragment(
             policies=tuple(out.policies.values()),
             steerings=tuple(out.steerings),
@@ -853,17 +864,17 @@ class Renderer:
     def _own_node_ports(
         self, service: Service, cluster_ip: IPAddress, addresses: Iterable[IPAddress]
     ) -> list[Translation]:
-        """Connections to this node's own NodePorts that the dataplane's rules never see,
-        where the node's kernel sits behind it (a VPP node's host interconnect,
-        dataplane/vpp_host.py): the node's own (its kernel delivers its own address
-        locally, before any route could take it to VPP) and its pods' (VPP's rules sit on
-        the uplinks; what a pod sends to the node's address VPP hands to the node's
-        kernel). The client translates the node port to the ClusterIP's port itself, and
-        the ClusterIP's steering takes the connection on (the endpoint sees the client's
-        address, as anywhere else). A kernel node serves both by its rules (and its host
-        loop for its own connections) instead."""
+        """The node's own connections to its own NodePorts, translated by the client to
+        the ClusterIP's port, whose steering takes them on (the endpoint sees the node's
+        address, as anywhere else; kube-proxy too treats the node's own traffic to an
+        `externalTrafficPolicy: Local` port as Cluster). On a VPP node its kernel
+        delivers its own address locally, before any route could take it to VPP (whose
+        rules sit on the uplinks, so its pods' connections translate too, the caller).
+        On a kernel node its rules would serve them, but a remote backend's direct reply
+        would come back as plain IPv4 from the node's own address, which the uplinks
+        refuse (`dataplane/local_sources.py`); answered from the ClusterIP, it is not."""
         caps = self._inputs.capabilities
-        if not caps.translations or caps.host_loop:
+        if not caps.translations:
             return []
         return [
             Translation(port.protocol, address, port.node_port, ((cluster_ip, port.port),))
@@ -872,34 +883,19 @@ class Renderer:
             if port.node_port
         ]
 
-    def _translate_here(
-        self, translations: list[Translation], out: _ServiceParts
-    ) -> tuple[Translation, ...]:
+    def _translate_here(self, translations: list[Translation]) -> tuple[Translation, ...]:
         """The node's own connections (host-network clients) translate as pods do, where
         the backend can. A connection's route is looked up before any netfilter hook, so
-        the ClusterIP must have one that is not the PROHIBIT or steering of the main table:
-        for locally made packets (`iif lo`) the host loop's table routes it round the loop
-        (as the locator), and the output hook's DNAT then sends the packet to its endpoint
-        (the kernel routes it again). A port with no translation goes round the loop and
-        comes back in to meet the main table's route like anyone's packet: refused at once
-        (IPv4 goes via the loop's IPv6 gateway, RFC 5549)."""
+        the ClusterIP must have one that is not the PROHIBIT of the main table: for
+        locally made packets the host loop's table routes the service CIDRs round the loop
+        (`_local_node_fragment`), and the output hook's DNAT then sends the packet to its
+        endpoint (the kernel routes it again). A port with no translation goes round the
+        loop and comes back in to meet the main table's route like anyone's packet:
+        refused at once. A VPP node's kernel routes every ClusterIP through the host
+        interconnect (dataplane/vpp_host.py)."""
         caps = self._inputs.capabilities
-        if not caps.translations:
+        if not caps.translations or (caps.host_loop and not caps.rules):
             return ()
-        if not caps.host_loop:
-            # No host loop and no refusing route (a VPP node: its kernel routes every
-            # ClusterIP through the host interconnect, dataplane/vpp_host.py).
-            return tuple(translations)
-        if not caps.rules:
-            return ()
-        for address in dict.fromkeys(t.address for t in translations):
-            host = _host(address)
-            out.rules.append(Rule(host, HOST_LOOP_TABLE, iif="lo"))
-            out.routes.append(
-                Route(
-                    host, via=HOST_LOOP_GATEWAY, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE
-                )
-            )
         return tuple(translations)
 
     def _node_port_addresses(self, service: Service, family: int) -> tuple[IPAddress, ...]:

@@ -550,18 +550,21 @@ def test_node_ports_are_steered_by_port_from_this_nodes_own_addresses_only() -> 
     }
 
 
-def test_a_vpp_nodes_own_stack_translates_its_own_node_ports_to_the_cluster_ip() -> None:
-    """Behind VPP the node's kernel delivers a packet to its own address locally, out of
-    reach of VPP's rules: it DNATs its own connections to its node ports to the ClusterIP
-    (which VPP steers). Only this node's addresses; a kernel node has its host loop."""
+def test_a_nodes_own_stack_translates_its_own_node_ports_to_the_cluster_ip() -> None:
+    """The node's own connections to its own node ports are DNATed to the ClusterIP
+    (which the dataplane steers). Behind VPP the node's kernel delivers a packet to its
+    own address locally, out of reach of VPP's rules; on a kernel node a remote backend's
+    direct reply would come back from the node's own IPv4 address, which the uplinks
+    refuse. Only this node's addresses; the pods only where the rules cannot see them."""
     state, web, pods = node_port_cluster()
-    config = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP_HOST))
-    assert config.translations == {
+    own = {
         Translation("TCP", V6("2001:db8::1"), NODE_PORT, ((V6("fd00:96::1"), 80),)),
         Translation("TCP", V4("192.0.2.1"), NODE_PORT, ((V4("10.96.0.1"), 80),)),
     }
+    config = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP_HOST))
+    assert config.translations == own
     on_kernel = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, KERNEL_HOST))
-    assert not on_kernel.translations
+    assert on_kernel.translations == own
     on_vpp = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP))
     assert not on_vpp.translations
     # Its pods too (VPP's rules sit on the uplinks): node-2's pod translates node-2's.
@@ -896,8 +899,9 @@ def test_a_service_outside_the_cluster_is_translated_by_every_local_client_pod()
 
 def test_the_nodes_own_connections_translate_where_the_backend_can() -> None:
     """Host-network clients: the same translations at the node level, and for locally
-    made packets a route to the ClusterIP onto the host loop, so that their route lookup
-    (before any netfilter hook) succeeds; the main table keeps refusing everyone else."""
+    made packets a route to the service CIDR onto the host loop, so that their route
+    lookup (before any netfilter hook) succeeds; the main table keeps refusing everyone
+    else."""
     db = service("db", 2, ports=(ServicePort(5432, name="pg"),))
     state = state_of(node(1), db)
     state.upsert_endpoint_slice(outside_slice(db, DATABASE))
@@ -906,8 +910,9 @@ def test_the_nodes_own_connections_translate_where_the_backend_can() -> None:
     assert config.translations == {
         Translation("TCP", V6("fd00:96::2"), 5432, ((V6(DATABASE), 5432),))
     }
-    assert Rule(host, HOST_LOOP_TABLE, iif="lo") in config.rules
-    loop = Route(host, via=HOST_LOOP_GATEWAY, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE)
+    cidr = ipaddress.ip_network("fd00:96::/108")
+    assert Rule(cidr, HOST_LOOP_TABLE, iif="lo") in config.rules
+    loop = Route(cidr, via=HOST_LOOP_GATEWAY, interface=HOST_LOOP_DEVICE, table=HOST_LOOP_TABLE)
     assert loop in config.routes
     assert Route(host, kind=RouteKind.PROHIBIT) in config.routes
     # VPP without a host interconnect cannot: nothing of it, and host clients are refused.

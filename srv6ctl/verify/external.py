@@ -188,14 +188,11 @@ class ExternalChecks:
         DNAT to the ClusterIP behind the host interconnect (VPP, render `_own_node_ports`)."""
         tcp_port = service.node_ports.get(("TCP", SERVICE_HTTP_PORT))
         nodes = self.state.nodes
-        topo_nodes = {n.name: n for n in self.topo.nodes}
         unable = [f"{n.name}: {n.agent.no_rules}" for n in self.topo.nodes if n.agent.no_rules]
         for family in [f for f in (6, 4) if service.cluster_ip(f) is not None]:
-            martian = any(_martian_return(n, family) for n in self.topo.nodes)
             label = (
                 f"host-network clients reach {service.name}'s load balancer IP and NodePort "
-                f"{tcp_port}/TCP on their own node{'' if martian else ' and the next'} "
-                f"(IPv{family})"
+                f"{tcp_port}/TCP on their own node and the next (IPv{family})"
             )
             if unable or tcp_port is None or len(nodes) < 2:
                 self.report.skip(GROUP, label, unable[0] if unable else "no node port")
@@ -207,9 +204,7 @@ class ExternalChecks:
                 other = node_address(nodes[(index + 1) % len(nodes)], family)
                 if own is None or other is None:
                     continue
-                targets = [(own, tcp_port, "its own NodePort")]
-                if not _martian_return(topo_nodes[node.name], family):
-                    targets.append((other, tcp_port, "the next's"))
+                targets = [(own, tcp_port, "its own NodePort"), (other, tcp_port, "the next's")]
                 targets += [
                     (str(v), SERVICE_HTTP_PORT, "the VIP")
                     for v in service.external.get(family, [])[:1]
@@ -223,13 +218,6 @@ class ExternalChecks:
                             problems.append(f"{node.name} → {what}: {answer.pod} saw {answer.peer}")
             detail = f"backends saw each node's own address; reached {_spread(reached)}"
             self.report.add(GROUP, label, not problems, "; ".join(problems[:3]) or detail)
-            if martian:
-                self.report.skip(
-                    GROUP,
-                    f"host-network clients reach {service.name}'s NodePort on another node, "
-                    f"and pods their own node's (IPv{family})",
-                    MARTIAN_RETURN,
-                )
             self._pods_to_own_node(service, family, tcp_port)
 
     def _pods_to_own_node(self, service: ServiceInfo, family: int, tcp_port: int) -> None:
@@ -241,12 +229,7 @@ class ExternalChecks:
         by_name = {n.name: n for n in self.state.nodes}
         problems: list[str] = []
         reached: Counter[str] = Counter()
-        by_node = {n.name: n for n in self.topo.nodes}
-        clients = [
-            p
-            for p in self.topo.pods
-            if p.role == "client" and not _martian_return(by_node[p.node], family)
-        ]
+        clients = [p for p in self.topo.pods if p.role == "client"]
         for pod in clients:
             own = node_address(by_name[pod.node], family)
             source = pod.ipv6 if family == 6 else pod.ipv4
@@ -259,12 +242,7 @@ class ExternalChecks:
                 if answer.peer != str(source):
                     problems.append(f"{pod.short}: {answer.pod} saw {answer.peer}")
         if not clients:
-            self.report.skip(
-                GROUP,
-                label,
-                "no client pod on a node that can"
-                + (f" ({MARTIAN_RETURN})" if family == 4 else ""),
-            )
+            self.report.skip(GROUP, label, "no client pod")
             return
         detail = f"each backend saw the client pod's own address; reached {_spread(reached)}"
         self.report.add(GROUP, label, not problems, "; ".join(problems[:3]) or detail)
@@ -356,20 +334,6 @@ class ExternalChecks:
                 )
         name = f"{service.name} healthCheckNodePort {port} answers as kube-proxy's"
         self.report.add(GROUP, name, not problems, "; ".join(problems) or ", ".join(shown))
-
-
-# Kernel nodes, IPv4: a packet that comes back in through the uplink with the node's own
-# address as its source is a martian to the kernel (End.DX4's route lookup for a
-# connection the node itself opened to another node's NodePort that lands on one of its
-# own pods; a remote backend's direct reply to a pod that asked its own node's NodePort).
-MARTIAN_RETURN = (
-    "kernel backend, IPv4: a packet coming back in through the uplink with the node's own "
-    "address as its source is dropped as a martian (README, Host-network clients)"
-)
-
-
-def _martian_return(node: Any, family: int) -> bool:
-    return family == 4 and node.agent.dataplane != "vpp"
 
 
 def _ports(count: int) -> list[int]:
