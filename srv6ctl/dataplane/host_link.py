@@ -99,6 +99,19 @@ def remove(name: str, netns: str | None) -> bool:
     return run_in_netns(netns, body)
 
 
+def index_of(name: str, netns: str | None) -> int:
+    """The kernel's index of device `name` in `netns` (OSError without one)."""
+
+    def body() -> int:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                raise OSError(f"no device {name}")
+            return int(found[0])
+
+    return run_in_netns(netns, body)
+
+
 def _ensure_pair(link: HostLink) -> bool:
     wrote = False
     with IPRoute() as ipr:
@@ -283,6 +296,7 @@ __all__ = [
     "HostRoute",
     "default_routes",
     "ensure",
+    "index_of",
     "quiet_uplinks",
     "remove",
     "uplinks_script",

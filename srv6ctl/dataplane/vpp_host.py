@@ -162,9 +162,16 @@ class HostPort:
         )
 
     def port(self) -> int | None:
+        found = self._port()
+        return None if found is None else found[0]
+
+    def _port(self) -> tuple[int, int | None] | None:
+        """VPP's end and the kernel device its tag says it was made on (ifindex; None
+        under a tag from before the index was kept)."""
         for iface in self.interfaces.load().values():
-            if iface.tag == HOST_TAG:
-                return iface.sw_if_index
+            if iface.tag == HOST_TAG or iface.tag.startswith(HOST_TAG + ":"):
+                bound = iface.tag.removeprefix(HOST_TAG).removeprefix(":")
+                return iface.sw_if_index, int(bound) if bound.isdigit() else None
         return None
 
     def remove(self) -> bool:
@@ -179,12 +186,7 @@ class HostPort:
             if version in punted:
                 steps += punt_unknown(version, add=False)
         if index is not None:
-            # Its neighbours first: VPP keeps static ones past the interface (vpp_pods).
-            steps += [
-                codec.pod_neighbour(index, address, mac, delete=True)
-                for address, mac in sorted(neighbours(self.channel, index), key=str)
-            ]
-            steps.append(codec.af_packet_delete(self.settings.peer))
+            steps += self._port_removal(index)
         if steps:
             self._run(steps)
             self.interfaces.forget()
@@ -193,16 +195,36 @@ class HostPort:
 
     # --- VPP's end ------------------------------------------------------------------
 
+    def _port_removal(self, index: int) -> list[Request]:
+        # Its neighbours first: VPP keeps static ones past the interface (vpp_pods).
+        steps = [
+            codec.pod_neighbour(index, address, mac, delete=True)
+            for address, mac in sorted(neighbours(self.channel, index), key=str)
+        ]
+        return [*steps, codec.af_packet_delete(self.settings.peer)]
+
     def _vpp_side(self, families: set[int]) -> list[Request]:
-        index = self.port()
-        if index is None:
+        device = host_link.index_of(self.settings.peer, self.netns)
+        tag = f"{HOST_TAG}:{device}"
+        found = self._port()
+        steps: list[Request] = []
+        if found is not None and found[1] not in (None, device):
+            # The pair was made again (someone deleted it): VPP's packet socket stays
+            # bound to the device that went, and would never pass a frame again.
+            log.warning("host interconnect %s was re-made: VPP's end follows", self.settings.name)
+            self._run(self._port_removal(found[0]))
+            self.interfaces.load(refresh=True)
+            found = None
+        if found is None:
             request = codec.af_packet_create(self.settings.peer)
             reply = self.channel.call(request.name, write=True, what=request.what, **request.fields)
-            index = int(reply.sw_if_index)
-            self._run([codec.interface_tag(index, HOST_TAG)])
+            found = (int(reply.sw_if_index), None)
             self.interfaces.load(refresh=True)
+        index = found[0]
         iface = self.interfaces.load()[index]
-        steps = self._gateway_steps(index, iface.up)
+        if iface.tag != tag:  # new, or tagged before the device was kept: this one
+            steps.append(codec.interface_tag(index, tag))
+        steps += self._gateway_steps(index, iface.up)
         held = neighbours(self.channel, index)
         punted = self._udp_punted()
         for version in sorted(families, reverse=True):
