@@ -160,7 +160,8 @@ def test_the_kernel_side_holds_the_node_addresses_and_routes_to_vpp(host: Host) 
     tags = {
         str(d.tag) for d in host.backend.channel.dump("sw_interface_dump", sw_if_index=0xFFFFFFFF)
     }
-    assert HOST_TAG in tags
+    # VPP's end names the kernel device it was made on (a pair made again is followed).
+    assert f"{HOST_TAG}:{host_link.index_of(SETTINGS.peer, host.netns)}" in tags
     # The kernel's stack is kept off the uplink VPP reads by af_packet (it holds the
     # node's addresses now, and would answer for them there too).
     table = run("ip", "netns", "exec", host.netns, "nft", "list", "table", "netdev", UPLINKS_TABLE)

@@ -212,7 +212,10 @@ class HostPort:
             # The pair was made again (someone deleted it): VPP's packet socket stays
             # bound to the device that went, and would never pass a frame again.
             log.warning("host interconnect %s was re-made: VPP's end follows", self.settings.name)
-            self._run(self._port_removal(found[0]))
+            # The punt redirects too: VPP may give the new port the old one's index, and a
+            # redirect to it would keep the old port's unresolved path.
+            redirects = [punt_redirect(v, None) for v in (6, 4) if self._redirect(v) is not None]
+            self._run(redirects + self._port_removal(found[0]))
             self.interfaces.load(refresh=True)
             found = None
         if found is None:
