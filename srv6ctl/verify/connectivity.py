@@ -26,7 +26,6 @@ import functools
 import json
 import math
 import os
-import random
 import socket
 import subprocess
 import time
@@ -250,7 +249,8 @@ class Connectivity:
 
     def host_network(self, service: ServiceInfo, family: int, flows: int = 20) -> None:
         """A host-network client (the node's own namespace: kubelet probes, hostNetwork
-        pods) reaches the Service from every node, its own node's backends included:
+        pods), unbound, reaches the Service from every node, its connections spread over
+        the backends, its own node's backends included:
         those it reaches through the host loop (model.HOST_LOOP_DEVICE), since a SID acts
         only on packets that come in; on a VPP node through the host interconnect
         (dataplane/vpp_host.py), into VPP's steering like a pod's packets."""
@@ -265,17 +265,19 @@ class Connectivity:
         for node in self.topo.nodes:
             if node.netns is None:
                 continue
-            # Source ports bound first: Linux looks a connection's route up before it
-            # picks an ephemeral port, so an unbound client's connections to one Service
-            # all hash to one backend (README, "Host-network clients").
-            sports = random.sample(range(20000, 30000), flows)
-            results = tcp_flows(node.netns, ip, SERVICE_HTTP_PORT, sports=sports)
+            # An unbound client, as kubelet's probes are: steered on output, the route was
+            # looked up before the ephemeral port was picked, and all its connections took
+            # one backend; the host loop (VPP: the interconnect) has them hashed on input,
+            # ports known (README, "Host-network clients").
+            results = tcp_flows(node.netns, ip, SERVICE_HTTP_PORT, flows)
             problems += [f"{node.name}: lost: {f.error}" for f in failures(results)]
             counts = Counter(a.pod for a in answers(results))
             here = {p.short for p in self.topo.pods_on(node.name) if p.short in names}
             problems += [
                 f"{node.name}: its own {n} never reached" for n in sorted(here - set(counts))
             ]
+            if len(names) > 1 and len(counts) == 1:
+                problems.append(f"{node.name}: all {flows} connections took one backend")
             shown.append(
                 f"{node.name}: " + ", ".join(f"{n} {c}" for n, c in sorted(counts.items()))
             )
