@@ -581,6 +581,17 @@ class Renderer:
                 for p in prefixes
             )
             rules = tuple(Rule(p, HOST_LOOP_TABLE, iif="lo") for p in prefixes)
+            if caps.translations:
+                # The node's own connections to its own node-port addresses skip the port
+                # rules and are delivered locally (the loop's table holds them as local
+                # routes): translated to the ClusterIP at output (`_own_node_ports`), they
+                # need a route first, and a port rule's table may hold a blackhole
+                # (externalTrafficPolicy: Local without an endpoint here), which would
+                # refuse them before the DNAT; kube-proxy treats the node's own traffic
+                # as Cluster.
+                own = [_host(a) for a in self._own_node_port_addresses()]
+                rules += tuple(Rule(h, HOST_LOOP_TABLE, iif="lo") for h in own)
+                routes += tuple(Route(h, kind=RouteKind.LOCAL, table=HOST_LOOP_TABLE) for h in own)
         local = self._state.node(self._node)
         if local is not None and local.internal_ipv6 is not None:
             self._encap_source = local.internal_ipv6
@@ -905,6 +916,12 @@ class Renderer:
         if not any(port.node_port for port in service.ports):
             return ()
         self._node_port_services.add(service.key)
+        return self._own_node_port_addresses(family)
+
+    def _own_node_port_addresses(self, family: int | None = None) -> tuple[IPAddress, ...]:
+        """This node's addresses that serve node ports, of `family` (None: both)."""
+        if family is None:
+            return self._own_node_port_addresses(6) + self._own_node_port_addresses(4)
         local = self._state.node(self._node)
         if local is None or not self._inputs.capabilities.rules:
             return ()

@@ -184,6 +184,33 @@ def test_a_source_rule_admits_only_its_range_and_a_table_change_is_applied(
     assert _rules(node, "-6")[0]["priority"] == 0
 
 
+def test_the_nodes_own_connections_skip_the_port_rules_to_the_local_table(
+    wired: tuple[Netns, Netns],
+) -> None:
+    """`iif lo to N lookup 94`, 94 holding N as a local route, before the port rules
+    (render, for the node's own NodePorts, which its kernel DNATs at output): the node's
+    own connection reaches its own address while the port's table blackholes everyone
+    else's."""
+    node, client = wired
+    backend = _backend(node)
+    host = ipaddress.ip_network(f"{NODE6}/128")
+    desired = NodeConfig(
+        routes=frozenset(
+            {
+                Route(host, kind=RouteKind.BLACKHOLE, table=TABLE),
+                Route(host, kind=RouteKind.LOCAL, table=94),
+            }
+        ),
+        rules=frozenset({Rule(host, TABLE, "TCP", NODE_PORT), Rule(host, 94, iif="lo")}),
+    )
+    _apply(backend, desired)
+    assert backend.dump() == desired
+    assert _connect(node, NODE6, NODE_PORT) == 0
+    assert _connect(client, NODE6, NODE_PORT) != 0
+    _apply(backend, NodeConfig())
+    assert _rules(node, "-6")[0]["priority"] == 0
+
+
 def test_a_rule_by_input_interface_matches_only_the_nodes_own_packets(
     wired: tuple[Netns, Netns],
 ) -> None:

@@ -565,6 +565,16 @@ def test_a_nodes_own_stack_translates_its_own_node_ports_to_the_cluster_ip() -> 
     assert config.translations == own
     on_kernel = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, KERNEL_HOST))
     assert on_kernel.translations == own
+    # There they skip the port rules (whose table may hold a blackhole: Local without an
+    # endpoint here) and are delivered locally, so that the DNAT at output gets them.
+    hosts = {ipaddress.ip_network("2001:db8::1/128"), ipaddress.ip_network("192.0.2.1/32")}
+    assert {r for r in on_kernel.rules if r.destination in hosts and r.iif} == {
+        Rule(h, HOST_LOOP_TABLE, iif="lo") for h in hosts
+    }
+    assert {r for r in on_kernel.routes if r.prefix in hosts} >= {
+        Route(h, kind=RouteKind.LOCAL, table=HOST_LOOP_TABLE) for h in hosts
+    }
+    assert not [r for r in config.rules if r.table == HOST_LOOP_TABLE]
     on_vpp = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP))
     assert not on_vpp.translations
     # Its pods too (VPP's rules sit on the uplinks): node-2's pod translates node-2's.

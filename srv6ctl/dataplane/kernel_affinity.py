@@ -229,6 +229,11 @@ def script(held: Mapping[IPv6Address, Sticky], existing: Collection[str]) -> str
     wanted_chains = {name for name, _ in chains} | set(hooks)
     for name in sorted(wanted_chains | _chain_names(existing)):
         lines.append(f"flush chain {t} {name}")
+    # The node's own connections to its own addresses (its NodePorts) are not chosen for
+    # at output: its kernel DNATs them to the ClusterIP, whose packets come back in through
+    # the host loop, where prerouting chooses (a mark here would route them into seg6 on
+    # output, which drops the DNAT's conntrack entry before it is confirmed).
+    lines.append(f"add rule {t} output fib daddr type local return")
     for name in hooks:
         lines.extend(f"add rule {t} {name} {rule}" for rule in steer)
     for name, body in chains:
