@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab lab-here test test-kernels test-kube-apiserver lint typecheck unit deps clean
+.PHONY: lab lab-here test test-kernels test-kube-apiserver test-kubernetes lint typecheck unit deps clean
 
 deps:
 	@bash scripts/system-deps.sh
@@ -60,6 +60,11 @@ test: deps $(STAMP) lint typecheck
 # elsewhere: README.md, "Against a real kube-apiserver"), with Debian's etcd.
 test-kube-apiserver: $(STAMP)
 	SRV6CTL_KUBE_APISERVER=$${SRV6CTL_KUBE_APISERVER:?path to kube-apiserver} $(BIN)/pytest -q -p no:cacheprovider tests/test_real_apiserver.py
+
+# The lab's real-Kubernetes parts against binaries built elsewhere (README.md, "A lab on
+# real Kubernetes"): SRV6CTL_KUBERNETES is the directory holding them.
+test-kubernetes: $(STAMP)
+	SRV6CTL_KUBERNETES=$${SRV6CTL_KUBERNETES:?directory of Kubernetes binaries} $(BIN)/pytest -q -p no:cacheprovider tests/test_lab_kubernetes.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
