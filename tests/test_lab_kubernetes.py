@@ -112,6 +112,8 @@ def test_a_real_control_plane_serves_in_a_namespace(
     `default` ServiceAccount), a kubelet's credentials are authorized as its Node, and
     nothing of it outlives `stop`."""
     binaries = find_binaries(_binaries_or_skip())
+    host_paths = [Path("/usr/libexec/kubernetes"), Path("/var/lib/kubelet")]
+    existing = {p for p in host_paths if p.exists()}
     node = netns_factory()
     address = ipaddress.IPv6Address("fd00:5e7::1")
     node.ip("link", "set", "lo", "up")
@@ -151,3 +153,4 @@ def test_a_real_control_plane_serves_in_a_namespace(
     finally:
         plane.stop()
     assert list(processes.lab_processes(lab)) == []
+    assert {p for p in host_paths if p.exists()} == existing  # nothing made on the host

@@ -282,6 +282,8 @@ class ControlPlane:
             f"--cluster-signing-cert-file={d / 'ca.crt'}",
             f"--cluster-signing-key-file={d / 'ca.key'}",
             "--allocate-node-cidrs=false",  # srv6ctl's own IPAM gives nodes their prefixes
+            # Its default is under /usr/libexec on the host, which it would create.
+            f"--flex-volume-plugin-dir={self.directory / 'volume-plugins'}",
         ]
 
     def _scheduler_argv(self) -> list[str]:
