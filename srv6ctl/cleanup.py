@@ -22,9 +22,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from policies.nftables import run_nft
-from srv6ctl.dataplane import local_sources
-from srv6ctl.dataplane.host_link import UPLINKS_TABLE
+from srv6ctl.dataplane import host_link, local_sources
 from srv6ctl.dataplane.kernel import KernelBackend
 from srv6ctl.dataplane.kernel_codec import OWN_ALIAS, VRF_DEVICE_PREFIX
 from srv6ctl.dataplane.model import HOST_LOOP_DEVICE, NodeConfig
@@ -68,9 +66,8 @@ def _pod_routes_and_device(report: CleanupReport) -> None:
 
 def _tables(netns: str | None, report: CleanupReport) -> None:
     report.uplinks = local_sources.remove(netns)
-    if f"table netdev {UPLINKS_TABLE}\n" in run_nft(netns, ["list", "tables", "netdev"]):
-        run_nft(netns, ["delete", "table", "netdev", UPLINKS_TABLE])
-        report.tables.append(f"netdev {UPLINKS_TABLE}")
+    if host_link.quiet_uplinks([], netns):  # no uplink left quiet: the table goes
+        report.tables.append(f"netdev {host_link.UPLINKS_TABLE}")
 
 
 def _route_key(route: object) -> dict[str, object]:

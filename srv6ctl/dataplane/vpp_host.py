@@ -176,13 +176,11 @@ class HostPort:
 
     def remove(self) -> bool:
         """Take the interconnect away (cleanup): punts, VPP's port, the veth pair."""
-        steps: list[Request] = []
         self.interfaces.load(refresh=True)
         index = self.port()
+        steps = self._redirect_removal()
         punted = self._udp_punted()
         for version in (6, 4):
-            if self._redirect(version) is not None:
-                steps.append(punt_redirect(version, None))
             if version in punted:
                 steps += punt_unknown(version, add=False)
         if index is not None:
@@ -194,6 +192,9 @@ class HostPort:
         return host_link.remove(self.settings.name, self.netns) or bool(steps) or quieted
 
     # --- VPP's end ------------------------------------------------------------------
+
+    def _redirect_removal(self) -> list[Request]:
+        return [punt_redirect(v, None) for v in (6, 4) if self._redirect(v) is not None]
 
     def _port_removal(self, index: int) -> list[Request]:
         # Its neighbours first: VPP keeps static ones past the interface (vpp_pods).
@@ -214,8 +215,7 @@ class HostPort:
             log.warning("host interconnect %s was re-made: VPP's end follows", self.settings.name)
             # The punt redirects too: VPP may give the new port the old one's index, and a
             # redirect to it would keep the old port's unresolved path.
-            redirects = [punt_redirect(v, None) for v in (6, 4) if self._redirect(v) is not None]
-            self._run(redirects + self._port_removal(found[0]))
+            self._run(self._redirect_removal() + self._port_removal(found[0]))
             self.interfaces.load(refresh=True)
             found = None
         if found is None:
