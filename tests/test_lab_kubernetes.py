@@ -7,15 +7,31 @@ saying so."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
+import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from srv6ctl.lab import processes
+from srv6ctl.dataplane.nsenter import run_in_netns
+from srv6ctl.lab import kubernetes_lab, processes
+from srv6ctl.lab.kubelet_node import (
+    BIND_MOUNTS,
+    KUBELET_KERNEL_DEFAULTS,
+    HostSettings,
+    KubeletNode,
+    NodeCgroups,
+    NodeSpec,
+    image_names,
+    leftover_cgroups,
+)
 from srv6ctl.lab.kubernetes import (
     COMPONENTS,
     ControlPlane,
@@ -23,7 +39,13 @@ from srv6ctl.lab.kubernetes import (
     find_binaries,
     go_build_version,
 )
-from tests.support.netns import NetnsFactory
+from srv6ctl.lab.requirements import kernel_problem
+from srv6ctl.lab.shape import PLAN_V6
+from srv6ctl.lab.state import LabPaths
+from srv6ctl.lab.vpp import BIN_ENV as VPP_BIN_ENV
+from tests.support.netns import NetnsFactory, require_netns
+from tests.test_lab import LabRun
+from tests.test_vpp_integration import _why_no_vpp
 
 BINARIES_ENV = "SRV6CTL_KUBERNETES"
 GO_PLUGIN = Path("/usr/lib/cni/ptp")  # Debian's containernetworking-plugins: a Go binary
@@ -57,7 +79,7 @@ def test_missing_components_and_tools_are_named_in_one_line(
     for name in ("kube-controller-manager", "kube-scheduler", "kubelet"):
         assert f"{tmp_path}/{name}" in message
     assert f"{tmp_path}/kube-apiserver" not in message
-    for tool in ("etcd", "containerd", "runc", "openssl"):
+    for tool in ("etcd", "containerd", "ctr", "runc", "openssl"):
         assert f"{tool} (not on PATH)" in message
 
 
@@ -81,7 +103,7 @@ def test_a_kube_apiserver_built_with_go_1_27_is_refused(
 ) -> None:
     tools = tmp_path / "tools"
     tools.mkdir()
-    for tool in ("etcd", "containerd", "runc", "openssl"):
+    for tool in ("etcd", "containerd", "ctr", "runc", "openssl"):
         _executable(tools / tool)
     monkeypatch.setenv("PATH", str(tools))
     kube = tmp_path / "kube"
@@ -154,3 +176,280 @@ def test_a_real_control_plane_serves_in_a_namespace(
         plane.stop()
     assert list(processes.lab_processes(lab)) == []
     assert {p for p in host_paths if p.exists()} == existing  # nothing made on the host
+
+
+IMAGES_ENV = "SRV6CTL_KUBERNETES_IMAGES"
+CNI_PLUGINS = Path("/usr/lib/cni")  # Debian's reference plugins: ptp, host-local, loopback
+
+
+def _images_or_skip() -> Path:
+    given = os.environ.get(IMAGES_ENV)
+    if not given:
+        pytest.skip(
+            f"no images: set {IMAGES_ENV} to a directory holding pause.tar and agnhost.tar "
+            "(README, 'A lab on real Kubernetes')"
+        )
+    return Path(given)
+
+
+def _sysctls() -> dict[str, str]:
+    return {
+        key: Path("/proc/sys", key.replace(".", "/")).read_text().strip()
+        for key in KUBELET_KERNEL_DEFAULTS
+    }
+
+
+def _http_get(netns: str, url: str) -> str | None:
+    """`url`'s body fetched from inside `netns`, or None while it does not answer."""
+
+    def fetch() -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as answer:
+                return str(answer.read().decode())
+        except OSError:
+            return None
+
+    return run_in_netns(f"/run/netns/{netns}", fetch)
+
+
+def _wait_for(what: str, check: Callable[[], object], timeout: float) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not within {timeout:.0f} s")
+
+
+def test_a_kubelet_node_runs_a_pod_and_leaves_nothing_behind(
+    netns_factory: NetnsFactory, tmp_path: Path
+) -> None:
+    """A real kubelet and containerd in a namespace register their Node and run a pod
+    through CNI (Debian's ptp here: this test is about the node, not srv6ctl); the pod's
+    token volume is filled (kubelet and containerd share a mount namespace) and its log
+    comes back through the API server (kubelet's API, webhook-authorized). Stopped,
+    nothing is left: processes, cgroups, mounts, host directories, kernel settings."""
+    binaries = find_binaries(_binaries_or_skip())
+    images = _images_or_skip()
+    (agnhost,) = [n for n in image_names(images / "agnhost.tar") if "agnhost" in n][:1]
+    node = netns_factory()
+    address = ipaddress.IPv6Address("fd00:5e7::1")
+    node.ip("link", "set", "lo", "up")
+    node.ip("addr", "add", f"{address}/128", "dev", "lo", "nodad")
+    lab = tmp_path / "lab"
+    plane = ControlPlane(
+        binaries, node.name, address, [ipaddress.ip_network("fd00:96::/108")],
+        tmp_path / "control-plane", lab,
+    )  # fmt: skip
+    conf = tmp_path / "cni"
+    conf.mkdir()
+    (conf / "10-lab.conflist").write_text(
+        json.dumps(
+            {
+                "cniVersion": "1.0.0",
+                "name": "lab",
+                "plugins": [
+                    {
+                        "type": "ptp",
+                        "ipam": {
+                            "type": "host-local",
+                            "ranges": [[{"subnet": "10.244.7.0/24"}]],
+                            "dataDir": str(tmp_path / "ipam"),
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    settings_before, hostname = _sysctls(), os.uname().nodename
+    host_paths = {Path(target) for _, target in BIND_MOUNTS}
+    existing = {p for p in host_paths if p.exists()}
+    host = HostSettings(tmp_path / "host-settings.json")
+    kubelet: KubeletNode | None = None
+    try:
+        plane.start()
+        host.apply()
+        spec = NodeSpec(
+            name=node.name,
+            cgroup=node.name,
+            address=str(address),
+            directory=str(tmp_path / "node"),
+            kubelet=str(binaries.path("kubelet")),
+            containerd=str(binaries.path("containerd")),
+            ctr=str(shutil.which("ctr")),
+            kubeconfig=str(plane.add_node(node.name)),
+            client_ca=str(plane.pki / "ca.crt"),
+            cni_bin_dir=str(CNI_PLUGINS),
+            cni_conf_dir=str(conf),
+            images=(str(images / "pause.tar"), str(images / "agnhost.tar")),
+        )
+        kubelet = KubeletNode(spec, node.name, lab)
+        kubelet.start()
+        kubelet.wait_ready()
+        kubelet.start_kubelet()
+
+        def ready() -> bool:
+            assert kubelet is not None and kubelet.alive(), kubelet and kubelet.log_tail()
+            try:
+                found = plane.get(f"/api/v1/nodes/{node.name}")
+            except urllib.error.HTTPError:
+                return False
+            assert isinstance(found, dict)
+            conditions = found["status"].get("conditions", [])
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        _wait_for("the Node Ready", ready, 180)
+        token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        plane.send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "p1"},
+                "spec": {
+                    "nodeName": node.name,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": agnhost,
+                            "command": [
+                                "/bin/sh",
+                                "-c",
+                                f"wc -c {token}; exec /agnhost netexec --http-port=8080",
+                            ],
+                        }
+                    ],
+                },
+            },
+        )
+
+        def running() -> dict[str, object] | None:
+            pod = plane.get("/api/v1/namespaces/default/pods/p1")
+            assert isinstance(pod, dict)
+            status = pod["status"]
+            return status if status.get("phase") == "Running" and status.get("podIP") else None
+
+        status = _wait_for("the pod Running", running, 180)
+        assert isinstance(status, dict)
+        assert ipaddress.ip_address(str(status["podIP"])) in ipaddress.ip_network("10.244.7.0/24")
+        url = f"http://{status['podIP']}:8080/hostname"  # wired by CNI, reached from the node
+        assert _wait_for("the pod's server", lambda: _http_get(node.name, url), 60) == "p1"
+        log = plane.text("/api/v1/namespaces/default/pods/p1/log")
+        size = int(log.split()[0])
+        assert size > 100, log  # a JWT: the projected volume is filled
+        plane.send("DELETE", "/api/v1/namespaces/default/pods/p1", {})
+    finally:
+        if kubelet is not None:
+            kubelet.stop()
+        plane.stop()
+        host.restore()
+    assert list(processes.lab_processes(lab)) == []
+    assert not any(p.exists() for p in NodeCgroups(node.name).paths())
+    assert _sysctls() == settings_before
+    assert {p for p in host_paths if p.exists()} == existing
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
+    assert os.uname().nodename == hostname
+
+
+# --- srv6ctl lab up --kubernetes ------------------------------------------------------------
+
+
+def _lab_dataplane_or_skip() -> str:
+    if os.environ.get(VPP_BIN_ENV) and _why_no_vpp() is None:
+        return "vpp"
+    problem = kernel_problem()
+    if problem is None:
+        return "kernel"
+    pytest.skip(f"no dataplane for the lab here: {problem}; and no VPP ({VPP_BIN_ENV})")
+
+
+def _pod(name: str, node: str, image: str, command: list[str], **spec: object) -> object:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": image, "command": command}],
+            **spec,
+        },
+    }
+
+
+def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
+    """`lab up --kubernetes`: two real nodes whose pods kubelet makes through containerd
+    and srv6-cni; the agents run as deploy/'s ServiceAccount (the store's ConfigMaps are
+    written through its Role); a pod on n1 fetches from a pod on n2 by its IPv6 address
+    (over SRv6); its log comes back through the API server (kube-apiserver → kubelet over
+    the management network); `lab down` leaves nothing, on the host either."""
+    directory = _binaries_or_skip()
+    dataplane = _lab_dataplane_or_skip()
+    images = directory / "images"
+    (agnhost,) = [n for n in image_names(images / "agnhost.tar") if "agnhost" in n][:1]
+    settings_before = _sysctls()
+    host_paths = {Path(target) for _, target in BIND_MOUNTS}
+    existing = {p for p in host_paths if p.exists()}
+    run = LabRun.new("k")
+    try:
+        run.up("--kubernetes", str(directory), "--dataplane", dataplane, "--nodes", "2")
+        state = run.state
+        plane = kubernetes_lab.control_plane(LabPaths(run.state_dir), state)
+        nodes = plane.get("/api/v1/nodes")
+        assert isinstance(nodes, dict)
+        assert sorted(n["metadata"]["name"] for n in nodes["items"]) == ["n1", "n2"]
+        maps = plane.get("/api/v1/namespaces/srv6ctl/configmaps?labelSelector=srv6ctl.io/ipam")
+        assert isinstance(maps, dict) and maps["items"], maps  # the agents' store
+        server = _pod("server", "n2", agnhost, ["/agnhost", "netexec", "--http-port=8080"])
+        plane.send("POST", "/api/v1/namespaces/default/pods", server)
+
+        def server_ip() -> str | None:
+            pod = plane.get("/api/v1/namespaces/default/pods/server")
+            assert isinstance(pod, dict)
+            status = pod["status"]
+            ready = status.get("phase") == "Running" and status.get("podIP")
+            return str(status["podIP"]) if ready else None
+
+        address = str(_wait_for("the server pod Running", server_ip, 180))
+        assert ipaddress.ip_address(address) in ipaddress.ip_network(PLAN_V6["podCIDRv6"])
+        url = f"http://[{address}]:8080/hostname"
+        client = _pod(
+            "client", "n1", agnhost,
+            ["/bin/sh", "-c", f"for i in 1 2 3 4 5; do wget -q -T 5 -O- {url} && exit 0; "
+             "sleep 2; done; exit 1"],
+            restartPolicy="Never",
+        )  # fmt: skip
+        plane.send("POST", "/api/v1/namespaces/default/pods", client)
+
+        def finished() -> str | None:
+            pod = plane.get("/api/v1/namespaces/default/pods/client")
+            assert isinstance(pod, dict)
+            phase = pod["status"].get("phase")
+            return str(phase) if phase in ("Succeeded", "Failed") else None
+
+        assert _wait_for("the client pod finished", finished, 180) == "Succeeded"
+        assert plane.text("/api/v1/namespaces/default/pods/client/log").strip() == "server"
+    finally:
+        run.lab("down", "--prefix", run.prefix, check=False)
+        left = run.leftovers()
+        shutil.rmtree(run.state_dir, ignore_errors=True)
+    assert left == {"namespaces": [], "processes": [], "state dir": False}, left
+    assert leftover_cgroups(run.prefix) == []
+    assert _sysctls() == settings_before
+    assert {p for p in host_paths if p.exists()} == existing
+
+
+def test_lab_up_kubernetes_without_the_binaries_refuses_and_makes_nothing(
+    tmp_path: Path,
+) -> None:
+    require_netns()
+    run = LabRun.new("k")
+    done = run.up("--kubernetes", str(tmp_path), check=False)
+    said = " ".join((done.stdout + done.stderr).split())  # rich may wrap the line
+    assert done.returncode == 1, said
+    assert f"--kubernetes {tmp_path}: missing {tmp_path}/kube-apiserver" in said
+    assert "Traceback" not in said
+    assert run.leftovers() == {"namespaces": [], "processes": [], "state dir": False}

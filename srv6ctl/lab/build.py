@@ -43,9 +43,19 @@ from ipam6.plan import AddressPlan
 from ipam6.store.config import open_store
 from srv6ctl.config import Config, load_config
 from srv6ctl.dataplane.nsenter import run_in_netns
-from srv6ctl.lab import convergence, external, netns, objects, processes, scaling, vpp
+from srv6ctl.lab import (
+    convergence,
+    external,
+    kubernetes_lab,
+    netns,
+    objects,
+    processes,
+    scaling,
+    vpp,
+)
 from srv6ctl.lab.context import LabContext
 from srv6ctl.lab.convergence import CONVERGE_TIMEOUT
+from srv6ctl.lab.kubernetes_lab import AGENT_NAMESPACE
 from srv6ctl.lab.netns import LabError
 from srv6ctl.lab.node_processes import (
     agent_ready,
@@ -213,6 +223,15 @@ class Lab:
                     start_vpp(ctx, node)
                 self._save()
                 in_parallel(lambda node: vpp_ready(paths, node), state.nodes)
+        if options.kubernetes is not None:
+            loaded, address_plan = load_config(paths.config)
+            kubernetes_lab.build_nodes(
+                ctx, lambda kubeconfig: claim_node_ids(state, loaded, address_plan, kubeconfig)
+            )
+            # Pods and Services of the lab's shape as API objects: not yet (issue 18).
+            state.complete = True
+            self._save()
+            return
         with self.steps.step("cluster objects: Namespaces, Nodes, Services"):
             write_atomically(paths.objects / objects.NAMESPACES_FILE, objects.namespace_file(state))
             write_atomically(paths.objects / "nodes.yaml", objects.node_file(state))
@@ -282,6 +301,9 @@ class Lab:
                 node.vpp_dir = str(where.dir)
                 node.vpp_api_socket = where.api_socket
                 node.vpp_stats_socket = where.stats_socket
+        if options.kubernetes is not None:
+            state.control_plane_netns = kubernetes_lab.control_plane_netns(prefix)
+            return state  # its Services are API objects: not yet (issue 18)
         for shape in SERVICES:
             if shape.host_endpoints and options.dataplane == "vpp":
                 # A host-network endpoint is the node's kernel stack, which the VPP lab's
@@ -320,11 +342,15 @@ class Lab:
         plan = dict(PLAN_V6)
         if options.dual_stack:
             plan.update(PLAN_V4)
-        config = {"addressPlan": plan, "store": {"type": "embedded", "path": str(self.paths.store)}}
+        store: dict[str, object] = {"type": "embedded", "path": str(self.paths.store)}
+        if options.kubernetes is not None:  # the cluster's own (kubernetes_lab)
+            store = {"type": "kubernetes", "kubernetes": {"namespace": AGENT_NAMESPACE}}
+        config = {"addressPlan": plan, "store": store}
         write_atomically(self.paths.config, yaml.safe_dump(config, sort_keys=False))
         # The agents would refuse a bad config anyway: fail here, before starting them.
         loaded, address_plan = load_config(self.paths.config)
-        _claim_node_ids(state, loaded, address_plan)
+        if options.kubernetes is None:  # kubernetes_lab claims them once the API serves
+            claim_node_ids(state, loaded, address_plan)
 
     # --- changes to a running lab (`lab scale`, and verify's convergence checks) -----------
 
@@ -369,6 +395,8 @@ class Lab:
         unique = {(r.pid, r.start_time): r for r in records}
         # All at once: nothing the lab runs needs another of its processes to stop.
         report.processes = len(processes.stop(list(unique.values())))
+        if prefix:  # --kubernetes: the nodes' pods, their cgroups, the host's settings
+            kubernetes_lab.remove_nodes(self.paths, prefix)
         if prefix:
             vpp.remove_leftovers(prefix)  # a VPP killed, not stopped, leaves its /dev/shm
         names = list(state.namespaces()) if state is not None else []
@@ -395,11 +423,13 @@ def _family(address: str) -> int:
     return 6 if ":" in address else 4
 
 
-def _claim_node_ids(state: LabState, config: Config, plan: AddressPlan) -> None:
+def claim_node_ids(
+    state: LabState, config: Config, plan: AddressPlan, kubeconfig: str | None = None
+) -> None:
     """Claim node IDs 1..N for n1..nN in order, as an operator may pre-provision: the
     agents, started together, would otherwise race and n1 could get ID 3. Each agent's
     own claim then returns the ID held for its name."""
-    store = open_store(config.store)
+    store = open_store(config.store, kubeconfig=kubeconfig)
     try:
         allocator = Allocator(store, plan, prefix=config.store.prefix + "ipam/")
         for node in state.nodes:

@@ -112,6 +112,13 @@ def _up_options(parser: argparse.ArgumentParser) -> None:
         help=f"name prefix of the lab's network namespaces (default {DEFAULT_PREFIX})",
     )
     parser.add_argument(
+        "--kubernetes",
+        metavar="DIR",
+        default=os.environ.get("SRV6CTL_KUBERNETES") or None,
+        help="real Kubernetes: kube-apiserver, kubelet, ... and images/ in DIR "
+        "(default $SRV6CTL_KUBERNETES; README, 'A lab on real Kubernetes')",
+    )
+    parser.add_argument(
         "--no-workarounds",
         dest="workarounds",
         action="store_false",
@@ -124,6 +131,7 @@ def _up_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--nodes", str(args.nodes), "--pods-per-node", str(args.pods_per_node)]
     argv += ["--dataplane", args.dataplane, "--prefix", args.prefix]
     argv += ["--dual-stack"] * args.dual_stack + ["--no-workarounds"] * (not args.workarounds)
+    argv += ["--kubernetes", args.kubernetes] if args.kubernetes else []
     return argv
 
 
@@ -185,6 +193,7 @@ def _up(args: argparse.Namespace) -> int:
         dataplane=args.dataplane,
         prefix=args.prefix,
         workarounds=args.workarounds,
+        kubernetes=str(Path(args.kubernetes).absolute()) if args.kubernetes else None,
     )
     try:
         done = lab.up(options)
@@ -207,6 +216,9 @@ def _up(args: argparse.Namespace) -> int:
         "already up": "[green]lab is already up[/] (nothing to do)",
         "repaired": "[green]lab repaired[/]",
     }[done]
+    if not state.services:  # --kubernetes: its pods and Services are not made yet
+        out.print(f"{summary}: {len(state.nodes)} Kubernetes nodes, kubelet on each")
+        return 0
     web = state.services[0]
     addresses = ", ".join(ip for ip in (web.cluster_ipv6, web.cluster_ipv4) if ip)
     out.print(

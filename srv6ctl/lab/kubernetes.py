@@ -41,10 +41,11 @@ from pathlib import Path
 from srv6ctl.dataplane.model import IPNetwork, IPv6Address
 from srv6ctl.dataplane.nsenter import run_in_netns
 from srv6ctl.lab import processes
+from srv6ctl.lab.netns import LabError
 from srv6ctl.lab.state import ProcessRecord
 
 COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
-HOST_TOOLS = ("etcd", "containerd", "runc", "openssl")
+HOST_TOOLS = ("etcd", "containerd", "ctr", "runc", "openssl")
 API_PORT = 6443
 ETCD_PORT = 2379
 CONTROLLER_MANAGER_PORT = 10257
@@ -56,7 +57,7 @@ BROKEN_GO = ("go1.27",)
 _BUILDINFO_MAGIC = b"\xff Go buildinf:"
 
 
-class KubernetesUnavailable(RuntimeError):
+class KubernetesUnavailable(LabError):
     """The lab's Kubernetes mode cannot run with what was given: the one line to stop with."""
 
 
@@ -158,6 +159,9 @@ class ControlPlane:
             "kube-controller-manager", f"https://[::1]:{CONTROLLER_MANAGER_PORT}/healthz", timeout
         )
         self._wait("kube-scheduler", f"https://[::1]:{SCHEDULER_PORT}/healthz", timeout)
+        # Until the controller manager has made it, every pod is refused (403: "error
+        # looking up service account default/default").
+        self._wait_for_object("/api/v1/namespaces/default/serviceaccounts/default", timeout)
 
     def stop(self) -> list[int]:
         """Stop every component (the API server can take its time to shut down)."""
@@ -177,6 +181,14 @@ class ControlPlane:
     def get(self, path: str, user: str = "admin") -> object:
         """GET `path` from the API server as `user`, from inside the namespace."""
         return json.loads(self._fetch(f"{self.url}{path}", user))
+
+    def send(self, method: str, path: str, body: object, user: str = "admin") -> object:
+        """`method` `path` with a JSON `body` (POST, PUT, DELETE) as `user`; the answer."""
+        return json.loads(self._fetch(f"{self.url}{path}", user, method, json.dumps(body)))
+
+    def text(self, path: str, user: str = "admin") -> str:
+        """A plain-text resource (a pod's log, `/healthz`)."""
+        return self._fetch(f"{self.url}{path}", user).decode(errors="replace")
 
     # --- processes -------------------------------------------------------------------------
 
@@ -202,7 +214,21 @@ class ControlPlane:
             time.sleep(0.5)
         raise KubernetesUnavailable(f"{name} not healthy within {timeout:.0f} s: {last}")
 
-    def _fetch(self, url: str, user: str | None) -> bytes:
+    def _wait_for_object(self, path: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.get(path)
+                return
+            except urllib.error.HTTPError as err:
+                if err.code != 404:
+                    raise KubernetesUnavailable(f"GET {path}: {err}") from None
+            time.sleep(0.3)
+        raise KubernetesUnavailable(f"{path} was not made within {timeout:.0f} s")
+
+    def _fetch(
+        self, url: str, user: str | None, method: str = "GET", data: str | None = None
+    ) -> bytes:
         def body() -> bytes:
             context = None
             if url.startswith("https"):
@@ -213,7 +239,13 @@ class ControlPlane:
                 if user is not None:
                     name = user.replace(":", "-")
                     context.load_cert_chain(self.pki / f"{name}.crt", self.pki / f"{name}.key")
-            with urllib.request.urlopen(url, timeout=5, context=context) as answer:
+            request = urllib.request.Request(
+                url,
+                method=method,
+                data=None if data is None else data.encode(),
+                headers={} if data is None else {"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10, context=context) as answer:
                 return bytes(answer.read())
 
         return run_in_netns(f"/run/netns/{self.netns}", body)

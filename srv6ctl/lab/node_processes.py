@@ -40,6 +40,7 @@ class AgentExited(LabError):
 
 def _agent_argv(ctx: LabContext, node: NodeRecord) -> list[str]:
     return [
+        *_agent_place(ctx, node),
         sys.executable,
         "-m",
         "srv6ctl.cli",
@@ -48,10 +49,7 @@ def _agent_argv(ctx: LabContext, node: NodeRecord) -> list[str]:
         node.name,
         "--config",
         str(ctx.paths.config),
-        "--netns",
-        node.netns,
-        "--lab-dir",
-        str(ctx.paths.objects),
+        *_agent_source(ctx, node),
         "--cni-socket",
         node.cni_socket,
         "--api-socket",
@@ -65,6 +63,23 @@ def _agent_argv(ctx: LabContext, node: NodeRecord) -> list[str]:
         "--metrics-address",
         "127.0.0.1:0",
     ]
+
+
+def _agent_place(ctx: LabContext, node: NodeRecord) -> list[str]:
+    """Where the agent runs: with --kubernetes, in the node's namespaces (mount included:
+    containerd makes the pods' network namespaces under the node's own /run/netns)."""
+    if ctx.state.options.kubernetes is None:
+        return []
+    assert node.kubelet is not None
+    return ["nsenter", "--target", str(node.kubelet.pid), "--mount", "--uts", "--net", "--"]
+
+
+def _agent_source(ctx: LabContext, node: NodeRecord) -> list[str]:
+    """The lab's object files and the node's namespace by name, or (--kubernetes) the
+    API server, from inside the node's namespace."""
+    if ctx.state.options.kubernetes is None:
+        return ["--netns", node.netns, "--lab-dir", str(ctx.paths.objects)]
+    return ["--kubeconfig", str(ctx.paths.root / "agent.kubeconfig")]  # kubernetes_lab's
 
 
 def _vpp_agent_args(ctx: LabContext, node: NodeRecord) -> list[str]:

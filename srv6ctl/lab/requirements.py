@@ -36,6 +36,10 @@ def check_requirements(options: LabOptions) -> None:
         raise LabError("the lab needs at least two pods: a client and a backend")
     if not options.prefix.replace("-", "").isalnum() or len(options.prefix) > 20:
         raise LabError(f"--prefix {options.prefix!r}: letters, digits and '-', at most 20")
+    if options.kubernetes is not None:
+        from srv6ctl.lab import kubernetes_lab  # only this mode needs its modules
+
+        kubernetes_lab.check(options.kubernetes)
     if options.dataplane == "kernel":  # last: the probe is the one check that takes time
         problem = kernel_problem()
         if problem is not None:

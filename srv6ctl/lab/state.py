@@ -56,6 +56,8 @@ class NodeRecord(_Model):
     vpp_api_socket: str | None = None
     vpp_stats_socket: str | None = None
     host_server: ProcessRecord | None = None  # a host-network endpoint's (podserver)
+    # --kubernetes: the supervisor of the node's kubelet and containerd (kubelet_node)
+    kubelet: ProcessRecord | None = None
 
 
 class PodRecord(_Model):
@@ -109,6 +111,7 @@ class LabOptions(_Model):
     dataplane: Literal["kernel", "vpp"] = "kernel"  # vpp: one VPP per node (lab/vpp.py)
     prefix: str = DEFAULT_PREFIX
     workarounds: bool = True  # FINDINGS.md: settings the lab fixes after the agents
+    kubernetes: str | None = None  # real Kubernetes from this directory (kubernetes_lab)
 
 
 class LabState(_Model):
@@ -121,6 +124,8 @@ class LabState(_Model):
     bridge: str = "br0"
     vpp_binary: str | None = None  # --dataplane vpp: the VPP the nodes run
     probe_server: ProcessRecord | None = None  # the endpoint outside the cluster (podserver)
+    control_plane_netns: str | None = None  # --kubernetes: the control plane's namespace
+    control_plane: list[ProcessRecord] = []  # --kubernetes: etcd, kube-apiserver, ...
     nodes: list[NodeRecord] = []
     pods: list[PodRecord] = []
     services: list[ServiceRecord] = []
@@ -167,6 +172,7 @@ class LabState(_Model):
         return [
             *(p.netns for p in self.pods),
             *(n.netns for n in self.nodes),
+            *([self.control_plane_netns] if self.control_plane_netns else []),
             self.probe_netns,
             self.underlay_netns,
         ]
