@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from srv6ctl.dataplane.nsenter import run_in_netns
-from srv6ctl.lab import kubernetes_lab, processes
+from srv6ctl.lab import e2e, kubernetes_lab, processes
 from srv6ctl.lab.kubelet_node import (
     BIND_MOUNTS,
     KUBELET_KERNEL_DEFAULTS,
@@ -453,3 +453,25 @@ def test_lab_up_kubernetes_without_the_binaries_refuses_and_makes_nothing(
     assert f"--kubernetes {tmp_path}: missing {tmp_path}/kube-apiserver" in said
     assert "Traceback" not in said
     assert run.leftovers() == {"namespaces": [], "processes": [], "state dir": False}
+
+
+def test_e2e_summary_reads_what_the_suite_ran(tmp_path: Path) -> None:
+    """`lab e2e`'s summary of a real report: a dry run of the default selection (no
+    cluster needed) counts as many specs as e2e.test says it ran, all passed."""
+    e2e_test = _binaries_or_skip() / "e2e.test"
+    if not e2e_test.is_file():
+        pytest.skip(f"no {e2e_test}")
+    done = subprocess.run(
+        [
+            str(e2e_test), "--provider=skeleton", f"--report-dir={tmp_path}",
+            "--ginkgo.dry-run", "--ginkgo.no-color",
+            f"--ginkgo.focus={e2e.DEFAULT_FOCUS}", f"--ginkgo.skip={e2e.DEFAULT_SKIP}",
+        ],
+        capture_output=True, text=True, check=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    ran = re.search(r"Ran (\d+) of (\d+) Specs", done.stdout)
+    assert ran is not None, done.stdout[-500:]
+    result = e2e.summary(tmp_path / "junit_01.xml")
+    assert result.counts == {"passed": int(ran.group(1))}
+    assert 0 < int(ran.group(1)) < int(ran.group(2))
+    assert result.failed == () and result.skipped == ()

@@ -73,10 +73,23 @@ def register(commands: Any) -> None:
     exec_ = lab_commands.add_parser(
         "exec", help="run a command in a pod's (or node's) network namespace"
     )
-    exec_.add_argument("target", metavar="POD", help="a pod, or a node (n1), probe, underlay")
+    exec_.add_argument(
+        "target",
+        metavar="POD",
+        help="a pod, or a node (n1), probe, underlay, control-plane (--kubernetes)",
+    )
     exec_.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     _state_dir(exec_)
     exec_.set_defaults(func=_exec)
+
+    e2e = lab_commands.add_parser(
+        "e2e",
+        help="--kubernetes labs: run the upstream e2e tests (DIR/e2e.test) against the lab",
+    )
+    e2e.add_argument("--focus", default=None, help="ginkgo focus (default: [sig-network])")
+    e2e.add_argument("--skip", default=None, help="ginkgo skip (default: srv6ctl/lab/e2e.py)")
+    _state_dir(e2e)
+    e2e.set_defaults(func=_e2e)
 
     scale = lab_commands.add_parser(
         "scale", help="give a service N backend pods (through CNI; slices updated)"
@@ -265,6 +278,10 @@ def _exec(args: argparse.Namespace) -> int:
         return 2
     target = args.target
     special = {"probe": state.probe_netns, "underlay": state.underlay_netns}
+    if state.control_plane_netns is not None:  # --kubernetes: kubectl as the admin there
+        special["control-plane"] = state.control_plane_netns
+        admin = lab.paths.root / "control-plane" / "admin.kubeconfig"
+        os.environ["KUBECONFIG"] = str(admin)
     if target in special:
         name = special[target]
     elif target in state.node_names:
@@ -277,6 +294,33 @@ def _exec(args: argparse.Namespace) -> int:
             return 1
     os.execvp("ip", ["ip", "netns", "exec", name, *command])
     return 127  # not reached: exec replaced this process
+
+
+def _e2e(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from srv6ctl.lab import e2e
+
+    lab = _lab(args, quiet=True)
+    state = lab.state
+    if state is None or state.options.kubernetes is None:
+        print(
+            f"no lab on Kubernetes in {lab.paths.root} (lab up --kubernetes DIR)", file=sys.stderr
+        )
+        return 1
+    if not (Path(state.options.kubernetes) / "e2e.test").is_file():
+        print(f"no e2e.test in {state.options.kubernetes}", file=sys.stderr)
+        return 1
+    focus = e2e.DEFAULT_FOCUS if args.focus is None else args.focus
+    skip = e2e.DEFAULT_SKIP if args.skip is None else args.skip
+    code = subprocess.run(e2e.argv(lab.paths, state, focus, skip), check=False).returncode
+    report = e2e.report_dir(lab.paths) / "junit_01.xml"
+    if report.exists():
+        result = e2e.summary(report)
+        print(f"e2e: {result.line()} (report: {report})")
+        for name in result.failed:
+            print(f"  failed: {name}")
+    return code
 
 
 def _scale(args: argparse.Namespace) -> int:

@@ -64,6 +64,7 @@ AGENT_MANIFESTS = (
 )
 AGENT_NAMESPACE = "srv6ctl"  # deploy/'s, with its ServiceAccount `srv6ctl`
 IMAGES = ("pause.tar", "agnhost.tar")  # in DIR/images: the sandbox and the e2e test image
+OPTIONAL_IMAGES = ("busybox.tar",)  # imported where given: some e2e tests run it
 MANAGEMENT_BRIDGE = "mgmt"
 MANAGEMENT_IFNAME = "mgmt0"
 MANAGEMENT_NET = ipaddress.IPv6Network("fd00:fe::/64")
@@ -240,7 +241,11 @@ def kubelet_node(ctx: LabContext, plane: ControlPlane, node: NodeRecord) -> Kube
         client_ca=str(plane.pki / "ca.crt"),
         cni_bin_dir=str(bin_dir),
         cni_conf_dir=str(conf_dir),
-        images=tuple(str(directory / "images" / i) for i in IMAGES),
+        images=tuple(
+            str(directory / "images" / i)
+            for i in (*IMAGES, *OPTIONAL_IMAGES)
+            if (directory / "images" / i).is_file()
+        ),
     )
     return KubeletNode(spec, node.netns, ctx.paths.root)
 

@@ -5,6 +5,7 @@ has converged again."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from srv6ctl.lab import netns, processes, vpp
 from srv6ctl.lab.context import LabContext
@@ -31,6 +32,8 @@ class Health:
     missing_namespaces: list[str] = field(default_factory=list)
     dead_agents: list[str] = field(default_factory=list)
     dead_vpps: list[str] = field(default_factory=list)
+    dead_kubelets: list[str] = field(default_factory=list)  # --kubernetes: a node's supervisor
+    dead_control_plane: list[str] = field(default_factory=list)  # --kubernetes: its processes
     unready_agents: list[str] = field(default_factory=list)
     dead_servers: list[str] = field(default_factory=list)
     unfixed: list[str] = field(default_factory=list)  # nodes missing the lab's workarounds
@@ -39,6 +42,8 @@ class Health:
     def problems(self) -> list[str]:
         out = [f"namespace {n} is missing" for n in self.missing_namespaces]
         out += [f"VPP of {n} is not running" for n in self.dead_vpps]
+        out += [f"kubelet and containerd of {n} are not running" for n in self.dead_kubelets]
+        out += [f"{c} of the control plane is not running" for c in self.dead_control_plane]
         out += [f"agent of {n} is not running" for n in self.dead_agents]
         out += [f"agent of {n} is not ready" for n in self.unready_agents]
         out += [f"server of pod {p} is not running" for p in self.dead_servers]
@@ -47,16 +52,22 @@ class Health:
 
     @property
     def repairable(self) -> bool:
-        """Only processes died: restarting them restores the lab in place."""
-        return not self.missing_namespaces
+        """Only processes died: restarting them restores the lab in place (not a node's
+        kubelet and containerd: its pods went with them)."""
+        return not (self.missing_namespaces or self.dead_kubelets or self.dead_control_plane)
 
 
 def inspect(state: LabState) -> Health:
     health = Health()
     health.missing_namespaces = [n for n in state.namespaces() if not netns.exists(n)]
+    health.dead_control_plane = [
+        Path(r.argv[3]).name for r in state.control_plane if not processes.alive(r)
+    ]  # argv: nsenter --net=... -- <component> ...
     for node in state.nodes:
         if state.options.dataplane == "vpp" and not processes.alive(node.vpp):
             health.dead_vpps.append(node.name)
+        if state.options.kubernetes is not None and not processes.alive(node.kubelet):
+            health.dead_kubelets.append(node.name)
         if not processes.alive(node.agent):
             health.dead_agents.append(node.name)
             continue

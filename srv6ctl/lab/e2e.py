@@ -1,0 +1,106 @@
+"""The upstream Kubernetes e2e tests against the lab on real Kubernetes (`srv6ctl lab e2e`).
+
+`e2e.test` (built beside the other binaries: README, "A lab on real Kubernetes") runs in
+the control plane's namespace with the admin's kubeconfig, `--provider=skeleton` (no
+cloud), the kubectl beside it for its `kubectl exec`s, and writes its JUnit report into
+the lab's directory; `summary` reads that report back as counts and the failed tests'
+names. The default selection is `[sig-network]` without what needs more than the lab
+has or disturbs it for the others (`DEFAULT_SKIP`, each reason beside it).
+"""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ElementTree
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from srv6ctl.lab.state import LabPaths, LabState
+
+DEFAULT_FOCUS = r"\[sig-network\]"
+DEFAULT_SKIP = "|".join(
+    (
+        r"\[Serial\]",  # they change the cluster for everyone (taints, node restarts)
+        r"\[Disruptive\]",
+        r"\[Flaky\]",
+        r"\[Feature:[^\]]+\]",  # optional features, each its own setup
+        r"\bDNS\b",  # no cluster DNS server is deployed in the lab
+        r"\bIngress",  # no ingress controller
+        r"LoadBalancer",  # no cloud provider to give a load balancer
+        r"\[Slow\]",
+    )
+)
+
+
+SUITE_NODES = ("[SynchronizedBeforeSuite]", "[SynchronizedAfterSuite]", "[BeforeSuite]",
+               "[AfterSuite]", "[ReportBeforeSuite]", "[ReportAfterSuite]")  # fmt: skip
+NOT_SELECTED = "skipped"  # ginkgo's whole message for a spec its focus/skip left out
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The selected specs by status; the failed ones' names, the skipped ones' reasons (a
+    spec may skip itself at run time: e2eskipper says why)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    failed: tuple[str, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()  # (name, why)
+
+    def line(self) -> str:
+        order = ("passed", "failed", "skipped")
+        return f"{sum(self.counts.values())} specs: " + ", ".join(
+            f"{self.counts.get(k, 0)} {k}" for k in order
+        )
+
+
+def report_dir(paths: LabPaths) -> Path:
+    return paths.root / "e2e"
+
+
+def argv(paths: LabPaths, state: LabState, focus: str, skip: str) -> list[str]:
+    assert state.options.kubernetes is not None and state.control_plane_netns is not None
+    binaries = Path(state.options.kubernetes)
+    kubectl = binaries / "kubectl"
+    if not kubectl.exists():
+        kubectl = Path(sys.executable).parent / "kubectl"
+    kubeconfig = paths.root / "control-plane" / "admin.kubeconfig"
+    return [
+        "nsenter", f"--net=/run/netns/{state.control_plane_netns}", "--",
+        str(binaries / "e2e.test"),
+        f"--kubeconfig={kubeconfig}",
+        "--provider=skeleton",
+        f"--kubectl-path={kubectl}",
+        f"--report-dir={report_dir(paths)}",
+        "--disable-log-dump",
+        f"--ginkgo.focus={focus}",
+        f"--ginkgo.skip={skip}",
+        "--ginkgo.no-color",
+        "--ginkgo.timeout=12h",
+    ]  # fmt: skip
+
+
+def summary(report: Path) -> Summary:
+    """The specs the run selected, from ginkgo's JUnit report (a suite node counts only
+    when it failed: a failed [SynchronizedBeforeSuite] fails every spec)."""
+    counts: Counter[str] = Counter()
+    failed, skipped = [], []
+    for case in ElementTree.parse(report).getroot().iter("testcase"):
+        name = case.get("name", "?")
+        status = case.get("status", "")
+        if status not in ("passed", "skipped"):
+            status = "failed"  # failed, panicked, interrupted, timedout, aborted
+        why = case.find("skipped")
+        if status == "skipped" and why is not None and why.get("message") == NOT_SELECTED:
+            continue
+        if name.startswith(SUITE_NODES) and status != "failed":
+            continue
+        counts[status] += 1
+        if status == "failed":
+            failed.append(name)
+        elif status == "skipped":
+            skipped.append((name, (why.get("message", "") if why is not None else "").strip()))
+    return Summary(counts, tuple(failed), tuple(skipped))
+
+
+__all__ = ["DEFAULT_FOCUS", "DEFAULT_SKIP", "Summary", "argv", "report_dir", "summary"]
