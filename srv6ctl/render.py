@@ -646,6 +646,10 @@ class Renderer:
         if pod.finished or pod.host_network or pod.node_name is None:
             return EMPTY
         if pod.node_name == self._node:
+            if not pod.ips:
+                # Scheduled here, not yet started: kubelet reports a pod's IPs only once
+                # CNI ADD has returned, and on a VPP node ADD waits for the pod's port.
+                return self._wired_pod_fragment(key)
             return self._local_pod_fragment(pod)
         return self._remote_pod_fragment(pod)
 

@@ -384,8 +384,11 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
     """`lab up --kubernetes`: two real nodes whose pods kubelet makes through containerd
     and srv6-cni; the agents run as deploy/'s ServiceAccount (the store's ConfigMaps are
     written through its Role); a pod on n1 fetches from a pod on n2 by its IPv6 address
-    (over SRv6); its log comes back through the API server (kube-apiserver → kubelet over
-    the management network); `lab down` leaves nothing, on the host either."""
+    and through a Service's ClusterIP (its EndpointSlice made by the real controller
+    manager; no kube-proxy), and reaches the API server through the `kubernetes` Service
+    (an endpoint outside the cluster); its log comes back through the API server
+    (kube-apiserver → kubelet over the management network); `lab down` leaves nothing, on
+    the host either."""
     directory = _binaries_or_skip()
     dataplane = _lab_dataplane_or_skip()
     images = directory / "images"
@@ -415,13 +418,26 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
 
         address = str(_wait_for("the server pod Running", server_ip, 180))
         assert ipaddress.ip_address(address) in ipaddress.ip_network(PLAN_V6["podCIDRv6"])
-        url = f"http://[{address}]:8080/hostname"
-        client = _pod(
-            "client", "n1", agnhost,
-            ["/bin/sh", "-c", f"for i in 1 2 3 4 5; do wget -q -T 5 -O- {url} && exit 0; "
-             "sleep 2; done; exit 1"],
-            restartPolicy="Never",
-        )  # fmt: skip
+        web = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }
+        answer = plane.send("POST", "/api/v1/namespaces/default/services", web)
+        assert isinstance(answer, dict)
+        cluster_ip = answer["spec"]["clusterIP"]
+        # busybox's nc speaks HTTP well enough; the image's static wget crashes resolving.
+        get = "printf 'GET /hostname HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {} | tail -n 1"
+        script = (
+            "for i in $(seq 10); do "
+            f"a=$({get.format(f'{address} 8080')}); b=$({get.format(f'{cluster_ip} 80')}); "
+            # The API server through the `kubernetes` Service: an endpoint outside the
+            # cluster, reached with the pod's own address.
+            'if [ "$a$b" = serverserver ] && /agnhost connect [fd00:96::1]:443 --timeout 5s; '
+            'then echo "by address: $a, by ClusterIP: $b"; exit 0; fi; sleep 2; done; exit 1'
+        )
+        client = _pod("client", "n1", agnhost, ["/bin/sh", "-c", script], restartPolicy="Never")
         plane.send("POST", "/api/v1/namespaces/default/pods", client)
 
         def finished() -> str | None:
@@ -430,8 +446,9 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
             phase = pod["status"].get("phase")
             return str(phase) if phase in ("Succeeded", "Failed") else None
 
-        assert _wait_for("the client pod finished", finished, 180) == "Succeeded"
-        assert plane.text("/api/v1/namespaces/default/pods/client/log").strip() == "server"
+        outcome = _wait_for("the client pod finished", finished, 180)
+        log = plane.text("/api/v1/namespaces/default/pods/client/log").strip()
+        assert (outcome, log) == ("Succeeded", "by address: server, by ClusterIP: server")
     finally:
         run.lab("down", "--prefix", run.prefix, check=False)
         left = run.leftovers()

@@ -281,6 +281,33 @@ def test_a_pod_wired_before_the_api_shows_it_is_attached_from_its_wiring() -> No
     assert delta.removed == {bare} and not renderer.config().pods
 
 
+def test_a_pod_the_api_shows_without_ips_is_attached_from_its_wiring() -> None:
+    """Real kubelet's order: the Pod is in the API (scheduled here, Pending, no IPs) before
+    CNI ADD, and gets its IPs only after ADD returned. ADD waits for the pod's port on a
+    VPP node: the port must come from the wiring then, or ADD never returns (found on a
+    real kubelet: every pod failed "not wired within 30 s")."""
+    addresses = frozenset({ipaddress.ip_interface("fd00:10:0:1::2/128")})
+    wiring = PodInterface(
+        "veth-web-0", "/var/run/netns/web-0", pod="default/web-0", addresses=addresses
+    )
+    started = pod(IPV6_ONLY, "web-0", 1, 2, uid="uid-web-0")
+    pending = dataclasses.replace(started, ips=(), phase="Pending")
+    state = state_of(node(1), pending)
+    renderer = Renderer(state, "node-1", inputs(IPV6_ONLY, [1]))
+    delta = renderer.set_inputs(
+        dataclasses.replace(renderer.inputs, pod_interfaces={"uid-web-0": wiring})
+    )
+    bare = PodAttachment("veth-web-0", "default/web-0", "/var/run/netns/web-0", addresses=addresses)
+    assert delta.added == {bare}
+    assert renderer.config() == render(state, "node-1", renderer.inputs)
+
+    delta = renderer.update(state.upsert_pod(started))  # kubelet reports its IP
+    assert delta.removed == set()
+    assert {type(o) for o in delta.added} == {EndDX6}
+    assert renderer.config().pods == {bare}
+    assert renderer.config() == render(state, "node-1", renderer.inputs)
+
+
 # --- services -------------------------------------------------------------------------
 
 

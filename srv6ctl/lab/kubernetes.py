@@ -133,6 +133,9 @@ class ControlPlane:
     service_cidrs: Sequence[IPNetwork]
     directory: Path
     lab: Path  # the lab's state directory: marks the processes as the lab's
+    # What the `kubernetes` Service's endpoint is (pods reach the API server there); None:
+    # `address`, which the components and kubelets use.
+    advertise: IPv6Address | None = None
     records: list[ProcessRecord] = field(default_factory=list)
 
     @property
@@ -269,7 +272,7 @@ class ControlPlane:
             str(self.binaries.path("kube-apiserver")),
             f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
             "--bind-address=::",
-            f"--advertise-address={self.address}",
+            f"--advertise-address={self.advertise or self.address}",
             f"--secure-port={API_PORT}",
             f"--cert-dir={d}",
             f"--tls-cert-file={d / 'apiserver.crt'}",
@@ -335,6 +338,7 @@ class ControlPlane:
         )  # fmt: skip
         names = [
             f"IP:{self.address}",
+            *([f"IP:{self.advertise}"] if self.advertise else []),
             "IP:::1",
             "IP:127.0.0.1",
             *(f"IP:{first_address(c)}" for c in self.service_cidrs),

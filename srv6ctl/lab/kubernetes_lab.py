@@ -35,11 +35,13 @@ import sys
 import time
 import urllib.error
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import yaml
 
 from cni.install import install as install_cni
+from cni.wiring import set_tx_checksum
 from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
 from srv6ctl.lab import netns
 from srv6ctl.lab.context import LabContext
@@ -54,7 +56,7 @@ from srv6ctl.lab.kubernetes import ControlPlane, KubernetesUnavailable, find_bin
 from srv6ctl.lab.netns import LabError
 from srv6ctl.lab.node_processes import agent_ready, start_agent
 from srv6ctl.lab.parallel import in_parallel
-from srv6ctl.lab.shape import PLAN_V4, PLAN_V6
+from srv6ctl.lab.shape import PLAN_V4, PLAN_V6, underlay_v6
 from srv6ctl.lab.state import LabPaths, LabState, NodeRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +71,10 @@ MANAGEMENT_BRIDGE = "mgmt"
 MANAGEMENT_IFNAME = "mgmt0"
 MANAGEMENT_NET = ipaddress.IPv6Network("fd00:fe::/64")
 CONTROL_PLANE_ADDRESS = MANAGEMENT_NET[0xFF00]
+# Its address on the underlay, beside the probe's: what the `kubernetes` Service's endpoint
+# is, so that pods reach the API server as any endpoint outside the cluster (README,
+# "Endpoints outside the cluster"), through their node's dataplane.
+CONTROL_PLANE_UNDERLAY_INDEX = 0xFFFD
 LOOPBACK_PLUGIN = Path("/usr/lib/cni/loopback")  # Debian's containernetworking-plugins
 TOKEN_SECONDS = 7 * 24 * 3600
 AGENT_KUBECONFIG = "agent.kubeconfig"  # in the lab's directory: the agents' credentials
@@ -116,14 +122,24 @@ def control_plane(paths: LabPaths, state: LabState) -> ControlPlane:
         [ipaddress.ip_network(c) for c in plan],
         paths.root / "control-plane",
         paths.root,
+        advertise=ipaddress.IPv6Address(underlay_v6(CONTROL_PLANE_UNDERLAY_INDEX)),
     )
 
 
-def management_network(state: LabState) -> None:
-    """The control plane's namespace and bridge, each node's `mgmt0` on it, and the
-    control plane's routes to the nodes' InternalIPs."""
+def control_plane_network(state: LabState) -> None:
+    """The control plane's namespace: on the underlay (the API server's advertised
+    address, the pod CIDR routed to the nodes as the probe routes it) and the management
+    bridge, each node's `mgmt0` on it, the nodes' InternalIPs routed over it."""
     cp = control_plane_netns(state.options.prefix)
     netns.add_netns(cp)
+    underlay = underlay_v6(CONTROL_PLANE_UNDERLAY_INDEX)
+    netns.attach(state.underlay_netns, state.bridge, "cp", cp, "eth0", [f"{underlay}/64"])
+    if state.options.dataplane == "vpp":
+        # As the probe's (lab build): a veth leaves checksums to its receiver, and VPP's
+        # af_packet uplink forwards them to the pods unchecked.
+        run_in_netns(netns.netns_path(cp), partial(set_tx_checksum, "eth0", False))
+    hops = " ".join(f"nexthop via {n.internal_ipv6}" for n in state.nodes)
+    netns.ip_batch(cp, [f"route replace {PLAN_V6['podCIDRv6']} {hops}"])
     netns.add_bridge(cp, MANAGEMENT_BRIDGE)
     netns.ip_batch(cp, [f"addr add {CONTROL_PLANE_ADDRESS}/64 dev {MANAGEMENT_BRIDGE} nodad"])
     for index, node in enumerate(state.nodes, start=1):
@@ -274,7 +290,7 @@ def build_nodes(ctx: LabContext, claim: Callable[[str], None]) -> None:
     (in order, as the plain lab does) once the API server serves."""
     state, paths, steps = ctx.state, ctx.paths, ctx.steps
     with steps.step("control plane, srv6ctl's RBAC, the nodes' management network"):
-        management_network(state)
+        control_plane_network(state)
         plane = start_control_plane(ctx)
         agent_kubeconfig(plane, paths.root / AGENT_KUBECONFIG)
         admin = str(plane.kubeconfig("admin"))
@@ -317,8 +333,8 @@ __all__ = [
     "build_nodes",
     "check",
     "control_plane",
+    "control_plane_network",
     "kubelet_node",
-    "management_network",
     "remove_nodes",
     "start_control_plane",
     "wait_node_ready",
