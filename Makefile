@@ -64,7 +64,7 @@ test-kube-apiserver: $(STAMP)
 # The lab's real-Kubernetes parts against binaries built elsewhere (README.md, "A lab on
 # real Kubernetes"): SRV6CTL_KUBERNETES is the directory holding them.
 test-kubernetes: $(STAMP)
-	@bash scripts/kubernetes-deps.sh
+	@bash scripts/system-deps.sh kubernetes
 	SRV6CTL_KUBERNETES=$${SRV6CTL_KUBERNETES:?directory of Kubernetes binaries} $(BIN)/pytest -q -p no:cacheprovider tests/test_lab_kubernetes.py
 
 clean:

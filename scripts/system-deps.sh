@@ -16,6 +16,13 @@ PACKAGES=(
     "python3-venv:/usr/lib/python3/dist-packages"
 )
 
+# `system-deps.sh kubernetes`: also what the lab's Kubernetes mode runs beside the
+# binaries a user builds (README, "A lab on real Kubernetes"): a node's container runtime.
+# `make test` does not need them (those tests skip without the binaries).
+if [ "${1:-}" = kubernetes ]; then
+    PACKAGES+=("containerd:/usr/bin/containerd" "runc:/usr/sbin/runc")
+fi
+
 missing=()
 for entry in "${PACKAGES[@]}"; do
     pkg="${entry%%:*}"

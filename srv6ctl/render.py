@@ -135,6 +135,7 @@ from srv6ctl.state import (
     PodKey,
     Service,
     ServiceKey,
+    ServicePort,
 )
 
 # Host-network endpoints: their node's `L::7` (End.DT6) looks the inner packet up in this
@@ -267,6 +268,14 @@ class RenderDelta:
 def _pod_name(name: str) -> NamespacedName:
     namespace, _, pod = name.partition("/")
     return (namespace, pod)
+
+
+def _slice_port(eps: EndpointSlice, port: ServicePort) -> int | None:
+    """Where `eps` sends the Service's `port` (matched by name and protocol)."""
+    for candidate in eps.ports:
+        if candidate.name == port.name and candidate.protocol == port.protocol:
+            return port.port if candidate.port is None else candidate.port
+    return None
 
 
 def _by_pod_name(interfaces: Mapping[str, PodInterface]) -> dict[NamespacedName, PodInterface]:
@@ -736,11 +745,10 @@ class Renderer:
             vips = (cluster_ip, *self._external_vips(service, cluster_ip.version))
             addresses.update(vips)
             for port in service.ports:
-                if isinstance(port.target_port, int):
-                    target: int | None = port.target_port
-                else:
-                    target = pod.container_port(port.target_port, port.protocol)
-                # An unresolvable name is what Kubernetes does too: that port has no backend.
+                # The slice's port of the same name, not the Service's targetPort: the
+                # controller resolved that into it, and a hand-written slice may say
+                # anything (kube-proxy reads the slice). None: no backend for it here.
+                target = _slice_port(eps, port)
                 if target is not None and target != port.port:
                     port_maps.update((port.protocol, vip, port.port, target) for vip in vips)
                 if target is not None and port.node_port:

@@ -183,13 +183,17 @@ CNI_PLUGINS = Path("/usr/lib/cni")  # Debian's reference plugins: ptp, host-loca
 
 
 def _images_or_skip() -> Path:
+    """`SRV6CTL_KUBERNETES_IMAGES`, else the binaries' `images/` (as `lab up` reads them)."""
     given = os.environ.get(IMAGES_ENV)
-    if not given:
+    beside = _binaries_or_skip() / "images"
+    if given:
+        return Path(given)
+    if not (beside / "pause.tar").is_file():
         pytest.skip(
-            f"no images: set {IMAGES_ENV} to a directory holding pause.tar and agnhost.tar "
-            "(README, 'A lab on real Kubernetes')"
+            f"no images: set {IMAGES_ENV} to a directory holding pause.tar and agnhost.tar, "
+            f"or put them in {beside} (README, 'A lab on real Kubernetes')"
         )
-    return Path(given)
+    return beside
 
 
 def _sysctls() -> dict[str, str]:
@@ -289,17 +293,7 @@ def test_a_kubelet_node_runs_a_pod_and_leaves_nothing_behind(
         kubelet.wait_ready()
         kubelet.start_kubelet()
 
-        def ready() -> bool:
-            assert kubelet is not None and kubelet.alive(), kubelet and kubelet.log_tail()
-            try:
-                found = plane.get(f"/api/v1/nodes/{node.name}")
-            except urllib.error.HTTPError:
-                return False
-            assert isinstance(found, dict)
-            conditions = found["status"].get("conditions", [])
-            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-        _wait_for("the Node Ready", ready, 180)
+        kubernetes_lab.wait_node_ready(plane, kubelet, 180)
         token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
         plane.send(
             "POST",

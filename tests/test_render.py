@@ -358,7 +358,15 @@ def test_port_maps_for_numeric_and_named_target_ports_resolved_per_pod() -> None
         ],
     )
     state = state_of(node(1), a, b, c, web)
-    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p) for p in (a, b, c)]))
+    # As the controller writes them: one slice per resolved port set, an unresolvable
+    # name (dns-tcp: "dns" is a UDP port) left out.
+    https = EndpointPort(8443, "TCP", "https")
+    for suffix, target, ports in (
+        ("a", a, [EndpointPort(9376, "TCP", "http"), https]),
+        ("b", b, [EndpointPort(8000, "TCP", "http"), https]),
+        ("c", c, [https, EndpointPort(53, "UDP", "dns")]),
+    ):
+        state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(target)], 6, suffix, ports))
     config = render(state, "node-1", inputs(plan, [1], {web: 1}, interfaces=[a, b, c]))
     maps = {att.pod: att.port_maps for att in config.pods}
     ip = web.cluster_ip_v6
@@ -368,6 +376,28 @@ def test_port_maps_for_numeric_and_named_target_ports_resolved_per_pod() -> None
         # port 53 → its own port 53: no rewrite; "dns" is not a TCP port, so 54 has none.
         "default/web-c": {("TCP", ip, 443, 8443)},
     }
+
+
+def test_port_maps_follow_the_slice_not_the_services_target_port() -> None:
+    """kube-proxy sends a Service port where the slice's port of that name says: a
+    selector-less Service (no targetPort: it defaults to the port) with hand-written
+    slices, one port each, for the same pod (the upstream conformance test "multiple
+    ports specified in multiple EndpointSlices" failed with every connection refused)."""
+    plan = IPV6_ONLY
+    backend = pod(plan, "server", 1, 2)
+    custom = service(
+        "custom", 1, ports=[ServicePort(80, name="port80"), ServicePort(81, name="port81")]
+    )
+    state = state_of(node(1), backend, custom)
+    for suffix, port in (("a", EndpointPort(8090, "TCP", "port80")),
+                         ("b", EndpointPort(9090, "TCP", "port81"))):  # fmt: skip
+        entry = endpoint(backend, with_ref=False)
+        state.upsert_endpoint_slice(endpoint_slice(custom, [entry], 6, suffix, [port]))
+    config = render(state, "node-1", inputs(plan, [1], {custom: 1}, interfaces=[backend]))
+    (attachment,) = config.pods
+    ip = custom.cluster_ip_v6
+    assert attachment.service_addresses == {ip}
+    assert attachment.port_maps == {("TCP", ip, 80, 8090), ("TCP", ip, 81, 9090)}
 
 
 def test_no_ready_endpoint_is_an_explicit_prohibit_route_never_a_policy() -> None:
@@ -450,7 +480,9 @@ def test_load_balancer_and_external_ips_are_steered_into_the_services_policy() -
     assert not [s for s in config.steerings if s.prefix.version == 4]
 
     # Each backend holds the VIPs too and answers from them; port rewrites cover them.
-    state.upsert_service(dataclasses.replace(web, ports=(ServicePort(80, target_port=8080),)))
+    web = dataclasses.replace(web, ports=(ServicePort(80, target_port=8080),))
+    state.upsert_service(web)
+    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(p) for p in pods]))  # as ever
     on_backend = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}, interfaces=pods))
     (attachment,) = on_backend.pods
     assert attachment.service_addresses == {V6("fd00:96::1"), V6(LB_IP), V6(EXTERNAL_IP)}

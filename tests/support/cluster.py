@@ -19,6 +19,7 @@ from srv6ctl.state import (
     ClusterState,
     ContainerPort,
     Endpoint,
+    EndpointPort,
     EndpointSlice,
     Node,
     Pod,
@@ -168,14 +169,27 @@ def endpoint(
 
 
 def endpoint_slice(
-    svc: Service, endpoints: Iterable[Endpoint], family: int = 6, suffix: str = "a"
+    svc: Service,
+    endpoints: Iterable[Endpoint],
+    family: int = 6,
+    suffix: str = "a",
+    ports: Iterable[EndpointPort] | None = None,
 ) -> EndpointSlice:
+    """A slice of `svc`'s; its ports, unless given, as the controller resolves the
+    Service's numeric targetPorts (a named one needs the pods: give `ports`)."""
+    if ports is None:
+        ports = (
+            EndpointPort(p.target_port, p.protocol, p.name)
+            for p in svc.ports
+            if isinstance(p.target_port, int)
+        )
     return EndpointSlice(
         namespace=svc.namespace,
         name=f"{svc.name}-v{family}{suffix}",
         service_name=svc.name,
         address_type="IPv6" if family == 6 else "IPv4",
         endpoints=tuple(endpoints),
+        ports=tuple(ports),
     )
 
 
