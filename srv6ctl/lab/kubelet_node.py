@@ -419,11 +419,20 @@ def supervise(directory: Path) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    socket.sethostname(spec.name)
-    for source, target in BIND_MOUNTS:
-        subprocess.run(["mount", "--bind", str(directory / source), target], check=True)
     cgroups = NodeCgroups(spec.cgroup)
-    cgroups.join()
+    try:
+        socket.sethostname(spec.name)
+        for source, target in BIND_MOUNTS:
+            bound = subprocess.run(
+                ["mount", "--bind", str(directory / source), target],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if bound.returncode != 0:
+                raise NodeFailed(f"binding {target}: {bound.stderr.strip()}")
+        cgroups.join()
+    except (NodeFailed, OSError) as failed:
+        print(f"node {spec.name}: {failed}", file=sys.stderr, flush=True)
+        return 1
     containerd = _spawn(
         [spec.containerd, "--config", str(directory / "containerd.toml")],
         directory / "containerd.log",
