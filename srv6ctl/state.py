@@ -146,13 +146,6 @@ class Pod:
         addresses may already belong to another pod: nothing may route to them."""
         return self.phase in ("Succeeded", "Failed")
 
-    def container_port(self, name: str, protocol: str) -> int | None:
-        """Resolve a named port as Kubernetes does (FindPort: same name and protocol)."""
-        for port in self.container_ports:
-            if port.name == name and port.protocol == protocol:
-                return port.port
-        return None
-
 
 # --- services --------------------------------------------------------------------------
 

@@ -150,8 +150,6 @@ def test_pod_from_kubectl_json() -> None:
         ContainerPort(9376, "UDP", "http-udp"),
         ContainerPort(9100, "TCP", "metrics"),
     )
-    assert converted.container_port("http", "TCP") == 9376
-    assert converted.container_port("http", "UDP") is None
 
 
 def test_service_from_kubectl_json() -> None:

@@ -175,7 +175,7 @@ class Lab:
         ctx = self._context(state)
 
         with self.steps.step("config and store"):
-            self._write_config(state, options)
+            config, address_plan = self._write_config(state, options)
         with self.steps.step(f"underlay {state.underlay_netns} (bridge br0) and probe"):
             netns.add_netns(state.underlay_netns)
             netns.add_bridge(state.underlay_netns, state.bridge)
@@ -224,9 +224,8 @@ class Lab:
                 self._save()
                 in_parallel(lambda node: vpp_ready(paths, node), state.nodes)
         if options.kubernetes is not None:
-            loaded, address_plan = load_config(paths.config)
             kubernetes_lab.build_nodes(
-                ctx, lambda kubeconfig: claim_node_ids(state, loaded, address_plan, kubeconfig)
+                ctx, lambda kubeconfig: claim_node_ids(state, config, address_plan, kubeconfig)
             )
             # Pods and Services of the lab's shape as API objects: not yet (issue 18).
             state.complete = True
@@ -338,7 +337,7 @@ class Lab:
             )
         return state
 
-    def _write_config(self, state: LabState, options: LabOptions) -> None:
+    def _write_config(self, state: LabState, options: LabOptions) -> tuple[Config, AddressPlan]:
         plan = dict(PLAN_V6)
         if options.dual_stack:
             plan.update(PLAN_V4)
@@ -351,6 +350,7 @@ class Lab:
         loaded, address_plan = load_config(self.paths.config)
         if options.kubernetes is None:  # kubernetes_lab claims them once the API serves
             claim_node_ids(state, loaded, address_plan)
+        return loaded, address_plan
 
     # --- changes to a running lab (`lab scale`, and verify's convergence checks) -----------
 
@@ -395,9 +395,9 @@ class Lab:
         unique = {(r.pid, r.start_time): r for r in records}
         # All at once: nothing the lab runs needs another of its processes to stop.
         report.processes = len(processes.stop(list(unique.values())))
-        if prefix:  # --kubernetes: the nodes' pods, their cgroups, the host's settings
-            kubernetes_lab.remove_nodes(self.paths, prefix)
         if prefix:
+            # --kubernetes: the nodes' pods, their cgroups, the host's settings
+            kubernetes_lab.remove_nodes(self.paths, prefix)
             vpp.remove_leftovers(prefix)  # a VPP killed, not stopped, leaves its /dev/shm
         names = list(state.namespaces()) if state is not None else []
         if prefix:

@@ -280,8 +280,9 @@ def _exec(args: argparse.Namespace) -> int:
     special = {"probe": state.probe_netns, "underlay": state.underlay_netns}
     if state.control_plane_netns is not None:  # --kubernetes: kubectl as the admin there
         special["control-plane"] = state.control_plane_netns
-        admin = lab.paths.root / "control-plane" / "admin.kubeconfig"
-        os.environ["KUBECONFIG"] = str(admin)
+        from srv6ctl.lab.kubernetes import kubeconfig_path
+
+        os.environ["KUBECONFIG"] = str(kubeconfig_path(lab.paths.control_plane, "admin"))
     if target in special:
         name = special[target]
     elif target in state.node_names:

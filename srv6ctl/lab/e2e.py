@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from srv6ctl.lab.kubernetes import kubeconfig_path
 from srv6ctl.lab.state import LabPaths, LabState
 
 DEFAULT_FOCUS = r"\[sig-network\]"
@@ -64,7 +65,7 @@ def argv(paths: LabPaths, state: LabState, focus: str, skip: str) -> list[str]:
     kubectl = binaries / "kubectl"
     if not kubectl.exists():
         kubectl = Path(sys.executable).parent / "kubectl"
-    kubeconfig = paths.root / "control-plane" / "admin.kubeconfig"
+    kubeconfig = kubeconfig_path(paths.control_plane, "admin")
     return [
         "nsenter", f"--net=/run/netns/{state.control_plane_netns}", "--",
         str(binaries / "e2e.test"),

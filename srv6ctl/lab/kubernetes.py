@@ -117,6 +117,11 @@ def find_binaries(directory: Path) -> Binaries:
     return Binaries(directory, {name: Path(str(path)) for name, path in tools.items()})
 
 
+def kubeconfig_path(directory: Path, user: str) -> Path:
+    """Where a control plane with its files in `directory` keeps `user`'s kubeconfig."""
+    return directory / f"{user.replace(':', '-')}.kubeconfig"
+
+
 def first_address(network: IPNetwork) -> ipaddress.IPv4Address | IPv6Address:
     """The first ClusterIP of a service CIDR: the `kubernetes` Service's."""
     return network.network_address + 1
@@ -174,7 +179,7 @@ class ControlPlane:
 
     def kubeconfig(self, user: str) -> Path:
         """The kubeconfig of `user` (admin, controller-manager, scheduler, node:<name>)."""
-        return self.directory / f"{user.replace(':', '-')}.kubeconfig"
+        return kubeconfig_path(self.directory, user)
 
     def add_node(self, name: str) -> Path:
         """A kubelet's credentials (`system:node:<name>`); its kubeconfig."""
@@ -416,4 +421,5 @@ __all__ = [
     "KubernetesUnavailable",
     "find_binaries",
     "go_build_version",
+    "kubeconfig_path",
 ]

@@ -77,7 +77,6 @@ CONTROL_PLANE_ADDRESS = MANAGEMENT_NET[0xFF00]
 CONTROL_PLANE_UNDERLAY_INDEX = 0xFFFD
 LOOPBACK_PLUGIN = Path("/usr/lib/cni/loopback")  # Debian's containernetworking-plugins
 TOKEN_SECONDS = 7 * 24 * 3600
-AGENT_KUBECONFIG = "agent.kubeconfig"  # in the lab's directory: the agents' credentials
 NODE_READY_TIMEOUT = 180.0
 
 
@@ -91,8 +90,7 @@ def control_plane_netns(prefix: str) -> str:
 
 def check(directory: str) -> None:
     """Refuse, in one line, a DIR without the components, the tools or the images."""
-    found = find_binaries(Path(directory))
-    del found
+    find_binaries(Path(directory))
     missing = [i for i in IMAGES if not (Path(directory) / "images" / i).is_file()]
     if missing:
         raise KubernetesUnavailable(
@@ -120,7 +118,7 @@ def control_plane(paths: LabPaths, state: LabState) -> ControlPlane:
         control_plane_netns(state.options.prefix),
         CONTROL_PLANE_ADDRESS,
         [ipaddress.ip_network(c) for c in plan],
-        paths.root / "control-plane",
+        paths.control_plane,
         paths.root,
         advertise=ipaddress.IPv6Address(underlay_v6(CONTROL_PLANE_UNDERLAY_INDEX)),
     )
@@ -243,7 +241,7 @@ def cni_directories(paths: LabPaths, node: NodeRecord) -> tuple[Path, Path]:
 def kubelet_node(ctx: LabContext, plane: ControlPlane, node: NodeRecord) -> KubeletNode:
     assert ctx.state.options.kubernetes is not None
     directory = Path(ctx.state.options.kubernetes)
-    binaries = find_binaries(directory)
+    binaries = plane.binaries  # found once, by the control plane
     bin_dir, conf_dir = cni_directories(ctx.paths, node)
     spec = NodeSpec(
         name=node.name,
@@ -292,7 +290,7 @@ def build_nodes(ctx: LabContext, claim: Callable[[str], None]) -> None:
     with steps.step("control plane, srv6ctl's RBAC, the nodes' management network"):
         control_plane_network(state)
         plane = start_control_plane(ctx)
-        agent_kubeconfig(plane, paths.root / AGENT_KUBECONFIG)
+        agent_kubeconfig(plane, paths.agent_kubeconfig)
         admin = str(plane.kubeconfig("admin"))
         run_in_netns(netns.netns_path(plane.netns), lambda: claim(admin))
     kubelets = {node.name: kubelet_node(ctx, plane, node) for node in state.nodes}

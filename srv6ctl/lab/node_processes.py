@@ -79,7 +79,7 @@ def _agent_source(ctx: LabContext, node: NodeRecord) -> list[str]:
     API server, from inside the node's namespace."""
     if ctx.state.options.kubernetes is None:
         return ["--netns", node.netns, "--lab-dir", str(ctx.paths.objects)]
-    return ["--kubeconfig", str(ctx.paths.root / "agent.kubeconfig")]  # kubernetes_lab's
+    return ["--kubeconfig", str(ctx.paths.agent_kubeconfig)]  # kubernetes_lab writes it
 
 
 def _vpp_agent_args(ctx: LabContext, node: NodeRecord) -> list[str]:

@@ -60,9 +60,9 @@ class Health:
 def inspect(state: LabState) -> Health:
     health = Health()
     health.missing_namespaces = [n for n in state.namespaces() if not netns.exists(n)]
-    health.dead_control_plane = [
-        Path(r.argv[3]).name for r in state.control_plane if not processes.alive(r)
-    ]  # argv: nsenter --net=... -- <component> ...
+    health.dead_control_plane = [  # each logs to <component>.log
+        Path(r.log).stem for r in state.control_plane if not processes.alive(r)
+    ]
     for node in state.nodes:
         if state.options.dataplane == "vpp" and not processes.alive(node.vpp):
             health.dead_vpps.append(node.name)

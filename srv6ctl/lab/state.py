@@ -204,6 +204,16 @@ class LabPaths:
     def objects(self) -> Path:
         return self.root / "objects"
 
+    @property
+    def control_plane(self) -> Path:
+        """--kubernetes: the control plane's files (PKI, kubeconfigs, logs)."""
+        return self.root / "control-plane"
+
+    @property
+    def agent_kubeconfig(self) -> Path:
+        """--kubernetes: the agents' credentials (the `srv6ctl` ServiceAccount's token)."""
+        return self.root / "agent.kubeconfig"
+
     def node_dir(self, node: str) -> Path:
         return self.root / node
 
