@@ -26,10 +26,12 @@ Order in the pod, with the stateless rewrite (`port_rewrite_ruleset`, table
 
     prerouting  raw (-300)    rewrite dport P -> T for S      (before conntrack)
     prerouting  conntrack (-200) sees S:T: one tuple for the whole flow
+    prerouting  dstnat (-100) UDP to S: DNAT to the pod's own address (`UdpVipTarget`)
     input       filter (0)    ingress chain: judges T, as Kubernetes does after DNAT
     output      conntrack (-200) the reply S:T matches the tuple
     output      filter (0)    egress chain: sees S:T
-    postrouting srcnat (100)  rewrite sport T -> P for S      (after conntrack)
+    postrouting srcnat (100)  the NAT core: a UDP reply's source back to S
+    postrouting srcnat+10 (110) rewrite sport T -> P for S    (after conntrack and NAT)
 
 The rewrite must not `notrack` (an untracked packet cannot be recognised as a reply), and
 it must sit before conntrack on the way in and after it on the way out, or conntrack
@@ -92,7 +94,10 @@ TABLE = "srv6ctl_policy"
 REWRITE_TABLE = "srv6ctl_svc"
 FILTER_PRIORITY = 0  # ingress on input, egress on output
 REWRITE_IN_PRIORITY = -300  # prerouting "raw": before conntrack (-200)
-REWRITE_OUT_PRIORITY = 100  # postrouting "srcnat": after conntrack and our egress chain
+# postrouting "srcnat + 10": after conntrack, our egress chain and the NAT core's srcnat
+# hook (100), which gives a UDP reply its VIP back (`UdpVipTarget`) before the rewrite
+# looks for it.
+REWRITE_OUT_PRIORITY = 110
 NODE_PORT_PRIORITY = -100  # prerouting "dstnat": a NodePort's DNAT, after conntrack
 
 # Neighbour discovery and MLD carry no connection: conntrack leaves them untracked, and a
@@ -441,6 +446,22 @@ class NodePortTarget:
 
 
 @dataclass(frozen=True, order=True)
+class UdpVipTarget:
+    """A VIP the pod serves (ClusterIP, external VIP), whose UDP datagrams are DNATed to
+    the pod's own `address` of that version, so that the reply gets the VIP back as its
+    source from the flow's conntrack entry. TCP needs nothing: an accepted socket is bound
+    to the address the client asked for, and answers from it. A UDP socket bound to the
+    wildcard (most servers: Go's `net.ListenUDP`, CoreDNS, agnhost) answers from the
+    kernel's default source, the pod's own address, which the client (a connected
+    socket, a resolver) drops. After the DNAT the server sees its own address as the
+    destination, as behind kube-proxy."""
+
+    version: int
+    vip: str
+    address: str  # the pod's own address of that version
+
+
+@dataclass(frozen=True, order=True)
 class ClientTranslation:
     """A Service frontend whose endpoints lie outside the cluster (neither pod nor node:
     nothing there can hold the ClusterIP), as a client pod translates it: its own new
@@ -550,6 +571,7 @@ def port_rewrite_ruleset(
     inbound_hook: str = "prerouting",
     outbound_hook: str = "postrouting",
     translations: Iterable[ClientTranslation] = (),
+    udp_vips: Iterable[UdpVipTarget] = (),
 ) -> str | None:
     """The transaction (re)installing a backend pod's stateless port rewrite, in the form
     and at the priorities the policy table relies on (module docstring); None when no
@@ -562,6 +584,11 @@ def port_rewrite_ruleset(
     arrives for a node's address, while the pod's own and its ClusterIPs are local. Unlike
     the rewrite this is stateful: the flow's conntrack entry, in the pod, gives the reply
     the node's address and nodePort back as its source.
+
+    `udp_vips` add a DNAT chain at prerouting "dstnat" too: UDP to a VIP the pod serves
+    goes to the pod's own address (`UdpVipTarget`), after the port rewrite; the NAT
+    core's srcnat (100) gives the reply the VIP back before `rewrite_out` (110) gives it
+    the service port back.
 
     `translations` DNAT the pod's own connections to Services whose endpoints are
     outside the cluster (`ClientTranslation`): the one NAT a client pays, in its own
@@ -599,8 +626,16 @@ def port_rewrite_ruleset(
         f"dnat {_family(t.version)} to {_bracketed(t.address)}:{t.target_port}"
         for t in sorted(set(node_ports))
     ]
+    by_target: dict[tuple[int, str], list[str]] = {}
+    for v in sorted(set(udp_vips)):
+        by_target.setdefault((v.version, v.address), []).append(v.vip)
+    vips = [
+        f"{_family(version)} daddr {{ {', '.join(addresses)} }} meta l4proto udp "
+        f"dnat {_family(version)} to {address}"
+        for (version, address), addresses in sorted(by_target.items())
+    ]
     translate = _translation_lines(translations)
-    if not inbound and not dnat and not translate:
+    if not inbound and not dnat and not translate and not vips:
         return None
     lines = [f"add table inet {table}", f"delete table inet {table}", f"table inet {table} {{"]
     rewrite: dict[str, list[str]] = {"in": [], "out": []}
@@ -634,6 +669,12 @@ def port_rewrite_ruleset(
             "policy accept;"
         )
         lines += [*dnat, "}"]
+    if vips:
+        lines.append(
+            f"chain udp_vips {{ type nat hook prerouting priority {NODE_PORT_PRIORITY}; "
+            "policy accept;"
+        )
+        lines += [*vips, "}"]
     lines += translate
     return "\n".join([*lines, "}", ""])
 

@@ -13,6 +13,12 @@ policies/README.md): `P -> T` in prerouting at priority -300, before conntrack, 
 does after DNAT. The rewrite does not `notrack`: an untracked packet could not be
 recognised as a reply by the policy table.
 
+UDP is the exception to "no NAT" in the pod (`policies.nftables.UdpVipTarget`): a UDP
+server bound to the wildcard answers from the kernel's default source, the pod's own
+address, where a TCP server's accepted socket answers from `S`; so the pod DNATs UDP to
+its VIPs to its own address, and the flow's conntrack entry gives the reply `S` back.
+The entry lives in the pod that serves the flow; no node keeps any.
+
 A client too: every pod DNATs its own connections to Services whose endpoints are outside
 the cluster (`PodAttachment.translations`, chain `translate` at output in the same table):
 nothing there can hold the ClusterIP, so the one NAT lives with the client (README,
@@ -79,7 +85,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from policies.model import Frontend, Protocol
-from policies.nftables import NodePortTarget, port_rewrite_ruleset
+from policies.nftables import NodePortTarget, UdpVipTarget, port_rewrite_ruleset
 from srv6ctl.dataplane.host_ports import client_translation
 from srv6ctl.dataplane.kernel import RTPROT_SRV6CTL
 from srv6ctl.dataplane.model import IPAddress, IPNetwork, PodAttachment
@@ -183,15 +189,29 @@ def node_port_targets(attachment: PodAttachment) -> tuple[NodePortTarget, ...]:
     )
 
 
+def udp_vip_targets(attachment: PodAttachment) -> tuple[UdpVipTarget, ...]:
+    """The pod's VIPs of Services with a UDP port, each DNATed for UDP to the pod's own
+    address of its IP version (`UdpVipTarget`: so a UDP server's reply leaves from the
+    VIP). Only those: the DNAT brings conntrack into the pod, which a pod serving only
+    TCP does without."""
+    own = {a.version: str(a.ip) for a in attachment.addresses}
+    return tuple(
+        UdpVipTarget(vip.version, str(vip), own[vip.version])
+        for vip in sorted(attachment.udp_addresses, key=lambda a: (a.version, int(a)))
+        if vip.version in own
+    )
+
+
 def ruleset(attachment: PodAttachment) -> str:
     """The transaction (re)installing the `inet srv6ctl_svc` table for a pod's port maps,
-    node ports and translations ('' when it needs none), tagged with a digest of its
-    content."""
+    node ports, UDP VIPs and translations ('' when it needs none), tagged with a digest
+    of its content."""
     text = port_rewrite_ruleset(
         frontends(attachment),
         TABLE,
         node_port_targets(attachment),
         translations=[client_translation(t) for t in attachment.translations],
+        udp_vips=udp_vip_targets(attachment),
     )
     if text is None:
         return ""

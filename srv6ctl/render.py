@@ -683,7 +683,7 @@ class Renderer:
             addresses.append(ipaddress.IPv4Interface((ipv4, 32)))
         if not addresses:
             return EMPTY  # its addresses are not this node's: not ours to wire
-        service_addresses, port_maps, node_ports = self._service_membership(pod)
+        service_addresses, port_maps, node_ports, udp = self._service_membership(pod)
         attachment = PodAttachment(
             interface=wiring.interface,
             pod=f"{pod.namespace}/{pod.name}",
@@ -694,6 +694,7 @@ class Renderer:
             port_maps=port_maps,
             node_ports=node_ports,
             translations=self._translated,
+            udp_addresses=udp,
             **pod_interface_fields(pod.interface_type, pod.uid),
         )
         return Fragment(pods=(attachment,), local_sids=tuple(sids))
@@ -720,10 +721,13 @@ class Renderer:
         frozenset[IPAddress],
         frozenset[tuple[str, IPAddress, int, int]],
         frozenset[tuple[str, int, int, int]],
+        frozenset[IPAddress],
     ]:
-        """The ClusterIPs `pod` must accept, the port rewrites it must make, and the node
-        ports it must DNAT to itself."""
+        """The ClusterIPs `pod` must accept, the port rewrites it must make, the node
+        ports it must DNAT to itself, and those of its VIPs whose Services have a UDP port
+        it serves."""
         addresses: set[IPAddress] = set()
+        udp: set[IPAddress] = set()
         port_maps: set[tuple[str, IPAddress, int, int]] = set()
         node_ports: set[tuple[str, int, int, int]] = set()
         for eps, _ in self._state.endpoint_entries(pod):
@@ -753,7 +757,9 @@ class Renderer:
                     port_maps.update((port.protocol, vip, port.port, target) for vip in vips)
                 if target is not None and port.node_port:
                     node_ports.add((port.protocol, cluster_ip.version, port.node_port, target))
-        return frozenset(addresses), frozenset(port_maps), frozenset(node_ports)
+                if target is not None and port.protocol == "UDP":
+                    udp.update(vips)
+        return frozenset(addresses), frozenset(port_maps), frozenset(node_ports), frozenset(udp)
 
     def _remote_pod_fragment(self, pod: Pod) -> Fragment:
         """A remote pod's IPv4 policy, needed only when its node lacks End.DT4."""

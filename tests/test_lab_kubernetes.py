@@ -6,11 +6,13 @@ saying so."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -19,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from scapy.layers.dns import DNS, DNSQR
 
 from srv6ctl.dataplane.nsenter import run_in_netns
-from srv6ctl.lab import e2e, kubernetes_lab, processes
+from srv6ctl.lab import cluster_dns, e2e, kubernetes_lab, processes
 from srv6ctl.lab.kubelet_node import (
     BIND_MOUNTS,
     KUBELET_KERNEL_DEFAULTS,
@@ -348,6 +351,91 @@ def test_a_kubelet_node_runs_a_pod_and_leaves_nothing_behind(
     assert os.uname().nodename == hostname
 
 
+def _ask_dns(
+    netns: str, server: ipaddress.IPv6Address, name: str, qtype: str, *, tcp: bool = False
+) -> list[str]:
+    """The answers (rdata, as text) of a real query from inside `netns` (scapy builds
+    and parses the messages)."""
+
+    def query() -> bytes:
+        wire = bytes(DNS(id=7, rd=1, qd=DNSQR(qname=name, qtype=qtype)))
+        kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET6, kind) as s:
+            s.settimeout(5)
+            s.connect((str(server), 53))
+            if not tcp:
+                s.send(wire)
+                return s.recv(4096)
+            s.sendall(len(wire).to_bytes(2, "big") + wire)
+            size = int.from_bytes(s.recv(2), "big")
+            answer = b""
+            while len(answer) < size:
+                answer += s.recv(size - len(answer))
+            return answer
+
+    reply = DNS(run_in_netns(f"/run/netns/{netns}", query))
+    assert reply.id == 7 and reply.qr == 1
+    found = []
+    for i in range(reply.ancount):
+        rdata = reply.an[i].rdata
+        found.append(rdata.decode() if isinstance(rdata, bytes) else str(rdata))
+    return found
+
+
+def test_the_cluster_dns_answers_from_the_api_server(
+    netns_factory: NetnsFactory, tmp_path: Path
+) -> None:
+    """DIR/coredns beside a real control plane (`cluster_dns.start`): the `kube-dns`
+    Service at the service CIDR's tenth address and its EndpointSlice to CoreDNS's own
+    address; CoreDNS answers AAAA and PTR queries, over UDP and TCP, for Services the API
+    server has, one made after it started too; its credentials read Services but no
+    Secrets; nothing outlives `stop`."""
+    directory = _binaries_or_skip()
+    coredns = cluster_dns.binary(directory)
+    if coredns is None:
+        pytest.skip(f"no {directory}/coredns (README, 'A lab on real Kubernetes')")
+    node = netns_factory()
+    address = ipaddress.IPv6Address("fd00:5e7::1")
+    node.ip("link", "set", "lo", "up")
+    node.ip("addr", "add", f"{address}/128", "dev", "lo")
+    lab = tmp_path / "lab"
+    cidr = ipaddress.ip_network("fd00:96::/108")
+    plane = ControlPlane(
+        find_binaries(directory), node.name, address, [cidr], tmp_path / "control-plane", lab
+    )
+    dns_ip = cluster_dns.service_address(cidr)
+    assert str(dns_ip) == "fd00:96::a"
+    assert isinstance(dns_ip, ipaddress.IPv6Address)
+    try:
+        plane.start()
+        cluster_dns.start(plane, coredns, dns_ip, address)
+        ask = functools.partial(_ask_dns, node.name, address)
+        kube_dns = plane.get("/api/v1/namespaces/kube-system/services/kube-dns")
+        assert isinstance(kube_dns, dict) and kube_dns["spec"]["clusterIPs"] == [str(dns_ip)]
+        assert ask("kubernetes.default.svc.cluster.local", "AAAA") == ["fd00:96::1"]
+        assert ask("kube-dns.kube-system.svc.cluster.local", "AAAA", tcp=True) == [str(dns_ip)]
+        reverse = ipaddress.IPv6Address("fd00:96::1").reverse_pointer
+        assert ask(reverse, "PTR") == ["kubernetes.default.svc.cluster.local."]
+        web = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"ports": [{"port": 80}]},
+        }
+        made = plane.send("POST", "/api/v1/namespaces/default/services", web)
+        assert isinstance(made, dict)
+        name = "web.default.svc.cluster.local"
+        answer = _wait_for(name, lambda: ask(name, "AAAA") or None, 30)
+        assert answer == [made["spec"]["clusterIP"]]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            plane.get("/api/v1/namespaces/kube-system/secrets", user="coredns")
+        assert refused.value.code == 403
+        assert isinstance(plane.get("/api/v1/services", user="coredns"), dict)
+    finally:
+        plane.stop()
+    assert list(processes.lab_processes(lab)) == []
+
+
 # --- srv6ctl lab up --kubernetes ------------------------------------------------------------
 
 
@@ -385,6 +473,7 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
     the host either."""
     directory = _binaries_or_skip()
     dataplane = _lab_dataplane_or_skip()
+    dns = cluster_dns.binary(directory) is not None
     images = directory / "images"
     (agnhost,) = [n for n in image_names(images / "agnhost.tar") if "agnhost" in n][:1]
     settings_before = _sysctls()
@@ -423,12 +512,17 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
         cluster_ip = answer["spec"]["clusterIP"]
         # busybox's nc speaks HTTP well enough; the image's static wget crashes resolving.
         get = "printf 'GET /hostname HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {} | tail -n 1"
+        # With DIR/coredns, the Service by its short name too: CoreDNS (beside the control
+        # plane, reached through kube-dns's ClusterIP), kubelet's resolv.conf search.
+        by_name = f"c=$({get.format('web 80')}); " if dns else "c=server; "
         script = (
             "for i in $(seq 10); do "
             f"a=$({get.format(f'{address} 8080')}); b=$({get.format(f'{cluster_ip} 80')}); "
+            f"{by_name}"
             # The API server through the `kubernetes` Service: an endpoint outside the
             # cluster, reached with the pod's own address.
-            'if [ "$a$b" = serverserver ] && /agnhost connect [fd00:96::1]:443 --timeout 5s; '
+            'if [ "$a$b$c" = serverserverserver ] && '
+            "/agnhost connect [fd00:96::1]:443 --timeout 5s; "
             'then echo "by address: $a, by ClusterIP: $b"; exit 0; fi; sleep 2; done; exit 1'
         )
         client = _pod("client", "n1", agnhost, ["/bin/sh", "-c", script], restartPolicy="Never")

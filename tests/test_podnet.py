@@ -285,6 +285,101 @@ def test_a_client_pod_translates_a_service_outside_the_cluster(
     assert "srv6ctl_svc" not in pod.exec("nft", "list", "tables").stdout
 
 
+UDP_SERVER = """
+import socket, threading
+def serve(port):
+    # Bound to the wildcard and answering with sendto(): the reply's source is whatever
+    # the kernel picks, as Go's net.ListenUDP servers (agnhost, CoreDNS) answer.
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(("::", port))
+    while True:
+        data, peer = s.recvfrom(100); s.sendto(f"{port} {peer[0]}".encode(), peer)
+for port in (53, 5353):
+    threading.Thread(target=serve, args=(port,), daemon=True).start()
+print("up", flush=True); threading.Event().wait()
+"""
+UDP_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(1)
+s.connect((sys.argv[1], int(sys.argv[2])))  # a connected socket takes replies from there only
+s.send(b"?")
+try:
+    print(s.recv(100).decode(), s.getpeername()[1])
+except TimeoutError:
+    print("lost")
+"""
+
+
+def test_a_udp_server_on_the_wildcard_answers_from_the_vip(
+    netns_factory: NetnsFactory,
+) -> None:
+    """A UDP server bound to [::] replies from the kernel's default source, the pod's own
+    address: the pod DNATs UDP to its VIPs to its own address, so the flow's conntrack
+    entry gives the reply the VIP back (after which the stateless rewrite gives it the
+    service port back). The server sees the client's own address; the pod's own address
+    is untouched; NetworkPolicy judges the target port."""
+    client, pod = netns_factory(), netns_factory()
+    netns_factory.veth(client, "c0", pod, "eth0")
+    client.ip("addr", "add", "fd00:1::1/64", "dev", "c0", "nodad")
+    pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
+    client.ip("-6", "route", "add", "fd00:96::/108", "via", "fd00:1::2")
+    netns = f"/var/run/netns/{pod.name}"
+    attachment = PodAttachment(
+        interface="x",
+        pod="default/dns",
+        netns=netns,
+        addresses={ipaddress.ip_interface("fd00:1::2/128")},
+        service_addresses={S1, S2},
+        port_maps={("UDP", S1, 53, 5353)},
+        udp_addresses={S1, S2},
+    )
+    assert PROGRAMMER.sync(attachment).rewrites_replaced
+
+    def ask(host: str, port: int) -> list[str]:
+        return client.exec(sys.executable, "-c", UDP_CLIENT, host, str(port)).stdout.split()
+
+    with _serving(pod, UDP_SERVER):
+        # (the server's port, the peer it saw, the port the reply came from)
+        assert ask(S1, 53) == ["5353", "fd00:1::1", "53"]  # DNAT, then the port rewrite
+        assert ask(S2, 53) == ["53", "fd00:1::1", "53"]
+        assert ask("fd00:1::2", 53) == ["53", "fd00:1::1", "53"]  # the pod's own: as it is
+        backend = NftablesBackend()
+        backend.apply(netns, _udp_rules(allow=5353))
+        assert ask(S1, 53) == ["5353", "fd00:1::1", "53"]
+        assert ask(S2, 53) == ["lost"]  # S2:53 is 53 there, not allowed
+        backend.apply(netns, None)
+
+        # Without the DNAT (what a pod serving no UDP Service gets) the reply leaves from
+        # the pod's own address and the client never sees it: what the DNAT is for.
+        PROGRAMMER.sync(dataclasses.replace(attachment, udp_addresses=frozenset()))
+        assert ask(S1, 53) == ["lost"]
+    cleared = PROGRAMMER.clear(netns)
+    assert cleared.rewrites_replaced
+    assert "srv6ctl_svc" not in pod.exec("nft", "list", "tables").stdout
+
+
+def _udp_rules(allow: int) -> model.PodRules:
+    """The DNS pod's rules under a policy allowing ingress on UDP `allow` only."""
+    pod = model.Pod(
+        "default",
+        "dns",
+        labels={"app": "dns"},
+        ips=(ipaddress.ip_address("fd00:1::2"),),
+        frontends=(
+            model.Frontend(ipaddress.ip_address(S1), model.Protocol.UDP, 53, 5353),
+            model.Frontend(ipaddress.ip_address(S2), model.Protocol.UDP, 53, 53),
+        ),
+        node_name="n",
+    )
+    policy = model.NetworkPolicy(
+        "default",
+        "dns-in",
+        model.LabelSelector({"app": "dns"}),
+        ingress=(model.PolicyRule(ports=(model.PolicyPort(model.Protocol.UDP, allow),)),),
+    )
+    cluster = model.Cluster.of([model.Namespace("default")], [pod], [policy], [model.Node("n")])
+    return compile_node(cluster, "n")[pod.key]
+
+
 def test_hairpin_rules_per_family() -> None:
     rules = hairpin_rules([ipaddress.ip_address(S1), ipaddress.ip_address(S2)])
     assert sorted(map(str, rules)) == [
@@ -310,7 +405,7 @@ def test_ruleset_is_the_form_policies_rely_on() -> None:
         )
     )
     assert "notrack" not in text
-    assert "hook prerouting priority -300" in text and "hook postrouting priority 100" in text
+    assert "hook prerouting priority -300" in text and "hook postrouting priority 110" in text
     assert 'comment "srv6ctl:' in text
 
 

@@ -376,6 +376,10 @@ def test_port_maps_for_numeric_and_named_target_ports_resolved_per_pod() -> None
         # port 53 → its own port 53: no rewrite; "dns" is not a TCP port, so 54 has none.
         "default/web-c": {("TCP", ip, 443, 8443)},
     }
+    # Only the pod serving the UDP port DNATs UDP to the ClusterIP (podnet: its replies
+    # leave from it); the others' slices have no UDP port, so they keep no conntrack.
+    udp = {att.pod: att.udp_addresses for att in config.pods}
+    assert udp == {"default/web-a": set(), "default/web-b": set(), "default/web-c": {ip}}
 
 
 def test_port_maps_follow_the_slice_not_the_services_target_port() -> None:

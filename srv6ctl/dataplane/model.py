@@ -422,7 +422,10 @@ class PodAttachment:
     traffic to the pod's own address, never share a rewrite. `node_ports` are (protocol, IP
     version, nodePort, target port): what arrives for an address that is not the pod's
     own (a node's, through a NodePort) is DNATed to the pod's address of that version and
-    the target port, in the pod's own namespace (podnet). `translations` are the Services
+    the target port, in the pod's own namespace (podnet). `udp_addresses` are those of
+    the `service_addresses` whose Services have a UDP port: the pod DNATs UDP to them to
+    its own address, so that a UDP server's reply leaves from the VIP (podnet).
+    `translations` are the Services
     with endpoints outside the cluster, which the pod DNATs its own connections to
     (`Translation`): every pod on the node gets the same set.
 
@@ -440,6 +443,7 @@ class PodAttachment:
     port_maps: frozenset[tuple[str, IPAddress, int, int]] = frozenset()
     node_ports: frozenset[tuple[str, int, int, int]] = frozenset()
     translations: frozenset[Translation] = frozenset()
+    udp_addresses: frozenset[IPAddress] = frozenset()
     interface_type: str = ""  # "" or MEMIF
     memif_socket: str = ""  # with MEMIF: the socket VPP listens on
 
@@ -450,6 +454,7 @@ class PodAttachment:
         object.__setattr__(
             self, "service_addresses", frozenset(ip(a) for a in self.service_addresses)
         )
+        object.__setattr__(self, "udp_addresses", frozenset(ip(a) for a in self.udp_addresses))
         object.__setattr__(
             self,
             "port_maps",

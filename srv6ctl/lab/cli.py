@@ -300,7 +300,7 @@ def _exec(args: argparse.Namespace) -> int:
 def _e2e(args: argparse.Namespace) -> int:
     import subprocess
 
-    from srv6ctl.lab import e2e
+    from srv6ctl.lab import e2e, kubernetes_lab
 
     lab = _lab(args, quiet=True)
     state = lab.state
@@ -313,7 +313,8 @@ def _e2e(args: argparse.Namespace) -> int:
         print(f"no e2e.test in {state.options.kubernetes}", file=sys.stderr)
         return 1
     focus = e2e.DEFAULT_FOCUS if args.focus is None else args.focus
-    skip = e2e.DEFAULT_SKIP if args.skip is None else args.skip
+    has_dns = kubernetes_lab.dns_address(state) is not None
+    skip = e2e.default_skip(has_dns) if args.skip is None else args.skip
     code = subprocess.run(e2e.argv(lab.paths, state, focus, skip), check=False).returncode
     report = e2e.report_dir(lab.paths) / "junit_01.xml"
     if report.exists():

@@ -5,7 +5,8 @@ the control plane's namespace with the admin's kubeconfig, `--provider=skeleton`
 cloud), the kubectl beside it for its `kubectl exec`s, and writes its JUnit report into
 the lab's directory; `summary` reads that report back as counts and the failed tests'
 names. The default selection is `[sig-network]` without what needs more than the lab
-has or disturbs it for the others (`DEFAULT_SKIP`, each reason beside it).
+has or disturbs it for the others (`DEFAULT_SKIP`, each reason beside it; and the DNS
+tests where the lab runs no cluster DNS).
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ DEFAULT_SKIP = "|".join(
         r"\[Disruptive\]",
         r"\[Flaky\]",
         r"\[Feature:[^\]]+\]",  # optional features, each its own setup
-        r"\bDNS\b",  # no cluster DNS server is deployed in the lab
         r"\bIngress",  # no ingress controller
         r"LoadBalancer",  # no cloud provider to give a load balancer
         r"\[Slow\]",
     )
 )
+
+# Where DIR has no CoreDNS the lab has no cluster DNS (cluster_dns): its tests are skipped.
+WITHOUT_DNS = r"\bDNS\b"
+
+
+def default_skip(has_dns: bool) -> str:
+    return DEFAULT_SKIP if has_dns else f"{DEFAULT_SKIP}|{WITHOUT_DNS}"
 
 
 SUITE_NODES = ("[SynchronizedBeforeSuite]", "[SynchronizedAfterSuite]", "[BeforeSuite]",
@@ -104,4 +111,12 @@ def summary(report: Path) -> Summary:
     return Summary(counts, tuple(failed), tuple(skipped))
 
 
-__all__ = ["DEFAULT_FOCUS", "DEFAULT_SKIP", "Summary", "argv", "report_dir", "summary"]
+__all__ = [
+    "DEFAULT_FOCUS",
+    "DEFAULT_SKIP",
+    "Summary",
+    "argv",
+    "default_skip",
+    "report_dir",
+    "summary",
+]

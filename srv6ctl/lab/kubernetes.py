@@ -157,16 +157,16 @@ class ControlPlane:
         """Credentials, then each component, each waited for before the next."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._credentials()
-        self._spawn("etcd", self._etcd_argv())
-        self._wait("etcd", f"http://127.0.0.1:{ETCD_PORT}/health", timeout, tls=False)
-        self._spawn("kube-apiserver", self._apiserver_argv())
-        self._wait("kube-apiserver", f"{self.url}/readyz", timeout)
-        self._spawn("kube-controller-manager", self._controller_manager_argv())
-        self._spawn("kube-scheduler", self._scheduler_argv())
-        self._wait(
+        self.spawn("etcd", self._etcd_argv())
+        self.wait_healthy("etcd", f"http://127.0.0.1:{ETCD_PORT}/health", timeout, tls=False)
+        self.spawn("kube-apiserver", self._apiserver_argv())
+        self.wait_healthy("kube-apiserver", f"{self.url}/readyz", timeout)
+        self.spawn("kube-controller-manager", self._controller_manager_argv())
+        self.spawn("kube-scheduler", self._scheduler_argv())
+        self.wait_healthy(
             "kube-controller-manager", f"https://[::1]:{CONTROLLER_MANAGER_PORT}/healthz", timeout
         )
-        self._wait("kube-scheduler", f"https://[::1]:{SCHEDULER_PORT}/healthz", timeout)
+        self.wait_healthy("kube-scheduler", f"https://[::1]:{SCHEDULER_PORT}/healthz", timeout)
         # Until the controller manager has made it, every pod is refused (403: "error
         # looking up service account default/default").
         self._wait_for_object("/api/v1/namespaces/default/serviceaccounts/default", timeout)
@@ -183,8 +183,12 @@ class ControlPlane:
 
     def add_node(self, name: str) -> Path:
         """A kubelet's credentials (`system:node:<name>`); its kubeconfig."""
-        self._client_certificate(f"node:{name}", f"/O=system:nodes/CN=system:node:{name}")
-        return self.kubeconfig(f"node:{name}")
+        return self.add_user(f"node:{name}", f"/O=system:nodes/CN=system:node:{name}")
+
+    def add_user(self, user: str, subject: str) -> Path:
+        """A client certificate for `subject` (`/O=group/CN=name`); `user`'s kubeconfig."""
+        self._client_certificate(user, subject)
+        return self.kubeconfig(user)
 
     def get(self, path: str, user: str = "admin") -> object:
         """GET `path` from the API server as `user`, from inside the namespace."""
@@ -200,11 +204,13 @@ class ControlPlane:
 
     # --- processes -------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def spawn(self, name: str, argv: list[str]) -> None:
+        """Run `argv` in the namespace as the lab's process `name` (its log `<name>.log`)."""
         wrapped = ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
         self.records.append(processes.spawn(wrapped, self.directory / f"{name}.log", lab=self.lab))
 
-    def _wait(self, name: str, url: str, timeout: float, *, tls: bool = True) -> None:
+    def wait_healthy(self, name: str, url: str, timeout: float, *, tls: bool = True) -> None:
+        """Until `url` answers ok (as the admin over TLS), or stop naming `name`'s log."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -214,7 +220,7 @@ class ControlPlane:
                 )
             try:
                 body = self._fetch(url, "admin" if tls else None)
-                if body.strip() in (b"ok", b'{"health":"true"}') or b'"health":"true"' in body:
+                if body.strip().lower() == b"ok" or b'"health":"true"' in body:
                     return
                 last = body[:200].decode(errors="replace")
             except (OSError, urllib.error.URLError) as err:

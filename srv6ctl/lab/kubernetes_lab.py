@@ -43,7 +43,7 @@ import yaml
 from cni.install import install as install_cni
 from cni.wiring import set_tx_checksum
 from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
-from srv6ctl.lab import netns
+from srv6ctl.lab import cluster_dns, netns
 from srv6ctl.lab.context import LabContext
 from srv6ctl.lab.kubelet_node import (
     HostSettings,
@@ -164,6 +164,32 @@ def start_control_plane(ctx: LabContext) -> ControlPlane:
     return plane
 
 
+def dns_address(state: LabState) -> ipaddress.IPv6Address | None:
+    """The kube-dns ClusterIP kubelet gives pods, where the lab runs a cluster DNS."""
+    assert state.options.kubernetes is not None
+    if cluster_dns.binary(Path(state.options.kubernetes)) is None:
+        return None
+    address = cluster_dns.service_address(ipaddress.ip_network(PLAN_V6["serviceCIDRv6"]))
+    assert isinstance(address, ipaddress.IPv6Address)
+    return address
+
+
+def start_cluster_dns(ctx: LabContext, plane: ControlPlane) -> None:
+    """CoreDNS on the control plane's underlay address, and the kube-dns Service for it
+    (cluster_dns), where DIR has a `coredns`."""
+    assert ctx.state.options.kubernetes is not None
+    coredns = cluster_dns.binary(Path(ctx.state.options.kubernetes))
+    address = dns_address(ctx.state)
+    if coredns is None or address is None:
+        return
+    listen = ipaddress.IPv6Address(underlay_v6(CONTROL_PLANE_UNDERLAY_INDEX))
+    try:
+        cluster_dns.start(plane, coredns, address, listen)
+    finally:
+        ctx.state.control_plane = list(plane.records)
+        ctx.save()
+
+
 def _kubectl(plane: ControlPlane, *args: str) -> str:
     kubectl = Path(sys.executable).parent / "kubectl"
     argv = [
@@ -260,6 +286,7 @@ def kubelet_node(ctx: LabContext, plane: ControlPlane, node: NodeRecord) -> Kube
             for i in (*IMAGES, *OPTIONAL_IMAGES)
             if (directory / "images" / i).is_file()
         ),
+        cluster_dns=tuple(str(a) for a in [dns_address(ctx.state)] if a is not None),
     )
     return KubeletNode(spec, node.netns, ctx.paths.root)
 
@@ -290,6 +317,10 @@ def build_nodes(ctx: LabContext, claim: Callable[[str], None]) -> None:
     with steps.step("control plane, srv6ctl's RBAC, the nodes' management network"):
         control_plane_network(state)
         plane = start_control_plane(ctx)
+    if dns_address(state) is not None:
+        with steps.step("cluster DNS: CoreDNS, the kube-dns Service"):
+            start_cluster_dns(ctx, plane)
+    with steps.step("node IDs claimed, the agents' credentials"):
         agent_kubeconfig(plane, paths.agent_kubeconfig)
         admin = str(plane.kubeconfig("admin"))
         run_in_netns(netns.netns_path(plane.netns), lambda: claim(admin))
