@@ -47,6 +47,7 @@ from srv6ctl.lab import (
     convergence,
     external,
     kubernetes_lab,
+    kubernetes_workload,
     netns,
     objects,
     processes,
@@ -224,13 +225,48 @@ class Lab:
                 self._save()
                 in_parallel(lambda node: vpp_ready(paths, node), state.nodes)
         if options.kubernetes is not None:
-            kubernetes_lab.build_nodes(
+            plane = kubernetes_lab.build_nodes(
                 ctx, lambda kubeconfig: claim_node_ids(state, config, address_plan, kubeconfig)
             )
-            # Pods and Services of the lab's shape as API objects: not yet (issue 18).
-            state.complete = True
-            self._save()
-            return
+            with self.steps.step("the lab's Services as API objects"):
+                kubernetes_workload.create_services(plane, state.services)
+                self._save()
+        else:
+            self._build_agents(ctx)
+        if any(s.outside_endpoints for s in state.services):
+            with self.steps.step("the probe's server: an endpoint outside the cluster"):
+                state.probe_server = start_probe_server(paths, state)
+                self._save()
+                wait_probe_server(paths, state)
+        total = options.nodes * options.pods_per_node
+        if options.kubernetes is not None:
+            with self.steps.step(f"{total} pods made by kubelet, each with its server"):
+                state.pods.extend(plan_pods(state))
+                self._save()
+                in_parallel(lambda pod: kubernetes_workload.create_pod(ctx, plane, pod), state.pods)
+            with self.steps.step("EndpointSlices by the controller manager, agents converged"):
+                kubernetes_workload.wait_endpoints(plane, ctx)
+                convergence.wait_converged(paths, state)
+        else:
+            with self.steps.step(f"{total} pods through srv6-cni, each with its server"):
+                planned = plan_pods(state)
+                in_parallel(lambda pod: create_pod(paths, state, pod), planned)
+                state.pods.extend(planned)
+                self._save()
+                in_parallel(lambda pod: wait_server(paths, pod), planned)
+            with self.steps.step("EndpointSlices, and every agent converged"):
+                for service in state.services:
+                    write_service(paths, state, service)
+                convergence.wait_converged(paths, state)
+        with self.steps.step("the probe routes the external VIPs and the pod CIDRs to the nodes"):
+            external.route_external(state)
+        state.complete = True
+        self._save()
+
+    def _build_agents(self, ctx: LabContext) -> None:
+        """The plain lab's objects (files the agents read), its agents, and the servers
+        of its host-network endpoints."""
+        state, paths, options = ctx.state, ctx.paths, ctx.state.options
         with self.steps.step("cluster objects: Namespaces, Nodes, Services"):
             write_atomically(paths.objects / objects.NAMESPACES_FILE, objects.namespace_file(state))
             write_atomically(paths.objects / "nodes.yaml", objects.node_file(state))
@@ -249,26 +285,6 @@ class Lab:
                 self._save()
                 for node in hosts:
                     wait_host_server(paths, node)
-        if any(s.outside_endpoints for s in state.services):
-            with self.steps.step("the probe's server: an endpoint outside the cluster"):
-                state.probe_server = start_probe_server(paths, state)
-                self._save()
-                wait_probe_server(paths, state)
-        total = options.nodes * options.pods_per_node
-        with self.steps.step(f"{total} pods through srv6-cni, each with its server"):
-            planned = plan_pods(state)
-            in_parallel(lambda pod: create_pod(paths, state, pod), planned)
-            state.pods.extend(planned)
-            self._save()
-            in_parallel(lambda pod: wait_server(paths, pod), planned)
-        with self.steps.step("EndpointSlices, and every agent converged"):
-            for service in state.services:
-                write_service(paths, state, service)
-            convergence.wait_converged(paths, state)
-        with self.steps.step("the probe routes the external VIPs and the pod CIDRs to the nodes"):
-            external.route_external(state)
-        state.complete = True
-        self._save()
 
     def _plan_state(self, options: LabOptions) -> LabState:
         """What the lab of these options will be made of: named before any of it exists."""
@@ -302,11 +318,13 @@ class Lab:
                 node.vpp_stats_socket = where.stats_socket
         if options.kubernetes is not None:
             state.control_plane_netns = kubernetes_lab.control_plane_netns(prefix)
-            return state  # its Services are API objects: not yet (issue 18)
         for shape in SERVICES:
             if shape.host_endpoints and options.dataplane == "vpp":
                 # A host-network endpoint is the node's kernel stack, which the VPP lab's
                 # nodes keep off the underlay (VPP owns the uplink): not built there.
+                continue
+            if shape.host_endpoints and options.kubernetes is not None:
+                # The shape's `kubernetes`: the cluster has its own (kubernetes_workload).
                 continue
             families = (6, 4) if options.dual_stack else (6,)
             state.services.append(

@@ -419,28 +419,21 @@ def _policy_wait(lab: Any, timeout: float) -> int:
 
 def _policy_apply(args: argparse.Namespace) -> int:
     # Lazy (the docstring): policies are read and validated with PyYAML and pydantic.
-    from srv6ctl.lab.policy import (
-        PolicyError,
-        PolicyStore,
-        ensure_namespaces,
-        lab_cluster,
-        namespaces_present,
-        read_policy_file,
-        selected,
-    )
+    from srv6ctl.lab.kubernetes_policy import policy_store
+    from srv6ctl.lab.policy import PolicyError, lab_cluster, read_policy_file, selected
 
     lab = _policy_lab(args)
     if lab is None:
         return 1
     try:
         policies = read_policy_file(args.file)
-        ensure_namespaces(lab.paths, lab.state)
-        store = PolicyStore(lab.paths)
+        store = policy_store(lab.paths, lab.state)
+        store.ensure_namespaces(lab.state)
         done = store.apply(policies)
     except PolicyError as err:
         print(f"lab policy apply: {err} (nothing written)", file=sys.stderr)
         return 1
-    cluster = lab_cluster(lab.state, store.present(), namespaces_present(lab.paths))
+    cluster = lab_cluster(lab.state, store.present(), store.namespaces())
     for policy, what in done:
         pods = ", ".join(selected(cluster, policy.policy)) or "no pod yet"
         lab.steps.out.print(f"networkpolicy {policy.key} {what} (selects {pods})")
@@ -448,7 +441,9 @@ def _policy_apply(args: argparse.Namespace) -> int:
 
 
 def _policy_delete(args: argparse.Namespace) -> int:
-    from srv6ctl.lab.policy import PolicyError, PolicyStore, keys_of  # lazy: PyYAML, pydantic
+    # Lazy: PyYAML, pydantic.
+    from srv6ctl.lab.kubernetes_policy import policy_store
+    from srv6ctl.lab.policy import PolicyError, keys_of
 
     lab = _policy_lab(args)
     if lab is None:
@@ -456,7 +451,7 @@ def _policy_delete(args: argparse.Namespace) -> int:
     if bool(args.targets) == args.all:
         print("lab policy delete: give NAME|FILE ..., or --all", file=sys.stderr)
         return 2
-    store = PolicyStore(lab.paths)
+    store = policy_store(lab.paths, lab.state)
     try:
         removed = store.delete_all() if args.all else store.delete(keys_of(args.targets))
     except PolicyError as err:
@@ -473,13 +468,15 @@ def _policy_list(args: argparse.Namespace) -> int:
     # Lazy (the docstring): rich, and PyYAML and pydantic for the policies.
     from rich.table import Table
 
-    from srv6ctl.lab.policy import PolicyStore, describe, lab_cluster, namespaces_present
+    from srv6ctl.lab.kubernetes_policy import policy_store
+    from srv6ctl.lab.policy import describe, lab_cluster
 
     lab = _policy_lab(args)
     if lab is None:
         return 1
-    present = PolicyStore(lab.paths).present()
-    cluster = lab_cluster(lab.state, present, namespaces_present(lab.paths))
+    store = policy_store(lab.paths, lab.state)
+    present = store.present()
+    cluster = lab_cluster(lab.state, present, store.namespaces())
     rows = [describe(p, cluster) for p in present]
     if args.json:
         print(json.dumps(rows))

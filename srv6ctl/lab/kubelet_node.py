@@ -245,6 +245,26 @@ class NodeSpec:
     def path(self) -> Path:
         return Path(self.directory)
 
+    @property
+    def containerd_socket(self) -> Path:
+        """containerd's socket as the host sees it (the bind source of /run/containerd)."""
+        source = next(s for s, target in BIND_MOUNTS if target == "/run/containerd")
+        return self.path / source / Path(CONTAINERD_SOCKET).name
+
+    def task_pid(self, container_id: str) -> int | None:
+        """The host PID of a running container's task (its pod's namespaces are that
+        process's); None while it has none."""
+        done = subprocess.run(
+            [self.ctr, "--address", str(self.containerd_socket), "--namespace", "k8s.io",
+             "tasks", "ls"],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        for line in done.stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] == container_id and fields[2] == "RUNNING":
+                return int(fields[1])
+        return None
+
     def save(self) -> None:
         (self.path / "node.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
 

@@ -195,7 +195,8 @@ class ControlPlane:
         return json.loads(self._fetch(f"{self.url}{path}", user))
 
     def send(self, method: str, path: str, body: object, user: str = "admin") -> object:
-        """`method` `path` with a JSON `body` (POST, PUT, DELETE) as `user`; the answer."""
+        """`method` `path` with a JSON `body` (POST, PUT, DELETE; PATCH: a JSON merge
+        patch) as `user`; the answer."""
         return json.loads(self._fetch(f"{self.url}{path}", user, method, json.dumps(body)))
 
     def text(self, path: str, user: str = "admin") -> str:
@@ -253,11 +254,12 @@ class ControlPlane:
                 if user is not None:
                     name = user.replace(":", "-")
                     context.load_cert_chain(self.pki / f"{name}.crt", self.pki / f"{name}.key")
+            kind = "application/merge-patch+json" if method == "PATCH" else "application/json"
             request = urllib.request.Request(
                 url,
                 method=method,
                 data=None if data is None else data.encode(),
-                headers={} if data is None else {"Content-Type": "application/json"},
+                headers={} if data is None else {"Content-Type": kind},
             )
             with urllib.request.urlopen(request, timeout=10, context=context) as answer:
                 return bytes(answer.read())

@@ -309,10 +309,11 @@ def wait_node_ready(plane: ControlPlane, kubelet: KubeletNode, timeout: float) -
     raise NodeFailed(f"the Node {name} was not Ready within {timeout:.0f} s")
 
 
-def build_nodes(ctx: LabContext, claim: Callable[[str], None]) -> None:
+def build_nodes(ctx: LabContext, claim: Callable[[str], None]) -> ControlPlane:
     """The control plane, then each node's containerd, agent and kubelet, each step
     waited for on every node before the next; `claim(kubeconfig)` claims the node IDs
-    (in order, as the plain lab does) once the API server serves."""
+    (in order, as the plain lab does) once the API server serves. Returns the control
+    plane."""
     state, paths, steps = ctx.state, ctx.paths, ctx.steps
     with steps.step("control plane, srv6ctl's RBAC, the nodes' management network"):
         control_plane_network(state)
@@ -344,6 +345,7 @@ def build_nodes(ctx: LabContext, claim: Callable[[str], None]) -> None:
             lambda node: wait_node_ready(plane, kubelets[node.name], NODE_READY_TIMEOUT),
             state.nodes,
         )
+    return plane
 
 
 def remove_nodes(paths: LabPaths, prefix: str) -> None:

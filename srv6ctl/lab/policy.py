@@ -290,6 +290,14 @@ class PolicyStore:
     def path_of(self, namespace: str, name: str) -> Path:
         return self.directory / namespace / f"{name}.yaml"
 
+    def namespaces(self) -> list[model.Namespace]:
+        """The lab's Namespace objects (their labels are what namespaceSelectors match)."""
+        return namespaces_present(self.paths)
+
+    def ensure_namespaces(self, state: LabState) -> bool:
+        """Write the lab's Namespace objects if it has none; True when written."""
+        return ensure_namespaces(self.paths, state)
+
     def present(self) -> list[LabPolicy]:
         """Every NetworkPolicy in the objects directory, as the agents read them: files
         that do not parse are skipped here (the agents keep their previous objects)."""

@@ -30,7 +30,8 @@ from enum import StrEnum
 from policies import model
 from policies.compiler import compile_node
 from srv6ctl.lab import objects
-from srv6ctl.lab.policy import LabPolicy, PolicyStore, lab_cluster, namespaces_present
+from srv6ctl.lab.kubernetes_policy import policy_store
+from srv6ctl.lab.policy import LabPolicy, lab_cluster
 from srv6ctl.lab.state import LabPaths, LabState, PodRecord
 from srv6ctl.observe.netinfo import sockets_in
 
@@ -357,8 +358,9 @@ def settle(flows: Sequence[Flow], timeout: float = SETTLE_SECONDS) -> list[tuple
 
 def cluster_now(paths: LabPaths, state: LabState) -> tuple[model.Cluster, list[LabPolicy]]:
     """The lab with the policies its objects directory holds now."""
-    present = PolicyStore(paths).present()
-    return lab_cluster(state, present, namespaces_present(paths)), present
+    store = policy_store(paths, state)
+    present = store.present()
+    return lab_cluster(state, present, store.namespaces()), present
 
 
 def wait_programmed(paths: LabPaths, state: LabState, timeout: float) -> tuple[int, list[str]]:

@@ -10,7 +10,9 @@
 - a backend reaching its own Service (issue 17): its connections spread over every
   backend, itself included, by the weights, with no NAT (its own address seen, the
   ClusterIP answering);
-- port == targetPort (8081), UDP, the IPv4 ClusterIP in dual-stack;
+- port == targetPort (8081), UDP, the IPv4 ClusterIP in dual-stack: UDP reaches the
+  backend at its own address (the pod DNATs UDP to its VIPs to itself, srv6ctl/podnet.py)
+  and the client is answered from the ClusterIP and the service port;
 - a service without endpoints is refused at once (ICMPv6 administratively prohibited →
   EACCES), not black-holed;
 - flow affinity: a flow's backend is a function of its 5-tuple, and an established TCP
@@ -30,6 +32,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,7 +182,7 @@ class Connectivity:
         per_client = max(1, math.ceil(self.flows / len(clients)))
         counts: Counter[str] = Counter()
         expected: dict[str, float] = {}
-        found = Findings()
+        found = Findings(own=own_addresses(self.topo))
         total = 0
         started = time.monotonic()
         for client in clients:
@@ -300,7 +303,7 @@ class Connectivity:
             self.report.skip(GROUP, label, "no backend pod of that family")
             return
         src = str(backend.ipv6 if family == 6 else backend.ipv4)
-        found = Findings()
+        found = Findings(own=own_addresses(self.topo))
         counts = _tcp_answers(backend, family, ip, flows, found)
         total = sum(counts.values())
         shares = self._weights(service, family).get(backend.node, {})
@@ -339,7 +342,7 @@ class Connectivity:
             f"pods reach {service.name} [{ip}]:{SERVICE_HTTP_PORT}, served by "
             f"{', '.join(service.host_endpoints)}'s own stack (port rewritten there, no NAT)"
         )
-        found, total = Findings(), 0
+        found, total = Findings(own=own_addresses(self.topo)), 0
         for client in self.clients:
             if client.ipv6 is None:
                 continue
@@ -432,7 +435,7 @@ class Connectivity:
         if ip is None or not clients:
             self.report.skip(GROUP, label, "no client of that family")
             return
-        found, shown = Findings(), []
+        found, shown = Findings(own=own_addresses(self.topo)), []
         problems: list[str] = []
         for client in clients:
             counts = _tcp_answers(client, family, ip, flows, found)
@@ -449,7 +452,7 @@ class Connectivity:
 
     def _udp(self, service: ServiceInfo, family: int, clients: list[PodInfo]) -> None:
         ip = service.cluster_ip(family)
-        found, total, pods = Findings(), 0, set()
+        found, total, pods = Findings(own=own_addresses(self.topo)), 0, set()
         for client in clients:
             src = str(client.ipv6 if family == 6 else client.ipv4)
             results = udp_flows(client.netns, ip, SERVICE_HTTP_PORT, 8)
@@ -468,7 +471,7 @@ class Connectivity:
 
     def _same_port(self, service: ServiceInfo, family: int, clients: list[PodInfo]) -> None:
         ip = service.cluster_ip(family)
-        found, total = Findings(), 0
+        found, total = Findings(own=own_addresses(self.topo)), 0
         for client in clients[:2]:
             src = str(client.ipv6 if family == 6 else client.ipv4)
             results = tcp_flows(client.netns, ip, ECHO_PORT, 6)
@@ -619,13 +622,26 @@ class Findings:
     nat: list[str] = field(default_factory=list)  # the backend did not see the client
     rewrite: list[str] = field(default_factory=list)  # wrong address/port on either end
     lost: list[str] = field(default_factory=list)  # no answer at all
+    # Each pod's own addresses (short name → addresses): where a UDP flow reaches it,
+    # since the pod DNATs UDP to its VIPs to itself (srv6ctl/podnet.py).
+    own: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def add(self, answer: Answer, client: str, src: str, cluster_ip: str, target_port: int) -> None:
         """Check one answer to `client` (a name for messages), which called from `src`
         the service address `cluster_ip` (a ClusterIP or an external VIP)."""
         if answer.peer != src:
             self.nat.append(f"{answer.pod} saw {answer.peer}, not {client}'s {src}")
-        if answer.local != cluster_ip or answer.local_port != target_port:
+        if answer.proto == "udp":
+            # TCP arrives at the VIP itself; UDP at the pod's own address (its DNAT, so that
+            # a server on the wildcard answers from the VIP).
+            if answer.local not in self.own.get(answer.pod, ()) or answer.local_port != (
+                target_port
+            ):
+                self.rewrite.append(
+                    f"{answer.pod} was reached at {answer.local}:{answer.local_port} over UDP, "
+                    f"not at its own address and {target_port}"
+                )
+        elif answer.local != cluster_ip or answer.local_port != target_port:
             self.rewrite.append(
                 f"{answer.pod} was reached at {answer.local}:{answer.local_port}, "
                 f"not {cluster_ip}:{target_port}"
@@ -639,6 +655,13 @@ class Findings:
     @property
     def all(self) -> list[str]:
         return self.lost + self.nat + self.rewrite
+
+
+def own_addresses(topo: Topology) -> dict[str, frozenset[str]]:
+    """Each pod's own addresses, by its short name (`Findings.own`)."""
+    return {
+        p.short: frozenset(str(a) for a in (p.ipv6, p.ipv4) if a is not None) for p in topo.pods
+    }
 
 
 def expected_shares(topo: Topology, service: ServiceInfo, family: int) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from srv6ctl.lab.shape import (
     underlay_v6,
 )
 from srv6ctl.lab.state import LabState
-from srv6ctl.verify.connectivity import Findings
+from srv6ctl.verify.connectivity import Findings, own_addresses
 from srv6ctl.verify.flows import Result, answers, failures, tcp_flows, udp_flows
 from srv6ctl.verify.report import Report
 from srv6ctl.verify.topology import ServiceInfo, Topology
@@ -109,7 +109,9 @@ class ExternalChecks:
     def _problems(
         self, results: list[Result], family: int, vip: IPAddress, backends: set[str]
     ) -> list[str]:
-        found = Findings(lost=[f"lost: {f.error}" for f in failures(results)])
+        found = Findings(
+            lost=[f"lost: {f.error}" for f in failures(results)], own=own_addresses(self.topo)
+        )
         strangers = []
         for answer in answers(results):
             if answer.pod not in backends:

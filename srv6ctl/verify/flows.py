@@ -26,6 +26,7 @@ class Answer:
     local_port: int
     reply_from: tuple[str, int]  # what the client saw answering
     sport: int  # the client's source port
+    proto: str = "tcp"  # "tcp" or "udp", as the server answered
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ def _answer(line: bytes, reply_from: tuple[str, int], sport: int) -> Answer:
         local_port=int(data["local_port"]),
         reply_from=(_plain(reply_from[0]), int(reply_from[1])),
         sport=sport,
+        proto=str(data.get("proto", "tcp")),
     )
 
 

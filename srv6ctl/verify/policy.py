@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from srv6ctl.lab import objects
-from srv6ctl.lab.policy import PolicyError, PolicyStore, validate
+from srv6ctl.lab.kubernetes_policy import policy_store
+from srv6ctl.lab.policy import PolicyError, validate
 from srv6ctl.lab.policy_verdicts import Flow, Verdict, cluster_now, expected_flows, judge, settle
 from srv6ctl.lab.state import LabPaths, LabState
 from srv6ctl.verify.report import Report
@@ -58,7 +59,7 @@ class PolicyChecks:
         self.lab = lab
         self.report = report
         self.paths: LabPaths = lab.paths
-        self.store = PolicyStore(self.paths)
+        self.store = policy_store(self.paths, lab.state)
 
     @property
     def state(self) -> LabState:
