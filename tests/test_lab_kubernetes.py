@@ -47,7 +47,7 @@ from srv6ctl.lab.shape import PLAN_V6
 from srv6ctl.lab.state import LabPaths
 from srv6ctl.lab.vpp import BIN_ENV as VPP_BIN_ENV
 from tests.support.netns import NetnsFactory, require_netns
-from tests.test_lab import LabRun
+from tests.test_lab import LabRun, verify
 from tests.test_vpp_integration import _why_no_vpp
 
 BINARIES_ENV = "SRV6CTL_KUBERNETES"
@@ -465,12 +465,13 @@ def _pod(name: str, node: str, image: str, command: list[str], **spec: object) -
 def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
     """`lab up --kubernetes`: two real nodes whose pods kubelet makes through containerd
     and srv6-cni; the agents run as deploy/'s ServiceAccount (the store's ConfigMaps are
-    written through its Role); a pod on n1 fetches from a pod on n2 by its IPv6 address
-    and through a Service's ClusterIP (its EndpointSlice made by the real controller
-    manager; no kube-proxy), and reaches the API server through the `kubernetes` Service
-    (an endpoint outside the cluster); its log comes back through the API server
-    (kube-apiserver → kubelet over the management network); `lab down` leaves nothing, on
-    the host either."""
+    written through its Role); a pod on n1 fetches from a pod on n2 by its IPv6 address,
+    through a Service's ClusterIP (its EndpointSlice made by the real controller manager;
+    no kube-proxy) and, with DIR/coredns, by the Service's name; it reaches the API server
+    through the `kubernetes` Service (an endpoint outside the cluster); its log comes back
+    through the API server (kube-apiserver → kubelet over the management network);
+    `srv6ctl verify` passes on the lab's own pods and Services; `lab down` leaves nothing,
+    on the host either."""
     directory = _binaries_or_skip()
     dataplane = _lab_dataplane_or_skip()
     dns = cluster_dns.binary(directory) is not None
@@ -489,11 +490,14 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
         assert sorted(n["metadata"]["name"] for n in nodes["items"]) == ["n1", "n2"]
         maps = plane.get("/api/v1/namespaces/srv6ctl/configmaps?labelSelector=srv6ctl.io/ipam")
         assert isinstance(maps, dict) and maps["items"], maps  # the agents' store
+        # In a namespace of their own: the lab's pods and policies are in `default`.
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "hello"}}
+        plane.send("POST", "/api/v1/namespaces", namespace)
         server = _pod("server", "n2", agnhost, ["/agnhost", "netexec", "--http-port=8080"])
-        plane.send("POST", "/api/v1/namespaces/default/pods", server)
+        plane.send("POST", "/api/v1/namespaces/hello/pods", server)
 
         def server_ip() -> str | None:
-            pod = plane.get("/api/v1/namespaces/default/pods/server")
+            pod = plane.get("/api/v1/namespaces/hello/pods/server")
             assert isinstance(pod, dict)
             status = pod["status"]
             ready = status.get("phase") == "Running" and status.get("podIP")
@@ -504,17 +508,17 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
         web = {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": "web"},
+            "metadata": {"name": "hello"},
             "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]},
         }
-        answer = plane.send("POST", "/api/v1/namespaces/default/services", web)
+        answer = plane.send("POST", "/api/v1/namespaces/hello/services", web)
         assert isinstance(answer, dict)
         cluster_ip = answer["spec"]["clusterIP"]
         # busybox's nc speaks HTTP well enough; the image's static wget crashes resolving.
         get = "printf 'GET /hostname HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {} | tail -n 1"
         # With DIR/coredns, the Service by its short name too: CoreDNS (beside the control
         # plane, reached through kube-dns's ClusterIP), kubelet's resolv.conf search.
-        by_name = f"c=$({get.format('web 80')}); " if dns else "c=server; "
+        by_name = f"c=$({get.format('hello 80')}); " if dns else "c=server; "
         script = (
             "for i in $(seq 10); do "
             f"a=$({get.format(f'{address} 8080')}); b=$({get.format(f'{cluster_ip} 80')}); "
@@ -526,17 +530,30 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
             'then echo "by address: $a, by ClusterIP: $b"; exit 0; fi; sleep 2; done; exit 1'
         )
         client = _pod("client", "n1", agnhost, ["/bin/sh", "-c", script], restartPolicy="Never")
-        plane.send("POST", "/api/v1/namespaces/default/pods", client)
+        plane.send("POST", "/api/v1/namespaces/hello/pods", client)
 
         def finished() -> str | None:
-            pod = plane.get("/api/v1/namespaces/default/pods/client")
+            pod = plane.get("/api/v1/namespaces/hello/pods/client")
             assert isinstance(pod, dict)
             phase = pod["status"].get("phase")
             return str(phase) if phase in ("Succeeded", "Failed") else None
 
         outcome = _wait_for("the client pod finished", finished, 180)
-        log = plane.text("/api/v1/namespaces/default/pods/client/log").strip()
+        log = plane.text("/api/v1/namespaces/hello/pods/client/log").strip()
         assert (outcome, log) == ("Succeeded", "by address: server, by ClusterIP: server")
+
+        # The lab's own pods are kubelet's too, and verify runs on it as on the plain lab:
+        # every group (crafted SRv6 packets, flows, the external client, convergence with
+        # pods kubelet adds and deletes, NetworkPolicy in the API server) passes.
+        pods = plane.get("/api/v1/namespaces/default/pods?labelSelector=app%3Dweb")
+        assert isinstance(pods, dict)
+        assert sorted(p["metadata"]["name"] for p in pods["items"]) == sorted(
+            p.name for p in state.backends("web")
+        )
+        result = verify(run)
+        assert result["failed"] == [], result["failed"]
+        groups = {c["group"] for c in result["checks"]}
+        assert groups == {"conformance", "connectivity", "external", "convergence", "policy"}
     finally:
         run.lab("down", "--prefix", run.prefix, check=False)
         left = run.leftovers()
