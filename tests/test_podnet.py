@@ -66,25 +66,38 @@ def _ask(client: Netns, host: str, port: int) -> list[str]:
 
 def _web_rules(allow: int) -> model.PodRules:
     """The pod's rules under a policy allowing ingress from anyone on TCP `allow` only."""
-    web = model.Pod(
-        "default",
+    return _ingress_rules(
         "web",
-        labels={"app": "web"},
+        model.Protocol.TCP,
+        allow,
+        ((S1, 80, 8080), (S2, 80, 9090)),
+    )
+
+
+def _ingress_rules(
+    name: str, protocol: model.Protocol, allow: int, frontends: tuple[tuple[str, int, int], ...]
+) -> model.PodRules:
+    """Pod `name`'s rules (at fd00:1::2, serving `frontends`: (ClusterIP, port, target))
+    under a policy allowing ingress from anyone on `protocol` port `allow` only."""
+    pod = model.Pod(
+        "default",
+        name,
+        labels={"app": name},
         ips=(ipaddress.ip_address("fd00:1::2"),),
-        frontends=(
-            model.Frontend(ipaddress.ip_address(S1), model.Protocol.TCP, 80, 8080),
-            model.Frontend(ipaddress.ip_address(S2), model.Protocol.TCP, 80, 9090),
+        frontends=tuple(
+            model.Frontend(ipaddress.ip_address(ip), protocol, port, target)
+            for ip, port, target in frontends
         ),
         node_name="n",
     )
     policy = model.NetworkPolicy(
         "default",
-        "web-in",
-        model.LabelSelector({"app": "web"}),
-        ingress=(model.PolicyRule(ports=(model.PolicyPort(model.Protocol.TCP, allow),)),),
+        f"{name}-in",
+        model.LabelSelector({"app": name}),
+        ingress=(model.PolicyRule(ports=(model.PolicyPort(protocol, allow),)),),
     )
-    cluster = model.Cluster.of([model.Namespace("default")], [web], [policy], [model.Node("n")])
-    return compile_node(cluster, "n")[web.key]
+    cluster = model.Cluster.of([model.Namespace("default")], [pod], [policy], [model.Node("n")])
+    return compile_node(cluster, "n")[pod.key]
 
 
 def test_each_clusterip_gets_its_own_rewrite_and_the_pod_ip_none(
@@ -343,7 +356,9 @@ def test_a_udp_server_on_the_wildcard_answers_from_the_vip(
         assert ask(S2, 53) == ["53", "fd00:1::1", "53"]
         assert ask("fd00:1::2", 53) == ["53", "fd00:1::1", "53"]  # the pod's own: as it is
         backend = NftablesBackend()
-        backend.apply(netns, _udp_rules(allow=5353))
+        backend.apply(
+            netns, _ingress_rules("dns", model.Protocol.UDP, 5353, ((S1, 53, 5353), (S2, 53, 53)))
+        )
         assert ask(S1, 53) == ["5353", "fd00:1::1", "53"]
         assert ask(S2, 53) == ["lost"]  # S2:53 is 53 there, not allowed
         backend.apply(netns, None)
@@ -355,29 +370,6 @@ def test_a_udp_server_on_the_wildcard_answers_from_the_vip(
     cleared = PROGRAMMER.clear(netns)
     assert cleared.rewrites_replaced
     assert "srv6ctl_svc" not in pod.exec("nft", "list", "tables").stdout
-
-
-def _udp_rules(allow: int) -> model.PodRules:
-    """The DNS pod's rules under a policy allowing ingress on UDP `allow` only."""
-    pod = model.Pod(
-        "default",
-        "dns",
-        labels={"app": "dns"},
-        ips=(ipaddress.ip_address("fd00:1::2"),),
-        frontends=(
-            model.Frontend(ipaddress.ip_address(S1), model.Protocol.UDP, 53, 5353),
-            model.Frontend(ipaddress.ip_address(S2), model.Protocol.UDP, 53, 53),
-        ),
-        node_name="n",
-    )
-    policy = model.NetworkPolicy(
-        "default",
-        "dns-in",
-        model.LabelSelector({"app": "dns"}),
-        ingress=(model.PolicyRule(ports=(model.PolicyPort(model.Protocol.UDP, allow),)),),
-    )
-    cluster = model.Cluster.of([model.Namespace("default")], [pod], [policy], [model.Node("n")])
-    return compile_node(cluster, "n")[pod.key]
 
 
 def test_hairpin_rules_per_family() -> None:

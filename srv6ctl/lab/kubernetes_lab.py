@@ -75,7 +75,9 @@ CONTROL_PLANE_ADDRESS = MANAGEMENT_NET[0xFF00]
 # is, so that pods reach the API server as any endpoint outside the cluster (README,
 # "Endpoints outside the cluster"), through their node's dataplane.
 CONTROL_PLANE_UNDERLAY_INDEX = 0xFFFD
-LOOPBACK_PLUGIN = Path("/usr/lib/cni/loopback")  # Debian's containernetworking-plugins
+# Debian's containernetworking-plugins: `loopback`, which containerd's CRI runs for every
+# pod, and `portmap`, chained after srv6-cni for hostPorts (as Calico and Cilium chain it).
+DEBIAN_PLUGINS = (Path("/usr/lib/cni/loopback"), Path("/usr/lib/cni/portmap"))
 TOKEN_SECONDS = 7 * 24 * 3600
 NODE_READY_TIMEOUT = 180.0
 
@@ -97,10 +99,11 @@ def check(directory: str) -> None:
             f"--kubernetes {directory}: missing images/{', images/'.join(missing)} "
             "(OCI archives: README, 'A lab on real Kubernetes')"
         )
-    if not LOOPBACK_PLUGIN.exists():
+    missing = [str(p) for p in DEBIAN_PLUGINS if not p.exists()]
+    if missing:
         raise KubernetesUnavailable(
-            f"{LOOPBACK_PLUGIN} is missing (containerd's CRI needs the `loopback` CNI plugin: "
-            "Debian's containernetworking-plugins)"
+            f"{', '.join(missing)} missing (the lab's nodes run Debian's `loopback` and "
+            "`portmap` CNI plugins: containernetworking-plugins)"
         )
 
 
@@ -246,19 +249,25 @@ def host_settings(paths: LabPaths) -> HostSettings:
 
 def cni_directories(paths: LabPaths, node: NodeRecord) -> tuple[Path, Path]:
     """srv6-cni (the launcher form: the node's Python runs the shim) and Debian's
-    loopback in the node's plugin directory, and its conflist naming the node's agent."""
+    loopback and portmap in the node's plugin directory, and its conflist: srv6-cni
+    naming the node's agent, then portmap for the pods' hostPorts (containerd hands it
+    their `portMappings`; it DNATs the node's address and port to the pod in the node's
+    own namespace)."""
     where = paths.node_dir(node.name)
     bin_dir, conf_dir = where / "cni-bin", where / "cni-conf"
     install_cni(bin_dir=str(bin_dir), lib_dir=str(where / "cni-lib"))
-    loopback = bin_dir / "loopback"
-    if not loopback.exists():
-        loopback.symlink_to(LOOPBACK_PLUGIN)
+    for plugin in DEBIAN_PLUGINS:
+        if not (bin_dir / plugin.name).exists():
+            (bin_dir / plugin.name).symlink_to(plugin)
     conf_dir.mkdir(parents=True, exist_ok=True)
     conflist = {
         "cniVersion": "1.0.0",
         "cniVersions": ["1.0.0", "1.1.0"],
         "name": "srv6",
-        "plugins": [{"type": "srv6-cni", "agentSocket": node.cni_socket}],
+        "plugins": [
+            {"type": "srv6-cni", "agentSocket": node.cni_socket},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
     }
     (conf_dir / "10-srv6.conflist").write_text(json.dumps(conflist, indent=1) + "\n")
     return bin_dir, conf_dir

@@ -70,40 +70,27 @@ def create_services(plane: ControlPlane, services: list[ServiceRecord]) -> None:
 
 
 def labels(pod: PodRecord, *, published: bool = True) -> dict[str, str]:
-    """A pod's labels, as the plain lab's Pod objects carry them: its Service's app label
-    selects it; an unpublished or withdrawn backend has its role's only."""
-    return {objects.APP_LABEL: (pod.service if published else None) or pod.role}
+    """A pod's labels, as the plain lab's Pod objects carry them; an unpublished backend
+    has its role's only (no Service selects it yet)."""
+    return objects.pod_labels(pod) if published else {objects.APP_LABEL: pod.role}
 
 
 def pod_manifest(pod: PodRecord, *, published: bool = True) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": pod.name,
-            "namespace": pod.namespace,
-            "labels": labels(pod, published=published),
-        },
-        "spec": {
-            "nodeName": pod.node,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "server",
-                    "image": SANDBOX_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "ports": [
-                        {"name": name, "containerPort": port, "protocol": protocol}
-                        for name, port, protocol in objects.CONTAINER_PORTS
-                    ],
-                    "readinessProbe": {
-                        "tcpSocket": {"port": objects.HTTP_PORT},
-                        "periodSeconds": 1,
-                    },
-                }
-            ],
-        },
-    }
+    """The plain lab's Pod object as kubelet is to run it: without what the API server
+    sets (UID, status), the sandbox image as its container (there is no registry), and a
+    readiness probe on its server's HTTP port."""
+    manifest = objects.pod_object(pod)
+    manifest.pop("status")
+    metadata = manifest["metadata"]
+    metadata.pop("uid")
+    metadata["labels"] = labels(pod, published=published)
+    manifest["spec"]["terminationGracePeriodSeconds"] = 1
+    manifest["spec"]["containers"][0].update(
+        image=SANDBOX_IMAGE,
+        imagePullPolicy="Never",
+        readinessProbe={"tcpSocket": {"port": objects.HTTP_PORT}, "periodSeconds": 1},
+    )
+    return manifest
 
 
 def create_pod(

@@ -69,6 +69,11 @@ def node_object(node: NodeRecord) -> dict[str, Any]:
     }
 
 
+def pod_labels(pod: PodRecord) -> dict[str, str]:
+    """Its Service's app label selects a backend; a pod of none has its role's."""
+    return {APP_LABEL: pod.service or pod.role}
+
+
 def pod_object(pod: PodRecord) -> dict[str, Any]:
     ips = [ip for ip in (pod.ipv6, pod.ipv4) if ip]
     return {
@@ -78,7 +83,7 @@ def pod_object(pod: PodRecord) -> dict[str, Any]:
             "name": pod.name,
             "namespace": pod.namespace,
             "uid": pod.uid,
-            "labels": {APP_LABEL: pod.service or pod.role},
+            "labels": pod_labels(pod),
         },
         "spec": {
             "nodeName": pod.node,
