@@ -448,7 +448,15 @@ def _lab_dataplane_or_skip() -> str:
     pytest.skip(f"no dataplane for the lab here: {problem}; and no VPP ({VPP_BIN_ENV})")
 
 
-def _pod(name: str, node: str, image: str, command: list[str], **spec: object) -> object:
+def _pod(
+    name: str,
+    node: str,
+    image: str,
+    command: list[str],
+    ports: tuple[dict[str, object], ...] = (),
+    **spec: object,
+) -> object:
+    container = {"name": "c", "image": image, "command": command, "ports": list(ports)}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -456,10 +464,20 @@ def _pod(name: str, node: str, image: str, command: list[str], **spec: object) -
         "spec": {
             "nodeName": node,
             "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "c", "image": image, "command": command}],
+            "containers": [container],
             **spec,
         },
     }
+
+
+def _http_hostname(address: str, port: int) -> str:
+    """GET /hostname from here (agnhost netexec's answer: its pod's name)."""
+    with socket.create_connection((address, port), timeout=5) as s:
+        s.sendall(b"GET /hostname HTTP/1.0\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    return answer.decode().split("\r\n\r\n", 1)[-1]
 
 
 def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
@@ -493,7 +511,11 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
         # In a namespace of their own: the lab's pods and policies are in `default`.
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "hello"}}
         plane.send("POST", "/api/v1/namespaces", namespace)
-        server = _pod("server", "n2", agnhost, ["/agnhost", "netexec", "--http-port=8080"])
+        # With a hostPort: portmap, chained after srv6-cni, DNATs the node's address.
+        host_port = {"containerPort": 8080, "hostPort": 18080, "protocol": "TCP"}
+        server = _pod(
+            "server", "n2", agnhost, ["/agnhost", "netexec", "--http-port=8080"], (host_port,)
+        )
         plane.send("POST", "/api/v1/namespaces/hello/pods", server)
 
         def server_ip() -> str | None:
@@ -505,6 +527,10 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
 
         address = str(_wait_for("the server pod Running", server_ip, 180))
         assert ipaddress.ip_address(address) in ipaddress.ip_network(PLAN_V6["podCIDRv6"])
+        n2 = state.node("n2")
+        hostname = functools.partial(_http_hostname, n2.internal_ipv6, 18080)
+        # From the node's own stack (a host-network client, as the upstream HostPort test).
+        assert run_in_netns(f"/run/netns/{n2.netns}", hostname) == "server"
         web = {
             "apiVersion": "v1",
             "kind": "Service",

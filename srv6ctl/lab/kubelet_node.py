@@ -228,7 +228,7 @@ class NodeSpec:
 
     name: str
     cgroup: str  # the node's cgroups are srv6ctl-<cgroup> (unique on the host)
-    address: str  # kubelet's --node-ip
+    address: str  # kubelet's --node-ip (and its listening address)
     directory: str
     kubelet: str
     containerd: str
@@ -240,6 +240,7 @@ class NodeSpec:
     images: tuple[str, ...] = ()  # OCI archives imported before kubelet starts
     cluster_dns: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()  # key=value
+    other_ips: tuple[str, ...] = ()  # --node-ip's second family (dual-stack)
 
     @property
     def path(self) -> Path:
@@ -271,7 +272,8 @@ class NodeSpec:
     @classmethod
     def load(cls, directory: Path) -> NodeSpec:
         raw = json.loads((directory / "node.json").read_text())
-        for key in ("images", "cluster_dns", "labels"):
+        raw.setdefault("other_ips", [])
+        for key in ("images", "cluster_dns", "labels", "other_ips"):
             raw[key] = tuple(raw[key])
         return cls(**raw)
 
@@ -365,7 +367,7 @@ def kubelet_argv(spec: NodeSpec) -> list[str]:
         f"--config={spec.path / 'kubelet.json'}",
         f"--kubeconfig={spec.kubeconfig}",
         f"--hostname-override={spec.name}",
-        f"--node-ip={spec.address}",
+        f"--node-ip={','.join((spec.address, *spec.other_ips))}",
         f"--cert-dir={spec.path / 'kubelet-pki'}",
         "--v=2",
     ]

@@ -296,6 +296,7 @@ def kubelet_node(ctx: LabContext, plane: ControlPlane, node: NodeRecord) -> Kube
             if (directory / "images" / i).is_file()
         ),
         cluster_dns=tuple(str(a) for a in [dns_address(ctx.state)] if a is not None),
+        other_ips=(node.internal_ipv4,) if node.internal_ipv4 else (),
     )
     return KubeletNode(spec, node.netns, ctx.paths.root)
 
