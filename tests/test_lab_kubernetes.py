@@ -590,6 +590,33 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
     assert {p for p in host_paths if p.exists()} == existing
 
 
+def test_a_dual_stack_kubernetes_lab_passes_verify() -> None:
+    """`lab up --kubernetes --dual-stack`: kubelet reports both InternalIPs, the lab's
+    Services are dual-stack API objects, and every verify group passes in both families
+    (IPv4 over SRv6 too); nothing is left."""
+    directory = _binaries_or_skip()
+    dataplane = _lab_dataplane_or_skip()
+    run = LabRun.new("k")
+    try:
+        run.up("--kubernetes", str(directory), "--dataplane", dataplane, "--dual-stack")
+        plane = kubernetes_lab.control_plane(LabPaths(run.state_dir), run.state)
+        node = plane.get("/api/v1/nodes/n1")
+        assert isinstance(node, dict)
+        internal = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
+        assert [ipaddress.ip_address(a).version for a in internal] == [6, 4]
+        web = plane.get("/api/v1/namespaces/default/services/web")
+        assert isinstance(web, dict) and web["spec"]["ipFamilies"] == ["IPv6", "IPv4"]
+        result = verify(run)
+        assert result["failed"] == [], result["failed"]
+        assert any("v4" in c["name"] or "IPv4" in c["name"] for c in result["checks"])
+    finally:
+        run.lab("down", "--prefix", run.prefix, check=False)
+        left = run.leftovers()
+        shutil.rmtree(run.state_dir, ignore_errors=True)
+    assert left == {"namespaces": [], "processes": [], "state dir": False}, left
+    assert leftover_cgroups(run.prefix) == []
+
+
 def test_lab_up_kubernetes_without_the_binaries_refuses_and_makes_nothing(
     tmp_path: Path,
 ) -> None:
