@@ -88,6 +88,9 @@ def register(commands: Any) -> None:
     )
     e2e.add_argument("--focus", default=None, help="ginkgo focus (default: [sig-network])")
     e2e.add_argument("--skip", default=None, help="ginkgo skip (default: srv6ctl/lab/e2e.py)")
+    e2e.add_argument(
+        "--procs", type=int, default=1, help="specs at a time (DIR/ginkgo runs them; default 1)"
+    )
     _state_dir(e2e)
     e2e.set_defaults(func=_e2e)
 
@@ -315,7 +318,11 @@ def _e2e(args: argparse.Namespace) -> int:
     focus = e2e.DEFAULT_FOCUS if args.focus is None else args.focus
     has_dns = kubernetes_lab.dns_address(state) is not None
     skip = e2e.default_skip(has_dns) if args.skip is None else args.skip
-    code = subprocess.run(e2e.argv(lab.paths, state, focus, skip), check=False).returncode
+    if args.procs > 1 and not (Path(state.options.kubernetes) / "ginkgo").is_file():
+        print(f"--procs {args.procs}: no ginkgo in {state.options.kubernetes}", file=sys.stderr)
+        return 1
+    argv = e2e.argv(lab.paths, state, focus, skip, args.procs)
+    code = subprocess.run(argv, check=False).returncode
     report = e2e.report_dir(lab.paths) / "junit_01.xml"
     if report.exists():
         result = e2e.summary(report)
