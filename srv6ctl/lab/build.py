@@ -56,6 +56,7 @@ from srv6ctl.lab import (
 )
 from srv6ctl.lab.context import LabContext
 from srv6ctl.lab.convergence import CONVERGE_TIMEOUT
+from srv6ctl.lab.kubernetes import ControlPlane
 from srv6ctl.lab.kubernetes_lab import AGENT_NAMESPACE
 from srv6ctl.lab.netns import LabError
 from srv6ctl.lab.node_processes import (
@@ -228,40 +229,55 @@ class Lab:
             plane = kubernetes_lab.build_nodes(
                 ctx, lambda kubeconfig: claim_node_ids(state, config, address_plan, kubeconfig)
             )
-            with self.steps.step("the lab's Services as API objects"):
-                kubernetes_workload.create_services(plane, state.services)
-                self._save()
+            self._build_kubernetes_workload(ctx, plane)
         else:
             self._build_agents(ctx)
-        if any(s.outside_endpoints for s in state.services):
-            with self.steps.step("the probe's server: an endpoint outside the cluster"):
-                state.probe_server = start_probe_server(paths, state)
-                self._save()
-                wait_probe_server(paths, state)
-        total = options.nodes * options.pods_per_node
-        if options.kubernetes is not None:
-            with self.steps.step(f"{total} pods made by kubelet, each with its server"):
-                state.pods.extend(plan_pods(state))
-                self._save()
-                in_parallel(lambda pod: kubernetes_workload.create_pod(ctx, plane, pod), state.pods)
-            with self.steps.step("EndpointSlices by the controller manager, agents converged"):
-                kubernetes_workload.wait_endpoints(plane, ctx)
-                convergence.wait_converged(paths, state)
-        else:
-            with self.steps.step(f"{total} pods through srv6-cni, each with its server"):
-                planned = plan_pods(state)
-                in_parallel(lambda pod: create_pod(paths, state, pod), planned)
-                state.pods.extend(planned)
-                self._save()
-                in_parallel(lambda pod: wait_server(paths, pod), planned)
-            with self.steps.step("EndpointSlices, and every agent converged"):
-                for service in state.services:
-                    write_service(paths, state, service)
-                convergence.wait_converged(paths, state)
+            self._build_workload(ctx)
         with self.steps.step("the probe routes the external VIPs and the pod CIDRs to the nodes"):
             external.route_external(state)
         state.complete = True
         self._save()
+
+    def _start_probe_server(self, ctx: LabContext) -> None:
+        if any(s.outside_endpoints for s in ctx.state.services):
+            with self.steps.step("the probe's server: an endpoint outside the cluster"):
+                ctx.state.probe_server = start_probe_server(ctx.paths, ctx.state)
+                self._save()
+                wait_probe_server(ctx.paths, ctx.state)
+
+    def _build_workload(self, ctx: LabContext) -> None:
+        """The plain lab's pods (through srv6-cni, as kubelet's runtime would) and the
+        slices it writes for them."""
+        state, paths = ctx.state, ctx.paths
+        self._start_probe_server(ctx)
+        total = state.options.nodes * state.options.pods_per_node
+        with self.steps.step(f"{total} pods through srv6-cni, each with its server"):
+            planned = plan_pods(state)
+            in_parallel(lambda pod: create_pod(paths, state, pod), planned)
+            state.pods.extend(planned)
+            self._save()
+            in_parallel(lambda pod: wait_server(paths, pod), planned)
+        with self.steps.step("EndpointSlices, and every agent converged"):
+            for service in state.services:
+                write_service(paths, state, service)
+            convergence.wait_converged(paths, state)
+
+    def _build_kubernetes_workload(self, ctx: LabContext, plane: ControlPlane) -> None:
+        """The same Services and pods as API objects: kubelet makes the pods, the
+        controller manager their slices (kubernetes_workload)."""
+        state = ctx.state
+        with self.steps.step("the lab's Services as API objects"):
+            kubernetes_workload.create_services(plane, state.services)
+            self._save()
+        self._start_probe_server(ctx)
+        total = state.options.nodes * state.options.pods_per_node
+        with self.steps.step(f"{total} pods made by kubelet, each with its server"):
+            state.pods.extend(plan_pods(state))
+            self._save()
+            in_parallel(lambda pod: kubernetes_workload.create_pod(ctx, plane, pod), state.pods)
+        with self.steps.step("EndpointSlices by the controller manager, agents converged"):
+            kubernetes_workload.wait_endpoints(plane, ctx)
+            convergence.wait_converged(ctx.paths, state)
 
     def _build_agents(self, ctx: LabContext) -> None:
         """The plain lab's objects (files the agents read), its agents, and the servers
