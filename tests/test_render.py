@@ -53,12 +53,14 @@ from srv6ctl.render import (
     ServiceBsids,
     render,
 )
+from srv6ctl.sources.convert import from_json
 from srv6ctl.state import (
     ClusterState,
     ContainerPort,
     Endpoint,
     EndpointPort,
     EndpointSlice,
+    Kind,
     Labels,
     Node,
     NodeKey,
@@ -815,6 +817,43 @@ def test_services_kube_proxy_skips_are_skipped(fields: dict[str, object]) -> Non
     config = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}, interfaces=pods))
     assert service_objects(config, WEB_BSID) == (None, set())
     assert not [r for r in config.routes if r.prefix.prefixlen == 128]
+    (attachment,) = config.pods
+    assert attachment.service_addresses == frozenset()
+
+
+def test_a_slice_labelled_headless_is_as_good_as_gone() -> None:
+    """kube-proxy's informer selects `!service.kubernetes.io/headless` slices only: a
+    slice that takes the label leaves its Service, so the Service goes down and the
+    backend drops the ClusterIP (upstream e2e "should implement
+    service.kubernetes.io/headless" labels the slice, not the Service)."""
+    state, web, pods = web_cluster()
+    renderer = Renderer(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}, interfaces=pods))
+    assert service_objects(renderer.config(), WEB_BSID)[0] is not None
+    (slice_,) = state.slices_of_service("default", "web")
+    as_served = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": slice_.name,
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web", "service.kubernetes.io/headless": ""},
+        },
+        "addressType": "IPv6",
+        "endpoints": [
+            {"addresses": [str(a) for a in e.addresses], "nodeName": e.node_name}
+            for e in slice_.endpoints
+        ],
+        "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol} for p in slice_.ports],
+    }
+    labelled = from_json(Kind.ENDPOINT_SLICE, as_served)
+    assert isinstance(labelled, EndpointSlice)
+    renderer.update(state.upsert_endpoint_slice(labelled))
+    config = renderer.config()
+    assert config == render(state, "node-2", renderer.inputs)
+    assert service_objects(config, WEB_BSID)[0] is None
+    assert [r.kind for r in config.routes if str(r.prefix) == "fd00:96::1/128"] == [
+        RouteKind.PROHIBIT
+    ]
     (attachment,) = config.pods
     assert attachment.service_addresses == frozenset()
 

@@ -26,6 +26,7 @@ from policies.model import InvalidPolicy
 from srv6ctl.state import (
     BEHAVIOURS_ANNOTATION,
     CLUSTER_SCOPED,
+    HEADLESS_LABEL,
     POD_INTERFACE_ANNOTATION,
     SERVICE_NAME_LABEL,
     ZONE_LABEL,
@@ -334,10 +335,14 @@ def endpoint_slice_from_json(obj: JSON) -> EndpointSlice:
         )
         for i, p in enumerate(r.items(obj, "ports"))
     ]
+    labels = _labels(obj)
     return EndpointSlice(
         namespace=r.namespace,
         name=r.name,
-        service_name=_labels(obj).get(SERVICE_NAME_LABEL),
+        # A slice labelled headless serves no Service's proxy: kube-proxy's informer
+        # selects `!service.kubernetes.io/headless`, so such a slice is as good as gone
+        # (and labelling one takes its endpoints out of the Service at once).
+        service_name=None if HEADLESS_LABEL in labels else labels.get(SERVICE_NAME_LABEL),
         address_type=address_type,
         endpoints=tuple(endpoints),
         ports=tuple(ports),
