@@ -17,7 +17,9 @@ UDP is the exception to "no NAT" in the pod (`policies.nftables.UdpVipTarget`): 
 server bound to the wildcard answers from the kernel's default source, the pod's own
 address, where a TCP server's accepted socket answers from `S`; so the pod DNATs UDP to
 its VIPs to its own address, and the flow's conntrack entry gives the reply `S` back.
-The entry lives in the pod that serves the flow; no node keeps any.
+The entry lives in the pod that serves the flow; no node keeps any. When the table
+changes, the UDP entries of a DNAT it no longer makes are deleted (srv6ctl/stale_udp.py),
+as kube-proxy deletes them: a client sending from one port would keep the old target.
 
 A client too: every pod DNATs its own connections to Services whose endpoints are outside
 the cluster (`PodAttachment.translations`, chain `translate` at output in the same table):
@@ -90,6 +92,7 @@ from srv6ctl.dataplane.host_ports import client_translation
 from srv6ctl.dataplane.kernel import RTPROT_SRV6CTL
 from srv6ctl.dataplane.model import IPAddress, IPNetwork, PodAttachment
 from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
+from srv6ctl.stale_udp import forget_stale
 
 TABLE = "srv6ctl_svc"
 NFT = "nft"
@@ -157,6 +160,7 @@ class PodSync:
     rules_added: tuple[PodRule, ...] = ()  # the kernel's pref 0 local rule included
     rules_removed: tuple[PodRule, ...] = ()
     sysctls: tuple[str, ...] = ()  # those written
+    udp_forgotten: int = 0  # UDP conntrack entries of a DNAT the new table no longer makes
 
     @property
     def writes(self) -> int:
@@ -167,6 +171,7 @@ class PodSync:
             + len(self.rules_added)
             + len(self.rules_removed)
             + len(self.sysctls)
+            + self.udp_forgotten
         )
 
 
@@ -300,7 +305,11 @@ class PodNetworkProgrammer:
                 sysctls = ()
             rules_added, rules_removed = self._write_rules(ipr, rules, hairpin_rules(wanted))
         replaced = self._sync_rewrites(ruleset(attachment))
-        return PodSync(tuple(added), tuple(removed), replaced, rules_added, rules_removed, sysctls)
+        # Only when the table changed: an unchanged pod costs reads, not a conntrack dump.
+        forgotten = forget_stale(attachment) if replaced else 0
+        return PodSync(
+            tuple(added), tuple(removed), replaced, rules_added, rules_removed, sysctls, forgotten
+        )
 
     @staticmethod
     def _address(ipr: IPRoute, command: str, lo: int, address: IPAddress) -> None:

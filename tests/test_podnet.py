@@ -17,6 +17,7 @@ from policies.compiler import compile_node
 from policies.nftables import NftablesBackend
 from srv6ctl.dataplane.model import PodAttachment, Translation
 from srv6ctl.podnet import PodNetworkProgrammer, hairpin_rules, ruleset
+from srv6ctl.stale_udp import UdpNat
 from tests.support.netns import Netns, NetnsFactory
 
 S1, S2 = "fd00:96::11", "fd00:96::22"
@@ -43,10 +44,10 @@ PROGRAMMER = PodNetworkProgrammer([ipaddress.ip_network("fd00:96::/108")])
 
 
 @contextlib.contextmanager
-def _serving(pod: Netns, script: str) -> Iterator[None]:
+def _serving(pod: Netns, script: str, *args: str) -> Iterator[None]:
     """`script` running in `pod` until the block ends (it prints "up" once listening)."""
     server = subprocess.Popen(
-        ["ip", "netns", "exec", pod.name, sys.executable, "-c", script],
+        ["ip", "netns", "exec", pod.name, sys.executable, "-c", script, *args],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -299,20 +300,22 @@ def test_a_client_pod_translates_a_service_outside_the_cluster(
 
 
 UDP_SERVER = """
-import socket, threading
+import socket, sys, threading
 def serve(port):
     # Bound to the wildcard and answering with sendto(): the reply's source is whatever
     # the kernel picks, as Go's net.ListenUDP servers (agnhost, CoreDNS) answer.
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(("::", port))
     while True:
         data, peer = s.recvfrom(100); s.sendto(f"{port} {peer[0]}".encode(), peer)
-for port in (53, 5353):
+for port in map(int, sys.argv[1:]):
     threading.Thread(target=serve, args=(port,), daemon=True).start()
 print("up", flush=True); threading.Event().wait()
 """
 UDP_CLIENT = """
 import socket, sys
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(1)
+if len(sys.argv) > 3:
+    s.bind(("::", int(sys.argv[3])))  # one source port: one conntrack entry, kept alive
 s.connect((sys.argv[1], int(sys.argv[2])))  # a connected socket takes replies from there only
 s.send(b"?")
 try:
@@ -350,7 +353,7 @@ def test_a_udp_server_on_the_wildcard_answers_from_the_vip(
     def ask(host: str, port: int) -> list[str]:
         return client.exec(sys.executable, "-c", UDP_CLIENT, host, str(port)).stdout.split()
 
-    with _serving(pod, UDP_SERVER):
+    with _serving(pod, UDP_SERVER, "53", "5353"):
         # (the server's port, the peer it saw, the port the reply came from)
         assert ask(S1, 53) == ["5353", "fd00:1::1", "53"]  # DNAT, then the port rewrite
         assert ask(S2, 53) == ["53", "fd00:1::1", "53"]
@@ -370,6 +373,70 @@ def test_a_udp_server_on_the_wildcard_answers_from_the_vip(
     cleared = PROGRAMMER.clear(netns)
     assert cleared.rewrites_replaced
     assert "srv6ctl_svc" not in pod.exec("nft", "list", "tables").stdout
+
+
+def test_a_udp_node_ports_new_target_is_reached_by_a_client_that_keeps_its_port(
+    netns_factory: NetnsFactory,
+) -> None:
+    """A UDP client that keeps sending from one source port keeps its conntrack entry in
+    the pod alive; when the NodePort's target port changes, the pod forgets the entries
+    its new table would not make (as kube-proxy does), so the next datagram reaches the
+    new target (upstream e2e: "cleanup conntrack entries when UDP service target port
+    changes for a NodePort service")."""
+    client, pod = netns_factory(), netns_factory()
+    netns_factory.veth(client, "c0", pod, "eth0")
+    client.ip("addr", "add", "fd00:1::1/64", "dev", "c0", "nodad")
+    pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
+    client.ip("-6", "route", "add", f"{NODE}/128", "via", "fd00:1::2")
+    pod.ip("-6", "route", "add", "default", "via", "fd00:1::1")
+    attachment = PodAttachment(
+        interface="x",
+        pod="default/dns",
+        netns=f"/var/run/netns/{pod.name}",
+        addresses={ipaddress.ip_interface("fd00:1::2/128")},
+        node_ports={("UDP", 6, 30053, 5353), ("TCP", 6, 30053, 5353)},
+    )
+
+    def ask() -> list[str]:
+        argv = (sys.executable, "-c", UDP_CLIENT, NODE, "30053", "40053")
+        return client.exec(*argv).stdout.split()
+
+    assert PROGRAMMER.sync(attachment).rewrites_replaced
+    with _serving(pod, UDP_SERVER, "5353", "6363"):
+        assert ask() == ["5353", "fd00:1::1", "30053"]
+        moved = dataclasses.replace(
+            attachment, node_ports=frozenset({("UDP", 6, 30053, 6363), ("TCP", 6, 30053, 6363)})
+        )
+        done = PROGRAMMER.sync(moved)
+        assert done.rewrites_replaced and done.udp_forgotten == 1
+        assert ask() == ["6363", "fd00:1::1", "30053"]
+        assert PROGRAMMER.sync(moved).writes == 0  # unchanged: nothing forgotten either
+    PROGRAMMER.clear(f"/var/run/netns/{pod.name}")
+
+
+def test_udp_nat_says_which_dnats_a_pods_table_makes() -> None:
+    own, db1, db2 = (ipaddress.ip_address(a) for a in ("fd00:1::2", DB1, DB2))
+    s1, s2 = ipaddress.ip_address(S1), ipaddress.ip_address(S2)
+    nat = UdpNat.of(
+        PodAttachment(
+            interface="x",
+            pod="default/p",
+            netns="n",
+            addresses={ipaddress.ip_interface("fd00:1::2/128")},
+            udp_addresses={s2},
+            node_ports={("UDP", 6, 30053, 5353), ("TCP", 6, 30080, 8080)},
+            translations={
+                Translation("UDP", S1, 53, ((DB1, 53),)),
+                Translation("TCP", S1, 80, ((DB2, 80),)),
+            },
+        )
+    )
+    assert nat.makes((s1, 53), (db1, 53)) and not nat.makes((s1, 53), (db2, 53))
+    assert nat.makes((s2, 53), (own, 53)) and not nat.makes((s2, 53), (own, 5353))
+    node = ipaddress.ip_address(NODE)
+    assert nat.makes((node, 30053), (own, 5353)) and not nat.makes((node, 30053), (own, 6363))
+    assert not nat.makes((node, 30080), (own, 8080))  # TCP: not the table's UDP
+    assert not nat.makes((s1, 80), (db2, 80))
 
 
 def test_hairpin_rules_per_family() -> None:
