@@ -719,6 +719,40 @@ def test_list_then_watch_delivers_the_cluster_and_its_changes(apiserver: FakeApi
         source.stop()
 
 
+def test_an_object_the_clients_models_reject_does_not_stop_the_watch(
+    apiserver: FakeApiServer,
+) -> None:
+    """The API server accepts a Service status condition without `lastTransitionTime`
+    (upstream e2e's Service status tests write one); the official client's models do not.
+    The watch reads events as JSON, so that object arrives and so does every later change
+    (it once stopped the kind's watch on every node: each retry failed on the same event)."""
+    consumer = Consumer()
+    source = start_source(apiserver, consumer)
+    try:
+        assert source.wait_synced(timeout=15)
+        odd = fixture("service-web")
+        odd["metadata"]["name"] = "odd"
+        odd["spec"]["clusterIP"] = odd["spec"]["clusterIPs"][0] = "fd00:96::77"
+        odd["status"] = {"conditions": [{"type": "Odd", "status": "True", "reason": "E2e",
+                                         "message": "no lastTransitionTime"}]}  # fmt: skip
+        apiserver.apply(odd)
+        consumer.until(lambda s: ("default", "odd") in s.services)
+        later = fixture("node-1")
+        later["metadata"]["name"] = "node-9"
+        apiserver.apply(later)
+        changed = fixture("service-web")
+        changed["spec"]["trafficDistribution"] = None
+        apiserver.apply(changed)
+        consumer.until(
+            lambda s: (
+                "node-9" in s.nodes and s.services[("default", "web")].traffic_distribution is None
+            )
+        )
+        assert source.relists[Kind.SERVICE] == 1
+    finally:
+        source.stop()
+
+
 @pytest.mark.parametrize("bookmarks", [True, False], ids=["bookmarks", "no-bookmarks"])
 def test_bookmarks_keep_a_quiet_watch_resumable_after_compaction(
     apiserver: FakeApiServer, bookmarks: bool

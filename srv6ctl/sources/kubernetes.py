@@ -39,10 +39,14 @@ the way client-go's reflector uses them, with the official Python client:
 5. Stopping is quiet: the errors of streams cut by `stop()` are not failures.
 
 Responses are read as raw JSON — the list with `_preload_content=False`, watch events
-through `kubernetes.watch.Watch` (which still runs the client's own deserialisation and
-resourceVersion tracking) from their `raw_object` — and converted by the same
+through `kubernetes.watch.Watch` from their `raw_object`, with the client's own model
+deserialisation turned off (`_RawWatch`): its models are stricter than the API server, and
+one object they reject stopped the kind's whole watch (a Service whose status condition
+has no `lastTransitionTime`, which the API server accepts and upstream e2e writes: every
+Service change after it was lost, on every node). The resourceVersion to resume from is
+read from the events themselves. Objects are converted by the same
 `srv6ctl.sources.convert` the lab source uses, so a field reads the same from a file, a
-list and a watch.
+list and a watch; one it refuses is skipped alone.
 
 `REQUIRED_RBAC` is the complete set of (verb, resource, apiGroup) this source uses; the
 deploy/ RBAC manifest is tested against it.
@@ -130,6 +134,23 @@ class Backoff:
     def delay(self, attempt: int, rng: random.Random) -> float:
         nominal = min(self.cap, self.initial * self.factor ** min(attempt, 64))
         return rng.uniform(nominal / 2, nominal)
+
+
+class _RawWatch(watch.Watch):
+    """`kubernetes.watch.Watch` that leaves events as JSON (`raw_object`): without a
+    return type it deserialises nothing, and so tracks no resourceVersion either
+    (`_resource_version` reads it from the event)."""
+
+    def get_return_type(self, func: Any) -> None:
+        return None
+
+
+def _resource_version(event: dict[str, Any]) -> str | None:
+    """The resourceVersion a watch event carries (a bookmark's too), if any."""
+    raw = event.get("raw_object")
+    metadata = raw.get("metadata") if isinstance(raw, dict) else None
+    version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+    return str(version) if version else None
 
 
 class _Stopped(Exception):
@@ -282,7 +303,7 @@ class KubernetesSource:
     def _run(self, resource: Resource) -> None:
         api = client.ApiClient(self._configuration)
         list_call = resource.list_call(api)
-        stream = watch.Watch()  # type: ignore[no-untyped-call]
+        stream = _RawWatch()  # type: ignore[no-untyped-call]
         with self._lock:
             self._watches[resource.kind] = stream
         # Consecutive failures since a watch last opened: an answer that opens a watch
@@ -407,8 +428,9 @@ class KubernetesSource:
             if not isinstance(event, dict):
                 continue  # the client yields None for a line that is not JSON
             self._handle(resource, event)
-            if stream.resource_version:
-                version = str(stream.resource_version)
+            seen = _resource_version(event)
+            if seen:
+                version = seen
                 self.resource_versions[resource.kind] = version
         if self._stop.is_set():
             raise _Stopped
