@@ -6,6 +6,7 @@ saying so."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import json
@@ -17,7 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -480,6 +481,22 @@ def _http_hostname(address: str, port: int) -> str:
     return answer.decode().split("\r\n\r\n", 1)[-1]
 
 
+@contextlib.contextmanager
+def _kubernetes_lab(*up_args: str) -> Iterator[LabRun]:
+    """A lab brought up with `up_args`; after the block, `lab down`, and then nothing of
+    it may be left: processes, namespaces, state directory, cgroups."""
+    run = LabRun.new("k")
+    try:
+        run.up(*up_args)
+        yield run
+    finally:
+        run.lab("down", "--prefix", run.prefix, check=False)
+        left = run.leftovers()
+        shutil.rmtree(run.state_dir, ignore_errors=True)
+    assert left == {"namespaces": [], "processes": [], "state dir": False}, left
+    assert leftover_cgroups(run.prefix) == []
+
+
 def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
     """`lab up --kubernetes`: two real nodes whose pods kubelet makes through containerd
     and srv6-cni; the agents run as deploy/'s ServiceAccount (the store's ConfigMaps are
@@ -498,9 +515,9 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
     settings_before = _sysctls()
     host_paths = {Path(target) for _, target in BIND_MOUNTS}
     existing = {p for p in host_paths if p.exists()}
-    run = LabRun.new("k")
-    try:
-        run.up("--kubernetes", str(directory), "--dataplane", dataplane, "--nodes", "2")
+    with _kubernetes_lab(
+        "--kubernetes", str(directory), "--dataplane", dataplane, "--nodes", "2"
+    ) as run:
         state = run.state
         plane = kubernetes_lab.control_plane(LabPaths(run.state_dir), state)
         nodes = plane.get("/api/v1/nodes")
@@ -580,12 +597,6 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
         assert result["failed"] == [], result["failed"]
         groups = {c["group"] for c in result["checks"]}
         assert groups == {"conformance", "connectivity", "external", "convergence", "policy"}
-    finally:
-        run.lab("down", "--prefix", run.prefix, check=False)
-        left = run.leftovers()
-        shutil.rmtree(run.state_dir, ignore_errors=True)
-    assert left == {"namespaces": [], "processes": [], "state dir": False}, left
-    assert leftover_cgroups(run.prefix) == []
     assert _sysctls() == settings_before
     assert {p for p in host_paths if p.exists()} == existing
 
@@ -596,9 +607,8 @@ def test_a_dual_stack_kubernetes_lab_passes_verify() -> None:
     (IPv4 over SRv6 too); nothing is left."""
     directory = _binaries_or_skip()
     dataplane = _lab_dataplane_or_skip()
-    run = LabRun.new("k")
-    try:
-        run.up("--kubernetes", str(directory), "--dataplane", dataplane, "--dual-stack")
+    up = ("--kubernetes", str(directory), "--dataplane", dataplane, "--dual-stack")
+    with _kubernetes_lab(*up) as run:
         plane = kubernetes_lab.control_plane(LabPaths(run.state_dir), run.state)
         node = plane.get("/api/v1/nodes/n1")
         assert isinstance(node, dict)
@@ -609,12 +619,6 @@ def test_a_dual_stack_kubernetes_lab_passes_verify() -> None:
         result = verify(run)
         assert result["failed"] == [], result["failed"]
         assert any("v4" in c["name"] or "IPv4" in c["name"] for c in result["checks"])
-    finally:
-        run.lab("down", "--prefix", run.prefix, check=False)
-        left = run.leftovers()
-        shutil.rmtree(run.state_dir, ignore_errors=True)
-    assert left == {"namespaces": [], "processes": [], "state dir": False}, left
-    assert leftover_cgroups(run.prefix) == []
 
 
 def test_lab_up_kubernetes_without_the_binaries_refuses_and_makes_nothing(

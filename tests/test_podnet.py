@@ -165,6 +165,18 @@ while True:
 """
 
 
+def _client_and_pod(netns_factory: NetnsFactory) -> tuple[Netns, Netns]:
+    """A client (fd00:1::1) and a pod (fd00:1::2) on one link; the client routes the node
+    address NODE to the pod, as the node steers a NodePort's packet to its backend."""
+    client, pod = netns_factory(), netns_factory()
+    netns_factory.veth(client, "c0", pod, "eth0")
+    client.ip("addr", "add", "fd00:1::1/64", "dev", "c0", "nodad")
+    pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
+    client.ip("-6", "route", "add", f"{NODE}/128", "via", "fd00:1::2")
+    pod.ip("-6", "route", "add", "default", "via", "fd00:1::1")
+    return client, pod
+
+
 def test_a_node_port_is_dnated_in_the_pod_and_answered_from_the_nodes_address(
     netns_factory: NetnsFactory,
 ) -> None:
@@ -172,12 +184,7 @@ def test_a_node_port_is_dnated_in_the_pod_and_answered_from_the_nodes_address(
     End.DX6 hands it over) is DNATed by the pod to itself; the client sees N:nodePort
     answer, the pod sees the client's own address, and NetworkPolicy judges the target
     port. Traffic to the pod's own address on the node port is not touched."""
-    client, pod = netns_factory(), netns_factory()
-    netns_factory.veth(client, "c0", pod, "eth0")
-    client.ip("addr", "add", "fd00:1::1/64", "dev", "c0", "nodad")
-    pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
-    client.ip("-6", "route", "add", f"{NODE}/128", "via", "fd00:1::2")  # as the node steers
-    pod.ip("-6", "route", "add", "default", "via", "fd00:1::1")
+    client, pod = _client_and_pod(netns_factory)
     attachment = PodAttachment(
         interface="x",
         pod="default/web",
@@ -383,12 +390,7 @@ def test_a_udp_node_ports_new_target_is_reached_by_a_client_that_keeps_its_port(
     its new table would not make (as kube-proxy does), so the next datagram reaches the
     new target (upstream e2e: "cleanup conntrack entries when UDP service target port
     changes for a NodePort service")."""
-    client, pod = netns_factory(), netns_factory()
-    netns_factory.veth(client, "c0", pod, "eth0")
-    client.ip("addr", "add", "fd00:1::1/64", "dev", "c0", "nodad")
-    pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
-    client.ip("-6", "route", "add", f"{NODE}/128", "via", "fd00:1::2")
-    pod.ip("-6", "route", "add", "default", "via", "fd00:1::1")
+    client, pod = _client_and_pod(netns_factory)
     attachment = PodAttachment(
         interface="x",
         pod="default/dns",
