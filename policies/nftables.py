@@ -94,6 +94,7 @@ TABLE = "srv6ctl_policy"
 REWRITE_TABLE = "srv6ctl_svc"
 FILTER_PRIORITY = 0  # ingress on input, egress on output
 REWRITE_IN_PRIORITY = -300  # prerouting "raw": before conntrack (-200)
+VIP_PORTS_PRIORITY = -310  # prerouting, before the rewrite: a VIP's service ports as sent
 # postrouting "srcnat + 10": after conntrack, our egress chain and the NAT core's srcnat
 # hook (100), which gives a UDP reply its VIP back (`UdpVipTarget`) before the rewrite
 # looks for it.
@@ -462,6 +463,22 @@ class UdpVipTarget:
 
 
 @dataclass(frozen=True, order=True)
+class VipPort:
+    """A (protocol, port) a pod serves at one of its VIPs: a packet to a VIP of the pod
+    for any other TCP, UDP or SCTP port is rejected (ICMP port unreachable), as
+    kube-proxy rejects the ports a ClusterIP has not — the VIP is on the pod's loopback,
+    where every port would otherwise reach whatever listens on it."""
+
+    vip: str
+    protocol: Protocol
+    port: int
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.vip else 4
+
+
+@dataclass(frozen=True, order=True)
 class ClientTranslation:
     """A Service frontend whose endpoints lie outside the cluster (neither pod nor node:
     nothing there can hold the ClusterIP), as a client pod translates it: its own new
@@ -477,6 +494,35 @@ class ClientTranslation:
     @property
     def version(self) -> int:
         return 6 if ":" in self.address else 4
+
+
+def _vip_port_lines(vip_ports: Iterable[VipPort]) -> list[str]:
+    """The sets and the chain rejecting a VIP's unserved ports (`VipPort`)."""
+    by_version: dict[int, list[VipPort]] = {}
+    for v in sorted(set(vip_ports)):
+        by_version.setdefault(v.version, []).append(v)
+    lines: list[str] = []
+    rules: list[str] = []
+    for version, entries in sorted(by_version.items()):
+        family, address = _family(version), _address_type(version)
+        vips = ", ".join(sorted({e.vip for e in entries}))
+        served = ", ".join(f"{e.vip} . {_NFT_PROTOCOL[e.protocol]} . {e.port}" for e in entries)
+        lines.append(f"set vips_{version} {{ type {address}; elements = {{ {vips} }} }}")
+        lines.append(
+            f"set served_{version} {{ type {address} . inet_proto . inet_service; "
+            f"elements = {{ {served} }} }}"
+        )
+        rules.append(
+            f"{family} daddr @vips_{version} meta l4proto {{ tcp, udp, sctp }} "
+            f"{family} daddr . meta l4proto . th dport != @served_{version} reject"
+        )
+    if rules:
+        lines.append(
+            f"chain vip_ports {{ type filter hook prerouting priority {VIP_PORTS_PRIORITY}; "
+            "policy accept;"
+        )
+        lines += [*rules, "}"]
+    return lines
 
 
 def _translation_lines(translations: Iterable[ClientTranslation]) -> list[str]:
@@ -572,6 +618,7 @@ def port_rewrite_ruleset(
     outbound_hook: str = "postrouting",
     translations: Iterable[ClientTranslation] = (),
     udp_vips: Iterable[UdpVipTarget] = (),
+    vip_ports: Iterable[VipPort] = (),
 ) -> str | None:
     """The transaction (re)installing a backend pod's stateless port rewrite, in the form
     and at the priorities the policy table relies on (module docstring); None when no
@@ -589,6 +636,9 @@ def port_rewrite_ruleset(
     goes to the pod's own address (`UdpVipTarget`), after the port rewrite; the NAT
     core's srcnat (100) gives the reply the VIP back before `rewrite_out` (110) gives it
     the service port back.
+
+    `vip_ports` add a chain at prerouting before the rewrite (-310) rejecting what
+    arrives for one of the pod's VIPs at a port none of its Services has (`VipPort`).
 
     `translations` DNAT the pod's own connections to Services whose endpoints are
     outside the cluster (`ClientTranslation`): the one NAT a client pays, in its own
@@ -635,9 +685,11 @@ def port_rewrite_ruleset(
         for (version, address), addresses in sorted(by_target.items())
     ]
     translate = _translation_lines(translations)
-    if not inbound and not dnat and not translate and not vips:
+    served = _vip_port_lines(vip_ports)
+    if not inbound and not dnat and not translate and not vips and not served:
         return None
     lines = [f"add table inet {table}", f"delete table inet {table}", f"table inet {table} {{"]
+    lines += served
     rewrite: dict[str, list[str]] = {"in": [], "out": []}
     for (version, protocol), entries in sorted(inbound.items()):
         proto = _NFT_PROTOCOL[protocol]

@@ -87,7 +87,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from policies.model import Frontend, Protocol
-from policies.nftables import NodePortTarget, UdpVipTarget, port_rewrite_ruleset
+from policies.nftables import NodePortTarget, UdpVipTarget, VipPort, port_rewrite_ruleset
 from srv6ctl.dataplane.host_ports import client_translation
 from srv6ctl.dataplane.kernel import RTPROT_SRV6CTL
 from srv6ctl.dataplane.model import IPAddress, IPNetwork, PodAttachment
@@ -209,14 +209,17 @@ def udp_vip_targets(attachment: PodAttachment) -> tuple[UdpVipTarget, ...]:
 
 def ruleset(attachment: PodAttachment) -> str:
     """The transaction (re)installing the `inet srv6ctl_svc` table for a pod's port maps,
-    node ports, UDP VIPs and translations ('' when it needs none), tagged with a digest
-    of its content."""
+    node ports, UDP VIPs, served ports and translations ('' when it needs none), tagged
+    with a digest of its content."""
     text = port_rewrite_ruleset(
         frontends(attachment),
         TABLE,
         node_port_targets(attachment),
         translations=[client_translation(t) for t in attachment.translations],
         udp_vips=udp_vip_targets(attachment),
+        vip_ports=[
+            VipPort(str(vip), Protocol(p), port) for p, vip, port in attachment.service_ports
+        ],
     )
     if text is None:
         return ""

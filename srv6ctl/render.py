@@ -683,18 +683,19 @@ class Renderer:
             addresses.append(ipaddress.IPv4Interface((ipv4, 32)))
         if not addresses:
             return EMPTY  # its addresses are not this node's: not ours to wire
-        service_addresses, port_maps, node_ports, udp = self._service_membership(pod)
+        membership = self._service_membership(pod)
         attachment = PodAttachment(
             interface=wiring.interface,
             pod=f"{pod.namespace}/{pod.name}",
             netns=wiring.netns,
             container_interface=wiring.container_interface,
             addresses=frozenset(addresses),
-            service_addresses=service_addresses,
-            port_maps=port_maps,
-            node_ports=node_ports,
+            service_addresses=membership.addresses,
+            port_maps=membership.port_maps,
+            node_ports=membership.node_ports,
             translations=self._translated,
-            udp_addresses=udp,
+            udp_addresses=membership.udp,
+            service_ports=membership.ports,
             **pod_interface_fields(pod.interface_type, pod.uid),
         )
         return Fragment(pods=(attachment,), local_sids=tuple(sids))
@@ -715,21 +716,13 @@ class Renderer:
         )
         return Fragment(pods=(attachment,))
 
-    def _service_membership(
-        self, pod: Pod
-    ) -> tuple[
-        frozenset[IPAddress],
-        frozenset[tuple[str, IPAddress, int, int]],
-        frozenset[tuple[str, int, int, int]],
-        frozenset[IPAddress],
-    ]:
-        """The ClusterIPs `pod` must accept, the port rewrites it must make, the node
-        ports it must DNAT to itself, and those of its VIPs whose Services have a UDP port
-        it serves."""
+    def _service_membership(self, pod: Pod) -> _Membership:
+        """What `pod` serves as an endpoint (`_Membership`)."""
         addresses: set[IPAddress] = set()
-        udp: set[IPAddress] = set()
         port_maps: set[tuple[str, IPAddress, int, int]] = set()
         node_ports: set[tuple[str, int, int, int]] = set()
+        udp: set[IPAddress] = set()
+        ports: set[tuple[str, IPAddress, int]] = set()
         for eps, _ in self._state.endpoint_entries(pod):
             if eps.service_name is None:
                 continue
@@ -753,13 +746,22 @@ class Renderer:
                 # controller resolved that into it, and a hand-written slice may say
                 # anything (kube-proxy reads the slice). None: no backend for it here.
                 target = _slice_port(eps, port)
-                if target is not None and target != port.port:
+                if target is None:
+                    continue
+                ports.update((port.protocol, vip, port.port) for vip in vips)
+                if target != port.port:
                     port_maps.update((port.protocol, vip, port.port, target) for vip in vips)
-                if target is not None and port.node_port:
+                if port.node_port:
                     node_ports.add((port.protocol, cluster_ip.version, port.node_port, target))
-                if target is not None and port.protocol == "UDP":
+                if port.protocol == "UDP":
                     udp.update(vips)
-        return frozenset(addresses), frozenset(port_maps), frozenset(node_ports), frozenset(udp)
+        return _Membership(
+            frozenset(addresses),
+            frozenset(port_maps),
+            frozenset(node_ports),
+            frozenset(udp),
+            frozenset(ports),
+        )
 
     def _remote_pod_fragment(self, pod: Pod) -> Fragment:
         """A remote pod's IPv4 policy, needed only when its node lacks End.DT4."""
@@ -1168,6 +1170,18 @@ def _host_targets(service: Service, slices: list[EndpointSlice]) -> dict[tuple[s
         if target is not None and target != port.port:
             out[(port.protocol, port.port)] = target
     return out
+
+
+class _Membership(NamedTuple):
+    """What a pod serves as an endpoint: the VIPs it must accept, the port rewrites it
+    must make, the node ports it must DNAT to itself, those of its VIPs whose Services
+    have a UDP port it serves, and every (protocol, VIP, service port) it serves."""
+
+    addresses: frozenset[IPAddress]
+    port_maps: frozenset[tuple[str, IPAddress, int, int]]
+    node_ports: frozenset[tuple[str, int, int, int]]
+    udp: frozenset[IPAddress]
+    ports: frozenset[tuple[str, IPAddress, int]]
 
 
 @contextmanager

@@ -154,6 +154,37 @@ def test_each_clusterip_gets_its_own_rewrite_and_the_pod_ip_none(
     assert S1 not in pod.ip("addr", "show", "lo")
 
 
+def test_a_vips_other_ports_are_refused_as_kube_proxy_refuses_them(
+    netns_factory: NetnsFactory,
+) -> None:
+    """The VIP is on the pod's loopback, where any port would reach whatever listens:
+    what arrives for a port none of the pod's Services has is rejected (upstream
+    conformance: a Service updated to UDP only must stop answering TCP), the pod's own
+    address is untouched."""
+    client, pod = netns_factory(), netns_factory()
+    netns_factory.veth(client, "c0", pod, "eth0")
+    client.ip("addr", "add", "fd00:1::1/64", "dev", "c0", "nodad")
+    pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
+    client.ip("-6", "route", "add", "fd00:96::/108", "via", "fd00:1::2")
+    attachment = PodAttachment(
+        interface="x",
+        pod="default/web",
+        netns=f"/var/run/netns/{pod.name}",
+        service_addresses={S1},
+        port_maps={("TCP", S1, 80, 8080)},
+        service_ports={("TCP", S1, 80)},
+    )
+    assert PROGRAMMER.sync(attachment).rewrites_replaced
+    with _serving(pod, SERVER):
+        assert _ask(client, S1, 80) == ["8080", S1, "80"]
+        assert _ask(client, S1, 9090) == ["refused"]  # listening, but not a service port
+        assert _ask(client, "fd00:1::2", 9090) == ["9090", "fd00:1::2", "9090"]
+        # Without the served ports (as before): the VIP answered on every port.
+        PROGRAMMER.sync(dataclasses.replace(attachment, service_ports=frozenset()))
+        assert _ask(client, S1, 9090) == ["9090", S1, "9090"]
+    PROGRAMMER.clear(f"/var/run/netns/{pod.name}")
+
+
 NODE = "fd00:ff::1"  # a node's address: the node port's destination, never the pod's
 SEEN = """
 import socket

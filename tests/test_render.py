@@ -382,6 +382,13 @@ def test_port_maps_for_numeric_and_named_target_ports_resolved_per_pod() -> None
     # leave from it); the others' slices have no UDP port, so they keep no conntrack.
     udp = {att.pod: att.udp_addresses for att in config.pods}
     assert udp == {"default/web-a": set(), "default/web-b": set(), "default/web-c": {ip}}
+    # Every service port a pod has an endpoint for, at each VIP; others are refused.
+    served = {att.pod: att.service_ports for att in config.pods}
+    assert served == {
+        "default/web-a": {("TCP", ip, 80), ("TCP", ip, 443)},
+        "default/web-b": {("TCP", ip, 80), ("TCP", ip, 443)},
+        "default/web-c": {("TCP", ip, 443), ("UDP", ip, 53)},
+    }
 
 
 def test_port_maps_follow_the_slice_not_the_services_target_port() -> None:

@@ -425,6 +425,8 @@ class PodAttachment:
     the target port, in the pod's own namespace (podnet). `udp_addresses` are those of
     the `service_addresses` whose Services have a UDP port: the pod DNATs UDP to them to
     its own address, so that a UDP server's reply leaves from the VIP (podnet).
+    `service_ports` are the (protocol, VIP, service port) the pod serves: anything else
+    sent to one of its VIPs is rejected, as kube-proxy rejects a ClusterIP's other ports.
     `translations` are the Services
     with endpoints outside the cluster, which the pod DNATs its own connections to
     (`Translation`): every pod on the node gets the same set.
@@ -444,6 +446,7 @@ class PodAttachment:
     node_ports: frozenset[tuple[str, int, int, int]] = frozenset()
     translations: frozenset[Translation] = frozenset()
     udp_addresses: frozenset[IPAddress] = frozenset()
+    service_ports: frozenset[tuple[str, IPAddress, int]] = frozenset()
     interface_type: str = ""  # "" or MEMIF
     memif_socket: str = ""  # with MEMIF: the socket VPP listens on
 
@@ -455,6 +458,11 @@ class PodAttachment:
             self, "service_addresses", frozenset(ip(a) for a in self.service_addresses)
         )
         object.__setattr__(self, "udp_addresses", frozenset(ip(a) for a in self.udp_addresses))
+        object.__setattr__(
+            self,
+            "service_ports",
+            frozenset((proto, ip(addr), port) for proto, addr, port in self.service_ports),
+        )
         object.__setattr__(
             self,
             "port_maps",

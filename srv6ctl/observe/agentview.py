@@ -77,6 +77,7 @@ def config_from_json(data: Mapping[str, Any]) -> NodeConfig:
             node_ports=frozenset(tuple(n) for n in p.get("node_ports") or ()),
             translations=frozenset(map(_translation, p.get("translations") or ())),
             udp_addresses=frozenset(p.get("udp_addresses") or ()),
+            service_ports=frozenset(tuple(x) for x in p.get("service_ports") or ()),
         )
         for p in data.get("pods") or ()
     ]
