@@ -706,9 +706,14 @@ def port_rewrite_ruleset(
             rewrite[way].append(
                 f"{proto} {port} set {_family(version)} {address} . {proto} {port} map @{name}"
             )
+    # A reply the pod sends itself (a hairpinned flow that landed on it) is delivered over
+    # `lo`, where the NAT core's input hook (srcnat, 100) applies a UDP flow's translation
+    # again — the VIP and the *target* port — undoing rewrite_out: the same map once more.
+    looped = [f'iif "lo" {rule}' for rule in rewrite["out"]] if inbound_hook == "prerouting" else []
     for chain, hook, priority, rules in (
         ("rewrite_in", inbound_hook, REWRITE_IN_PRIORITY, rewrite["in"]),
         ("rewrite_out", outbound_hook, REWRITE_OUT_PRIORITY, rewrite["out"]),
+        ("rewrite_looped", "input", REWRITE_OUT_PRIORITY, looped),
     ):
         if rules:
             lines.append(

@@ -696,6 +696,74 @@ def test_a_backend_reaching_its_own_vip_is_spread_over_all_backends(
     assert DUAL.clear(web1.path).writes == 0
 
 
+UDP_NAMED_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(("::", 8080))
+print("up", flush=True)
+while True:  # on the wildcard, answering from the default source (the pod's DNAT's case)
+    data, peer = s.recvfrom(100); s.sendto(f"{sys.argv[1]} {peer[0]}".encode(), peer)
+"""
+UDP_SPREAD_CLIENT = """
+import collections, json, socket, sys
+seen = collections.Counter()
+for _ in range(int(sys.argv[3])):  # a new source port each: the hash spreads them
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(2)
+    s.connect((sys.argv[1], int(sys.argv[2]))); s.send(b"?")
+    try:
+        seen[s.recv(200).decode() + f" {s.getpeername()[1]}"] += 1
+    except OSError as err:
+        seen[type(err).__name__] += 1
+    s.close()
+print(json.dumps(seen))
+"""
+
+
+def test_a_backend_reaching_its_own_vip_over_udp_with_a_port_rewrite(
+    netns_factory: NetnsFactory,
+) -> None:
+    """UDP to its own Service from a backend, port 80 -> 8080 rewritten: a datagram that
+    lands on the backend itself is DNATed to its own address, and the answer goes back to
+    it over `lo`, where the NAT core translates it once more at input — to the VIP and
+    the *target* port; the rewrite back to the service port is made there too, or the
+    client's connected socket drops the answer (upstream e2e "should function for
+    endpoint-Service: udp")."""
+    _, (web1, web2, _client) = _mini_cluster(netns_factory, 3)
+    for pod in (web1, web2):
+        DUAL.sync(
+            PodAttachment(
+                interface="x",
+                pod="default/web",
+                netns=pod.path,
+                addresses={ipaddress.ip_interface(f"{pod.v6}/128")},
+                service_addresses={V6},
+                port_maps={("UDP", V6, 80, 8080)},
+                udp_addresses={V6},
+                service_ports={("UDP", V6, 80)},
+            )
+        )
+    servers = []
+    try:
+        for pod, name in ((web1, "web-1"), (web2, "web-2")):
+            server = subprocess.Popen(
+                ["ip", "netns", "exec", pod.netns.name, sys.executable, "-c", UDP_NAMED_SERVER,
+                 name],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            servers.append(server)
+            assert server.stdout is not None and server.stdout.readline().strip() == "up"
+        done = web1.netns.exec(sys.executable, "-c", UDP_SPREAD_CLIENT, V6, "80", "40")
+        seen = dict(json.loads(done.stdout))
+        # Both backends, itself included, each saw web-1's own address; every answer came
+        # from the VIP's service port (a connected socket takes no other).
+        assert set(seen) == {f"web-1 {web1.v6} 80", f"web-2 {web1.v6} 80"}, seen
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+        for pod in (web1, web2):
+            DUAL.clear(pod.path)
+
+
 def _hairpin_policy(
     pods: list[MiniPod], ingress_from: tuple[str, ...]
 ) -> dict[str, model.PodRules]:
