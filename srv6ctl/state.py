@@ -701,9 +701,11 @@ class ClusterState:
         if (
             old is not None
             and new is not None
-            and (old.service_name, old.address_type) == (new.service_name, new.address_type)
+            and (old.service_name, old.address_type, old.ports)
+            == (new.service_name, new.address_type, new.ports)
         ):
-            # Only the pods whose entry changed: a readiness flip re-renders one pod.
+            # Only the pods whose entry changed: a readiness flip re-renders one pod. New
+            # ports (a Service's targetPort changed) are every pod's port rewrites.
             changed = set(old.endpoints).symmetric_difference(new.endpoints)
         else:
             changed = set(old.endpoints if old else ()) | set(new.endpoints if new else ())

@@ -403,6 +403,22 @@ def test_a_readiness_flip_dirties_its_service_and_that_pod_only() -> None:
     }
 
 
+def test_new_slice_ports_dirty_every_pod_of_the_slice() -> None:
+    """A Service's targetPort changed: the controller rewrites its slices' ports, the
+    endpoints stay as they were, and every pod's port rewrite and NodePort target must
+    follow (upstream e2e: a UDP NodePort's target port change kept the old one)."""
+    state = small_cluster()[0]
+    (current,) = state.slices_of_service("default", "web")
+    moved = dataclasses.replace(
+        current, ports=tuple(dataclasses.replace(p, port=9090) for p in current.ports)
+    )
+    assert state.upsert_endpoint_slice(moved) == {
+        ServiceKey("default", "web"),
+        PodKey("default", "web-a"),
+        PodKey("default", "web-b"),
+    }
+
+
 def test_a_service_change_dirties_its_endpoint_pods_a_pod_change_only_itself() -> None:
     state, web, pods = small_cluster()
     assert state.upsert_service(
