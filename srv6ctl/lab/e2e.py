@@ -82,6 +82,8 @@ def argv(paths: LabPaths, state: LabState, focus: str, skip: str, procs: int = 1
         f"--kubectl-path={kubectl}",
         f"--report-dir={report_dir(paths)}",
         "--disable-log-dump",
+        # Without it (the skeleton provider has no count) every spec needing 2 nodes skips.
+        f"--num-nodes={len(state.nodes)}",
     ]
     ginkgo = [f"--focus={focus}", f"--skip={skip}", "--no-color", "--silence-skips",
               "--timeout=12h"]  # fmt: skip
