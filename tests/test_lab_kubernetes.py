@@ -497,6 +497,7 @@ def _kubernetes_lab(*up_args: str) -> Iterator[LabRun]:
     assert leftover_cgroups(run.prefix) == []
 
 
+@pytest.mark.timeout(1200)  # verify's convergence adds and deletes 38 pods through kubelet
 def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
     """`lab up --kubernetes`: two real nodes whose pods kubelet makes through containerd
     and srv6-cni; the agents run as deploy/'s ServiceAccount (the store's ConfigMaps are
@@ -601,6 +602,7 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
     assert {p for p in host_paths if p.exists()} == existing
 
 
+@pytest.mark.timeout(1200)
 def test_a_dual_stack_kubernetes_lab_passes_verify() -> None:
     """`lab up --kubernetes --dual-stack`: kubelet reports both InternalIPs, the lab's
     Services are dual-stack API objects, and every verify group passes in both families
