@@ -104,11 +104,7 @@ def _ingress_rules(
 def test_each_clusterip_gets_its_own_rewrite_and_the_pod_ip_none(
     netns_factory: NetnsFactory,
 ) -> None:
-    client, pod = netns_factory(), netns_factory()
-    netns_factory.veth(client, "c0", pod, "eth0")
-    client.ip("addr", "add", "fd00:1::1/64", "dev", "c0", "nodad")
-    pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
-    client.ip("-6", "route", "add", "fd00:96::/108", "via", "fd00:1::2")
+    client, pod = _client_and_pod(netns_factory, "fd00:96::/108")
     attachment = PodAttachment(
         interface="x",
         pod="default/web",
@@ -161,11 +157,7 @@ def test_a_vips_other_ports_are_refused_as_kube_proxy_refuses_them(
     what arrives for a port none of the pod's Services has is rejected (upstream
     conformance: a Service updated to UDP only must stop answering TCP), the pod's own
     address is untouched."""
-    client, pod = netns_factory(), netns_factory()
-    netns_factory.veth(client, "c0", pod, "eth0")
-    client.ip("addr", "add", "fd00:1::1/64", "dev", "c0", "nodad")
-    pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
-    client.ip("-6", "route", "add", "fd00:96::/108", "via", "fd00:1::2")
+    client, pod = _client_and_pod(netns_factory, "fd00:96::/108")
     attachment = PodAttachment(
         interface="x",
         pod="default/web",
@@ -196,14 +188,17 @@ while True:
 """
 
 
-def _client_and_pod(netns_factory: NetnsFactory) -> tuple[Netns, Netns]:
-    """A client (fd00:1::1) and a pod (fd00:1::2) on one link; the client routes the node
-    address NODE to the pod, as the node steers a NodePort's packet to its backend."""
+def _client_and_pod(
+    netns_factory: NetnsFactory, steered: str = f"{NODE}/128"
+) -> tuple[Netns, Netns]:
+    """A client (fd00:1::1) and a pod (fd00:1::2) on one link; the client routes `steered`
+    to the pod, as the node steers a Service's packet to its backend (a ClusterIP as it is,
+    a NodePort's for the node address NODE)."""
     client, pod = netns_factory(), netns_factory()
     netns_factory.veth(client, "c0", pod, "eth0")
     client.ip("addr", "add", "fd00:1::1/64", "dev", "c0", "nodad")
     pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
-    client.ip("-6", "route", "add", f"{NODE}/128", "via", "fd00:1::2")
+    client.ip("-6", "route", "add", steered, "via", "fd00:1::2")
     pod.ip("-6", "route", "add", "default", "via", "fd00:1::1")
     return client, pod
 
@@ -371,11 +366,7 @@ def test_a_udp_server_on_the_wildcard_answers_from_the_vip(
     entry gives the reply the VIP back (after which the stateless rewrite gives it the
     service port back). The server sees the client's own address; the pod's own address
     is untouched; NetworkPolicy judges the target port."""
-    client, pod = netns_factory(), netns_factory()
-    netns_factory.veth(client, "c0", pod, "eth0")
-    client.ip("addr", "add", "fd00:1::1/64", "dev", "c0", "nodad")
-    pod.ip("addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad")
-    client.ip("-6", "route", "add", "fd00:96::/108", "via", "fd00:1::2")
+    client, pod = _client_and_pod(netns_factory, "fd00:96::/108")
     netns = f"/var/run/netns/{pod.name}"
     attachment = PodAttachment(
         interface="x",
