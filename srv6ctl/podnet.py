@@ -186,9 +186,9 @@ def frontends(attachment: PodAttachment) -> tuple[Frontend, ...]:
 def node_port_targets(attachment: PodAttachment) -> tuple[NodePortTarget, ...]:
     """The pod's node ports, each DNATed to the pod's own address of its IP version (none
     for a version the pod has no address of)."""
-    own = {a.version: str(a.ip) for a in attachment.addresses}
+    own = attachment.own_addresses()
     return tuple(
-        NodePortTarget(Protocol(protocol), version, node_port, own[version], target)
+        NodePortTarget(Protocol(protocol), version, node_port, str(own[version]), target)
         for protocol, version, node_port, target in attachment.node_ports
         if version in own
     )
@@ -199,9 +199,9 @@ def udp_vip_targets(attachment: PodAttachment) -> tuple[UdpVipTarget, ...]:
     address of its IP version (`UdpVipTarget`: so a UDP server's reply leaves from the
     VIP). Only those: the DNAT brings conntrack into the pod, which a pod serving only
     TCP does without."""
-    own = {a.version: str(a.ip) for a in attachment.addresses}
+    own = attachment.own_addresses()
     return tuple(
-        UdpVipTarget(vip.version, str(vip), own[vip.version])
+        UdpVipTarget(vip.version, str(vip), str(own[vip.version]))
         for vip in sorted(attachment.udp_addresses, key=lambda a: (a.version, int(a)))
         if vip.version in own
     )

@@ -694,7 +694,6 @@ class Renderer:
             port_maps=membership.port_maps,
             node_ports=membership.node_ports,
             translations=self._translated,
-            udp_addresses=membership.udp,
             service_ports=membership.ports,
             **pod_interface_fields(pod.interface_type, pod.uid),
         )
@@ -721,7 +720,6 @@ class Renderer:
         addresses: set[IPAddress] = set()
         port_maps: set[tuple[str, IPAddress, int, int]] = set()
         node_ports: set[tuple[str, int, int, int]] = set()
-        udp: set[IPAddress] = set()
         ports: set[tuple[str, IPAddress, int]] = set()
         for eps, _ in self._state.endpoint_entries(pod):
             if eps.service_name is None:
@@ -753,13 +751,10 @@ class Renderer:
                     port_maps.update((port.protocol, vip, port.port, target) for vip in vips)
                 if port.node_port:
                     node_ports.add((port.protocol, cluster_ip.version, port.node_port, target))
-                if port.protocol == "UDP":
-                    udp.update(vips)
         return _Membership(
             frozenset(addresses),
             frozenset(port_maps),
             frozenset(node_ports),
-            frozenset(udp),
             frozenset(ports),
         )
 
@@ -1174,13 +1169,12 @@ def _host_targets(service: Service, slices: list[EndpointSlice]) -> dict[tuple[s
 
 class _Membership(NamedTuple):
     """What a pod serves as an endpoint: the VIPs it must accept, the port rewrites it
-    must make, the node ports it must DNAT to itself, those of its VIPs whose Services
-    have a UDP port it serves, and every (protocol, VIP, service port) it serves."""
+    must make, the node ports it must DNAT to itself, and every (protocol, VIP, service
+    port) it serves."""
 
     addresses: frozenset[IPAddress]
     port_maps: frozenset[tuple[str, IPAddress, int, int]]
     node_ports: frozenset[tuple[str, int, int, int]]
-    udp: frozenset[IPAddress]
     ports: frozenset[tuple[str, IPAddress, int]]
 
 

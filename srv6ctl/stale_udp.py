@@ -37,7 +37,7 @@ class UdpNat:
 
     @classmethod
     def of(cls, attachment: PodAttachment) -> UdpNat:
-        own = {a.version: a.ip for a in attachment.addresses}
+        own = attachment.own_addresses()
         return cls(
             translations={
                 (t.address, t.port): frozenset((ipaddress.ip_address(a), p) for a, p in t.targets)

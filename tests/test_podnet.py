@@ -375,7 +375,7 @@ def test_a_udp_server_on_the_wildcard_answers_from_the_vip(
         addresses={ipaddress.ip_interface("fd00:1::2/128")},
         service_addresses={S1, S2},
         port_maps={("UDP", S1, 53, 5353)},
-        udp_addresses={S1, S2},
+        service_ports={("UDP", S1, 53), ("UDP", S2, 53)},
     )
     assert PROGRAMMER.sync(attachment).rewrites_replaced
 
@@ -397,7 +397,7 @@ def test_a_udp_server_on_the_wildcard_answers_from_the_vip(
 
         # Without the DNAT (what a pod serving no UDP Service gets) the reply leaves from
         # the pod's own address and the client never sees it: what the DNAT is for.
-        PROGRAMMER.sync(dataclasses.replace(attachment, udp_addresses=frozenset()))
+        PROGRAMMER.sync(dataclasses.replace(attachment, service_ports=frozenset()))
         assert ask(S1, 53) == ["lost"]
     cleared = PROGRAMMER.clear(netns)
     assert cleared.rewrites_replaced
@@ -447,7 +447,7 @@ def test_udp_nat_says_which_dnats_a_pods_table_makes() -> None:
             pod="default/p",
             netns="n",
             addresses={ipaddress.ip_interface("fd00:1::2/128")},
-            udp_addresses={s2},
+            service_ports={("UDP", s2, 53)},
             node_ports={("UDP", 6, 30053, 5353), ("TCP", 6, 30080, 8080)},
             translations={
                 Translation("UDP", S1, 53, ((DB1, 53),)),
@@ -728,7 +728,6 @@ def test_a_backend_reaching_its_own_vip_over_udp_with_a_port_rewrite(
                 addresses={ipaddress.ip_interface(f"{pod.v6}/128")},
                 service_addresses={V6},
                 port_maps={("UDP", V6, 80, 8080)},
-                udp_addresses={V6},
                 service_ports={("UDP", V6, 80)},
             )
         )

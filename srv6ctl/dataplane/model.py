@@ -422,12 +422,11 @@ class PodAttachment:
     traffic to the pod's own address, never share a rewrite. `node_ports` are (protocol, IP
     version, nodePort, target port): what arrives for an address that is not the pod's
     own (a node's, through a NodePort) is DNATed to the pod's address of that version and
-    the target port, in the pod's own namespace (podnet). `udp_addresses` are those of
-    the `service_addresses` whose Services have a UDP port: the pod DNATs UDP to them to
-    its own address, so that a UDP server's reply leaves from the VIP (podnet).
-    `service_ports` are the (protocol, VIP, service port) the pod serves: anything else
-    sent to one of its VIPs is rejected, as kube-proxy rejects a ClusterIP's other ports.
-    `translations` are the Services
+    the target port, in the pod's own namespace (podnet). `service_ports` are the
+    (protocol, VIP, service port) the pod serves: anything else sent to one of its VIPs is
+    rejected, as kube-proxy rejects a ClusterIP's other ports; the VIPs with a UDP port
+    among them (`udp_addresses`) the pod DNATs UDP to its own address, so that a UDP
+    server's reply leaves from the VIP (podnet). `translations` are the Services
     with endpoints outside the cluster, which the pod DNATs its own connections to
     (`Translation`): every pod on the node gets the same set.
 
@@ -445,7 +444,6 @@ class PodAttachment:
     port_maps: frozenset[tuple[str, IPAddress, int, int]] = frozenset()
     node_ports: frozenset[tuple[str, int, int, int]] = frozenset()
     translations: frozenset[Translation] = frozenset()
-    udp_addresses: frozenset[IPAddress] = frozenset()
     service_ports: frozenset[tuple[str, IPAddress, int]] = frozenset()
     interface_type: str = ""  # "" or MEMIF
     memif_socket: str = ""  # with MEMIF: the socket VPP listens on
@@ -457,7 +455,6 @@ class PodAttachment:
         object.__setattr__(
             self, "service_addresses", frozenset(ip(a) for a in self.service_addresses)
         )
-        object.__setattr__(self, "udp_addresses", frozenset(ip(a) for a in self.udp_addresses))
         object.__setattr__(
             self,
             "service_ports",
@@ -475,6 +472,15 @@ class PodAttachment:
     @property
     def key(self) -> tuple[str, str]:
         return ("pod", self.interface)
+
+    @property
+    def udp_addresses(self) -> frozenset[IPAddress]:
+        """The VIPs the pod serves a UDP port of."""
+        return frozenset(vip for proto, vip, _ in self.service_ports if proto == "UDP")
+
+    def own_addresses(self) -> dict[int, IPAddress]:
+        """IP version → the pod's own address of it: where its DNATs send what they take."""
+        return {a.version: a.ip for a in self.addresses}
 
 
 def memif_socket_path(pod_uid: str, directory: str = MEMIF_DIR) -> str:

@@ -76,7 +76,6 @@ def config_from_json(data: Mapping[str, Any]) -> NodeConfig:
             port_maps=frozenset(tuple(m) for m in p.get("port_maps") or ()),
             node_ports=frozenset(tuple(n) for n in p.get("node_ports") or ()),
             translations=frozenset(map(_translation, p.get("translations") or ())),
-            udp_addresses=frozenset(p.get("udp_addresses") or ()),
             service_ports=frozenset(tuple(x) for x in p.get("service_ports") or ()),
         )
         for p in data.get("pods") or ()
