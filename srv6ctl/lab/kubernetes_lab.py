@@ -177,14 +177,12 @@ def dns_address(state: LabState) -> ipaddress.IPv6Address | None:
     return address
 
 
-def start_cluster_dns(ctx: LabContext, plane: ControlPlane) -> None:
-    """CoreDNS on the control plane's underlay address, and the kube-dns Service for it
-    (cluster_dns), where DIR has a `coredns`."""
+def start_cluster_dns(ctx: LabContext, plane: ControlPlane, address: ipaddress.IPv6Address) -> None:
+    """CoreDNS on the control plane's underlay address, and the kube-dns Service for it at
+    `address` (cluster_dns); only where DIR has a `coredns` (`dns_address`)."""
     assert ctx.state.options.kubernetes is not None
     coredns = cluster_dns.binary(Path(ctx.state.options.kubernetes))
-    address = dns_address(ctx.state)
-    if coredns is None or address is None:
-        return
+    assert coredns is not None
     listen = ipaddress.IPv6Address(underlay_v6(CONTROL_PLANE_UNDERLAY_INDEX))
     try:
         cluster_dns.start(plane, coredns, address, listen)
@@ -328,9 +326,10 @@ def build_nodes(ctx: LabContext, claim: Callable[[str], None]) -> ControlPlane:
     with steps.step("control plane, srv6ctl's RBAC, the nodes' management network"):
         control_plane_network(state)
         plane = start_control_plane(ctx)
-    if dns_address(state) is not None:
+    dns = dns_address(state)
+    if dns is not None:
         with steps.step("cluster DNS: CoreDNS, the kube-dns Service"):
-            start_cluster_dns(ctx, plane)
+            start_cluster_dns(ctx, plane, dns)
     with steps.step("node IDs claimed, the agents' credentials"):
         agent_kubeconfig(plane, paths.agent_kubeconfig)
         admin = str(plane.kubeconfig("admin"))

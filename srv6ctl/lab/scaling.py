@@ -44,7 +44,7 @@ def add_backends(
     try:
         if plane is None:
             in_parallel(lambda pod: create_pod(ctx.paths, state, pod), added)
-        else:
+        else:  # each waited for until its server answers
             in_parallel(
                 lambda pod: kubernetes_workload.create_pod(ctx, plane, pod, published=publish),
                 added,
@@ -52,9 +52,10 @@ def add_backends(
     finally:
         state.pods.extend(p for p in added if p.server is not None or p.ipv6)
         ctx.save()
-    in_parallel(lambda pod: wait_server(ctx.paths, pod), added)
-    if publish and plane is None:
-        publish_slices(ctx, record.name)
+    if plane is None:
+        in_parallel(lambda pod: wait_server(ctx.paths, pod), added)
+        if publish:
+            publish_slices(ctx, record.name)
     return added
 
 
