@@ -656,3 +656,19 @@ def test_e2e_summary_reads_what_the_suite_ran(tmp_path: Path) -> None:
     assert result.counts == {"passed": int(ran.group(1))}
     assert 0 < int(ran.group(1)) < int(ran.group(2))
     assert result.failed == () and result.skipped == ()
+
+
+def test_e2e_runs_with_its_own_tmpdir_and_removes_it(tmp_path: Path) -> None:
+    """What the suite leaves in its TMPDIR (a kubeconfig copy per spec, test-kuberc*)
+    goes with the run: the suite gets a fresh directory of its own, gone afterwards."""
+    paths = LabPaths(tmp_path)
+    stale = e2e.scratch_dir(paths) / "test-kuberc-old"
+    stale.mkdir(parents=True)
+    script = (
+        'test ! -e "$TMPDIR/test-kuberc-old" && mkdir "$TMPDIR/test-kuberc1" '
+        '&& echo "$TMPDIR" > seen'
+    )
+    assert e2e.run(paths, ["sh", "-c", f"cd {tmp_path} && {script}"]) == 0
+    assert (tmp_path / "seen").read_text().strip() == str(e2e.scratch_dir(paths))
+    assert not e2e.scratch_dir(paths).exists()
+    assert e2e.run(paths, ["sh", "-c", "exit 3"]) == 3

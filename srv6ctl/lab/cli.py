@@ -301,8 +301,6 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _e2e(args: argparse.Namespace) -> int:
-    import subprocess
-
     from srv6ctl.lab import e2e, kubernetes_lab
 
     lab = _lab(args, quiet=True)
@@ -322,7 +320,7 @@ def _e2e(args: argparse.Namespace) -> int:
         print(f"--procs {args.procs}: no ginkgo in {state.options.kubernetes}", file=sys.stderr)
         return 1
     argv = e2e.argv(lab.paths, state, focus, skip, args.procs)
-    code = subprocess.run(argv, check=False).returncode
+    code = e2e.run(lab.paths, argv)
     report = e2e.report_dir(lab.paths) / "junit_01.xml"
     if report.exists():
         result = e2e.summary(report)

@@ -11,6 +11,9 @@ tests where the lab runs no cluster DNS).
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
@@ -64,6 +67,24 @@ class Summary:
 
 def report_dir(paths: LabPaths) -> Path:
     return paths.root / "e2e"
+
+
+def scratch_dir(paths: LabPaths) -> Path:
+    """The suite's TMPDIR: what it leaves behind (a kubeconfig copy per spec, test-kuberc*)
+    goes with it, not into the host's /tmp."""
+    return paths.root / "e2e-tmp"
+
+
+def run(paths: LabPaths, command: list[str]) -> int:
+    """Run the suite (`argv`) with its own TMPDIR, removed afterwards; its exit code."""
+    scratch = scratch_dir(paths)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o700, parents=True)
+    try:
+        env = {**os.environ, "TMPDIR": str(scratch)}
+        return subprocess.run(command, check=False, env=env).returncode
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def argv(paths: LabPaths, state: LabState, focus: str, skip: str, procs: int = 1) -> list[str]:
@@ -129,5 +150,7 @@ __all__ = [
     "argv",
     "default_skip",
     "report_dir",
+    "run",
+    "scratch_dir",
     "summary",
 ]
