@@ -115,6 +115,8 @@ ICMPV6_ALWAYS = (
 )
 
 _NFT_PROTOCOL = {Protocol.TCP: "tcp", Protocol.UDP: "udp", Protocol.SCTP: "sctp"}
+_PROTOCOL_OF_NFT = {name: protocol for protocol, name in _NFT_PROTOCOL.items()}
+REFUSED_SET = "refused_"  # + IP version: the frontends a client's connections are refused
 
 
 class NftError(RuntimeError):
@@ -483,7 +485,9 @@ class ClientTranslation:
     """A Service frontend whose endpoints lie outside the cluster (neither pod nor node:
     nothing there can hold the ClusterIP), as a client pod translates it: its own new
     connections to `address`:`port` are DNATed to one of `targets` ((address, port),
-    chosen at random; with `affinity` seconds, a client keeps its choice that long)."""
+    chosen at random; with `affinity` seconds, a client keeps its choice that long).
+    Without targets (a Service without endpoints) they are refused: a TCP reset, an
+    ICMP port unreachable otherwise — connection refused, as kube-proxy's REJECT."""
 
     protocol: Protocol
     address: str  # the ClusterIP
@@ -532,7 +536,9 @@ def _translation_lines(translations: Iterable[ClientTranslation]) -> list[str]:
     "srcnat" (100), after the ingress chain, which therefore sees the endpoint too)."""
     lines: list[str] = []
     jumps: list[str] = []
-    for i, t in enumerate(sorted(set(translations))):
+    translations = set(translations)
+    lines += _refusal_lines(t for t in translations if not t.targets)
+    for i, t in enumerate(sorted(t for t in translations if t.targets)):
         family, proto = _family(t.version), _NFT_PROTOCOL[t.protocol]
         match = f"{family} daddr {t.address} {proto} dport {t.port}"
         ends = [f"dnat {family} to {_bracketed(a)}:{p}" for a, p in t.targets]
@@ -566,11 +572,46 @@ def _translation_lines(translations: Iterable[ClientTranslation]) -> list[str]:
     return lines
 
 
+def _refusal_lines(refused: Iterable[ClientTranslation]) -> list[str]:
+    """The sets and the chain refusing the pod's own connections to Services without
+    endpoints (`ClientTranslation` without targets). In the pod's own namespace: a TCP
+    reset made there reaches the connecting socket through its backlog at once, where an
+    ICMP error met while connect() holds the socket would only be kept as a soft error
+    until the SYN's retransmission, ~1 s later."""
+    by_version: dict[int, list[str]] = {}
+    for t in sorted(set(refused)):
+        by_version.setdefault(t.version, []).append(
+            f"{t.address} . {_NFT_PROTOCOL[t.protocol]} . {t.port}"
+        )
+    lines: list[str] = []
+    rules: list[str] = []
+    for version, elements in sorted(by_version.items()):
+        name, family = f"{REFUSED_SET}{version}", _family(version)
+        lines.append(
+            f"set {name} {{ type {_address_type(version)} . inet_proto . inet_service; "
+            f"elements = {{ {', '.join(elements)} }} }}"
+        )
+        match = f"{family} daddr . meta l4proto . th dport @{name}"
+        rules += [f"meta l4proto tcp {match} reject with tcp reset", f"{match} reject"]
+    if rules:
+        lines.append(
+            f"chain refuse {{ type filter hook output priority {NODE_PORT_PRIORITY}; policy accept;"
+        )
+        lines += [*rules, "}"]
+    return lines
+
+
 def parse_translations(listing: str) -> list[ClientTranslation]:
     """`nft -j list table inet T` of a table `_translation_lines` made → its translations
     (the inverse, for a restarted agent to read back what it holds)."""
     items = json.loads(listing).get("nftables", []) if listing.strip() else []
     timeouts = {i["set"]["name"]: int(i["set"].get("timeout", 0)) for i in items if "set" in i}
+    out = [
+        ClientTranslation(_PROTOCOL_OF_NFT[str(proto)], str(address), int(port), ())
+        for i in items
+        if str(i.get("set", {}).get("name", "")).startswith(REFUSED_SET)
+        for address, proto, port in (e["concat"] for e in i["set"].get("elem", []))
+    ]
     dnats: dict[str, list[tuple[str, int]]] = {}
     frontends: list[tuple[str, str, int, dict[str, Any]]] = []
     for item in items:
@@ -595,7 +636,6 @@ def parse_translations(listing: str) -> list[ClientTranslation]:
             elif payload.get("field") == "dport":
                 protocol, port = str(payload["protocol"]), int(match["right"])
         frontends.append((protocol, address, port, action))
-    out = []
     for protocol, address, port, action in frontends:
         if "dnat" in action:
             targets = [(str(action["dnat"]["addr"]), int(action["dnat"]["port"]))]
@@ -605,7 +645,7 @@ def parse_translations(listing: str) -> list[ClientTranslation]:
             ends = re.compile(rf"{re.escape(chain)}e[0-9]+")
             targets = [t for name, ts in dnats.items() if ends.fullmatch(name) for t in ts]
             affinity = timeouts.get(f"{chain}a0", 0)
-        proto = next(p for p, name in _NFT_PROTOCOL.items() if name == protocol)
+        proto = _PROTOCOL_OF_NFT[protocol]
         out.append(ClientTranslation(proto, address, port, tuple(sorted(targets)), affinity))
     return out
 

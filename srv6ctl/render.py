@@ -808,6 +808,16 @@ class Renderer:
             sids = {c.sid for c in internal if c.sid is not None}
             if len(sids) < len(internal):
                 translations.extend(_translations(service, cluster_ip, internal))
+            elif not internal and not (
+                service.internal_traffic_policy == "Local"
+                and self._pick(service, candidates, "Cluster")
+            ):
+                # No endpoint anywhere: clients refuse their own connections, as kube-proxy
+                # rejects them (with internalTrafficPolicy Local and endpoints on other
+                # nodes it drops them; here the route's PROHIBIT answers).
+                translations.extend(
+                    Translation(port.protocol, cluster_ip, port.port, ()) for port in service.ports
+                )
             self._serve(service, family, (cluster_ip,), bsid, sids, RouteKind.PROHIBIT, out)
             vips = self._external_vips(service, family)
             node_addresses = self._node_port_addresses(service, family)

@@ -332,6 +332,66 @@ def test_a_client_pod_translates_a_service_outside_the_cluster(
     assert "srv6ctl_svc" not in pod.exec("nft", "list", "tables").stdout
 
 
+REFUSAL_PROBE = """
+import errno, socket, sys
+kind = socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET6, kind); s.settimeout(5)
+said = []
+for step in ("connect", "send", "recv"):
+    try:
+        if step == "connect":
+            s.connect((sys.argv[2], int(sys.argv[3])))
+        elif step == "send":
+            s.send(b"?")
+        else:
+            s.recv(100)
+        said.append("ok")
+    except TimeoutError:
+        said.append("timeout")
+    except OSError as err:
+        said.append(errno.errorcode[err.errno])
+        if step == "connect":
+            break
+print(" ".join(said))
+"""
+
+
+def test_a_client_refuses_a_service_without_endpoints_itself(
+    netns_factory: NetnsFactory,
+) -> None:
+    """A Service without endpoints: the node's route answers ICMPv6 administratively
+    prohibited (EACCES); the client's own table refuses first, as kube-proxy's REJECT
+    does (a TCP reset, ICMPv6 port unreachable for UDP): connection refused, what
+    upstream e2e's "should be rejected when no endpoints exist" waits for."""
+    client, node = _client_and_pod(netns_factory, f"{S1}/128")
+    node.ip("-6", "route", "add", "prohibit", f"{S1}/128")  # render's route for it
+    node.exec("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    netns = f"/var/run/netns/{client.name}"
+
+    def probe(protocol: str, port: int) -> str:
+        argv = (sys.executable, "-c", REFUSAL_PROBE, protocol, S1, str(port))
+        return client.exec(*argv).stdout.strip()
+
+    # What each step says: connect, send, recv (TCP stops at a failed connect).
+    assert probe("tcp", 80) == "EACCES"
+    assert probe("udp", 53) == "ok ok EACCES"
+    attachment = PodAttachment(
+        interface="x",
+        pod="default/client",
+        netns=netns,
+        addresses={ipaddress.ip_interface("fd00:1::1/128")},
+        translations={Translation("TCP", S1, 80, ()), Translation("UDP", S1, 53, ())},
+    )
+    assert PROGRAMMER.sync(attachment).rewrites_replaced
+    assert probe("tcp", 80) == "ECONNREFUSED"
+    # UDP: the datagram is refused at the client's own output, so send() itself fails
+    # (EPERM, netfilter's verdict), and the port unreachable then ends the recv.
+    assert probe("udp", 53) == "ok EPERM ECONNREFUSED"
+    assert probe("tcp", 81) == "EACCES"  # not a port of it: the route's answer
+    assert PROGRAMMER.sync(attachment).writes == 0  # read back as it was
+    PROGRAMMER.clear(netns)
+
+
 UDP_SERVER = """
 import socket, sys, threading
 def serve(port):

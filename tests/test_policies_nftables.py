@@ -641,7 +641,8 @@ def test_a_pod_isolated_in_neither_way_gets_no_table_and_rules_name_only_declare
 def test_translations_load_into_nft_and_read_back_as_they_were(netns_factory: NetnsFactory) -> None:
     """The client-side translation chains (Services outside the cluster) are what the
     kernel takes, and a restarted agent reads them back: one target (a plain DNAT), several
-    (numgen), with affinity (a set per target), each protocol, both families."""
+    (numgen), with affinity (a set per target), none (refused), each protocol, both
+    families."""
     translations = [
         ClientTranslation(Protocol.TCP, "fd00:96::20", 80, (("fd00:ff::fffe", 8080),)),
         ClientTranslation(
@@ -655,6 +656,10 @@ def test_translations_load_into_nft_and_read_back_as_they_were(netns_factory: Ne
         ClientTranslation(
             Protocol.SCTP, "10.96.0.21", 9, (("192.0.2.253", 9), ("192.0.2.254", 10))
         ),
+        # Services without endpoints: refused.
+        ClientTranslation(Protocol.TCP, "fd00:96::22", 80, ()),
+        ClientTranslation(Protocol.UDP, "fd00:96::22", 53, ()),
+        ClientTranslation(Protocol.SCTP, "10.96.0.22", 9, ()),
     ]
     script = port_rewrite_ruleset((), "srv6ctl_t", translations=translations)
     assert script is not None

@@ -1010,9 +1010,45 @@ def test_a_service_outside_the_cluster_is_translated_by_every_local_client_pod()
     assert {t.targets for p in renderer.config().pods for t in p.translations} == {
         ((V6(DATABASE), 5432),)
     }
-    # The last one goes: nothing to translate any more.
+    # The last one goes: no endpoint at all, so every client refuses the port itself.
     renderer.update(state.delete_endpoint_slice("default", "db-v6out"))
-    assert not [p for p in renderer.config().pods if p.translations]
+    refused = Translation("TCP", V6("fd00:96::2"), 5432, ())
+    assert {p.pod: p.translations for p in renderer.config().pods} == {
+        "default/client": {refused},
+        "default/other": {refused},
+    }
+    assert renderer.config() == render(state, "node-1", the_inputs)
+
+
+def test_clients_refuse_a_service_without_endpoints_themselves() -> None:
+    """kube-proxy rejects connections to a Service without endpoints (connection refused);
+    here every local client refuses them itself (a `Translation` without targets), per
+    port and family, and so does the node's own stack where it translates; the route stays
+    PROHIBIT for everyone else. With internalTrafficPolicy Local and endpoints elsewhere
+    there is no refusal (kube-proxy drops that traffic), and an endpoint ends it."""
+    web = service("web", 2, families=(6, 4), ports=(ServicePort(80), ServicePort(53, "UDP")))
+    local = service("local", 3, internal_traffic_policy="Local")
+    client = pod(DUAL_STACK, "client", 1, 2)
+    server = pod(DUAL_STACK, "server", 2, 2)
+    state = state_of(node(1), node(2), client, server, web, local)
+    state.upsert_endpoint_slice(endpoint_slice(local, [endpoint(server)]))
+    the_inputs = inputs(
+        DUAL_STACK, [1, 2], {web: 2, local: 3}, capabilities=KERNEL_HOST, interfaces=[client]
+    )
+    renderer = Renderer(state, "node-1", the_inputs)
+    refused = {
+        Translation(protocol, address, port, ())
+        for address in (V6("fd00:96::2"), V4("10.96.0.2"))
+        for protocol, port in (("TCP", 80), ("UDP", 53))
+    }
+    config = renderer.config()
+    assert {p.pod: p.translations for p in config.pods} == {"default/client": refused}
+    assert config.translations == refused  # the node's own connections
+    assert Route(ipaddress.ip_network("fd00:96::2/128"), kind=RouteKind.PROHIBIT) in config.routes
+
+    renderer.update(state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(server)])))
+    left = {t for t in refused if t.address.version == 4}  # no IPv4 endpoint yet
+    assert {t for p in renderer.config().pods for t in p.translations} == left
     assert renderer.config() == render(state, "node-1", the_inputs)
 
 

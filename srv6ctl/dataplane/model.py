@@ -380,6 +380,12 @@ class Translation:
     node's own stack, whose connections are its host-network clients'; where that stack
     sits behind VPP (its host interconnect) also for its own NodePorts, translated to the
     ClusterIP (`address` a node address, one target: render `_own_node_ports`).
+
+    Without `targets` the Service has no endpoint at all: the client's connections are
+    refused where they start (a TCP reset, else ICMP port unreachable: ECONNREFUSED, as
+    kube-proxy's REJECT), before the route's PROHIBIT could answer "administratively
+    prohibited" (EACCES) — which stays for whatever no client translates (a VPP node's
+    host-network clients, other nodes' traffic).
     """
 
     protocol: str  # one of PROTOCOLS
@@ -394,8 +400,6 @@ class Translation:
         object.__setattr__(self, "targets", targets)
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"translation {self.protocol!r}: not one of {PROTOCOLS}")
-        if not targets:
-            raise ValueError(f"translation of {self.address}: no target")
         for address, port in ((self.address, self.port), *targets):
             if not 0 < port < 65536:
                 raise ValueError(f"translation of {self.address}: port {port} is not 1..65535")
@@ -406,6 +410,8 @@ class Translation:
                 f"translation of {self.address}: affinity {self.affinity} s is not in "
                 f"0..{MAX_AFFINITY}"
             )
+        if self.affinity and not targets:
+            raise ValueError(f"translation of {self.address}: affinity without a target")
 
     @property
     def key(self) -> tuple[str, str, IPAddress, int]:

@@ -166,7 +166,7 @@ def render(out: Console, status: dict[str, Any]) -> None:
             service["name"],
             "\n".join(service["cluster_ips"]),
             "80→http(8080), 8081 (tcp, udp)",
-            ", ".join(service["backends"]) or "none (rejected: prohibit)",
+            ", ".join(service["backends"]) or "none (refused)",
             f"[{colour}]{in_sync}[/]",
         )
     out.print(services)

@@ -13,8 +13,8 @@
 - port == targetPort (8081), UDP, the IPv4 ClusterIP in dual-stack: UDP reaches the
   backend at its own address (the pod DNATs UDP to its VIPs to itself, srv6ctl/podnet.py)
   and the client is answered from the ClusterIP and the service port;
-- a service without endpoints is refused at once (ICMPv6 administratively prohibited →
-  EACCES), not black-holed;
+- a service without endpoints is refused at once (connection refused, as kube-proxy
+  refuses it: the client's own table answers with a TCP reset), not black-holed;
 - flow affinity: a flow's backend is a function of its 5-tuple, and an established TCP
   connection keeps its backend through retransmission timeouts (Linux re-hashes a socket's
   flow hash on every RTO; a node that balanced on it would move the flow to a backend that
@@ -507,12 +507,13 @@ class Connectivity:
             finally:
                 sock.close()
             took = (time.monotonic() - started) * 1000
-            # ICMPv6 administratively prohibited → EACCES; its IPv4 form (type 3 code 13)
-            # → EHOSTUNREACH. Within the first SYN retransmission: the IPv6 error for the
-            # first SYN arrives while connect() still holds the socket, and Linux keeps it
-            # only as a soft error (FINDINGS.md, finding 3), so the refusal comes with the
-            # retransmission, ~1 s later. A black hole would time out instead.
-            refused = code in (errno.EACCES, errno.ECONNREFUSED, errno.EHOSTUNREACH)
+            # The client's own table refuses it with a TCP reset, as kube-proxy's REJECT
+            # does (render: a Translation without targets): ECONNREFUSED at once. The
+            # node's PROHIBIT route behind it would say EACCES (IPv4: EHOSTUNREACH), and
+            # only with the SYN's retransmission, ~1 s later (an ICMP error met while
+            # connect() holds the socket is kept as a soft error); a black hole would
+            # time out.
+            refused = code == errno.ECONNREFUSED
             outcome = errno.errorcode.get(code, "connected") if code else "connected"
             self.report.add(
                 GROUP,
