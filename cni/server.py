@@ -15,7 +15,8 @@ holds new ones back, as the spec asks of runtimes (which we do not rely on).
 - ADD allocates (keyed by container ID + ifname, idempotent), wires, calls
   `hooks.on_pod_added` (the agent adds the pod's End.DX6/End.DX4 SIDs) and returns the
   CNI result; the same ADD again returns the same result.
-- DEL tears the wiring down, calls `hooks.on_pod_deleted`, releases the allocation;
+- DEL calls `hooks.before_teardown`, tears the wiring down, calls `hooks.on_pod_deleted`,
+  releases the allocation;
   unknown pods succeed (spec: DEL is idempotent and best-effort).
 - CHECK verifies addresses and routes on both sides, and `hooks.check_pod` (the SIDs).
 - STATUS reports readiness: the agent's flag and hook, the store, the pod pool.
@@ -85,6 +86,12 @@ class CniHooks:
         """The pod is wired: add its End.DX6 (and End.DX4) SID and re-render.
 
         Raising fails the ADD with code 11; the server undoes the wiring and allocation.
+        """
+
+    def before_teardown(self, allocation: PodAllocation, host_ifname: str) -> None:
+        """DEL is about to remove the pod's interface: a dataplane holding it lets go first.
+
+        Exceptions are logged, not returned: DEL must succeed as far as it can.
         """
 
     def on_pod_deleted(self, allocation: PodAllocation, host_ifname: str) -> None:
@@ -441,6 +448,11 @@ class CniServer:
             allocation = None
             with self._pending_lock:
                 self._pending_releases.add((container_id, ifname))
+        if allocation is not None:
+            try:
+                self.hooks.before_teardown(allocation, host_ifname(container_id, ifname))
+            except Exception:
+                log.exception("before_teardown hook failed for %s", allocation.owner)
         try:
             self.wiring.teardown(container_id, ifname)
         except (WiringError, OSError) as err:

@@ -293,6 +293,7 @@ class Agent:
                 self._step(pending, inputs_changed or full, full)
             except Exception as err:  # the loop must survive anything
                 self._failures += 1
+                self.reconciler.pass_failed()
                 self.programming_error = f"{type(err).__name__}: {err}"
                 self.telemetry.metrics.set_not_ready(
                     f"the dataplane could not be programmed: {self.programming_error}"

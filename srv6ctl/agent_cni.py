@@ -4,11 +4,17 @@ A pod wired or removed changes render's inputs (its node-side interface and what
 given), and the loop is told to render: its attachment then goes through the plan like any
 other object. In VPP mode, ADD waits for the loop to have attached the pod's port (or fails
 with why it could not: "try again later"). ADD is refused until the dataplane has been
-programmed once, and CHECK asks whether the pod's End.DX6 SID is.
+programmed once, and CHECK asks whether the pod's End.DX6 SID is. In VPP mode, DEL waits
+for the loop to have let go of the pod's port before the veth goes, the reverse of ADD:
+VPP 25.10's af_packet whose host interface vanishes under it logs "Network is down" and
+keeps sending into it (ENXIO) until its port is deleted; under the pod churn of upstream
+NetworkPolicy e2e a VPP so treated aborted once (heap, in its SR decapsulation node: not
+proven to be the cause, but it is the one thing a pod's DEL did behind VPP's back).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
@@ -24,6 +30,11 @@ from telemetry.metrics import AgentMetrics
 # How long ADD waits for the loop to attach a pod's VPP port: well inside the CNI request's
 # own time out (cni.protocol.DEFAULT_TIMEOUT_S), long enough for a full resync in progress.
 PORT_TIMEOUT_S = 30.0
+# How long DEL waits for the loop to detach it (not at all while the dataplane is
+# unreachable: its ports went with it, or go at its next full pass).
+DETACH_TIMEOUT_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 class AgentCniHooks(CniHooks):
@@ -65,6 +76,20 @@ class AgentCniHooks(CniHooks):
         if why is not None:  # the server undoes the wiring: so does render
             self.on_pod_deleted(allocation, interface)
             raise RuntimeError(f"the pod's port {interface}: {why}")
+
+    def before_teardown(self, allocation: PodAllocation, host_ifname: str) -> None:
+        if not self.wait_for_port:
+            return  # the kernel's routes and SIDs go with the veth
+        self.allocations.pod_gone(allocation.uid, host_ifname)
+        self.inputs_changed()
+        if self.programming_error() is not None:
+            return
+        if not self.reconciler.wait_pod_gone(host_ifname, DETACH_TIMEOUT_S):
+            log.warning(
+                "DEL of %s: the dataplane still holds its port %s; the veth goes anyway",
+                allocation.owner,
+                host_ifname,
+            )
 
     def on_pod_deleted(self, allocation: PodAllocation, host_ifname: str) -> None:
         self.allocations.pod_gone(allocation.uid, host_ifname)

@@ -56,6 +56,7 @@ class Reconciler:
         self._applied: dict[Hashable, DataplaneObject] = {}
         self._applied_encap: IPv6Address | None = None
         self._pod_errors: dict[str, str] = {}  # pod interface → why it is not wired
+        self._failed_passes = 0  # passes the agent's loop gave up on (`pass_failed`)
         self.desired: NodeConfig | None = None  # as last programmed (for telemetry)
         self.stats: dict[str, int] = {"reconciles": 0, "changes": 0, "repairs": 0}
 
@@ -83,6 +84,24 @@ class Reconciler:
             if done:
                 return self._pod_errors[interface]
         return f"not wired within {timeout:g} s"
+
+    def wait_pod_gone(self, interface: str, timeout: float) -> bool:
+        """Wait until the dataplane holds no pod on `interface` (its port and SIDs
+        deleted); whether it came to that. Not past `timeout`, nor past a pass that
+        failed (the dataplane unreachable: nothing will change until it is back)."""
+        key = ("pod", interface)
+        with self._state:
+            failed = self._failed_passes
+            self._state.wait_for(
+                lambda: key not in self._applied or self._failed_passes != failed, timeout
+            )
+            return key not in self._applied
+
+    def pass_failed(self) -> None:
+        """The agent's loop gave up on a pass (it retries later): waiters stop waiting."""
+        with self._state:
+            self._failed_passes += 1
+            self._state.notify_all()
 
     # --- the agent's loop ---------------------------------------------------------------------
 
