@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from srv6ctl import __version__, trace
+from srv6ctl.conformance import cli as conformance_cli
 from srv6ctl.lab import cli as lab_cli
 from srv6ctl.verify import cli as verify_cli
 from telemetry import top
@@ -274,7 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     show_.add_argument("--json", action="store_true", help="one line")
     show_.set_defaults(func=_show)
 
-    for register in (lab_cli.register, verify_cli.register, trace.register, top.register):
+    for register in (
+        lab_cli.register,
+        verify_cli.register,
+        conformance_cli.register,
+        trace.register,
+        top.register,
+    ):
         register(commands)
     return parser
 

@@ -120,9 +120,11 @@ class Capture:
         timeout: float = 1.0,
         settle: float = 0.15,
         expect: int | None = None,
+        icmp: bool = False,
     ) -> dict[bytes, list[Seen]]:
         """Frames holding any of `markers`, read until `timeout` — or, once `expect`
-        frames have arrived, for `settle` more seconds (to catch duplicates and strays)."""
+        frames have arrived, for `settle` more seconds (to catch duplicates and strays).
+        ICMP errors quoting a probe count only with `icmp`."""
         wanted = list(markers)
         found: dict[bytes, list[Seen]] = {m: [] for m in wanted}
         by_fd = {tap.sock.fileno(): tap for tap in self.taps}
@@ -140,7 +142,7 @@ class Capture:
                         data, address = tap.sock.recvfrom(65535)
                     except BlockingIOError:
                         break
-                    if _is_icmp(data):
+                    if not icmp and _is_icmp(data):
                         # An ICMP error quotes the packet it is about (marker and all);
                         # it says where a probe died, not where it went.
                         continue

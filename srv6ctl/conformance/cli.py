@@ -1,0 +1,88 @@
+"""`srv6ctl conformance`: argparse wiring only; the suite lives in srv6ctl.conformance.run.
+
+Imported lazily (scapy, rich) when the command runs, like verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+TARGETS = ("kernel", "vpp")
+VPP_BIN_ENV = "SRV6CTL_VPP_BIN"
+
+
+def register(commands: Any) -> None:
+    conformance = commands.add_parser(
+        "conformance",
+        help="RFC 8986/8754 clause by clause: crafted packets into an SRv6 implementation",
+    )
+    conformance.add_argument(
+        "--target",
+        action="append",
+        choices=TARGETS,
+        help="what to test, configured by the suite in throw-away namespaces: the running "
+        "kernel, or a VPP it starts (--vpp-bin); repeat for a column each (default: kernel)",
+    )
+    conformance.add_argument(
+        "--vpp-bin",
+        default=os.environ.get(VPP_BIN_ENV),
+        help=f"the vpp binary for --target vpp (default ${VPP_BIN_ENV})",
+    )
+    conformance.add_argument(
+        "--case", action="append", default=[], help="only cases whose id matches (glob)"
+    )
+    conformance.add_argument("--list", action="store_true", help="list the cases and stop")
+    conformance.add_argument("--json", action="store_true", help="the results as JSON")
+    conformance.add_argument("--junit", type=Path, help="also write JUnit XML to this file")
+    conformance.set_defaults(func=_conformance)
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    from srv6ctl.conformance import report
+    from srv6ctl.conformance.run import run, select
+    from srv6ctl.conformance.targets import KernelTarget, Target, VppTarget
+    from srv6ctl.dataplane.kernel_caps import probe_kernel
+    from srv6ctl.lab.progress import console
+
+    cases = select(args.case)
+    if not cases:
+        print(f"no case matches {' '.join(args.case)}", file=sys.stderr)
+        return 2
+    if args.list:
+        for case in cases:
+            print(f"{case.id:30} {case.level:6} {case.sid.name:16} {case.rfc}: {case.title}")
+        return 0
+    targets: list[Target] = []
+    for name in args.target or ["kernel"]:
+        if name == "kernel":
+            problem = probe_kernel().unsupported()
+            if problem:
+                print(f"--target kernel: {problem}", file=sys.stderr)
+                return 2
+            targets.append(KernelTarget())
+        else:
+            if not args.vpp_bin or not os.access(args.vpp_bin, os.X_OK):
+                print(f"--target vpp: no vpp binary (--vpp-bin or ${VPP_BIN_ENV})", file=sys.stderr)
+                return 2
+            targets.append(VppTarget(args.vpp_bin))
+    if os.geteuid() != 0:
+        print("conformance: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    results = {target.name: run(target, cases) for target in targets}
+    if args.junit:
+        args.junit.write_text(report.junit(results))
+    if args.json:
+        print(report.as_json(results))
+    else:
+        report.table(results, console())
+    failed = any(
+        r.verdict == "fail" and r.case.level == "MUST" for rs in results.values() for r in rs
+    )
+    return 1 if failed else 0
+
+
+__all__ = ["register"]

@@ -1,0 +1,154 @@
+"""Running the cases against a target: the testbed up, the SIDs programmed, each probe
+sent and judged on what the tester saw, the testbed gone again whatever happened."""
+
+from __future__ import annotations
+
+import fnmatch
+import subprocess
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6ParamProblem, ICMPv6TimeExceeded
+
+from srv6ctl.conformance.cases import CASES
+from srv6ctl.conformance.model import (
+    Case,
+    IPv6Address,
+    Link,
+    Plan,
+    Result,
+    Seen,
+    SidSpec,
+    Verdict,
+)
+from srv6ctl.conformance.targets import Target
+from srv6ctl.conformance.testbed import Testbed, received
+from srv6ctl.verify.packets import marker
+
+WAIT_S = 1.0  # for what a probe makes to come out
+ICMP_ERRORS = (ICMPv6DestUnreach, ICMPv6TimeExceeded, ICMPv6ParamProblem)
+
+
+def select(patterns: Sequence[str] = ()) -> list[Case]:
+    """The cases whose id matches one of `patterns` (shell-style), all without any."""
+    if not patterns:
+        return list(CASES)
+    return [c for c in CASES if any(fnmatch.fnmatch(c.id, p) for p in patterns)]
+
+
+def run(target: Target, cases: Iterable[Case], plan: Plan | None = None) -> list[Result]:
+    cases = list(cases)
+    bed = Testbed.new(plan)
+    try:
+        bed.up()
+        target.setup(bed)
+        sids, refused = _install(target, cases, bed.plan)
+        _warm_up(bed)
+        capture = bed.capture()
+        try:
+            results = []
+            for case in cases:
+                why = refused.get(case.sid)
+                if why is not None:
+                    results.append(Result(case, Verdict.NOT_APPLICABLE, why))
+                    continue
+                results.append(_probe(bed, capture, case, sids[case.sid]))
+            return results
+        finally:
+            for tap in capture.taps:
+                tap.close()
+    finally:
+        target.close()
+        bed.down()
+
+
+def _install(
+    target: Target, cases: list[Case], plan: Plan
+) -> tuple[dict[SidSpec, IPv6Address], dict[SidSpec, str]]:
+    """Each distinct SID the cases need, at the locator's next address."""
+    sids: dict[SidSpec, IPv6Address] = {}
+    refused: dict[SidSpec, str] = {}
+    for case in cases:
+        if case.sid in sids or case.sid in refused:
+            continue
+        address = plan.sid(len(sids) + len(refused) + 1)
+        why = target.install(case.sid, address)
+        if why is None:
+            sids[case.sid] = address
+        else:
+            refused[case.sid] = why
+    return sids, refused
+
+
+def _warm_up(bed: Testbed) -> None:
+    """The DUT learns the tester's MACs on both links before the first probe: an
+    implementation may drop the packet that starts neighbour discovery (VPP drops the
+    first reply of a ping for it, hence two)."""
+    p = bed.plan
+    ping = ["ping", "-c", "2", "-i", "0.3", "-W", "1"]
+    for address in (p.dut_near, p.dut_far, p.dut_far4):
+        argv = ["ip", "netns", "exec", bed.tester, *ping, str(address)]
+        subprocess.run(argv, capture_output=True, check=False)
+
+
+def _probe(bed: Testbed, capture: Any, case: Case, sid: IPv6Address) -> Result:
+    mark = marker()
+    packet = case.build(bed.plan, sid, mark)
+    capture.taps[0].send([bed.frame(packet)])
+    found = capture.collect([mark], timeout=WAIT_S, icmp=True)[mark]
+    seen = received(found)
+    verdict, detail = judge(case, packet, seen)
+    return Result(case, verdict, detail, packet.summary(), tuple(describe(s) for s in seen))
+
+
+def judge(case: Case, sent: Any, seen: list[Seen]) -> tuple[Verdict, str]:
+    """The verdict on what came out of the DUT for `sent`."""
+    expect = case.expect
+    far = [s for s in seen if s.link is Link.FAR]
+    errors = [s for s in seen if s.link is Link.NEAR and icmp_error(s.packet) is not None]
+    instead = "; ".join(describe(s) for s in seen) or "nothing came out"
+    if expect.icmp is not None:
+        for error in errors:
+            if icmp_fields(error.packet)[: len(expect.icmp)] == expect.icmp:
+                return Verdict.PASS, describe(error)
+        return Verdict.FAIL, f"expected {expect.what}; saw {instead}"
+    if expect.link is Link.FAR:
+        if not far:
+            return Verdict.FAIL, f"expected {expect.what}; saw {instead}"
+        assert expect.check is not None
+        wrong = expect.check(sent, far[0].packet)
+        if len(far) > 1:
+            wrong.append(f"{len(far)} copies came out")
+        return (Verdict.FAIL, "; ".join(wrong)) if wrong else (Verdict.PASS, describe(far[0]))
+    if far:
+        return Verdict.FAIL, f"expected it dropped; saw {instead}"
+    return Verdict.PASS, "dropped" + (f" ({describe(errors[0])})" if errors else "")
+
+
+def icmp_error(packet: Any) -> Any:
+    """The ICMPv6 error in `packet`, or None."""
+    for kind in ICMP_ERRORS:
+        if packet.haslayer(kind):
+            return packet[kind]
+    return None
+
+
+def icmp_fields(packet: Any) -> tuple[int, ...]:
+    """(type, code, pointer) of an ICMPv6 error (pointer only for Parameter Problem)."""
+    error = icmp_error(packet)
+    if isinstance(error, ICMPv6ParamProblem):
+        return (int(error.type), int(error.code), int(error.ptr))
+    return (int(error.type), int(error.code))
+
+
+def describe(seen: Seen) -> str:
+    packet = seen.packet
+    if icmp_error(packet) is not None:
+        fields = icmp_fields(packet)
+        name = {1: "Destination Unreachable", 3: "Time Exceeded", 4: "Parameter Problem"}
+        text = f"ICMPv6 {name.get(fields[0], fields[0])} code {fields[1]}"
+        return text + (f" pointer {fields[2]}" if len(fields) > 2 else "") + f" on {seen.link}"
+    return f"{packet.summary()} on {seen.link}"
+
+
+__all__ = ["describe", "judge", "run", "select"]

@@ -1,0 +1,241 @@
+"""The implementations the suite configures itself, each in the testbed's DUT namespace:
+the Linux kernel (seg6local routes, through iproute2) and FD.io VPP (started here, on
+af_packet ports over the DUT's two veths, through its CLI). Each programs the SIDs the
+cases need in its own terms, or says why it cannot (the case is then not applicable);
+what a SID then does is left to the implementation: the suite measures it, not our agent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+from srv6ctl.conformance.model import IPv6Address, SidSpec
+from srv6ctl.conformance.testbed import (
+    DUT_FAR,
+    DUT_NEAR,
+    TESTER_FAR,
+    TESTER_NEAR,
+    Testbed,
+    ip,
+    sysctl,
+)
+from srv6ctl.observe.netinfo import link_mac
+
+TABLE = 100  # End.T's table (the kernel's; VPP's is its FIB index)
+
+
+class Target(Protocol):
+    name: str
+
+    def setup(self, bed: Testbed) -> None: ...
+
+    def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
+        """Program `address` as `sid`; None, or why the target cannot."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class KernelTarget:
+    """The running kernel's SRv6 (`ip -6 route ... encap seg6local`), in the DUT namespace."""
+
+    name = "linux"
+
+    def __init__(self) -> None:
+        self.bed: Testbed | None = None
+
+    def setup(self, bed: Testbed) -> None:
+        self.bed = bed
+        p, dut = bed.plan, bed.dut
+        sysctl(
+            dut,
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.seg6_enabled=1",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        )
+        sysctl(dut, f"net.ipv6.conf.{DUT_NEAR}.seg6_enabled=1")
+        # End.DX4 routes the inner packet from its own source, which is nobody the DUT
+        # routes back to: reverse-path filtering (the larger of `all` and the interface's
+        # value counts) would drop it before the behaviour is seen.
+        sysctl(dut, *(f"net.ipv4.conf.{i}.rp_filter=0" for i in ("all", "default", DUT_NEAR)))
+        for ifname, addresses in (
+            (DUT_NEAR, [f"{p.dut_near}/64"]),
+            (DUT_FAR, [f"{p.dut_far}/64", f"{p.dut_far4}/24"]),
+        ):
+            for address in addresses:
+                ip(dut, "addr", "add", address, "dev", ifname, "nodad")
+            ip(dut, "link", "set", ifname, "up")
+        ip(dut, "link", "set", "lo", "up")
+        # The tester's MACs, fixed (as for VPP): what is measured is SRv6, not how neighbour
+        # discovery copes with a burst of probes.
+        for ifname, tester_if, addresses in (
+            (DUT_NEAR, TESTER_NEAR, [p.tester_near]),
+            (DUT_FAR, TESTER_FAR, [p.tester_far, p.tester_far4]),
+        ):
+            mac = link_mac(bed.tester, tester_if)
+            for address in addresses:
+                ip(dut, "neigh", "replace", str(address), "lladdr", mac, "dev", ifname,
+                   "nud", "permanent")  # fmt: skip
+        ip(dut, "-6", "route", "add", str(p.beyond), "via", str(p.tester_far))
+        ip(dut, "-6", "route", "add", f"{p.table_segment}/128", "via", str(p.tester_far),
+           "table", str(TABLE))  # fmt: skip
+        ip(dut, "-6", "route", "add", str(p.inner_net6), "via", str(p.tester_far))
+        ip(dut, "route", "add", str(p.inner_net4), "via", str(p.tester_far4))
+
+    def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
+        assert self.bed is not None
+        p = self.bed.plan
+        if sid.flavours:
+            # The kernel's End takes only the NEXT-C-SID flavour (6.1+), not RFC 8986's.
+            return f"the kernel has no {'/'.join(sorted(sid.flavours))} flavour"
+        action = {
+            "End": ["End"],
+            "End.X": ["End.X", "nh6", str(p.tester_far)],
+            "End.T": ["End.T", "table", str(TABLE)],
+            "End.DX6": ["End.DX6", "nh6", str(p.tester_far)],
+            "End.DX4": ["End.DX4", "nh4", str(p.tester_far4)],
+            "End.DT6": ["End.DT6", "table", "main"],
+            "End.B6.Encaps": ["End.B6.Encaps", "srh", "segs", _segs(sid)],
+            "End.B6": ["End.B6", "srh", "segs", _segs(sid)],
+        }.get(sid.behaviour)
+        if action is None:
+            return f"not offered by this suite's kernel target ({sid.behaviour})"
+        dev = DUT_FAR if sid.behaviour in ("End.X", "End.DX6", "End.DX4") else DUT_NEAR
+        try:
+            ip(self.bed.dut, "-6", "route", "add", f"{address}/128", "encap", "seg6local",
+               "action", *action, "dev", dev)  # fmt: skip
+        except RuntimeError as err:
+            return f"the kernel refused it: {err}"
+        return None
+
+    def close(self) -> None:
+        self.bed = None
+
+
+def _segs(sid: SidSpec) -> str:
+    return ",".join(str(s) for s in sid.segments)
+
+
+class VppTarget:
+    """A VPP started in the DUT namespace (its binary given), whose two ports are af_packet
+    interfaces on the DUT's veths (with their MACs), configured through its CLI."""
+
+    name = "vpp"
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix="srv6ctl-conformance-vpp-"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.bed: Testbed | None = None
+
+    @property
+    def api_socket(self) -> str:
+        return str(self.dir / "api.sock")
+
+    def cli(self, command: str) -> str:
+        from srv6ctl.lab.vpp import cli
+
+        return cli(self.api_socket, command)
+
+    def setup(self, bed: Testbed) -> None:
+        from srv6ctl.lab.vpp import VppNode, plugin_path, startup_config
+
+        self.bed = bed
+        p, dut = bed.plan, bed.dut
+        lines = []
+        for ifname, addresses in (
+            (DUT_NEAR, [f"{p.dut_near}/64"]),
+            (DUT_FAR, [f"{p.dut_far}/64", f"{p.dut_far4}/24"]),
+        ):
+            ip(dut, "link", "set", ifname, "up")
+            mac = link_mac(dut, ifname)
+            port = f"host-{ifname}"
+            lines.append(f"create host-interface name {ifname} hw-addr {mac} cksum-gso-disable")
+            lines += [f"set interface ip address {port} {a}" for a in addresses]
+            lines += [f"ip6 nd {port} ra-suppress", f"set interface state {port} up"]
+        # The tester's MACs, fixed: VPP answers none of the tester's own neighbour
+        # solicitations here ("neighbor discovery not configured") and drops the packet
+        # that starts its own — an ICMP error it owes the tester among them.
+        near_mac = link_mac(bed.tester, TESTER_NEAR)
+        far_mac = link_mac(bed.tester, TESTER_FAR)
+        lines += [
+            f"set ip neighbor host-{DUT_NEAR} {p.tester_near} {near_mac}",
+            f"set ip neighbor host-{DUT_FAR} {p.tester_far} {far_mac}",
+            f"set ip neighbor host-{DUT_FAR} {p.tester_far4} {far_mac}",
+            f"ip table add {TABLE}",
+            f"ip6 table add {TABLE}",
+            f"ip route add {p.beyond} via {p.tester_far} host-{DUT_FAR}",
+            f"ip route add {p.table_segment}/128 table {TABLE} via {p.tester_far} host-{DUT_FAR}",
+            f"ip route add {p.inner_net6} via {p.tester_far} host-{DUT_FAR}",
+            f"ip route add {p.inner_net4} via {p.tester_far4} host-{DUT_FAR}",
+        ]
+        node = VppNode(self.dir, f"{bed.name}-vpp")
+        (self.dir / "setup.vpp").write_text("\n".join(lines) + "\n")
+        node.startup.write_text(startup_config(node, plugin_path(self.binary)))
+        log = open(self.dir / "stdout.log", "ab")  # noqa: SIM115 - the process keeps it
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", dut, self.binary, "-c", str(node.startup)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.process.poll() is not None:
+                tail = (self.dir / "stdout.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"vpp exited: {tail}")
+            try:
+                if f"host-{DUT_FAR}" in self.cli("show interface address"):
+                    break
+            except Exception:
+                pass  # the API socket is not there yet
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vpp did not come up within 30 s ({self.dir})")
+            time.sleep(0.2)
+
+    def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
+        assert self.bed is not None
+        p = self.bed.plan
+        flavours = set(sid.flavours)
+        psp = " psp" if flavours == {"PSP"} and sid.behaviour == "End" else ""
+        if flavours and not psp:
+            return f"VPP has no {'/'.join(sorted(flavours))} flavour for {sid.behaviour}"
+        if sid.behaviour in ("End.B6.Encaps", "End.B6.Encaps.Red"):
+            if sid.behaviour == "End.B6.Encaps.Red":
+                return "VPP's policies have no reduced mode"
+            segments = " ".join(f"next {s}" for s in sid.segments)
+            command = f"sr policy add bsid {address} {segments} encap"
+        else:
+            behaviour = {
+                "End": "end",
+                "End.X": f"end.x host-{DUT_FAR} {p.tester_far}",
+                "End.T": f"end.t {TABLE}",  # the table ID (fib_table_find)
+                "End.DX6": f"end.dx6 host-{DUT_FAR} {p.tester_far}",
+                "End.DX4": f"end.dx4 host-{DUT_FAR} {p.tester_far4}",
+                "End.DT6": "end.dt6 0",
+                "End.DT4": "end.dt4 0",
+            }.get(sid.behaviour)
+            if behaviour is None:
+                return f"VPP 25.10 has no {sid.behaviour}"
+            command = f"sr localsid address {address} behavior {behaviour}{psp}"
+        said = self.cli(command).strip()
+        return f"VPP refused it: {said}" if said else None
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+__all__ = ["TABLE", "KernelTarget", "Target", "VppTarget"]

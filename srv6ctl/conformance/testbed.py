@@ -1,0 +1,123 @@
+"""The testbed: a tester namespace wired to the device under test by two links.
+
+    tester                         DUT
+    t-near  fd00:c0::1 ------ fd00:c0::2  d-near   packets in; ICMP errors back
+    t-far   fd00:c1::1 ------ fd00:c1::2  d-far    what the DUT forwards or delivers
+            192.0.2.1            192.0.2.2
+
+The tester is a plain Linux namespace that is no router (forwarding off): it answers the
+DUT's neighbour discovery and ARP, and whatever reaches it goes no further. Probes are
+written as raw frames on `t-near` (AF_PACKET: the tester's own stack never routes them)
+and frames coming in on both links are captured the same way (srv6ctl.verify.packets), so
+the DUT's behaviour is seen on the wire, not through any API. Self-configured targets get a
+DUT namespace of their own (`dut`); an external device is reached through the two tester
+links only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from scapy.layers.inet import IP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from srv6ctl.conformance.model import Link, Plan, Seen
+from srv6ctl.observe.netinfo import link_mac
+from srv6ctl.verify.packets import Capture
+
+TESTER_NEAR, TESTER_FAR = "t-near", "t-far"
+DUT_NEAR, DUT_FAR = "d-near", "d-far"
+
+
+def ip(netns: str | None, *args: str) -> None:
+    argv = ["ip", *(["-n", netns] if netns else []), *args]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+
+
+def sysctl(netns: str, *settings: str) -> None:
+    argv = ["ip", "netns", "exec", netns, "sysctl", "-qw", *settings]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+
+
+@dataclass
+class Testbed:
+    """The tester's namespace and the DUT's (self-configured targets), created by `up`
+    and deleted by `down` whatever happened in between."""
+
+    name: str  # unique prefix of the namespaces
+    plan: Plan
+    tester: str = ""
+    dut: str = ""
+    dut_mac: str = ""  # where probes are sent (the DUT's near end)
+
+    @classmethod
+    def new(cls, plan: Plan | None = None) -> Testbed:
+        return cls(f"s6conf-{os.urandom(3).hex()}", plan or Plan())
+
+    def up(self) -> None:
+        self.tester, self.dut = f"{self.name}-t", f"{self.name}-d"
+        for netns in (self.tester, self.dut):
+            ip(None, "netns", "add", netns)
+        for mine, theirs in ((TESTER_NEAR, DUT_NEAR), (TESTER_FAR, DUT_FAR)):
+            ip(self.tester, "link", "add", mine, "type", "veth", "peer", "name", theirs,
+               "netns", self.dut)  # fmt: skip
+        p = self.plan
+        sysctl(
+            self.tester,
+            "net.ipv6.conf.all.forwarding=0",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+            "net.ipv6.conf.all.accept_ra=0",
+            "net.ipv6.conf.default.accept_ra=0",
+        )
+        for ifname, addresses in (
+            (TESTER_NEAR, [f"{p.tester_near}/64"]),
+            (TESTER_FAR, [f"{p.tester_far}/64", f"{p.tester_far4}/24"]),
+        ):
+            for address in addresses:
+                ip(self.tester, "addr", "add", address, "dev", ifname, "nodad")
+            ip(self.tester, "link", "set", ifname, "up")
+        ip(self.tester, "link", "set", "lo", "up")
+        self.dut_mac = link_mac(self.dut, DUT_NEAR)
+
+    def down(self) -> None:
+        for netns in (self.tester, self.dut):
+            if netns:
+                subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+
+    def capture(self) -> Capture:
+        capture = Capture()
+        capture.add(self.tester, TESTER_NEAR, Link.NEAR.value)
+        capture.add(self.tester, TESTER_FAR, Link.FAR.value)
+        capture.drain()
+        return capture
+
+    def frame(self, packet: object) -> bytes:
+        """`packet` (IPv6 or IPv4 on) as the frame the tester sends the DUT."""
+        tester_mac = link_mac(self.tester, TESTER_NEAR)
+        return bytes(Ether(dst=self.dut_mac, src=tester_mac) / packet)
+
+
+def received(frames: Iterable[object]) -> list[Seen]:
+    """The frames a capture saw coming in from the DUT (not the tester's own), parsed."""
+    out = []
+    for seen in frames:
+        if getattr(seen, "outgoing", True):
+            continue
+        frame = seen.frame  # type: ignore[attr-defined]
+        layer = frame.getlayer(IPv6) or frame.getlayer(IP)
+        if layer is None:
+            continue
+        out.append(Seen(Link(seen.tap), layer, bytes(layer)))  # type: ignore[attr-defined]
+    return out
+
+
+__all__ = ["DUT_FAR", "DUT_NEAR", "TESTER_FAR", "TESTER_NEAR", "Testbed", "ip", "received"]

@@ -1,0 +1,213 @@
+"""`srv6ctl conformance` (issue 19): its cases, its judging and its reports, and real runs
+against the Linux kernel (in the VM where this host's kernel lacks SRv6) and a VPP 25.10
+the suite starts itself (`SRV6CTL_VPP_BIN`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import UDP
+from scapy.layers.inet6 import (
+    ICMPv6ParamProblem,
+    ICMPv6TimeExceeded,
+    IPerror6,
+    IPv6,
+    IPv6ExtHdrSegmentRouting,
+)
+
+from srv6ctl.conformance import report
+from srv6ctl.conformance.cases import CASES, SL_POINTER
+from srv6ctl.conformance.model import Link, Plan, Result, Seen, Verdict
+from srv6ctl.conformance.run import judge, run, select
+from srv6ctl.conformance.targets import KernelTarget, VppTarget
+from tests.support.vpp import BIN_ENV, why_no_vpp
+
+PLAN = Plan()
+SID = PLAN.sid(1)
+MARK = b"s6conf-test-mark"
+
+
+def case(case_id: str):  # type: ignore[no-untyped-def]
+    (found,) = [c for c in CASES if c.id == case_id]
+    return found
+
+
+def test_every_case_is_declared_once_with_its_clause() -> None:
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids))
+    for c in CASES:
+        assert c.rfc.startswith(("RFC 8986 §", "RFC 8754 §")), c.id
+        assert c.expect.what, c.id
+        packet = c.build(PLAN, SID, MARK)
+        assert MARK in bytes(packet), c.id  # found in whatever comes out of the DUT
+
+
+def _built(case_id: str) -> IPv6:
+    return IPv6(bytes(case(case_id).build(PLAN, SID, MARK)))  # as on the wire
+
+
+def test_the_malformed_probes_are_malformed_as_their_clause_says() -> None:
+    probe = _built("end.sl-past-last-entry")
+    srh = probe[IPv6ExtHdrSegmentRouting]
+    assert srh.segleft > srh.lastentry + 1
+    # The pointer the error must carry: the Segments Left byte, counted from the IPv6 header.
+    assert bytes(probe)[SL_POINTER] == srh.segleft
+    srh = _built("end.last-entry-past-header")[IPv6ExtHdrSegmentRouting]
+    assert srh.lastentry > srh.len // 2 - 1  # max_LE = (Hdr Ext Len / 2) - 1
+    assert _built("end.hop-limit").hlim == 1
+    upper = _built("end.sl0-upper-layer")
+    assert upper[IPv6ExtHdrSegmentRouting].segleft == 0 and upper.haslayer(UDP)
+
+
+def _seen(link: Link, packet: object) -> Seen:
+    return Seen(link, packet, bytes(packet))  # type: ignore[arg-type]
+
+
+def test_judging_forwarded_packets() -> None:
+    forward = case("end.forward")
+    sent = forward.build(PLAN, SID, MARK)
+    good = sent.copy()
+    good.dst, good.hlim = str(PLAN.segment(1)), sent.hlim - 1
+    good[IPv6ExtHdrSegmentRouting].segleft = 0
+    good = IPv6(bytes(good))
+    assert judge(forward, sent, [_seen(Link.FAR, good)])[0] is Verdict.PASS
+    same_hlim = IPv6(bytes(good))
+    same_hlim.hlim = sent.hlim
+    verdict, detail = judge(forward, sent, [_seen(Link.FAR, IPv6(bytes(same_hlim)))])
+    assert verdict is Verdict.FAIL and "hop limit 64" in detail
+    verdict, detail = judge(forward, sent, [])
+    assert verdict is Verdict.FAIL and "nothing came out" in detail
+    verdict, detail = judge(forward, sent, [_seen(Link.FAR, good), _seen(Link.FAR, good)])
+    assert verdict is Verdict.FAIL and "2 copies" in detail
+
+
+def test_judging_icmp_errors_by_type_code_and_pointer() -> None:
+    c = case("end.sl-past-last-entry")
+    sent = c.build(PLAN, SID, MARK)
+
+    def error(code: int, pointer: int) -> IPv6:
+        quoted = IPerror6(bytes(sent))
+        made = (
+            IPv6(src=str(PLAN.dut_near), dst=str(PLAN.tester_near))
+            / ICMPv6ParamProblem(code=code, ptr=pointer)
+            / quoted
+        )
+        return IPv6(bytes(made))
+
+    assert judge(c, sent, [_seen(Link.NEAR, error(0, SL_POINTER))])[0] is Verdict.PASS
+    verdict, detail = judge(c, sent, [_seen(Link.NEAR, error(0, 42))])
+    assert verdict is Verdict.FAIL and "pointer 42" in detail
+    assert judge(c, sent, [_seen(Link.FAR, sent)])[0] is Verdict.FAIL  # forwarded
+    hop = case("end.hop-limit")
+    exceeded = IPv6(
+        bytes(IPv6(dst=str(PLAN.tester_near)) / ICMPv6TimeExceeded() / IPerror6(bytes(sent)))
+    )
+    assert judge(hop, sent, [_seen(Link.NEAR, exceeded)])[0] is Verdict.PASS
+    assert judge(c, sent, [_seen(Link.NEAR, exceeded)])[0] is Verdict.FAIL
+
+
+def test_reports_say_the_same_in_each_format() -> None:
+    forward, dt4 = case("end.forward"), case("end.dt4.lookup")
+    results = {
+        "one": [
+            Result(forward, Verdict.PASS, "ok", "sent", ("seen",)),
+            Result(dt4, Verdict.NOT_APPLICABLE, "needs a VRF"),
+        ],
+        "two": [
+            Result(forward, Verdict.FAIL, "nothing came out", "sent", ()),
+            Result(dt4, Verdict.PASS, "ok"),
+        ],
+    }
+    loaded = json.loads(report.as_json(results))
+    assert [r["verdict"] for r in loaded["two"]] == ["fail", "pass"]
+    assert loaded["one"][0]["clause"] == forward.rfc
+    suites = ElementTree.fromstring(report.junit(results))
+    one, two = suites.findall("testsuite")
+    assert (one.get("tests"), one.get("failures"), one.get("skipped")) == ("2", "0", "1")
+    assert (two.get("failures"), two.get("skipped")) == ("1", "0")
+    (failure,) = two.iter("failure")
+    assert failure.get("message") == "nothing came out"
+
+
+def test_select_by_glob() -> None:
+    assert {c.id for c in select(["end.dx6.*"])} == {
+        c.id for c in CASES if c.id.startswith("end.dx6.")
+    }
+    assert select([]) == list(CASES)
+    assert select(["nothing-like-this"]) == []
+
+
+def test_the_cli_lists_cases_and_refuses_a_target_it_cannot_run() -> None:
+    srv6ctl = str(Path(sys.executable).parent / "srv6ctl")
+    done = subprocess.run(
+        [srv6ctl, "conformance", "--list"], capture_output=True, text=True, check=True
+    )
+    assert len(done.stdout.splitlines()) == len(CASES)
+    done = subprocess.run(
+        [srv6ctl, "conformance", "--target", "vpp", "--vpp-bin", "/nonexistent/vpp"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "no vpp binary" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _verdicts(results: list[Result]) -> dict[str, Verdict]:
+    return {r.case.id: r.verdict for r in results}
+
+
+# The behaviours every implementation here offers and gets right: the suite's own proof
+# that its probes and judging see a conformant node as conformant.
+CORE = (
+    "end.forward",
+    "end.hop-limit",
+    "transit.not-a-sid",
+    "end.x.cross-connect",
+    "end.t.table",
+    "end.dx6.srh",
+    "end.dx6.reduced",
+    "end.dt6.lookup",
+)
+
+
+@pytest.mark.netns
+def test_against_vpp() -> None:
+    if not os.environ.get(BIN_ENV):
+        pytest.skip(f"no VPP: set {BIN_ENV} to a vpp 25.10 binary (the suite starts it)")
+    reason = why_no_vpp()
+    if reason is not None:
+        pytest.skip(reason)
+    results = run(VppTarget(os.environ[BIN_ENV]), CASES)
+    verdicts = _verdicts(results)
+    assert {c: verdicts[c] for c in CORE} == dict.fromkeys(CORE, Verdict.PASS), results
+    assert verdicts["end.dx4.srh"] is Verdict.PASS
+    assert verdicts["end.dt4.lookup"] is Verdict.PASS
+    assert verdicts["end.b6.encaps"] is Verdict.PASS
+    # VPP 25.10's deviations (README, "Conformance"): malformed SRHs and a decapsulating
+    # SID's Segments Left are dropped without the ICMP error the RFCs require, and a Last
+    # Entry past the header is not checked at all.
+    for deviation in ("end.sl-past-last-entry", "end.dx6.sl-not-zero"):
+        by_id = {r.case.id: r for r in results}
+        assert by_id[deviation].verdict is Verdict.FAIL
+        assert "nothing came out" in by_id[deviation].detail
+    by_id = {r.case.id: r for r in results}
+    assert "on far" in by_id["end.last-entry-past-header"].detail
+
+
+@pytest.mark.netns
+@pytest.mark.kernel_srv6(vm=True)
+def test_against_the_kernel() -> None:
+    results = run(KernelTarget(), CASES)
+    verdicts = _verdicts(results)
+    assert {c: verdicts[c] for c in CORE} == dict.fromkeys(CORE, Verdict.PASS), [
+        (r.case.id, r.verdict, r.detail) for r in results if r.verdict is not Verdict.PASS
+    ]
+    for r in results:
+        print(f"kernel {r.case.id}: {r.verdict} {r.detail}")
