@@ -75,13 +75,13 @@ class KernelTarget:
         ip(dut, "link", "set", "lo", "up")
         # The tester's MACs, fixed (as for VPP): what is measured is SRv6, not how neighbour
         # discovery copes with a burst of probes.
-        for ifname, tester_if, addresses in (
-            (DUT_NEAR, TESTER_NEAR, [p.tester_near]),
-            (DUT_FAR, TESTER_FAR, [p.tester_far, p.tester_far4]),
+        for ifname, tester_if, neighbours in (
+            (DUT_NEAR, TESTER_NEAR, [str(p.tester_near)]),
+            (DUT_FAR, TESTER_FAR, [str(p.tester_far), str(p.tester_far4)]),
         ):
             mac = link_mac(bed.tester, tester_if)
-            for address in addresses:
-                ip(dut, "neigh", "replace", str(address), "lladdr", mac, "dev", ifname,
+            for neighbour in neighbours:
+                ip(dut, "neigh", "replace", neighbour, "lladdr", mac, "dev", ifname,
                    "nud", "permanent")  # fmt: skip
         ip(dut, "-6", "route", "add", str(p.beyond), "via", str(p.tester_far))
         ip(dut, "-6", "route", "add", f"{p.table_segment}/128", "via", str(p.tester_far),
