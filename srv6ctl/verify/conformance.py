@@ -8,7 +8,7 @@ srv6ctl.verify.packets). What is checked, and against what:
 - End (`L::1`, RFC 8986 §4.1): a packet with Segments Left 1 leaves the node with Segments
   Left 0, the destination set to the next segment, the hop limit decremented by one and
   the SRH and the inner packet otherwise unchanged.
-- End.DT6 (`L::6`, §4.8) and End.DX6 (`L::1:k`, §4.4; End.DX4 `L::4:k`, §4.5 in
+- End.DT6 (`L::6`, §4.6) and End.DX6 (`L::1:k`, §4.4; End.DX4 `L::4:k`, §4.5 in
   dual-stack): the inner packet, with or without an SRH (Segments Left 0) and with the
   reduced encapsulation (no SRH), reaches exactly the pod it should, unchanged but for one
   hop of hop limit/TTL. End.DX6 is given an inner destination that is not the pod's own
