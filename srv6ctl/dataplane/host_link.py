@@ -41,6 +41,9 @@ _NUD_PERMANENT = 0x80
 ALIAS = f"{OWN_ALIAS} the node's own stack to VPP and back"
 
 
+IP6_RT_PRIO_USER = 1024  # include/net/ip6_route.h
+
+
 @dataclass(frozen=True)
 class HostRoute:
     """A prefix the node's stack sends to VPP; `metric` as the kernel's priority."""
@@ -201,7 +204,11 @@ def _neighbour_mac(ipr: Any, index: int, address: ipaddress.IPv6Address) -> str 
 
 
 def _route_key(route: HostRoute) -> tuple[str, int]:
-    return (str(route.prefix), route.metric)
+    # As the kernel keeps it: an IPv6 route given priority 0 is stored with 1024
+    # (IP6_RT_PRIO_USER), which every pass would otherwise take for another route, and
+    # delete and add again.
+    metric = route.metric or (IP6_RT_PRIO_USER if route.prefix.version == 6 else 0)
+    return (str(route.prefix), metric)
 
 
 def _routes(ipr: Any, index: int) -> dict[tuple[str, int], dict[str, Any]]:
