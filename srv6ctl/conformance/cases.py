@@ -207,6 +207,7 @@ END_DX4 = SidSpec("End.DX4")
 END_DT6 = SidSpec("End.DT6")
 END_DT4 = SidSpec("End.DT4")
 END_T = SidSpec("End.T")
+END_DT46 = SidSpec("End.DT46")
 PLAN = Plan()
 UNROUTED = IPv6Address("2001:db8:dead::1")  # no route anywhere: only a cross-connect gets it out
 B6_POLICY = (PLAN.segment(10), PLAN.segment(11))
@@ -350,6 +351,24 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §4.7 S05-S08",
         Level.MUST,
         END_DT4,
+        lambda p, sid, m: encapsulated(p, sid, inner4(p, m), srh=True),
+        Expect.forwarded(delivered(4), "inner packet out, TTL-1, otherwise unchanged"),
+    ),
+    Case(
+        "end.dt46.v6",
+        "End.DT46 delivers an inner IPv6 packet by a lookup in its table",
+        "RFC 8986 §4.8 S05-S11",
+        Level.MUST,
+        END_DT46,
+        lambda p, sid, m: encapsulated(p, sid, inner6(p, m), srh=True),
+        Expect.forwarded(delivered(6), "inner packet out, HL-1, otherwise unchanged"),
+    ),
+    Case(
+        "end.dt46.v4",
+        "End.DT46 delivers an inner IPv4 packet by a lookup in its table",
+        "RFC 8986 §4.8 S05-S11",
+        Level.MUST,
+        END_DT46,
         lambda p, sid, m: encapsulated(p, sid, inner4(p, m), srh=True),
         Expect.forwarded(delivered(4), "inner packet out, TTL-1, otherwise unchanged"),
     ),

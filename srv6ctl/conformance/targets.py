@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from srv6ctl.conformance.model import IPv6Address, SidSpec
+from srv6ctl.conformance.model import IPv6Address, Plan, SidSpec
 from srv6ctl.conformance.testbed import (
     DUT_FAR,
     DUT_NEAR,
@@ -26,7 +26,8 @@ from srv6ctl.conformance.testbed import (
 )
 from srv6ctl.observe.netinfo import link_mac
 
-TABLE = 100  # End.T's table (the kernel's; VPP's is its FIB index)
+TABLE = 100  # End.T's table
+VRF, VRF_TABLE = "s6conf-vrf", 101  # the kernel's End.DT4/End.DT46 look up in a VRF
 
 
 class Target(Protocol):
@@ -48,6 +49,7 @@ class KernelTarget:
 
     def __init__(self) -> None:
         self.bed: Testbed | None = None
+        self.vrf_problem: str | None = None
 
     def setup(self, bed: Testbed) -> None:
         self.bed = bed
@@ -88,6 +90,24 @@ class KernelTarget:
            "table", str(TABLE))  # fmt: skip
         ip(dut, "-6", "route", "add", str(p.inner_net6), "via", str(p.tester_far))
         ip(dut, "route", "add", str(p.inner_net4), "via", str(p.tester_far4))
+        self.vrf_problem = self._vrf(p, dut)
+
+    @staticmethod
+    def _vrf(p: Plan, dut: str) -> str | None:
+        """The VRF End.DT4/End.DT46 take (`vrftable`): its table routes the inner
+        destinations out of the far link, which stays outside it (route leaking)."""
+        try:
+            # The kernel takes `vrftable` only with a table bound to one VRF (strict mode).
+            sysctl(dut, "net.vrf.strict_mode=1")
+            ip(dut, "link", "add", VRF, "type", "vrf", "table", str(VRF_TABLE))
+            ip(dut, "link", "set", VRF, "up")
+            ip(dut, "-6", "route", "add", str(p.inner_net6), "via", str(p.tester_far),
+               "dev", DUT_FAR, "table", str(VRF_TABLE))  # fmt: skip
+            ip(dut, "route", "add", str(p.inner_net4), "via", str(p.tester_far4),
+               "dev", DUT_FAR, "table", str(VRF_TABLE))  # fmt: skip
+        except RuntimeError as err:
+            return f"no VRF device for its table: {err}"
+        return None
 
     def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
         assert self.bed is not None
@@ -102,11 +122,15 @@ class KernelTarget:
             "End.DX6": ["End.DX6", "nh6", str(p.tester_far)],
             "End.DX4": ["End.DX4", "nh4", str(p.tester_far4)],
             "End.DT6": ["End.DT6", "table", "main"],
+            "End.DT4": ["End.DT4", "vrftable", str(VRF_TABLE)],
+            "End.DT46": ["End.DT46", "vrftable", str(VRF_TABLE)],
             "End.B6.Encaps": ["End.B6.Encaps", "srh", "segs", _segs(sid)],
             "End.B6": ["End.B6", "srh", "segs", _segs(sid)],
         }.get(sid.behaviour)
         if action is None:
             return f"not offered by this suite's kernel target ({sid.behaviour})"
+        if "vrftable" in action and self.vrf_problem:
+            return self.vrf_problem
         dev = DUT_FAR if sid.behaviour in ("End.X", "End.DX6", "End.DX4") else DUT_NEAR
         try:
             ip(self.bed.dut, "-6", "route", "add", f"{address}/128", "encap", "seg6local",
@@ -222,7 +246,7 @@ class VppTarget:
                 "End.DT4": "end.dt4 0",
             }.get(sid.behaviour)
             if behaviour is None:
-                return f"VPP 25.10 has no {sid.behaviour}"
+                return f"VPP 25.10 has no {sid.behaviour}"  # End.DT46 among them
             command = f"sr localsid address {address} behavior {behaviour}{psp}"
         said = self.cli(command).strip()
         return f"VPP refused it: {said}" if said else None
