@@ -1130,10 +1130,13 @@ class Renderer:
                 continue
             if family == 6:
                 return int(plan.host_sid(node_id))
-            if self._can_dt4(node):
-                return int(plan.dt4_sid(node_id))
-            # End.DX4 needs a pod interface to hand the packet to, and a node without
-            # End.DT4 has nothing that decapsulates IPv4 into its own stack: skip it.
+            # IPv4: the node's End.DT4 (`L::4`) looks the inner packet up in the pod table,
+            # where the ClusterIP is not local but steered — into this same policy. VPP
+            # went round that loop in one graph dispatch (no TTL is spent on the way)
+            # until its heap ran out and it aborted; a kernel loops until the TTL expires.
+            # Until IPv4 has a host-services SID as IPv6 has `L::7`, such an endpoint
+            # gets no IPv4 traffic (its Service is refused over IPv4 when it is the only
+            # one; End.DX4 needs a pod interface to hand the packet to).
             return None
         return None
 
