@@ -218,6 +218,17 @@ def _next(plan: Plan) -> IPv6Address:
     return plan.segment(1)
 
 
+# The expectations several clauses share.
+AT_SEGMENTS_LEFT = Expect.error(
+    PARAM_PROBLEM, ERRONEOUS_FIELD, SL_POINTER, "Parameter Problem 0, pointer 43 (Segments Left)"
+)
+AT_UPPER_LAYER = Expect.error(  # after the one-segment SRH: 40 + 8 + 16
+    PARAM_PROBLEM, SR_UPPER_LAYER, 40 + 8 + 16, "Parameter Problem 4 at the UDP header"
+)
+INNER6_OUT = Expect.forwarded(delivered(6), "inner packet out, HL-1, otherwise unchanged")
+INNER4_OUT = Expect.forwarded(delivered(4), "inner packet out, TTL-1, otherwise unchanged")
+
+
 CASES: tuple[Case, ...] = (
     Case(
         "end.forward",
@@ -244,7 +255,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END,
         lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m), segments_left=3),
-        Expect.error(PARAM_PROBLEM, ERRONEOUS_FIELD, SL_POINTER, "Parameter Problem 0, ptr 43"),
+        AT_SEGMENTS_LEFT,
     ),
     Case(
         "end.last-entry-past-header",
@@ -253,7 +264,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END,
         lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m), last_entry=4),
-        Expect.error(PARAM_PROBLEM, ERRONEOUS_FIELD, SL_POINTER, "Parameter Problem 0, ptr 43"),
+        AT_SEGMENTS_LEFT,
     ),
     Case(
         "end.sl0-upper-layer",
@@ -262,7 +273,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END,
         lambda p, sid, m: srh_probe(p, sid, [], payload(m), segments_left=0),
-        Expect.error(PARAM_PROBLEM, SR_UPPER_LAYER, 40 + 8 + 16, "Parameter Problem 4 at UDP"),
+        AT_UPPER_LAYER,
     ),
     Case(
         "transit.not-a-sid",
@@ -298,7 +309,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END_DX6,
         lambda p, sid, m: encapsulated(p, sid, inner6(p, m, UNROUTED), srh=True),
-        Expect.forwarded(delivered(6), "inner packet out, HL-1, otherwise unchanged"),
+        INNER6_OUT,
     ),
     Case(
         "end.dx6.reduced",
@@ -307,7 +318,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END_DX6,
         lambda p, sid, m: encapsulated(p, sid, inner6(p, m, UNROUTED), srh=False),
-        Expect.forwarded(delivered(6), "inner packet out, HL-1, otherwise unchanged"),
+        INNER6_OUT,
     ),
     Case(
         "end.dx6.sl-not-zero",
@@ -316,7 +327,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END_DX6,
         lambda p, sid, m: srh_probe(p, sid, [_next(p)], inner6(p, m)),
-        Expect.error(PARAM_PROBLEM, ERRONEOUS_FIELD, SL_POINTER, "Parameter Problem 0, ptr 43"),
+        AT_SEGMENTS_LEFT,
     ),
     Case(
         "end.dx6.not-ipv6",
@@ -325,7 +336,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END_DX6,
         lambda p, sid, m: srh_probe(p, sid, [], payload(m), segments_left=0),
-        Expect.error(PARAM_PROBLEM, SR_UPPER_LAYER, 40 + 8 + 16, "Parameter Problem 4 at UDP"),
+        AT_UPPER_LAYER,
     ),
     Case(
         "end.dt6.lookup",
@@ -334,7 +345,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END_DT6,
         lambda p, sid, m: encapsulated(p, sid, inner6(p, m), srh=True),
-        Expect.forwarded(delivered(6), "inner packet out, HL-1, otherwise unchanged"),
+        INNER6_OUT,
     ),
     Case(
         "end.dx4.srh",
@@ -343,7 +354,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END_DX4,
         lambda p, sid, m: encapsulated(p, sid, inner4(p, m, "203.0.113.99"), srh=True),
-        Expect.forwarded(delivered(4), "inner packet out, TTL-1, otherwise unchanged"),
+        INNER4_OUT,
     ),
     Case(
         "end.dt4.lookup",
@@ -352,7 +363,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END_DT4,
         lambda p, sid, m: encapsulated(p, sid, inner4(p, m), srh=True),
-        Expect.forwarded(delivered(4), "inner packet out, TTL-1, otherwise unchanged"),
+        INNER4_OUT,
     ),
     Case(
         "end.dt46.v6",
@@ -361,7 +372,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END_DT46,
         lambda p, sid, m: encapsulated(p, sid, inner6(p, m), srh=True),
-        Expect.forwarded(delivered(6), "inner packet out, HL-1, otherwise unchanged"),
+        INNER6_OUT,
     ),
     Case(
         "end.dt46.v4",
@@ -370,7 +381,7 @@ CASES: tuple[Case, ...] = (
         Level.MUST,
         END_DT46,
         lambda p, sid, m: encapsulated(p, sid, inner4(p, m), srh=True),
-        Expect.forwarded(delivered(4), "inner packet out, TTL-1, otherwise unchanged"),
+        INNER4_OUT,
     ),
     Case(
         "end.b6.encaps",
