@@ -198,6 +198,66 @@ def b6_encapsulated(policy: Sequence[Any]) -> Check:
     return check
 
 
+def psp_forwarded() -> Check:
+    """PSP at the penultimate SID (RFC 8986 §4.16.1 S14.1-S14.4): End's processing, then
+    the SRH removed (Segments Left became 0), what followed it unchanged."""
+
+    def check(sent: Any, seen: Any) -> list[str]:
+        sent_srh = sent[IPv6ExtHdrSegmentRouting]
+        nxt = sent_srh.addresses[sent_srh.segleft - 1]
+        wrong = []
+        if seen.dst != nxt:
+            wrong.append(f"destination {seen.dst}, not the next segment {nxt}")
+        if seen.hlim != sent.hlim - 1:
+            wrong.append(f"hop limit {seen.hlim}, sent {sent.hlim}")
+        if seen.haslayer(IPv6ExtHdrSegmentRouting):
+            wrong.append("the SRH is still there")
+        elif bytes(seen.payload) != bytes(sent_srh.payload):
+            wrong.append("what followed the SRH changed")
+        return wrong
+
+    return check
+
+
+def encapsulated_by(policy: Sequence[Any], *, reduced: bool, source: Any) -> Check:
+    """H.Encaps (RFC 8986 §5.1) / H.Encaps.Red (§5.2): the packet as sent inside an outer
+    IPv6 header from the headend's source to the policy's first SID, with an SRH listing
+    the policy in reverse order (the reduced form leaves the first SID out of it, and puts
+    no SRH at all for a one-SID policy), Segments Left n - 1."""
+    segments = [str(s) for s in policy]
+
+    def check(sent: Any, seen: Any) -> list[str]:
+        wrong = []
+        if (seen.src, seen.dst) != (str(source), segments[0]):
+            wrong.append(f"outer {seen.src} → {seen.dst}, not {source} → {segments[0]}")
+        listed = segments[1:] if reduced else segments
+        srh = seen.getlayer(IPv6ExtHdrSegmentRouting)
+        if not listed:
+            if srh is not None:
+                wrong.append("an SRH for a one-SID policy in the reduced mode")
+        elif srh is None:
+            wrong.append("no SRH")
+        else:
+            if list(srh.addresses) != list(reversed(listed)):
+                wrong.append(f"SRH lists {list(srh.addresses)}, not {list(reversed(listed))}")
+            if srh.segleft != len(segments) - 1:
+                wrong.append(f"segments left {srh.segleft}, not {len(segments) - 1}")
+            if srh.lastentry != len(listed) - 1:
+                wrong.append(f"last entry {srh.lastentry}, not {len(listed) - 1}")
+        inner = seen.getlayer(IPv6, 2)
+        if inner is None:
+            return [*wrong, "no inner IPv6 packet"]
+        if (inner.src, inner.dst, bytes(inner.payload)) != (
+            sent.src,
+            sent.dst,
+            bytes(sent.payload),
+        ):
+            wrong.append("the inner packet changed")
+        return wrong
+
+    return check
+
+
 # --- the cases ----------------------------------------------------------------------------
 
 END = SidSpec("End")
@@ -212,6 +272,10 @@ PLAN = Plan()
 UNROUTED = IPv6Address("2001:db8:dead::1")  # no route anywhere: only a cross-connect gets it out
 B6_POLICY = (PLAN.segment(10), PLAN.segment(11))
 END_B6 = SidSpec("End.B6.Encaps", segments=B6_POLICY)
+END_PSP = SidSpec("End", frozenset({"PSP"}))
+HEADEND_POLICY = (PLAN.segment(20), PLAN.segment(21))
+H_ENCAPS = SidSpec("H.Encaps", segments=HEADEND_POLICY)
+H_ENCAPS_RED = SidSpec("H.Encaps.Red", segments=HEADEND_POLICY)
 
 
 def _next(plan: Plan) -> IPv6Address:
@@ -382,6 +446,39 @@ CASES: tuple[Case, ...] = (
         END_DT46,
         lambda p, sid, m: encapsulated(p, sid, inner4(p, m), srh=True),
         INNER4_OUT,
+    ),
+    Case(
+        "end.psp",
+        "End with PSP at the penultimate SID removes the SRH",
+        "RFC 8986 §4.16.1 S14.1-S14.4",
+        Level.MUST,
+        END_PSP,
+        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        Expect.forwarded(psp_forwarded(), "next segment, no SRH, HL-1"),
+    ),
+    Case(
+        "h.encaps",
+        "H.Encaps: the packet inside an outer header with the policy's SRH",
+        "RFC 8986 §5.1",
+        Level.MUST,
+        H_ENCAPS,
+        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        Expect.forwarded(
+            encapsulated_by(HEADEND_POLICY, reduced=False, source=PLAN.dut_far),
+            "outer header to the first SID, SRH of both SIDs, SL 1",
+        ),
+    ),
+    Case(
+        "h.encaps.red",
+        "H.Encaps.Red: the first SID only in the destination, not in the SRH",
+        "RFC 8986 §5.2",
+        Level.MUST,
+        H_ENCAPS_RED,
+        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        Expect.forwarded(
+            encapsulated_by(HEADEND_POLICY, reduced=True, source=PLAN.dut_far),
+            "outer header to the first SID, SRH of the second only, SL 1",
+        ),
     ),
     Case(
         "end.b6.encaps",

@@ -84,6 +84,12 @@ class Plan:
     def sid(self, n: int) -> IPv6Address:
         return IPv6Address(int(self.locator.network_address) + n)
 
+    steered: ipaddress.IPv6Network = ipaddress.IPv6Network("fd00:5e::/64")  # headend traffic
+
+    def steered_to(self, bsid: IPv6Address) -> IPv6Address:
+        """The destination a headend case steers into the policy at `bsid` (one each)."""
+        return IPv6Address(int(self.steered.network_address) + (int(bsid) & 0xFFFF))
+
     def segment(self, n: int) -> IPv6Address:
         """The n-th segment beyond the DUT (a SID of some next node, routed out)."""
         return IPv6Address(int(self.beyond.network_address) + 0x100 + n)

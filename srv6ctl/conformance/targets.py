@@ -75,6 +75,7 @@ class KernelTarget:
                 ip(dut, "addr", "add", address, "dev", ifname, "nodad")
             ip(dut, "link", "set", ifname, "up")
         ip(dut, "link", "set", "lo", "up")
+        ip(dut, "sr", "tunsrc", "set", str(p.dut_far))  # H.Encaps' outer source
         # The tester's MACs, fixed (as for VPP): what is measured is SRv6, not how neighbour
         # discovery copes with a burst of probes.
         for ifname, tester_if, neighbours in (
@@ -112,9 +113,17 @@ class KernelTarget:
     def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
         assert self.bed is not None
         p = self.bed.plan
-        if sid.flavours:
-            # The kernel's End takes only the NEXT-C-SID flavour (6.1+), not RFC 8986's.
-            return f"the kernel has no {'/'.join(sorted(sid.flavours))} flavour"
+        flavours = ["flavors", ",".join(f.lower() for f in sorted(sid.flavours))]
+        if sid.flavours and sid.behaviour not in ("End", "End.X", "End.T"):
+            return f"the kernel has no flavours for {sid.behaviour}"
+        if sid.behaviour in ("H.Encaps", "H.Encaps.Red"):
+            mode = "encap" if sid.behaviour == "H.Encaps" else "encap.red"
+            try:
+                ip(self.bed.dut, "-6", "route", "add", f"{p.steered_to(address)}/128", "encap",
+                   "seg6", "mode", mode, "segs", _segs(sid), "dev", DUT_FAR)  # fmt: skip
+            except RuntimeError as err:
+                return f"the kernel refused it: {err}"
+            return None
         action = {
             "End": ["End"],
             "End.X": ["End.X", "nh6", str(p.tester_far)],
@@ -134,7 +143,7 @@ class KernelTarget:
         dev = DUT_FAR if sid.behaviour in ("End.X", "End.DX6", "End.DX4") else DUT_NEAR
         try:
             ip(self.bed.dut, "-6", "route", "add", f"{address}/128", "encap", "seg6local",
-               "action", *action, "dev", dev)  # fmt: skip
+               "action", *action, *(flavours if sid.flavours else []), "dev", dev)  # fmt: skip
         except RuntimeError as err:
             return f"the kernel refused it: {err}"
         return None
@@ -190,6 +199,7 @@ class VppTarget:
         near_mac = link_mac(bed.tester, TESTER_NEAR)
         far_mac = link_mac(bed.tester, TESTER_FAR)
         lines += [
+            f"set sr encaps source addr {p.dut_far}",  # H.Encaps' outer source
             f"set ip neighbor host-{DUT_NEAR} {p.tester_near} {near_mac}",
             f"set ip neighbor host-{DUT_FAR} {p.tester_far} {far_mac}",
             f"set ip neighbor host-{DUT_FAR} {p.tester_far4} {far_mac}",
@@ -230,11 +240,15 @@ class VppTarget:
         psp = " psp" if flavours == {"PSP"} and sid.behaviour == "End" else ""
         if flavours and not psp:
             return f"VPP has no {'/'.join(sorted(flavours))} flavour for {sid.behaviour}"
-        if sid.behaviour in ("End.B6.Encaps", "End.B6.Encaps.Red"):
-            if sid.behaviour == "End.B6.Encaps.Red":
-                return "VPP's policies have no reduced mode"
+        headend = sid.behaviour in ("H.Encaps", "H.Encaps.Red")
+        if headend or sid.behaviour in ("End.B6.Encaps", "End.B6.Encaps.Red"):
+            if sid.behaviour.endswith(".Red"):
+                return "VPP's CLI makes no policy in the reduced mode"
             segments = " ".join(f"next {s}" for s in sid.segments)
-            command = f"sr policy add bsid {address} {segments} encap"
+            said = self.cli(f"sr policy add bsid {address} {segments} encap").strip()
+            if said or not headend:
+                return f"VPP refused it: {said}" if said else None
+            command = f"sr steer l3 {p.steered_to(address)}/128 via bsid {address}"
         else:
             behaviour = {
                 "End": "end",
