@@ -25,7 +25,8 @@ from srv6ctl.conformance import report
 from srv6ctl.conformance.cases import CASES, SL_POINTER
 from srv6ctl.conformance.model import Link, Plan, Result, Seen, Verdict
 from srv6ctl.conformance.run import judge, run, select
-from srv6ctl.conformance.targets import KernelTarget, VppTarget
+from srv6ctl.conformance.targets import ExternalTarget, KernelTarget, VppTarget
+from srv6ctl.conformance.testbed import Testbed
 from tests.support.vpp import BIN_ENV, why_no_vpp
 
 PLAN = Plan()
@@ -213,3 +214,59 @@ def test_against_the_kernel() -> None:
     assert verdicts["h.encaps"] is verdicts["h.encaps.red"] is Verdict.PASS
     for r in results:
         print(f"kernel {r.case.id}: {r.verdict} {r.detail}")
+
+
+def test_the_cli_names_what_is_wrong_with_an_external_target() -> None:
+    srv6ctl = str(Path(sys.executable).parent / "srv6ctl")
+
+    def said(*args: str) -> str:
+        done = subprocess.run(
+            [srv6ctl, "conformance", "--target", "external", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        return done.stderr
+
+    assert "needs --near" in said("--sid", "fc00:5::1=End")
+    assert "not ADDRESS=NAME" in said("--sid", "fc00:5::1")
+    assert "is not an IPv6 address" in said("--sid", "10.0.0.1=End")
+    assert "one NETNS" in said("--near", "a:x", "--far", "b:y")
+    assert "no network namespace" in said("--near", "s6conf-none:x", "--far", "s6conf-none:y")
+
+
+@pytest.mark.netns
+def test_an_external_device_is_judged_as_when_the_suite_configures_it() -> None:
+    """A VPP configured by hand (here, by the suite's own VPP target on a testbed of its
+    own), then probed as an external device through the tester's two interfaces, with
+    its SIDs declared: the same verdicts as the direct run; what is not declared is n/a."""
+    if not os.environ.get(BIN_ENV):
+        pytest.skip(f"no VPP: set {BIN_ENV} to a vpp 25.10 binary (the suite starts it)")
+    reason = why_no_vpp()
+    if reason is not None:
+        pytest.skip(reason)
+    owner = VppTarget(os.environ[BIN_ENV])
+    bed = Testbed.new()
+    chosen = [c for c in CASES if c.sid.behaviour in ("End", "End.X", "End.DX6", "End.DT6")]
+    try:
+        bed.up()
+        owner.setup(bed)
+        declared = {}
+        for n, sid in enumerate(dict.fromkeys(c.sid for c in chosen), start=0x50):
+            address = PLAN.sid(n)
+            assert owner.install(sid, address) is None
+            declared[sid.name] = address
+        del declared["End.X"]  # the owner has one, but does not say so
+        attached = Testbed.attached(bed.tester, "t-near", "t-far", bed.dut_mac)
+        results = run(ExternalTarget(declared), chosen, bed=attached)
+    finally:
+        owner.close()
+        bed.down()
+    verdicts = _verdicts(results)
+    direct = _verdicts(run(VppTarget(os.environ[BIN_ENV]), chosen))
+    assert verdicts["end.x.cross-connect"] is Verdict.NOT_APPLICABLE
+    assert {k: v for k, v in verdicts.items() if k != "end.x.cross-connect"} == {
+        k: v for k, v in direct.items() if k != "end.x.cross-connect"
+    }
+    assert verdicts["end.forward"] is verdicts["end.dt6.lookup"] is Verdict.PASS

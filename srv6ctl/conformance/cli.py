@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TARGETS = ("kernel", "vpp")
+TARGETS = ("kernel", "vpp", "external")
 VPP_BIN_ENV = "SRV6CTL_VPP_BIN"
 
 
@@ -24,8 +24,22 @@ def register(commands: Any) -> None:
         "--target",
         action="append",
         choices=TARGETS,
-        help="what to test, configured by the suite in throw-away namespaces: the running "
-        "kernel, or a VPP it starts (--vpp-bin); repeat for a column each (default: kernel)",
+        help="what to test: the running kernel or a VPP it starts (--vpp-bin), configured "
+        "by the suite in throw-away namespaces, or a device someone else configured "
+        "(external: --near, --far, --sid); repeat for a column each (default: kernel)",
+    )
+    external = conformance.add_argument_group(
+        "external", "a device configured by its owner, on the addresses of the README's plan"
+    )
+    external.add_argument("--near", help="NETNS:IFACE facing the device (probes in, errors back)")
+    external.add_argument("--far", help="NETNS:IFACE where the device forwards (same NETNS)")
+    external.add_argument("--dut-mac", default="", help="the device's MAC on the near link")
+    external.add_argument(
+        "--sid",
+        action="append",
+        default=[],
+        metavar="ADDRESS=NAME",
+        help="a SID the device has, e.g. fc00:5::6=End.DT6 (NAME as --list shows it)",
     )
     conformance.add_argument(
         "--vpp-bin",
@@ -44,7 +58,14 @@ def register(commands: Any) -> None:
 def _conformance(args: argparse.Namespace) -> int:
     from srv6ctl.conformance import report
     from srv6ctl.conformance.run import run, select
-    from srv6ctl.conformance.targets import KernelTarget, Target, VppTarget
+    from srv6ctl.conformance.targets import (
+        ExternalTarget,
+        KernelTarget,
+        Target,
+        VppTarget,
+        parse_sid,
+    )
+    from srv6ctl.conformance.testbed import Testbed
     from srv6ctl.dataplane.kernel_caps import probe_kernel
     from srv6ctl.lab.progress import console
 
@@ -56,23 +77,31 @@ def _conformance(args: argparse.Namespace) -> int:
         for case in cases:
             print(f"{case.id:30} {case.level:6} {case.sid.name:16} {case.rfc}: {case.title}")
         return 0
-    targets: list[Target] = []
+    targets: list[tuple[Target, Testbed | None]] = []
     for name in args.target or ["kernel"]:
-        if name == "kernel":
+        if name == "external":
+            try:
+                declared = dict(parse_sid(text) for text in args.sid)
+                bed = _attached(args, Testbed)
+            except ValueError as err:
+                print(f"--target external: {err}", file=sys.stderr)
+                return 2
+            targets.append((ExternalTarget(declared), bed))
+        elif name == "kernel":
             problem = probe_kernel().unsupported()
             if problem:
                 print(f"--target kernel: {problem}", file=sys.stderr)
                 return 2
-            targets.append(KernelTarget())
+            targets.append((KernelTarget(), None))
         else:
             if not args.vpp_bin or not os.access(args.vpp_bin, os.X_OK):
                 print(f"--target vpp: no vpp binary (--vpp-bin or ${VPP_BIN_ENV})", file=sys.stderr)
                 return 2
-            targets.append(VppTarget(args.vpp_bin))
+            targets.append((VppTarget(args.vpp_bin), None))
     if os.geteuid() != 0:
         print("conformance: needs root (network namespaces)", file=sys.stderr)
         return 2
-    results = {target.name: run(target, cases) for target in targets}
+    results = {target.name: run(target, cases, bed=bed) for target, bed in targets}
     if args.junit:
         args.junit.write_text(report.junit(results))
     if args.json:
@@ -83,6 +112,18 @@ def _conformance(args: argparse.Namespace) -> int:
         r.verdict == "fail" and r.case.level == "MUST" for rs in results.values() for r in rs
     )
     return 1 if failed else 0
+
+
+def _attached(args: argparse.Namespace, testbed: Any) -> Any:
+    """The testbed on --near and --far (one namespace); ValueError saying what is wrong."""
+    if not args.near or not args.far:
+        raise ValueError("needs --near NETNS:IFACE and --far NETNS:IFACE")
+    (near_ns, _, near), (far_ns, _, far) = args.near.partition(":"), args.far.partition(":")
+    if not near or not far or near_ns != far_ns:
+        raise ValueError(f"--near {args.near} --far {args.far}: NETNS:IFACE, one NETNS")
+    if not os.path.exists(f"/run/netns/{near_ns}"):
+        raise ValueError(f"no network namespace {near_ns}")
+    return testbed.attached(near_ns, near, far, args.dut_mac)
 
 
 __all__ = ["register"]

@@ -36,9 +36,15 @@ def select(patterns: Sequence[str] = ()) -> list[Case]:
     return [c for c in CASES if any(fnmatch.fnmatch(c.id, p) for p in patterns)]
 
 
-def run(target: Target, cases: Iterable[Case], plan: Plan | None = None) -> list[Result]:
+def run(
+    target: Target,
+    cases: Iterable[Case],
+    plan: Plan | None = None,
+    bed: Testbed | None = None,
+) -> list[Result]:
+    """Each case against `target`, on `bed` (default: a testbed of the suite's own)."""
     cases = list(cases)
-    bed = Testbed.new(plan)
+    bed = bed or Testbed.new(plan)
     try:
         bed.up()
         target.setup(bed)
@@ -71,7 +77,7 @@ def _install(
     for case in cases:
         if case.sid in sids or case.sid in refused:
             continue
-        address = plan.sid(len(sids) + len(refused) + 1)
+        address = target.address(case.sid, plan.sid(len(sids) + len(refused) + 1))
         why = target.install(case.sid, address)
         if why is None:
             sids[case.sid] = address

@@ -35,6 +35,10 @@ class Target(Protocol):
 
     def setup(self, bed: Testbed) -> None: ...
 
+    def address(self, sid: SidSpec, proposed: IPv6Address) -> IPv6Address:
+        """Where `sid` is: `proposed` for a target the suite configures."""
+        ...
+
     def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
         """Program `address` as `sid`; None, or why the target cannot."""
         ...
@@ -109,6 +113,9 @@ class KernelTarget:
         except RuntimeError as err:
             return f"no VRF device for its table: {err}"
         return None
+
+    def address(self, sid: SidSpec, proposed: IPv6Address) -> IPv6Address:
+        return proposed
 
     def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
         assert self.bed is not None
@@ -233,6 +240,9 @@ class VppTarget:
                 raise RuntimeError(f"vpp did not come up within 30 s ({self.dir})")
             time.sleep(0.2)
 
+    def address(self, sid: SidSpec, proposed: IPv6Address) -> IPv6Address:
+        return proposed
+
     def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
         assert self.bed is not None
         p = self.bed.plan
@@ -276,4 +286,51 @@ class VppTarget:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-__all__ = ["TABLE", "KernelTarget", "Target", "VppTarget"]
+class ExternalTarget:
+    """A device configured by its owner, reached through two interfaces of an existing
+    namespace (`Testbed.attached`): nothing is programmed; each SID the owner declares
+    (`--sid ADDRESS=NAME`, NAME as the cases' SIDs are named: End, End(PSP), End.X,
+    End.DX6, ...) is probed, the others are not applicable. The device's addresses and
+    routes are the testbed's plan (README, "RFC conformance"): its End.X and End.DX*
+    next hops are the tester's far address, End.DT* tables route the inner prefixes there,
+    and the next segments (fc00:6::/32) are routed out of the far link."""
+
+    name = "external"
+    # Policies (End.B6.Encaps, the headends) would need the suite's own segment lists
+    # configured on the device: not offered yet.
+    UNOFFERED = ("End.B6.Encaps", "End.B6.Encaps.Red", "H.Encaps", "H.Encaps.Red")
+
+    def __init__(self, declared: dict[str, IPv6Address]) -> None:
+        self.declared = declared
+
+    def setup(self, bed: Testbed) -> None:
+        pass
+
+    def address(self, sid: SidSpec, proposed: IPv6Address) -> IPv6Address:
+        return self.declared.get(sid.name, proposed)
+
+    def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
+        if sid.behaviour in self.UNOFFERED:
+            return f"{sid.behaviour} on an external target: not offered yet"
+        if sid.name not in self.declared:
+            return f"no {sid.name} declared (--sid ADDRESS={sid.name})"
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def parse_sid(text: str) -> tuple[str, IPv6Address]:
+    """`ADDRESS=NAME[,anything]` (what follows a comma is the owner's note) → (NAME,
+    address); ValueError naming what is wrong."""
+    address, sep, rest = text.partition("=")
+    name = rest.split(",", 1)[0].strip()
+    if not sep or not name:
+        raise ValueError(f"--sid {text}: not ADDRESS=NAME (e.g. fc00:5::1=End.DX6)")
+    try:
+        return name, IPv6Address(address.strip())
+    except ValueError:
+        raise ValueError(f"--sid {text}: {address!r} is not an IPv6 address") from None
+
+
+__all__ = ["TABLE", "ExternalTarget", "KernelTarget", "Target", "VppTarget", "parse_sid"]

@@ -16,10 +16,11 @@ links only.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
@@ -50,19 +51,39 @@ def sysctl(netns: str, *settings: str) -> None:
 @dataclass
 class Testbed:
     """The tester's namespace and the DUT's (self-configured targets), created by `up`
-    and deleted by `down` whatever happened in between."""
+    and deleted by `down` whatever happened in between; or (`attached`) two interfaces
+    of an existing namespace that face a device someone else configured, which `up`
+    addresses and `down` leaves as it found them."""
+
+    __test__ = False  # not a pytest class, whatever its name says
 
     name: str  # unique prefix of the namespaces
     plan: Plan
     tester: str = ""
     dut: str = ""
     dut_mac: str = ""  # where probes are sent (the DUT's near end)
+    near: str = TESTER_NEAR
+    far: str = TESTER_FAR
+    attached_to: str = ""  # the existing namespace of `near` and `far` (external targets)
+    added: list[tuple[str, str]] = field(default_factory=list)  # (address, ifname) we added
 
     @classmethod
     def new(cls, plan: Plan | None = None) -> Testbed:
         return cls(f"s6conf-{os.urandom(3).hex()}", plan or Plan())
 
+    @classmethod
+    def attached(
+        cls, netns: str, near: str, far: str, dut_mac: str = "", plan: Plan | None = None
+    ) -> Testbed:
+        return cls(
+            f"s6conf-{os.urandom(3).hex()}", plan or Plan(), dut_mac=dut_mac, near=near,
+            far=far, attached_to=netns,
+        )  # fmt: skip
+
     def up(self) -> None:
+        if self.attached_to:
+            self._attach()
+            return
         self.tester, self.dut = f"{self.name}-t", f"{self.name}-d"
         for netns in (self.tester, self.dut):
             ip(None, "netns", "add", netns)
@@ -88,21 +109,62 @@ class Testbed:
         ip(self.tester, "link", "set", "lo", "up")
         self.dut_mac = link_mac(self.dut, DUT_NEAR)
 
+    def _attach(self) -> None:
+        """The tester's addresses on the given interfaces (those missing: added, and
+        removed again by `down`); the DUT's MAC found by neighbour discovery if not given."""
+        self.tester, p = self.attached_to, self.plan
+        for ifname, addresses in (
+            (self.near, [f"{p.tester_near}/64"]),
+            (self.far, [f"{p.tester_far}/64", f"{p.tester_far4}/24"]),
+        ):
+            held = subprocess.run(
+                ["ip", "-n", self.tester, "addr", "show", "dev", ifname],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            for address in addresses:
+                if f" {address} " not in held:
+                    ip(self.tester, "addr", "add", address, "dev", ifname, "nodad")
+                    self.added.append((address, ifname))
+        if not self.dut_mac:
+            self.dut_mac = self._resolve(str(p.dut_near))
+
+    def _resolve(self, address: str) -> str:
+        subprocess.run(
+            ["ip", "netns", "exec", self.tester, "ping", "-c", "2", "-i", "0.3", "-W", "1",
+             address], capture_output=True, check=False,
+        )  # fmt: skip
+        shown = subprocess.run(
+            ["ip", "-n", self.tester, "-j", "neigh", "show", address, "dev", self.near],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+        for entry in json.loads(shown or "[]"):
+            if entry.get("lladdr"):
+                return str(entry["lladdr"])
+        raise RuntimeError(
+            f"the DUT's near address {address} does not answer on {self.near} in "
+            f"{self.tester}: give its MAC (--dut-mac) or address it so"
+        )
+
     def down(self) -> None:
+        if self.attached_to:
+            for address, ifname in self.added:
+                subprocess.run(["ip", "-n", self.tester, "addr", "del", address, "dev", ifname],
+                               capture_output=True, check=False)  # fmt: skip
+            return
         for netns in (self.tester, self.dut):
             if netns:
                 subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
 
     def capture(self) -> Capture:
         capture = Capture()
-        capture.add(self.tester, TESTER_NEAR, Link.NEAR.value)
-        capture.add(self.tester, TESTER_FAR, Link.FAR.value)
+        capture.add(self.tester, self.near, Link.NEAR.value)
+        capture.add(self.tester, self.far, Link.FAR.value)
         capture.drain()
         return capture
 
     def frame(self, packet: object) -> bytes:
         """`packet` (IPv6 or IPv4 on) as the frame the tester sends the DUT."""
-        tester_mac = link_mac(self.tester, TESTER_NEAR)
+        tester_mac = link_mac(self.tester, self.near)
         return bytes(Ether(dst=self.dut_mac, src=tester_mac) / packet)
 
 
