@@ -96,19 +96,26 @@ def encapsulated(plan: Plan, sid: IPv6Address, inner: Packet, *, srh: bool) -> P
 # --- checks -------------------------------------------------------------------------------
 
 
+def _advanced(sent: Any, seen: Any) -> list[str]:
+    """What is wrong with `seen` as `sent` after an End's step: its destination the next
+    segment (the sent SRH's Segment List[Segments Left - 1]), its hop limit one less."""
+    sent_srh = sent[IPv6ExtHdrSegmentRouting]
+    nxt = sent_srh.addresses[sent_srh.segleft - 1]
+    wrong = []
+    if seen.dst != str(nxt):
+        wrong.append(f"destination {seen.dst}, not the next segment {nxt}")
+    if seen.hlim != sent.hlim - 1:
+        wrong.append(f"hop limit {seen.hlim}, sent {sent.hlim} (one less expected)")
+    return wrong
+
+
 def forwarded_to_next() -> Check:
     """End's processing (RFC 8986 §4.1 S12-S15): the destination is the next segment (the
     sent SRH's Segment List[Segments Left - 1]), Segments Left one less, the hop limit one
     less, the rest of the packet as sent."""
 
     def check(sent: Any, seen: Any) -> list[str]:
-        sent_srh = sent[IPv6ExtHdrSegmentRouting]
-        nxt = sent_srh.addresses[sent_srh.segleft - 1]
-        wrong = []
-        if seen.dst != str(nxt):
-            wrong.append(f"destination {seen.dst}, not the next segment {nxt}")
-        if seen.hlim != sent.hlim - 1:
-            wrong.append(f"hop limit {seen.hlim}, sent {sent.hlim} (one less expected)")
+        wrong = _advanced(sent, seen)
         srh, before = seen.getlayer(IPv6ExtHdrSegmentRouting), sent[IPv6ExtHdrSegmentRouting]
         if srh is None:
             return [*wrong, "no SRH"]
@@ -204,12 +211,7 @@ def psp_forwarded() -> Check:
 
     def check(sent: Any, seen: Any) -> list[str]:
         sent_srh = sent[IPv6ExtHdrSegmentRouting]
-        nxt = sent_srh.addresses[sent_srh.segleft - 1]
-        wrong = []
-        if seen.dst != nxt:
-            wrong.append(f"destination {seen.dst}, not the next segment {nxt}")
-        if seen.hlim != sent.hlim - 1:
-            wrong.append(f"hop limit {seen.hlim}, sent {sent.hlim}")
+        wrong = _advanced(sent, seen)
         if seen.haslayer(IPv6ExtHdrSegmentRouting):
             wrong.append("the SRH is still there")
         elif bytes(seen.payload) != bytes(sent_srh.payload):
