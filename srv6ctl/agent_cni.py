@@ -7,9 +7,9 @@ with why it could not: "try again later"). ADD is refused until the dataplane ha
 programmed once, and CHECK asks whether the pod's End.DX6 SID is. In VPP mode, DEL waits
 for the loop to have let go of the pod's port before the veth goes, the reverse of ADD:
 VPP 25.10's af_packet whose host interface vanishes under it logs "Network is down" and
-keeps sending into it (ENXIO) until its port is deleted; under the pod churn of upstream
-NetworkPolicy e2e a VPP so treated aborted once (heap, in its SR decapsulation node: not
-proven to be the cause, but it is the one thing a pod's DEL did behind VPP's back).
+keeps sending into it (ENXIO) until its port is deleted, and the pod's SIDs would name a
+port whose device is gone. (The VPP aborts seen in the same e2e runs had another cause:
+render's IPv4 host-network loop.)
 """
 
 from __future__ import annotations
