@@ -81,6 +81,14 @@ class Plan:
 
     locator: ipaddress.IPv6Network = ipaddress.IPv6Network("fc00:5::/48")  # the DUT's SIDs
 
+    def tester_addresses(self) -> tuple[list[str], list[str]]:
+        """The tester's interface addresses on the near and on the far link."""
+        return [f"{self.tester_near}/64"], [f"{self.tester_far}/64", f"{self.tester_far4}/24"]
+
+    def dut_addresses(self) -> tuple[list[str], list[str]]:
+        """The DUT's interface addresses on the near and on the far link."""
+        return [f"{self.dut_near}/64"], [f"{self.dut_far}/64", f"{self.dut_far4}/24"]
+
     def sid(self, n: int) -> IPv6Address:
         return IPv6Address(int(self.locator.network_address) + n)
 

@@ -4,7 +4,6 @@ sent and judged on what the tester saw, the testbed gone again whatever happened
 from __future__ import annotations
 
 import fnmatch
-import subprocess
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -87,14 +86,10 @@ def _install(
 
 
 def _warm_up(bed: Testbed) -> None:
-    """The DUT learns the tester's MACs on both links before the first probe: an
-    implementation may drop the packet that starts neighbour discovery (VPP drops the
-    first reply of a ping for it, hence two)."""
+    """The DUT learns the tester's MACs on both links before the first probe."""
     p = bed.plan
-    ping = ["ping", "-c", "2", "-i", "0.3", "-W", "1"]
     for address in (p.dut_near, p.dut_far, p.dut_far4):
-        argv = ["ip", "netns", "exec", bed.tester, *ping, str(address)]
-        subprocess.run(argv, capture_output=True, check=False)
+        bed.ping(str(address))
 
 
 def _probe(bed: Testbed, capture: Any, case: Case, sid: IPv6Address) -> Result:

@@ -71,10 +71,7 @@ class KernelTarget:
         # routes back to: reverse-path filtering (the larger of `all` and the interface's
         # value counts) would drop it before the behaviour is seen.
         sysctl(dut, *(f"net.ipv4.conf.{i}.rp_filter=0" for i in ("all", "default", DUT_NEAR)))
-        for ifname, addresses in (
-            (DUT_NEAR, [f"{p.dut_near}/64"]),
-            (DUT_FAR, [f"{p.dut_far}/64", f"{p.dut_far4}/24"]),
-        ):
+        for ifname, addresses in zip((DUT_NEAR, DUT_FAR), p.dut_addresses(), strict=True):
             for address in addresses:
                 ip(dut, "addr", "add", address, "dev", ifname, "nodad")
             ip(dut, "link", "set", ifname, "up")
@@ -190,10 +187,7 @@ class VppTarget:
         self.bed = bed
         p, dut = bed.plan, bed.dut
         lines = []
-        for ifname, addresses in (
-            (DUT_NEAR, [f"{p.dut_near}/64"]),
-            (DUT_FAR, [f"{p.dut_far}/64", f"{p.dut_far4}/24"]),
-        ):
+        for ifname, addresses in zip((DUT_NEAR, DUT_FAR), p.dut_addresses(), strict=True):
             ip(dut, "link", "set", ifname, "up")
             mac = link_mac(dut, ifname)
             port = f"host-{ifname}"

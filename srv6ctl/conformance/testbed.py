@@ -99,10 +99,7 @@ class Testbed:
             "net.ipv6.conf.all.accept_ra=0",
             "net.ipv6.conf.default.accept_ra=0",
         )
-        for ifname, addresses in (
-            (TESTER_NEAR, [f"{p.tester_near}/64"]),
-            (TESTER_FAR, [f"{p.tester_far}/64", f"{p.tester_far4}/24"]),
-        ):
+        for ifname, addresses in zip((TESTER_NEAR, TESTER_FAR), p.tester_addresses(), strict=True):
             for address in addresses:
                 ip(self.tester, "addr", "add", address, "dev", ifname, "nodad")
             ip(self.tester, "link", "set", ifname, "up")
@@ -113,10 +110,7 @@ class Testbed:
         """The tester's addresses on the given interfaces (those missing: added, and
         removed again by `down`); the DUT's MAC found by neighbour discovery if not given."""
         self.tester, p = self.attached_to, self.plan
-        for ifname, addresses in (
-            (self.near, [f"{p.tester_near}/64"]),
-            (self.far, [f"{p.tester_far}/64", f"{p.tester_far4}/24"]),
-        ):
+        for ifname, addresses in zip((self.near, self.far), p.tester_addresses(), strict=True):
             held = subprocess.run(
                 ["ip", "-n", self.tester, "addr", "show", "dev", ifname],
                 capture_output=True, text=True, check=True,
@@ -128,11 +122,15 @@ class Testbed:
         if not self.dut_mac:
             self.dut_mac = self._resolve(str(p.dut_near))
 
+    def ping(self, address: str) -> None:
+        """Two pings from the tester, answered or not: the DUT learns the tester's MAC (an
+        implementation may drop the packet that starts neighbour discovery: VPP drops a
+        ping's first reply for it, hence two), the tester the DUT's."""
+        argv = ["ping", "-c", "2", "-i", "0.3", "-W", "1", address]
+        subprocess.run(["ip", "netns", "exec", self.tester, *argv], capture_output=True)
+
     def _resolve(self, address: str) -> str:
-        subprocess.run(
-            ["ip", "netns", "exec", self.tester, "ping", "-c", "2", "-i", "0.3", "-W", "1",
-             address], capture_output=True, check=False,
-        )  # fmt: skip
+        self.ping(address)
         shown = subprocess.run(
             ["ip", "-n", self.tester, "-j", "neigh", "show", address, "dev", self.near],
             capture_output=True, text=True, check=False,
