@@ -211,3 +211,30 @@ def test_verify_passes_on_vpp(vpp_lab: LabRun) -> None:
     for service, ports in (("web", "30080/TCP 30081/UDP"), ("web-local", "31080/TCP 31081/UDP")):
         node_port = f"external client → default/{service} NodePort {ports} on every node (IPv6)"
         assert node_port in passed, (node_port, checks.get(("external", node_port)))
+
+
+def test_conformance_against_a_lab_node_judges_what_the_agent_programmed(
+    vpp_lab: LabRun,
+) -> None:
+    """`srv6ctl conformance --target lab`: the agent's own SIDs on n1 (End, End.DT6, a
+    pod's End.DX6), probed from the lab's external client and watched on n1's uplink and
+    pod veths: End forwards to the next segment (n2's locator), the decapsulating SIDs
+    deliver to the pod, VPP counts the probe on the SID; what the agent does not program is
+    n/a, saying so."""
+    done = vpp_lab.cli(
+        "srv6ctl.cli", "conformance", "--target", "lab", "--node", "n1", "--json", check=False,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    (results,) = json.loads(done.stdout).values()
+    by_id = {r["id"]: r for r in results}
+    for passing in (
+        "end.forward", "end.hop-limit", "transit.not-a-sid", "end.dt6.lookup", "end.dx6.srh",
+        "end.dx6.reduced", "end.counters",
+    ):  # fmt: skip
+        assert by_id[passing]["verdict"] == "pass", by_id[passing]
+    assert by_id["end.x.cross-connect"]["verdict"] == "n/a"
+    assert "the agent programs no End.X" in by_id["end.x.cross-connect"]["detail"]
+    assert by_id["end.psp"]["verdict"] == "n/a"
+    # The same VPP deviation the suite's own VPP run measures (README, "RFC conformance").
+    assert by_id["end.sl-past-last-entry"]["verdict"] == "fail"

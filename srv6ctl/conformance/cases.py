@@ -15,7 +15,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from scapy.layers.inet import IP, UDP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrSegmentRouting
+from scapy.layers.inet6 import (
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrSegmentRouting,
+    IPv6ExtHdrSegmentRoutingTLV,
+    IPv6ExtHdrSegmentRoutingTLVHMAC,
+    IPv6ExtHdrSegmentRoutingTLVPad1,
+    IPv6ExtHdrSegmentRoutingTLVPadN,
+)
 from scapy.packet import Packet, Raw
 
 from srv6ctl.conformance.model import (
@@ -29,9 +40,10 @@ from srv6ctl.conformance.model import (
 )
 
 DISCARD = 9  # RFC 863: the probes' UDP port
-NH_IPV4, NH_IPV6, NH_UDP = 4, 41, 17
+NH_IPV4, NH_IPV6, NH_UDP, NH_FRAGMENT, NH_ICMPV6 = 4, 41, 17, 44, 58
 SL_POINTER = 40 + 3  # a Parameter Problem's pointer at an SRH's Segments Left (RFC 8754)
-TIME_EXCEEDED, PARAM_PROBLEM = 3, 4
+DEST_UNREACH, TIME_EXCEEDED, PARAM_PROBLEM = 1, 3, 4
+PORT_UNREACHABLE = 4  # Destination Unreachable's code
 ERRONEOUS_FIELD, SR_UPPER_LAYER = 0, 4  # Parameter Problem codes (RFC 4443, RFC 8986 §10.2)
 
 
@@ -59,17 +71,28 @@ def srh_probe(
     segments_left: int | None = None,
     last_entry: int | None = None,
     hlim: int = 64,
+    tlvs: Sequence[Packet] = (),
+    tag: int = 0,
+    flags: bool = False,
+    dst: Any = None,
 ) -> Packet:
-    """An IPv6 packet to `sid` with an SRH whose active segment is `sid` and whose next
-    segments are `after` (in the order they are visited); `upper` follows the SRH."""
+    """An IPv6 packet to `sid` (or `dst`) with an SRH whose active segment is `sid` and
+    whose next segments are `after` (in the order they are visited); `upper` follows the
+    SRH. `tlvs` (a multiple of 8 bytes, else scapy pads them), `tag` and `flags` (the
+    unassigned bits 0, 5 and 7 set: not the O-flag, RFC 9259) fill the SRH's other
+    fields."""
     visited = [str(sid), *map(str, after)]
     srh = IPv6ExtHdrSegmentRouting(
         addresses=list(reversed(visited)),
         segleft=len(after) if segments_left is None else segments_left,
         lastentry=len(visited) - 1 if last_entry is None else last_entry,
         nh=_nh(upper),
+        tag=tag,
+        unused1=1 if flags else 0,
+        unused2=0b101 if flags else 0,
+        tlv_objects=list(tlvs),
     )
-    return IPv6(src=str(plan.tester_near), dst=str(sid), hlim=hlim) / srh / upper
+    return IPv6(src=str(plan.tester_near), dst=str(dst or sid), hlim=hlim) / srh / upper
 
 
 def _nh(upper: Packet) -> int:
@@ -77,7 +100,82 @@ def _nh(upper: Packet) -> int:
         return NH_IPV6
     if isinstance(upper, IP):
         return NH_IPV4
+    if isinstance(upper, IPv6ExtHdrFragment):
+        return NH_FRAGMENT
+    if isinstance(upper, ICMPv6EchoRequest):
+        return NH_ICMPV6
     return NH_UDP
+
+
+def echo(marker: bytes) -> Packet:
+    """An ICMPv6 Echo Request carrying the marker (its reply carries it back)."""
+    return ICMPv6EchoRequest(id=0x5EC6, seq=1, data=marker)
+
+
+def echo_answered() -> Check:
+    """The Echo Reply to the request sent, from the address it was sent to (RFC 4443
+    §4.2: the request's data returned unchanged)."""
+
+    def check(sent: Any, seen: Any) -> list[str]:
+        reply = seen.getlayer(ICMPv6EchoReply)
+        if reply is None:
+            return [f"no Echo Reply: {seen.summary()}"]
+        request = sent[ICMPv6EchoRequest]
+        wrong = []
+        if (reply.id, reply.seq, bytes(reply.data)) != (request.id, request.seq, request.data):
+            wrong.append("the reply's identifier, sequence number or data differ")
+        if seen.dst != sent.src:
+            wrong.append(f"reply to {seen.dst}, not to the sender {sent.src}")
+        return wrong
+
+    return check
+
+
+def first_fragment(marker: bytes) -> Packet:
+    """A Fragment header (offset 0, more to come) and the start of a UDP datagram."""
+    return IPv6ExtHdrFragment(nh=NH_UDP, offset=0, m=1, id=0x5EC6) / payload(marker)
+
+
+def unknown_tlv(length: int) -> Packet:
+    """A TLV of a type no RFC assigns (0x7e: its data does not change en route)."""
+    return IPv6ExtHdrSegmentRoutingTLV(type=0x7E, len=length, value=b"\xab" * length)
+
+
+def overrunning_tlv() -> Packet:
+    """A TLV whose length (20) runs past the 8 bytes the SRH's Hdr Ext Len leaves it."""
+    return IPv6ExtHdrSegmentRoutingTLV(type=0x7E, len=20, value=b"\xab" * 6)
+
+
+def after_destination_options(probe: Packet) -> Packet:
+    """`probe` with an (empty) Destination Options header between its IPv6 header and
+    its SRH: the order RFC 8200 §4.1 recommends for options the SIDs' nodes read."""
+    header = probe.copy()
+    srh = header[IPv6ExtHdrSegmentRouting]
+    header.remove_payload()
+    return IPv6(bytes(header / IPv6ExtHdrDestOpt(nh=43) / srh))
+
+
+def truncated_srh(plan: Plan, sid: IPv6Address, marker: bytes) -> Packet:
+    """An SRH whose Hdr Ext Len (6: 56 bytes) claims more than the packet carries (the
+    header's first 24 bytes, then the marker)."""
+    whole = bytes(
+        IPv6ExtHdrSegmentRouting(
+            addresses=[str(plan.segment(2)), str(plan.segment(1)), str(sid)],
+            segleft=2,
+            lastentry=2,
+            nh=NH_UDP,
+        )
+    )
+    return IPv6(src=str(plan.tester_near), dst=str(sid), nh=43) / Raw(whole[:24] + marker)
+
+
+def shifted(plan: Plan, address: Any) -> IPv6Address:
+    """`address` after a NEXT-CSID shift: the locator block kept, the argument moved up
+    by one C-SID, zeros shifted in (RFC 9800)."""
+    value, rest_bits = int(IPv6Address(address)), 128 - plan.CSID_BLOCK_BITS
+    block = value >> rest_bits << rest_bits
+    rest = (value << plan.CSID_BITS) & ((1 << rest_bits) - 1)
+    return IPv6Address(block | rest)
 
 
 def encapsulated(plan: Plan, sid: IPv6Address, inner: Packet, *, srh: bool) -> Packet:
@@ -123,8 +221,66 @@ def forwarded_to_next() -> Check:
             wrong.append(f"segments left {srh.segleft}, sent {before.segleft}")
         if list(srh.addresses) != list(before.addresses):
             wrong.append("segment list changed")
+        elif _but_segments_left(srh) != _but_segments_left(before):
+            wrong.append("the SRH's flags, tag or TLVs changed")
         if bytes(srh.payload) != bytes(before.payload):
             wrong.append("what follows the SRH changed")
+        return wrong
+
+    return check
+
+
+def _but_segments_left(srh: Packet) -> bytes:
+    """The SRH's own bytes (not what follows it), Segments Left zeroed."""
+    alone = srh.copy()
+    alone.remove_payload()
+    raw = bytearray(bytes(alone))
+    raw[3] = 0
+    return bytes(raw)
+
+
+def csid_shifted() -> Check:
+    """NEXT-CSID with a next C-SID in the argument (RFC 9800): the destination shifted
+    by one C-SID, the hop limit one less, the rest of the packet (an SRH included,
+    its Segments Left unchanged) as sent."""
+
+    def check(sent: Any, seen: Any) -> list[str]:
+        expected = shifted(PLAN, sent.dst)
+        wrong = []
+        if seen.dst != str(expected):
+            wrong.append(f"destination {seen.dst}, not the shifted {expected}")
+        if seen.hlim != sent.hlim - 1:
+            wrong.append(f"hop limit {seen.hlim}, sent {sent.hlim}")
+        if bytes(seen.payload) != bytes(sent.payload):
+            wrong.append("what follows the IPv6 header changed (an SRH must stay as sent)")
+        return wrong
+
+    return check
+
+
+def inserted_by(policy: Sequence[Any], *, reduced: bool) -> Check:
+    """H.Insert (.Red): the packet's own header kept (its source), its destination the
+    policy's first SID, an SRH inserted after it listing the policy and then the
+    original destination (Segment List[0]); the reduced form leaves the first SID out
+    of the list; Segments Left n; what followed the IPv6 header unchanged."""
+    segments = [str(s) for s in policy]
+
+    def check(sent: Any, seen: Any) -> list[str]:
+        wrong = []
+        if (seen.src, seen.dst) != (sent.src, segments[0]):
+            wrong.append(f"{seen.src} → {seen.dst}, not {sent.src} → {segments[0]}")
+        if seen.hlim != sent.hlim - 1:
+            wrong.append(f"hop limit {seen.hlim}, sent {sent.hlim} (one less expected)")
+        srh = seen.getlayer(IPv6ExtHdrSegmentRouting)
+        if srh is None:
+            return [*wrong, "no SRH"]
+        listed = [sent.dst, *reversed(segments[1:] if reduced else segments)]
+        if list(srh.addresses) != listed:
+            wrong.append(f"SRH lists {list(srh.addresses)}, not {listed}")
+        if srh.segleft != len(segments):
+            wrong.append(f"segments left {srh.segleft}, not {len(segments)}")
+        if bytes(srh.payload) != bytes(sent.payload):
+            wrong.append("what followed the IPv6 header changed")
         return wrong
 
     return check
@@ -178,16 +334,18 @@ def delivered(version: int) -> Check:
                 bytes(inner[UDP]),
             )
         if not same:
-            wrong.append("the inner packet changed")
+            sent_len, seen_len = len(bytes(inner)), len(bytes(seen))
+            wrong.append(f"the inner packet changed ({seen_len} bytes out, {sent_len} sent)")
         return wrong
 
     return check
 
 
-def b6_encapsulated(policy: Sequence[Any]) -> Check:
-    """End.B6.Encaps (RFC 8986 §4.13): the received packet, its SRH already advanced (SL
-    one less, destination the next segment, hop limit one less), inside a new IPv6 header
-    with an SRH of the policy's segments whose destination is the policy's first."""
+def b6_encapsulated(policy: Sequence[Any], *, reduced: bool = False) -> Check:
+    """End.B6.Encaps (RFC 8986 §4.13; .Red §4.14): the received packet, its SRH already
+    advanced (SL one less, destination the next segment, hop limit one less), inside a new
+    IPv6 header with an SRH of the policy's segments (the reduced form without the first)
+    whose destination is the policy's first."""
 
     def check(sent: Any, seen: Any) -> list[str]:
         wrong = []
@@ -197,8 +355,8 @@ def b6_encapsulated(policy: Sequence[Any]) -> Check:
         if inner is None:
             return [*wrong, "no inner IPv6 packet"]
         outer_srh = seen.getlayer(IPv6ExtHdrSegmentRouting)
-        expected = list(reversed([str(s) for s in policy]))
-        if outer_srh is None or list(outer_srh.addresses) != expected:
+        listed = [str(s) for s in (policy[1:] if reduced else policy)]
+        if outer_srh is None or list(outer_srh.addresses) != list(reversed(listed)):
             wrong.append("the outer SRH does not list the policy's segments")
         return wrong + forwarded_to_next()(sent, inner)
 
@@ -206,7 +364,7 @@ def b6_encapsulated(policy: Sequence[Any]) -> Check:
 
 
 def psp_forwarded() -> Check:
-    """PSP at the penultimate SID (RFC 8986 §4.16.1 S14.1-S14.4): End's processing, then
+    """PSP at the penultimate SID (RFC 8986 §4.16.1.2 S14.1-S14.5): End's processing, then
     the SRH removed (Segments Left became 0), what followed it unchanged."""
 
     def check(sent: Any, seen: Any) -> list[str]:
@@ -278,6 +436,19 @@ END_PSP = SidSpec("End", frozenset({"PSP"}))
 HEADEND_POLICY = (PLAN.segment(20), PLAN.segment(21))
 H_ENCAPS = SidSpec("H.Encaps", segments=HEADEND_POLICY)
 H_ENCAPS_RED = SidSpec("H.Encaps.Red", segments=HEADEND_POLICY)
+H_INSERT = SidSpec("H.Insert", segments=HEADEND_POLICY)
+H_INSERT_RED = SidSpec("H.Insert.Red", segments=HEADEND_POLICY)
+END_B6_RED = SidSpec("End.B6.Encaps.Red", segments=B6_POLICY)
+END_X_PSP = SidSpec("End.X", frozenset({"PSP"}))
+END_USP = SidSpec("End", frozenset({"USP"}))
+END_USD = SidSpec("End", frozenset({"USD"}))
+END_PSP_USD = SidSpec("End", frozenset({"PSP", "USD"}))
+END_CSID = SidSpec("End", frozenset({"NEXT-CSID"}))
+END_COUNTED = SidSpec("End", counted=True)
+NEXT_CSID = 0xE001  # a C-SID of the next node, routed out (Plan.csid_next)
+# An HMAC TLV (RFC 8754 §2.1.2) with a key ID the DUT has not been given, and the SRH's
+# H-flag clear: what a node that is not configured to verify HMACs receives.
+HMAC_TLV = IPv6ExtHdrSegmentRoutingTLVHMAC(hmackeyid=0x5EC6, hmac=b"\x5a" * 32)
 
 
 def _next(plan: Plan) -> IPv6Address:
@@ -293,6 +464,33 @@ AT_UPPER_LAYER = Expect.error(  # after the one-segment SRH: 40 + 8 + 16
 )
 INNER6_OUT = Expect.forwarded(delivered(6), "inner packet out, HL-1, otherwise unchanged")
 INNER4_OUT = Expect.forwarded(delivered(4), "inner packet out, TTL-1, otherwise unchanged")
+
+
+def decapsulation_errors(behaviour: str, section: str, sid: SidSpec) -> tuple[Case, ...]:
+    """A decapsulating SID's two error clauses (RFC 8986 §4.4-§4.8): Segments Left not 0
+    (S02-S04 of its SRH processing), and an upper layer it does not decapsulate (UDP:
+    processed as per §4.1.1, Parameter Problem code 4)."""
+    name = behaviour.lower()
+    return (
+        Case(
+            f"{name}.sl-not-zero",
+            f"{behaviour} with Segments Left 1: Parameter Problem at Segments Left",
+            f"RFC 8986 §{section} S02-S04",
+            Level.MUST,
+            sid,
+            lambda p, sid, m: srh_probe(p, sid, [_next(p)], inner6(p, m)),
+            AT_SEGMENTS_LEFT,
+        ),
+        Case(
+            f"{name}.not-ip",
+            f"{behaviour} given a UDP upper layer: Parameter Problem code 4",
+            f"RFC 8986 §{section} upper layer (else), §4.1.1",
+            Level.MUST,
+            sid,
+            lambda p, sid, m: srh_probe(p, sid, [], payload(m), segments_left=0),
+            AT_UPPER_LAYER,
+        ),
+    )
 
 
 CASES: tuple[Case, ...] = (
@@ -342,6 +540,15 @@ CASES: tuple[Case, ...] = (
         AT_UPPER_LAYER,
     ),
     Case(
+        "end.sl0-icmp",
+        "End with Segments Left 0 and an ICMPv6 upper layer (allowed): Echo answered",
+        "RFC 8986 §4.1 S02-S03, §4.1.1 S01-S02",
+        Level.SHOULD,
+        END,
+        lambda p, sid, m: srh_probe(p, sid, [], echo(m), segments_left=0),
+        Expect.answered(echo_answered(), "Echo Reply from the SID"),
+    ),
+    Case(
         "transit.not-a-sid",
         "A destination that is no local SID: forwarded, the SRH untouched",
         "RFC 8754 §4.2",
@@ -371,7 +578,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "end.dx6.srh",
         "End.DX6 (SRH, Segments Left 0) delivers the inner IPv6 packet to its next hop",
-        "RFC 8986 §4.4 S05-S07",
+        "RFC 8986 §4.4 upper layer S01-S03",
         Level.MUST,
         END_DX6,
         lambda p, sid, m: encapsulated(p, sid, inner6(p, m, UNROUTED), srh=True),
@@ -380,7 +587,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "end.dx6.reduced",
         "End.DX6 without an SRH (H.Encaps.Red) delivers the inner IPv6 packet",
-        "RFC 8986 §4.4 (upper-layer header processing)",
+        "RFC 8986 §4.4 upper layer S01-S03 (no SRH)",
         Level.MUST,
         END_DX6,
         lambda p, sid, m: encapsulated(p, sid, inner6(p, m, UNROUTED), srh=False),
@@ -398,7 +605,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "end.dx6.not-ipv6",
         "End.DX6 given a UDP upper layer: Parameter Problem code 4",
-        "RFC 8986 §4.4 S08 (§4.1.1)",
+        "RFC 8986 §4.4 upper layer S04-S05, §4.1.1",
         Level.MUST,
         END_DX6,
         lambda p, sid, m: srh_probe(p, sid, [], payload(m), segments_left=0),
@@ -407,7 +614,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "end.dt6.lookup",
         "End.DT6 delivers the inner IPv6 packet by a lookup in its table",
-        "RFC 8986 §4.6 S05-S08",
+        "RFC 8986 §4.6 upper layer S01-S04",
         Level.MUST,
         END_DT6,
         lambda p, sid, m: encapsulated(p, sid, inner6(p, m), srh=True),
@@ -416,7 +623,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "end.dx4.srh",
         "End.DX4 delivers the inner IPv4 packet to its next hop",
-        "RFC 8986 §4.5 S05-S07",
+        "RFC 8986 §4.5 upper layer S01-S03",
         Level.MUST,
         END_DX4,
         lambda p, sid, m: encapsulated(p, sid, inner4(p, m, "203.0.113.99"), srh=True),
@@ -425,7 +632,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "end.dt4.lookup",
         "End.DT4 delivers the inner IPv4 packet by a lookup in its table",
-        "RFC 8986 §4.7 S05-S08",
+        "RFC 8986 §4.7 upper layer S01-S04",
         Level.MUST,
         END_DT4,
         lambda p, sid, m: encapsulated(p, sid, inner4(p, m), srh=True),
@@ -434,7 +641,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "end.dt46.v6",
         "End.DT46 delivers an inner IPv6 packet by a lookup in its table",
-        "RFC 8986 §4.8 S05-S11",
+        "RFC 8986 §4.8 upper layer S01-S08",
         Level.MUST,
         END_DT46,
         lambda p, sid, m: encapsulated(p, sid, inner6(p, m), srh=True),
@@ -443,7 +650,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "end.dt46.v4",
         "End.DT46 delivers an inner IPv4 packet by a lookup in its table",
-        "RFC 8986 §4.8 S05-S11",
+        "RFC 8986 §4.8 upper layer S01-S08",
         Level.MUST,
         END_DT46,
         lambda p, sid, m: encapsulated(p, sid, inner4(p, m), srh=True),
@@ -452,7 +659,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "end.psp",
         "End with PSP at the penultimate SID removes the SRH",
-        "RFC 8986 §4.16.1 S14.1-S14.4",
+        "RFC 8986 §4.16.1.2 S14.1-S14.5",
         Level.MUST,
         END_PSP,
         lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
@@ -481,6 +688,284 @@ CASES: tuple[Case, ...] = (
             encapsulated_by(HEADEND_POLICY, reduced=True, source=PLAN.dut_far),
             "outer header to the first SID, SRH of the second only, SL 1",
         ),
+    ),
+    *decapsulation_errors("End.DX4", "4.5", END_DX4),
+    *decapsulation_errors("End.DT6", "4.6", END_DT6),
+    *decapsulation_errors("End.DT4", "4.7", END_DT4),
+    *decapsulation_errors("End.DT46", "4.8", END_DT46),
+    # --- RFC 8754: the SRH's other fields, TLVs, the header chain, fragments ---------------
+    Case(
+        "srh.flags",
+        "Unassigned flags set: ignored, forwarded as sent",
+        "RFC 8754 §2 (Flags)",
+        Level.MUST,
+        END,
+        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m), flags=True),
+        Expect.forwarded(forwarded_to_next(), "next segment, the flags as sent"),
+    ),
+    Case(
+        "srh.tag",
+        "A tag the node does not use: ignored, forwarded as sent",
+        "RFC 8754 §2 (Tag)",
+        Level.SHOULD,
+        END,
+        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m), tag=0xBEEF),
+        Expect.forwarded(forwarded_to_next(), "next segment, the tag as sent"),
+    ),
+    Case(
+        "srh.tlv.unknown",
+        "A TLV of an unrecognised type: ignored, forwarded as sent",
+        "RFC 8754 §2.1",
+        Level.MUST,
+        END,
+        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m), tlvs=[unknown_tlv(6)]),
+        Expect.forwarded(forwarded_to_next(), "next segment, the TLV as sent"),
+    ),
+    Case(
+        "srh.tlv.pad1",
+        "A Pad1 TLV (after another TLV): ignored, forwarded as sent",
+        "RFC 8754 §2.1.1, §2.1.1.1",
+        Level.MUST,
+        END,
+        lambda p, sid, m: srh_probe(
+            p, sid, [_next(p)], payload(m), tlvs=[unknown_tlv(5), IPv6ExtHdrSegmentRoutingTLVPad1()]
+        ),
+        Expect.forwarded(forwarded_to_next(), "next segment, the TLVs as sent"),
+    ),
+    Case(
+        "srh.tlv.padn",
+        "A PadN TLV (after another TLV): ignored, forwarded as sent",
+        "RFC 8754 §2.1.1, §2.1.1.2",
+        Level.MUST,
+        END,
+        lambda p, sid, m: srh_probe(
+            p,
+            sid,
+            [_next(p)],
+            payload(m),
+            tlvs=[unknown_tlv(2), IPv6ExtHdrSegmentRoutingTLVPadN(padding=b"\0\0")],
+        ),
+        Expect.forwarded(forwarded_to_next(), "next segment, the TLVs as sent"),
+    ),
+    Case(
+        "srh.tlv.overrun",
+        "A TLV running past Hdr Ext Len: Parameter Problem at Hdr Ext Len",
+        "RFC 8754 §2.1",
+        Level.MUST,
+        END,
+        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m), tlvs=[overrunning_tlv()]),
+        Expect.error(PARAM_PROBLEM, ERRONEOUS_FIELD, 40 + 1, "Parameter Problem 0, pointer 41"),
+    ),
+    Case(
+        "srh.tlv.hmac-unverified",
+        "An HMAC TLV at a node not configured to verify HMACs: forwarded as sent",
+        "RFC 8754 §2.1.2.1 (local configuration decides)",
+        Level.SHOULD,
+        END,
+        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m), tlvs=[HMAC_TLV]),
+        Expect.forwarded(forwarded_to_next(), "next segment, the HMAC TLV as sent"),
+    ),
+    Case(
+        "srh.truncated",
+        "An SRH longer (Hdr Ext Len) than the packet: not forwarded",
+        "RFC 8200 §4.4; RFC 8754 §4.3.1.1 (Hdr Ext Len)",
+        Level.SHOULD,
+        END,
+        truncated_srh,
+        Expect.dropped("dropped: not forwarded"),
+    ),
+    Case(
+        "srh.after-destination-options",
+        "A Destination Options header before the SRH: the SRH processed, forwarded",
+        "RFC 8200 §4.1; RFC 8754 §4.3.1",
+        Level.MUST,
+        END,
+        lambda p, sid, m: after_destination_options(srh_probe(p, sid, [_next(p)], payload(m))),
+        Expect.forwarded(forwarded_to_next(), "next segment, both headers kept"),
+    ),
+    Case(
+        "local.sl-not-zero",
+        "An SRH to a local address that is no SID, Segments Left 1: Parameter Problem",
+        "RFC 8754 §4.3.2",
+        Level.MUST,
+        END,  # any SID: the case checks the node's own address is no End
+        lambda p, sid, m: srh_probe(p, p.dut_near, [_next(p)], payload(m)),
+        Expect.error(PARAM_PROBLEM, ERRONEOUS_FIELD, 40 + 2, "Parameter Problem 0, pointer 42"),
+    ),
+    Case(
+        "local.sl0",
+        "An SRH to a local address that is no SID, Segments Left 0: the upper layer processed",
+        "RFC 8754 §4.3.2",
+        Level.MUST,
+        END,
+        lambda p, sid, m: srh_probe(p, p.dut_near, [], echo(m), segments_left=0),
+        Expect.answered(echo_answered(), "Echo Reply (the ICMPv6 Echo Request processed)"),
+    ),
+    Case(
+        "end.fragment",
+        "A first fragment (Fragment header after the SRH): forwarded as it is",
+        "RFC 8200 §4.5; RFC 8754 §4.3.1",
+        Level.MUST,
+        END,
+        lambda p, sid, m: srh_probe(p, sid, [_next(p)], first_fragment(m)),
+        Expect.forwarded(forwarded_to_next(), "next segment, the fragment as sent"),
+    ),
+    Case(
+        "end.dt6.reassembly",
+        "End.DT6 given the outer packet in fragments: reassembled, inner delivered",
+        "RFC 8200 §4.5; RFC 8986 §4.6",
+        Level.MUST,
+        END_DT6,
+        lambda p, sid, m: encapsulated(
+            p,
+            sid,
+            IPv6ExtHdrFragment(nh=NH_IPV6, id=0x5EC7) / inner6(p, m + b"\0" * 1000),
+            srh=True,
+        ),
+        INNER6_OUT,
+        fragment=600,
+    ),
+    # --- RFC 8986 §4.16: flavours -----------------------------------------------------------
+    Case(
+        "end.x.psp",
+        "End.X with PSP at the penultimate SID removes the SRH",
+        "RFC 8986 §4.16.1.2",
+        Level.MUST,
+        END_X_PSP,
+        lambda p, sid, m: srh_probe(p, sid, [UNROUTED], payload(m)),
+        Expect.forwarded(psp_forwarded(), "out of its adjacency, no SRH, HL-1"),
+    ),
+    Case(
+        "end.usp",
+        "End with USP at the last SID: SRH removed, the upper layer processed",
+        "RFC 8986 §4.16.2 S02-S04",
+        Level.MUST,
+        END_USP,
+        lambda p, sid, m: srh_probe(p, sid, [], payload(m), segments_left=0),
+        Expect.error(DEST_UNREACH, PORT_UNREACHABLE, None, "Port Unreachable (UDP processed)"),
+    ),
+    Case(
+        "end.usd.v6",
+        "End with USD at the last SID: the inner IPv6 packet decapsulated and forwarded",
+        "RFC 8986 §4.16.3",
+        Level.MUST,
+        END_USD,
+        lambda p, sid, m: encapsulated(p, sid, inner6(p, m), srh=True),
+        INNER6_OUT,
+    ),
+    Case(
+        "end.usd.v4",
+        "End with USD at the last SID: the inner IPv4 packet decapsulated and forwarded",
+        "RFC 8986 §4.16.3",
+        Level.MUST,
+        END_USD,
+        lambda p, sid, m: encapsulated(p, sid, inner4(p, m), srh=True),
+        INNER4_OUT,
+    ),
+    Case(
+        "end.psp+usd.penultimate",
+        "End with PSP and USD at the penultimate SID: PSP's part, the SRH removed",
+        "RFC 8986 §4.16.1.2, §4.16.3",
+        Level.MUST,
+        END_PSP_USD,
+        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        Expect.forwarded(psp_forwarded(), "next segment, no SRH, HL-1"),
+    ),
+    Case(
+        "end.psp+usd.last",
+        "End with PSP and USD at the last SID: USD's part, decapsulated",
+        "RFC 8986 §4.16.1.2, §4.16.3",
+        Level.MUST,
+        END_PSP_USD,
+        lambda p, sid, m: encapsulated(p, sid, inner6(p, m), srh=True),
+        INNER6_OUT,
+    ),
+    # --- RFC 9800: NEXT-CSID ---------------------------------------------------------------
+    Case(
+        "csid.shift",
+        "NEXT-CSID End: the next C-SID shifted into place (no SRH)",
+        "RFC 9800 (End with NEXT-CSID)",
+        Level.MUST,
+        END_CSID,
+        lambda p, sid, m: (
+            IPv6(src=str(p.tester_near), dst=str(p.with_next_csids(sid, NEXT_CSID)), hlim=64)
+            / payload(m)
+        ),
+        Expect.forwarded(csid_shifted(), "destination shifted by one C-SID, HL-1"),
+    ),
+    Case(
+        "csid.shift-keeps-srh",
+        "NEXT-CSID End with an SRH: shifted, the SRH (Segments Left) untouched",
+        "RFC 9800 (End with NEXT-CSID)",
+        Level.MUST,
+        END_CSID,
+        lambda p, sid, m: srh_probe(
+            p, sid, [_next(p)], payload(m), dst=p.with_next_csids(sid, NEXT_CSID)
+        ),
+        Expect.forwarded(csid_shifted(), "destination shifted, the SRH as sent"),
+    ),
+    Case(
+        "csid.end-of-container",
+        "NEXT-CSID End, argument zero: End's processing, the next SID from the SRH",
+        "RFC 9800 (End with NEXT-CSID); RFC 8986 §4.1",
+        Level.MUST,
+        END_CSID,
+        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        Expect.forwarded(forwarded_to_next(), "next segment, SL-1, HL-1"),
+    ),
+    Case(
+        "csid.hop-limit",
+        "NEXT-CSID End with hop limit 1: Time Exceeded",
+        "RFC 9800 (End with NEXT-CSID)",
+        Level.MUST,
+        END_CSID,
+        lambda p, sid, m: (
+            IPv6(src=str(p.tester_near), dst=str(p.with_next_csids(sid, NEXT_CSID)), hlim=1)
+            / payload(m)
+        ),
+        Expect.error(TIME_EXCEEDED, 0, None, "Time Exceeded, code 0"),
+    ),
+    # --- RFC 8986 §6: counters ------------------------------------------------------------
+    Case(
+        "end.counters",
+        "End counts the packet it processed (per-SID counters)",
+        "RFC 8986 §6",
+        Level.SHOULD,
+        END_COUNTED,
+        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        Expect.forwarded(forwarded_to_next(), "next segment; the SID's counter: 1 packet"),
+    ),
+    # --- headends and binding SIDs ----------------------------------------------------------
+    Case(
+        "h.insert",
+        "H.Insert: an SRH of the policy and the original destination inserted",
+        "draft-filsfils-spring-srv6-net-pgm-insertion-09 (H.Insert)",
+        Level.MAY,
+        H_INSERT,
+        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        Expect.forwarded(
+            inserted_by(HEADEND_POLICY, reduced=False), "DA the first SID, SRH inserted, SL 2"
+        ),
+    ),
+    Case(
+        "h.insert.red",
+        "H.Insert.Red: the first SID only in the destination, not in the inserted SRH",
+        "draft-filsfils-spring-srv6-net-pgm-insertion-09 (H.Insert.Red)",
+        Level.MAY,
+        H_INSERT_RED,
+        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        Expect.forwarded(
+            inserted_by(HEADEND_POLICY, reduced=True), "DA the first SID, reduced SRH, SL 2"
+        ),
+    ),
+    Case(
+        "end.b6.encaps.red",
+        "End.B6.Encaps.Red: the policy's first SID only in the outer destination",
+        "RFC 8986 §4.14",
+        Level.MUST,
+        END_B6_RED,
+        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        Expect.forwarded(b6_encapsulated(B6_POLICY, reduced=True), "reduced policy SRH outside"),
     ),
     Case(
         "end.b6.encaps",

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TARGETS = ("kernel", "vpp", "external")
+from srv6ctl.lab import DEFAULT_STATE_DIR
+
+TARGETS = ("kernel", "vpp", "external", "lab")
 VPP_BIN_ENV = "SRV6CTL_VPP_BIN"
 
 
@@ -25,8 +27,16 @@ def register(commands: Any) -> None:
         action="append",
         choices=TARGETS,
         help="what to test: the running kernel or a VPP it starts (--vpp-bin), configured "
-        "by the suite in throw-away namespaces, or a device someone else configured "
-        "(external: --near, --far, --sid); repeat for a column each (default: kernel)",
+        "by the suite in throw-away namespaces, a lab node as our agent configured it "
+        "(lab: --node), or a device someone else configured (external: --near, --far, "
+        "--sid); repeat for a column each (default: kernel)",
+    )
+    lab = conformance.add_argument_group("lab", "a node of a running `srv6ctl lab`")
+    lab.add_argument("--node", default="n1", help="the lab node to probe (default n1)")
+    lab.add_argument(
+        "--state-dir",
+        default=os.environ.get("SRV6CTL_LAB_DIR", DEFAULT_STATE_DIR),
+        help="the lab (default: the default lab, or $SRV6CTL_LAB_DIR)",
     )
     external = conformance.add_argument_group(
         "external", "a device configured by its owner, on the addresses of the README's plan"
@@ -87,6 +97,17 @@ def _conformance(args: argparse.Namespace) -> int:
                 print(f"--target external: {err}", file=sys.stderr)
                 return 2
             targets.append((ExternalTarget(declared), bed))
+        elif name == "lab":
+            from srv6ctl.conformance.lab_target import LabTarget
+            from srv6ctl.lab.netns import LabError
+            from srv6ctl.observe.agentview import AgentUnavailable
+
+            try:
+                lab_target = LabTarget(args.state_dir, args.node)
+            except (ValueError, LabError, AgentUnavailable) as err:
+                print(f"--target lab: {err}", file=sys.stderr)
+                return 2
+            targets.append((lab_target, lab_target.testbed()))
         elif name == "kernel":
             problem = probe_kernel().unsupported()
             if problem:

@@ -50,11 +50,18 @@ class SidSpec:
     behaviour: str
     flavours: frozenset[str] = frozenset()
     segments: tuple[IPv6Address, ...] = ()  # End.B6.Encaps(.Red): the policy's list
+    counted: bool = False  # its RFC 8986 §6 counters read after the probe
 
     @property
     def name(self) -> str:
         flavours = "+".join(sorted(self.flavours))
         return f"{self.behaviour}{'(' + flavours + ')' if flavours else ''}"
+
+    @property
+    def compressed(self) -> bool:
+        """A NEXT-CSID SID (RFC 9800): a prefix of locator block and node (`Plan.csid`),
+        the next compressed SIDs in the destination's argument bits."""
+        return "NEXT-CSID" in self.flavours
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,28 @@ class Plan:
         """The n-th segment beyond the DUT (a SID of some next node, routed out)."""
         return IPv6Address(int(self.beyond.network_address) + 0x100 + n)
 
+    # NEXT-CSID (RFC 9800): 32-bit locator block (the locator's first 32 bits), 16-bit
+    # C-SIDs. The DUT's are fc00:5:cNNN::/48; the next node's C-SIDs (0xe000-0xefff) are
+    # routed out of the far link.
+    CSID_BLOCK_BITS, CSID_BITS = 32, 16
+    csid_next: ipaddress.IPv6Network = ipaddress.IPv6Network("fc00:5:e000::/36")
+
+    def csid(self, n: int) -> IPv6Address:
+        """The DUT's n-th C-SID as the /48 prefix it owns (its argument bits zero)."""
+        return IPv6Address(int(self.locator.network_address) + ((0xC000 + n) << 80))
+
+    def csid_prefix_len(self) -> int:
+        return self.CSID_BLOCK_BITS + self.CSID_BITS
+
+    def with_next_csids(self, sid: IPv6Address, *csids: int) -> IPv6Address:
+        """`sid` with `csids` in the argument bits after it (the C-SID container)."""
+        shift = 128 - self.csid_prefix_len()
+        value = int(sid)
+        for csid in csids:
+            shift -= self.CSID_BITS
+            value |= csid << shift
+        return IPv6Address(value)
+
 
 @dataclass(frozen=True)
 class Seen:
@@ -119,9 +148,10 @@ Check = Callable[[Any, Any], list[str]]
 
 @dataclass(frozen=True)
 class Expect:
-    """What must become of the packet sent: `out` on `link` checked by `check`, or with
-    `icmp` = (type, code[, pointer]) an ICMPv6 error back on the near link; with neither,
-    nothing anywhere (dropped)."""
+    """What must become of the packet sent: a packet on `link` checked by `check` (on the
+    far link: forwarded or delivered; on the near link: an answer that is no ICMP error),
+    or with `icmp` = (type, code[, pointer]) an ICMPv6 error back on the near link; with
+    neither, nothing anywhere (dropped)."""
 
     link: Link | None = None
     check: Check | None = None
@@ -136,6 +166,11 @@ class Expect:
     def error(cls, icmp_type: int, code: int, pointer: int | None, what: str) -> Expect:
         icmp = (icmp_type, code) if pointer is None else (icmp_type, code, pointer)
         return cls(Link.NEAR, None, icmp, what)
+
+    @classmethod
+    def answered(cls, check: Check, what: str) -> Expect:
+        """An answer (no ICMP error) back to the tester on the near link."""
+        return cls(Link.NEAR, check, None, what)
 
     @classmethod
     def dropped(cls, what: str = "dropped: nothing comes out") -> Expect:
@@ -153,6 +188,9 @@ class Case:
     sid: SidSpec
     build: Callable[[Plan, IPv6Address, bytes], Any]
     expect: Expect
+    # Sent in fragments of this many bytes of fragmentable part (the packet built has a
+    # Fragment header where it is to be cut): 0, whole.
+    fragment: int = 0
 
 
 @dataclass(frozen=True)

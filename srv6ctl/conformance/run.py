@@ -7,7 +7,12 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6ParamProblem, ICMPv6TimeExceeded
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6ParamProblem,
+    ICMPv6TimeExceeded,
+    fragment6,
+)
 
 from srv6ctl.conformance.cases import CASES
 from srv6ctl.conformance.model import (
@@ -57,7 +62,7 @@ def run(
                 if why is not None:
                     results.append(Result(case, Verdict.NOT_APPLICABLE, why))
                     continue
-                results.append(_probe(bed, capture, case, sids[case.sid]))
+                results.append(_probe(bed, capture, case, sids[case.sid], target))
             return results
         finally:
             for tap in capture.taps:
@@ -76,7 +81,8 @@ def _install(
     for case in cases:
         if case.sid in sids or case.sid in refused:
             continue
-        address = target.address(case.sid, plan.sid(len(sids) + len(refused) + 1))
+        n = len(sids) + len(refused) + 1
+        address = target.address(case.sid, plan.csid(n) if case.sid.compressed else plan.sid(n))
         why = target.install(case.sid, address)
         if why is None:
             sids[case.sid] = address
@@ -88,24 +94,50 @@ def _install(
 def _warm_up(bed: Testbed) -> None:
     """The DUT learns the tester's MACs on both links before the first probe."""
     p = bed.plan
-    for address in (p.dut_near, p.dut_far, p.dut_far4):
+    for address in (p.dut_near, *((p.dut_far, p.dut_far4) if bed.far else ())):
         bed.ping(str(address))
 
 
-def _probe(bed: Testbed, capture: Any, case: Case, sid: IPv6Address) -> Result:
+def _probe(bed: Testbed, capture: Any, case: Case, sid: IPv6Address, target: Target) -> Result:
     mark = marker()
     packet = case.build(bed.plan, sid, mark)
-    capture.taps[0].send([bed.frame(packet)])
+    pieces = fragment6(packet, case.fragment) if case.fragment else [packet]  # type: ignore[no-untyped-call]
+    before = target.counters(sid) if case.sid.counted else None
+    capture.taps[0].send([bed.frame(piece) for piece in pieces])
     found = capture.collect([mark], timeout=WAIT_S, icmp=True)[mark]
     seen = received(found)
     verdict, detail = judge(case, packet, seen)
-    return Result(case, verdict, detail, packet.summary(), tuple(describe(s) for s in seen))
+    if case.sid.counted and verdict is Verdict.PASS:
+        after = target.counters(sid)
+        counted = None
+        if before is not None and after is not None:
+            counted = (after[0] - before[0], after[1] - before[1])
+        verdict, detail = judge_counters(counted, packet)
+    sent = packet.summary() + (f" in {len(pieces)} fragments" if len(pieces) > 1 else "")
+    return Result(case, verdict, detail, sent, tuple(describe(s) for s in seen))
+
+
+def judge_counters(counted: tuple[int, int] | None, sent: Any) -> tuple[Verdict, str]:
+    """What the SID counted (packets, bytes) while one probe passed: one packet of the
+    probe's length (a SID other traffic uses, as a lab node's, may count more)."""
+    if counted is None:
+        return Verdict.NOT_APPLICABLE, "the target shows no per-SID counters"
+    packets, octets = counted
+    expected = (1, len(bytes(sent)))
+    if (packets, octets) != expected:
+        return (
+            Verdict.FAIL,
+            f"counted {packets} packets / {octets} bytes, {expected[0]} / {expected[1]} expected",
+        )
+    return Verdict.PASS, f"counted 1 packet, {octets} bytes"
 
 
 def judge(case: Case, sent: Any, seen: list[Seen]) -> tuple[Verdict, str]:
     """The verdict on what came out of the DUT for `sent`."""
     expect = case.expect
-    far = [s for s in seen if s.link is Link.FAR]
+    # ICMP errors are the DUT's answers to the tester, never what it forwards; where the
+    # far link is a lab node's uplink they pass there on their way to the tester.
+    far = [s for s in seen if s.link is Link.FAR and icmp_error(s.packet) is None]
     errors = [s for s in seen if s.link is Link.NEAR and icmp_error(s.packet) is not None]
     instead = "; ".join(describe(s) for s in seen) or "nothing came out"
     if expect.icmp is not None:
@@ -113,14 +145,17 @@ def judge(case: Case, sent: Any, seen: list[Seen]) -> tuple[Verdict, str]:
             if icmp_fields(error.packet)[: len(expect.icmp)] == expect.icmp:
                 return Verdict.PASS, describe(error)
         return Verdict.FAIL, f"expected {expect.what}; saw {instead}"
-    if expect.link is Link.FAR:
-        if not far:
+    if expect.link is not None:
+        out = far
+        if expect.link is Link.NEAR:
+            out = [s for s in seen if s.link is Link.NEAR and icmp_error(s.packet) is None]
+        if not out:
             return Verdict.FAIL, f"expected {expect.what}; saw {instead}"
         assert expect.check is not None
-        wrong = expect.check(sent, far[0].packet)
-        if len(far) > 1:
-            wrong.append(f"{len(far)} copies came out")
-        return (Verdict.FAIL, "; ".join(wrong)) if wrong else (Verdict.PASS, describe(far[0]))
+        wrong = expect.check(sent, out[0].packet)
+        if len(out) > 1:
+            wrong.append(f"{len(out)} copies came out")
+        return (Verdict.FAIL, "; ".join(wrong)) if wrong else (Verdict.PASS, describe(out[0]))
     if far:
         return Verdict.FAIL, f"expected it dropped; saw {instead}"
     return Verdict.PASS, "dropped" + (f" ({describe(errors[0])})" if errors else "")

@@ -7,6 +7,8 @@ what a SID then does is left to the implementation: the suite measures it, not o
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +29,15 @@ from srv6ctl.conformance.testbed import (
 from srv6ctl.observe.netinfo import link_mac
 
 TABLE = 100  # End.T's table
+# iproute2's names of the flavours (`flavors psp,usp,usd`, `flavors next-csid`)
+KERNEL_FLAVOURS = {"NEXT-CSID": "next-csid"}
+# The headends as `encap seg6 mode ...` (None: the kernel has no such mode)
+HEADEND_MODES = {
+    "H.Encaps": "encap",
+    "H.Encaps.Red": "encap.red",
+    "H.Insert": "inline",
+    "H.Insert.Red": None,
+}
 VRF, VRF_TABLE = "s6conf-vrf", 101  # the kernel's End.DT4/End.DT46 look up in a VRF
 
 
@@ -41,6 +52,10 @@ class Target(Protocol):
 
     def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
         """Program `address` as `sid`; None, or why the target cannot."""
+        ...
+
+    def counters(self, address: IPv6Address) -> tuple[int, int] | None:
+        """The SID's (packets, bytes) processed (RFC 8986 §6), None where not shown."""
         ...
 
     def close(self) -> None: ...
@@ -88,6 +103,7 @@ class KernelTarget:
                 ip(dut, "neigh", "replace", neighbour, "lladdr", mac, "dev", ifname,
                    "nud", "permanent")  # fmt: skip
         ip(dut, "-6", "route", "add", str(p.beyond), "via", str(p.tester_far))
+        ip(dut, "-6", "route", "add", str(p.csid_next), "via", str(p.tester_far))
         ip(dut, "-6", "route", "add", f"{p.table_segment}/128", "via", str(p.tester_far),
            "table", str(TABLE))  # fmt: skip
         ip(dut, "-6", "route", "add", str(p.inner_net6), "via", str(p.tester_far))
@@ -117,11 +133,18 @@ class KernelTarget:
     def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
         assert self.bed is not None
         p = self.bed.plan
-        flavours = ["flavors", ",".join(f.lower() for f in sorted(sid.flavours))]
         if sid.flavours and sid.behaviour not in ("End", "End.X", "End.T"):
             return f"the kernel has no flavours for {sid.behaviour}"
-        if sid.behaviour in ("H.Encaps", "H.Encaps.Red"):
-            mode = "encap" if sid.behaviour == "H.Encaps" else "encap.red"
+        flavours = []
+        if sid.flavours:
+            names = ",".join(KERNEL_FLAVOURS.get(f, f.lower()) for f in sorted(sid.flavours))
+            flavours = ["flavors", names]
+            if sid.compressed:  # the kernel's names for RFC 9800's LBL and LNL + FL
+                flavours += ["lblen", str(p.CSID_BLOCK_BITS), "nflen", str(p.CSID_BITS)]
+        if sid.behaviour in HEADEND_MODES:
+            mode = HEADEND_MODES[sid.behaviour]
+            if mode is None:
+                return "the kernel has no reduced insertion (modes inline, encap, encap.red)"
             try:
                 ip(self.bed.dut, "-6", "route", "add", f"{p.steered_to(address)}/128", "encap",
                    "seg6", "mode", mode, "segs", _segs(sid), "dev", DUT_FAR)  # fmt: skip
@@ -141,19 +164,47 @@ class KernelTarget:
             "End.B6": ["End.B6", "srh", "segs", _segs(sid)],
         }.get(sid.behaviour)
         if action is None:
-            return f"not offered by this suite's kernel target ({sid.behaviour})"
+            return f"the kernel has no {sid.behaviour}"
         if "vrftable" in action and self.vrf_problem:
             return self.vrf_problem
         dev = DUT_FAR if sid.behaviour in ("End.X", "End.DX6", "End.DX4") else DUT_NEAR
+        length = p.csid_prefix_len() if sid.compressed else 128
+        count = ["count"] if sid.counted else []
         try:
-            ip(self.bed.dut, "-6", "route", "add", f"{address}/128", "encap", "seg6local",
-               "action", *action, *(flavours if sid.flavours else []), "dev", dev)  # fmt: skip
+            ip(self.bed.dut, "-6", "route", "add", f"{address}/{length}", "encap", "seg6local",
+               "action", *action, *count, *flavours, "dev", dev)  # fmt: skip
         except RuntimeError as err:
             return f"the kernel refused it: {err}"
         return None
 
+    def counters(self, address: IPv6Address) -> tuple[int, int] | None:
+        """`ip -s route`'s seg6local counters (kernel 5.14+, routes added with `count`)."""
+        assert self.bed is not None
+        shown = subprocess.run(
+            ["ip", "-n", self.bed.dut, "-s", "-j", "-6", "route", "show", f"{address}/128"],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+        for route in json.loads(shown or "[]"):
+            encap = route.get("encap") or {}
+            stats = encap.get("stats64") if isinstance(encap, dict) else None
+            stats = stats or route.get("stats64")
+            if isinstance(stats, dict) and "packets" in stats:
+                return int(stats["packets"]), int(stats["bytes"])
+        return None
+
     def close(self) -> None:
         self.bed = None
+
+
+def localsid_counters(shown: str, address: IPv6Address) -> tuple[int, int] | None:
+    """The (packets, bytes) `show sr localsids` counts as the SID's "Good traffic" (VPP
+    counts every SID), None where it lists no such SID."""
+    for block in shown.split("--------------------"):
+        if re.search(rf"Address:\s+{re.escape(str(address))}/", block):
+            good = re.search(r"Good traffic:\s+\[(\d+) packets : (\d+) bytes\]", block)
+            if good:
+                return int(good.group(1)), int(good.group(2))
+    return None
 
 
 def _segs(sid: SidSpec) -> str:
@@ -207,6 +258,7 @@ class VppTarget:
             f"ip table add {TABLE}",
             f"ip6 table add {TABLE}",
             f"ip route add {p.beyond} via {p.tester_far} host-{DUT_FAR}",
+            f"ip route add {p.csid_next} via {p.tester_far} host-{DUT_FAR}",
             f"ip route add {p.table_segment}/128 table {TABLE} via {p.tester_far} host-{DUT_FAR}",
             f"ip route add {p.inner_net6} via {p.tester_far} host-{DUT_FAR}",
             f"ip route add {p.inner_net4} via {p.tester_far4} host-{DUT_FAR}",
@@ -241,15 +293,21 @@ class VppTarget:
         assert self.bed is not None
         p = self.bed.plan
         flavours = set(sid.flavours)
-        psp = " psp" if flavours == {"PSP"} and sid.behaviour == "End" else ""
+        psp = " psp" if flavours == {"PSP"} and sid.behaviour in ("End", "End.X") else ""
+        if sid.compressed and flavours == {"NEXT-CSID"} and sid.behaviour == "End":
+            # uN: the SID a prefix of locator block and node ID, C-SIDs of 16 bits
+            prefix = f"{address}/{p.csid_prefix_len()}"
+            said = self.cli(f"sr localsid prefix {prefix} behavior un {p.CSID_BITS}").strip()
+            return f"VPP refused it: {said}" if said else None
         if flavours and not psp:
             return f"VPP has no {'/'.join(sorted(flavours))} flavour for {sid.behaviour}"
-        headend = sid.behaviour in ("H.Encaps", "H.Encaps.Red")
+        headend = sid.behaviour.startswith("H.")
         if headend or sid.behaviour in ("End.B6.Encaps", "End.B6.Encaps.Red"):
             if sid.behaviour.endswith(".Red"):
                 return "VPP's CLI makes no policy in the reduced mode"
+            kind = "insert" if sid.behaviour.startswith("H.Insert") else "encap"
             segments = " ".join(f"next {s}" for s in sid.segments)
-            said = self.cli(f"sr policy add bsid {address} {segments} encap").strip()
+            said = self.cli(f"sr policy add bsid {address} {segments} {kind}").strip()
             if said or not headend:
                 return f"VPP refused it: {said}" if said else None
             command = f"sr steer l3 {p.steered_to(address)}/128 via bsid {address}"
@@ -268,6 +326,9 @@ class VppTarget:
             command = f"sr localsid address {address} behavior {behaviour}{psp}"
         said = self.cli(command).strip()
         return f"VPP refused it: {said}" if said else None
+
+    def counters(self, address: IPv6Address) -> tuple[int, int] | None:
+        return localsid_counters(self.cli("show sr localsids"), address)
 
     def close(self) -> None:
         if self.process is not None:
@@ -304,11 +365,14 @@ class ExternalTarget:
         return self.declared.get(sid.name, proposed)
 
     def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
-        if sid.behaviour in self.UNOFFERED:
+        if sid.behaviour in self.UNOFFERED or sid.behaviour.startswith("H."):
             return f"{sid.behaviour} on an external target: not offered yet"
         if sid.name not in self.declared:
             return f"no {sid.name} declared (--sid ADDRESS={sid.name})"
         return None
+
+    def counters(self, address: IPv6Address) -> tuple[int, int] | None:
+        return None  # the device's own tools show them, if it has any
 
     def close(self) -> None:
         pass
@@ -327,4 +391,12 @@ def parse_sid(text: str) -> tuple[str, IPv6Address]:
         raise ValueError(f"--sid {text}: {address!r} is not an IPv6 address") from None
 
 
-__all__ = ["TABLE", "ExternalTarget", "KernelTarget", "Target", "VppTarget", "parse_sid"]
+__all__ = [
+    "TABLE",
+    "ExternalTarget",
+    "KernelTarget",
+    "Target",
+    "VppTarget",
+    "localsid_counters",
+    "parse_sid",
+]

@@ -66,6 +66,9 @@ class Testbed:
     far: str = TESTER_FAR
     attached_to: str = ""  # the existing namespace of `near` and `far` (external targets)
     added: list[tuple[str, str]] = field(default_factory=list)  # (address, ifname) we added
+    # More places what the DUT sends is seen, as the far link: (netns, interface, whether
+    # the capture's directions are reversed there: srv6ctl.verify.packets' `far`).
+    far_taps: tuple[tuple[str | None, str, bool], ...] = ()
 
     @classmethod
     def new(cls, plan: Plan | None = None) -> Testbed:
@@ -78,6 +81,22 @@ class Testbed:
         return cls(
             f"s6conf-{os.urandom(3).hex()}", plan or Plan(), dut_mac=dut_mac, near=near,
             far=far, attached_to=netns,
+        )  # fmt: skip
+
+    @classmethod
+    def lab(
+        cls,
+        netns: str,
+        near: str,
+        dut_mac: str,
+        plan: Plan,
+        far_taps: tuple[tuple[str | None, str, bool], ...],
+    ) -> Testbed:
+        """A lab node's wiring: probes from `near` in `netns` (the lab's probe host, which
+        already has the plan's tester address), what the node sends seen at `far_taps`."""
+        return cls(
+            f"s6conf-{os.urandom(3).hex()}", plan, dut_mac=dut_mac, near=near, far="",
+            attached_to=netns, far_taps=far_taps,
         )  # fmt: skip
 
     def up(self) -> None:
@@ -111,6 +130,8 @@ class Testbed:
         removed again by `down`); the DUT's MAC found by neighbour discovery if not given."""
         self.tester, p = self.attached_to, self.plan
         for ifname, addresses in zip((self.near, self.far), p.tester_addresses(), strict=True):
+            if not ifname:
+                continue  # a lab node: its far side is watched where the lab's links are
             held = subprocess.run(
                 ["ip", "-n", self.tester, "addr", "show", "dev", ifname],
                 capture_output=True, text=True, check=True,
@@ -156,7 +177,10 @@ class Testbed:
     def capture(self) -> Capture:
         capture = Capture()
         capture.add(self.tester, self.near, Link.NEAR.value)
-        capture.add(self.tester, self.far, Link.FAR.value)
+        if self.far:
+            capture.add(self.tester, self.far, Link.FAR.value)
+        for netns, interface, reversed_ in self.far_taps:
+            capture.add(netns, interface, Link.FAR.value, reversed_)
         capture.drain()
         return capture
 
