@@ -25,7 +25,7 @@ import pytest
 from scapy.layers.dns import DNS, DNSQR
 
 from srv6ctl.dataplane.nsenter import run_in_netns
-from srv6ctl.lab import cluster_dns, e2e, kubernetes_lab, processes
+from srv6ctl.lab import cluster_dns, e2e, kubernetes_lab, load_balancer, processes
 from srv6ctl.lab.kubelet_node import (
     BIND_MOUNTS,
     KUBELET_KERNEL_DEFAULTS,
@@ -481,6 +481,44 @@ def _http_hostname(address: str, port: int) -> str:
     return answer.decode().split("\r\n\r\n", 1)[-1]
 
 
+def _load_balancer_serves(run: LabRun, plane: ControlPlane) -> None:
+    """hello/hello made a LoadBalancer: the lab's controller gives it an address from its
+    pool, the control plane's namespace (where the e2e suite runs) reaches the server
+    through it via the probe; deleted, the Service goes (its finalizer taken off) and
+    so does the probe's route."""
+    path = "/api/v1/namespaces/hello/services/hello"
+    plane.send("PATCH", path, {"spec": {"type": "LoadBalancer"}})
+
+    def ingress() -> str | None:
+        service = plane.get(path)
+        assert isinstance(service, dict)
+        found = (service.get("status") or {}).get("loadBalancer", {}).get("ingress") or []
+        return str(found[0]["ip"]) if found else None
+
+    address = str(_wait_for("the LoadBalancer's address", ingress, 30))
+    assert ipaddress.ip_address(address) in load_balancer.POOL_V6
+    service = plane.get(path)
+    assert isinstance(service, dict)
+    assert load_balancer.FINALIZER in service["metadata"]["finalizers"]
+    fetch = functools.partial(_http_hostname, address, 80)
+    assert run_in_netns(f"/run/netns/{plane.netns}", fetch) == "server"
+    plane.send("DELETE", path, {})
+
+    def gone() -> bool:
+        try:
+            plane.get(path)
+        except urllib.error.HTTPError as err:
+            return err.code == 404
+        return False
+
+    _wait_for("the LoadBalancer Service deleted", gone, 30)
+    routes = subprocess.run(
+        ["ip", "-n", run.state.probe_netns, "-6", "route", "show", f"{address}/128"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert routes == ""
+
+
 @contextlib.contextmanager
 def _kubernetes_lab(*up_args: str) -> Iterator[LabRun]:
     """A lab brought up with `up_args`; after the block, `lab down`, and then nothing of
@@ -585,6 +623,7 @@ def test_lab_up_on_kubernetes_runs_pods_made_by_kubelet_over_srv6() -> None:
         outcome = _wait_for("the client pod finished", finished, 180)
         log = plane.text("/api/v1/namespaces/hello/pods/client/log").strip()
         assert (outcome, log) == ("Succeeded", "by address: server, by ClusterIP: server")
+        _load_balancer_serves(run, plane)
 
         # The lab's own pods are kubelet's too, and verify runs on it as on the plain lab:
         # every group (crafted SRv6 packets, flows, the external client, convergence with

@@ -15,6 +15,8 @@ the plain lab; then:
   srv6ctl's own RBAC and namespace applied from `deploy/base/kubernetes` with kubectl: the
   agents run as the `srv6ctl` ServiceAccount (a TokenRequest token), so its ClusterRole
   and Role are what they are allowed, as in a cluster.
+- **A load balancer** (`load_balancer`): a controller that gives LoadBalancer Services
+  their ingress IPs, and the probe as the router in front of the nodes.
 - **Per node** a kubelet with its own containerd (`kubelet_node.KubeletNode`), srv6-cni
   installed as containerd's CNI plugin (with Debian's `loopback`, which containerd's CRI
   runs for every pod), and the agent with the Kubernetes source and store, started in the
@@ -43,7 +45,7 @@ import yaml
 from cni.install import install as install_cni
 from cni.wiring import set_tx_checksum
 from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
-from srv6ctl.lab import cluster_dns, netns
+from srv6ctl.lab import cluster_dns, load_balancer, netns
 from srv6ctl.lab.context import LabContext
 from srv6ctl.lab.kubelet_node import (
     HostSettings,
@@ -330,6 +332,12 @@ def build_nodes(ctx: LabContext, claim: Callable[[str], None]) -> ControlPlane:
     if dns is not None:
         with steps.step("cluster DNS: CoreDNS, the kube-dns Service"):
             start_cluster_dns(ctx, plane, dns)
+    with steps.step("load balancer: a controller for LoadBalancer Services, the probe routing"):
+        try:
+            load_balancer.start(plane, paths, state)
+        finally:
+            state.control_plane = list(plane.records)
+            ctx.save()
     with steps.step("node IDs claimed, the agents' credentials"):
         agent_kubeconfig(plane, paths.agent_kubeconfig)
         admin = str(plane.kubeconfig("admin"))
