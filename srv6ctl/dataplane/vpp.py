@@ -801,6 +801,8 @@ class VppBackend:
                 owner.extend([position] * len(requests))
                 queued.append(position)
             flush()
+            if self._tables.release(changes, self._known.values(), self.pod_table, self._run):
+                self._rules.forget()  # its rule groups' fallbacks were in those tables
             if may_empty_table(changes):
                 self._tables.release_affinity(self._run)
         except (ApplyError, VppError, VppUnavailable):

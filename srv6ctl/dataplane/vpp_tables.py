@@ -15,11 +15,12 @@ deleted when the last one leaves it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from srv6ctl.dataplane import vpp_affinity
 from srv6ctl.dataplane.model import (
     LOCAL_SID,
+    MAIN_TABLE,
     POD,
     RULE,
     Change,
@@ -35,6 +36,7 @@ from srv6ctl.dataplane.vpp_fib_codec import (
     FIB_SOURCE_SR,
     TABLE_NAME_PREFIX,
     table_add,
+    table_del,
     vpp_table,
 )
 from srv6ctl.dataplane.vpp_sr_codec import BEHAVIOR_OF
@@ -102,6 +104,43 @@ class Tables:
         if self._ours is not None:
             self._ours.update(missing)  # ours by name now
         return missing
+
+    def release(
+        self,
+        changes: Sequence[Change],
+        held: Iterable[DataplaneObject],
+        pod_table: int,
+        run: Callable[[Sequence[Request]], None],
+    ) -> list[Table]:
+        """Delete (with `run`) our tables that objects removed by `changes` used and no
+        object still `held` uses (a Service's own table, once the Service is gone: a VPP
+        table is memory — an IPv4 one a 256 KiB mtrie root — and a cluster churns
+        Services); the pod table stays. The tables it deleted."""
+        left = {
+            (vpp_table(table), ipv6)
+            for change in changes
+            if change.old is not None
+            for table, ipv6s in tables_of(change.old, pod_table)
+            for ipv6 in ipv6s
+        }
+        left -= {
+            (vpp_table(table), ipv6) for table in (MAIN_TABLE, pod_table) for ipv6 in (False, True)
+        }
+        if not left:
+            return []
+        for obj in held:
+            for table, ipv6s in tables_of(obj, pod_table):
+                left -= {(vpp_table(table), ipv6) for ipv6 in ipv6s}
+            if not left:
+                return []
+        unused = sorted(left & self.ours())
+        if unused:
+            run([table_del(table_id, ipv6) for table_id, ipv6 in unused])
+            for gone in unused:
+                self.ours().discard(gone)
+                if self._seen is not None:
+                    self._seen.discard(gone)
+        return unused
 
     def doubt(self) -> None:
         """A plan failed: the tables seen may be gone (an operator's delete), read again."""
