@@ -27,6 +27,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrSegmentRoutingTLVPad1,
     IPv6ExtHdrSegmentRoutingTLVPadN,
 )
+from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
 from srv6ctl.conformance.model import (
@@ -40,7 +41,7 @@ from srv6ctl.conformance.model import (
 )
 
 DISCARD = 9  # RFC 863: the probes' UDP port
-NH_IPV4, NH_IPV6, NH_UDP, NH_FRAGMENT, NH_ICMPV6 = 4, 41, 17, 44, 58
+NH_IPV4, NH_IPV6, NH_UDP, NH_FRAGMENT, NH_ICMPV6, NH_ETHERNET = 4, 41, 17, 44, 58, 143
 SL_POINTER = 40 + 3  # a Parameter Problem's pointer at an SRH's Segments Left (RFC 8754)
 DEST_UNREACH, TIME_EXCEEDED, PARAM_PROBLEM = 1, 3, 4
 PORT_UNREACHABLE = 4  # Destination Unreachable's code
@@ -418,6 +419,57 @@ def encapsulated_by(policy: Sequence[Any], *, reduced: bool, source: Any) -> Che
     return check
 
 
+def frame_out() -> Check:
+    """End.DX2 (RFC 8986 §4.9 upper layer S01-S03): the inner Ethernet frame out of its
+    interface exactly as it was sent (an L2 cross-connect changes nothing in it)."""
+
+    def check(sent: Any, seen: Any) -> list[str]:
+        inner = sent.getlayer(Ether)
+        frame = seen.underlayer
+        if inner is None:
+            return ["(the case sent no inner frame)"]
+        if not isinstance(frame, Ether):
+            return [f"no Ethernet frame around {seen.summary()}"]
+        if bytes(frame)[: len(bytes(inner))] != bytes(inner):
+            return [f"the frame changed: {frame.summary()}"]
+        return []
+
+    return check
+
+
+def l2_encapsulated(plan: Plan, sid: IPv6Address, marker: bytes) -> Packet:
+    """An Ethernet frame (broadcast, so that the tester takes it in, carrying an IPv6
+    probe) in an outer IPv6 header with an SRH whose Segments Left is 0."""
+    frame = Ether(dst="ff:ff:ff:ff:ff:ff", src="02:5e:c6:00:00:01") / inner6(plan, marker)
+    srh = IPv6ExtHdrSegmentRouting(addresses=[str(sid)], segleft=0, lastentry=0, nh=NH_ETHERNET)
+    return IPv6(src=str(plan.tester_near), dst=str(sid), hlim=64) / srh / frame
+
+
+def inner_hop_limit_decremented() -> Check:
+    """H.Encaps S05 (RFC 8986 §5.1): the encapsulated packet's own hop limit one less (the
+    one change RFC 2473 allows it)."""
+
+    def check(sent: Any, seen: Any) -> list[str]:
+        inner = seen.getlayer(IPv6, 2)
+        if inner is None:
+            return ["no inner IPv6 packet"]
+        if inner.hlim != sent.hlim - 1:
+            return [f"inner hop limit {inner.hlim}, sent {sent.hlim} (one less expected)"]
+        return []
+
+    return check
+
+
+def outer_flow_label_set() -> Check:
+    """H.Encaps S03 with RFC 6437/6438: the outer header carries a flow label (a tunnel
+    entry point sets one, from the inner flow, for the network's ECMP)."""
+
+    def check(sent: Any, seen: Any) -> list[str]:
+        return [] if seen.fl else ["the outer flow label is 0"]
+
+    return check
+
+
 # --- the cases ----------------------------------------------------------------------------
 
 END = SidSpec("End")
@@ -428,6 +480,7 @@ END_DT6 = SidSpec("End.DT6")
 END_DT4 = SidSpec("End.DT4")
 END_T = SidSpec("End.T")
 END_DT46 = SidSpec("End.DT46")
+END_DX2 = SidSpec("End.DX2")
 PLAN = Plan()
 UNROUTED = IPv6Address("2001:db8:dead::1")  # no route anywhere: only a cross-connect gets it out
 B6_POLICY = (PLAN.segment(10), PLAN.segment(11))
@@ -482,7 +535,7 @@ def decapsulation_errors(behaviour: str, section: str, sid: SidSpec) -> tuple[Ca
             AT_SEGMENTS_LEFT,
         ),
         Case(
-            f"{name}.not-ip",
+            f"{name}.udp-upper-layer",
             f"{behaviour} given a UDP upper layer: Parameter Problem code 4",
             f"RFC 8986 §{section} upper layer (else), §4.1.1",
             Level.MUST,
@@ -603,7 +656,7 @@ CASES: tuple[Case, ...] = (
         AT_SEGMENTS_LEFT,
     ),
     Case(
-        "end.dx6.not-ipv6",
+        "end.dx6.udp-upper-layer",
         "End.DX6 given a UDP upper layer: Parameter Problem code 4",
         "RFC 8986 §4.4 upper layer S04-S05, §4.1.1",
         Level.MUST,
@@ -678,6 +731,24 @@ CASES: tuple[Case, ...] = (
         ),
     ),
     Case(
+        "h.encaps.inner-hop-limit",
+        "H.Encaps decrements the inner packet's hop limit",
+        "RFC 8986 §5.1 S05",
+        Level.MUST,
+        H_ENCAPS,
+        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        Expect.forwarded(inner_hop_limit_decremented(), "inner hop limit one less"),
+    ),
+    Case(
+        "h.encaps.flow-label",
+        "H.Encaps sets the outer flow label",
+        "RFC 8986 §5.1 S03 (RFC 6437, RFC 6438)",
+        Level.SHOULD,
+        H_ENCAPS,
+        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        Expect.forwarded(outer_flow_label_set(), "a non-zero outer flow label"),
+    ),
+    Case(
         "h.encaps.red",
         "H.Encaps.Red: the first SID only in the destination, not in the SRH",
         "RFC 8986 §5.2",
@@ -689,6 +760,16 @@ CASES: tuple[Case, ...] = (
             "outer header to the first SID, SRH of the second only, SL 1",
         ),
     ),
+    Case(
+        "end.dx2.frame",
+        "End.DX2 delivers the inner Ethernet frame, unchanged, out of its interface",
+        "RFC 8986 §4.9 upper layer S01-S03",
+        Level.MUST,
+        END_DX2,
+        l2_encapsulated,
+        Expect.forwarded(frame_out(), "the inner frame out of the far link, unchanged"),
+    ),
+    *decapsulation_errors("End.DX2", "4.9", END_DX2),
     *decapsulation_errors("End.DX4", "4.5", END_DX4),
     *decapsulation_errors("End.DT6", "4.6", END_DT6),
     *decapsulation_errors("End.DT4", "4.7", END_DT4),

@@ -157,6 +157,7 @@ class KernelTarget:
             "End.T": ["End.T", "table", str(TABLE)],
             "End.DX6": ["End.DX6", "nh6", str(p.tester_far)],
             "End.DX4": ["End.DX4", "nh4", str(p.tester_far4)],
+            "End.DX2": ["End.DX2", "oif", DUT_FAR],
             "End.DT6": ["End.DT6", "table", "main"],
             "End.DT4": ["End.DT4", "vrftable", str(VRF_TABLE)],
             "End.DT46": ["End.DT46", "vrftable", str(VRF_TABLE)],
@@ -318,6 +319,7 @@ class VppTarget:
                 "End.T": f"end.t {TABLE}",  # the table ID (fib_table_find)
                 "End.DX6": f"end.dx6 host-{DUT_FAR} {p.tester_far}",
                 "End.DX4": f"end.dx4 host-{DUT_FAR} {p.tester_far4}",
+                "End.DX2": f"end.dx2 host-{DUT_FAR}",
                 "End.DT6": "end.dt6 0",
                 "End.DT4": "end.dt4 0",
             }.get(sid.behaviour)
