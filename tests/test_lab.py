@@ -200,6 +200,29 @@ def test_verify_passes_every_check(lab: LabRun) -> None:
     assert len(lab.state.backends("web")) == 3
 
 
+@pytest.mark.kernel_srv6(vm=True)
+@pytest.mark.timeout(900)
+def test_conformance_against_a_kernel_lab_node(lab: LabRun) -> None:
+    """`srv6ctl conformance --target lab`: n1's SIDs as the agent programmed them in the
+    kernel (End, End.DT6, a pod's End.DX6), probed from the lab's external client: they
+    forward and deliver as RFC 8986 says; the agent adds no `count`, so the counters case
+    is n/a, as is what it does not program."""
+    done = lab.cli(
+        "srv6ctl.cli", "conformance", "--target", "lab", "--node", "n1", "--json", check=False,
+        timeout=800,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    (results,) = json.loads(done.stdout).values()
+    by_id = {r["id"]: r for r in results}
+    for passing in (
+        "end.forward", "end.hop-limit", "transit.not-a-sid", "end.dt6.lookup", "end.dx6.srh",
+        "end.dx6.reduced", "srh.tlv.unknown",
+    ):  # fmt: skip
+        assert by_id[passing]["verdict"] == "pass", by_id[passing]
+    for absent in ("end.counters", "end.x.cross-connect", "csid.shift"):
+        assert by_id[absent]["verdict"] == "n/a", by_id[absent]
+
+
 @pytest.mark.kernel_srv6
 def test_exec_runs_in_the_pods_namespace(lab: LabRun) -> None:
     pod = lab.state.pod("client-1")

@@ -29,9 +29,10 @@ DEFAULT_SKIP = "|".join(
         r"\[Serial\]",  # they change the cluster for everyone (taints, node restarts)
         r"\[Disruptive\]",
         r"\[Flaky\]",
-        r"\[Feature:[^\]]+\]",  # optional features, each its own setup
+        # Optional features, each its own setup; the LoadBalancer specs ([Feature:
+        # LoadBalancer], [Slow]) run against the lab's controller with --focus LoadBalancer.
+        r"\[Feature:[^\]]+\]",
         r"\bIngress",  # no ingress controller
-        r"LoadBalancer",  # no cloud provider to give a load balancer
         r"\[Slow\]",
     )
 )
