@@ -134,6 +134,25 @@ def verify(run: LabRun, *args: str) -> dict[str, Any]:
     return result
 
 
+def lab_conformance(
+    run: LabRun, node: str, passing: tuple[str, ...], absent: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
+    """`srv6ctl conformance --target lab --node NODE --json`, the `passing` cases passed
+    and the `absent` ones n/a: the results by case id."""
+    done = run.cli(
+        "srv6ctl.cli", "conformance", "--target", "lab", "--node", node, "--json", check=False,
+        timeout=800,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    (results,) = json.loads(done.stdout).values()
+    by_id = {r["id"]: r for r in results}
+    for case_id in passing:
+        assert by_id[case_id]["verdict"] == "pass", by_id[case_id]
+    for case_id in absent:
+        assert by_id[case_id]["verdict"] == "n/a", by_id[case_id]
+    return by_id
+
+
 # --- one shared lab ---------------------------------------------------------------------------
 
 
@@ -207,20 +226,12 @@ def test_conformance_against_a_kernel_lab_node(lab: LabRun) -> None:
     kernel (End, End.DT6, a pod's End.DX6), probed from the lab's external client: they
     forward and deliver as RFC 8986 says; the agent adds no `count`, so the counters case
     is n/a, as is what it does not program."""
-    done = lab.cli(
-        "srv6ctl.cli", "conformance", "--target", "lab", "--node", "n1", "--json", check=False,
-        timeout=800,
+    lab_conformance(
+        lab, "n1",
+        passing=("end.forward", "end.hop-limit", "transit.not-a-sid", "end.dt6.lookup",
+                 "end.dx6.srh", "end.dx6.reduced", "srh.tlv.unknown"),
+        absent=("end.counters", "end.x.cross-connect", "csid.shift"),
     )  # fmt: skip
-    assert done.returncode in (0, 1), done.stdout + done.stderr
-    (results,) = json.loads(done.stdout).values()
-    by_id = {r["id"]: r for r in results}
-    for passing in (
-        "end.forward", "end.hop-limit", "transit.not-a-sid", "end.dt6.lookup", "end.dx6.srh",
-        "end.dx6.reduced", "srh.tlv.unknown",
-    ):  # fmt: skip
-        assert by_id[passing]["verdict"] == "pass", by_id[passing]
-    for absent in ("end.counters", "end.x.cross-connect", "csid.shift"):
-        assert by_id[absent]["verdict"] == "n/a", by_id[absent]
 
 
 @pytest.mark.kernel_srv6

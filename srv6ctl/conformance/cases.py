@@ -508,6 +508,17 @@ def _next(plan: Plan) -> IPv6Address:
     return plan.segment(1)
 
 
+def steered_probe(plan: Plan, sid: IPv6Address, marker: bytes) -> Packet:
+    """A plain IPv6 packet to the destination a headend case steers into the policy at
+    `sid` (its binding SID)."""
+    return inner6(plan, marker, plan.steered_to(sid))
+
+
+def to_next_segment(plan: Plan, sid: IPv6Address, marker: bytes) -> Packet:
+    """The usual probe: `sid` active, one segment (`_next`) after it, UDP behind the SRH."""
+    return srh_probe(plan, sid, [_next(plan)], payload(marker))
+
+
 # The expectations several clauses share.
 AT_SEGMENTS_LEFT = Expect.error(
     PARAM_PROBLEM, ERRONEOUS_FIELD, SL_POINTER, "Parameter Problem 0, pointer 43 (Segments Left)"
@@ -553,7 +564,7 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §4.1 S12-S15",
         Level.MUST,
         END,
-        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        to_next_segment,
         Expect.forwarded(forwarded_to_next(), "next segment, SL-1, HL-1"),
     ),
     Case(
@@ -715,7 +726,7 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §4.16.1.2 S14.1-S14.5",
         Level.MUST,
         END_PSP,
-        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        to_next_segment,
         Expect.forwarded(psp_forwarded(), "next segment, no SRH, HL-1"),
     ),
     Case(
@@ -724,7 +735,7 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §5.1",
         Level.MUST,
         H_ENCAPS,
-        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        steered_probe,
         Expect.forwarded(
             encapsulated_by(HEADEND_POLICY, reduced=False, source=PLAN.dut_far),
             "outer header to the first SID, SRH of both SIDs, SL 1",
@@ -736,7 +747,7 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §5.1 S05",
         Level.MUST,
         H_ENCAPS,
-        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        steered_probe,
         Expect.forwarded(inner_hop_limit_decremented(), "inner hop limit one less"),
     ),
     Case(
@@ -745,7 +756,7 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §5.1 S03 (RFC 6437, RFC 6438)",
         Level.SHOULD,
         H_ENCAPS,
-        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        steered_probe,
         Expect.forwarded(outer_flow_label_set(), "a non-zero outer flow label"),
     ),
     Case(
@@ -754,7 +765,7 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §5.2",
         Level.MUST,
         H_ENCAPS_RED,
-        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        steered_probe,
         Expect.forwarded(
             encapsulated_by(HEADEND_POLICY, reduced=True, source=PLAN.dut_far),
             "outer header to the first SID, SRH of the second only, SL 1",
@@ -949,7 +960,7 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §4.16.1.2, §4.16.3",
         Level.MUST,
         END_PSP_USD,
-        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        to_next_segment,
         Expect.forwarded(psp_forwarded(), "next segment, no SRH, HL-1"),
     ),
     Case(
@@ -991,7 +1002,7 @@ CASES: tuple[Case, ...] = (
         "RFC 9800 (End with NEXT-CSID); RFC 8986 §4.1",
         Level.MUST,
         END_CSID,
-        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        to_next_segment,
         Expect.forwarded(forwarded_to_next(), "next segment, SL-1, HL-1"),
     ),
     Case(
@@ -1013,7 +1024,7 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §6",
         Level.SHOULD,
         END_COUNTED,
-        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        to_next_segment,
         Expect.forwarded(forwarded_to_next(), "next segment; the SID's counter: 1 packet"),
     ),
     # --- headends and binding SIDs ----------------------------------------------------------
@@ -1023,7 +1034,7 @@ CASES: tuple[Case, ...] = (
         "draft-filsfils-spring-srv6-net-pgm-insertion-09 (H.Insert)",
         Level.MAY,
         H_INSERT,
-        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        steered_probe,
         Expect.forwarded(
             inserted_by(HEADEND_POLICY, reduced=False), "DA the first SID, SRH inserted, SL 2"
         ),
@@ -1034,7 +1045,7 @@ CASES: tuple[Case, ...] = (
         "draft-filsfils-spring-srv6-net-pgm-insertion-09 (H.Insert.Red)",
         Level.MAY,
         H_INSERT_RED,
-        lambda p, sid, m: inner6(p, m, p.steered_to(sid)),
+        steered_probe,
         Expect.forwarded(
             inserted_by(HEADEND_POLICY, reduced=True), "DA the first SID, reduced SRH, SL 2"
         ),
@@ -1045,7 +1056,7 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §4.14",
         Level.MUST,
         END_B6_RED,
-        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        to_next_segment,
         Expect.forwarded(b6_encapsulated(B6_POLICY, reduced=True), "reduced policy SRH outside"),
     ),
     Case(
@@ -1054,7 +1065,7 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §4.13 S12-S17",
         Level.MUST,
         END_B6,
-        lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m)),
+        to_next_segment,
         Expect.forwarded(b6_encapsulated(B6_POLICY), "policy's SRH outside"),
     ),
 )
