@@ -25,10 +25,13 @@ from scapy.layers.inet6 import (
 
 from srv6ctl.conformance import report
 from srv6ctl.conformance.cases import CASES, SL_POINTER, shifted
+from srv6ctl.conformance.in_vm import results_of
 from srv6ctl.conformance.model import Link, Plan, Result, Seen, Verdict
 from srv6ctl.conformance.run import judge, judge_counters, run, select
 from srv6ctl.conformance.targets import ExternalTarget, KernelTarget, VppTarget
 from srv6ctl.conformance.testbed import Testbed
+from srv6ctl.dataplane.kernel_caps import probe_kernel
+from srv6ctl.hostvm import vm_unavailable
 from tests.support.vpp import BIN_ENV, why_no_vpp
 
 PLAN = Plan()
@@ -190,6 +193,37 @@ def test_reports_say_the_same_in_each_format() -> None:
     assert (two.get("failures"), two.get("skipped")) == ("1", "0")
     (failure,) = two.iter("failure")
     assert failure.get("message") == "nothing came out"
+
+
+def test_a_report_read_back_is_the_report() -> None:
+    """The VM's kernel column comes back as JSON (in_vm): read back, it is what was run."""
+    forward, dt4 = case("end.forward"), case("end.dt4.lookup")
+    sent = [
+        Result(forward, Verdict.PASS, "ok", "IPv6 / SRH", ("seen on far",)),
+        Result(dt4, Verdict.NOT_APPLICABLE, "needs a VRF"),
+    ]
+    (rows,) = json.loads(report.as_json({"linux": sent})).values()
+    assert results_of(rows) == sent
+
+
+@pytest.mark.netns
+def test_the_kernel_column_comes_from_a_vm_where_this_kernel_has_no_srv6() -> None:
+    """`srv6ctl conformance --target kernel` on a host whose kernel lacks SRv6 (as this
+    CI's): the kernel run happens in the VM, its column in the host's report."""
+    if probe_kernel().unsupported() is None:
+        pytest.skip("this host's kernel has SRv6: the kernel column is its own")
+    why = vm_unavailable()
+    if why is not None:
+        pytest.skip(f"no VM: {why}")
+    srv6ctl = str(Path(sys.executable).parent / "srv6ctl")
+    done = subprocess.run(
+        [srv6ctl, "conformance", "--target", "kernel", "--case", "end.forward", "--json"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    ((name, rows),) = json.loads(done.stdout).items()
+    assert name.startswith("linux ") and name.endswith(" (VM)")
+    assert [(r["id"], r["verdict"]) for r in rows] == [("end.forward", "pass")]
 
 
 def test_select_by_glob() -> None:
