@@ -180,6 +180,15 @@ def test_h_encaps_of_steered_traffic(lab: Lab) -> None:
     srh = frame[IPv6ExtHdrSegmentRouting]
     assert (frame[IPv6].src, frame[IPv6].dst, srh.nh) == (NODE_SOURCE, segments[0], 4)
     same_inner(srh.payload, inner4)
+    # The outer flow label comes from the inner flow (seg6_flowlabel 1), not from an inner
+    # header that has none: an underlay router spreads flows by it (RFC 6438); two flows
+    # differ in it, and one flow keeps its label.
+    labels = []
+    for sport in (4242, 4243, 4242):
+        lab.send(udp4("10.96.0.1", sport=sport))
+        (frame,) = lab.received()
+        labels.append(frame[IPv6].fl)
+    assert labels[0] != 0 and labels[0] != labels[1] and labels[0] == labels[2], labels
 
 
 @pytest.mark.kernel_srv6(vm=True)

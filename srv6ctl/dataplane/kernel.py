@@ -171,6 +171,12 @@ SYSCTLS: Mapping[str, str] = {
     "net.ipv6.fib_multipath_hash_fields": "55",
     "net.ipv4.fib_multipath_hash_policy": "3",  # IPv4-in-SRv6 steering hashes in IPv4
     "net.ipv4.fib_multipath_hash_fields": "55",
+    # The outer flow label of what H.Encaps makes: computed from the inner flow's hash (1)
+    # rather than copied from the inner header (0, the default), which gives IPv4 and
+    # every unlabelled IPv6 flow the label 0 — and a routed underlay, which sees no ports
+    # behind the SRH, nothing to spread flows by (RFC 6438; srv6ctl conformance's
+    # h.encaps.flow-label found it; VPP sets one).
+    "net.ipv6.seg6_flowlabel": "1",
 }
 
 _IFINFO = struct.Struct("=BxHiII")  # struct ifinfomsg
