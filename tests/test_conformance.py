@@ -248,6 +248,12 @@ def test_the_cli_lists_cases_and_refuses_a_target_it_cannot_run() -> None:
     )
     assert done.returncode == 2 and "no vpp binary" in done.stderr
     assert "Traceback" not in done.stderr
+    done = subprocess.run(
+        [srv6ctl, "conformance", "--target", "lab", "--state-dir", "/nonexistent/lab"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "no complete lab in /nonexistent/lab" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def _verdicts(results: list[Result]) -> dict[str, Verdict]:

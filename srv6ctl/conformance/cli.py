@@ -106,7 +106,8 @@ def _conformance(args: argparse.Namespace) -> int:
 
             try:
                 lab_target = LabTarget(args.state_dir, args.node)
-            except (ValueError, LabError, AgentUnavailable) as err:
+            except (ValueError, LabError, AgentUnavailable, OSError) as err:
+                # OSError: the lab's sockets and namespaces are root's
                 print(f"--target lab: {err}", file=sys.stderr)
                 return 2
             targets.append((lab_target, lab_target.testbed()))
