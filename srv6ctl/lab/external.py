@@ -22,8 +22,10 @@ pod's own address.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from srv6ctl.dataplane.nsenter import ensure_sysctls, run_in_netns
@@ -79,16 +81,29 @@ def node_address(node: NodeRecord, family: int) -> str | None:
     return node.internal_ipv6 if family == 6 else node.internal_ipv4
 
 
+def healthy(probe: str, node: NodeRecord, port: int) -> bool:
+    """Whether `node`'s health check port answers 200 to the probe (a Local service has
+    an endpoint there)."""
+    return health_check(probe, node.internal_ipv6, port).status == 200
+
+
 def entry_nodes(state: LabState, service: ServiceRecord) -> list[NodeRecord]:
     """The nodes the router sends the service's external traffic to."""
     if service.external_traffic_policy != "Local":
         return list(state.nodes)
     port = service.health_check_node_port
-    return [
-        n
-        for n in state.nodes
-        if health_check(state.probe_netns, n.internal_ipv6, port).status == 200
-    ]
+    return [n for n in state.nodes if healthy(state.probe_netns, n, port)]
+
+
+def vip_route(vip: str, nodes: Sequence[NodeRecord]) -> str:
+    """The `ip -batch` line routing `vip` to `nodes` (ECMP over their addresses of its
+    family), or making it unreachable where there is none."""
+    family = ipaddress.ip_address(vip).version
+    host = f"{vip}/{128 if family == 6 else 32}"
+    vias = [a for a in (node_address(n, family) for n in nodes) if a]
+    if not vias:
+        return f"route replace unreachable {host}"
+    return f"route replace {host} " + " ".join(f"nexthop via {via}" for via in vias)
 
 
 def route_external(state: LabState) -> dict[str, list[str]]:
@@ -106,17 +121,18 @@ def route_external(state: LabState) -> dict[str, list[str]]:
         nodes = entry_nodes(state, service)
         for family in (6, 4):
             for vip in service.external_vips(family):
-                vias = [a for a in (node_address(n, family) for n in nodes) if a]
                 routed[vip] = [n.name for n in nodes]
-                host = f"{vip}/{128 if family == 6 else 32}"
-                if not vias:
-                    commands.append(f"route replace unreachable {host}")
-                else:
-                    hops = " ".join(f"nexthop via {via}" for via in vias)
-                    commands.append(f"route replace {host} {hops}")
+                commands.append(vip_route(vip, nodes))
     if commands:
         netns.ip_batch(state.probe_netns, commands)
     return routed
 
 
-__all__ = ["HealthAnswer", "entry_nodes", "health_check", "route_external"]
+__all__ = [
+    "HealthAnswer",
+    "entry_nodes",
+    "health_check",
+    "healthy",
+    "route_external",
+    "vip_route",
+]

@@ -38,6 +38,7 @@ A lab tool, polled once a second: not a watch.
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import json
 import logging
@@ -50,7 +51,7 @@ from typing import Any
 
 from srv6ctl.dataplane.nsenter import ensure_sysctls
 from srv6ctl.lab import netns
-from srv6ctl.lab.external import SPREAD_CONNECTIONS
+from srv6ctl.lab.external import SPREAD_CONNECTIONS, healthy, vip_route
 from srv6ctl.lab.kubernetes import ControlPlane
 from srv6ctl.lab.netns import LabError
 from srv6ctl.lab.shape import PROBE_INDEX_V6, underlay_v6
@@ -212,27 +213,12 @@ def route_commands(
 ) -> list[str]:
     """`ip -batch` lines that turn the probe's routes for `old` into those for `new`."""
     by_name = {n.name: n for n in nodes}
-    commands = []
-    for ip in sorted(set(old) - set(new)):
-        commands.append(f"route del {ip}/{128 if _family(ip) == 6 else 32}")
+    commands = [
+        f"route del {ip}/{128 if _family(ip) == 6 else 32}" for ip in sorted(set(old) - set(new))
+    ]
     for ip, names in sorted(new.items()):
-        if old.get(ip) == names:
-            continue
-        family = _family(ip)
-        host = f"{ip}/{128 if family == 6 else 32}"
-        vias = [
-            v
-            for v in (
-                by_name[n].internal_ipv6 if family == 6 else by_name[n].internal_ipv4
-                for n in names
-                if n in by_name
-            )
-            if v
-        ]
-        if not vias:
-            commands.append(f"route replace unreachable {host}")
-        else:
-            commands.append(f"route replace {host} " + " ".join(f"nexthop via {v}" for v in vias))
+        if old.get(ip) != names:
+            commands.append(vip_route(ip, [by_name[n] for n in names if n in by_name]))
     return commands
 
 
@@ -294,16 +280,15 @@ class Controller:
         )
 
     def once(self) -> None:
-        from srv6ctl.lab.external import health_check
-
         state = self.state()
         services = self.services()
         decisions = decide(services, self.pools)
-
-        def healthy(node: NodeRecord, port: int) -> bool:
-            return health_check(state.probe_netns, node.internal_ipv6, port).status == 200
-
-        routes = wanted_routes(after(services, decisions), state.nodes, healthy, self.pools)
+        routes = wanted_routes(
+            after(services, decisions),
+            state.nodes,
+            functools.partial(healthy, state.probe_netns),
+            self.pools,
+        )
         commands = route_commands(self.routed, routes, state.nodes)
         if commands:
             netns.ip_batch(state.probe_netns, commands)
