@@ -96,16 +96,18 @@ def srh_probe(
     return IPv6(src=str(plan.tester_near), dst=str(dst or sid), hlim=hlim) / srh / upper
 
 
+# The Next Header value of what follows an SRH, by its first layer (anything else: UDP).
+NEXT_HEADERS: tuple[tuple[type[Packet], int], ...] = (
+    (IPv6, NH_IPV6),
+    (IP, NH_IPV4),
+    (IPv6ExtHdrFragment, NH_FRAGMENT),
+    (ICMPv6EchoRequest, NH_ICMPV6),
+    (Ether, NH_ETHERNET),
+)
+
+
 def _nh(upper: Packet) -> int:
-    if isinstance(upper, IPv6):
-        return NH_IPV6
-    if isinstance(upper, IP):
-        return NH_IPV4
-    if isinstance(upper, IPv6ExtHdrFragment):
-        return NH_FRAGMENT
-    if isinstance(upper, ICMPv6EchoRequest):
-        return NH_ICMPV6
-    return NH_UDP
+    return next((nh for layer, nh in NEXT_HEADERS if isinstance(upper, layer)), NH_UDP)
 
 
 def echo(marker: bytes) -> Packet:
@@ -441,8 +443,7 @@ def l2_encapsulated(plan: Plan, sid: IPv6Address, marker: bytes) -> Packet:
     """An Ethernet frame (broadcast, so that the tester takes it in, carrying an IPv6
     probe) in an outer IPv6 header with an SRH whose Segments Left is 0."""
     frame = Ether(dst="ff:ff:ff:ff:ff:ff", src="02:5e:c6:00:00:01") / inner6(plan, marker)
-    srh = IPv6ExtHdrSegmentRouting(addresses=[str(sid)], segleft=0, lastentry=0, nh=NH_ETHERNET)
-    return IPv6(src=str(plan.tester_near), dst=str(sid), hlim=64) / srh / frame
+    return encapsulated(plan, sid, frame, srh=True)
 
 
 def inner_hop_limit_decremented() -> Check:

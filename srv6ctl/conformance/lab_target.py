@@ -46,6 +46,7 @@ class LabTarget:
         if not pods:
             raise ValueError(f"--node {node}: no pod on it to deliver to")
         self.pod: PodInfo = pods[0]
+        self.sids = self._sids()
 
     # --- the testbed --------------------------------------------------------------------
 
@@ -90,12 +91,12 @@ class LabTarget:
         pass  # the agent configured the node
 
     def address(self, sid: SidSpec, proposed: IPv6Address) -> IPv6Address:
-        return self._sids().get(sid.behaviour, proposed)
+        return self.sids.get(sid.behaviour, proposed)
 
     def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
         if sid.flavours:
             return f"the agent programs no {'/'.join(sorted(sid.flavours))} flavour"
-        if sid.behaviour not in self._sids():
+        if sid.behaviour not in self.sids:
             return f"the agent programs no {sid.behaviour} on {self.node.name}"
         return None
 
