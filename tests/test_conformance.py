@@ -4,11 +4,14 @@ the suite starts itself (`SRV6CTL_VPP_BIN`)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -23,12 +26,29 @@ from scapy.layers.inet6 import (
     fragment6,
 )
 
+from srv6ctl.conformance import cases as catalogue
 from srv6ctl.conformance import report
 from srv6ctl.conformance.cases import CASES, SL_POINTER, shifted
 from srv6ctl.conformance.in_vm import results_of
-from srv6ctl.conformance.model import Link, Plan, Result, Seen, Verdict
+from srv6ctl.conformance.model import (
+    HMAC_KEY,
+    Case,
+    Expect,
+    Level,
+    Link,
+    Plan,
+    Result,
+    Seen,
+    Verdict,
+)
 from srv6ctl.conformance.run import judge, judge_counters, run, select
-from srv6ctl.conformance.targets import ExternalTarget, KernelTarget, VppTarget
+from srv6ctl.conformance.targets import (
+    ExternalTarget,
+    KernelTarget,
+    VppTarget,
+    parse_sid,
+    parse_sid_file,
+)
 from srv6ctl.conformance.testbed import Testbed
 from srv6ctl.dataplane.kernel_caps import probe_kernel
 from srv6ctl.hostvm import vm_unavailable
@@ -92,6 +112,21 @@ def test_the_new_probes_are_what_their_clauses_say() -> None:
     whole = case("end.dt6.reassembly")
     pieces = fragment6(whole.build(PLAN, SID, MARK), whole.fragment)
     assert len(pieces) > 1 and all(len(bytes(p)) <= whole.fragment for p in pieces)
+
+
+def test_the_hmac_probes_carry_rfc_8754s_tlv_and_hmac() -> None:
+    """The TLV at the SRH's end as RFC 8754 §2.1.2 lays it out (Type 5, Length 38, D
+    clear, the suite's Key ID), the HMAC over §2.1.2.1's text read here at its fixed
+    offsets; the invalid probe differs from the valid one in that HMAC only."""
+    valid, invalid = bytes(_built("srh.hmac.valid")), bytes(_built("srh.hmac.invalid"))
+    srh_end = 40 + (valid[41] + 1) * 8
+    tlv = valid[80:srh_end]  # after the SRH's fixed part and its two segments
+    assert (tlv[0], tlv[1], len(tlv)) == (5, 38, 40)
+    assert tlv[2:4] == b"\0\0" and int.from_bytes(tlv[4:8], "big") == HMAC_KEY.key_id
+    text = valid[8:24] + valid[44:46] + tlv[2:8] + valid[48:80]  # SA, LE, Flags, ..., list
+    assert tlv[8:] == hmac.new(HMAC_KEY.secret, text, hashlib.sha256).digest()
+    assert [i for i in range(len(valid)) if valid[i] != invalid[i]] == [88]
+    assert bytes(_built("srh.tlv.hmac-unverified"))[80:82] == bytes([5, 38])
 
 
 def test_judging_a_next_csid_shift_and_an_insertion() -> None:
@@ -287,6 +322,7 @@ def test_against_vpp() -> None:
     for offered in ("end.dx4.srh", "end.dt4.lookup", "end.psp", "h.encaps"):
         assert verdicts[offered] is Verdict.PASS, offered
     assert verdicts["end.dt46.v6"] is Verdict.NOT_APPLICABLE  # VPP 25.10 has no End.DT46
+    assert verdicts["srh.hmac.invalid"] is Verdict.NOT_APPLICABLE  # nor HMAC verification
     assert verdicts["end.b6.encaps"] is Verdict.PASS
     # VPP 25.10's deviations (README, "Conformance"): malformed SRHs and a decapsulating
     # SID's Segments Left are dropped without the ICMP error the RFCs require, and a Last
@@ -308,10 +344,41 @@ def test_against_vpp() -> None:
     assert "nothing came out" in by_id["end.dt6.reassembly"].detail
 
 
+def _draft_hmac_case(*, kernel_text: bool) -> Case:
+    """End(HMAC) with the HMAC TLV signed under the SRH's H flag of the drafts before RFC
+    8754 (0x08 in Flags), over RFC 8754's text or (`kernel_text`) without the two octets
+    after the TLV's Length: what Linux checks (README, "RFC conformance")."""
+
+    def build(p: Plan, sid: ipaddress.IPv6Address, m: bytes) -> IPv6:
+        def signed(digest: bytes) -> IPv6:
+            tlv = catalogue.hmac_tlv(HMAC_KEY.key_id, digest)
+            probe = catalogue.srh_probe(p, sid, [p.segment(1)], catalogue.payload(m), tlvs=[tlv])
+            probe[IPv6ExtHdrSegmentRouting].hmac = 1
+            return IPv6(bytes(probe))
+
+        unsigned = signed(bytes(32))
+        if not kernel_text:
+            return signed(catalogue.hmac_digest(unsigned, HMAC_KEY))
+        raw = bytes(unsigned)
+        text = raw[8:24] + raw[44:46] + raw[84:88] + raw[48:80]
+        return signed(hmac.new(HMAC_KEY.secret, text, hashlib.sha256).digest())
+
+    return Case(
+        f"draft-h-flag.{'kernel' if kernel_text else 'rfc'}-text",
+        "An HMAC TLV under the drafts' H flag",
+        "RFC 8754 §2.1.2.1",
+        Level.SHOULD,
+        catalogue.END_HMAC,
+        build,
+        Expect.forwarded(catalogue.forwarded_to_next(), "next segment"),
+    )
+
+
 @pytest.mark.netns
 @pytest.mark.kernel_srv6(vm=True)
 def test_against_the_kernel() -> None:
-    results = run(KernelTarget(), CASES)
+    drafts = [_draft_hmac_case(kernel_text=False), _draft_hmac_case(kernel_text=True)]
+    results = run(KernelTarget(), [*CASES, *drafts])
     verdicts = _verdicts(results)
     assert {c: verdicts[c] for c in CORE} == dict.fromkeys(CORE, Verdict.PASS), [
         (r.case.id, r.verdict, r.detail) for r in results if r.verdict is not Verdict.PASS
@@ -325,6 +392,12 @@ def test_against_the_kernel() -> None:
     # End.DT6 decapsulates the outer packet's first fragment alone.
     assert "nothing came out" in by_id["srh.tlv.pad1"].detail
     assert "bytes out" in by_id["end.dt6.reassembly"].detail
+    # HMAC: with the key, an RFC 8754 TLV is not verified at all (a wrong HMAC forwarded);
+    # Linux looks for the TLV only under the drafts' H flag and verifies its own text.
+    assert verdicts["srh.tlv.hmac-unverified"] is verdicts["srh.hmac.valid"] is Verdict.PASS
+    assert "on far" in by_id["srh.hmac.invalid"].detail
+    assert "nothing came out" in by_id["draft-h-flag.rfc-text"].detail
+    assert verdicts["draft-h-flag.kernel-text"] is Verdict.PASS
     for r in results:
         print(f"kernel {r.case.id}: {r.verdict} {r.detail}")
 
@@ -346,7 +419,20 @@ def test_the_cli_names_what_is_wrong_with_an_external_target() -> None:
     assert "not ADDRESS=NAME" in said("--sid", "fc00:5::1")
     assert "is not an IPv6 address" in said("--sid", "10.0.0.1=End")
     assert "one NETNS" in said("--near", "a:x", "--far", "b:y")
+    with tempfile.TemporaryDirectory() as tmp:
+        sids = Path(tmp) / "sids"
+        sids.write_text("# the router's\nfc00:5::1=End\nfc00:5::2 End.X\n")
+        assert f"{sids}:3: --sid fc00:5::2 End.X: not ADDRESS=NAME" in said("--sids", str(sids))
+        assert "No such file" in said("--sids", str(Path(tmp) / "none"))
     assert "no network namespace" in said("--near", "s6conf-none:x", "--far", "s6conf-none:y")
+
+
+def test_a_sid_file_declares_what_sid_flags_do() -> None:
+    text = "# rack 1 leaf\n\nfc00:5::1=End  # the node SID\nfc00:5::6=End.DT6,table=254\n"
+    assert parse_sid_file(text, "sids") == [
+        parse_sid("fc00:5::1=End"),
+        ("End.DT6", ipaddress.IPv6Address("fc00:5::6")),
+    ]
 
 
 @pytest.mark.netns
@@ -367,6 +453,7 @@ def test_an_external_device_is_judged_as_when_the_suite_configures_it() -> None:
         if c.sid.behaviour in ("End", "End.X", "End.DX6", "End.DT6")
         and not c.sid.flavours
         and not c.sid.counted
+        and not c.sid.hmac
     ]
     try:
         bed.up()

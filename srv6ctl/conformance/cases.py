@@ -11,6 +11,9 @@ in whatever comes out, an ICMP error's quoted packet included.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +26,6 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrFragment,
     IPv6ExtHdrSegmentRouting,
     IPv6ExtHdrSegmentRoutingTLV,
-    IPv6ExtHdrSegmentRoutingTLVHMAC,
     IPv6ExtHdrSegmentRoutingTLVPad1,
     IPv6ExtHdrSegmentRoutingTLVPadN,
 )
@@ -31,9 +33,11 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
 from srv6ctl.conformance.model import (
+    HMAC_KEY,
     Case,
     Check,
     Expect,
+    HmacKey,
     IPv6Address,
     Level,
     Plan,
@@ -147,6 +151,59 @@ def unknown_tlv(length: int) -> Packet:
 def overrunning_tlv() -> Packet:
     """A TLV whose length (20) runs past the 8 bytes the SRH's Hdr Ext Len leaves it."""
     return IPv6ExtHdrSegmentRoutingTLV(type=0x7E, len=20, value=b"\xab" * 6)
+
+
+def hmac_tlv(key_id: int, digest: bytes = bytes(32)) -> Packet:
+    """RFC 8754 §2.1.2's HMAC TLV (D clear, a 32-octet HMAC), built as a generic TLV:
+    scapy 2.8's own class writes Length as two octets counted from 48, a TLV no node can
+    walk."""
+    return IPv6ExtHdrSegmentRoutingTLV(type=5, len=38, value=struct.pack("!HI", 0, key_id) + digest)
+
+
+def hmac_digest(probe: Packet, key: HmacKey) -> bytes:
+    """The HMAC of `probe`'s SRH as RFC 8754 §2.1.2.1 computes it: over the source
+    address, Last Entry, Flags, the 16 bits after the HMAC TLV's Length, its Key ID and the
+    Segment List, with the key's secret and algorithm; the digest truncated (or zero-padded)
+    to 32 octets."""
+    srh = bytes(probe[IPv6ExtHdrSegmentRouting])
+    header = srh[: (srh[1] + 1) * 8]
+    last_entry, flags = header[4], header[5]
+    segments_end = 8 + 16 * (last_entry + 1)
+    tlv = _find_tlv(header[segments_end:], 5)
+    text = (
+        IPv6Address(probe[IPv6].src).packed
+        + bytes([last_entry, flags])
+        + tlv[2:4]  # D and RESERVED
+        + tlv[4:8]  # HMAC Key ID
+        + header[8:segments_end]
+    )
+    digest = hmac.new(key.secret, text, getattr(hashlib, key.algorithm)).digest()
+    return digest[:32].ljust(32, b"\0")
+
+
+def _find_tlv(tlvs: bytes, kind: int) -> bytes:
+    """The first TLV of type `kind` in an SRH's TLV area (Pad1 is one octet, RFC 8754
+    §2.1.1.1)."""
+    at = 0
+    while at < len(tlvs):
+        if tlvs[at] == kind:
+            return tlvs[at : at + 2 + tlvs[at + 1]]
+        at += 1 if tlvs[at] == 0 else 2 + tlvs[at + 1]
+    raise ValueError(f"no TLV of type {kind}")
+
+
+def hmac_probe(plan: Plan, sid: IPv6Address, marker: bytes, *, valid: bool = True) -> Packet:
+    """The usual probe with an HMAC TLV under the suite's key (HMAC_KEY): its HMAC right,
+    or (not `valid`) with the first octet's bits flipped."""
+
+    def probe(digest: bytes) -> Packet:
+        tlv = hmac_tlv(HMAC_KEY.key_id, digest)
+        return srh_probe(plan, sid, [_next(plan)], payload(marker), tlvs=[tlv])
+
+    digest = hmac_digest(probe(bytes(32)), HMAC_KEY)
+    if not valid:
+        digest = bytes([digest[0] ^ 0xFF]) + digest[1:]
+    return probe(digest)
 
 
 def after_destination_options(probe: Packet) -> Packet:
@@ -500,9 +557,11 @@ END_PSP_USD = SidSpec("End", frozenset({"PSP", "USD"}))
 END_CSID = SidSpec("End", frozenset({"NEXT-CSID"}))
 END_COUNTED = SidSpec("End", counted=True)
 NEXT_CSID = 0xE001  # a C-SID of the next node, routed out (Plan.csid_next)
-# An HMAC TLV (RFC 8754 §2.1.2) with a key ID the DUT has not been given, and the SRH's
-# H-flag clear: what a node that is not configured to verify HMACs receives.
-HMAC_TLV = IPv6ExtHdrSegmentRoutingTLVHMAC(hmackeyid=0x5EC6, hmac=b"\x5a" * 32)
+# An HMAC TLV (RFC 8754 §2.1.2) with a key ID the DUT has not been given: what a node
+# that is not configured to verify HMACs receives.
+HMAC_TLV = hmac_tlv(0x5EC6, b"\x5a" * 32)
+END_HMAC = SidSpec("End", hmac=True)
+HMAC_POINTER = 40 + 8 + 2 * 16  # the HMAC TLV after an SRH of two segments
 
 
 def _next(plan: Plan) -> IPv6Address:
@@ -857,6 +916,29 @@ CASES: tuple[Case, ...] = (
         END,
         lambda p, sid, m: srh_probe(p, sid, [_next(p)], payload(m), tlvs=[HMAC_TLV]),
         Expect.forwarded(forwarded_to_next(), "next segment, the HMAC TLV as sent"),
+    ),
+    Case(
+        "srh.hmac.valid",
+        "An HMAC TLV the node verifies, its HMAC right: processing proceeds as normal",
+        "RFC 8754 §2.1.2.1",
+        Level.SHOULD,
+        END_HMAC,
+        hmac_probe,
+        Expect.forwarded(forwarded_to_next(), "next segment, the HMAC TLV as sent"),
+    ),
+    Case(
+        "srh.hmac.invalid",
+        "An HMAC TLV the node verifies, its HMAC wrong: Parameter Problem at the TLV, dropped",
+        "RFC 8754 §2.1.2.1",
+        Level.SHOULD,
+        END_HMAC,
+        lambda p, sid, m: hmac_probe(p, sid, m, valid=False),
+        Expect.error(
+            PARAM_PROBLEM,
+            ERRONEOUS_FIELD,
+            HMAC_POINTER,
+            f"Parameter Problem 0, pointer {HMAC_POINTER}",
+        ),
     ),
     Case(
         "srh.truncated",

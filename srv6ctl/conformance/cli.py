@@ -52,6 +52,12 @@ def register(commands: Any) -> None:
         metavar="ADDRESS=NAME",
         help="a SID the device has, e.g. fc00:5::6=End.DT6 (NAME as --list shows it)",
     )
+    external.add_argument(
+        "--sids",
+        type=Path,
+        metavar="FILE",
+        help="the device's SIDs from a file: an ADDRESS=NAME a line, # comments",
+    )
     conformance.add_argument(
         "--vpp-bin",
         default=os.environ.get(VPP_BIN_ENV),
@@ -75,6 +81,7 @@ def _conformance(args: argparse.Namespace) -> int:
         Target,
         VppTarget,
         parse_sid,
+        parse_sid_file,
     )
     from srv6ctl.conformance.testbed import Testbed
     from srv6ctl.dataplane.kernel_caps import probe_kernel
@@ -94,8 +101,10 @@ def _conformance(args: argparse.Namespace) -> int:
         if name == "external":
             try:
                 declared = dict(parse_sid(text) for text in args.sid)
+                if args.sids:
+                    declared |= dict(parse_sid_file(args.sids.read_text(), str(args.sids)))
                 bed = _attached(args, Testbed)
-            except ValueError as err:
+            except (ValueError, OSError) as err:
                 print(f"--target external: {err}", file=sys.stderr)
                 return 2
             targets.append((ExternalTarget(declared), bed))

@@ -94,6 +94,8 @@ class LabTarget:
         return self.sids.get(sid.behaviour, proposed)
 
     def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
+        if sid.hmac:
+            return "the agent configures no HMAC key"
         if sid.flavours:
             return f"the agent programs no {'/'.join(sorted(sid.flavours))} flavour"
         if sid.behaviour not in self.sids:

@@ -51,17 +51,35 @@ class SidSpec:
     flavours: frozenset[str] = frozenset()
     segments: tuple[IPv6Address, ...] = ()  # End.B6.Encaps(.Red): the policy's list
     counted: bool = False  # its RFC 8986 §6 counters read after the probe
+    # The node verifies HMAC TLVs with the suite's key (HMAC_KEY) where the SID is active
+    # (RFC 8754 §2.1.2.1: "local configuration determines when to check").
+    hmac: bool = False
 
     @property
     def name(self) -> str:
-        flavours = "+".join(sorted(self.flavours))
-        return f"{self.behaviour}{'(' + flavours + ')' if flavours else ''}"
+        marks = "+".join([*sorted(self.flavours), *(["HMAC"] if self.hmac else [])])
+        return f"{self.behaviour}{'(' + marks + ')' if marks else ''}"
 
     @property
     def compressed(self) -> bool:
         """A NEXT-CSID SID (RFC 9800): a prefix of locator block and node (`Plan.csid`),
         the next compressed SIDs in the destination's argument bits."""
         return "NEXT-CSID" in self.flavours
+
+
+@dataclass(frozen=True)
+class HmacKey:
+    """A pre-shared HMAC key (RFC 8754 §2.1.2.2): its Key ID names the secret and the
+    algorithm at the node that signs and the node that verifies."""
+
+    key_id: int
+    secret: bytes
+    algorithm: str = "sha256"  # hashlib's name; the kernel's `ip sr hmac set ID sha256`
+
+
+# The suite's key: a node tested with an `...(HMAC)` SID holds it (an external device is
+# given it by its owner, README "RFC conformance").
+HMAC_KEY = HmacKey(0x5EC7, b"srv6ctl-conformance")
 
 
 @dataclass(frozen=True)
@@ -203,9 +221,11 @@ class Result:
 
 
 __all__ = [
+    "HMAC_KEY",
     "Case",
     "Check",
     "Expect",
+    "HmacKey",
     "Level",
     "Link",
     "Plan",

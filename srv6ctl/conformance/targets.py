@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from srv6ctl.conformance.model import IPv6Address, Plan, SidSpec
+from srv6ctl.conformance.model import HMAC_KEY, HmacKey, IPv6Address, Plan, SidSpec
 from srv6ctl.conformance.testbed import (
     DUT_FAR,
     DUT_NEAR,
@@ -135,6 +135,12 @@ class KernelTarget:
         p = self.bed.plan
         if sid.flavours and sid.behaviour not in ("End", "End.X", "End.T"):
             return f"the kernel has no flavours for {sid.behaviour}"
+        if sid.hmac:
+            # The key is the namespace's, not the SID's; what checks it is each
+            # interface's seg6_require_hmac (0, the default: when an HMAC TLV is present).
+            why = set_hmac_key(self.bed.dut, HMAC_KEY)
+            if why:
+                return why
         flavours = []
         if sid.flavours:
             names = ",".join(KERNEL_FLAVOURS.get(f, f.lower()) for f in sorted(sid.flavours))
@@ -195,6 +201,22 @@ class KernelTarget:
 
     def close(self) -> None:
         self.bed = None
+
+
+def set_hmac_key(netns: str, key: HmacKey) -> str | None:
+    """`ip sr hmac set ID ALGO` in `netns`, the secret on its standard input; None, or
+    why not. A session of its own: iproute2 asks for the secret with getpass(3), which
+    reads the controlling terminal where there is one."""
+    done = subprocess.run(
+        ["ip", "-n", netns, "sr", "hmac", "set", str(key.key_id), key.algorithm],
+        input=key.secret + b"\n",
+        capture_output=True,
+        check=False,
+        start_new_session=True,
+    )
+    if done.returncode != 0:
+        return f"the kernel took no HMAC key: {done.stderr.decode(errors='replace').strip()}"
+    return None
 
 
 def localsid_counters(shown: str, address: IPv6Address) -> tuple[int, int] | None:
@@ -293,6 +315,8 @@ class VppTarget:
     def install(self, sid: SidSpec, address: IPv6Address) -> str | None:
         assert self.bed is not None
         p = self.bed.plan
+        if sid.hmac:
+            return "VPP 25.10 verifies no HMAC TLV (it has no key to configure)"
         flavours = set(sid.flavours)
         psp = " psp" if flavours == {"PSP"} and sid.behaviour in ("End", "End.X") else ""
         if sid.compressed and flavours == {"NEXT-CSID"} and sid.behaviour == "End":
@@ -393,6 +417,20 @@ def parse_sid(text: str) -> tuple[str, IPv6Address]:
         raise ValueError(f"--sid {text}: {address!r} is not an IPv6 address") from None
 
 
+def parse_sid_file(text: str, source: str) -> list[tuple[str, IPv6Address]]:
+    """A file of SIDs, one `ADDRESS=NAME` a line (as --sid), blank lines and `#` comments
+    ignored; ValueError naming the file and line of what is wrong."""
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if entry:
+            try:
+                found.append(parse_sid(entry))
+            except ValueError as err:
+                raise ValueError(f"{source}:{number}: {err}") from None
+    return found
+
+
 __all__ = [
     "TABLE",
     "ExternalTarget",
@@ -401,4 +439,5 @@ __all__ = [
     "VppTarget",
     "localsid_counters",
     "parse_sid",
+    "parse_sid_file",
 ]
