@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import (
     ICMPv6ParamProblem,
@@ -102,6 +103,8 @@ def test_the_new_probes_are_what_their_clauses_say() -> None:
     assert truncated.plen < (bytes(truncated)[41] + 1) * 8
     flags = bytes(_built("srh.flags"))[45]
     assert flags != 0 and not flags & 0x20  # unassigned bits only: not RFC 9259's O-flag
+    broken = bytes(_built("local.sl0.unrecognized-next-header"))
+    assert broken[40] == 150 and broken[43] == 0  # pointer 40: the SRH's Next Header, SL 0
     local = bytes(_built("local.sl-not-zero"))
     assert local[24:40] == PLAN.dut_near.packed and local[42] == 4  # pointer 42: Routing Type
     csid = PLAN.csid(1)
@@ -228,6 +231,11 @@ def test_reports_say_the_same_in_each_format() -> None:
     assert (two.get("failures"), two.get("skipped")) == ("1", "0")
     (failure,) = two.iter("failure")
     assert failure.get("message") == "nothing came out"
+    console = Console(record=True, width=200)
+    report.table(results, console)
+    text = console.export_text()
+    assert "two end.forward (fail): nothing came out\n    sent: sent\n    seen: nothing" in text
+    assert "one end.dt4.lookup (n/a): needs a VRF\n" in text
 
 
 def test_a_report_read_back_is_the_report() -> None:
@@ -342,6 +350,7 @@ def test_against_vpp() -> None:
     assert "on far" in by_id["srh.tlv.overrun"].detail
     assert "hop limit 62, sent 64" in by_id["h.insert"].detail
     assert "nothing came out" in by_id["end.dt6.reassembly"].detail
+    assert "nothing came out" in by_id["local.sl0.unrecognized-next-header"].detail
 
 
 def _draft_hmac_case(*, kernel_text: bool) -> Case:
@@ -385,7 +394,8 @@ def test_against_the_kernel() -> None:
     ]
     assert verdicts["h.encaps"] is verdicts["h.encaps.red"] is Verdict.PASS
     for offered in ("csid.shift", "csid.shift-keeps-srh", "csid.hop-limit", "end.counters",
-                    "h.insert", "srh.tlv.unknown", "srh.tlv.padn", "local.sl0"):  # fmt: skip
+                    "h.insert", "srh.tlv.unknown", "srh.tlv.padn", "local.sl0",
+                    "local.sl0.unrecognized-next-header"):  # fmt: skip
         assert verdicts[offered] is Verdict.PASS, offered
     by_id = {r.case.id: r for r in results}
     # Linux 6.1's deviations (README, "RFC conformance"): a Pad1 TLV drops the packet, and

@@ -49,7 +49,9 @@ NH_IPV4, NH_IPV6, NH_UDP, NH_FRAGMENT, NH_ICMPV6, NH_ETHERNET = 4, 41, 17, 44, 5
 SL_POINTER = 40 + 3  # a Parameter Problem's pointer at an SRH's Segments Left (RFC 8754)
 DEST_UNREACH, TIME_EXCEEDED, PARAM_PROBLEM = 1, 3, 4
 PORT_UNREACHABLE = 4  # Destination Unreachable's code
-ERRONEOUS_FIELD, SR_UPPER_LAYER = 0, 4  # Parameter Problem codes (RFC 4443, RFC 8986 §10.2)
+# Parameter Problem codes (RFC 4443 §3.4, RFC 8986 §10.2)
+ERRONEOUS_FIELD, UNRECOGNIZED_NEXT_HEADER, SR_UPPER_LAYER = 0, 1, 4
+UNASSIGNED_NH = 150  # an Internet protocol number IANA has not assigned
 
 
 # --- packets ------------------------------------------------------------------------------
@@ -204,6 +206,14 @@ def hmac_probe(plan: Plan, sid: IPv6Address, marker: bytes, *, valid: bool = Tru
     if not valid:
         digest = bytes([digest[0] ^ 0xFF]) + digest[1:]
     return probe(digest)
+
+
+def unrecognized_next(probe: Packet) -> Packet:
+    """`probe` with its SRH's Next Header an unassigned protocol number: the chain of
+    headers broken where the SRH ends."""
+    broken = probe.copy()
+    broken[IPv6ExtHdrSegmentRouting].nh = UNASSIGNED_NH
+    return broken
 
 
 def after_destination_options(probe: Packet) -> Packet:
@@ -975,6 +985,20 @@ CASES: tuple[Case, ...] = (
         END,
         lambda p, sid, m: srh_probe(p, p.dut_near, [], echo(m), segments_left=0),
         Expect.answered(echo_answered(), "Echo Reply (the ICMPv6 Echo Request processed)"),
+    ),
+    Case(
+        "local.sl0.unrecognized-next-header",
+        "An SRH to a local address, Segments Left 0, its Next Header one no node knows: "
+        "Parameter Problem 1 at that Next Header",
+        "RFC 8200 §4; RFC 8754 §4.3.2",
+        Level.SHOULD,  # RFC 8200's own "should" (lower case)
+        END,
+        lambda p, sid, m: unrecognized_next(
+            srh_probe(p, p.dut_near, [], payload(m), segments_left=0)
+        ),
+        Expect.error(
+            PARAM_PROBLEM, UNRECOGNIZED_NEXT_HEADER, 40, "Parameter Problem 1, pointer 40"
+        ),
     ),
     Case(
         "end.fragment",

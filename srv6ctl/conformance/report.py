@@ -38,6 +38,9 @@ def table(results: Results, console: Console, details: bool = True) -> None:
             for r in results[name]:
                 if r.verdict is not Verdict.PASS:
                     console.print(f"  {name} {r.case.id} ({r.verdict}): {r.detail}")
+                if r.verdict is Verdict.FAIL:  # the packets, to see for oneself
+                    seen = "; ".join(r.seen) or "nothing"
+                    console.print(f"    sent: {r.sent}\n    seen: {seen}", highlight=False)
     differ = [row[0].case.id for row in zip(*results.values(), strict=True)
               if len({r.verdict for r in row}) > 1] if len(names) > 1 else []  # fmt: skip
     if differ:
