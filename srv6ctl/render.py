@@ -347,6 +347,15 @@ class Renderer:
         self._translations: dict[NamespacedName, tuple[Translation, ...]] = {}
         self._translated: frozenset[Translation] = frozenset()
         self._translations_changed = False
+        # A VPP node's backend pods translate their own node's NodePorts of the services
+        # they serve straight to the endpoints (`_backends_own_node_ports`): per service,
+        # the local backends and those translations; per pod, the services; and the pods
+        # whose set may have changed since they were last rendered.
+        self._backend_ports: dict[
+            NamespacedName, tuple[frozenset[PodKey], tuple[Translation, ...]]
+        ] = {}
+        self._backend_of: dict[PodKey, set[NamespacedName]] = {}
+        self._backend_dirty: set[PodKey] = set()
         self._local_zone: str | None = None
         self._wired: dict[NamespacedName, PodInterface] = _by_pod_name(inputs.pod_interfaces)
         self._configure(inputs)
@@ -498,8 +507,10 @@ class Renderer:
                 self._translated = translated
                 pods.extend(PodKey(*p.key) for p in self._state.pods_on_node(self._node))
                 pods.extend(PodKey(*name) for name in self._wired)
-                pods = list(dict.fromkeys(pods))
-        yield from pods
+        if self._backend_dirty:
+            pods.extend(self._backend_dirty)
+            self._backend_dirty.clear()
+        yield from dict.fromkeys(pods)
 
     def _rerender_keys(self, keys: Iterable[FragmentKey], track: bool) -> RenderDelta:
         """Swap each key's fragment for a fresh one, keeping a count of every object (two
@@ -693,7 +704,7 @@ class Renderer:
             service_addresses=membership.addresses,
             port_maps=membership.port_maps,
             node_ports=membership.node_ports,
-            translations=self._translated,
+            translations=self._pod_translations(PodKey(*pod.key)),
             service_ports=membership.ports,
             **pod_interface_fields(pod.interface_type, pod.uid),
         )
@@ -779,7 +790,46 @@ class Renderer:
 
     # --- services ---------------------------------------------------------------------
 
+    def _pod_translations(self, key: PodKey) -> frozenset[Translation]:
+        """What `key` translates: every local pod's set, with its own node's NodePorts of
+        the services it serves translated straight to their endpoints."""
+        services = self._backend_of.get(key)
+        if not services:
+            return self._translated
+        own = {t.key: t for s in services for t in self._backend_ports[s][1]}
+        return frozenset([*(t for t in self._translated if t.key not in own), *own.values()])
+
+    def _set_backend_ports(
+        self, key: NamespacedName, pods: frozenset[PodKey], translations: tuple[Translation, ...]
+    ) -> None:
+        """Record what `key`'s local backends translate (nothing: forget it), marking the
+        pods whose translations may change."""
+        old_pods, old = self._backend_ports.get(key, (frozenset[PodKey](), ()))
+        if (old_pods, old) == (pods, translations):
+            return
+        for pod in old_pods:
+            self._backend_of[pod].discard(key)
+            if not self._backend_of[pod]:
+                del self._backend_of[pod]
+        if translations:
+            self._backend_ports[key] = (pods, translations)
+            for pod in pods:
+                self._backend_of.setdefault(pod, set()).add(key)
+        else:
+            self._backend_ports.pop(key, None)
+        self._backend_dirty |= old_pods | pods
+
     def _service_fragment(self, key: NamespacedName) -> Fragment:
+        fragment, pods, backend_ports = self._service_parts(key)
+        self._set_backend_ports(key, pods, backend_ports)
+        return fragment
+
+    def _service_parts(
+        self, key: NamespacedName
+    ) -> tuple[Fragment, frozenset[PodKey], tuple[Translation, ...]]:
+        """A service's fragment, and its local backends with what they translate of its
+        NodePorts (`_backends_own_node_ports`)."""
+        none = (EMPTY, frozenset[PodKey](), ())
         self._node_address_services.discard(key)
         self._external_vip_services.discard(key)
         self._node_port_services.discard(key)
@@ -788,11 +838,12 @@ class Renderer:
             self._translations_changed = True
         service = self._state.service(*key)
         if service is None or service.headless or not service.cluster_ips:
-            return EMPTY
+            return none
         if not service.proxied:
-            return EMPTY  # another proxy's, or not a proxied kind: kube-proxy skips it too
+            return none  # another proxy's, or not a proxied kind: kube-proxy skips it too
         translations: list[Translation] = []
         own_ports: list[Translation] = []  # this node's NodePorts, for its own stack
+        backend_ports: list[Translation] = []  # the same, for its local backends
         bsids = self._inputs.service_bsids.get(service.uid)
         slices = self._state.slices_of_service(*key)
         out = _ServiceParts(slices=slices)
@@ -869,6 +920,9 @@ class Renderer:
                     Rule(host, table, source=source) for host in fenced for source in ranges
                 )
             own_ports += self._own_node_ports(service, cluster_ip, node_addresses)
+            backend_ports += self._backends_own_node_ports(
+                service, node_addresses, self._pick(service, candidates, "Cluster")
+            )
             if node_addresses and table is not None:
                 # Without BSIDs yet, no rule: the node's own stack refuses the port.
                 serve_external(node_addresses, table=table)
@@ -888,7 +942,14 @@ class Renderer:
             self._translations_changed = True
         if translations:
             node_translations += self._translate_here(translations)
-        return Fragment(
+        backends = frozenset[PodKey]()
+        if backend_ports:
+            backends = frozenset(
+                k
+                for k in self._state.endpoint_pods(*key)
+                if isinstance(k, PodKey) and self._is_local_pod(k)
+            )
+        fragment = Fragment(
             policies=tuple(out.policies.values()),
             steerings=tuple(out.steerings),
             routes=tuple(out.routes),
@@ -896,6 +957,38 @@ class Renderer:
             port_maps=tuple(dict.fromkeys(out.port_maps)),
             translations=node_translations,
         )
+        return fragment, backends, tuple(backend_ports) if backends else ()
+
+    def _is_local_pod(self, key: PodKey) -> bool:
+        pod = self._state.pod(key.namespace, key.name)
+        return pod is not None and pod.node_name == self._node
+
+    def _backends_own_node_ports(
+        self, service: Service, addresses: Iterable[IPAddress], endpoints: list[_Candidate]
+    ) -> list[Translation]:
+        """A VPP node's backends of `service` translate their own connections to this
+        node's NodePorts of it straight to its endpoints, not to the ClusterIP as its
+        other pods do: such a connection that came back to the backend itself would meet,
+        as a new flow on `eth0` (client port → ClusterIP), the reply tuple of its own
+        connection's DNAT (ClusterIP → client port), and the kernel drops a flow whose
+        reply clashes with another's — found by the upstream e2e "endpoint-Service"
+        specs, which never reached the backend that asked. DNATed to its own address, the
+        flow stays in the pod; to another endpoint's, it is a pod-to-pod packet, which
+        that endpoint sees from the client's own address. All of its endpoints, as
+        kube-proxy treats pods' traffic to an external port as Cluster; none: refused."""
+        if self._inputs.capabilities.host_loop or not self._inputs.capabilities.translations:
+            return []
+        out: list[Translation] = []
+        for port in service.ports:
+            if not port.node_port:
+                continue
+            targets = _endpoint_targets(port, endpoints)
+            affinity = service.affinity if targets else 0
+            out.extend(
+                Translation(port.protocol, address, port.node_port, targets, affinity)
+                for address in addresses
+            )
+        return out
 
     def _own_node_ports(
         self, service: Service, cluster_ip: IPAddress, addresses: Iterable[IPAddress]
@@ -1149,16 +1242,24 @@ def _translations(
     a pod's own address, the packet needs no SID), at the port its slice gives the service
     port's name — as kube-proxy reads the ports, from the slice."""
     for port in service.ports:
-        targets = {
+        targets = _endpoint_targets(port, endpoints)
+        if targets:
+            yield Translation(port.protocol, cluster_ip, port.port, targets, service.affinity)
+
+
+def _endpoint_targets(
+    port: ServicePort, endpoints: list[_Candidate]
+) -> tuple[tuple[IPAddress, int], ...]:
+    """Where `endpoints` serve `port`: each one's address at its slice's port of the
+    same name."""
+    return tuple(
+        {
             (c.address, p.port)
             for c in endpoints
             for p in c.slice.ports
             if p.port is not None and (p.protocol, p.name) == (port.protocol, port.name)
         }
-        if targets:
-            yield Translation(
-                port.protocol, cluster_ip, port.port, tuple(targets), service.affinity
-            )
+    )
 
 
 def _host_targets(service: Service, slices: list[EndpointSlice]) -> dict[tuple[str, int], int]:

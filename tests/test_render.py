@@ -649,16 +649,47 @@ def test_a_nodes_own_stack_translates_its_own_node_ports_to_the_cluster_ip() -> 
     assert not [r for r in config.rules if r.table == HOST_LOOP_TABLE]
     on_vpp = render(state, "node-1", inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP))
     assert not on_vpp.translations
-    # Its pods too (VPP's rules sit on the uplinks): node-2's pod translates node-2's.
-    with_pods = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP_HOST, interfaces=pods)
-    (attachment,) = render(state, "node-2", with_pods).pods
-    assert attachment.translations == {
+    # Its pods too (VPP's rules sit on the uplinks): node-2's client pod translates
+    # node-2's to the ClusterIP; node-2's backend (web-a) straight to the endpoints, so
+    # that a connection landing on itself stays inside it (`_backends_own_node_ports`).
+    client = pod(DUAL_STACK, "client", 2, 5)
+    state.upsert_pod(client)
+    with_pods = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP_HOST, interfaces=[*pods, client])
+    renderer = Renderer(state, "node-2", with_pods)
+    by_pod = {p.pod: p.translations for p in renderer.config().pods}
+    assert by_pod["default/client"] == {
         Translation("TCP", V6("2001:db8::2"), NODE_PORT, ((V6("fd00:96::1"), 80),)),
         Translation("TCP", V4("192.0.2.2"), NODE_PORT, ((V4("10.96.0.1"), 80),)),
     }
-    with_pods = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, KERNEL_HOST, interfaces=pods)
-    (attachment,) = render(state, "node-2", with_pods).pods
-    assert not attachment.translations
+    endpoints6 = tuple((p.ipv6, 8080) for p in pods)
+    endpoints4 = tuple((p.ipv4, 8080) for p in pods)
+    assert by_pod["default/web-a"] == {
+        Translation("TCP", V6("2001:db8::2"), NODE_PORT, endpoints6),
+        Translation("TCP", V4("192.0.2.2"), NODE_PORT, endpoints4),
+    }
+    on_kernel_node = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, KERNEL_HOST, interfaces=pods)
+    (attachment,) = render(state, "node-2", on_kernel_node).pods
+    assert not attachment.translations  # its rules see its pods' packets
+    # An endpoint going re-renders the backends, not the other pods.
+    (slice6,) = [s for s in state.slices_of_service("default", "web") if s.address_type == "IPv6"]
+    delta = renderer.update(
+        state.upsert_endpoint_slice(dataclasses.replace(slice6, endpoints=slice6.endpoints[:1]))
+    )
+    assert {p.pod for p in delta.added if isinstance(p, PodAttachment)} == {"default/web-a"}
+    assert renderer.config() == render(state, "node-2", with_pods)
+    (web_a,) = [p for p in renderer.config().pods if p.pod == "default/web-a"]
+    assert Translation("TCP", V6("2001:db8::2"), NODE_PORT, endpoints6[:1]) in web_a.translations
+    # No longer an endpoint (web-b is): the ClusterIP, as any client.
+    for each in state.slices_of_service("default", "web"):
+        others = tuple(e for e in each.endpoints if e.target and e.target.name != "web-a")
+        renderer.update(state.upsert_endpoint_slice(dataclasses.replace(each, endpoints=others)))
+    now = {p.pod: p.translations for p in renderer.config().pods}
+    assert now["default/web-a"] == now["default/client"]
+    assert (
+        Translation("TCP", V4("192.0.2.2"), NODE_PORT, ((V4("10.96.0.1"), 80),))
+        in now["default/client"]
+    )
+    assert renderer.config() == render(state, "node-2", with_pods)
 
 
 def test_node_ports_on_the_addresses_nodeport_addresses_selects() -> None:
