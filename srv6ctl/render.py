@@ -920,9 +920,14 @@ class Renderer:
                     Rule(host, table, source=source) for host in fenced for source in ranges
                 )
             own_ports += self._own_node_ports(service, cluster_ip, node_addresses)
-            backend_ports += self._backends_own_node_ports(
-                service, node_addresses, self._pick(service, candidates, "Cluster")
-            )
+            if node_addresses:  # (it has node ports, and nodes serve them)
+                every_node = [
+                    a
+                    for n in self._state.nodes.values()
+                    for a in self._node_port_addresses_of(n, family)
+                ]
+                cluster = self._pick(service, candidates, "Cluster")
+                backend_ports += self._backends_node_ports(service, every_node, cluster)
             if node_addresses and table is not None:
                 # Without BSIDs yet, no rule: the node's own stack refuses the port.
                 serve_external(node_addresses, table=table)
@@ -963,19 +968,26 @@ class Renderer:
         pod = self._state.pod(key.namespace, key.name)
         return pod is not None and pod.node_name == self._node
 
-    def _backends_own_node_ports(
+    def _backends_node_ports(
         self, service: Service, addresses: Iterable[IPAddress], endpoints: list[_Candidate]
     ) -> list[Translation]:
-        """A VPP node's backends of `service` translate their own connections to this
-        node's NodePorts of it straight to its endpoints, not to the ClusterIP as its
-        other pods do: such a connection that came back to the backend itself would meet,
-        as a new flow on `eth0` (client port → ClusterIP), the reply tuple of its own
-        connection's DNAT (ClusterIP → client port), and the kernel drops a flow whose
-        reply clashes with another's — found by the upstream e2e "endpoint-Service"
-        specs, which never reached the backend that asked. DNATed to its own address, the
-        flow stays in the pod; to another endpoint's, it is a pod-to-pod packet, which
-        that endpoint sees from the client's own address. All of its endpoints, as
-        kube-proxy treats pods' traffic to an external port as Cluster; none: refused."""
+        """A VPP node's backends of `service` translate their own connections to its
+        NodePorts, on every node's `addresses`, straight to its endpoints. Such a
+        connection that comes back to the backend itself is otherwise lost:
+        - to this node's NodePort, which the pods translate to the ClusterIP (VPP's rules
+          sit on the uplinks), it arrives on `eth0` as a new flow (client port →
+          ClusterIP) whose reply tuple is that of the client's own DNAT, and the kernel
+          drops a flow whose reply clashes with another's (found by the upstream e2e
+          "endpoint-Service" specs, which never reached the backend that asked);
+        - to another node's, it arrives as the client's own flow (the same tuple), whose
+          NAT was settled at output, so the backend's DNAT of the NodePort never applies
+          (a lab backend lost every such connection that landed on itself).
+        DNATed to its own address the flow stays in the pod; to another endpoint's it is a
+        pod-to-pod packet, which that endpoint sees from the client's own address. All of
+        the endpoints, as kube-proxy treats pods' traffic to an external port as Cluster;
+        none: refused. The price: an entry per node and node port in each backend's table,
+        rewritten when the endpoints or the nodes change (only the backends': the other
+        pods translate this node's NodePorts to the ClusterIP)."""
         if self._inputs.capabilities.host_loop or not self._inputs.capabilities.translations:
             return []
         out: list[Translation] = []
@@ -1043,13 +1055,19 @@ class Renderer:
         local = self._state.node(self._node)
         if local is None or not self._inputs.capabilities.rules:
             return ()
+        return self._node_port_addresses_of(local, family)
+
+    def _node_port_addresses_of(self, node: Node, family: int) -> tuple[IPAddress, ...]:
+        """`node`'s addresses of `family` that serve node ports: its InternalIP, or with
+        `node_port_addresses` those of its addresses inside the prefixes (every agent runs
+        with the cluster's one configuration)."""
         prefixes = self._inputs.node_port_addresses
         if prefixes is None:
-            primary = local.internal_ipv6 if family == 6 else local.internal_ipv4
+            primary = node.internal_ipv6 if family == 6 else node.internal_ipv4
             return () if primary is None else (primary,)
         return tuple(
             a
-            for a in local.addresses
+            for a in node.addresses
             if a.version == family and any(a in p for p in prefixes if p.version == family)
         )
 

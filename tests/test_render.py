@@ -651,7 +651,7 @@ def test_a_nodes_own_stack_translates_its_own_node_ports_to_the_cluster_ip() -> 
     assert not on_vpp.translations
     # Its pods too (VPP's rules sit on the uplinks): node-2's client pod translates
     # node-2's to the ClusterIP; node-2's backend (web-a) straight to the endpoints, so
-    # that a connection landing on itself stays inside it (`_backends_own_node_ports`).
+    # that a connection landing on itself stays inside it (`_backends_node_ports`).
     client = pod(DUAL_STACK, "client", 2, 5)
     state.upsert_pod(client)
     with_pods = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, VPP_HOST, interfaces=[*pods, client])
@@ -663,10 +663,16 @@ def test_a_nodes_own_stack_translates_its_own_node_ports_to_the_cluster_ip() -> 
     }
     endpoints6 = tuple((p.ipv6, 8080) for p in pods)
     endpoints4 = tuple((p.ipv4, 8080) for p in pods)
+    # (every node's NodePort: one landing on the backend itself after another node
+    # steered it would meet the backend's own flow, its NAT settled at output)
     assert by_pod["default/web-a"] == {
-        Translation("TCP", V6("2001:db8::2"), NODE_PORT, endpoints6),
-        Translation("TCP", V4("192.0.2.2"), NODE_PORT, endpoints4),
+        *(Translation("TCP", V6(f"2001:db8::{n}"), NODE_PORT, endpoints6) for n in (1, 2, 3)),
+        *(Translation("TCP", V4(f"192.0.2.{n}"), NODE_PORT, endpoints4) for n in (1, 2, 3)),
     }
+    # A node joins: its NodePort too.
+    renderer.update(state.upsert_node(node(4)))
+    (web_a,) = [p for p in renderer.config().pods if p.pod == "default/web-a"]
+    assert Translation("TCP", V6("2001:db8::4"), NODE_PORT, endpoints6) in web_a.translations
     on_kernel_node = inputs(DUAL_STACK, [1, 2, 3], {web: 1}, KERNEL_HOST, interfaces=pods)
     (attachment,) = render(state, "node-2", on_kernel_node).pods
     assert not attachment.translations  # its rules see its pods' packets
@@ -678,7 +684,7 @@ def test_a_nodes_own_stack_translates_its_own_node_ports_to_the_cluster_ip() -> 
     assert {p.pod for p in delta.added if isinstance(p, PodAttachment)} == {"default/web-a"}
     assert renderer.config() == render(state, "node-2", with_pods)
     (web_a,) = [p for p in renderer.config().pods if p.pod == "default/web-a"]
-    assert Translation("TCP", V6("2001:db8::2"), NODE_PORT, endpoints6[:1]) in web_a.translations
+    assert Translation("TCP", V6("2001:db8::3"), NODE_PORT, endpoints6[:1]) in web_a.translations
     # No longer an endpoint (web-b is): the ClusterIP, as any client.
     for each in state.slices_of_service("default", "web"):
         others = tuple(e for e in each.endpoints if e.target and e.target.name != "web-a")

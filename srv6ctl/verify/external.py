@@ -221,6 +221,7 @@ class ExternalChecks:
             detail = f"backends saw each node's own address; reached {_spread(reached)}"
             self.report.add(GROUP, label, not problems, "; ".join(problems[:3]) or detail)
             self._pods_to_own_node(service, family, tcp_port)
+            self._backends_to_node_ports(service, family, tcp_port)
 
     def _pods_to_own_node(self, service: ServiceInfo, family: int, tcp_port: int) -> None:
         """Each client pod reaches the NodePort on its own node's address (kernel: the
@@ -247,6 +248,44 @@ class ExternalChecks:
             self.report.skip(GROUP, label, "no client pod")
             return
         detail = f"each backend saw the client pod's own address; reached {_spread(reached)}"
+        self.report.add(GROUP, label, not problems, "; ".join(problems[:3]) or detail)
+
+    def _backends_to_node_ports(self, service: ServiceInfo, family: int, tcp_port: int) -> None:
+        """Each backend reaches the NodePort on its own node and on the next, every flow
+        answered — those landing on the backend itself too (on VPP nodes it translates
+        them to the endpoints itself, render `_backends_node_ports`: they were lost when
+        its own flow came back to it) — and whoever answered saw the backend's address."""
+        label = (
+            f"backends of {service.name} reach its NodePort {tcp_port}/TCP on their own node "
+            f"and the next, themselves included (IPv{family})"
+        )
+        nodes = self.state.nodes
+        by_name = {n.name: index for index, n in enumerate(nodes)}
+        members = {b.split("/", 1)[-1] for b in service.backends}
+        backends = [p for p in self.topo.pods if p.short in members and p.node in by_name]
+        if not backends or len(nodes) < 2:
+            self.report.skip(GROUP, label, "no backend pod" if not backends else "one node")
+            return
+        problems: list[str] = []
+        reached: Counter[str] = Counter()
+        itself = 0
+        for pod in backends:
+            index = by_name[pod.node]
+            source = pod.ipv6 if family == 6 else pod.ipv4
+            for node in (nodes[index], nodes[(index + 1) % len(nodes)]):
+                address = node_address(node, family)
+                if address is None or source is None:
+                    continue
+                # Eight flows: were those that land on the pod itself lost (half of them
+                # with two backends), all eight would survive one time in 256.
+                results = tcp_flows(pod.netns, address, tcp_port, 8)
+                problems += [f"{pod.short} → {node.name}: {f.error}" for f in failures(results)]
+                for answer in answers(results):
+                    reached[answer.pod] += 1
+                    itself += answer.pod == pod.short
+                    if answer.peer != str(source):
+                        problems.append(f"{pod.short}: {answer.pod} saw {answer.peer}")
+        detail = f"every flow answered, {itself} by the backend itself; {_spread(reached)}"
         self.report.add(GROUP, label, not problems, "; ".join(problems[:3]) or detail)
 
     def _node_port(
