@@ -529,7 +529,9 @@ def _vip_port_lines(vip_ports: Iterable[VipPort]) -> list[str]:
     return lines
 
 
-def _translation_lines(translations: Iterable[ClientTranslation]) -> list[str]:
+def _translation_lines(
+    translations: Iterable[ClientTranslation], refuse_inbound: bool = False
+) -> list[str]:
     """The chains DNATing the pod's own connections (output "dstnat": before the policy
     table's egress chain at 0, which so judges the endpoint, as Kubernetes judges a
     Service's traffic after kube-proxy's DNAT; and a reply is translated back at input
@@ -537,7 +539,7 @@ def _translation_lines(translations: Iterable[ClientTranslation]) -> list[str]:
     lines: list[str] = []
     jumps: list[str] = []
     translations = set(translations)
-    lines += _refusal_lines(t for t in translations if not t.targets)
+    lines += _refusal_lines((t for t in translations if not t.targets), refuse_inbound)
     for i, t in enumerate(sorted(t for t in translations if t.targets)):
         family, proto = _family(t.version), _NFT_PROTOCOL[t.protocol]
         match = f"{family} daddr {t.address} {proto} dport {t.port}"
@@ -572,12 +574,14 @@ def _translation_lines(translations: Iterable[ClientTranslation]) -> list[str]:
     return lines
 
 
-def _refusal_lines(refused: Iterable[ClientTranslation]) -> list[str]:
+def _refusal_lines(refused: Iterable[ClientTranslation], inbound: bool = False) -> list[str]:
     """The sets and the chain refusing the pod's own connections to Services without
     endpoints (`ClientTranslation` without targets). In the pod's own namespace: a TCP
     reset made there reaches the connecting socket through its backlog at once, where an
     ICMP error met while connect() holds the socket would only be kept as a soft error
-    until the SYN's retransmission, ~1 s later."""
+    until the SYN's retransmission, ~1 s later. `inbound`: what arrives for them from
+    elsewhere is refused too, at prerouting, before any route (a node's table: external
+    clients of an endpoint-less Service's load balancer IPs, as kube-proxy's REJECT)."""
     by_version: dict[int, list[str]] = {}
     for t in sorted(set(refused)):
         by_version.setdefault(t.version, []).append(
@@ -593,9 +597,11 @@ def _refusal_lines(refused: Iterable[ClientTranslation]) -> list[str]:
         )
         match = f"{family} daddr . meta l4proto . th dport @{name}"
         rules += [f"meta l4proto tcp {match} reject with tcp reset", f"{match} reject"]
-    if rules:
+    chains = [("refuse", "output")] + ([("refuse_in", "prerouting")] if inbound else [])
+    for chain, hook in chains if rules else ():
         lines.append(
-            f"chain refuse {{ type filter hook output priority {NODE_PORT_PRIORITY}; policy accept;"
+            f"chain {chain} {{ type filter hook {hook} priority {NODE_PORT_PRIORITY}; "
+            "policy accept;"
         )
         lines += [*rules, "}"]
     return lines
@@ -659,6 +665,7 @@ def port_rewrite_ruleset(
     translations: Iterable[ClientTranslation] = (),
     udp_vips: Iterable[UdpVipTarget] = (),
     vip_ports: Iterable[VipPort] = (),
+    refuse_inbound: bool = False,
 ) -> str | None:
     """The transaction (re)installing a backend pod's stateless port rewrite, in the form
     and at the priorities the policy table relies on (module docstring); None when no
@@ -682,7 +689,9 @@ def port_rewrite_ruleset(
 
     `translations` DNAT the pod's own connections to Services whose endpoints are
     outside the cluster (`ClientTranslation`): the one NAT a client pays, in its own
-    namespace, for an endpoint no SRv6 policy can reach with the ClusterIP intact.
+    namespace, for an endpoint no SRv6 policy can reach with the ClusterIP intact. Those
+    without targets are refused; `refuse_inbound`, also when they arrive from elsewhere
+    (a node's table).
 
     Two frontends of one ClusterIP with one target port and different service ports
     cannot both be rewritten back statelessly (the reply from T cannot tell 80 from
@@ -724,7 +733,7 @@ def port_rewrite_ruleset(
         f"dnat {_family(version)} to {address}"
         for (version, address), addresses in sorted(by_target.items())
     ]
-    translate = _translation_lines(translations)
+    translate = _translation_lines(translations, refuse_inbound)
     served = _vip_port_lines(vip_ports)
     if not inbound and not dnat and not translate and not vips and not served:
         return None

@@ -844,6 +844,7 @@ class Renderer:
         translations: list[Translation] = []
         own_ports: list[Translation] = []  # this node's NodePorts, for its own stack
         backend_ports: list[Translation] = []  # the same, for its local backends
+        node_refusals: list[Translation] = []  # its external VIPs, when it has no endpoint
         bsids = self._inputs.service_bsids.get(service.uid)
         slices = self._state.slices_of_service(*key)
         out = _ServiceParts(slices=slices)
@@ -906,7 +907,12 @@ class Renderer:
             )
             ranges = self._source_ranges(service, family)
             open_vips = [v for v in vips if not ranges or v not in service.load_balancer_ips]
-            serve_external(open_vips)
+            refused = self._refused_vips(service, open_vips, external, local)
+            node_refusals += refused
+            if refused and self._inputs.capabilities.local_refusals:
+                serve_external(open_vips, empty=RouteKind.LOCAL)
+            else:
+                serve_external(open_vips)
             if ranges:
                 # loadBalancerSourceRanges: the load balancer IPs are served from the
                 # service's table, to the allowed sources only; anyone else's packets
@@ -937,7 +943,7 @@ class Renderer:
                     for port in service.ports
                     if port.node_port
                 )
-        node_translations: tuple[Translation, ...] = tuple(own_ports)
+        node_translations: tuple[Translation, ...] = (*own_ports, *node_refusals)
         # The node's pods translate its own NodePorts too where its rules cannot see them
         # (VPP's sit on the uplinks, so a pod's packet to this node's address would reach
         # the node's kernel instead); a kernel node's rules see its pods' packets.
@@ -1002,6 +1008,23 @@ class Renderer:
                 for address in addresses
             )
         return out
+
+    def _refused_vips(
+        self, service: Service, vips: list[IPAddress], endpoints: list[_Candidate], local: bool
+    ) -> list[Translation]:
+        """An endpoint-less Service's external VIPs, refused by the node at each port (a
+        TCP reset, else ICMP port unreachable: *connection refused*), as kube-proxy rejects
+        them, where the route alone answers "administratively prohibited" (EACCES; upstream
+        e2e "should be able to change the type and ports of a UDP service" waits for
+        ECONNREFUSED). Not under externalTrafficPolicy Local, where kube-proxy drops them
+        (the load balancer's health check moves traffic away). A kernel node refuses them
+        at prerouting, before the PROHIBIT route; a VPP node routes them to its kernel
+        (LOCAL: VPP punts them through the host interconnect), which refuses them there."""
+        if endpoints or local or not vips or not self._inputs.capabilities.translations:
+            return []
+        return [
+            Translation(port.protocol, vip, port.port, ()) for vip in vips for port in service.ports
+        ]
 
     def _own_node_ports(
         self, service: Service, cluster_ip: IPAddress, addresses: Iterable[IPAddress]

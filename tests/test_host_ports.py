@@ -186,3 +186,59 @@ def test_the_nodes_own_connections_translate_to_endpoints_outside_the_cluster(
 
 def _len(address: str) -> int:
     return 128 if ":" in address else 32
+
+
+LB6, LB4 = "fd00:ee::5", "198.51.100.200"  # an endpoint-less Service's load balancer IPs
+
+
+def test_an_endpoint_less_load_balancer_ip_is_refused_to_external_clients(
+    wired: tuple[Netns, Netns],
+) -> None:
+    """kube-proxy REJECTs external traffic to a Service without endpoints: *connection
+    refused*. The node's route alone answers "administratively prohibited" (EACCES); with
+    the refusal (a `Translation` without targets), its table's prerouting chain answers a
+    TCP reset, and ICMP port unreachable for UDP, before any route."""
+    node, client = wired
+    node.exec("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", "net.ipv4.ip_forward=1")
+    for address in (LB6, LB4):
+        client.ip(
+            "route", "add", f"{address}/{_len(address)}", "via", NODE6 if ":" in address else NODE4
+        )
+    routes = frozenset(Route(f"{a}/{_len(a)}", kind=RouteKind.PROHIBIT) for a in (LB6, LB4))
+    refusals = frozenset(
+        Translation(protocol, address, 80, ())
+        for address in (LB6, LB4)
+        for protocol in ("TCP", "UDP")
+    )
+    with KernelBackend(node.name, configure_sysctls=False) as backend:
+        backend.apply(plan(NodeConfig(routes=routes), backend.dump()))
+        assert _connect(client, LB6, 80) == errno.EACCES
+        desired = NodeConfig(routes=routes, translations=refusals)
+        backend.apply(plan(desired, backend.dump()))
+        for address in (LB6, LB4):
+            assert _connect(client, address, 80) == errno.ECONNREFUSED, address
+            assert _udp_refused(client, address, 80), address
+        assert _connect(client, LB6, 81) == errno.EACCES  # not a port of the Service
+        assert backend.dump() == desired
+    _restart_reads_back_then_clears(node, desired)
+
+
+def _udp_refused(client: Netns, address: str, port: int) -> bool:
+    """A connected UDP socket's datagram to address:port, answered by ICMP port
+    unreachable: its next receive fails with ECONNREFUSED."""
+
+    def attempt() -> bool:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(3)
+            sock.connect((address, port))
+            sock.send(b"ping")
+            try:
+                sock.recv(64)
+            except ConnectionRefusedError:
+                return True
+            except TimeoutError:
+                return False
+            return False
+
+    return open_in(client.name, attempt)

@@ -552,6 +552,40 @@ def test_external_traffic_policy_local_keeps_external_traffic_on_the_entry_node(
     assert not [s for s in on_one.steerings if s.prefix == ipaddress.ip_network(f"{LB_IP}/128")]
 
 
+def test_an_endpoint_less_services_load_balancer_ips_are_refused_by_the_node() -> None:
+    """kube-proxy rejects an endpoint-less Service's external traffic (connection
+    refused); the node refuses its load balancer IPs at each port: a kernel node in its
+    table at prerouting, before the PROHIBIT route; a VPP node routes them to its kernel
+    (LOCAL: punted through the host interconnect), which refuses them there. Under
+    externalTrafficPolicy Local they stay dropped; an endpoint ends it."""
+    web = service(
+        "web", 1, type="LoadBalancer", load_balancer_ips=(V6(LB_IP),), ports=(ServicePort(80),)
+    )
+    state = state_of(node(1), node(2), web)
+    lb = ipaddress.ip_network(f"{LB_IP}/128")
+    refused = Translation("TCP", V6(LB_IP), 80, ())
+    on_kernel = render(state, "node-1", inputs(IPV6_ONLY, [1, 2], {web: 1}, KERNEL_HOST))
+    assert refused in on_kernel.translations
+    assert Route(lb, kind=RouteKind.PROHIBIT) in on_kernel.routes
+    vpp = dataclasses.replace(VPP_HOST, local_refusals=True)
+    on_vpp = render(state, "node-1", inputs(IPV6_ONLY, [1, 2], {web: 1}, vpp))
+    assert refused in on_vpp.translations
+    assert Route(lb, kind=RouteKind.LOCAL) in on_vpp.routes
+    assert not [r for r in on_vpp.routes if r.prefix == lb and r.kind is not RouteKind.LOCAL]
+    local = dataclasses.replace(web, external_traffic_policy="Local")
+    state.upsert_service(local)
+    on_vpp = render(state, "node-1", inputs(IPV6_ONLY, [1, 2], {local: 1}, vpp))
+    assert refused not in on_vpp.translations
+    assert Route(lb, kind=RouteKind.BLACKHOLE) in on_vpp.routes
+    state.upsert_service(web)
+    pod_2 = pod(IPV6_ONLY, "web-a", 2, 2)
+    state.upsert_pod(pod_2)
+    state.upsert_endpoint_slice(endpoint_slice(web, [endpoint(pod_2)]))
+    served = render(state, "node-1", inputs(IPV6_ONLY, [1, 2], {web: 1}, vpp))
+    assert refused not in served.translations
+    assert not [r for r in served.routes if r.prefix == lb]
+
+
 def test_internal_traffic_policy_local_does_not_narrow_external_traffic() -> None:
     state, web, _ = web_cluster(external_ips=(V6(EXTERNAL_IP),), internal_traffic_policy="Local")
     on_two = render(state, "node-2", inputs(IPV6_ONLY, [1, 2, 3], {web: 1}))

@@ -7,6 +7,7 @@ Needs `SRV6CTL_VPP_BIN` and `SRV6CTL_VPP_DATAPATH=1` (tests/support/vpp.py)."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import threading
@@ -25,6 +26,8 @@ from srv6ctl.dataplane.model import (
     EndDX6,
     NodeConfig,
     Op,
+    Route,
+    RouteKind,
     SegmentList,
     SrPolicy,
     Steering,
@@ -249,6 +252,45 @@ def test_the_node_stack_translates_services_outside_the_cluster(host: Host) -> N
     assert seen == str(SOURCE)
     host.backend.apply([Change(Op.DELETE, old=translation)])
     assert not host.backend.dump().translations
+
+
+def test_an_endpoint_less_load_balancer_ip_is_refused_to_the_underlay(host: Host) -> None:
+    """An endpoint-less Service's load balancer IP, as render gives a VPP node: a LOCAL
+    route (VPP punts its TCP and UDP through the interconnect) and the refusal in the
+    node's kernel, whose table refuses it at prerouting: the underlay's client gets
+    *connection refused* (a TCP reset; ICMP port unreachable for UDP), as from
+    kube-proxy, not VPP's "administratively prohibited"."""
+    assert host.backend.capabilities.local_refusals
+    for lb, via in (
+        (ipaddress.ip_address("fd00:ee::5"), SOURCE),
+        (ipaddress.ip_address("198.51.100.200"), NODE4),
+    ):
+        run("ip", "-n", host.lab.peer, "route", "add", str(lb), "via", str(via))
+        desired = NodeConfig(
+            routes=(Route(ipaddress.ip_network(lb), kind=RouteKind.LOCAL),),
+            translations=tuple(Translation(p, lb, 80, ()) for p in ("TCP", "UDP")),
+        )
+        reconcile(host.backend, desired)
+
+        def refused(kind: int, address: str = str(lb)) -> int:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            with socket.socket(family, kind) as sock:
+                sock.settimeout(5)
+                if kind == socket.SOCK_STREAM:
+                    return sock.connect_ex((address, 80))
+                sock.connect((address, 80))
+                sock.send(b"ping")
+                try:
+                    sock.recv(64)
+                except ConnectionRefusedError:
+                    return errno.ECONNREFUSED
+                except TimeoutError:
+                    return errno.ETIMEDOUT
+                return 0
+
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            assert open_in(host.lab.peer, partial(refused, kind)) == errno.ECONNREFUSED, (lb, kind)
+        reconcile(host.backend, NodeConfig())
 
 
 def test_the_kernel_side_follows_the_node_addresses_at_each_dump(host: Host) -> None:

@@ -564,6 +564,8 @@ END_X_PSP = SidSpec("End.X", frozenset({"PSP"}))
 END_USP = SidSpec("End", frozenset({"USP"}))
 END_USD = SidSpec("End", frozenset({"USD"}))
 END_PSP_USD = SidSpec("End", frozenset({"PSP", "USD"}))
+END_PSP_USP = SidSpec("End", frozenset({"PSP", "USP"}))
+END_USP_USD = SidSpec("End", frozenset({"USP", "USD"}))
 END_CSID = SidSpec("End", frozenset({"NEXT-CSID"}))
 END_COUNTED = SidSpec("End", counted=True)
 NEXT_CSID = 0xE001  # a C-SID of the next node, routed out (Plan.csid_next)
@@ -1076,6 +1078,34 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §4.16.1.2, §4.16.3",
         Level.MUST,
         END_PSP_USD,
+        lambda p, sid, m: encapsulated(p, sid, inner6(p, m), srh=True),
+        INNER6_OUT,
+    ),
+    Case(
+        "end.psp+usp.penultimate",
+        "End with PSP and USP at the penultimate SID: PSP's part, the SRH removed",
+        "RFC 8986 §4.16.1.2, §4.16.2",
+        Level.MUST,
+        END_PSP_USP,
+        to_next_segment,
+        Expect.forwarded(psp_forwarded(), "next segment, no SRH, HL-1"),
+    ),
+    Case(
+        "end.psp+usp.last",
+        "End with PSP and USP at the last SID: USP's part, the upper layer processed",
+        "RFC 8986 §4.16.1.2, §4.16.2 S02-S04",
+        Level.MUST,
+        END_PSP_USP,
+        lambda p, sid, m: srh_probe(p, sid, [], payload(m), segments_left=0),
+        Expect.error(DEST_UNREACH, PORT_UNREACHABLE, None, "Port Unreachable (UDP processed)"),
+    ),
+    Case(
+        "end.usp+usd.v6",
+        "End with USP and USD at the last SID: the SRH popped, the inner IPv6 packet "
+        "decapsulated and forwarded",
+        "RFC 8986 §4.16.2, §4.16.3",
+        Level.MUST,
+        END_USP_USD,
         lambda p, sid, m: encapsulated(p, sid, inner6(p, m), srh=True),
         INNER6_OUT,
     ),

@@ -13,6 +13,11 @@ map lookup per packet.
 The same table translates the node's own connections to Services whose endpoints are
 outside the cluster (`Translation`, as client pods do in theirs: a DNAT at output, its
 state in the node's conntrack — the node's own connections are tracked there anyway).
+A `Translation` without targets is refused (a TCP reset, else ICMP port unreachable) for
+the node's own connections at output and, here unlike in a pod, for what arrives from
+elsewhere at prerouting: external clients of an endpoint-less Service's load balancer IPs
+get *connection refused*, as from kube-proxy's REJECT, where the route alone would answer
+"administratively prohibited".
 
 The table is rewritten whole when a rewrite or translation changes (one transaction; few
 entries), and read back from its maps and chains on restart.
@@ -46,6 +51,7 @@ def script(port_maps: Iterable[PortMap], translations: Iterable[Translation] = (
         inbound_hook="input",
         outbound_hook="output",
         translations=[client_translation(t) for t in translations],
+        refuse_inbound=True,
     )
     return text if text is not None else removal_script(TABLE)
 

@@ -753,6 +753,10 @@ class Capabilities:
     affinity: bool = False  # `SrPolicy.affinity` (kernel: nftables and fwmark rules; VPP)
     port_maps: bool = False  # `PortMap`s (the kernel backend: nftables in the node's stack)
     translations: bool = False  # `Translation`s of the node's own connections (kernel: NAT)
+    # A route of kind LOCAL hands what it carries to the node's kernel (VPP: its punt to
+    # the host interconnect), whose translation table refuses what it is told to refuse:
+    # the route an endpoint-less Service's load balancer IPs take there to be refused.
+    local_refusals: bool = False
     notes: tuple[str, ...] = field(default=())  # why something is missing, for humans
 
 

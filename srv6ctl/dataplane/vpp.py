@@ -391,6 +391,7 @@ class VppBackend:
             rules=rules,
             affinity=True,
             translations=unable is None,
+            local_refusals=unable is None,
             notes=notes,
         )
 
