@@ -586,6 +586,17 @@ def steered_probe(plan: Plan, sid: IPv6Address, marker: bytes) -> Packet:
     return inner6(plan, marker, plan.steered_to(sid))
 
 
+def at_last_sid(plan: Plan, sid: IPv6Address, marker: bytes) -> Packet:
+    """`sid` the last segment (Segments Left 0), UDP behind the SRH."""
+    return srh_probe(plan, sid, [], payload(marker), segments_left=0)
+
+
+# USP's upper layer processed at the last SID: UDP to a port nobody listens on.
+UPPER_LAYER_PROCESSED = Expect.error(
+    DEST_UNREACH, PORT_UNREACHABLE, None, "Port Unreachable (UDP processed)"
+)
+
+
 def to_next_segment(plan: Plan, sid: IPv6Address, marker: bytes) -> Packet:
     """The usual probe: `sid` active, one segment (`_next`) after it, UDP behind the SRH."""
     return srh_probe(plan, sid, [_next(plan)], payload(marker))
@@ -1042,8 +1053,8 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §4.16.2 S02-S04",
         Level.MUST,
         END_USP,
-        lambda p, sid, m: srh_probe(p, sid, [], payload(m), segments_left=0),
-        Expect.error(DEST_UNREACH, PORT_UNREACHABLE, None, "Port Unreachable (UDP processed)"),
+        at_last_sid,
+        UPPER_LAYER_PROCESSED,
     ),
     Case(
         "end.usd.v6",
@@ -1096,8 +1107,8 @@ CASES: tuple[Case, ...] = (
         "RFC 8986 §4.16.1.2, §4.16.2 S02-S04",
         Level.MUST,
         END_PSP_USP,
-        lambda p, sid, m: srh_probe(p, sid, [], payload(m), segments_left=0),
-        Expect.error(DEST_UNREACH, PORT_UNREACHABLE, None, "Port Unreachable (UDP processed)"),
+        at_last_sid,
+        UPPER_LAYER_PROCESSED,
     ),
     Case(
         "end.usp+usd.v6",

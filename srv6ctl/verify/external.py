@@ -48,7 +48,7 @@ from srv6ctl.lab.state import LabState
 from srv6ctl.verify.connectivity import Findings, own_addresses
 from srv6ctl.verify.flows import Result, answers, failures, tcp_flows, udp_flows
 from srv6ctl.verify.report import Report
-from srv6ctl.verify.topology import ServiceInfo, Topology
+from srv6ctl.verify.topology import PodInfo, ServiceInfo, Topology
 
 GROUP = "external"
 FLOWS_PER_BACKEND = 20
@@ -238,12 +238,7 @@ class ExternalChecks:
             source = pod.ipv6 if family == 6 else pod.ipv4
             if own is None or source is None:
                 continue
-            results = tcp_flows(pod.netns, own, tcp_port, 4)
-            problems += [f"{pod.short} → {pod.node}: {f.error}" for f in failures(results)]
-            for answer in answers(results):
-                reached[answer.pod] += 1
-                if answer.peer != str(source):
-                    problems.append(f"{pod.short}: {answer.pod} saw {answer.peer}")
+            problems += _flows_from(pod, pod.node, own, tcp_port, 4, str(source), reached)
         if not clients:
             self.report.skip(GROUP, label, "no client pod")
             return
@@ -283,13 +278,9 @@ class ExternalChecks:
                     continue
                 # Eight flows: were those that land on the pod itself lost (half of them
                 # with two backends), all eight would survive one time in 256.
-                results = tcp_flows(pod.netns, address, tcp_port, 8)
-                problems += [f"{pod.short} → {node.name}: {f.error}" for f in failures(results)]
-                for answer in answers(results):
-                    reached[answer.pod] += 1
-                    itself += answer.pod == pod.short
-                    if answer.peer != str(source):
-                        problems.append(f"{pod.short}: {answer.pod} saw {answer.peer}")
+                before = reached[pod.short]
+                problems += _flows_from(pod, node.name, address, tcp_port, 8, str(source), reached)
+                itself += reached[pod.short] - before
         detail = f"every flow answered, {itself} by the backend itself; {_spread(reached)}"
         self.report.add(GROUP, label, not problems, "; ".join(problems[:3]) or detail)
 
@@ -380,6 +371,21 @@ class ExternalChecks:
                 )
         name = f"{service.name} healthCheckNodePort {port} answers as kube-proxy's"
         self.report.add(GROUP, name, not problems, "; ".join(problems) or ", ".join(shown))
+
+
+def _flows_from(
+    pod: PodInfo, node: str, address: str, port: int, count: int, source: str, reached: Counter[str]
+) -> list[str]:
+    """`count` TCP flows from `pod` to `address`:`port` (on `node`): what went wrong, the
+    answers counted into `reached` by the pod that gave them, each checked to have seen
+    the client at `source`."""
+    results = tcp_flows(pod.netns, address, port, count)
+    problems = [f"{pod.short} → {node}: {f.error}" for f in failures(results)]
+    for answer in answers(results):
+        reached[answer.pod] += 1
+        if answer.peer != source:
+            problems.append(f"{pod.short}: {answer.pod} saw {answer.peer}")
+    return problems
 
 
 def _ports(count: int) -> list[int]:
