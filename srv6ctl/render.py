@@ -347,8 +347,8 @@ class Renderer:
         self._translations: dict[NamespacedName, tuple[Translation, ...]] = {}
         self._translated: frozenset[Translation] = frozenset()
         self._translations_changed = False
-        # A VPP node's backend pods translate their own node's NodePorts of the services
-        # they serve straight to the endpoints (`_backends_own_node_ports`): per service,
+        # A VPP node's backend pods translate every node's NodePorts of the services they
+        # serve straight to the endpoints (`_backends_node_ports`): per service,
         # the local backends and those translations; per pod, the services; and the pods
         # whose set may have changed since they were last rendered.
         self._backend_ports: dict[
@@ -791,8 +791,8 @@ class Renderer:
     # --- services ---------------------------------------------------------------------
 
     def _pod_translations(self, key: PodKey) -> frozenset[Translation]:
-        """What `key` translates: every local pod's set, with its own node's NodePorts of
-        the services it serves translated straight to their endpoints."""
+        """What `key` translates: every local pod's set, with the NodePorts of the
+        services it serves translated straight to their endpoints."""
         services = self._backend_of.get(key)
         if not services:
             return self._translated
@@ -828,7 +828,7 @@ class Renderer:
         self, key: NamespacedName
     ) -> tuple[Fragment, frozenset[PodKey], tuple[Translation, ...]]:
         """A service's fragment, and its local backends with what they translate of its
-        NodePorts (`_backends_own_node_ports`)."""
+        NodePorts (`_backends_node_ports`)."""
         none = (EMPTY, frozenset[PodKey](), ())
         self._node_address_services.discard(key)
         self._external_vip_services.discard(key)
@@ -926,7 +926,8 @@ class Renderer:
                     Rule(host, table, source=source) for host in fenced for source in ranges
                 )
             own_ports += self._own_node_ports(service, cluster_ip, node_addresses)
-            if node_addresses:  # (it has node ports, and nodes serve them)
+            if node_addresses and not self._inputs.capabilities.host_loop:
+                # (it has node ports, nodes serve them, and this is a VPP node)
                 every_node = [
                     a
                     for n in self._state.nodes.values()
