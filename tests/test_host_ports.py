@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -191,36 +192,38 @@ def _len(address: str) -> int:
 LB6, LB4 = "fd00:ee::5", "198.51.100.200"  # an endpoint-less Service's load balancer IPs
 
 
-def test_an_endpoint_less_load_balancer_ip_is_refused_to_external_clients(
+def test_the_kernel_behind_vpp_refuses_an_endpoint_less_load_balancer_ip(
     wired: tuple[Netns, Netns],
 ) -> None:
     """kube-proxy REJECTs external traffic to a Service without endpoints: *connection
-    refused*. The node's route alone answers "administratively prohibited" (EACCES); with
-    the refusal (a `Translation` without targets), its table's prerouting chain answers a
-    TCP reset, and ICMP port unreachable for UDP, before any route."""
+    refused*. Behind VPP, which punts such a load balancer IP to the node's kernel, the
+    node's table (`host_ports.script(..., refuse_inbound=True)`, as `vpp_host` writes it)
+    refuses it at prerouting, before any route: a TCP reset, ICMP port unreachable for
+    UDP, where the route alone answers "administratively prohibited" (EACCES)."""
     node, client = wired
     node.exec("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", "net.ipv4.ip_forward=1")
     for address in (LB6, LB4):
-        client.ip(
-            "route", "add", f"{address}/{_len(address)}", "via", NODE6 if ":" in address else NODE4
-        )
-    routes = frozenset(Route(f"{a}/{_len(a)}", kind=RouteKind.PROHIBIT) for a in (LB6, LB4))
-    refusals = frozenset(
+        via = NODE6 if ":" in address else NODE4
+        client.ip("route", "add", f"{address}/{_len(address)}", "via", via)
+        node.ip("route", "add", "prohibit", f"{address}/{_len(address)}")
+    assert _connect(client, LB6, 80) == errno.EACCES
+    refusals = [
         Translation(protocol, address, 80, ())
         for address in (LB6, LB4)
         for protocol in ("TCP", "UDP")
+    ]
+    subprocess.run(
+        ["ip", "netns", "exec", node.name, "nft", "-f", "-"],
+        input=host_ports.script([], refusals, refuse_inbound=True),
+        text=True,
+        check=True,
     )
-    with KernelBackend(node.name, configure_sysctls=False) as backend:
-        backend.apply(plan(NodeConfig(routes=routes), backend.dump()))
-        assert _connect(client, LB6, 80) == errno.EACCES
-        desired = NodeConfig(routes=routes, translations=refusals)
-        backend.apply(plan(desired, backend.dump()))
-        for address in (LB6, LB4):
-            assert _connect(client, address, 80) == errno.ECONNREFUSED, address
-            assert _udp_refused(client, address, 80), address
-        assert _connect(client, LB6, 81) == errno.EACCES  # not a port of the Service
-        assert backend.dump() == desired
-    _restart_reads_back_then_clears(node, desired)
+    for address in (LB6, LB4):
+        assert _connect(client, address, 80) == errno.ECONNREFUSED, address
+        assert _udp_refused(client, address, 80), address
+    assert _connect(client, LB6, 81) == errno.EACCES  # not a port of the Service
+    listing = node.exec("nft", "-j", "list", "table", "inet", host_ports.TABLE).stdout
+    assert set(host_ports.parse_translations_listing(listing)) == set(refusals)
 
 
 def _udp_refused(client: Netns, address: str, port: int) -> bool:

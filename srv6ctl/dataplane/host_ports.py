@@ -14,10 +14,10 @@ The same table translates the node's own connections to Services whose endpoints
 outside the cluster (`Translation`, as client pods do in theirs: a DNAT at output, its
 state in the node's conntrack — the node's own connections are tracked there anyway).
 A `Translation` without targets is refused (a TCP reset, else ICMP port unreachable) for
-the node's own connections at output and, here unlike in a pod, for what arrives from
-elsewhere at prerouting: external clients of an endpoint-less Service's load balancer IPs
-get *connection refused*, as from kube-proxy's REJECT, where the route alone would answer
-"administratively prohibited".
+the node's own connections at output and, behind VPP (`refuse_inbound`), for what VPP
+punts to the node's kernel at prerouting: external clients of an endpoint-less Service's
+load balancer IPs get *connection refused*, as from kube-proxy's REJECT, where VPP's
+route alone would answer "administratively prohibited".
 
 The table is rewritten whole when a rewrite or translation changes (one transaction; few
 entries), and read back from its maps and chains on restart.
@@ -41,9 +41,14 @@ from srv6ctl.dataplane.model import PortMap, Translation
 TABLE = "srv6ctl_host_ports"  # `inet`, in the node's namespace
 
 
-def script(port_maps: Iterable[PortMap], translations: Iterable[Translation] = ()) -> str:
+def script(
+    port_maps: Iterable[PortMap],
+    translations: Iterable[Translation] = (),
+    refuse_inbound: bool = False,
+) -> str:
     """The transaction that makes the table hold `port_maps` and `translations` (none:
-    no table)."""
+    no table); `refuse_inbound`: those without targets refused at prerouting too (the
+    kernel behind VPP's host interconnect)."""
     frontends = [Frontend(m.address, Protocol(m.protocol), m.port, m.target) for m in port_maps]
     text = port_rewrite_ruleset(
         frontends,
@@ -51,7 +56,7 @@ def script(port_maps: Iterable[PortMap], translations: Iterable[Translation] = (
         inbound_hook="input",
         outbound_hook="output",
         translations=[client_translation(t) for t in translations],
-        refuse_inbound=True,
+        refuse_inbound=refuse_inbound,
     )
     return text if text is not None else removal_script(TABLE)
 

@@ -295,7 +295,7 @@ class HostTranslations:
         if isinstance(change.new, Translation):
             held[change.new.key] = change.new
         self._held = None  # read again if the load below fails
-        run_nft(self.netns, ["-f", "-"], host_ports.script([], held.values()))
+        run_nft(self.netns, ["-f", "-"], host_ports.script([], held.values(), refuse_inbound=True))
         self._held = held
 
 
