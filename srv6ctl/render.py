@@ -843,7 +843,7 @@ class Renderer:
             return none  # another proxy's, or not a proxied kind: kube-proxy skips it too
         translations: list[Translation] = []
         own_ports: list[Translation] = []  # this node's NodePorts, for its own stack
-        backend_ports: list[Translation] = []  # the same, for its local backends
+        backend_ports: list[Translation] = []  # every node's NodePorts, for its backends
         node_refusals: list[Translation] = []  # its external VIPs, when it has no endpoint
         bsids = self._inputs.service_bsids.get(service.uid)
         slices = self._state.slices_of_service(*key)
@@ -926,15 +926,9 @@ class Renderer:
                     Rule(host, table, source=source) for host in fenced for source in ranges
                 )
             own_ports += self._own_node_ports(service, cluster_ip, node_addresses)
-            if node_addresses and not self._inputs.capabilities.host_loop:
-                # (it has node ports, nodes serve them, and this is a VPP node)
-                every_node = [
-                    a
-                    for n in self._state.nodes.values()
-                    for a in self._node_port_addresses_of(n, family)
-                ]
+            if node_addresses:  # (it has node ports, and nodes serve them)
                 cluster = self._pick(service, candidates, "Cluster")
-                backend_ports += self._backends_node_ports(service, every_node, cluster)
+                backend_ports += self._backends_node_ports(service, family, cluster)
             if node_addresses and table is not None:
                 # Without BSIDs yet, no rule: the node's own stack refuses the port.
                 serve_external(node_addresses, table=table)
@@ -976,10 +970,10 @@ class Renderer:
         return pod is not None and pod.node_name == self._node
 
     def _backends_node_ports(
-        self, service: Service, addresses: Iterable[IPAddress], endpoints: list[_Candidate]
+        self, service: Service, family: int, endpoints: list[_Candidate]
     ) -> list[Translation]:
         """A VPP node's backends of `service` translate their own connections to its
-        NodePorts, on every node's `addresses`, straight to its endpoints. Such a
+        NodePorts of `family`, on every node's addresses, straight to its endpoints. Such a
         connection that comes back to the backend itself is otherwise lost:
         - to this node's NodePort, which its pods translate to the ClusterIP (VPP's rules
           sit on the uplinks), it arrives on `eth0` as a new flow (client port →
@@ -1005,6 +999,9 @@ class Renderer:
         caps = self._inputs.capabilities
         if caps.host_loop or not caps.translations:
             return []  # a kernel node: not yet (below)
+        addresses = [
+            a for n in self._state.nodes.values() for a in self._node_port_addresses_of(n, family)
+        ]
         out: list[Translation] = []
         for port in service.ports:
             if not port.node_port:
